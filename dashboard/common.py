@@ -1,0 +1,79 @@
+"""Shared data access for the dashboard pages (read-only, cached).
+
+The dashboard never recomputes heavy stages: it reads the files the pipeline
+wrote.  Every loader takes the file's identity (path + mtime + size) as a
+cache key, so a re-run of the pipeline shows up on the next page load.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+ROOT = Path(os.environ.get("SPI_WORKSPACE", Path(__file__).resolve().parent.parent))
+
+
+def workspace() -> Path:
+    """Folder whose data/, results/ and metrics/ the dashboard shows."""
+    return Path(os.environ.get("SPI_WORKSPACE", ROOT))
+
+
+def path(relative: str) -> Path:
+    return workspace() / relative
+
+
+def file_key(p: Path) -> tuple:
+    """Identity of a file for cache keys: (path, mtime_ns, size), or None if absent."""
+    try:
+        stat = p.stat()
+    except FileNotFoundError:
+        return (str(p), None, None)
+    return (str(p), stat.st_mtime_ns, stat.st_size)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _read_parquet(key: tuple) -> pd.DataFrame:
+    return pd.read_parquet(key[0])
+
+
+def read_table(relative: str) -> pd.DataFrame | None:
+    """A Parquet table of the workspace, or None when the stage has not run."""
+    p = path(relative)
+    if not p.exists():
+        return None
+    return _read_parquet(file_key(p))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _read_h5(key: tuple, datasets: tuple[str, ...], index: tuple | None) -> dict:
+    out = {}
+    with h5py.File(key[0], "r") as h5:
+        for name in datasets:
+            if name not in h5:
+                continue
+            ds = h5[name]
+            if index is not None and ds.ndim > 0:
+                out[name] = ds[np.asarray(index)]
+            else:
+                out[name] = ds[()]
+        out["__attrs__"] = {name: dict(h5[name].attrs) for name in datasets if name in h5}
+    return out
+
+
+def read_h5(relative: str, datasets: list[str], index=None) -> dict | None:
+    """Arrays from an HDF5 file of the workspace (optionally rows ``index``, sorted)."""
+    p = path(relative)
+    if not p.exists():
+        return None
+    idx = None if index is None else tuple(int(i) for i in np.sort(np.asarray(index)))
+    return _read_h5(file_key(p), tuple(datasets), idx)
+
+
+def missing(stage: str, output: str) -> None:
+    """Friendly notice for a page whose stage has not produced its output yet."""
+    st.info(f"No `{output}` yet — run `dvc repro {stage}` (or `make demo`).")

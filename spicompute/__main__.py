@@ -1,0 +1,5 @@
+import sys
+
+from spicompute.cli import main
+
+sys.exit(main())

@@ -1,0 +1,31 @@
+"""Exceptions with messages that name the offending file and field."""
+
+from __future__ import annotations
+
+
+class SpiError(Exception):
+    """Base class for all errors the CLI reports as a one-line message."""
+
+
+class InputError(SpiError):
+    """Bad input data: missing dataset, wrong shape, NaN, corrupt file ...
+
+    The message always names the file and (where there is one) the field.
+    """
+
+    def __init__(self, path, field: str | None, problem: str):
+        self.path = str(path)
+        self.field = field
+        self.problem = problem
+        where = f"{self.path}" + (f": {field}" if field else "")
+        super().__init__(f"{where}: {problem}")
+
+
+class ParameterError(SpiError):
+    """An absurd or inconsistent parameter (negative wavelength, 0 frames ...)."""
+
+    def __init__(self, name: str, problem: str, source: str | None = None):
+        self.name = name
+        self.problem = problem
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}parameter {name}: {problem}")

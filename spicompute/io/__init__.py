@@ -1,0 +1,1 @@
+"""File formats: our frames/averages HDF5, CXI, Dragonfly, results tables."""

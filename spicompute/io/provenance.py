@@ -1,0 +1,98 @@
+"""Atomic output files and provenance stamps.
+
+Every output is written to a temporary name beside its destination and
+renamed into place only when complete, so a failed stage never leaves a
+half-written file that a later stage could mistake for a result.  Every HDF5
+output carries the parameters and code version that made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from spicompute import __version__
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree, when known."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here, capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", str(here)],
+            cwd=here, capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", ""
+    if not sha:
+        return __version__
+    return f"{__version__}+g{sha}" + (".dirty" if dirty else "")
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def provenance(stage: str, params: dict | None = None) -> dict:
+    """Attributes that say which stage, parameters and code made a file."""
+    return {
+        "spicompute_stage": stage,
+        "spicompute_version": code_version(),
+        "spicompute_params": json.dumps(_jsonable(params or {}), sort_keys=True),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def stamp(h5obj, stage: str, params: dict | None = None) -> None:
+    """Write :func:`provenance` attributes on an h5py File or Group."""
+    for key, value in provenance(stage, params).items():
+        h5obj.attrs[key] = value
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; rename on success.
+
+    On any exception the temporary file is removed and the destination is left
+    untouched (an older complete file stays, a missing one stays missing).
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
+    """Write a JSON document (metrics, summaries) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(payload), indent=2, sort_keys=True) + "\n")

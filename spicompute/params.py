@@ -1,0 +1,82 @@
+"""Reading ``params.yaml`` sections and validating parameter values.
+
+Each stage reads its own section (``simulate``, ``classify2d`` ...) and gets a
+plain dict.  The validators raise :class:`~spicompute.errors.ParameterError`
+with the dotted parameter name, so a user knows which key to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spicompute.errors import InputError, ParameterError
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """Whole parameter file as a dict (empty dict for an empty file)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, None, "parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(path, None, f"not valid YAML ({exc.__class__.__name__})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, None, "top level must be a mapping of sections")
+    return data
+
+
+def section(params: dict, name: str, path: str | Path = "params.yaml") -> dict:
+    """One section of the parameter file; missing section -> error naming it."""
+    if name not in params:
+        raise InputError(path, name, "section missing from the parameter file")
+    value = params[name]
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(path, name, "section must be a mapping")
+    return dict(value)
+
+
+def positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False):
+    """Return ``value`` if it is a finite positive number, else raise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(name, f"must be a number, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ParameterError(name, f"must be finite, got {value!r}")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ParameterError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    if integer:
+        if int(number) != number:
+            raise ParameterError(name, f"must be an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def in_range(name: str, value: Any, low: float, high: float, *,
+             low_open: bool = False, high_open: bool = False) -> float:
+    """Return ``value`` if it lies in the interval, else raise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(name, f"must be a number, got {value!r}") from None
+    too_low = number <= low if low_open else number < low
+    too_high = number >= high if high_open else number > high
+    if too_low or too_high or number != number:
+        interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+        raise ParameterError(name, f"must lie in {interval}, got {value!r}")
+    return number
+
+
+def choice(name: str, value: Any, options) -> Any:
+    """Return ``value`` if it is one of ``options``, else raise."""
+    if value not in options:
+        raise ParameterError(name, f"must be one of {sorted(options)}, got {value!r}")
+    return value

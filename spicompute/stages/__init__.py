@@ -1,0 +1,1 @@
+"""Thin CLI layer: one module per pipeline stage (see :mod:`spicompute.cli`)."""
