@@ -1,0 +1,157 @@
+"""Particle shapes and their 3D diffracted intensity |F(q)|^2.
+
+Closed forms where they exist (cube, sphere), and for any other shape the
+FFT of an anti-aliased voxel density (superellipsoid melt family, dimers,
+rods).  Lengths in nm, q in rad/nm; intensities are |F|^2 with F the
+Fourier transform of a unit-density particle (units nm^6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+from scipy.special import gamma
+
+
+def _sinc(x: np.ndarray) -> np.ndarray:
+    """sin(x)/x with the limit 1 at 0 (numpy's sinc is sin(pi x)/(pi x))."""
+    return np.sinc(np.asarray(x) / np.pi)
+
+
+def cube_intensity(q: np.ndarray, edge_nm: float) -> np.ndarray:
+    """|F|^2 of an axis-aligned cube of edge ``a`` centred at the origin.
+
+    ``F(q) = a^3 sinc(qx a/2) sinc(qy a/2) sinc(qz a/2)``: zeros along a face
+    normal at ``q = 2 pi m / a``.
+
+    q : (..., 3) rad/nm  ->  (...) nm^6
+    """
+    q = np.asarray(q, dtype=np.float64)
+    half = 0.5 * edge_nm
+    amp = edge_nm**3 * _sinc(q[..., 0] * half) * _sinc(q[..., 1] * half) * _sinc(q[..., 2] * half)
+    return amp * amp
+
+
+def sphere_intensity(q: np.ndarray, radius_nm: float) -> np.ndarray:
+    """|F|^2 of a sphere of radius R: ``F = 3V (sin x - x cos x) / x^3``, x = qR.
+
+    Zeros where tan(qR) = qR: qR = 4.493, 7.725, ...
+
+    q : (..., 3) rad/nm  ->  (...) nm^6
+    """
+    q = np.asarray(q, dtype=np.float64)
+    x = np.linalg.norm(q, axis=-1) * radius_nm
+    volume = 4.0 / 3.0 * np.pi * radius_nm**3
+    small = x < 1e-3
+    xs = np.where(small, 1.0, x)
+    form = 3.0 * (np.sin(xs) - xs * np.cos(xs)) / xs**3
+    form = np.where(small, 1.0 - x * x / 10.0, form)
+    amp = volume * form
+    return amp * amp
+
+
+def superellipsoid_exponent(t: float) -> float:
+    """Exponent p of ``|x|^p + |y|^p + |z|^p <= r^p`` along the melt parameter t.
+
+    ``1/p = t/2``: t = 0 is the cube (p = inf), t = 1 the sphere (p = 2),
+    t = 0.25 a rounded cube (p = 8).
+    """
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"melt parameter t must lie in [0, 1], got {t}")
+    return np.inf if t == 0 else 2.0 / t
+
+
+def superellipsoid_volume_factor(p: float) -> float:
+    """Volume of ``|x|^p+|y|^p+|z|^p <= 1`` (8 for the cube p = inf, 4pi/3 for p = 2)."""
+    if np.isinf(p):
+        return 8.0
+    return 8.0 * gamma(1.0 + 1.0 / p) ** 3 / gamma(1.0 + 3.0 / p)
+
+
+def melt_half_size(t: float, cube_edge_nm: float, volume_growth: float) -> float:
+    """Half-size r of the melt-family member at t.
+
+    Its volume is ``a^3 (1 + volume_growth * t)``: the molten end is larger,
+    as the paper's particles were (Fig. 5D).
+    """
+    p = superellipsoid_exponent(t)
+    volume = cube_edge_nm**3 * (1.0 + volume_growth * t)
+    return float((volume / superellipsoid_volume_factor(p)) ** (1.0 / 3.0))
+
+
+@dataclass(frozen=True)
+class VoxelGrid:
+    """Real-space grid of ``n^3`` voxels of edge ``dx_nm`` centred on the origin."""
+
+    n: int
+    dx_nm: float
+
+    @property
+    def dq_nm(self) -> float:
+        """q step of the FFT of this grid, rad/nm."""
+        return 2.0 * np.pi / (self.n * self.dx_nm)
+
+
+def _occupancy(inside, grid: VoxelGrid, supersample: int) -> np.ndarray:
+    """Fraction of each voxel inside a shape, by ``supersample^3`` sub-samples.
+
+    ``inside(x, y, z)`` takes broadcastable coordinate arrays (nm) and returns
+    a bool array.  Evaluated one slab of voxels at a time to bound memory.
+    """
+    n, s = grid.n, supersample
+    sub = (np.arange(n * s) - (n * s - 1) / 2.0) * (grid.dx_nm / s)
+    x = sub.reshape(n, s)
+    density = np.empty((n, n, n), dtype=np.float32)
+    yy = sub[:, None]
+    zz = sub[None, :]
+    for i in range(n):  # one voxel slab at a time; each slab is vectorised
+        xs = x[i][:, None, None]
+        occ = inside(xs, yy[None], zz[None])  # (s, n*s, n*s)
+        density[i] = occ.reshape(s, n, s, n, s).mean(axis=(0, 2, 4))
+    return density
+
+
+def superellipsoid_density(grid: VoxelGrid, half_size_nm: float, p: float,
+                           supersample: int = 3, offset=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Anti-aliased unit density of a superellipsoid (cube for p = inf), (n, n, n)."""
+    ox, oy, oz = offset
+
+    def inside(x, y, z):
+        ax, ay, az = np.abs(x - ox), np.abs(y - oy), np.abs(z - oz)
+        if np.isinf(p):
+            return (ax <= half_size_nm) & (ay <= half_size_nm) & (az <= half_size_nm)
+        return (ax / half_size_nm) ** p + (ay / half_size_nm) ** p + (az / half_size_nm) ** p <= 1.0
+
+    return _occupancy(inside, grid, supersample)
+
+
+def box_density(grid: VoxelGrid, size_nm, supersample: int = 3, offset=(0.0, 0.0, 0.0)):
+    """Anti-aliased unit density of a box with edges ``size_nm = (sx, sy, sz)``."""
+    hx, hy, hz = (0.5 * s for s in size_nm)
+    ox, oy, oz = offset
+
+    def inside(x, y, z):
+        return (np.abs(x - ox) <= hx) & (np.abs(y - oy) <= hy) & (np.abs(z - oz) <= hz)
+
+    return _occupancy(inside, grid, supersample)
+
+
+def intensity_volume(density: np.ndarray, dx_nm: float, keep: int | None = None) -> np.ndarray:
+    """|F(q)|^2 on the FFT grid of a real-space density, origin at the centre.
+
+    density : (n, n, n) unit density on voxels of edge dx_nm (nm)
+    keep : edge of the central q-region to return (crop); default all n.
+
+    Returns (keep, keep, keep) float32 in nm^6 with q = 0 at index keep // 2
+    and q step ``2 pi / (n dx_nm)``.  Axis order (x, y, z).
+    """
+    n = density.shape[0]
+    amp = scipy.fft.fftn(scipy.fft.ifftshift(density.astype(np.complex64)), workers=-1)
+    inten = scipy.fft.fftshift((amp * np.conj(amp)).real).astype(np.float32)
+    inten *= np.float32(dx_nm**6)
+    if keep is None or keep >= n:
+        return inten
+    lo = n // 2 - keep // 2
+    return np.ascontiguousarray(inten[lo:lo + keep, lo:lo + keep, lo:lo + keep])
