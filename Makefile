@@ -1,0 +1,45 @@
+# SPI Landscape — the two commands of the README:
+#   make demo   set up, run the whole pipeline on the embedded simulated data, open the dashboard
+#   make test   set up (venv, packages, Debian chromium for the browser test) and run every test
+VENV      ?= .venv
+PYTHON    ?= python3
+PORT      ?= 8501
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo pipeline dashboard test browser bench clean-outputs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+pipeline: setup
+	dvc repro
+
+dashboard: setup
+	streamlit run dashboard/app.py --server.headless true --server.address 127.0.0.1 \
+	  --server.port $(PORT) --browser.gatherUsageStats false
+
+demo: pipeline
+	@echo "Dashboard on http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
+	$(MAKE) --no-print-directory dashboard
+
+# Debian's chromium drives the headless-browser test (Playwright without its own browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
+
+test: setup browser
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run_all.py
+
+clean-outputs:
+	rm -rf data results metrics dvclive models checkpoints

@@ -1,0 +1,39 @@
+"""Shared fixtures: small simulated data sets made in the test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("SPICOMPUTE_NO_PROGRESS", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+INTEROP = REPO.parent / "shared" / "interop"
+
+
+def small_simulation_params(**overrides) -> dict:
+    """A quick simulation: 33x33 detector, few frames, coarse volumes."""
+    params = dict(n_frames=300, detector_size=33, binning=4, volume_size=64, melt_levels=5,
+                  photons_mean=800, seed=1, beamstop_radius_px=1.5, gap_width_px=1)
+    params.update(overrides)
+    return params
+
+
+@pytest.fixture(scope="session")
+def small_simulation():
+    """(FrameSet, Truth, SimulationParams) of a small simulated data set."""
+    from spicompute.simulate import SimulationParams, simulate
+
+    p = SimulationParams.from_dict(small_simulation_params())
+    frames, truth = simulate(p, progress=False)
+    return frames, truth, p
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(1234)
