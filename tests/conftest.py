@@ -37,3 +37,16 @@ def small_simulation():
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)
+
+
+def decode_plotly_array(value) -> np.ndarray:
+    """A plotly figure-JSON array as numpy (plotly >= 6 writes typed arrays as base64)."""
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if isinstance(shape, str):
+            shape = [int(s) for s in shape.split(",")]
+        return arr.reshape(shape) if shape else arr
+    return np.asarray(value, dtype=float)

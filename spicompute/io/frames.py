@@ -3,6 +3,7 @@
 Layout (all groups at the file root; units in attributes)::
 
     /frames/frame_id      (N,)   int64   index of the frame in the user's input
+    /frames/photons       (N,)   int64   total photons per frame (for quick summaries)
     /frames/layout        attr   "dense" or "sparse"
     dense:  /frames/counts  (N, P) int32
     sparse: /frames/indptr  (N+1,) int64  CSR row pointers
@@ -121,6 +122,8 @@ def write_frames(path: str | Path, frames: FrameSet, *, layout: str = "auto",
         g.attrs["n_frames"] = frames.n_frames
         g.attrs["n_pixels"] = frames.n_pixels
         g.create_dataset("frame_id", data=frames.frame_id)
+        g.create_dataset("photons", data=frames.photons_per_frame())
+        g["photons"].attrs["meaning"] = "total photons per frame (all pixels)"
         chunk_rows = max(1, min(frames.n_frames, 1_000_000 // max(frames.n_pixels, 1)))
         if layout == "dense":
             g.create_dataset("counts", data=frames.counts.toarray(), compression="gzip",
@@ -208,6 +211,25 @@ def read_frames(path: str | Path) -> FrameSet:
         raise InputError(path, "frames/frame_id",
                          f"{len(fid)} ids for {counts.shape[0]} frames")
     return FrameSet(counts=counts, frame_id=fid, detector=det)
+
+
+def read_frame_subset(path: str | Path, index) -> tuple[np.ndarray, np.ndarray, Detector]:
+    """Dense counts (n, P) of the frames at row positions ``index``, their ids, the detector.
+
+    Reads only those rows (either layout), so it is cheap on large files.
+    """
+    index = np.sort(np.asarray(index, dtype=np.int64))
+    with open_h5(path) as h5:
+        det = read_detector_group(_need(h5, "detector", path), path)
+        fid = _need(h5, "frames/frame_id", path)[index]
+        if h5["frames"].attrs.get("layout", "dense") == "dense":
+            return _need(h5, "frames/counts", path)[index], fid, det
+        indptr = _need(h5, "frames/indptr", path)
+        out = np.zeros((len(index), det.n_pixels), dtype=np.int32)
+        for row, i in enumerate(index):  # a handful of frames for display
+            start, stop = indptr[i], indptr[i + 1]
+            out[row, h5["frames/indices"][start:stop]] = h5["frames/counts"][start:stop]
+        return out, fid, det
 
 
 def read_detector(path: str | Path) -> Detector:

@@ -1,0 +1,90 @@
+"""Frames: example diffraction patterns and photon statistics of data/frames.h5."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import file_key, missing, path, read_h5  # noqa: E402
+
+from spicompute.io.frames import read_frame_subset  # noqa: E402
+
+st.set_page_config(page_title="Frames · SPI Landscape", layout="wide")
+st.title("Frames")
+
+FRAMES = "data/frames.h5"
+frames_path = path(FRAMES)
+if not frames_path.exists():
+    missing("frames", FRAMES)
+    st.stop()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def load_examples(key: tuple, index: tuple):
+    counts, fid, det = read_frame_subset(key[0], list(index))
+    return counts, fid, det.mask, det.shape, det.wavelength_nm, det.q_max_nm
+
+
+summary = read_h5(FRAMES, ["frames/photons", "frames/frame_id"])
+photons = summary["frames/photons"]
+n = len(photons)
+truth = read_h5("data/truth.h5", ["truth/class_name", "truth/melt_t"])
+labels = None
+if truth and "truth/class_name" in truth:
+    labels = np.asarray(truth["truth/class_name"]).astype(str)
+
+col1, col2, col3, col4 = st.columns(4)
+col1.metric("frames", f"{n:,}")
+col2.metric("mean photons / frame", f"{photons.mean():,.0f}")
+col3.metric("min / max", f"{photons.min():,} / {photons.max():,}")
+
+n_show = st.slider("frames shown", 1, 12, 6)
+seed = st.number_input("sample (seed)", min_value=0, value=0, step=1)
+index = np.sort(np.random.default_rng(int(seed)).choice(n, size=min(n_show, n), replace=False))
+counts, fid, mask, shape, wavelength, q_max = load_examples(file_key(frames_path),
+                                                            tuple(int(i) for i in index))
+col4.metric("detector", f"{shape[0]}×{shape[1]}" if shape else f"{len(mask)} px")
+st.caption(f"λ = {wavelength:.4f} nm, q_max = {q_max:.3f} rad/nm. Log scale; masked pixels grey.")
+
+if shape is None:
+    st.warning("This detector is not a regular image; frames cannot be drawn as images.")
+else:
+    cols = min(len(index), 6)
+    rows = int(np.ceil(len(index) / cols))
+    titles = [f"frame {f}" + (f" · {labels[i]}" if labels is not None else "")
+              for i, f in zip(index, fid)]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
+                        horizontal_spacing=0.01, vertical_spacing=0.06)
+    vmax = float(np.log10(counts.max() + 1))
+    for k in range(len(index)):
+        img = np.log10(counts[k].astype(float) + 1)
+        img[~mask] = np.nan  # NaN shows the grey plot background
+        fig.add_trace(go.Heatmap(z=img.reshape(shape), zmin=0, zmax=vmax, colorscale="Viridis",
+                                 showscale=k == 0, colorbar=dict(title="log10(n+1)")),
+                      row=k // cols + 1, col=k % cols + 1)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, scaleanchor="x", autorange="reversed")
+    fig.update_layout(height=260 * rows + 60, plot_bgcolor="#888888",
+                      margin=dict(l=10, r=10, t=40, b=10))
+    st.plotly_chart(fig, width="stretch", key="frames")
+
+st.subheader("Photons per frame")
+hist = go.Figure()
+if labels is not None and len(labels) == n:
+    for name in sorted(set(labels)):
+        hist.add_trace(go.Histogram(x=photons[labels == name], name=name, opacity=0.7,
+                                    nbinsx=60))
+    hist.update_layout(barmode="overlay")
+else:
+    hist.add_trace(go.Histogram(x=photons, nbinsx=60, name="frames"))
+hist.update_layout(xaxis_title="photons per frame", yaxis_title="frames", height=340,
+                   margin=dict(l=10, r=10, t=20, b=10))
+st.plotly_chart(hist, width="stretch", key="photon_hist")
+if labels is not None:
+    st.caption("Simulated data: colours are the ground-truth classes from data/truth.h5.")
