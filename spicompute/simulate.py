@@ -161,7 +161,10 @@ def _volume_grid(p: SimulationParams, detector: Detector) -> tuple[int, float]:
     size = p.volume_size
     dq = q_extent / (size // 2 - 1)
     box_nm = 2 * np.pi / dq  # real-space period of the grid
-    largest = max(p.rod_length_nm, 2 * p.cube_edge_nm * np.sqrt(3), 2 * p.cube_edge_nm)
+    a = p.cube_edge_nm
+    largest = max(np.sqrt(p.rod_length_nm**2 + 2 * a * a),  # rod diagonal
+                  np.sqrt(6) * a,  # dimer (2a x a x a) diagonal
+                  2 * melt_half_size(1.0, a, p.melt_volume_growth))
     if box_nm < 1.5 * largest:
         raise ParameterError(
             "simulate.volume_size",
