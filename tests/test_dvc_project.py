@@ -67,3 +67,19 @@ def test_repro_frames_then_an_experiment_variant(project):
     shown = json.loads(_run([dvc, "exp", "show", "--json"], project))
     text = json.dumps(shown)
     assert "fewer" in text and '"n_frames": 50' in text
+
+    # the dashboard's Experiments page lists both revisions and what differs
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["SPI_WORKSPACE"] = str(project)
+    try:
+        at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120).run()
+        at.switch_page("pages/7_Experiments.py").run()
+        assert not at.exception
+        listing = at.dataframe[0].value
+        assert "fewer" in set(listing["name"])
+        assert "simulate.n_frames" in listing.columns  # the varied parameter is shown
+        at.multiselect[0].set_value(["workspace", "fewer"]).run()
+        assert not at.exception
+    finally:
+        del os.environ["SPI_WORKSPACE"]
