@@ -1,0 +1,464 @@
+"""2D EMC classification (Dragonfly's ``recon_type = 2d``), vectorised.
+
+K 2D models live on a square (qx, qy) grid of ``L x L`` points (see
+:func:`spicompute.geometry.grid_q`: point (i, j) has ``qx = (j - c) dq``,
+``qy = (i - c) dq``, ``c = L // 2``).  R in-plane rotations by
+``theta_r = 2 pi r / R``.  A frame seen at rotation r of model k samples
+
+    W_krp = corr_p * M_k(Rot(theta_r)^T q_p)          (photons per pixel, unit fluence)
+
+(the frame is the model turned counter-clockwise by theta_r in the detector
+plane), evaluated by bilinear interpolation.  All R interpolations form one
+sparse matrix ``S`` of shape (R*P, G) with four non-zeros per row, so rotated
+models are one sparse-dense product and the M-step scatters back with ``S^T``.
+Rows are pixel-major (row ``p * R + r``), so ``S @ models.T`` reshaped to
+(P, R*K) is directly the matrix the E-step needs (column ``j = r * K + k``).
+
+E-step (Poisson, per frame n with fluence scale phi_n, temperature beta_n)::
+
+    L[n, (r, k)] = sum_p K_np log W_krp - phi_n sum_p W_krp
+    P[n, (r, k)] = softmax_(r, k)(beta_n * L[n, :])
+
+The first term is a photon-sparse product CSR (N, P) @ dense (P, R*K); it is
+computed with ``torch.nn.functional.embedding_bag`` (a gather of the rows of
+the log-model matrix at each photon's pixel, weighted by the count) over
+column blocks of 64 so that the block of the log-model matrix stays in cache:
+cost O(photons * R * K), not O(pixels).  Measured on 2 EPYC cores: ~21 GFMA/s
+against 1.8 (scipy CSR @ dense) and 2.9 (torch.sparse.mm).  The log-model and
+posterior matrices are kept as stacks of such column blocks, shape
+(n_blocks, rows, 64), padded columns carrying probability 0.
+
+M-step::
+
+    M_k = sum_r S_r^T (K^T P[:, r, k]) / sum_r (sum_n P[n, r, k] phi_n) S_r^T 1
+
+(numerator again a photon-sparse product, of the transposed frames with the
+posterior).  The denominator is the coverage ``weight`` written with each
+average; grid points with zero weight were never observed.
+
+The work is split into frame *shards* (:func:`shard_step` returns partial
+sums), so the same code runs in-process or on Dask workers; inside a shard,
+frames are processed in blocks to bound memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from spicompute.errors import ParameterError
+from spicompute.geometry import Detector
+
+log = logging.getLogger("spicompute.emc2d")
+
+COL_BLOCK = 64          # columns of the log-model matrix per gather pass (fits L2/L3)
+MODEL_FLOOR = 1e-8      # models are clipped to MODEL_FLOOR * their mean before the log
+PAD_SUMW = 1e30         # sum_p W of the padding columns of the last block: probability 0
+
+
+# ----------------------------------------------------------------------------- geometry
+@dataclass
+class RotationGrid:
+    """Model grid and the interpolation of every rotation onto the used pixels.
+
+    Attributes
+    ----------
+    size : int
+        Grid edge L (odd); grid centre ``c = L // 2``.
+    dq_nm : float
+        Grid step, rad/nm.
+    angles : (R,) float64
+        In-plane rotation angles, radians.
+    pixels : (P,) int64
+        Indices of the detector pixels used (good mask, within ``q_max``).
+    S : csr_matrix (P*R, G) float32
+        Row ``p*R + r`` holds the bilinear weights (times the pixel's
+        correction factor) of rotated pixel p on the G = L*L grid points.
+    colsum : (R, G) float64
+        ``S_r^T 1``: how much each grid point contributes at rotation r.
+    """
+
+    size: int
+    dq_nm: float
+    angles: np.ndarray
+    pixels: np.ndarray
+    S: sp.csr_matrix
+    colsum: np.ndarray
+    n_detector_pixels: int
+    wavelength_nm: float
+
+    @property
+    def n_rot(self) -> int:
+        return int(self.angles.shape[0])
+
+    @property
+    def n_pix(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def n_grid(self) -> int:
+        return self.size * self.size
+
+    @property
+    def ST(self) -> sp.csr_matrix:
+        """Transposed interpolation (G, P*R), cached."""
+        if getattr(self, "_ST", None) is None:
+            self._ST = self.S.T.tocsr()
+        return self._ST
+
+    def __getstate__(self):  # do not ship the cached transpose to Dask workers
+        state = dict(self.__dict__)
+        state.pop("_ST", None)
+        return state
+
+
+def bilinear_matrix(points: np.ndarray, size: int, weights: np.ndarray | None = None
+                    ) -> sp.csr_matrix:
+    """Sparse bilinear interpolation of points on a ``size x size`` grid.
+
+    Parameters
+    ----------
+    points : (M, 2) float64
+        Positions in grid units ``(x, y) = (column, row)``; must lie in
+        ``[0, size - 1]``.
+    weights : (M,) optional factor for each row.
+
+    Returns
+    -------
+    csr_matrix (M, size*size) float32, four (or fewer) non-zeros per row,
+    rows summing to ``weights`` (1 by default).
+    """
+    x, y = points[:, 0], points[:, 1]
+    x0 = np.clip(np.floor(x).astype(np.int64), 0, size - 2)
+    y0 = np.clip(np.floor(y).astype(np.int64), 0, size - 2)
+    fx, fy = x - x0, y - y0
+    w = np.ones(len(points)) if weights is None else np.asarray(weights, np.float64)
+    cols = np.stack([y0 * size + x0, y0 * size + x0 + 1,
+                     (y0 + 1) * size + x0, (y0 + 1) * size + x0 + 1], axis=1)
+    vals = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=1)
+    vals *= w[:, None]
+    rows = np.repeat(np.arange(len(points)), 4)
+    mat = sp.csr_matrix((vals.ravel().astype(np.float32), (rows, cols.ravel())),
+                        shape=(len(points), size * size))
+    mat.eliminate_zeros()
+    return mat
+
+
+def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float | None = None,
+                        q_max_nm: float | None = None, use_correction: bool = True
+                        ) -> RotationGrid:
+    """Model grid covering the detector, and the R rotation interpolations.
+
+    Parameters
+    ----------
+    detector : pixels with q (P, 3) rad/nm and mask.
+    n_rot : R >= 1 in-plane rotations, ``theta_r = 2 pi r / R``.
+    grid_step_nm : grid spacing, rad/nm (default ``detector.dq_nm``).
+    q_max_nm : drop pixels with transverse |q| above this (default: none).
+    use_correction : multiply the model by the pixel's solid angle x
+        polarisation factor (normalised to max 1), as Dragonfly does.
+
+    The grid edge is ``L = 2 ceil(q_max / dq) + 3`` (odd; centre ``L // 2``),
+    so every rotated pixel and its bilinear neighbours fall inside it.
+    """
+    n_rot = int(n_rot)
+    if n_rot < 1:
+        raise ParameterError("classify2d.n_rot", f"must be >= 1, got {n_rot}")
+    dq = float(grid_step_nm) if grid_step_nm else float(detector.dq_nm)
+    if not (np.isfinite(dq) and dq > 0):
+        raise ParameterError("classify2d.grid_step_nm", f"must be > 0, got {grid_step_nm!r}")
+    qperp = detector.q_perp
+    radius = np.linalg.norm(qperp, axis=1)
+    use = detector.mask.copy()
+    if q_max_nm:
+        if not q_max_nm > 0:
+            raise ParameterError("classify2d.q_max_nm", f"must be > 0, got {q_max_nm!r}")
+        use &= radius <= float(q_max_nm)
+    pixels = np.flatnonzero(use)
+    if pixels.size == 0:
+        raise ParameterError("classify2d.q_max_nm", "no unmasked pixel left inside q_max_nm")
+    rmax = radius[pixels].max() / dq
+    size = 2 * int(math.ceil(rmax)) + 3
+    c = size // 2
+    angles = 2 * np.pi * np.arange(n_rot) / n_rot
+    cos, sin = np.cos(angles), np.sin(angles)
+    px, py = qperp[pixels, 0] / dq, qperp[pixels, 1] / dq
+    # Rot(theta)^T q = (cos qx + sin qy, -sin qx + cos qy); shape (P, R), pixel-major
+    xr = px[:, None] * cos[None] + py[:, None] * sin[None] + c
+    yr = -px[:, None] * sin[None] + py[:, None] * cos[None] + c
+    corr = detector.correction()[pixels] if use_correction else np.ones(pixels.size)
+    S = bilinear_matrix(np.stack([xr.ravel(), yr.ravel()], axis=1), size,
+                        np.repeat(corr, n_rot))
+    # per-rotation column sums S_r^T 1: (R, G)
+    pick = sp.csr_matrix((np.ones(S.shape[0]), (np.tile(np.arange(n_rot), pixels.size),
+                                                 np.arange(S.shape[0]))),
+                         shape=(n_rot, S.shape[0]))
+    colsum = np.asarray((pick @ S).todense(), dtype=np.float64)
+    return RotationGrid(size=size, dq_nm=dq, angles=angles, pixels=pixels.astype(np.int64),
+                        S=S, colsum=colsum, n_detector_pixels=detector.n_pixels,
+                        wavelength_nm=float(detector.wavelength_nm))
+
+
+def rotated_models(grid: RotationGrid, models: np.ndarray) -> np.ndarray:
+    """Models seen at every rotation on the used pixels: (P, R, K) float32.
+
+    ``models`` is (K, G) (flattened L x L grids).
+    """
+    W = grid.S @ np.ascontiguousarray(models.T, dtype=np.float32)  # (P*R, K)
+    return np.asarray(W, dtype=np.float32).reshape(grid.n_pix, grid.n_rot, -1)
+
+
+# ----------------------------------------------------------------------------- shards
+def _bag(csr: sp.csr_matrix) -> tuple:
+    """CSR as embedding_bag inputs (indices, offsets int32; weights float32; shape)."""
+    return (torch.from_numpy(csr.indices.astype(np.int32)),
+            torch.from_numpy(csr.indptr[:-1].astype(np.int32)),
+            torch.from_numpy(csr.data.astype(np.float32)),
+            csr.shape)
+
+
+@dataclass
+class Shard:
+    """Frames of one shard, restricted to the grid's pixels, in blocks.
+
+    counts : csr (n, P) float32 photon counts on the used pixels.
+    photons : (n,) float64 photons per frame (on used pixels).
+    blocks : list of (start, stop, bag, transposed bag), ``bag`` being the
+        block's CSR as embedding_bag inputs (see :func:`sparse_dense_product`).
+    """
+
+    counts: sp.csr_matrix
+    photons: np.ndarray
+    block_frames: int
+    blocks: list = field(default_factory=list)
+
+    @classmethod
+    def from_counts(cls, counts: sp.csr_matrix, block_frames: int = 4096) -> "Shard":
+        counts = sp.csr_matrix(counts, dtype=np.float32)
+        counts.sort_indices()
+        photons = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
+        blocks = []
+        n = counts.shape[0]
+        for start in range(0, n, block_frames):
+            stop = min(n, start + block_frames)
+            blk = counts[start:stop]
+            blocks.append((start, stop, _bag(blk), _bag(blk.T.tocsr())))
+        return cls(counts=counts, photons=photons, block_frames=block_frames, blocks=blocks)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.counts.shape[0])
+
+
+def sparse_dense_product(bag: tuple, dense: torch.Tensor, out: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """CSR (n, m) @ dense (m, C) with the dense matrix as column blocks.
+
+    ``dense`` is (n_blocks, m, b) (block i = columns ``i*b .. i*b+b-1``, each
+    contiguous); the result is (n_blocks, n, b), added to ``out`` when given.
+    Each block is one ``embedding_bag`` call (gather the rows at the
+    non-zeros' columns, weight, sum per row); the blocking keeps the rows
+    being gathered in cache.
+    """
+    idx, off, wts, shape = bag
+    n = shape[0]
+    device = dense.device
+    idx, off, wts = idx.to(device), off.to(device), wts.to(device)
+    result = out if out is not None else torch.empty((dense.shape[0], n, dense.shape[2]),
+                                                     dtype=dense.dtype, device=device)
+    for i in range(dense.shape[0]):
+        part = F.embedding_bag(idx, dense[i], off, mode="sum", per_sample_weights=wts)
+        if out is not None:
+            result[i] += part
+        else:
+            result[i] = part
+    return result
+
+
+def to_blocks(mat: torch.Tensor, width: int = COL_BLOCK, pad: float = 0.0) -> torch.Tensor:
+    """(m, C) -> (ceil(C / width), m, width), padded with ``pad``."""
+    m, C = mat.shape
+    nb = -(-C // width)
+    if nb * width != C:
+        mat = torch.cat([mat, mat.new_full((m, nb * width - C), pad)], dim=1)
+    return mat.reshape(m, nb, width).permute(1, 0, 2).contiguous()
+
+
+def from_blocks(blocks: torch.Tensor, C: int) -> torch.Tensor:
+    """(n_blocks, m, width) -> (m, C)."""
+    nb, m, w = blocks.shape
+    return blocks.permute(1, 0, 2).reshape(m, nb * w)[:, :C]
+
+
+# ----------------------------------------------------------------------------- E + M on a shard
+@dataclass
+class PartialSums:
+    """What a shard returns: sums over its frames plus per-frame results.
+
+    num : (K, G) float64, sum_r S_r^T (K^T P_r) (M-step numerator).
+    wsum : (R, K) float64, sum_n P[n, r, k] phi_n (denominator weights).
+    occupancy : (K,) float64, sum_n sum_r P[n, r, k].
+    loglik : float, sum_n sum_j P_nj L_nj (expected log-likelihood).
+    mutual_info : float, sum_n sum_j P_nj log(P_nj * R * K).
+    phi : (n,) new fluence scales (unnormalised).
+    best : (n,) int64, most probable column j = r * K + k.
+    pmax : (n,) float64, its posterior probability.
+    """
+
+    num: np.ndarray
+    wsum: np.ndarray
+    occupancy: np.ndarray
+    loglik: float
+    mutual_info: float
+    phi: np.ndarray
+    best: np.ndarray
+    pmax: np.ndarray
+
+    @staticmethod
+    def combine(parts: list["PartialSums"]) -> "PartialSums":
+        """Sum the shard sums; concatenate the per-frame results (shard order)."""
+        return PartialSums(
+            num=np.sum([p.num for p in parts], axis=0),
+            wsum=np.sum([p.wsum for p in parts], axis=0),
+            occupancy=np.sum([p.occupancy for p in parts], axis=0),
+            loglik=float(sum(p.loglik for p in parts)),
+            mutual_info=float(sum(p.mutual_info for p in parts)),
+            phi=np.concatenate([p.phi for p in parts]),
+            best=np.concatenate([p.best for p in parts]),
+            pmax=np.concatenate([p.pmax for p in parts]),
+        )
+
+
+def log_models(grid: RotationGrid, models: np.ndarray, device: str = "cpu"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log W as column blocks (n_blocks, P, 64) of the (P, R*K) matrix, and
+    ``sumW`` (n_blocks*64,) = sum_p W_krp, padded with ``PAD_SUMW`` (so padded
+    columns get zero probability while every product stays finite).  ``models`` is (K, G)."""
+    W = torch.from_numpy(rotated_models(grid, models).reshape(grid.n_pix, -1)).to(device)
+    # sum_p W_krp = (S_r^T 1) . M_k exactly, since W = S M (no pass over W needed)
+    # (a torch product: numpy's BLAS threads would contend with torch's spinning OpenMP ones)
+    sumW = (torch.from_numpy(grid.colsum) @ torch.from_numpy(models.astype(np.float64)).T
+            ).reshape(-1).to(device)
+    floor = MODEL_FLOOR * max(float(models.mean()), 1e-30)
+    logW = to_blocks(torch.log(torch.clamp_(W, min=floor)))
+    pad = logW.shape[0] * logW.shape[2] - sumW.shape[0]
+    sumW = torch.cat([sumW, sumW.new_full((pad,), PAD_SUMW)])
+    return logW, sumW
+
+
+def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
+               beta: np.ndarray, update_scale: bool = True, device: str = "cpu",
+               engine: str = "sparse") -> PartialSums:
+    """One EMC iteration's E-step and M-step partial sums on a shard.
+
+    Parameters
+    ----------
+    models : (K, G) float32 current models.
+    phi : (n,) fluence scale of each frame of the shard.
+    beta : (n,) likelihood temperature of each frame.
+    update_scale : also return updated scales
+        ``phi_n = photons_n / sum_j P_nj sumW_j`` (else ``phi`` unchanged).
+        The M-step denominator uses the returned scales.
+    engine : "sparse" (photon-sparse gather kernel, float32) or "dense"
+        (dense matrix products in float64; for small data and for tests).
+    """
+    if engine == "dense":
+        return _shard_step_dense(shard, grid, models, phi, beta, update_scale)
+    K = models.shape[0]
+    R, P = grid.n_rot, grid.n_pix
+    C = R * K
+    logW, sumW = log_models(grid, models, device)               # (nb, P, b), (nb*b,)
+    nb, _, width = logW.shape
+    sumW_b = sumW.float().reshape(nb, width)                    # padded columns: PAD_SUMW
+    num_pix = torch.zeros((nb, P, width), dtype=torch.float32, device=device)
+    wsum = torch.zeros((nb, width), dtype=torch.float64, device=device)
+    occ = torch.zeros((nb, width), dtype=torch.float64, device=device)
+    loglik = mi = 0.0
+    n = shard.n_frames
+    phi_new = np.array(phi, dtype=np.float64, copy=True)
+    best = np.empty(n, np.int64)
+    pmax = np.empty(n)
+    for start, stop, bag, bag_t in shard.blocks:
+        ph = torch.from_numpy(np.asarray(phi[start:stop], np.float64)).to(device)
+        be = torch.from_numpy(np.asarray(beta[start:stop], np.float32)).to(device)
+        photons = torch.from_numpy(shard.photons[start:stop]).to(device)
+        L = sparse_dense_product(bag, logW)                       # (nb, n_b, b)
+        L -= ph.float()[None, :, None] * sumW_b[:, None, :]
+        # posterior: softmax over all (block, column) of beta * L, per frame
+        # (reductions over the strided (0, 2) axes done as two contiguous ones: ~5x faster)
+        Pn = L * be[None, :, None]
+        Pn -= Pn.amax(dim=2).amax(dim=0)[None, :, None]
+        Pn.exp_()
+        Pn /= Pn.sum(dim=2).sum(dim=0)[None, :, None]
+        # expected log-likelihood (with the constant sum_p K_np log phi_n), mutual information
+        loglik += float(torch.dot(Pn.reshape(-1), L.reshape(-1))) + \
+            float((photons * torch.log(ph)).sum())
+        mi += float(torch.xlogy(Pn, Pn).sum(dtype=torch.float64)) + (stop - start) * math.log(C)
+        pm, arg = from_blocks(Pn, nb * width).max(dim=1)
+        best[start:stop] = arg.cpu().numpy()
+        pmax[start:stop] = pm.double().cpu().numpy()
+        if update_scale:
+            expected = torch.einsum("inc,ic->n", Pn, sumW_b)     # Pn = 0 on padding
+            phi_new[start:stop] = (photons / expected.double()).cpu().numpy()
+        phn = torch.from_numpy(phi_new[start:stop]).to(device).float()
+        wsum += torch.einsum("inc,n->ic", Pn, phn).double()
+        occ += Pn.sum(dim=1).double()
+        sparse_dense_product(bag_t, Pn, out=num_pix)              # += K^T P, (nb, P, b)
+        del L, Pn
+    num_pc = from_blocks(num_pix, C).cpu().numpy()                # (P, R*K)
+    num = np.asarray(grid.ST @ np.ascontiguousarray(num_pc).reshape(P * R, K)).T
+    return PartialSums(num=num.astype(np.float64),
+                       wsum=wsum.reshape(-1)[:C].cpu().numpy().reshape(R, K),
+                       occupancy=occ.reshape(-1)[:C].cpu().numpy().reshape(R, K).sum(0),
+                       loglik=loglik,
+                       mutual_info=mi, phi=phi_new, best=best, pmax=pmax)
+
+
+def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
+                      beta: np.ndarray, update_scale: bool) -> PartialSums:
+    """Reference implementation of :func:`shard_step` with dense float64 matrices."""
+    K = models.shape[0]
+    R, P = grid.n_rot, grid.n_pix
+    C = R * K
+    W = (grid.S.astype(np.float64) @ models.T.astype(np.float64)).reshape(P, C)
+    sumW = W.sum(axis=0)
+    floor = MODEL_FLOOR * max(float(models.mean()), 1e-30)
+    logW = np.log(np.maximum(W, floor))
+    counts = shard.counts.toarray().astype(np.float64)            # (n, P)
+    phi = np.asarray(phi, np.float64)
+    L = counts @ logW - phi[:, None] * sumW[None, :]
+    Z = np.asarray(beta, np.float64)[:, None] * L
+    Z -= Z.max(axis=1, keepdims=True)
+    Pn = np.exp(Z)
+    Pn /= Pn.sum(axis=1, keepdims=True)
+    photons = counts.sum(axis=1)
+    loglik = float((Pn * L).sum() + (photons * np.log(phi)).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(Pn > 0, Pn * np.log(Pn), 0.0)
+    mi = float((plogp.sum(axis=1) + math.log(C)).sum())
+    phi_new = photons / (Pn @ sumW) if update_scale else phi.copy()
+    num_pix = counts.T @ Pn                                       # (P, C)
+    num = (grid.ST.astype(np.float64) @ num_pix.reshape(P * R, K)).T
+    wsum = (Pn.T @ phi_new).reshape(R, K)
+    return PartialSums(num=np.asarray(num), wsum=wsum, occupancy=Pn.reshape(-1, R, K).sum((0, 1)),
+                       loglik=loglik, mutual_info=mi, phi=phi_new, best=Pn.argmax(axis=1),
+                       pmax=Pn.max(axis=1))
+
+
+def m_step(grid: RotationGrid, total: PartialSums) -> tuple[np.ndarray, np.ndarray]:
+    """New models and their coverage from the summed partial sums.
+
+    Returns (models (K, G) float64, weight (K, G) float64): ``models = num /
+    weight`` where ``weight > 0``, else 0; ``weight = sum_r wsum[r, k] S_r^T 1``.
+    """
+    weight = total.wsum.T @ grid.colsum                            # (K, G)
+    models = np.zeros_like(weight)
+    good = weight > 0
+    models[good] = total.num[good] / weight[good]
+    return models, weight

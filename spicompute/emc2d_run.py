@@ -1,0 +1,486 @@
+"""Driving 2D EMC: initialisation, β schedule, iterations, bootstrap runs,
+checkpoints and Dask execution.
+
+The science of one iteration is in :mod:`spicompute.emc2d`; this module
+decides which frames go into which run, splits them into shards (one per Dask
+worker, or one in-process), sums the shards' partial sums, normalises the
+fluence scales and keeps a resumable checkpoint per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+from scipy.ndimage import gaussian_filter
+from threadpoolctl import threadpool_limits
+
+from spicompute.emc2d import (PartialSums, RotationGrid, Shard, build_rotation_grid, m_step,
+                              shard_step)
+from spicompute.errors import ParameterError
+from spicompute.io.frames import FrameSet
+from spicompute.io.provenance import atomic_path
+from spicompute.params import choice, in_range, positive
+
+log = logging.getLogger("spicompute.classify2d")
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class EMCConfig:
+    """Parameters of 2D EMC (section ``classify2d`` of params.yaml)."""
+
+    n_models: int = 30            # K models per run
+    n_rot: int = 36               # R in-plane rotations (10 degree steps)
+    n_runs: int = 3               # B bootstrap runs
+    subset_fraction: float = 0.8  # fraction of the (usable) frames in each run
+    seed: int = 0
+    max_iter: int = 20
+    min_iter: int = 8
+    tol: float = 1e-3             # stop when relative model change < tol (after min_iter)
+    beta: float | str = "auto"    # likelihood temperature; "auto": beta_photons / photons
+    beta_photons: float = 100.0   # auto beta: frames of this many photons start at beta 1
+    beta_jump: float = 2.0        # beta *= beta_jump every beta_period iterations ...
+    beta_period: int = 5
+    beta_max: float = 1.0         # ... up to beta_max
+    update_scale: bool = True     # per-frame fluence scale phi_n
+    grid_step_nm: float | None = None   # model grid step (rad/nm); None: detector dq_nm
+    q_max_nm: float | None = None       # use only pixels with |q_perp| <= q_max_nm
+    use_correction: bool = True   # multiply models by the pixel solid-angle x polarisation
+    init_smooth_px: float = 2.0   # Gaussian smoothing of the frames that seed the models
+    block_frames: int = 4096      # frames per E/M block (memory bound)
+    engine: str = "sparse"        # sparse | dense
+    device: str = "auto"          # auto | cpu | cuda
+    scheduler: str = ""           # "" in-process | "local:N" | scheduler address
+    n_shards: int = 0             # frame shards for Dask (0: one per worker)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "EMCConfig":
+        """Validated config from a params section (unknown keys are an error)."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(params) - known
+        if unknown:
+            raise ParameterError(f"classify2d.{sorted(unknown)[0]}", "unknown parameter")
+        cfg = cls(**params)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        p = "classify2d."
+        self.n_models = positive(p + "n_models", self.n_models, integer=True)
+        try:
+            n_rot = int(self.n_rot)
+        except (TypeError, ValueError):
+            raise ParameterError(p + "n_rot", f"must be an integer >= 1, got {self.n_rot!r}")
+        if n_rot < 1 or n_rot != self.n_rot:
+            raise ParameterError(p + "n_rot", f"must be an integer >= 1, got {self.n_rot!r}")
+        self.n_runs = positive(p + "n_runs", self.n_runs, integer=True)
+        self.subset_fraction = in_range(p + "subset_fraction", self.subset_fraction, 0, 1,
+                                        low_open=True)
+        self.max_iter = positive(p + "max_iter", self.max_iter, integer=True)
+        self.min_iter = positive(p + "min_iter", self.min_iter, integer=True, allow_zero=True)
+        self.tol = positive(p + "tol", self.tol, allow_zero=True)
+        if self.beta != "auto":
+            self.beta = positive(p + "beta", self.beta)
+        self.beta_photons = positive(p + "beta_photons", self.beta_photons)
+        self.beta_jump = positive(p + "beta_jump", self.beta_jump)
+        self.beta_period = positive(p + "beta_period", self.beta_period, integer=True)
+        self.beta_max = positive(p + "beta_max", self.beta_max)
+        if self.grid_step_nm is not None:
+            self.grid_step_nm = positive(p + "grid_step_nm", self.grid_step_nm)
+        if self.q_max_nm is not None:
+            self.q_max_nm = positive(p + "q_max_nm", self.q_max_nm)
+        self.init_smooth_px = positive(p + "init_smooth_px", self.init_smooth_px, allow_zero=True)
+        self.block_frames = positive(p + "block_frames", self.block_frames, integer=True)
+        choice(p + "engine", self.engine, {"sparse", "dense"})
+        choice(p + "device", self.device, {"auto", "cpu", "cuda"})
+        self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
+        self.seed = int(self.seed)
+        self.update_scale = bool(self.update_scale)
+        self.use_correction = bool(self.use_correction)
+        self.scheduler = str(self.scheduler or "")
+
+    def trajectory_key(self) -> dict:
+        """Parameters that determine the iterates (not when to stop, not where to run)."""
+        skip = {"max_iter", "min_iter", "tol", "scheduler", "n_shards", "block_frames",
+                "device", "engine"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("classify2d.device", "cuda requested but no CUDA device is present")
+    return device
+
+
+# ----------------------------------------------------------------------------- pieces
+def beta_schedule(beta0: np.ndarray, iteration: int, cfg: EMCConfig) -> np.ndarray:
+    """Per-frame β at ``iteration`` (0-based): ``min(beta_max, beta0 * jump^(it // period))``."""
+    factor = cfg.beta_jump ** (iteration // cfg.beta_period)
+    return np.minimum(cfg.beta_max, beta0 * factor)
+
+
+def initial_beta(photons: np.ndarray, cfg: EMCConfig) -> np.ndarray:
+    """Starting β per frame: a number, or ``auto`` = min(1, beta_photons / photons_n).
+
+    Log-likelihood differences grow with the number of photons; dividing by
+    the photon count keeps the first posteriors broad (no frame locks onto
+    a random model), the schedule then sharpens them.
+    """
+    if cfg.beta == "auto":
+        return np.minimum(1.0, cfg.beta_photons / np.maximum(photons, 1.0))
+    return np.full(photons.shape, float(cfg.beta))
+
+
+def initial_models(grid: RotationGrid, counts: sp.csr_matrix, photons: np.ndarray,
+                   n_models: int, rng: np.random.Generator, smooth_px: float = 2.0
+                   ) -> np.ndarray:
+    """K starting models (K, G) float32 from K random frames (seeded).
+
+    Each model is half the rotation-averaged mean frame (a smooth, radially
+    symmetric base) and half one random frame placed at rotation 0, smoothed
+    by a Gaussian of ``smooth_px`` grid points and scaled to unit fluence;
+    grid points the frame does not cover take the base value.
+    """
+    R, P, L = grid.n_rot, grid.n_pix, grid.size
+    mean_photons = max(float(photons.mean()), 1e-12)
+    mean_frame = np.asarray(counts.mean(axis=0), dtype=np.float64).reshape(P) / mean_photons
+    base_num = grid.ST @ np.repeat(mean_frame, R)    # rows p*R + r                      # (G,)
+    base_den = grid.colsum.sum(axis=0)
+    base = np.divide(base_num, base_den, out=np.zeros_like(base_num), where=base_den > 0)
+    pick = np.sort(rng.choice(counts.shape[0], size=n_models, replace=False))
+    frames = counts[pick].toarray().astype(np.float64) / np.maximum(photons[pick], 1)[:, None]
+    S0T = grid.S[0::R].T.tocsr()                                     # (G, P), rotation 0
+    placed = np.asarray(S0T @ frames.T).T                            # (K, G)
+    cover = grid.colsum[0]
+    seeded = np.where(cover > 0, placed / np.where(cover > 0, cover, 1), base)
+    if smooth_px > 0:
+        seeded = gaussian_filter(seeded.reshape(-1, L, L), (0, smooth_px, smooth_px)
+                                 ).reshape(n_models, -1)
+    models = 0.5 * base[None] + 0.5 * seeded
+    return (models * mean_photons).astype(np.float32)
+
+
+def relative_change(new: np.ndarray, old: np.ndarray) -> float:
+    """RMS(new - old) / RMS(old) over all models."""
+    den = float(np.sqrt(np.mean(old.astype(np.float64) ** 2)))
+    return float(np.sqrt(np.mean((new.astype(np.float64) - old) ** 2)) / max(den, 1e-30))
+
+
+def data_digest(counts: sp.csr_matrix) -> str:
+    """Short hash of a CSR frame matrix (identifies the data of a checkpoint)."""
+    h = hashlib.sha1()
+    for arr in (counts.indptr, counts.indices, counts.data):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(str(counts.shape).encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- execution
+class ShardExecutor:
+    """Runs :func:`shard_step` on frame shards, in-process or on a Dask client."""
+
+    def __init__(self, client=None, n_shards: int = 0, device: str = "cpu",
+                 engine: str = "sparse", worker_threads: int = 0):
+        self.client = client
+        self.worker_threads = worker_threads
+        self.device = device
+        self.engine = engine
+        if client is not None and n_shards <= 0:
+            n_shards = max(1, len(client.scheduler_info().get("workers", {})))
+        self.n_shards = max(1, n_shards) if client is not None else max(1, n_shards or 1)
+        self._remote = None
+
+    def load(self, counts: sp.csr_matrix, grid: RotationGrid, block_frames: int) -> list[int]:
+        """Split frames into contiguous shards; returns shard boundaries."""
+        n = counts.shape[0]
+        bounds = np.linspace(0, n, self.n_shards + 1).round().astype(int)
+        self.bounds = bounds
+        shards = [Shard.from_counts(counts[a:b], block_frames)
+                  for a, b in zip(bounds[:-1], bounds[1:])]
+        if self.client is None:
+            self.shards, self.grid = shards, grid
+        else:
+            self.shards = self.client.scatter(shards)
+            self.grid = self.client.scatter(grid, broadcast=True)
+        return bounds
+
+    def step(self, models: np.ndarray, phi: np.ndarray, beta: np.ndarray,
+             update_scale: bool) -> PartialSums:
+        b = self.bounds
+        args = [(phi[lo:hi], beta[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
+        if self.client is None:
+            parts = [shard_step(s, self.grid, models, ph, be, update_scale, self.device,
+                                self.engine) for s, (ph, be) in zip(self.shards, args)]
+        else:
+            mfut = self.client.scatter(models, broadcast=True)
+            futures = [self.client.submit(_worker_shard_step, s, self.grid, mfut, ph, be,
+                                          update_scale, self.engine, self.worker_threads,
+                                          pure=False)
+                       for s, (ph, be) in zip(self.shards, args)]
+            parts = self.client.gather(futures)
+        return PartialSums.combine(parts)
+
+
+def _worker_shard_step(shard, grid, models, phi, beta, update_scale, engine, threads):
+    """:func:`shard_step` on a Dask worker, with ``threads`` torch threads (0: as is)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return shard_step(shard, grid, models, phi, beta, update_scale, "cpu", engine)
+
+
+def worker_threads_for(scheduler: str) -> int:
+    """torch threads per worker: cores / N for "local:N" (no oversubscription), else 0."""
+    if scheduler.startswith("local:"):
+        import os
+
+        n = max(1, int(scheduler.split(":", 1)[1]))
+        return max(1, (os.cpu_count() or 1) // n)
+    return 0
+
+
+def make_client(scheduler: str):
+    """Dask client for ``scheduler``: None for "", a LocalCluster for "local:N",
+    else a connection to that address."""
+    if not scheduler:
+        return None
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler.startswith("local:"):
+        try:
+            n = int(scheduler.split(":", 1)[1])
+        except ValueError:
+            raise ParameterError("classify2d.scheduler",
+                                 f"'local:N' needs an integer N, got {scheduler!r}") from None
+        if n < 1:
+            raise ParameterError("classify2d.scheduler", f"N must be >= 1, got {n}")
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        return Client(cluster)
+    return Client(scheduler)
+
+
+# ----------------------------------------------------------------------------- one run
+@dataclass
+class RunState:
+    """Resumable state of one run after ``iteration`` completed iterations."""
+
+    iteration: int
+    models: np.ndarray           # (K, G) float32
+    weight: np.ndarray           # (K, G) float64 coverage of the last M-step
+    phi: np.ndarray              # (n,) fluence scales
+    occupancy: np.ndarray        # (K,) from the last E-step
+    best: np.ndarray             # (n,) best column j = r*K + k of the last E-step
+    pmax: np.ndarray             # (n,)
+    history: list = field(default_factory=list)
+
+    def save(self, path: Path, key: str) -> None:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+            h5.attrs["key"] = key
+            h5.attrs["version"] = CHECKPOINT_VERSION
+            h5.attrs["iteration"] = self.iteration
+            h5.attrs["history"] = json.dumps(self.history)
+            for name in ("models", "weight", "phi", "occupancy", "best", "pmax"):
+                h5.create_dataset(name, data=getattr(self, name))
+
+    @classmethod
+    def load(cls, path: Path, key: str) -> "RunState | None":
+        """The checkpoint at ``path`` if it exists and was made with ``key``."""
+        if not path.exists():
+            return None
+        try:
+            with h5py.File(path, "r") as h5:
+                if h5.attrs.get("key") != key or h5.attrs.get("version") != CHECKPOINT_VERSION:
+                    log.warning("checkpoint %s is for other data/parameters: starting afresh",
+                                path)
+                    return None
+                data = {n: h5[n][()] for n in ("models", "weight", "phi", "occupancy",
+                                               "best", "pmax")}
+                return cls(iteration=int(h5.attrs["iteration"]),
+                           history=json.loads(h5.attrs["history"]), **data)
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("unreadable checkpoint %s (%s): starting afresh", path, exc)
+            return None
+
+
+def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_models: np.ndarray,
+            *, executor: ShardExecutor | None = None, checkpoint: Path | None = None,
+            key: str = "", on_iteration: Callable[[dict], None] | None = None,
+            run: int = 0) -> RunState:
+    """Iterate 2D EMC on one set of frames until convergence or ``max_iter``.
+
+    Parameters
+    ----------
+    counts : csr (n, P) photon counts on the grid's pixels (no empty frames).
+    init_models : (K, G) starting models.
+    checkpoint : file of this run's state; resumed from when present and
+        made with the same ``key``, rewritten (atomically) after each iteration.
+    on_iteration : called with each iteration's metrics (also those replayed
+        from a checkpoint, flagged ``resumed``).
+    """
+    executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine)
+    photons = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
+    if np.any(photons <= 0):
+        raise ValueError("run_emc needs frames with at least one photon")
+    n = counts.shape[0]
+    beta0 = initial_beta(photons, cfg)
+    state = RunState.load(checkpoint, key) if checkpoint is not None else None
+    if state is not None:
+        log.info("run %d: resuming after iteration %d", run, state.iteration)
+        for rec in state.history:
+            if on_iteration:
+                on_iteration({**rec, "resumed": True})
+    else:
+        K = init_models.shape[0]
+        phi0 = photons / photons.mean() if cfg.update_scale else np.ones(n)
+        state = RunState(iteration=0, models=np.asarray(init_models, np.float32),
+                         weight=np.zeros(init_models.shape), phi=phi0, occupancy=np.zeros(K),
+                         best=np.full(n, -1, np.int64), pmax=np.full(n, np.nan))
+    if _done(state, cfg):
+        return state
+    executor.load(counts, grid, cfg.block_frames)
+    with threadpool_limits(1, user_api="blas"):   # numpy BLAS beside torch threads: contention
+        return _iterate(state, executor, grid, cfg, beta0, n, checkpoint, key, on_iteration, run)
+
+
+def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: EMCConfig,
+             beta0: np.ndarray, n: int, checkpoint: Path | None, key: str,
+             on_iteration: Callable[[dict], None] | None, run: int) -> RunState:
+    while not _done(state, cfg):
+        it = state.iteration
+        t0 = time.perf_counter()
+        beta = beta_schedule(beta0, it, cfg)
+        total = executor.step(state.models, state.phi, beta, cfg.update_scale)
+        models, weight = m_step(grid, total)
+        phi = total.phi
+        if cfg.update_scale:
+            scale = float(phi.mean())
+            phi = phi / scale
+            models *= scale
+        change = relative_change(models, state.models)
+        occ = total.occupancy
+        rec = {
+            "run": run, "iteration": it + 1, "beta_mean": float(beta.mean()),
+            "loglik": total.loglik / n, "mutual_info": total.mutual_info / n,
+            "model_change": change, "occupancy_min": float(occ.min()),
+            "occupancy_median": float(np.median(occ)), "occupancy_max": float(occ.max()),
+            "empty_models": int((occ < 1.0).sum()), "posterior_max_mean": float(total.pmax.mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+        state = RunState(iteration=it + 1, models=models.astype(np.float32), weight=weight,
+                         phi=phi, occupancy=occ, best=total.best, pmax=total.pmax,
+                         history=state.history + [rec])
+        log.info("run %d iteration %d: loglik %.4g  MI %.3f  change %.2e  beta %.3g  %.1fs",
+                 run, it + 1, rec["loglik"], rec["mutual_info"], change, rec["beta_mean"],
+                 rec["seconds"])
+        if checkpoint is not None:
+            state.save(checkpoint, key)
+        if on_iteration:
+            on_iteration(rec)
+    return state
+
+
+def _done(state: RunState, cfg: EMCConfig) -> bool:
+    if state.iteration >= cfg.max_iter:
+        return True
+    if state.history and state.iteration >= cfg.min_iter:
+        return state.history[-1]["model_change"] < cfg.tol
+    return False
+
+
+# ----------------------------------------------------------------------------- bootstrap
+@dataclass
+class BootstrapResult:
+    """All runs: models (B, K, L, L), frame assignments, metrics."""
+
+    grid: RotationGrid
+    models: np.ndarray          # (B, K, L, L) float32
+    weight: np.ndarray          # (B, K, L, L) float32
+    occupancy: np.ndarray       # (B, K) float64
+    frames: list                # per run: dict(index, best_model, rotation_deg, pmax, scale)
+    excluded: np.ndarray        # positions of frames excluded (no photons on used pixels)
+    histories: list             # per run: list of iteration records
+
+
+def usable_counts(frames: FrameSet, grid: RotationGrid) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Counts on the grid's pixels (float32 CSR) and the frames' photon totals."""
+    counts = sp.csr_matrix(frames.counts[:, grid.pixels], dtype=np.float32)
+    photons = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
+    return counts, photons
+
+
+def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
+                  checkpoint_dir: str | Path | None = None,
+                  on_iteration: Callable[[dict], None] | None = None) -> BootstrapResult:
+    """B bootstrap runs of 2D EMC, each on a seeded random subset of the frames.
+
+    Frames without any photon on the used pixels (empty, or all their
+    photons on masked / cropped pixels) are excluded with a warning and
+    reported in ``excluded``.  Run b draws ``round(subset_fraction * N_usable)``
+    frames with ``numpy.random.default_rng([seed, b])``; the same generator
+    then picks the frames that seed the models.
+    """
+    cfg.validate()
+    grid = build_rotation_grid(frames.detector, cfg.n_rot, grid_step_nm=cfg.grid_step_nm,
+                               q_max_nm=cfg.q_max_nm, use_correction=cfg.use_correction)
+    counts, photons = usable_counts(frames, grid)
+    usable = np.flatnonzero(photons > 0)
+    excluded = np.flatnonzero(photons <= 0)
+    if excluded.size:
+        log.warning("%d of %d frames have no photon on the used pixels: excluded",
+                    excluded.size, frames.n_frames)
+    n_sub = int(round(cfg.subset_fraction * usable.size))
+    if n_sub < cfg.n_models:
+        raise ParameterError("classify2d.n_models",
+                             f"{cfg.n_models} models need at least as many frames per run, but "
+                             f"a run has {n_sub} (of {usable.size} usable frames)")
+    device = resolve_device(cfg.device)
+    executor = ShardExecutor(client, cfg.n_shards, device=device, engine=cfg.engine,
+                             worker_threads=worker_threads_for(cfg.scheduler))
+    digest = data_digest(counts)
+    K, L = cfg.n_models, grid.size
+    B = cfg.n_runs
+    out_models = np.zeros((B, K, L, L), np.float32)
+    out_weight = np.zeros((B, K, L, L), np.float32)
+    out_occ = np.zeros((B, K))
+    per_run, histories = [], []
+    for b in range(B):
+        rng = np.random.default_rng([cfg.seed, b])
+        subset = usable if n_sub == usable.size else np.sort(
+            rng.choice(usable, size=n_sub, replace=False))
+        sub_counts = counts[subset]
+        init = initial_models(grid, sub_counts, photons[subset], K, rng, cfg.init_smooth_px)
+        key = json.dumps({"params": cfg.trajectory_key(), "data": digest, "run": b,
+                          "n": int(n_sub)}, sort_keys=True, default=str)
+        ckpt = Path(checkpoint_dir) / f"run_{b:03d}.h5" if checkpoint_dir else None
+        state = run_emc(sub_counts, grid, cfg, init, executor=executor, checkpoint=ckpt,
+                        key=key, on_iteration=on_iteration, run=b)
+        out_models[b] = state.models.reshape(K, L, L)
+        out_weight[b] = state.weight.reshape(K, L, L)
+        out_occ[b] = state.occupancy
+        best = np.asarray(state.best, np.int64)
+        per_run.append({
+            "index": subset,
+            "model": best % K,
+            "rotation_deg": np.degrees(grid.angles[best // K]),
+            "posterior_max": np.asarray(state.pmax, np.float64),
+            "scale": np.asarray(state.phi, np.float64),
+        })
+        histories.append(state.history)
+    return BootstrapResult(grid=grid, models=out_models, weight=out_weight, occupancy=out_occ,
+                           frames=per_run, excluded=excluded, histories=histories)

@@ -1,0 +1,223 @@
+"""2D EMC: recovery of rotated templates, sparse == dense, Dask == in-process,
+resume == uninterrupted, bad inputs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_emc2d_data import best_rotation_cc, make_detector, make_frames, pixel_xy  # noqa: E402
+
+from spicompute.emc2d import Shard, bilinear_matrix, build_rotation_grid, rotated_models, shard_step
+from spicompute.emc2d_run import EMCConfig, initial_models, run_bootstrap, usable_counts
+from spicompute.errors import ParameterError
+from spicompute.io.frames import FrameSet
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_frames(n_frames=300, photons=500.0, seed=1)
+
+
+def small_cfg(**kw):
+    base = dict(n_models=3, n_rot=24, n_runs=1, subset_fraction=1.0, max_iter=20, min_iter=5,
+                tol=1e-4, device="cpu")
+    base.update(kw)
+    return EMCConfig(**base)
+
+
+def test_bilinear_matrix_is_exact_for_linear_functions():
+    L = 9
+    pts = np.random.default_rng(0).uniform(0, L - 1, size=(50, 2))
+    S = bilinear_matrix(pts, L)
+    yy, xx = np.mgrid[0:L, 0:L]
+    f = 2.0 * xx - 3.0 * yy + 1.0
+    np.testing.assert_allclose(S @ f.ravel(), 2 * pts[:, 0] - 3 * pts[:, 1] + 1, rtol=1e-5)
+    assert np.all(np.diff(S.indptr) <= 4)
+    np.testing.assert_allclose(np.asarray(S.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
+
+
+def test_rotated_models_turn_the_model_counter_clockwise():
+    det = make_detector(41)
+    grid = build_rotation_grid(det, 4, use_correction=False)
+    L, c = grid.size, grid.size // 2
+    yy, xx = np.mgrid[0:L, 0:L] - c
+    model = np.exp(-((xx - 8.0) ** 2 + yy**2) / 8.0).reshape(1, -1)  # blob on +qx
+    W = rotated_models(grid, model).transpose(1, 0, 2)                # (R, P, 1)
+    x, y = pixel_xy(det)
+    x, y = x[grid.pixels], y[grid.pixels]
+    for r, ang in enumerate(grid.angles):
+        p = np.argmax(W[r, :, 0])
+        assert np.hypot(x[p] - 8 * np.cos(ang), y[p] - 8 * np.sin(ang)) < 1.5
+
+
+def test_recovers_templates_and_assignments(data):
+    fs, labels, angles, fluence = data
+    res = run_bootstrap(fs, small_cfg())
+    K = 3
+    cc = np.array([[best_rotation_cc(res.models[0, k], res.weight[0, k], t, radius=19)
+                    for t in range(3)] for k in range(K)])
+    # every template matched by a model with CC >= 0.95 after the best rotation
+    assert cc.max(axis=0).min() >= 0.95, cc
+    mapping = cc.argmax(axis=1)
+    fr = res.frames[0]
+    accuracy = np.mean(mapping[fr["model"]] == labels[fr["index"]])
+    assert accuracy >= 0.9
+    # fluence scales follow the true fluence (up to normalisation)
+    assert np.corrcoef(fr["scale"], fluence[fr["index"]])[0, 1] > 0.9
+    np.testing.assert_allclose(fr["scale"].mean(), 1.0, rtol=1e-6)
+    # in-plane angles: recovered rotation differs from truth by a per-model constant
+    for k in range(K):
+        sel = fr["model"] == k
+        d = np.angle(np.exp(1j * (np.radians(fr["rotation_deg"][sel]) - angles[fr["index"]][sel])))
+        spread = np.abs(np.angle(np.exp(1j * (d - np.angle(np.mean(np.exp(1j * d)))))))
+        assert np.median(spread) < np.radians(15)
+    assert res.histories[0][-1]["mutual_info"] > res.histories[0][0]["mutual_info"]
+
+
+def _one_step_inputs(data, n_models=3, n_rot=12):
+    fs = data[0]
+    grid = build_rotation_grid(fs.detector, n_rot)
+    counts, photons = usable_counts(fs, grid)
+    models = initial_models(grid, counts, photons, n_models, np.random.default_rng(3))
+    phi = photons / photons.mean()
+    beta = np.full(fs.n_frames, 0.3)
+    return grid, counts, models, phi, beta
+
+
+def test_sparse_and_dense_paths_agree(data):
+    grid, counts, models, phi, beta = _one_step_inputs(data)
+    shard = Shard.from_counts(counts, block_frames=70)  # several blocks, last one partial
+    a = shard_step(shard, grid, models, phi, beta, True, engine="sparse")
+    b = shard_step(shard, grid, models, phi, beta, True, engine="dense")
+    np.testing.assert_allclose(a.num, b.num, rtol=2e-4, atol=1e-6 * np.abs(b.num).max())
+    np.testing.assert_allclose(a.wsum, b.wsum, rtol=2e-4, atol=1e-6 * b.wsum.max())
+    np.testing.assert_allclose(a.occupancy, b.occupancy, rtol=2e-4, atol=1e-4)
+    np.testing.assert_allclose(a.phi, b.phi, rtol=2e-4)
+    np.testing.assert_allclose(a.loglik, b.loglik, rtol=1e-4)
+    np.testing.assert_allclose(a.mutual_info, b.mutual_info, rtol=1e-3)
+    assert np.mean(a.best == b.best) > 0.98
+
+
+def test_shard_partial_sums_add_up(data):
+    grid, counts, models, phi, beta = _one_step_inputs(data)
+    whole = shard_step(Shard.from_counts(counts), grid, models, phi, beta)
+    cut = [0, 120, 300]
+    parts = [shard_step(Shard.from_counts(counts[a:b]), grid, models, phi[a:b], beta[a:b])
+             for a, b in zip(cut[:-1], cut[1:])]
+    from spicompute.emc2d import PartialSums
+
+    tot = PartialSums.combine(parts)
+    np.testing.assert_allclose(tot.num, whole.num, rtol=1e-4, atol=1e-7 * whole.num.max())
+    np.testing.assert_allclose(tot.phi, whole.phi, rtol=1e-5)
+    np.testing.assert_array_equal(tot.best, whole.best)
+
+
+def test_dask_equals_in_process(data):
+    distributed = pytest.importorskip("distributed")
+    fs = data[0]
+    cfg = small_cfg(max_iter=4, min_iter=4, n_runs=2, subset_fraction=0.8)
+    ref = run_bootstrap(fs, cfg)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        got = run_bootstrap(fs, cfg, client=client)
+    np.testing.assert_allclose(got.models, ref.models, rtol=1e-4,
+                               atol=1e-5 * ref.models.max())
+    np.testing.assert_allclose(got.occupancy, ref.occupancy, rtol=1e-4, atol=1e-3)
+    for a, b in zip(got.frames, ref.frames):
+        np.testing.assert_array_equal(a["index"], b["index"])
+        assert np.mean(a["model"] == b["model"]) > 0.99
+
+
+def test_resume_after_interruption_equals_uninterrupted(data, tmp_path):
+    fs = data[0]
+    full = run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6))
+    ck = tmp_path / "ck"
+    run_bootstrap(fs, small_cfg(max_iter=3, min_iter=3), checkpoint_dir=ck)  # "killed" after 3
+    seen = []
+    resumed = run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6), checkpoint_dir=ck,
+                            on_iteration=seen.append)
+    assert [r.get("resumed", False) for r in seen] == [True] * 3 + [False] * 3
+    np.testing.assert_allclose(resumed.models, full.models, rtol=1e-5,
+                               atol=1e-6 * full.models.max())
+    np.testing.assert_array_equal(resumed.frames[0]["model"], full.frames[0]["model"])
+    assert len(resumed.histories[0]) == 6
+    # a finished checkpoint is reused without iterating again
+    again = []
+    run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6), checkpoint_dir=ck,
+                  on_iteration=again.append)
+    assert all(r.get("resumed") for r in again) and len(again) == 6
+
+
+def test_bootstrap_subsets_are_seeded_and_distinct(data):
+    fs = data[0]
+    cfg = small_cfg(max_iter=1, min_iter=1, n_runs=2, subset_fraction=0.8)
+    a = run_bootstrap(fs, cfg)
+    b = run_bootstrap(fs, cfg)
+    assert a.frames[0]["index"].size == round(0.8 * 300)
+    assert not np.array_equal(a.frames[0]["index"], a.frames[1]["index"])
+    np.testing.assert_array_equal(a.frames[1]["index"], b.frames[1]["index"])
+    np.testing.assert_array_equal(a.models, b.models)
+
+
+def test_empty_and_fully_masked_frames_are_excluded(data, caplog):
+    fs = data[0]
+    counts = fs.counts.tolil()
+    counts[5, :] = 0                                    # no photon at all
+    masked = np.flatnonzero(~fs.detector.mask)[:3]
+    counts[7, :] = 0
+    counts[7, masked] = 4                               # photons only on masked pixels
+    bad = FrameSet(sp.csr_matrix(counts), fs.frame_id, fs.detector)
+    with caplog.at_level(logging.WARNING):
+        res = run_bootstrap(bad, small_cfg(max_iter=2, min_iter=2))
+    np.testing.assert_array_equal(res.excluded, [5, 7])
+    assert "no photon" in caplog.text
+    assert 5 not in res.frames[0]["index"] and 7 not in res.frames[0]["index"]
+    assert np.all(np.isfinite(res.models))
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(n_models=400), "n_models"),
+    (dict(n_rot=0), "n_rot"),
+    (dict(subset_fraction=0.0), "subset_fraction"),
+    (dict(subset_fraction=1.5), "subset_fraction"),
+    (dict(beta=-1.0), "beta"),
+    (dict(engine="magic"), "engine"),
+])
+def test_bad_parameters_are_named(data, kw, name):
+    with pytest.raises(ParameterError, match=name):
+        run_bootstrap(data[0], small_cfg(**kw))
+
+
+def test_unknown_parameter_is_an_error():
+    with pytest.raises(ParameterError, match="n_modles"):
+        EMCConfig.from_params({"n_modles": 3})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_matches_cpu(data):
+    grid, counts, models, phi, beta = _one_step_inputs(data)
+    shard = Shard.from_counts(counts)
+    a = shard_step(shard, grid, models, phi, beta, device="cpu")
+    b = shard_step(shard, grid, models, phi, beta, device="cuda")
+    np.testing.assert_allclose(a.num, b.num, rtol=1e-3, atol=1e-6 * a.num.max())
+    np.testing.assert_allclose(a.phi, b.phi, rtol=1e-4)
+
+
+def test_scheduler_strings():
+    from spicompute.emc2d_run import make_client, worker_threads_for
+
+    assert make_client("") is None
+    with pytest.raises(ParameterError, match="scheduler"):
+        make_client("local:many")
+    with pytest.raises(ParameterError, match="scheduler"):
+        make_client("local:0")
+    assert worker_threads_for("local:1") >= 1 and worker_threads_for("tcp://x:8786") == 0
