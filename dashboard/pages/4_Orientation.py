@@ -1,0 +1,108 @@
+"""Orientation: gain and best CC of every average vs the cube reference (Fig. 4C).
+
+Reads results/averages.parquet (or the orient/embed parts), data/orient.h5
+(best-fit reference slices) and data/averages.h5.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import missing, read_h5, read_table  # noqa: E402
+
+st.set_page_config(page_title="Orientation · SPI Landscape", layout="wide")
+st.title("Orientation and gain")
+
+
+def averages_table() -> pd.DataFrame | None:
+    """The joined per-average table, or the parts this page needs merged on average_id."""
+    joined = read_table("results/averages.parquet")
+    if joined is not None and "gain" in joined.columns:
+        return joined
+    orient = read_table("results/parts/orient.parquet")
+    if orient is None:
+        return None
+    embed = read_table("results/parts/embed.parquet")
+    if embed is not None:
+        cols = ["average_id"] + [c for c in embed.columns if c not in orient.columns]
+        orient = orient.merge(embed[cols], on="average_id", how="left")
+    return orient
+
+
+table = averages_table()
+if table is None:
+    missing("orient", "results/parts/orient.parquet")
+    st.stop()
+
+finite = np.isfinite(table["gain"].to_numpy(dtype=float))
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("averages", f"{len(table):,}")
+c2.metric("median gain", f"{np.median(table['gain'][finite]):.3f}" if finite.any() else "—")
+c3.metric("mean best CC", f"{table['best_cc'].mean():.3f}")
+c4.metric("gain undefined", f"{int((~finite).sum())}")
+
+left, right = st.columns(2)
+hist = go.Figure(go.Histogram(x=table["gain"][finite], nbinsx=40, marker_color="#4C78A8"))
+hist.update_layout(title="Gain = best CC / mean CC over orientations", xaxis_title="gain",
+                   yaxis_title="averages", height=380, margin=dict(t=50, b=40))
+left.plotly_chart(hist, width="stretch")
+
+if "pc_2" in table.columns:
+    color = table["best_cc"]
+    scatter = go.Figure(go.Scattergl(
+        x=table["pc_2"], y=table["gain"], mode="markers",
+        marker=dict(size=5, color=color, colorscale="Viridis", colorbar=dict(title="best CC")),
+        text=[f"average {a}" for a in table["average_id"]]))
+    scatter.update_layout(title="CLPCA-2 vs gain (Fig. 4C)", xaxis_title="CLPCA-2 (pc_2)",
+                          yaxis_title="gain", height=380, margin=dict(t=50, b=40))
+    right.plotly_chart(scatter, width="stretch")
+else:
+    right.info("No CLPCA coordinates yet — run `dvc repro embed` for the gain vs CLPCA-2 plot.")
+
+st.subheader("An average and its best-fit reference slice")
+ids = table.sort_values("gain", ascending=False)["average_id"].to_numpy()
+chosen = st.selectbox("average (sorted by gain)", ids, index=0, key="orient_average")
+row = table[table["average_id"] == chosen].iloc[0]
+st.caption(f"average {chosen}: gain {row['gain']:.3f}, best CC {row['best_cc']:.3f}, "
+           f"q = ({row['qw']:.3f}, {row['qx']:.3f}, {row['qy']:.3f}, {row['qz']:.3f}) "
+           "(scalar first, model→lab)")
+
+orient_ids = read_h5("data/orient.h5", ["average_id"])
+avg_ids = read_h5("data/averages.h5", ["averages/average_id"])
+if orient_ids is None or avg_ids is None:
+    st.info("Images need data/orient.h5 and data/averages.h5.")
+    st.stop()
+i_orient = np.flatnonzero(orient_ids["average_id"] == chosen)
+i_avg = np.flatnonzero(avg_ids["averages/average_id"] == chosen)
+if not len(i_orient) or not len(i_avg):
+    st.warning(f"average {chosen} is not in data/orient.h5 or data/averages.h5 (stale outputs?).")
+    st.stop()
+fit = read_h5("data/orient.h5", ["best_slice"], index=i_orient[:1])
+avg = read_h5("data/averages.h5", ["averages/intensity", "averages/weight"], index=i_avg[:1])
+image = avg["averages/intensity"][0].astype(float)
+valid = avg["averages/weight"][0] > 0
+ref = fit["best_slice"][0].astype(float)
+
+
+def log_image(img, good):
+    pos = img[good & (img > 0)]
+    floor = np.percentile(pos, 1) if pos.size else 1.0
+    out = np.log10(np.maximum(img, floor))
+    return np.where(good, out, np.nan)
+
+
+fig = make_subplots(rows=1, cols=2, subplot_titles=("average (log)", "reference slice (log)"))
+fig.add_trace(go.Heatmap(z=log_image(image, valid), colorscale="Viridis", showscale=False), 1, 1)
+fig.add_trace(go.Heatmap(z=log_image(ref, np.ones_like(valid)), colorscale="Viridis", showscale=False), 1, 2)
+fig.update_yaxes(scaleanchor="x", autorange="reversed", row=1, col=1)
+fig.update_yaxes(scaleanchor="x2", autorange="reversed", row=1, col=2)
+fig.update_layout(height=460, margin=dict(t=40, b=20))
+st.plotly_chart(fig, width="stretch")

@@ -1,0 +1,133 @@
+"""regress: train the absolute-embedding regressor (features -> CLPCA coordinates).
+
+Rotation-invariant features of every average (spicompute/features.py) are
+mapped by an MLP (spicompute/regressor.py) to the embedding coordinates
+(default pc_1..pc_3 of the embed stage).  Writes the model (state dict +
+JSON side file), per-average predictions with their split, validation
+metrics, and per-epoch losses with dvclive.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spicompute.errors import InputError, ParameterError
+from spicompute.stages._common import get_logger, stage_params
+
+COMMAND = "regress"
+HELP = "train the MLP that places averages in the CLPCA landscape (rotation-invariant features)"
+
+log = get_logger("regress")
+
+
+def add_arguments(parser):
+    parser.add_argument("--averages", default="data/averages.h5", help="averages file (classify2d)")
+    parser.add_argument("--embedding", default="results/parts/embed.parquet",
+                        help="table with average_id and the target columns (embed)")
+    parser.add_argument("--model", default="models/regressor.pt",
+                        help="weights to write (a .json side file is written beside it)")
+    parser.add_argument("--out", default="results/parts/regress.parquet", help="predictions table")
+    parser.add_argument("--metrics", default="metrics/regress.json", help="metrics JSON")
+    parser.add_argument("--live", default="dvclive/regress", help="dvclive folder for per-epoch losses")
+
+
+def feature_params_from(p: dict):
+    from spicompute.features import FeatureParams
+
+    return FeatureParams(r_min=int(p.get("r_min", 4)), r_max=int(p.get("r_max", 60)),
+                         n_theta=int(p.get("n_theta", 180)), order_a=float(p.get("order_a", 10.0)),
+                         order_b=float(p.get("order_b", 0.25)), log=bool(p.get("log", True)),
+                         log_floor=float(p.get("log_floor", 1e-3)))
+
+
+def train_config_from(p: dict):
+    from spicompute.regressor import TrainConfig
+
+    hidden = p.get("hidden", [512, 128, 64, 32])
+    if not isinstance(hidden, (list, tuple)):
+        raise ParameterError("regress.hidden", f"must be a list of layer widths, got {hidden!r}")
+    return TrainConfig(hidden=tuple(int(h) for h in hidden),
+                       learning_rate=float(p.get("learning_rate", 1e-3)),
+                       weight_decay=float(p.get("weight_decay", 1e-5)),
+                       batch_size=int(p.get("batch_size", 64)), max_epochs=int(p.get("max_epochs", 300)),
+                       patience=int(p.get("patience", 30)), val_fraction=float(p.get("val_fraction", 0.2)),
+                       seed=int(p.get("seed", 0))).validate()
+
+
+def _targets(path: str, ids: np.ndarray, names: list[str]) -> np.ndarray:
+    from spicompute.io.tables import read_table
+
+    table = read_table(path)
+    for col in ["average_id", *names]:
+        if col not in table.columns:
+            raise InputError(path, col, "column missing")
+    table = table.set_index("average_id")
+    missing = np.setdiff1d(ids, table.index.to_numpy())
+    if missing.size:
+        raise InputError(path, "average_id", f"{missing.size} averages have no row (e.g. {int(missing[0])})")
+    y = table.loc[ids, names].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(y)):
+        raise InputError(path, ",".join(names), "contains NaN or Inf")
+    return y
+
+
+def run(args) -> int:
+    import torch
+
+    from spicompute.features import rotation_invariant_features
+    from spicompute.io.averages import read_averages
+    from spicompute.io.provenance import write_json_atomic
+    from spicompute.io.tables import write_table
+    from spicompute.regressor import regression_metrics, save_regressor, train_regressor
+
+    p = stage_params(args, "regress")
+    fparams = feature_params_from(p)
+    config = train_config_from(p)
+    names = list(p.get("targets", ["pc_1", "pc_2", "pc_3"]))
+    threads = int(p.get("threads", 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    avg = read_averages(args.averages)
+    if avg.n_averages < 5:
+        raise InputError(args.averages, "averages/intensity", f"only {avg.n_averages} averages; need >= 5")
+    fparams.validate(avg.size)
+    y = _targets(args.embedding, avg.average_id, names)
+    x = rotation_invariant_features(avg.intensity, avg.valid, fparams)
+    log.info("%d averages -> %d features (radii %d..%d)", len(x), x.shape[1], fparams.r_min, fparams.r_max)
+
+    from dvclive import Live
+
+    with Live(args.live, save_dvc_exp=False, dvcyaml=None) as live:
+        def on_epoch(row):
+            live.log_metric("train_loss", row["train_loss"])
+            live.log_metric("val_loss", row["val_loss"])
+            live.next_step()
+
+        reg, tr, va = train_regressor(x, y, config, fparams, names, on_epoch=on_epoch)
+    pred = reg.predict_features(x)
+    metrics = {"validation": regression_metrics(pred[va], y[va], names),
+               "train": regression_metrics(pred[tr], y[tr], names),
+               "n_train": int(len(tr)), "n_val": int(len(va)), "n_features": int(x.shape[1]),
+               "epochs": len(reg.history),
+               "best_epoch": int(np.argmin([h["val_loss"] for h in reg.history]))}
+    split = np.full(len(x), "train", dtype=object)
+    split[va] = "val"
+    table = pd.DataFrame({"average_id": avg.average_id})
+    for i in range(len(names)):
+        table[f"nn_{i + 1}"] = pred[:, i]
+    table["split"] = pd.Categorical(split, categories=["train", "val"])
+    save_regressor(reg, args.model, extra={"train_params": p, "averages": str(args.averages),
+                                           "dq_nm": avg.dq_nm, "grid_size": avg.size,
+                                           "embedding": str(args.embedding),
+                                           "history": reg.history})
+    write_table(args.out, table)
+    write_json_atomic(args.metrics, metrics)
+    r2 = metrics["validation"]["r2"]
+    log.info("val R2 %s, %d epochs in %.1f s -> %s", {k: round(v, 3) for k, v in r2.items()},
+             len(reg.history), time.perf_counter() - start, Path(args.model))
+    return 0
