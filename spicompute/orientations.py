@@ -47,6 +47,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from spicompute.errors import ParameterError
+from spicompute.slicing import quat_to_rotation, rotation_to_quat
 
 TAU = (1.0 + np.sqrt(5.0)) / 2.0
 TIE_TOL = 1e-9
@@ -82,15 +83,9 @@ def canonical(q: np.ndarray) -> np.ndarray:
     return q * np.where(q[..., :1] < 0, -1.0, 1.0)
 
 
-def to_rotation(q: np.ndarray) -> Rotation:
-    """scipy Rotation from scalar-first quaternions (N, 4)."""
-    q = np.asarray(q, dtype=np.float64).reshape(-1, 4)
-    return Rotation.from_quat(q[:, [1, 2, 3, 0]])
-
-
-def from_rotation(rot: Rotation) -> np.ndarray:
-    """(N, 4) scalar-first quaternions with w >= 0 from a scipy Rotation."""
-    return canonical(np.atleast_2d(rot.as_quat())[:, [3, 0, 1, 2]])
+# scalar-first <-> scipy conversions live with the slicing code, shared by every stage
+to_rotation = quat_to_rotation
+from_rotation = rotation_to_quat
 
 
 # --------------------------------------------------------------------------- groups

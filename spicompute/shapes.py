@@ -26,11 +26,14 @@ def cube_intensity(q: np.ndarray, edge_nm: float) -> np.ndarray:
     ``F(q) = a^3 sinc(qx a/2) sinc(qy a/2) sinc(qz a/2)``: zeros along a face
     normal at ``q = 2 pi m / a``.
 
-    q : (..., 3) rad/nm  ->  (...) nm^6
+    q : (..., 3) rad/nm  ->  (...) nm^6 (float32 if q is float32, else float64)
     """
-    q = np.asarray(q, dtype=np.float64)
-    half = 0.5 * edge_nm
-    amp = edge_nm**3 * _sinc(q[..., 0] * half) * _sinc(q[..., 1] * half) * _sinc(q[..., 2] * half)
+    q = np.asarray(q)
+    dtype = np.float32 if q.dtype == np.float32 else np.float64  # float32 in -> float32 math
+    q = q.astype(dtype, copy=False)
+    scale = dtype(0.5 * edge_nm / np.pi)  # np.sinc(x) = sin(pi x) / (pi x)
+    amp = np.sinc(q[..., 0] * scale) * np.sinc(q[..., 1] * scale) * np.sinc(q[..., 2] * scale)
+    amp *= dtype(edge_nm**3)
     return amp * amp
 
 
