@@ -1,0 +1,141 @@
+"""Embeddings of the common-line CC matrix: CLPCA space, Isomap, spectral, t-SNE.
+
+Reads the CC matrix file, computes PCA of the CC rows (the paper's "CLPCA
+space", 3 components, explained variance saved), Isomap and t-SNE on the
+distance ``1 - CC``, a spectral embedding of its Gaussian affinity, and an
+automatic Gaussian-mixture clustering (k by BIC, silhouette score).
+
+Writes ``results/parts/embed.parquet`` (``average_id, pc_1.., isomap_1..,
+spectral_1.., tsne_1.., cluster, cluster_prob``), ``data/embedding.h5``
+(coordinates + the PCA model to project new CC rows) and a metrics JSON.
+See docs/ccmatrix_embed.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from spicompute import embedding as em
+from spicompute.commonlines import read_ccmatrix
+from spicompute.errors import InputError, ParameterError
+from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
+from spicompute.io.tables import write_table
+from spicompute.params import choice, positive
+from spicompute.stages._common import stage_params
+
+COMMAND = "embed"
+HELP = "CLPCA (PCA of the CC matrix), Isomap, spectral, t-SNE embeddings and clusters"
+
+log = logging.getLogger("spicompute.embed")
+
+METHODS = ("pc", "isomap", "spectral", "tsne")
+DEFAULTS = {"seed": 0, "n_components": 3, "methods": list(METHODS), "isomap_neighbors": 10,
+            "tsne_perplexity": 30.0, "cluster_on": "pc", "cluster_max_k": 8}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--ccmatrix", default="data/ccmatrix.h5", help="CC matrix file (input)")
+    parser.add_argument("--part", default="results/parts/embed.parquet",
+                        help="per-average part table (output)")
+    parser.add_argument("--out", default="data/embedding.h5", help="embedding file (output)")
+    parser.add_argument("--metrics", default="metrics/embed.json", help="metrics JSON")
+
+
+def check_params(p: dict) -> dict:
+    unknown = set(p) - set(DEFAULTS)
+    if unknown:
+        raise ParameterError(f"embed.{sorted(unknown)[0]}", "unknown parameter")
+    q = {**DEFAULTS, **p}
+    q["seed"] = positive("embed.seed", q["seed"], integer=True, allow_zero=True)
+    q["n_components"] = positive("embed.n_components", q["n_components"], integer=True)
+    if not isinstance(q["methods"], (list, tuple)) or not q["methods"]:
+        raise ParameterError("embed.methods", f"must be a non-empty list, got {q['methods']!r}")
+    for m in q["methods"]:
+        choice("embed.methods", m, METHODS)
+    if "pc" not in q["methods"]:
+        raise ParameterError("embed.methods", "must include 'pc' (CLPCA space)")
+    q["isomap_neighbors"] = positive("embed.isomap_neighbors", q["isomap_neighbors"], integer=True)
+    q["tsne_perplexity"] = positive("embed.tsne_perplexity", q["tsne_perplexity"])
+    choice("embed.cluster_on", q["cluster_on"], q["methods"])
+    q["cluster_max_k"] = positive("embed.cluster_max_k", q["cluster_max_k"], integer=True)
+    return q
+
+
+def compute(cc: np.ndarray, p: dict) -> dict:
+    """All embeddings and the clustering of one CC matrix (dict of results)."""
+    k, seed = p["n_components"], p["seed"]
+    out, seconds = {}, {}
+    t = time.perf_counter()
+    pca = em.clpca(cc, k, seed=seed)
+    out["pc"] = pca.coords
+    seconds["pc"] = time.perf_counter() - t
+    dist = em.cc_distance(cc)
+    for method in p["methods"]:
+        t = time.perf_counter()
+        if method == "isomap":
+            out[method] = em.isomap_embedding(dist, k, p["isomap_neighbors"])
+        elif method == "spectral":
+            out[method] = em.spectral_embedding(dist, k, seed=seed)
+        elif method == "tsne":
+            out[method] = em.tsne_embedding(dist, k, p["tsne_perplexity"], seed=seed)
+        if method != "pc":
+            seconds[method] = time.perf_counter() - t
+    clus = em.auto_cluster(out[p["cluster_on"]], max_k=p["cluster_max_k"], seed=seed)
+    return {"coords": out, "pca": pca, "cluster": clus, "seconds": seconds}
+
+
+def table(average_id: np.ndarray, res: dict) -> pd.DataFrame:
+    cols = {"average_id": np.asarray(average_id, np.int64)}
+    for method, x in res["coords"].items():
+        for j in range(x.shape[1]):
+            cols[f"{method}_{j + 1}"] = x[:, j].astype(np.float64)
+    cols["cluster"] = res["cluster"].labels.astype(np.int64)
+    cols["cluster_prob"] = res["cluster"].probability.astype(np.float64)
+    return pd.DataFrame(cols)
+
+
+def write_embedding(path, average_id, res: dict, params: dict) -> None:
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        stamp(h5, COMMAND, params)
+        h5.create_dataset("average_id", data=np.asarray(average_id, np.int64))
+        for method, x in res["coords"].items():
+            h5.create_dataset(f"coords/{method}", data=x.astype(np.float64))
+        g = h5.create_group("pca")
+        g.create_dataset("explained_variance_ratio", data=res["pca"].explained_variance_ratio)
+        g.create_dataset("mean", data=res["pca"].mean)
+        g.create_dataset("components", data=res["pca"].components)
+        g.attrs["usage"] = "coords = (cc_row - mean) @ components.T"
+        h5.create_dataset("cluster", data=res["cluster"].labels.astype(np.int64))
+        h5["cluster"].attrs["method"] = f"GaussianMixture on {params['cluster_on']}, k by BIC"
+
+
+def run(args) -> int:
+    p = check_params(stage_params(args, COMMAND))
+    ccf = read_ccmatrix(args.ccmatrix)
+    m = len(ccf.average_id)
+    if m < 5:
+        raise InputError(args.ccmatrix, "cc", f"needs at least 5 averages to embed, got {m}")
+    log.info("embed: %d averages, methods %s", m, ", ".join(p["methods"]))
+    res = compute(ccf.cc, p)
+    write_table(args.part, table(ccf.average_id, res))
+    write_embedding(args.out, ccf.average_id, res, p)
+    clus = res["cluster"]
+    metrics = {
+        "n_averages": m,
+        "explained_variance_ratio": [float(v) for v in res["pca"].explained_variance_ratio],
+        "explained_variance_total": float(res["pca"].explained_variance_ratio.sum()),
+        "n_clusters": int(clus.k), "silhouette": clus.silhouette,
+        "cluster_sizes": [int(c) for c in np.bincount(clus.labels)],
+        "cluster_on": p["cluster_on"], "seconds": res["seconds"],
+    }
+    write_json_atomic(args.metrics, metrics)
+    log.info("embed: explained variance %s, %d clusters (silhouette %.3f) -> %s",
+             np.round(res["pca"].explained_variance_ratio, 3).tolist(), clus.k,
+             clus.silhouette, args.part)
+    return 0
