@@ -3,7 +3,9 @@
 Physics, in order:
 
 1. 3D intensity |F(q)|^2 of every shape on one cubic q-grid covering the
-   detector: closed forms for cube, sphere, rod (box) and dimer (two cubes),
+   detector: closed forms for cube, sphere, rod (box), dimer (two cubes) and
+   irregular aggregates (clusters of small spheres: sum of sphere form
+   factors with phases),
    FFT of an anti-aliased voxel density for the superellipsoid melt levels.
 2. Each frame: a shape (class mixture), a melt parameter t (continuous:
    intensity interpolated between the two nearest melt levels), a size
@@ -38,7 +40,7 @@ from spicompute.slicing import VolumeSampler, random_quaternions
 
 log = logging.getLogger("spicompute.simulate")
 
-CLASSES = ("cube", "melt", "sphere", "dimer", "rod")
+CLASSES = ("cube", "melt", "sphere", "dimer", "rod", "aggregate")
 _MEMORY_BUDGET_BYTES = 2 * 1024**3  # keep expected patterns between passes below this
 
 
@@ -66,8 +68,11 @@ class SimulationParams:
     melt_volume_growth: float = 0.10
     melt_levels: int = 9
     rod_length_nm: float = 110.0
+    rod_width_nm: float = 20.0
+    aggregate_shapes: int = 3
     fractions: dict = field(default_factory=lambda: {"cube": 0.25, "melt": 0.45, "sphere": 0.15,
-                                                     "dimer": 0.08, "rod": 0.07})
+                                                     "dimer": 0.05, "rod": 0.04,
+                                                     "aggregate": 0.06})
     chunk_frames: int = 512
 
     @classmethod
@@ -107,6 +112,9 @@ class SimulationParams:
         if p.melt_levels < 2:
             raise ParameterError("simulate.melt_levels", f"must be >= 2, got {p.melt_levels}")
         p.rod_length_nm = positive("simulate.rod_length_nm", p.rod_length_nm)
+        p.rod_width_nm = positive("simulate.rod_width_nm", p.rod_width_nm)
+        p.aggregate_shapes = positive("simulate.aggregate_shapes", p.aggregate_shapes,
+                                      integer=True)
         p.chunk_frames = positive("simulate.chunk_frames", p.chunk_frames, integer=True)
         if not isinstance(p.fractions, dict) or not p.fractions:
             raise ParameterError("simulate.fractions", "must map class names to weights")
@@ -162,7 +170,8 @@ def _volume_grid(p: SimulationParams, detector: Detector) -> tuple[int, float]:
     dq = q_extent / (size // 2 - 1)
     box_nm = 2 * np.pi / dq  # real-space period of the grid
     a = p.cube_edge_nm
-    largest = max(np.sqrt(p.rod_length_nm**2 + 2 * a * a),  # rod diagonal
+    largest = max(np.sqrt(p.rod_length_nm**2 + 2 * p.rod_width_nm**2),  # rod diagonal
+                  AGGREGATE_EXTENT_NM * a,
                   np.sqrt(6) * a,  # dimer (2a x a x a) diagonal
                   2 * melt_half_size(1.0, a, p.melt_volume_growth))
     if box_nm < 1.5 * largest:
@@ -229,12 +238,48 @@ def shape_volumes(p: SimulationParams, detector: Detector):
         names.append("dimer")
         ts.append(np.nan)
     if p.fractions.get("rod", 0) > 0:
-        h = np.array([a, a, p.rod_length_nm]) / 2
+        h = np.array([p.rod_width_nm, p.rod_width_nm, p.rod_length_nm]) / 2
         amp = np.prod([np.sinc(q[..., i] * h[i] / np.pi) for i in range(3)], axis=0)
         volumes.append(((8 * h.prod() * amp) ** 2).astype(np.float32))
         names.append("rod")
         ts.append(np.nan)
+    if p.fractions.get("aggregate", 0) > 0:
+        agg_rng = np.random.default_rng(np.random.SeedSequence([p.seed, 7]))
+        for i in range(p.aggregate_shapes):
+            volumes.append(aggregate_intensity(q, a, agg_rng).astype(np.float32))
+            names.append(f"aggregate_{i}")
+            ts.append(np.nan)
     return np.stack(volumes), names, np.asarray(ts), dq
+
+
+AGGREGATE_EXTENT_NM = 1.6  # aggregates fit in a sphere of this many cube edges
+
+
+def aggregate_intensity(q: np.ndarray, cube_edge_nm: float, rng: np.random.Generator):
+    """|F|^2 of an irregular cluster of 4-7 small spheres (an "assorted" contaminant).
+
+    Sphere radii 0.15-0.3 a, centres random within 0.5 a of the cluster's
+    centre of mass: ``F = sum_j F_sphere(q; r_j) exp(-i q . x_j)``.
+    q : (..., 3) rad/nm -> (...) nm^6.
+    """
+    n = int(rng.integers(4, 8))
+    radii = rng.uniform(0.15, 0.3, n) * cube_edge_nm
+    centres = rng.normal(0.0, 0.3, (n, 3)) * cube_edge_nm
+    centres -= centres.mean(axis=0)
+    scale = 0.5 * cube_edge_nm / max(np.linalg.norm(centres, axis=1).max(), 1e-9)
+    centres *= min(1.0, scale)  # keep the cluster compact (within AGGREGATE_EXTENT_NM * a)
+    amp = np.zeros(q.shape[:-1], dtype=np.complex128)
+    for r, x in zip(radii, centres):  # a handful of spheres, each a whole-grid expression
+        amp += (4.0 / 3.0 * np.pi * r**3) * _sphere_form(q, r) * np.exp(-1j * (q @ x))
+    return np.abs(amp) ** 2
+
+
+def _sphere_form(q: np.ndarray, radius: float) -> np.ndarray:
+    """Sign-carrying sphere form factor 3 (sin x - x cos x)/x^3 (1 at q = 0)."""
+    x = np.linalg.norm(q, axis=-1) * radius
+    xs = np.maximum(x, 1e-2)
+    # series below x = 0.01, where the closed form cancels catastrophically
+    return np.where(x < 1e-2, 1.0 - x * x / 10.0, 3.0 * (np.sin(xs) - xs * np.cos(xs)) / xs**3)
 
 
 def draw_frame_parameters(p: SimulationParams, rng: np.random.Generator) -> dict:
@@ -253,11 +298,12 @@ def draw_frame_parameters(p: SimulationParams, rng: np.random.Generator) -> dict
     fluence = np.exp(rng.uniform(np.log(p.fluence_min), 0.0, p.n_frames))
     size_scale = np.clip(1.0 + p.size_jitter * rng.standard_normal(p.n_frames), 0.8, 1.2)
     quats = random_quaternions(p.n_frames, rng)
+    variant = rng.integers(0, p.aggregate_shapes, p.n_frames)  # which aggregate volume
     return dict(class_name=class_name, melt_t=melt_t, fluence=fluence, size_scale=size_scale,
-                quaternion=quats)
+                quaternion=quats, variant=variant)
 
 
-def _volume_weights(class_name, melt_t, names, volume_t) -> sp.csr_matrix:
+def _volume_weights(class_name, melt_t, names, volume_t, variant=None) -> sp.csr_matrix:
     """(N, V) mixing weights of the volumes for each frame (melt: linear in t)."""
     n = len(class_name)
     rows, cols, vals = [], [], []
@@ -276,6 +322,11 @@ def _volume_weights(class_name, melt_t, names, volume_t) -> sp.csr_matrix:
             rows.append(sel)
             cols.append(np.full(len(sel), names.index(other)))
             vals.append(np.ones(len(sel)))
+    sel = np.nonzero(class_name == "aggregate")[0]
+    if len(sel):
+        rows.append(sel)
+        cols.append(np.array([names.index(f"aggregate_{v}") for v in variant[sel]]))
+        vals.append(np.ones(len(sel)))
     w = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                       shape=(n, len(names)))
     w.eliminate_zeros()
@@ -333,7 +384,8 @@ def simulate(p: SimulationParams, progress: bool = True) -> tuple[FrameSet, Trut
     volumes, names, volume_t, dq = shape_volumes(p, detector)
     log.info("%d intensity volumes of %d^3, dq %.4f rad/nm", len(volumes), volumes.shape[1], dq)
     frames = draw_frame_parameters(p, np.random.default_rng(par_seed))
-    weights = _volume_weights(frames["class_name"], frames["melt_t"], names, volume_t)
+    weights = _volume_weights(frames["class_name"], frames["melt_t"], names, volume_t,
+                              frames["variant"])
     samplers = [VolumeSampler(v, dq) for v in volumes]
     pixel_factor = (detector.correction() * detector.mask).astype(np.float32)
     q_lab = detector.q.astype(np.float32)

@@ -62,7 +62,7 @@ def test_frames_page_shows_log_frames_with_grey_mask_and_histogram(workspace, sm
     assert np.isnan(z).sum() == (~frames.detector.mask).sum()  # masked -> NaN -> grey background
     assert spec["layout"]["plot_bgcolor"] == "#888888"
     hist = json.loads(charts[1].proto.spec)
-    assert {t["name"] for t in hist["data"]} == {"cube", "melt", "sphere", "dimer", "rod"}
+    assert {t["name"] for t in hist["data"]} == {"cube", "melt", "sphere", "dimer", "rod", "aggregate"}
     at.slider[0].set_value(3).run()
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert len([t for t in spec["data"] if t["type"] == "heatmap"]) == 3

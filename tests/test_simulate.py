@@ -38,7 +38,7 @@ def test_zero_expectation_gives_zero_counts(rng):
 
 def test_truth_records_classes_fluence_and_orientations(small_simulation):
     frames, truth, p = small_simulation
-    assert set(truth.class_name) == {"cube", "melt", "sphere", "dimer", "rod"}
+    assert set(truth.class_name) == {"cube", "melt", "sphere", "dimer", "rod", "aggregate"}
     assert np.all(truth.fluence >= p.fluence_min) and np.all(truth.fluence <= 1)
     np.testing.assert_allclose(np.linalg.norm(truth.quaternion, axis=1), 1.0)
     melt = truth.class_name == "melt"
@@ -87,3 +87,20 @@ def test_absurd_parameters_are_rejected(key, value):
 def test_too_small_volume_grid_is_rejected():
     with pytest.raises(ParameterError, match="volume_size"):
         simulate(SimulationParams.from_dict(dict(n_frames=2, volume_size=16)), progress=False)
+
+
+def test_aggregate_forward_scattering_is_total_volume_squared_and_anisotropic():
+    from spicompute.simulate import aggregate_intensity
+
+    q = np.zeros((1, 3))
+    a = 42.0
+    rng = np.random.default_rng(5)
+    i0 = aggregate_intensity(q, a, rng)[0]
+    rng = np.random.default_rng(5)
+    n = int(rng.integers(4, 8))
+    radii = rng.uniform(0.15, 0.3, n) * a
+    assert i0 == pytest.approx((4 / 3 * np.pi * (radii**3).sum()) ** 2, rel=1e-9)
+    # an irregular cluster scatters differently along different directions
+    shell = 0.25 * np.eye(3)
+    values = aggregate_intensity(shell, a, np.random.default_rng(5))
+    assert values.max() > 1.2 * values.min()
