@@ -77,3 +77,25 @@ def read_h5(relative: str, datasets: list[str], index=None) -> dict | None:
 def missing(stage: str, output: str) -> None:
     """Friendly notice for a page whose stage has not produced its output yet."""
     st.info(f"No `{output}` yet — run `dvc repro {stage}` (or `make demo`).")
+
+
+def averages_table(needs: str, part: str, extra_parts: tuple[str, ...] = ()) -> pd.DataFrame | None:
+    """The per-average table a page needs.
+
+    ``results/averages.parquet`` when it has column ``needs`` (the ``tables``
+    stage has run); otherwise ``results/parts/<part>.parquet`` left-joined with
+    whichever ``extra_parts`` exist, so a page works as soon as its stage ran.
+    None when the part itself is missing.
+    """
+    joined = read_table("results/averages.parquet")
+    if joined is not None and needs in joined.columns:
+        return joined
+    table = read_table(f"results/parts/{part}.parquet")
+    if table is None:
+        return None
+    for name in extra_parts:
+        other = read_table(f"results/parts/{name}.parquet")
+        if other is not None and "average_id" in other.columns:
+            cols = ["average_id"] + [c for c in other.columns if c not in table.columns]
+            table = table.merge(other[cols], on="average_id", how="left")
+    return table

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import missing, path, read_h5, read_table  # noqa: E402
+from common import averages_table, missing, path, read_h5  # noqa: E402
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
@@ -27,21 +27,6 @@ st.title("Structural landscape")
 METHODS = {"pc": "CLPCA (PCA of the CC matrix)", "isomap": "Isomap", "spectral": "Spectral",
            "tsne": "t-SNE"}
 AVERAGES = "data/averages.h5"
-
-
-def landscape_table() -> pd.DataFrame | None:
-    """Joined per-average table, or the embed part (+ classify2d part) as fallback."""
-    table = read_table("results/averages.parquet")
-    if table is not None and "pc_1" in table.columns:
-        return table
-    part = read_table("results/parts/embed.parquet")
-    if part is None:
-        return None
-    base = read_table("results/parts/classify2d.parquet")
-    if base is not None and "average_id" in base.columns:
-        extra = [c for c in base.columns if c not in part.columns or c == "average_id"]
-        part = part.merge(base[extra], on="average_id", how="left")
-    return part
 
 
 def components(table: pd.DataFrame, method: str) -> list[str]:
@@ -52,7 +37,7 @@ def components(table: pd.DataFrame, method: str) -> list[str]:
     return cols
 
 
-table = landscape_table()
+table = averages_table("pc_1", "embed", ("classify2d",))
 if table is None:
     missing("embed", "results/parts/embed.parquet")
     st.stop()

@@ -10,34 +10,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import missing, read_h5, read_table  # noqa: E402
+from common import averages_table, missing, read_h5  # noqa: E402
 
 st.set_page_config(page_title="Orientation · SPI Landscape", layout="wide")
 st.title("Orientation and gain")
 
 
-def averages_table() -> pd.DataFrame | None:
-    """The joined per-average table, or the parts this page needs merged on average_id."""
-    joined = read_table("results/averages.parquet")
-    if joined is not None and "gain" in joined.columns:
-        return joined
-    orient = read_table("results/parts/orient.parquet")
-    if orient is None:
-        return None
-    embed = read_table("results/parts/embed.parquet")
-    if embed is not None:
-        cols = ["average_id"] + [c for c in embed.columns if c not in orient.columns]
-        orient = orient.merge(embed[cols], on="average_id", how="left")
-    return orient
-
-
-table = averages_table()
+table = averages_table("gain", "orient", ("embed", "classify2d"))
 if table is None:
     missing("orient", "results/parts/orient.parquet")
     st.stop()

@@ -13,7 +13,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import file_key, missing, path, read_table  # noqa: E402
+from common import averages_table, file_key, missing, path, read_table  # noqa: E402
 
 st.set_page_config(page_title="Regressor · SPI Landscape", layout="wide")
 st.title("Absolute-embedding regressor")
@@ -24,21 +24,7 @@ def read_tsv(key: tuple) -> pd.DataFrame:
     return pd.read_csv(key[0], sep="\t")
 
 
-def averages_table() -> pd.DataFrame | None:
-    joined = read_table("results/averages.parquet")
-    if joined is not None and "nn_1" in joined.columns:
-        return joined
-    reg = read_table("results/parts/regress.parquet")
-    if reg is None:
-        return None
-    embed = read_table("results/parts/embed.parquet")
-    if embed is not None:
-        cols = ["average_id"] + [c for c in embed.columns if c not in reg.columns]
-        reg = reg.merge(embed[cols], on="average_id", how="left")
-    return reg
-
-
-table = averages_table()
+table = averages_table("nn_1", "regress", ("embed", "classify2d"))
 if table is None:
     missing("regress", "results/parts/regress.parquet")
     st.stop()

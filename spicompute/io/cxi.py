@@ -29,7 +29,6 @@ import numpy as np
 
 from spicompute.errors import InputError
 from spicompute.geometry import Detector, wavenumber
-from spicompute.io.frames import open_h5
 from spicompute.io.provenance import atomic_path, stamp
 
 DATA = "entry_1/data_1/data"
