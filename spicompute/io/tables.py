@@ -14,15 +14,35 @@ from pathlib import Path
 import pandas as pd
 
 from spicompute.errors import InputError
-from spicompute.io.provenance import atomic_path
+from spicompute.io.provenance import atomic_path, provenance
 
 KEY = "average_id"
 
 
-def write_table(path: str | Path, table: pd.DataFrame) -> None:
-    """Write a Parquet table atomically."""
+def write_table(path: str | Path, table: pd.DataFrame, *, stage: str = "",
+                params: dict | None = None) -> None:
+    """Write a Parquet table atomically, with provenance in its schema metadata.
+
+    The keys of :func:`spicompute.io.provenance.provenance` are stored as
+    Parquet key-value metadata (read them with ``read_provenance``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta.update({k.encode(): str(v).encode() for k, v in provenance(stage, params).items()})
     with atomic_path(path) as tmp:
-        table.to_parquet(tmp, index=False)
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+
+
+def read_provenance(path: str | Path) -> dict:
+    """Provenance metadata (stage, version, params JSON, time) of a Parquet table."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"spicompute_")
+            or k == b"created_utc"}
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

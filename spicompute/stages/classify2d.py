@@ -132,9 +132,10 @@ def run(args) -> int:
         n_frames=result.occupancy.reshape(-1), dq_nm=result.grid.dq_nm,
         wavelength_nm=frames.detector.wavelength_nm, source="spicompute")
     write_averages(args.out, averages, stage=COMMAND, params=params)
-    write_table(args.frames_table, frames_table(result, frames.frame_id, K))
+    write_table(args.frames_table, frames_table(result, frames.frame_id, K), stage=COMMAND)
     write_table(args.part, pd.DataFrame({"average_id": averages.average_id, "run": run_idx,
-                                         "model": model_idx, "n_frames": averages.n_frames}))
+                                         "model": model_idx, "n_frames": averages.n_frames}),
+                stage=COMMAND)
     runs = []
     for b, hist in enumerate(result.histories):
         last = hist[-1] if hist else {}

@@ -123,7 +123,7 @@ def run(args) -> int:
         raise InputError(args.ccmatrix, "cc", f"needs at least 5 averages to embed, got {m}")
     log.info("embed: %d averages, methods %s", m, ", ".join(p["methods"]))
     res = compute(ccf.cc, p)
-    write_table(args.part, table(ccf.average_id, res))
+    write_table(args.part, table(ccf.average_id, res), stage=COMMAND)
     write_embedding(args.out, ccf.average_id, res, p)
     clus = res["cluster"]
     metrics = {

@@ -41,10 +41,11 @@ def run(args) -> int:
     params = {"output": str(args.output), "detector": str(args.detector),
               "wavelength_nm": args.wavelength_nm, "run": args.run}
     write_averages(args.out, averages, stage=COMMAND, params=params)
-    write_table(args.frames_table, frames)
+    write_table(args.frames_table, frames, stage=COMMAND)
     write_table(args.part, pd.DataFrame({"average_id": averages.average_id,
                                          "run": averages.run, "model": averages.model,
-                                         "n_frames": averages.n_frames}))
+                                         "n_frames": averages.n_frames}),
+                stage=COMMAND)
     log.info("imported %d Dragonfly averages (%dx%d, dq %.4g rad/nm) to %s",
              averages.n_averages, averages.size, averages.size, averages.dq_nm, args.out)
     return 0

@@ -167,7 +167,7 @@ def run(args) -> int:
             h5.attrs["dq_nm"] = avg.dq_nm
             h5.attrs["wavelength_nm"] = avg.wavelength_nm
             h5.attrs["quaternion_convention"] = "scalar first (w,x,y,z), model->lab: frame samples I(R^T q)"
-    write_table(args.out, table)
+    write_table(args.out, table, stage=COMMAND)
     finite = np.isfinite(result.gain)
     metrics = {"n_averages": int(avg.n_averages), "n_orientations": int(len(quats)),
                "n_pixels": int(result.stats.get("n_pixels", 0)), "seconds": round(elapsed, 2),

@@ -62,6 +62,6 @@ def run(args) -> int:
     table = place(args.model, args.averages)
     if args.label:
         table["label"] = args.label
-    write_table(args.out, table)
+    write_table(args.out, table, stage=COMMAND)
     log.info("placed %d averages -> %s", len(table), args.out)
     return 0

@@ -125,7 +125,7 @@ def run(args) -> int:
                                            "dq_nm": avg.dq_nm, "grid_size": avg.size,
                                            "embedding": str(args.embedding),
                                            "history": reg.history})
-    write_table(args.out, table)
+    write_table(args.out, table, stage=COMMAND)
     write_json_atomic(args.metrics, metrics)
     r2 = metrics["validation"]["r2"]
     log.info("val R2 %s, %d epochs in %.1f s -> %s", {k: round(v, 3) for k, v in r2.items()},

@@ -35,7 +35,7 @@ def run(args) -> int:
         table = merge_parts(base, parts)
     except ValueError as exc:
         raise InputError(", ".join(args.parts), None, str(exc)) from exc
-    write_table(args.out, table)
+    write_table(args.out, table, stage=COMMAND)
     log.info("%d averages x %d columns -> %s (parts: %s)", len(table), len(table.columns),
              args.out, ", ".join(Path(p).stem for p in args.parts) or "none")
     return 0
