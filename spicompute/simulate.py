@@ -256,14 +256,15 @@ AGGREGATE_EXTENT_NM = 1.6  # aggregates fit in a sphere of this many cube edges
 
 
 def aggregate_intensity(q: np.ndarray, cube_edge_nm: float, rng: np.random.Generator):
-    """|F|^2 of an irregular cluster of 4-7 small spheres (an "assorted" contaminant).
+    """|F|^2 of an irregular cluster of 3-6 spheres (an "assorted" contaminant).
 
-    Sphere radii 0.15-0.3 a, centres random within 0.5 a of the cluster's
-    centre of mass: ``F = sum_j F_sphere(q; r_j) exp(-i q . x_j)``.
+    Sphere radii 0.25-0.45 a (so the cluster scatters about as strongly as a
+    cube), centres random within 0.5 a of the cluster's centre of mass:
+    ``F = sum_j F_sphere(q; r_j) exp(-i q . x_j)``.
     q : (..., 3) rad/nm -> (...) nm^6.
     """
-    n = int(rng.integers(4, 8))
-    radii = rng.uniform(0.15, 0.3, n) * cube_edge_nm
+    n = int(rng.integers(3, 7))
+    radii = rng.uniform(0.25, 0.45, n) * cube_edge_nm
     centres = rng.normal(0.0, 0.3, (n, 3)) * cube_edge_nm
     centres -= centres.mean(axis=0)
     scale = 0.5 * cube_edge_nm / max(np.linalg.norm(centres, axis=1).max(), 1e-9)

@@ -50,9 +50,11 @@ def test_truth_records_classes_fluence_and_orientations(small_simulation):
     assert np.corrcoef(truth.fluence[spheres], photons[spheres])[0, 1] > 0.5
 
 
-def test_cubes_streak_and_spheres_ring(small_simulation):
+def test_cubes_streak_and_spheres_ring():
     """Cube patterns are anisotropic (streaks); sphere patterns are rings."""
-    frames, truth, _ = small_simulation
+    p = SimulationParams.from_dict(small_simulation_params(
+        n_frames=80, photons_mean=20000, fractions={"cube": 1, "sphere": 1}))
+    frames, truth = simulate(p, progress=False)
     det = frames.detector
     qx, qy = det.q[:, 0], det.q[:, 1]
     ring = (np.hypot(qx, qy) > 0.1) & (np.hypot(qx, qy) < 0.35) & det.mask
@@ -97,8 +99,8 @@ def test_aggregate_forward_scattering_is_total_volume_squared_and_anisotropic():
     rng = np.random.default_rng(5)
     i0 = aggregate_intensity(q, a, rng)[0]
     rng = np.random.default_rng(5)
-    n = int(rng.integers(4, 8))
-    radii = rng.uniform(0.15, 0.3, n) * a
+    n = int(rng.integers(3, 7))
+    radii = rng.uniform(0.25, 0.45, n) * a
     assert i0 == pytest.approx((4 / 3 * np.pi * (radii**3).sum()) ** 2, rel=1e-9)
     # an irregular cluster scatters differently along different directions
     shell = 0.25 * np.eye(3)
