@@ -28,7 +28,7 @@ from spicompute.emc2d import (PartialSums, RotationGrid, Shard, build_rotation_g
 from spicompute.errors import ParameterError
 from spicompute.io.frames import FrameSet
 from spicompute.io.provenance import atomic_path
-from spicompute.params import choice, in_range, positive
+from spicompute.params import choice, in_range, positive, with_defaults
 
 log = logging.getLogger("spicompute.classify2d")
 
@@ -66,10 +66,7 @@ class EMCConfig:
     @classmethod
     def from_params(cls, params: dict) -> "EMCConfig":
         """Validated config from a params section (unknown keys are an error)."""
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(params) - known
-        if unknown:
-            raise ParameterError(f"classify2d.{sorted(unknown)[0]}", "unknown parameter")
+        with_defaults("classify2d", params, cls.__dataclass_fields__)
         cfg = cls(**params)
         cfg.validate()
         return cfg

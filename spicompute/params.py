@@ -80,3 +80,17 @@ def choice(name: str, value: Any, options) -> Any:
     if value not in options:
         raise ParameterError(name, f"must be one of {sorted(options)}, got {value!r}")
     return value
+
+
+def with_defaults(section_name: str, raw: dict, defaults) -> dict:
+    """``raw`` merged over ``defaults``; a key not among the defaults is an error.
+
+    ``defaults`` is a dict, or any iterable of known keys (e.g. dataclass
+    fields) when the caller fills the defaults itself.
+    """
+    known = set(defaults)
+    unknown = set(raw) - known
+    if unknown:
+        raise ParameterError(f"{section_name}.{sorted(unknown)[0]}", "unknown parameter")
+    base = dict(defaults) if isinstance(defaults, dict) else {}
+    return {**base, **raw}

@@ -33,7 +33,7 @@ from spicompute.errors import ParameterError
 from spicompute.geometry import Detector, regular_detector, standard_mask, \
     wavelength_from_energy_kev
 from spicompute.io.frames import FrameSet
-from spicompute.params import in_range, positive
+from spicompute.params import in_range, positive, with_defaults
 from spicompute.shapes import cube_intensity, intensity_volume, melt_half_size, \
     sphere_intensity, superellipsoid_exponent
 from spicompute.slicing import VolumeSampler, random_quaternions
@@ -77,11 +77,7 @@ class SimulationParams:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SimulationParams":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(raw) - known
-        if unknown:
-            raise ParameterError(f"simulate.{sorted(unknown)[0]}", "unknown parameter")
-        p = cls(**{**cls().__dict__, **raw})
+        p = cls(**with_defaults("simulate", raw, cls().__dict__))
         p.seed = int(p.seed)
         p.n_frames = positive("simulate.n_frames", p.n_frames, integer=True)
         p.photon_energy_kev = positive("simulate.photon_energy_kev", p.photon_energy_kev)

@@ -24,7 +24,7 @@ from spicompute import commonlines as cl
 from spicompute.errors import InputError, ParameterError
 from spicompute.io.averages import read_averages
 from spicompute.io.provenance import write_json_atomic
-from spicompute.params import choice, in_range, positive
+from spicompute.params import choice, in_range, positive, with_defaults
 from spicompute.stages._common import progress_disabled, stage_params
 
 COMMAND = "ccmatrix"
@@ -48,10 +48,7 @@ def add_arguments(parser) -> None:
 
 def check_params(p: dict) -> dict:
     """Validated ``ccmatrix`` section merged over the defaults."""
-    unknown = set(p) - set(DEFAULTS)
-    if unknown:
-        raise ParameterError(f"ccmatrix.{sorted(unknown)[0]}", "unknown parameter")
-    q = {**DEFAULTS, **p}
+    q = with_defaults("ccmatrix", p, DEFAULTS)
     q["n_angles"] = positive("ccmatrix.n_angles", q["n_angles"], integer=True)
     if q["n_angles"] < 2:
         raise ParameterError("ccmatrix.n_angles", f"must be >= 2, got {q['n_angles']}")

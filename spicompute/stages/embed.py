@@ -24,7 +24,7 @@ from spicompute.commonlines import read_ccmatrix
 from spicompute.errors import InputError, ParameterError
 from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
 from spicompute.io.tables import write_table
-from spicompute.params import choice, positive
+from spicompute.params import choice, positive, with_defaults
 from spicompute.stages._common import stage_params
 
 COMMAND = "embed"
@@ -46,10 +46,7 @@ def add_arguments(parser) -> None:
 
 
 def check_params(p: dict) -> dict:
-    unknown = set(p) - set(DEFAULTS)
-    if unknown:
-        raise ParameterError(f"embed.{sorted(unknown)[0]}", "unknown parameter")
-    q = {**DEFAULTS, **p}
+    q = with_defaults("embed", p, DEFAULTS)
     q["seed"] = positive("embed.seed", q["seed"], integer=True, allow_zero=True)
     q["n_components"] = positive("embed.n_components", q["n_components"], integer=True)
     if not isinstance(q["methods"], (list, tuple)) or not q["methods"]:
