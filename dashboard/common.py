@@ -99,3 +99,17 @@ def averages_table(needs: str, part: str, extra_parts: tuple[str, ...] = ()) -> 
             cols = ["average_id"] + [c for c in other.columns if c not in table.columns]
             table = table.merge(other[cols], on="average_id", how="left")
     return table
+
+
+def log_image(images: np.ndarray, valid: np.ndarray, decades: float = 4.0) -> np.ndarray:
+    """log10 of intensities for display, NaN where not observed.
+
+    The floor is ``decades`` orders of magnitude below the 99.9th percentile of
+    the observed values: EMC models carry values down to 1e-40 in unvisited
+    corners, which would otherwise stretch the colour scale over 40 decades.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    observed = images[valid & (images > 0)]
+    top = np.percentile(observed, 99.9) if observed.size else 1.0
+    out = np.log10(np.maximum(images, top * 10.0**-decades))
+    return np.where(valid, out, np.nan)

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import file_key, missing, path, read_h5  # noqa: E402
+from common import file_key, log_image, missing, path, read_h5  # noqa: E402
 
 st.set_page_config(page_title="Averages · SPI Landscape", layout="wide")
 st.title("2D class averages")
@@ -90,11 +90,7 @@ sorted_rows = np.sort(shown["row"].to_numpy())
 pos = np.searchsorted(sorted_rows, shown["row"].to_numpy())
 images = arrays["averages/intensity"][pos].astype(np.float64)
 valid = arrays["averages/weight"][pos] > 0
-if log_scale:
-    positive = images[valid & (images > 0)]
-    floor = np.percentile(positive, 1) if positive.size else 1e-6
-    images = np.log10(np.maximum(images, floor))
-images[~valid] = np.nan
+images = log_image(images, valid) if log_scale else np.where(valid, images, np.nan)
 
 cols = 6 if len(shown) > 4 else len(shown)
 labels = [f"#{a} · run {r} · {n:.0f} fr" for a, r, n in

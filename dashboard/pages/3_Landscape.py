@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import averages_table, missing, path, read_h5  # noqa: E402
+from common import averages_table, log_image, missing, path, read_h5  # noqa: E402
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
@@ -145,10 +145,7 @@ with right:
                              index=[int(where[0])])
             img = arrays["averages/intensity"][0].astype(np.float64)
             valid = arrays["averages/weight"][0] > 0
-            positive = img[valid & (img > 0)]
-            floor = np.percentile(positive, 1) if positive.size else 1e-6
-            logimg = np.log10(np.maximum(img, floor))
-            logimg[~valid] = np.nan
+            logimg = log_image(img, valid)
             pat = px.imshow(logimg, origin="lower", color_continuous_scale="viridis",
                             labels=dict(color="log10 I"))
             pat.update_xaxes(showticklabels=False)

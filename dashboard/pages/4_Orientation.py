@@ -15,7 +15,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import averages_table, missing, read_h5  # noqa: E402
+from common import averages_table, log_image, missing, read_h5  # noqa: E402
 
 st.set_page_config(page_title="Orientation · SPI Landscape", layout="wide")
 st.title("Orientation and gain")
@@ -74,13 +74,6 @@ avg = read_h5("data/averages.h5", ["averages/intensity", "averages/weight"], ind
 image = avg["averages/intensity"][0].astype(float)
 valid = avg["averages/weight"][0] > 0
 ref = fit["best_slice"][0].astype(float)
-
-
-def log_image(img, good):
-    pos = img[good & (img > 0)]
-    floor = np.percentile(pos, 1) if pos.size else 1.0
-    out = np.log10(np.maximum(img, floor))
-    return np.where(good, out, np.nan)
 
 
 fig = make_subplots(rows=1, cols=2, subplot_titles=("average (log)", "reference slice (log)"))
