@@ -8,16 +8,9 @@ Fourier transform of a unit-density particle (units nm^6).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.fft
 from scipy.special import gamma
-
-
-def _sinc(x: np.ndarray) -> np.ndarray:
-    """sin(x)/x with the limit 1 at 0 (numpy's sinc is sin(pi x)/(pi x))."""
-    return np.sinc(np.asarray(x) / np.pi)
 
 
 def cube_intensity(q: np.ndarray, edge_nm: float) -> np.ndarray:
@@ -84,61 +77,25 @@ def melt_half_size(t: float, cube_edge_nm: float, volume_growth: float) -> float
     return float((volume / superellipsoid_volume_factor(p)) ** (1.0 / 3.0))
 
 
-@dataclass(frozen=True)
-class VoxelGrid:
-    """Real-space grid of ``n^3`` voxels of edge ``dx_nm`` centred on the origin."""
+def superellipsoid_intensity_volume(size: int, dq_nm: float, oversample: int,
+                                    half_size_nm: float, p: float) -> np.ndarray:
+    """|F|^2 of a superellipsoid on a cubic q-grid, via the FFT of its density.
 
-    n: int
-    dx_nm: float
-
-    @property
-    def dq_nm(self) -> float:
-        """q step of the FFT of this grid, rad/nm."""
-        return 2.0 * np.pi / (self.n * self.dx_nm)
-
-
-def _occupancy(inside, grid: VoxelGrid, supersample: int) -> np.ndarray:
-    """Fraction of each voxel inside a shape, by ``supersample^3`` sub-samples.
-
-    ``inside(x, y, z)`` takes broadcastable coordinate arrays (nm) and returns
-    a bool array.  Evaluated one slab of voxels at a time to bound memory.
+    The q-grid has ``size^3`` points of step ``dq_nm`` with q = 0 at
+    ``size // 2``.  The real-space grid has ``n = size * oversample`` voxels of
+    edge ``2 pi / (n dq_nm)``; the surface is anti-aliased with the distance to
+    it estimated from the (degree-1 homogeneous) p-norm.  Returns
+    (size, size, size) float32 in nm^6.
     """
-    n, s = grid.n, supersample
-    sub = (np.arange(n * s) - (n * s - 1) / 2.0) * (grid.dx_nm / s)
-    x = sub.reshape(n, s)
+    n = size * oversample
+    dx = 2 * np.pi / (n * dq_nm)
+    axis = (np.arange(n) - n // 2) * dx
+    xp = np.abs(axis / half_size_nm).astype(np.float32) ** np.float32(p)
     density = np.empty((n, n, n), dtype=np.float32)
-    yy = sub[:, None]
-    zz = sub[None, :]
-    for i in range(n):  # one voxel slab at a time; each slab is vectorised
-        xs = x[i][:, None, None]
-        occ = inside(xs, yy[None], zz[None])  # (s, n*s, n*s)
-        density[i] = occ.reshape(s, n, s, n, s).mean(axis=(0, 2, 4))
-    return density
-
-
-def superellipsoid_density(grid: VoxelGrid, half_size_nm: float, p: float,
-                           supersample: int = 3, offset=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """Anti-aliased unit density of a superellipsoid (cube for p = inf), (n, n, n)."""
-    ox, oy, oz = offset
-
-    def inside(x, y, z):
-        ax, ay, az = np.abs(x - ox), np.abs(y - oy), np.abs(z - oz)
-        if np.isinf(p):
-            return (ax <= half_size_nm) & (ay <= half_size_nm) & (az <= half_size_nm)
-        return (ax / half_size_nm) ** p + (ay / half_size_nm) ** p + (az / half_size_nm) ** p <= 1.0
-
-    return _occupancy(inside, grid, supersample)
-
-
-def box_density(grid: VoxelGrid, size_nm, supersample: int = 3, offset=(0.0, 0.0, 0.0)):
-    """Anti-aliased unit density of a box with edges ``size_nm = (sx, sy, sz)``."""
-    hx, hy, hz = (0.5 * s for s in size_nm)
-    ox, oy, oz = offset
-
-    def inside(x, y, z):
-        return (np.abs(x - ox) <= hx) & (np.abs(y - oy) <= hy) & (np.abs(z - oz) <= hz)
-
-    return _occupancy(inside, grid, supersample)
+    for i in range(n):  # slab by slab to bound memory (vectorised per slab)
+        norm = (xp[i] + xp[:, None] + xp[None, :]) ** np.float32(1.0 / p)
+        density[i] = np.clip(0.5 - (norm - 1.0) * (half_size_nm / dx), 0.0, 1.0)
+    return intensity_volume(density, dx, keep=size)
 
 
 def intensity_volume(density: np.ndarray, dx_nm: float, keep: int | None = None) -> np.ndarray:

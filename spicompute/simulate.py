@@ -34,8 +34,8 @@ from spicompute.geometry import Detector, regular_detector, standard_mask, \
     wavelength_from_energy_kev
 from spicompute.io.frames import FrameSet
 from spicompute.params import in_range, positive, with_defaults
-from spicompute.shapes import cube_intensity, intensity_volume, melt_half_size, \
-    sphere_intensity, superellipsoid_exponent
+from spicompute.shapes import cube_intensity, melt_half_size, sphere_intensity, \
+    superellipsoid_exponent, superellipsoid_intensity_volume
 from spicompute.slicing import VolumeSampler, random_quaternions
 
 log = logging.getLogger("spicompute.simulate")
@@ -184,25 +184,6 @@ def _grid_q(size: int, dq: float) -> np.ndarray:
     return np.stack([qx, qy, qz], axis=-1)
 
 
-def _superellipsoid_volume(size: int, dq: float, oversample: int, half: float, p_exp: float):
-    """|F|^2 of a superellipsoid on the (size, dq) q-grid via an FFT.
-
-    The real-space grid has ``n = size * oversample`` voxels of edge
-    ``2 pi / (n dq)``; the edge is anti-aliased with the distance to the
-    surface estimated from the homogeneous p-norm.
-    """
-    n = size * oversample
-    dx = 2 * np.pi / (n * dq)
-    axis = (np.arange(n) - n // 2) * dx
-    x = np.abs(axis / half).astype(np.float32)
-    xp = x ** np.float32(p_exp)
-    density = np.empty((n, n, n), dtype=np.float32)
-    for i in range(n):  # slab by slab to bound memory (vectorised per slab)
-        norm = (xp[i] + xp[:, None] + xp[None, :]) ** np.float32(1.0 / p_exp)
-        density[i] = np.clip(0.5 - (norm - 1.0) * (half / dx), 0.0, 1.0)
-    return intensity_volume(density, dx, keep=size)
-
-
 def shape_volumes(p: SimulationParams, detector: Detector):
     """Intensity volumes of all shapes the mixture needs.
 
@@ -222,8 +203,8 @@ def shape_volumes(p: SimulationParams, detector: Detector):
         elif t == 1:
             vol = sphere_intensity(q, half)
         else:
-            vol = _superellipsoid_volume(size, dq, p.volume_oversample, half,
-                                         superellipsoid_exponent(float(t)))
+            vol = superellipsoid_intensity_volume(size, dq, p.volume_oversample, half,
+                                                  superellipsoid_exponent(float(t)))
         volumes.append(vol.astype(np.float32))
         names.append(f"melt_t{t:.3f}")
         ts.append(float(t))

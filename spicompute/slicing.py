@@ -111,11 +111,6 @@ class VolumeSampler:
         return out.view(n, -1).numpy()
 
 
-def sample_volume(volume: np.ndarray, dq_nm: float, q_points: np.ndarray) -> np.ndarray:
-    """One-off trilinear sampling of ``volume`` at model-frame ``q_points`` (..., 3)."""
-    return VolumeSampler(volume, dq_nm)(q_points)
-
-
 def slice_volume(volume: np.ndarray, dq_nm: float, q_lab: np.ndarray,
                  quaternions: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
     """Ewald slices of a volume at several orientations.

@@ -5,8 +5,8 @@ import pytest
 from scipy.signal import argrelmin
 
 from spicompute.shapes import (cube_intensity, melt_half_size, sphere_intensity,
-                               superellipsoid_exponent, superellipsoid_volume_factor)
-from spicompute.simulate import _superellipsoid_volume
+                               superellipsoid_exponent, superellipsoid_intensity_volume,
+                               superellipsoid_volume_factor)
 from spicompute.slicing import VolumeSampler, random_quaternions, rotation_matrices
 
 
@@ -42,7 +42,7 @@ def test_cube_zeros_along_face_normal_at_2_pi_m_over_a():
 def test_fft_volume_of_the_sphere_end_has_its_zeros_where_theory_says():
     # the melt family's sphere member, computed through the voxel/FFT route
     size, dq, radius = 96, 0.012, 21.0
-    vol = _superellipsoid_volume(size, dq, 2, radius, 2.0)
+    vol = superellipsoid_intensity_volume(size, dq, 2, radius, 2.0)
     c = size // 2
     profile = vol[c:, c, c]
     q = np.arange(len(profile)) * dq

@@ -230,9 +230,3 @@ def read_frame_subset(path: str | Path, index) -> tuple[np.ndarray, np.ndarray, 
             start, stop = indptr[i], indptr[i + 1]
             out[row, h5["frames/indices"][start:stop]] = h5["frames/counts"][start:stop]
         return out, fid, det
-
-
-def read_detector(path: str | Path) -> Detector:
-    """Only the detector geometry of a frames file."""
-    with open_h5(path) as h5:
-        return read_detector_group(_need(h5, "detector", path), path)
