@@ -1,0 +1,221 @@
+"""vae: train the VAE on the selected averages; encode every average.
+
+Inputs: the averages (classify2d), their orientation quaternions and gains
+(orient), the selection (select).  Preprocessing, network and training are in
+:mod:`spicompute.vae`; the q-range is resolved from the data (``auto``) and
+recorded in ``models/vae.json`` and ``metrics/vae.json``.
+
+Runs on CUDA when present (``vae.device: auto``), else on CPU (deterministic
+for a seed).  Several GPUs or CPU processes: launch with torchrun, e.g.
+``torchrun --nproc_per_node 4 -m spicompute vae ...`` (each process takes an
+equal share of every batch; rank 0 writes the outputs).  A checkpoint is
+written after every epoch; re-running resumes from it when every parameter
+and input that shapes training is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spicompute.errors import InputError, ParameterError
+from spicompute.stages._common import get_logger, stage_params
+
+COMMAND = "vae"
+HELP = "train the VAE (2D averages + orientations -> latent -> Oh-symmetric 3D volumes)"
+
+DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_size_nm": "auto",
+            "min_counts": 1.0, "loss": "mse_log", "log_floor": 0.01, "epochs": 60, "batch_size": 32,
+            "learning_rate": 0.001, "kl_weight": 0.01, "kl_warmup_epochs": 10, "seed": 0,
+            "device": "auto", "amp": False, "threads": 0}
+
+log = get_logger("vae")
+
+
+def add_arguments(parser):
+    parser.add_argument("--averages", default="data/averages.h5")
+    parser.add_argument("--orient", default="results/parts/orient.parquet",
+                        help="orientation table (average_id, qw, qx, qy, qz, gain)")
+    parser.add_argument("--select", default="results/parts/select.parquet",
+                        help="selection table (average_id, selected); absent file: all averages")
+    parser.add_argument("--model", default="models/vae.pt", help="state dict; a .json side file beside it")
+    parser.add_argument("--out", default="results/parts/vae.parquet", help="latents of every average")
+    parser.add_argument("--metrics", default="metrics/vae.json")
+    parser.add_argument("--live", default="dvclive/vae", help="dvclive folder ('' to skip)")
+    parser.add_argument("--checkpoints", default="checkpoints/vae", help="checkpoint folder ('' to skip)")
+    # tests only: SIGKILL the process after this epoch's checkpoint (fault injection)
+    parser.add_argument("--kill-after-epoch", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def options(raw: dict) -> dict:
+    from spicompute.params import choice, positive, with_defaults
+    from spicompute.vae.model import PRESETS
+    from spicompute.vae.train import LOSSES
+
+    p = with_defaults("vae", raw, DEFAULTS)
+    p["preset"] = choice("vae.preset", p["preset"], tuple(PRESETS))
+    p["latent_dim"] = int(choice("vae.latent_dim", p["latent_dim"], (1, 2, 3)))
+    for key in ("q_max_nm", "particle_size_nm"):
+        if p[key] != "auto":
+            p[key] = positive(f"vae.{key}", p[key])
+    p["min_counts"] = positive("vae.min_counts", p["min_counts"])
+    p["loss"] = choice("vae.loss", p["loss"], LOSSES)
+    p["log_floor"] = positive("vae.log_floor", p["log_floor"])
+    p["epochs"] = positive("vae.epochs", p["epochs"], integer=True)
+    p["batch_size"] = positive("vae.batch_size", p["batch_size"], integer=True)
+    p["learning_rate"] = positive("vae.learning_rate", p["learning_rate"])
+    p["kl_weight"] = positive("vae.kl_weight", p["kl_weight"], allow_zero=True)
+    p["kl_warmup_epochs"] = positive("vae.kl_warmup_epochs", p["kl_warmup_epochs"], integer=True, allow_zero=True)
+    p["seed"] = positive("vae.seed", p["seed"], integer=True, allow_zero=True)
+    p["device"] = choice("vae.device", p["device"], ("auto", "cpu", "cuda"))
+    p["threads"] = positive("vae.threads", p["threads"], integer=True, allow_zero=True)
+    if not isinstance(p["amp"], bool):
+        raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
+    return p
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("vae.device", "cuda requested but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _orientations(path: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from spicompute.io.tables import read_table
+
+    t = read_table(path)
+    for col in ("average_id", "qw", "qx", "qy", "qz", "gain"):
+        if col not in t.columns:
+            raise InputError(path, col, "column missing")
+    t = t.set_index("average_id")
+    missing = np.setdiff1d(ids, t.index.to_numpy())
+    if missing.size:
+        raise InputError(path, "average_id", f"{missing.size} averages have no orientation (e.g. {int(missing[0])})")
+    q = t.loc[ids, ["qw", "qx", "qy", "qz"]].to_numpy(np.float64)
+    if not np.all(np.isfinite(q)) or np.any(np.abs(np.linalg.norm(q, axis=1) - 1) > 1e-3):
+        raise InputError(path, "qw,qx,qy,qz", "orientations must be finite unit quaternions")
+    return q, t.loc[ids, "gain"].to_numpy(np.float64)
+
+
+def _selected(path: str, ids: np.ndarray) -> np.ndarray:
+    from spicompute.io.tables import read_table
+
+    if not path or not Path(path).exists():
+        return np.ones(len(ids), bool)
+    t = read_table(path)
+    for col in ("average_id", "selected"):
+        if col not in t.columns:
+            raise InputError(path, col, "column missing")
+    sel = t.set_index("average_id")["selected"].reindex(ids)
+    if sel.isna().any():
+        raise InputError(path, "average_id", "some averages have no selection row")
+    return sel.to_numpy(bool)
+
+
+def run(args) -> int:
+    import torch
+
+    from spicompute.io.averages import read_averages
+    from spicompute.io.provenance import atomic_path, write_json_atomic
+    from spicompute.io.tables import write_table
+    from spicompute.vae.data import model_inputs, plan_preprocessing
+    from spicompute.vae.model import VAE, architecture
+    from spicompute.vae.train import (TensorData, TrainConfig, encode, fingerprint, init_distributed,
+                                      train_vae)
+
+    p = options(stage_params(args, "vae"))
+    if p["threads"] > 0:
+        torch.set_num_threads(p["threads"])
+    device = _device(p["device"])
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    dist = init_distributed(device)
+    start = time.perf_counter()
+
+    avg = read_averages(args.averages)
+    quats, gain = _orientations(args.orient, avg.average_id)
+    selected = _selected(args.select, avg.average_id)
+    train_index = np.flatnonzero(selected)
+    if train_index.size < 2:
+        raise InputError(args.select, "selected", f"only {train_index.size} averages selected; need >= 2")
+    arch = architecture(p["preset"], p["latent_dim"])
+    prep = plan_preprocessing(avg, train_index, input_size=arch.input_size, volume_size=arch.volume_size,
+                              q_max_nm=p["q_max_nm"], particle_size_nm=p["particle_size_nm"],
+                              min_counts=p["min_counts"], log_floor=p["log_floor"], source=args.averages)
+    inputs = model_inputs(avg, prep, quats, gain)
+    log.info("%d of %d averages train a %s VAE (volume %d^3, q %.3f..%.3f rad/nm, latent %d) on %s x%d",
+             train_index.size, avg.n_averages, p["preset"], arch.volume_size, prep.q_min_nm, prep.q_max_nm,
+             arch.latent_dim, device, dist.world)
+    config = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
+                         kl_weight=p["kl_weight"], kl_warmup_epochs=p["kl_warmup_epochs"], loss=p["loss"],
+                         seed=p["seed"], amp=p["amp"])
+    torch.manual_seed(p["seed"])
+    model = VAE(arch).to(device)
+    data = TensorData(inputs, prep, device)
+    fp = fingerprint(arch, prep, config, inputs, train_index)
+    ckpt = Path(args.checkpoints) / "last.pt" if args.checkpoints else None
+
+    live = None
+    if args.live and dist.main:
+        from dvclive import Live
+
+        live = Live(args.live, save_dvc_exp=False, dvcyaml=None, resume=False)
+
+    def on_epoch(row):
+        if live is not None:
+            live.step = row["epoch"] - 1
+            for key in ("loss", "recon", "kl", "kl_beta"):
+                live.log_metric(key, row[key])
+            live.make_summary()
+
+    history = train_vae(model, data, train_index, config, checkpoint=ckpt, fp=fp, dist=dist,
+                        on_epoch=on_epoch, kill_after_epoch=args.kill_after_epoch)
+    if live is not None:
+        live.end()
+    if not dist.main:
+        return 0
+    mu, logvar, recon = encode(model, data, config.loss)
+    table = pd.DataFrame({"average_id": avg.average_id})
+    for i in range(arch.latent_dim):
+        table[f"z_{i + 1}"] = mu[:, i]
+    for i in range(arch.latent_dim):
+        table[f"z_logvar_{i + 1}"] = logvar[:, i]
+    table["recon_loss"] = recon
+    table["vae_trained"] = selected
+    side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
+            "fingerprint": fp, "history": history, "n_train": int(train_index.size),
+            "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
+            "volume_units": "normalised intensity x mean radial profile (mean photons/pixel at unit fluence)"}
+    model_path = Path(args.model)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(model_path) as tmp:
+        torch.save(state, tmp)
+    with atomic_path(model_path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(side, indent=1, default=float) + "\n")
+    write_table(args.out, table, stage=COMMAND, params=p)
+    elapsed = time.perf_counter() - start
+    metrics = {"n_train": int(train_index.size), "n_averages": int(avg.n_averages), "epochs": len(history),
+               "final_loss": history[-1]["loss"] if history else None,
+               "final_recon": history[-1]["recon"] if history else None,
+               "recon_selected_median": float(np.median(recon[selected])),
+               "recon_unselected_median": float(np.median(recon[~selected])) if (~selected).any() else None,
+               "q_max_nm": prep.q_max_nm, "q_min_nm": prep.q_min_nm, "q_max_limits": prep.q_max_limits,
+               "particle_size_nm": prep.particle_size_nm, "volume_size": arch.volume_size,
+               "dq3_nm": prep.dq3_nm, "device": str(device), "processes": dist.world,
+               "seconds": round(elapsed, 1)}
+    write_json_atomic(args.metrics, metrics)
+    log.info("trained %d epochs in %.1f s, final recon %.4f -> %s", len(history), elapsed,
+             metrics["final_recon"] or float("nan"), model_path)
+    return 0

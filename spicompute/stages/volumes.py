@@ -1,0 +1,131 @@
+"""volumes: 3D intensity volumes decoded at points of the VAE latent space.
+
+Latent points (paper Figs. 5 and 6):
+
+- d = 1: a line of ``volumes.n_points`` between the ``volumes.percentiles``
+  of the trained averages' encoded z (paper: 12 points from -2.00 to 2.67);
+- d = 2, 3: a regular grid of ``volumes.grid_per_axis`` points per axis over
+  the same percentile box (paper: ~200 points for d = 2);
+- plus every point of the ``kind: latent_points`` selection files under
+  ``selections/`` (the dashboard writes them), when their dimension matches.
+
+Writes ``data/volumes.h5``::
+
+    volumes/intensity (P, L, L, L) float32  radial profile multiplied back
+    volumes/z         (P, d) float32
+    volumes/source    (P,) str   "line" | "grid" | "selection:<name>"
+    volumes/observed  (L, L, L) uint8  1 where the data constrain the volume
+    attrs: dq_nm (rad/nm per voxel), center (L // 2), q_min_nm, q_max_nm
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from spicompute.errors import InputError
+from spicompute.stages._common import get_logger, stage_params
+
+COMMAND = "volumes"
+HELP = "decode 3D intensity volumes along the VAE latent coordinate (and at selected points)"
+DEFAULTS = {"n_points": 12, "grid_per_axis": 14, "percentiles": [2.0, 98.0], "selections": "selections"}
+
+log = get_logger("volumes")
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", default="models/vae.pt", help="VAE weights (the .json side file beside it)")
+    parser.add_argument("--latents", default="results/parts/vae.parquet", help="encoded averages (vae stage)")
+    parser.add_argument("--out", default="data/volumes.h5")
+
+
+def options(raw: dict) -> dict:
+    from spicompute.params import ParameterError, positive, with_defaults
+
+    p = with_defaults("volumes", raw, DEFAULTS)
+    p["n_points"] = positive("volumes.n_points", p["n_points"], integer=True)
+    p["grid_per_axis"] = positive("volumes.grid_per_axis", p["grid_per_axis"], integer=True)
+    pct = p["percentiles"]
+    if not (isinstance(pct, list) and len(pct) == 2 and 0 <= float(pct[0]) < float(pct[1]) <= 100):
+        raise ParameterError("volumes.percentiles", f"must be [lo, hi] with 0 <= lo < hi <= 100, got {pct!r}")
+    return p
+
+
+def latent_points(z: np.ndarray, p: dict) -> np.ndarray:
+    """Line (d = 1) or grid (d > 1) between the percentiles of encoded z (N, d) -> (P, d)."""
+    lo, hi = np.percentile(z, p["percentiles"], axis=0)
+    d = z.shape[1]
+    if d == 1:
+        return np.linspace(lo[0], hi[0], p["n_points"])[:, None]
+    axes = [np.linspace(lo[i], hi[i], p["grid_per_axis"]) for i in range(d)]
+    return np.asarray(list(itertools.product(*axes)))
+
+
+def run(args) -> int:
+    import h5py
+    import torch
+
+    from spicompute.io.provenance import atomic_path, stamp
+    from spicompute.io.tables import read_table
+    from spicompute.selections import list_selections
+    from spicompute.vae.data import Preprocessing
+    from spicompute.vae.model import VAE, Architecture
+    from spicompute.vae.train import decode_volumes
+
+    p = options(stage_params(args, "volumes"))
+    model_path = Path(args.model)
+    side_path = model_path.with_suffix(".json")
+    try:
+        side = json.loads(side_path.read_text())
+        arch = Architecture.from_dict(side["architecture"])
+        prep = Preprocessing.from_dict(side["preprocessing"])
+    except FileNotFoundError:
+        raise InputError(side_path, None, "model description not found (run the vae stage)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(side_path, "architecture", f"not a VAE description ({exc})") from None
+    model = VAE(arch)
+    try:
+        model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    except FileNotFoundError:
+        raise InputError(model_path, None, "weights not found (run the vae stage)") from None
+    except Exception as exc:
+        raise InputError(model_path, None, f"not VAE weights matching {side_path.name} ({exc})") from None
+    table = read_table(args.latents)
+    d = arch.latent_dim
+    cols = [f"z_{i + 1}" for i in range(d)]
+    for col in cols:
+        if col not in table.columns:
+            raise InputError(args.latents, col, "column missing")
+    trained = table["vae_trained"].to_numpy(bool) if "vae_trained" in table.columns else np.ones(len(table), bool)
+    z = table.loc[trained, cols].to_numpy(np.float64)
+    points = latent_points(z, p)
+    source = ["line" if d == 1 else "grid"] * len(points)
+    for sel in list_selections(p["selections"], kind="latent_points"):
+        pts = np.asarray(sel["points"], np.float64)
+        if pts.shape[1] != d:
+            log.warning("selection %s has %d-D points; the latent is %d-D: skipped", sel["name"], pts.shape[1], d)
+            continue
+        points = np.concatenate([points, pts])
+        source += [f"selection:{sel['name']}"] * len(pts)
+    volumes = decode_volumes(model, points, prep)
+    with atomic_path(args.out) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            stamp(h5, COMMAND, p)
+            g = h5.create_group("volumes")
+            L = arch.volume_size
+            g.create_dataset("intensity", data=volumes, compression="gzip", shuffle=True, chunks=(1, L, L, L))
+            g["intensity"].attrs["units"] = "mean photons per pixel at unit fluence (radial profile multiplied back)"
+            g.create_dataset("z", data=points.astype(np.float32))
+            g.create_dataset("source", data=np.asarray(source, dtype=object), dtype=h5py.string_dtype())
+            g.create_dataset("observed", data=prep.volume_observed().astype(np.uint8))
+            h5.attrs["dq_nm"] = prep.dq3_nm
+            h5.attrs["center"] = L // 2
+            h5.attrs["q_min_nm"] = prep.q_min_nm
+            h5.attrs["q_max_nm"] = prep.q_max_nm
+            h5.attrs["latent_dim"] = d
+    log.info("%d volumes of %d^3 (latent %d-D, %d from selections) -> %s", len(points), arch.volume_size, d,
+             sum(s.startswith("selection:") for s in source), args.out)
+    return 0

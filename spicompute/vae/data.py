@@ -1,0 +1,245 @@
+"""Preprocessing of 2D class averages for the VAE (paper appendix B.1).
+
+1. **Crop and resample.**  Every average (on its square (qx, qy) grid, step
+   ``dq``) is resampled onto the model's ``n x n`` grid of step
+   ``q_max / (n // 2)``: a normalised (masked) Gaussian pre-filter of width
+   half the new step against aliasing, then bilinear interpolation of
+   ``I * w`` and ``w`` (``w`` = observed 0/1), divided.  A model pixel is
+   observed when at least half of its interpolation weight was observed and
+   ``|q| <= q_max`` (the circle: the volume covers the sphere of radius q_max).
+2. **Radial normalisation.**  Divide by the data set's mean radial profile
+   ``p(|q|)`` (stored, multiplied back when generating volumes), then scale
+   each average to a mean of 1 over its observed pixels, so that shape -- not
+   the steep fall-off or the fluence -- dominates the loss.
+3. **Conditioning.**  The orientation quaternion (scalar first, model->lab)
+   and ``log(gain)`` from the orientation fit go to the encoder; the rotation
+   matrix goes to the slicer.
+
+``q_max`` (``auto``) is the smallest of: the averages' grid radius, the
+radius where the expected photon count per pixel of a typical average drops
+below ``min_counts`` (beyond it the lines are shot noise), and the Nyquist
+limit of the volume grid for the particle size ``D`` (``q_max <= c * pi / D``
+with ``c = L // 2``: a real-space box of at least twice the particle).  ``D``
+(``auto``) comes from the first minimum of the mean radial profile, as the
+diameter of the sphere with that first minimum (``q1 R = 4.493``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from spicompute.errors import InputError, ParameterError
+from spicompute.geometry import grid_q
+from spicompute.io.averages import AverageSet
+
+SPHERE_FIRST_ZERO = 4.493409457909064  # tan(x) = x
+
+
+@dataclass
+class Preprocessing:
+    """Everything needed to map averages to model inputs and volumes back to intensities.
+
+    input_size : n, model 2D grid edge (odd)
+    volume_size : L, volume grid edge (odd)
+    q_max_nm, q_min_nm : modelled q-range, rad/nm (q_min: beamstop edge)
+    dq2_nm : 2D model grid step; dq3_nm : volume voxel step (rad/nm)
+    wavelength_nm : for the Ewald-sphere q of the 2D grid
+    profile_q_nm, profile : the mean radial profile p(|q|) (mean photons/pixel, unit fluence)
+    particle_size_nm : D used for the Nyquist bound
+    log_floor : floor added before the log in the loss and encoder input
+    """
+
+    input_size: int
+    volume_size: int
+    q_max_nm: float
+    q_min_nm: float
+    dq2_nm: float
+    dq3_nm: float
+    wavelength_nm: float
+    profile_q_nm: list
+    profile: list
+    particle_size_nm: float | None
+    log_floor: float
+    q_max_limits: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def profile_at(self, q_nm: np.ndarray) -> np.ndarray:
+        """p(|q|) by linear interpolation (constant beyond the ends)."""
+        return np.interp(q_nm, self.profile_q_nm, self.profile).astype(np.float32)
+
+    def q_lab(self) -> np.ndarray:
+        """(n*n, 3) lab-frame Ewald q of the 2D model grid, rad/nm."""
+        return grid_q(self.input_size, self.dq2_nm, self.wavelength_nm).reshape(-1, 3).astype(np.float32)
+
+    def volume_q_norm(self) -> np.ndarray:
+        """(L, L, L) |q| of the volume voxels, rad/nm."""
+        c = self.volume_size // 2
+        axis = (np.arange(self.volume_size) - c) * self.dq3_nm
+        return np.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2)
+
+    def volume_observed(self) -> np.ndarray:
+        """(L, L, L) bool: voxels the data constrain (q_min <= |q| <= q_max)."""
+        qn = self.volume_q_norm()
+        return (qn >= self.q_min_nm) & (qn <= self.q_max_nm)
+
+
+@dataclass
+class VaeInputs:
+    """Model inputs of M averages.
+
+    x : (M, n, n) float32 normalised intensity (0 where unobserved)
+    observed : (M, n, n) bool
+    rotations : (M, 3, 3) float32 model->lab
+    condition : (M, 5) float32 [qw, qx, qy, qz, log gain]
+    count_scale : (M,) float32 expected photons per unit of x at p = 1 (n_frames * scale), for Poisson
+    average_id : (M,) int64
+    """
+
+    x: np.ndarray
+    observed: np.ndarray
+    rotations: np.ndarray
+    condition: np.ndarray
+    count_scale: np.ndarray
+    average_id: np.ndarray
+
+
+def radial_profile(averages: AverageSet, dq_bin_nm: float, index=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean radial intensity of (a subset of) the averages.
+
+    Returns (q_centres (B,), mean intensity (B,), observed share (B,)) in
+    bins of width ``dq_bin_nm``; bins without an observed pixel get NaN.
+    """
+    sel = np.arange(averages.n_averages) if index is None else np.asarray(index)
+    q = np.linalg.norm(averages.q_grid(ewald=False)[..., :2], axis=-1)
+    rbin = np.floor(q / dq_bin_nm + 0.5).astype(np.int64).ravel()
+    nb = int(rbin.max()) + 1
+    w = averages.valid[sel].reshape(len(sel), -1).astype(np.float64)
+    iw = averages.intensity[sel].reshape(len(sel), -1).astype(np.float64) * w
+    sw = np.bincount(rbin, weights=w.sum(0), minlength=nb)
+    si = np.bincount(rbin, weights=iw.sum(0), minlength=nb)
+    npix = np.bincount(rbin, minlength=nb) * len(sel)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(sw > 0, si / sw, np.nan)
+    return np.arange(nb) * dq_bin_nm, mean, sw / np.maximum(npix, 1)
+
+
+def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: float) -> float | None:
+    """Sphere-equivalent diameter (nm) from the first minimum of a radial profile.
+
+    The first local minimum of the (3-bin smoothed) log profile beyond
+    ``q_start_nm`` gives ``D = 2 * 4.493 / q1``; None when there is none.
+    """
+    ok = np.isfinite(profile) & (profile > 0) & (q_nm >= q_start_nm)
+    idx = np.flatnonzero(ok)
+    if idx.size < 5:
+        return None
+    logp = np.log(profile[idx])
+    smooth = np.convolve(np.pad(logp, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    for i in range(1, len(smooth) - 1):
+        if smooth[i] < smooth[i - 1] and smooth[i] <= smooth[i + 1]:
+            return float(2 * SPHERE_FIRST_ZERO / q_nm[idx[i]])
+    return None
+
+
+def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
+                       q_max_nm="auto", particle_size_nm="auto", min_counts: float = 1.0,
+                       log_floor: float = 0.01, source: str = "averages") -> Preprocessing:
+    """Choose the q-range and grids from the data (see the module docstring)."""
+    for name, size in (("vae.input_size", input_size), ("vae.volume_size", volume_size)):
+        if size < 5 or size % 2 == 0:
+            raise ParameterError(name, f"must be odd and >= 5, got {size}")
+    dq = averages.dq_nm
+    q_axis, prof, coverage = radial_profile(averages, dq, train_index)
+    grid_radius = (averages.size // 2) * dq
+    inner = np.flatnonzero(coverage >= 0.5)
+    if inner.size == 0:
+        raise InputError(source, "averages/weight", "no radius is observed in half of its pixels")
+    q_min = float(q_axis[inner[0]])
+    n_typ = float(np.median(averages.n_frames[train_index]))
+    counts = prof * n_typ
+    low = np.flatnonzero((q_axis > q_min) & ~(counts >= min_counts))
+    q_counts = float(q_axis[low[0]]) if low.size else float(q_axis[-1])
+    limits = {"grid_radius_nm": grid_radius, "counts_nm": q_counts}
+    if particle_size_nm == "auto":
+        size = estimate_particle_size(q_axis, prof, q_min)
+    else:
+        size = float(particle_size_nm)
+        if not size > 0:
+            raise ParameterError("vae.particle_size_nm", f"must be > 0 or auto, got {particle_size_nm!r}")
+    if size is not None:
+        limits["nyquist_nm"] = (volume_size // 2) * np.pi / size
+    if q_max_nm == "auto":
+        q_max = min(limits.values())
+    else:
+        q_max = float(q_max_nm)
+        if not q_max > q_min:
+            raise ParameterError("vae.q_max_nm", f"must exceed the beamstop edge {q_min:.3f} rad/nm, got {q_max_nm!r}")
+        q_max = min(q_max, grid_radius)
+    if q_max <= q_min + 2 * dq:
+        raise InputError(source, "averages/intensity",
+                         f"usable q-range {q_min:.3f}..{q_max:.3f} rad/nm is too narrow (limits {limits})")
+    good = np.isfinite(prof) & (q_axis <= q_max + 2 * dq)
+    pq, pv = q_axis[good], np.maximum(prof[good], np.nanmax(prof[good]) * 1e-9)
+    return Preprocessing(input_size=int(input_size), volume_size=int(volume_size), q_max_nm=float(q_max),
+                         q_min_nm=q_min, dq2_nm=float(q_max / (input_size // 2)),
+                         dq3_nm=float(q_max / (volume_size // 2)), wavelength_nm=averages.wavelength_nm,
+                         profile_q_nm=pq.tolist(), profile=pv.tolist(), particle_size_nm=size,
+                         log_floor=float(log_floor), q_max_limits={k: float(v) for k, v in limits.items()})
+
+
+def resample_averages(averages: AverageSet, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """Averages on the model grid: (intensity (M, n, n) float32, observed (M, n, n) bool)."""
+    n, c = prep.input_size, prep.input_size // 2
+    step = prep.dq2_nm / averages.dq_nm  # source pixels per model pixel
+    coords = (np.arange(n) - c) * step + averages.center
+    rows, cols = np.meshgrid(coords, coords, indexing="ij")
+    sigma = 0.5 * step if step > 1 else 0.0
+    out = np.zeros((averages.n_averages, n, n), np.float32)
+    seen = np.zeros((averages.n_averages, n, n), np.float32)
+    for i in range(averages.n_averages):  # M is small (<= 10^4) and each call is a C loop over the grid
+        w = averages.valid[i].astype(np.float64)
+        iw = averages.intensity[i] * w
+        if sigma:
+            w_f, iw_f = ndimage.gaussian_filter(w, sigma), ndimage.gaussian_filter(iw, sigma)
+        else:
+            w_f, iw_f = w, iw
+        ws = ndimage.map_coordinates(w_f, [rows, cols], order=1, mode="constant", cval=0.0)
+        ivs = ndimage.map_coordinates(iw_f, [rows, cols], order=1, mode="constant", cval=0.0)
+        out[i] = np.where(ws > 1e-6, ivs / np.maximum(ws, 1e-12), 0.0)
+        seen[i] = ws
+    axis = (np.arange(n) - c) * prep.dq2_nm
+    qn = np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
+    observed = (seen >= 0.5) & (qn <= prep.q_max_nm)[None]
+    return np.where(observed, out, 0.0).astype(np.float32), observed
+
+
+def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndarray,
+                 gain: np.ndarray) -> VaeInputs:
+    """Normalised model inputs of every average (see the module docstring)."""
+    from spicompute.slicing import rotation_matrices
+
+    intensity, observed = resample_averages(averages, prep)
+    n, c = prep.input_size, prep.input_size // 2
+    axis = (np.arange(n) - c) * prep.dq2_nm
+    profile = prep.profile_at(np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2))
+    x = np.where(observed, intensity / profile[None], 0.0)
+    n_obs = observed.sum(axis=(1, 2))
+    mean = x.sum(axis=(1, 2)) / np.maximum(n_obs, 1)
+    scale = np.where(mean > 0, mean, 1.0)
+    x = (x / scale[:, None, None]).astype(np.float32)
+    g = np.asarray(gain, np.float64)
+    log_gain = np.log(np.where(np.isfinite(g) & (g > 0), g, 1.0))
+    quats = np.asarray(quaternions, np.float64)
+    cond = np.concatenate([quats, log_gain[:, None]], axis=1).astype(np.float32)
+    return VaeInputs(x=x, observed=observed, rotations=rotation_matrices(quats).astype(np.float32),
+                     condition=cond, count_scale=(averages.n_frames * scale).astype(np.float32),
+                     average_id=averages.average_id.copy())

