@@ -26,8 +26,13 @@ def melt_volumes(levels: np.ndarray, size: int = 65, dq_nm: float = 0.03) -> np.
 
 
 def melt_averages(n: int, seed: int = 0, grid: int = 41, dq_nm: float = 0.045, wavelength_nm: float = 0.2066,
-                  photons: float = 2e5, n_levels: int = 6, beamstop_px: float = 2.0, vol_dq: float = 0.03):
-    """(AverageSet, t (n,), quaternions (n, 4), level volumes, level t) of a noisy melt series."""
+                  photons: float = 2e5, n_levels: int = 6, beamstop_px: float = 2.0, vol_dq: float = 0.03,
+                  n_frames: float = 200.0):
+    """(AverageSet, t (n,), quaternions (n, 4), level volumes, level t) of a noisy melt series.
+
+    Each average holds ``photons`` photons from ``n_frames`` frames; its intensity is in
+    mean photons per pixel per frame, as a class average of real frames is.
+    """
     rng = np.random.default_rng(seed)
     levels = np.linspace(0, 1, n_levels)
     vols = melt_volumes(levels, dq_nm=vol_dq)
@@ -44,8 +49,8 @@ def melt_averages(n: int, seed: int = 0, grid: int = 41, dq_nm: float = 0.045, w
     valid = (qn >= beamstop_px * dq_nm) & (np.linalg.norm(q, axis=1) <= (vols.shape[1] // 2 - 1) * vol_dq)
     k = photons / clean[:, valid].sum(1)
     counts = rng.poisson(clean * k[:, None])
-    inten = (counts / k[:, None]).astype(np.float32) * valid
+    inten = (counts / n_frames).astype(np.float32) * valid
     weight = np.broadcast_to(valid.astype(np.float32), inten.shape)
     avg = AverageSet(inten.reshape(n, grid, grid), weight.reshape(n, grid, grid), np.arange(n),
-                     np.arange(n) % 4, np.arange(n) // 4, np.full(n, 200.0), dq_nm, wavelength_nm)
+                     np.arange(n) % 4, np.arange(n) // 4, np.full(n, float(n_frames)), dq_nm, wavelength_nm)
     return avg, t, quats, vols, levels

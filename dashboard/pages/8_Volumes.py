@@ -1,0 +1,166 @@
+"""Volumes: the VAE latent and the 3D intensities / shapes along it (paper Figs. 5 and 6).
+
+Reads results/parts/vae.parquet (or results/averages.parquet), data/volumes.h5,
+and, when the phase stage has run, data/phased.h5 and results/volumes.parquet.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import averages_table, missing, path, read_h5, read_table  # noqa: E402
+
+from spicompute.views import DIRECTIONS, block_mean, central_section, log_display, projection, quantize_uint8  # noqa: E402
+
+st.set_page_config(page_title="Volumes · SPI Landscape", layout="wide")
+st.title("VAE latent and volumes")
+
+VOLUMES, PHASED = "data/volumes.h5", "data/phased.h5"
+
+
+def safe(load, what: str):
+    """Run a loader; a corrupt file becomes a message naming it, not a traceback."""
+    try:
+        return load()
+    except Exception as exc:  # h5py/pyarrow raise many types for damaged files
+        st.error(f"Could not read {what}: {exc.__class__.__name__}: {exc}. Re-run the stage that writes it.")
+        st.stop()
+
+
+table = safe(lambda: averages_table("z_1", "vae", ("embed", "orient", "classify2d")), "the VAE latents")
+if table is None:
+    missing("vae", "results/parts/vae.parquet")
+    st.stop()
+zcols = sorted([c for c in table.columns if c.startswith("z_") and not c.startswith("z_logvar")])
+trained = table["vae_trained"].astype(bool) if "vae_trained" in table else pd.Series(True, index=table.index)
+
+c1, c2, c3 = st.columns(3)
+c1.metric("averages encoded", f"{len(table):,}")
+c2.metric("trained on", f"{int(trained.sum()):,}")
+c3.metric("latent dimension", len(zcols))
+
+left, right = st.columns(2)
+if len(zcols) == 1:
+    hist = go.Figure()
+    hist.add_trace(go.Histogram(x=table.loc[trained, "z_1"], nbinsx=40, name="trained", marker_color="#4C78A8"))
+    if (~trained).any():
+        hist.add_trace(go.Histogram(x=table.loc[~trained, "z_1"], nbinsx=40, name="not selected",
+                                    marker_color="#BBBBBB"))
+    hist.update_layout(barmode="overlay", title="Latent z (Fig. 5B)", xaxis_title="z", yaxis_title="averages",
+                       height=360, margin=dict(t=50, b=40))
+else:
+    hist = px.scatter(table, x="z_1", y="z_2", color="pc_2" if "pc_2" in table else None, opacity=0.8,
+                      title="Latent space (Fig. 6A)")
+    hist.update_layout(height=360, margin=dict(t=50, b=40))
+left.plotly_chart(hist, width="stretch", key="latent_hist")
+if "pc_2" in table.columns:
+    color = table["gain"] if "gain" in table.columns else None
+    sc = go.Figure(go.Scattergl(x=table["z_1"], y=table["pc_2"], mode="markers",
+                                marker=dict(size=5, color=color, colorscale="Viridis",
+                                            colorbar=dict(title="gain") if color is not None else None),
+                                text=[f"average {a}" for a in table["average_id"]]))
+    sc.update_layout(title="z against CLPCA-2, coloured by gain (Fig. 5A)", xaxis_title="z_1",
+                     yaxis_title="CLPCA-2", height=360, margin=dict(t=50, b=40))
+    right.plotly_chart(sc, width="stretch", key="z_vs_pc2")
+else:
+    right.info("No CLPCA coordinates yet — run `dvc repro embed`.")
+
+meta = safe(lambda: read_h5(VOLUMES, ["volumes/z", "volumes/source", "volumes/observed"]), VOLUMES)
+if meta is None:
+    missing("volumes", VOLUMES)
+    st.stop()
+zs = np.asarray(meta["volumes/z"], dtype=np.float64)
+sources = [s.decode() if isinstance(s, bytes) else str(s) for s in meta["volumes/source"]]
+observed = meta["volumes/observed"].astype(bool)
+
+st.subheader("A volume along the latent coordinate")
+if zs.shape[1] == 1:
+    labels = [f"{i}: z = {z[0]:+.2f}" + ("" if s in ("line", "grid") else f" ({s})")
+              for i, (z, s) in enumerate(zip(zs, sources))]
+    pick = st.select_slider("latent point", options=list(range(len(zs))), format_func=lambda i: labels[i],
+                            key="volume_index")
+else:
+    a1, a2 = st.columns(2)
+    u1 = np.unique(zs[:, 0].round(6))
+    u2 = np.unique(zs[:, 1].round(6))
+    v1 = a1.select_slider("z_1", options=list(u1), format_func=lambda v: f"{v:+.2f}", key="pick_z1")
+    v2 = a2.select_slider("z_2", options=list(u2), format_func=lambda v: f"{v:+.2f}", key="pick_z2")
+    pick = int(np.argmin((zs[:, 0] - v1) ** 2 + (zs[:, 1] - v2) ** 2))
+pick = int(pick)
+vol_file = safe(lambda: read_h5(VOLUMES, ["volumes/intensity"], index=[pick]), VOLUMES)
+volume = vol_file["volumes/intensity"][0].astype(np.float64)
+size = volume.shape[0]
+st.caption(f"volume {pick} of {len(zs)} at z = {np.array2string(zs[pick], precision=2)} — {size}³ voxels, "
+           f"source: {sources[pick]}")
+
+left, right = st.columns([3, 2])
+with left:
+    shown, factor = block_mean(np.where(observed, volume, 0.0), 64)
+    logv = log_display(shown, decades=3.0)
+    q8, lo, hi = quantize_uint8(logv)
+    n = shown.shape[0]
+    axis = np.arange(n, dtype=np.uint8)
+    X, Y, Z = np.meshgrid(axis, axis, axis, indexing="ij")
+    iso = go.Figure(go.Isosurface(x=X.ravel(), y=Y.ravel(), z=Z.ravel(), value=q8.ravel(), isomin=96, isomax=255,
+                                  surface_count=3, caps=dict(x_show=False, y_show=False, z_show=False),
+                                  colorscale="Viridis", opacity=0.35, showscale=False))
+    iso.update_layout(height=480, margin=dict(l=0, r=0, t=30, b=0),
+                      title=f"log intensity isosurfaces ({n}³{', ' + str(factor) + '× block mean' if factor > 1 else ''})",
+                      scene=dict(xaxis_title="qx", yaxis_title="qy", zaxis_title="qz"))
+    st.plotly_chart(iso, width="stretch", key="volume3d")
+with right:
+    sections = {name: central_section(np.where(observed, volume, 0.0), d) for name, d in DIRECTIONS.items()}
+    for name, sec in sections.items():
+        img = log_display(sec, decades=4.0)
+        fig = px.imshow(img, origin="lower", color_continuous_scale="viridis", labels=dict(color="log10 I"))
+        fig.update_xaxes(showticklabels=False)
+        fig.update_yaxes(showticklabels=False)
+        fig.update_layout(height=220, margin=dict(l=5, r=5, t=30, b=5), title=f"{name} central section")
+        st.plotly_chart(fig, width="stretch", key=f"section_{name}")
+
+st.subheader("Real-space shape (phase retrieval)")
+phased_meta = safe(lambda: read_h5(PHASED, ["phased/z"]), PHASED)
+if phased_meta is None:
+    missing("phase", PHASED)
+else:
+    dens = safe(lambda: read_h5(PHASED, ["phased/density"], index=[pick]), PHASED)["phased/density"][0]
+    cols = st.columns(3)
+    for col, (name, d) in zip(cols, DIRECTIONS.items()):
+        proj = projection(dens, d)
+        fig = px.imshow(proj, origin="lower", color_continuous_scale="gray", labels=dict(color="density"))
+        fig.update_xaxes(showticklabels=False)
+        fig.update_yaxes(showticklabels=False)
+        fig.update_layout(height=260, margin=dict(l=5, r=5, t=30, b=5), title=f"projection along {name}")
+        col.plotly_chart(fig, width="stretch", key=f"projection_{name}")
+    vt = safe(lambda: read_table("results/volumes.parquet"), "results/volumes.parquet")
+    if vt is not None and "particle_volume_nm3" in vt.columns and "z_1" in vt.columns:
+        fig = px.line(vt.sort_values("z_1"), x="z_1", y="particle_volume_nm3", markers=True,
+                      title="Particle volume along z (density threshold 1e-4 of the total mass; Fig. 5D)")
+        fig.update_layout(height=320, margin=dict(t=50, b=40), yaxis_title="volume (nm³)")
+        st.plotly_chart(fig, width="stretch", key="volume_vs_z")
+
+st.subheader("Mark a latent point for the volumes stage")
+with st.form("latent_point"):
+    name = st.text_input("selection name (letters, digits, . _ -)", key="latent_name")
+    z_text = st.text_input("z (comma-separated, one value per latent dimension)",
+                           value=", ".join(f"{v:.3f}" for v in zs[pick]), key="latent_z")
+    note = st.text_input("note", key="latent_note")
+    if st.form_submit_button("Save selection"):
+        from spicompute.selections import write_selection
+
+        try:
+            point = [float(v) for v in z_text.split(",")]
+            if len(point) != zs.shape[1]:
+                raise ValueError(f"need {zs.shape[1]} values, got {len(point)}")
+            saved = write_selection(path("selections"), name, kind="latent_points", points=[point], note=note)
+            st.success(f"Saved {saved.relative_to(path('.'))} — `dvc repro volumes` adds its volume.")
+        except (ValueError, FileExistsError) as exc:
+            st.error(str(exc))
