@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from spicompute.errors import InputError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
 from spicompute.orient import best_slices, volume_reference
@@ -62,9 +63,16 @@ def test_preprocessing_follows_the_geometry(grid, dq):
     # a particle-size bound tightens q_max: Nyquist for 120 nm at 27^3 is 13 pi / 120
     tight = plan_preprocessing(avg, idx, input_size=27, volume_size=27, particle_size_nm=120.0)
     assert tight.q_max_nm == pytest.approx(min(prep.q_max_nm, 13 * np.pi / 120))
-    # too few photons -> the count limit pulls q_max in
-    dim = plan_preprocessing(avg, idx, input_size=27, volume_size=27, min_counts=1e4)
-    assert dim.q_max_nm < prep.q_max_nm
+    # asking for more photons per pixel pulls q_max in, to where the profile still has them
+    dim = plan_preprocessing(avg, idx, input_size=27, volume_size=27, min_counts=30)
+    assert prep.q_min_nm < dim.q_max_nm < prep.q_max_nm
+    from spicompute.vae.data import radial_profile
+
+    q_axis, prof, _ = radial_profile(avg, avg.dq_nm)
+    inside = (q_axis > prep.q_min_nm) & (q_axis < dim.q_max_nm)
+    assert (prof[inside] * 200 >= 30).all()
+    with pytest.raises(InputError, match="averages/intensity: usable q-range"):
+        plan_preprocessing(avg, idx, input_size=27, volume_size=27, min_counts=1e6)
 
 
 def test_presets_end_on_odd_centred_grids():
