@@ -14,6 +14,7 @@ import pytest
 
 from spicompute.io.frames import write_frames
 from tests.conftest import REPO
+from tests.volume_workspace import make_volume_workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
@@ -36,6 +37,7 @@ def _free_port() -> int:
 def server(tmp_path, small_simulation):
     _need_chromium()
     write_frames(tmp_path / "data" / "frames.h5", small_simulation[0])
+    make_volume_workspace(tmp_path)
     port = _free_port()
     env = dict(os.environ, SPI_WORKSPACE=str(tmp_path))
     proc = subprocess.Popen(
@@ -89,5 +91,14 @@ def test_pages_render_in_headless_chromium(server, tmp_path):
             assert (tmp_path / "frames.png").stat().st_size > 10_000
             errors = page.locator("[data-testid='stException']").count()
             assert errors == 0
+            # the Volumes page: latent plots, the 3D isosurface (WebGL), sections and projections
+            page.goto(f"{server}/Volumes")
+            page.get_by_role("heading", name="VAE latent and volumes").wait_for(timeout=60_000)
+            page.get_by_text("projection along <111>").first.wait_for(timeout=60_000)
+            page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+            assert page.locator(".js-plotly-plot").count() >= 9
+            assert page.locator("[data-testid='stException']").count() == 0
+            page.screenshot(path=str(tmp_path / "volumes.png"), full_page=True)
+            assert (tmp_path / "volumes.png").stat().st_size > 10_000
         finally:
             browser.close()

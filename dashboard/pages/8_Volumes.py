@@ -147,6 +147,19 @@ else:
         fig.update_layout(height=320, margin=dict(t=50, b=40), yaxis_title="volume (nm³)")
         st.plotly_chart(fig, width="stretch", key="volume_vs_z")
 
+    shapes2d = safe(lambda: read_h5(PHASED, ["averages2d/density", "averages2d/average_id"]), PHASED)
+    if shapes2d is not None and "averages2d/density" in shapes2d:
+        st.subheader("2D phasing of class averages (Fig. 1B)")
+        dens2d, ids2d = shapes2d["averages2d/density"], shapes2d["averages2d/average_id"]
+        cols = st.columns(min(6, len(ids2d)) or 1)
+        for k, col in enumerate(cols):
+            fig = px.imshow(dens2d[k], origin="lower", color_continuous_scale="gray")
+            fig.update_xaxes(showticklabels=False)
+            fig.update_yaxes(showticklabels=False)
+            fig.update_layout(height=200, margin=dict(l=5, r=5, t=30, b=5), coloraxis_showscale=False,
+                              title=f"average {int(ids2d[k])}")
+            col.plotly_chart(fig, width="stretch", key=f"phased2d_{k}")
+
 st.subheader("Mark a latent point for the volumes stage")
 with st.form("latent_point"):
     name = st.text_input("selection name (letters, digits, . _ -)", key="latent_name")
