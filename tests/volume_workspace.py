@@ -30,7 +30,7 @@ def make_volume_workspace(tmp_path):
     """Write results/parts/{vae,embed,orient}.parquet, data/volumes.h5, data/phased.h5, results/volumes.parquet."""
     rng = np.random.default_rng(0)
     parts = tmp_path / "results" / "parts"
-    parts.mkdir(parents=True)
+    parts.mkdir(parents=True, exist_ok=True)
     ids = np.arange(M)
     pd.DataFrame({"average_id": ids, "z_1": rng.normal(size=M), "z_logvar_1": -2.0, "recon_loss": 0.1,
                   "vae_trained": ids % 5 != 0}).to_parquet(parts / "vae.parquet")
@@ -38,7 +38,7 @@ def make_volume_workspace(tmp_path):
                   "pc_3": rng.normal(size=M)}).to_parquet(parts / "embed.parquet")
     pd.DataFrame({"average_id": ids, "qw": 1.0, "qx": 0.0, "qy": 0.0, "qz": 0.0, "best_cc": 0.8,
                   "gain": rng.uniform(1, 2, M)}).to_parquet(parts / "orient.parquet")
-    (tmp_path / "data").mkdir()
+    (tmp_path / "data").mkdir(exist_ok=True)
     z = write_volumes(tmp_path / "data" / "volumes.h5")
     with h5py.File(tmp_path / "data" / "phased.h5", "w") as h5:
         dens = np.zeros((P, L, L, L), np.float32)
