@@ -3,13 +3,16 @@
 Every output is written to a temporary name beside its destination and
 renamed into place only when complete, so a failed stage never leaves a
 half-written file that a later stage could mistake for a result.  Every HDF5
-output carries the parameters and code version that made it.
+output carries the parameters and code version that made it -- but no
+timestamp: identical science must hash identically, so that DVC can skip the
+downstream stages of a re-run that changed nothing (the time of a run is in
+``dvc.lock``'s history and the metrics files).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
+import glob
 import json
 import os
 import subprocess
@@ -61,7 +64,6 @@ def provenance(stage: str, params: dict | None = None) -> dict:
         "spicompute_stage": stage,
         "spicompute_version": code_version(),
         "spicompute_params": json.dumps(_jsonable(params or {}), sort_keys=True),
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -80,16 +82,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    _remove_stale_temporaries(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; outputs are shared with colleagues: honour the umask like open() does
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _remove_stale_temporaries(dest: Path) -> None:
+    """Delete temporaries of ``dest`` left by processes that no longer exist (e.g. killed)."""
+    for tmp in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+        pid = tmp.name[len(dest.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
