@@ -155,3 +155,19 @@ def test_cuda_training_matches_cpu_at_the_first_step(amp):
         assert np.isfinite(mu).all()
     # same initial weights and batches: the first epoch's loss agrees to float/AMP precision
     assert losses["cuda"][0] == pytest.approx(losses["cpu"][0], rel=0.05 if amp else 1e-3)
+
+
+def test_particle_size_from_the_radial_profile():
+    from spicompute.vae.data import estimate_particle_size, radial_profile
+
+    q = np.linspace(0.02, 1.0, 200)
+    x = q * 25.0
+    sphere = (3 * (np.sin(x) - x * np.cos(x)) / x**3) ** 2
+    assert estimate_particle_size(q, sphere, 0.05) == pytest.approx(50.0, rel=0.1)
+    # cubes of 42 nm (volume-equivalent sphere: 52 nm) on two geometries
+    for grid, dq in ((41, 0.045), (65, 0.02)):
+        avg, t, *_ = melt_averages(40, seed=1, grid=grid, dq_nm=dq)
+        qa, prof, _ = radial_profile(avg, avg.dq_nm, np.flatnonzero(t < 0.2))
+        assert estimate_particle_size(qa, prof, 2 * dq) == pytest.approx(52.0, rel=0.15)
+    # a featureless Porod decay has no size
+    assert estimate_particle_size(q, q**-4.0, 0.05) is None
