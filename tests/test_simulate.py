@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from spicompute.errors import ParameterError
-from spicompute.simulate import SimulationParams, poisson_sparse, simulate
+from spicompute.shapes import (cube_amplitude, melt_half_size, sphere_amplitude,
+                               superellipsoid_amplitude_grid, superellipsoid_exponent)
+from spicompute.simulate import (ShapeLibrary, SimulationParams, build_detector, expected_patterns,
+                                 make_library, poisson_sparse, simulate)
+from spicompute.slicing import random_quaternions, rotation_matrices
 from tests.conftest import small_simulation_params
 
 
@@ -86,9 +90,20 @@ def test_absurd_parameters_are_rejected(key, value):
         SimulationParams.from_dict({key: value})
 
 
-def test_too_small_volume_grid_is_rejected():
-    with pytest.raises(ParameterError, match="volume_size"):
-        simulate(SimulationParams.from_dict(dict(n_frames=2, volume_size=16)), progress=False)
+def test_truth_grid_box_is_at_least_twice_the_largest_particle():
+    """A too small volume_size is raised so the truth volumes' real-space box
+    2 pi / dq holds twice the largest particle (rod, dimer, aggregates, melt)."""
+    p = SimulationParams.from_dict(small_simulation_params(volume_size=16))
+    det = build_detector(p, np.random.default_rng(0))
+    lib, size, dq = make_library(p, det)
+    largest = max(lib.extents_nm().values())
+    assert largest == pytest.approx(np.hypot(p.rod_length_nm, np.sqrt(2) * p.rod_width_nm))
+    assert size > 16 and 2 * np.pi / dq >= 2 * largest
+    assert (size // 2 - 1) * dq >= det.q_norm.max() * p.size_scale_range[1]
+    # the melt amplitude grids: box >= 2 x the largest melt level (default oversampling 4)
+    assert lib.melt_box_nm >= 2 * lib.melt_diameter[1:-1].max()
+    assert lib.melt_box_nm == pytest.approx(2 * p.melt_grid_oversample
+                                            * lib.melt_diameter[1:-1].max())
 
 
 def test_aggregate_forward_scattering_is_total_volume_squared_and_anisotropic():
@@ -106,3 +121,156 @@ def test_aggregate_forward_scattering_is_total_volume_squared_and_anisotropic():
     shell = 0.25 * np.eye(3)
     values = aggregate_intensity(shell, a, np.random.default_rng(5))
     assert values.max() > 1.2 * values.min()
+
+
+# --- direct evaluation of the shapes at s R^T q -------------------------------------------------
+
+def _library(**overrides) -> ShapeLibrary:
+    p = SimulationParams.from_dict(small_simulation_params(**overrides))
+    return ShapeLibrary(p, q_extent_nm=0.8)
+
+
+def _frames(kind, quats, t=None, scale=None, variant=None):
+    n = len(quats)
+    return dict(class_name=np.full(n, kind, dtype=object),
+                melt_t=np.full(n, np.nan) if t is None else np.broadcast_to(t, (n,)).astype(float),
+                quaternion=quats, size_scale=np.ones(n) if scale is None else np.asarray(scale),
+                variant=np.zeros(n, int) if variant is None else np.asarray(variant))
+
+
+def test_cube_zeros_at_2_pi_m_over_a_are_true_zeros(rng):
+    """Noiseless slices at rotated orientations and sizes s: every pixel whose
+    model-frame coordinate s R^T q lies on a face-normal zero 2 pi m / a (i.e.
+    lab |q| component 2 pi m / (s a)) reads < 1e-6 I(0) (trilinear interpolation
+    of an intensity grid filled the first one to 6e-3)."""
+    lib = _library()
+    a = lib.edge_nm
+    quats = random_quaternions(6, rng)
+    scale = np.array([1.0, 0.95, 1.08, 1.0, 1.02, 0.9])
+    i0 = a**6
+    for k, (quat, s) in enumerate(zip(quats, scale)):
+        m = np.repeat(np.arange(1, 4), 50)
+        q_model = np.stack([2 * np.pi * m / a, rng.uniform(-0.2, 0.2, m.size),
+                            rng.uniform(-0.2, 0.2, m.size)], 1)
+        q_lab = q_model @ rotation_matrices(quat[None])[0].T / s  # R (q_model / s)
+        inten = expected_patterns(lib, q_lab, _frames("cube", quat[None], t=0.0, scale=[s]))[0]
+        assert inten.max() / (s**6 * i0) < 1e-6
+        # off the zeros (half-way to the next one) the same pixels are bright
+        q_mid = q_model.copy()
+        q_mid[:, 0] += np.pi / a
+        lit = expected_patterns(lib, q_mid @ rotation_matrices(quat[None])[0].T / s,
+                                _frames("cube", quat[None], t=0.0, scale=[s]))[0]
+        assert np.median(lit) / (s**6 * i0) > 1e-5
+
+
+def test_sphere_zeros_at_qr_4_493_and_7_725_in_the_simulated_pattern(rng):
+    lib = _library()
+    radius = lib.melt_half[-1]
+    q = np.linspace(0.01, 0.5, 49001)
+    direction = rng.standard_normal(3)
+    direction /= np.linalg.norm(direction)
+    s = 1.05
+    inten = expected_patterns(lib, q[:, None] * direction,
+                              _frames("sphere", random_quaternions(1, rng), t=1.0, scale=[s]))[0]
+    idx = np.nonzero((inten[1:-1] < inten[:-2]) & (inten[1:-1] < inten[2:]))[0][:2] + 1
+    np.testing.assert_allclose(q[idx] * s * radius, [4.4934, 7.7253], atol=2e-3)
+    assert inten[idx].max() < 1e-8 * inten[0]
+    np.testing.assert_allclose(inten, s**6 * sphere_amplitude(q[:, None] * s * direction,
+                                                              radius) ** 2, rtol=1e-4,
+                               atol=1e-9 * inten[0])
+
+
+def test_friedel_symmetry_without_ewald_curvature_for_every_shape(rng):
+    """I(q) = I(-q) on a flat (q_z = 0) slice, also for the non-centrosymmetric
+    aggregates; their 3D intensity is not symmetric under q -> (qx, qy, -qz)."""
+    lib = _library()
+    q = np.concatenate([rng.uniform(-0.4, 0.4, (300, 2)), np.zeros((300, 1))], 1)
+    quats = random_quaternions(4, rng)
+    for kind, t in (("melt", 0.37), ("dimer", None), ("rod", None), ("aggregate", None)):
+        fr = _frames(kind, quats, t=t, scale=[1.0, 1.1, 0.9, 1.0], variant=[0, 1, 2, 0])
+        plus, minus = expected_patterns(lib, q, fr), expected_patterns(lib, -q, fr)
+        np.testing.assert_allclose(plus, minus, rtol=1e-4, atol=1e-6 * plus.max())
+    fr = _frames("aggregate", quats, variant=[0, 1, 2, 0])
+    mirror = q.copy()
+    mirror[:, 2] = 0.3
+    flipped = mirror * [1, 1, -1]
+    a, b = expected_patterns(lib, mirror, fr), expected_patterns(lib, flipped, fr)
+    assert np.abs(a - b).max() > 0.05 * a.max()
+
+
+def test_dimer_and_rod_are_their_closed_forms(rng):
+    lib = _library()
+    a = lib.edge_nm
+    quats = random_quaternions(3, rng)
+    q_lab = rng.uniform(-0.3, 0.3, (200, 3))
+    mats = rotation_matrices(quats)
+    dimer = expected_patterns(lib, q_lab, _frames("dimer", quats))
+    rod = expected_patterns(lib, q_lab, _frames("rod", quats))
+    for k, m in enumerate(mats):
+        qm = q_lab @ m
+        exact = (cube_amplitude(qm, a) * 2 * np.cos(qm[:, 0] * a / 2)) ** 2
+        np.testing.assert_allclose(dimer[k], exact, rtol=2e-4, atol=1e-6 * exact.max())
+        h = np.array(lib.rod_half)
+        box = 8 * h.prod() * np.prod(np.sinc(qm * h / np.pi), axis=1)
+        np.testing.assert_allclose(rod[k], box**2, rtol=2e-4, atol=1e-6 * (box**2).max())
+
+
+# --- the melt family: a coherent sequence of shapes -----------------------------------------------
+
+def _axis_profile(lib, t, q):
+    quat = np.array([[1.0, 0, 0, 0]])
+    pts = np.stack([q, 0 * q, 0 * q], 1)
+    return expected_patterns(lib, pts, _frames("melt", quat, t=t))[0]
+
+
+def test_melt_intermediate_t_keeps_true_zeros_that_a_mixture_fills():
+    """Half-way between two computed levels the pattern is |(1-f) F_l + f F_l+1|^2,
+    which has exact zeros (F is real); the incoherent mixture of the two levels'
+    intensities has none there."""
+    lib = _library(melt_levels=5)
+    q = np.linspace(0.12, 0.26, 14001)
+    for lo in (1, 2):
+        t = 0.5 * (lib.melt_t[lo] + lib.melt_t[lo + 1])
+        coherent = _axis_profile(lib, t, q)
+        i0 = _axis_profile(lib, t, np.array([0.0]))[0]
+        mixture = 0.5 * (_axis_profile(lib, lib.melt_t[lo], q)
+                         + _axis_profile(lib, lib.melt_t[lo + 1], q))
+        assert coherent.min() / i0 < 1e-7
+        assert mixture.min() / i0 > 100 * coherent.min() / i0
+        assert mixture.min() / i0 > 1e-6
+
+
+def test_melt_family_follows_the_true_shape_at_intermediate_t(rng):
+    """Between levels the interpolated amplitude approximates the superellipsoid
+    computed directly at that t (coarse 5-level family, random directions)."""
+    lib = _library(melt_levels=5)
+    q = rng.standard_normal((4000, 3))
+    q *= rng.uniform(0.0, 0.45, (4000, 1)) / np.linalg.norm(q, axis=1, keepdims=True)
+    for t in (0.2, 0.45, 0.6, 0.85):
+        sim = expected_patterns(lib, q, _frames("melt", np.array([[1.0, 0, 0, 0]]), t=t))[0]
+        half = melt_half_size(t, lib.edge_nm, 0.1)
+        dq = 0.004
+        grid = superellipsoid_amplitude_grid(int(0.5 / dq) + 2, dq, half, superellipsoid_exponent(t))
+        from scipy.ndimage import map_coordinates
+
+        exact = map_coordinates(grid, (np.abs(q) / dq).T, order=1) ** 2
+        rel = np.sqrt(np.mean((sim - exact) ** 2) / np.mean(exact**2))
+        assert rel < 0.02, (t, rel)
+
+
+def test_first_zero_moves_continuously_from_cube_to_sphere():
+    """Along a face normal the first zero moves from 2 pi / a (cube) to 4.493 / r
+    (the larger sphere) monotonically over the continuum 0.1 < t < 0.9, and
+    stays a true zero at every t."""
+    lib = _library()
+    q = np.linspace(0.13, 0.19, 6001)
+    firsts = []
+    for t in np.linspace(0.0, 1.0, 21):
+        prof = _axis_profile(lib, t, q)
+        i0 = _axis_profile(lib, t, np.array([0.0]))[0]
+        k = int(np.argmin(prof))
+        assert prof[k] / i0 < 1e-7, t
+        firsts.append(q[k])
+    assert firsts[0] == pytest.approx(2 * np.pi / lib.edge_nm, abs=2e-5)
+    assert firsts[-1] == pytest.approx(4.4934 / lib.melt_half[-1], abs=2e-5)
+    assert np.all(np.diff(firsts) > 0)
