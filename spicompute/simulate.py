@@ -260,30 +260,34 @@ def _box_amp(q: torch.Tensor, half) -> torch.Tensor:
 
 
 def _sphere_form(x: torch.Tensor) -> torch.Tensor:
-    """3 (sin x - x cos x) / x^3 in float64, with its series below x = 0.3."""
-    x = x.double()
+    """3 (sin x - x cos x) / x^3 in the dtype of x, with its series below x = 0.3.
+
+    (In float32 the closed form's cancellation costs ~1e-6 relative at x = 0.3;
+    the 4-term series is exact to 5e-11 there.)
+    """
     xs = torch.clamp(x, min=0.3)
-    closed = 3.0 * (torch.sin(xs) - xs * torch.cos(xs)) / xs**3
+    closed = 3.0 * (torch.sin(xs) - xs * torch.cos(xs)) / (xs * xs * xs)
     x2 = x * x
-    series = 1.0 - x2 / 10.0 + x2 * x2 / 280.0 - x2**3 / 15120.0
+    series = 1.0 + x2 * (-1.0 / 10.0 + x2 * (1.0 / 280.0 - x2 / 15120.0))
     return torch.where(x < 0.3, series, closed)
 
 
 def _sphere_amp(q: torch.Tensor, radius: float) -> torch.Tensor:
     x = torch.linalg.vector_norm(q, dim=-1) * radius
-    return (4.0 / 3.0 * np.pi * radius**3 * _sphere_form(x)).to(q.dtype)
+    return _sphere_form(x) * float(4.0 / 3.0 * np.pi * radius**3)
 
 
 def _aggregate_intensity(q: torch.Tensor, radii, centres) -> torch.Tensor:
+    """|sum_j V_j f(|q| r_j) exp(-i q . x_j)|^2 at q (..., 3), in q's dtype."""
     qn = torch.linalg.vector_norm(q, dim=-1)
-    re = torch.zeros(q.shape[:-1], dtype=torch.float64)
+    re = torch.zeros(q.shape[:-1], dtype=q.dtype)
     im = torch.zeros_like(re)
-    for r, x in zip(radii, centres):  # 3-6 spheres, each a whole-array expression
-        amp = 4.0 / 3.0 * np.pi * r**3 * _sphere_form(qn * float(r))
-        phase = (q.double() @ torch.as_tensor(x, dtype=torch.float64))
-        re += amp * torch.cos(phase)
-        im -= amp * torch.sin(phase)
-    return (re * re + im * im).to(q.dtype)
+    phases = q @ torch.as_tensor(np.asarray(centres).T, dtype=q.dtype)  # (..., k)
+    for j, r in enumerate(radii):  # 3-6 spheres, each a whole-array expression
+        amp = _sphere_form(qn * float(r)) * float(4.0 / 3.0 * np.pi * r**3)
+        re += amp * torch.cos(phases[..., j])
+        im -= amp * torch.sin(phases[..., j])
+    return re * re + im * im
 
 
 class ShapeLibrary:
@@ -462,14 +466,19 @@ def shape_volumes(p: SimulationParams, detector: Detector, library: ShapeLibrary
 
     def volume(kind, t=None, variant=None):
         out = np.empty((size, size, size), dtype=np.float32)
+        step = max(1, (1 << 21) // len(plane))  # z planes per evaluation (bounds memory)
         with torch.no_grad():
-            for k, qz in enumerate(axis):  # one z plane at a time (bounds memory)
-                q = np.concatenate([plane, np.full((len(plane), 1), qz)], 1)
+            for k0 in range(0, size, step):
+                qz = axis[k0:k0 + step]
+                q = np.concatenate([np.tile(plane, (len(qz), 1)),
+                                    np.repeat(qz, len(plane))[:, None]], 1)
                 qt = torch.from_numpy(q.astype(np.float32))[None]
-                out[:, :, k] = library.intensity(
+                vals = library.intensity(
                     kind, qt, t=None if t is None else np.array([t]),
-                    variant=None if variant is None else np.array([variant])
-                ).numpy().reshape(size, size)
+                    variant=None if variant is None else np.array([0 if variant is None
+                                                                   else variant]))
+                out[:, :, k0:k0 + len(qz)] = vals.numpy().reshape(len(qz), size, size) \
+                    .transpose(1, 2, 0)
         return out
 
     volumes, names, ts = [], [], []

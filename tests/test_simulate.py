@@ -6,7 +6,8 @@ import pytest
 from spicompute.errors import ParameterError
 from spicompute.shapes import (cube_amplitude, melt_half_size, sphere_amplitude,
                                superellipsoid_amplitude_grid, superellipsoid_exponent)
-from spicompute.simulate import (ShapeLibrary, SimulationParams, build_detector, expected_patterns,
+from spicompute.simulate import (ShapeLibrary, SimulationParams, background_profile,
+                                 background_sparse, build_detector, expected_patterns,
                                  make_library, poisson_sparse, simulate)
 from spicompute.slicing import random_quaternions, rotation_matrices
 from tests.conftest import small_simulation_params
@@ -274,3 +275,56 @@ def test_first_zero_moves_continuously_from_cube_to_sphere():
     assert firsts[0] == pytest.approx(2 * np.pi / lib.edge_nm, abs=2e-5)
     assert firsts[-1] == pytest.approx(4.4934 / lib.melt_half[-1], abs=2e-5)
     assert np.all(np.diff(firsts) > 0)
+
+
+# --- background ---------------------------------------------------------------------------------
+
+def test_background_profile_is_flat_plus_a_radial_decay():
+    p = SimulationParams.from_dict(small_simulation_params())
+    det = build_detector(p, np.random.default_rng(0))
+    eff = det.correction() * det.mask
+    for flat in (0.0, 0.3, 1.0):
+        prof = background_profile(det, flat, 0.2)
+        assert prof.sum() == pytest.approx(1.0)
+        assert np.all(prof[~det.mask] == 0) and np.all(prof[det.mask] > 0)
+    np.testing.assert_allclose(background_profile(det, 1.0, 0.2), eff / eff.sum(), rtol=1e-12)
+    # the gas/solvent term per unit efficiency falls as exp(-|q| / q_decay)
+    gas = background_profile(det, 0.0, 0.2)[det.mask] / eff[det.mask]
+    qn = det.q_norm[det.mask]
+    np.testing.assert_allclose(np.log(gas) + qn / 0.2, np.log(gas[0]) + qn[0] / 0.2, atol=1e-9)
+
+
+def test_background_counts_are_poisson_with_the_profile(rng):
+    prof = rng.uniform(0.2, 1.0, 300)
+    prof /= prof.sum()
+    counts = background_sparse(5000, 40.0, prof, rng)
+    per_frame = np.asarray(counts.sum(1)).ravel()
+    assert per_frame.mean() == pytest.approx(40.0, abs=4 * np.sqrt(40 / 5000))
+    assert per_frame.var() / per_frame.mean() == pytest.approx(1.0, abs=0.08)
+    per_pixel = np.asarray(counts.sum(0)).ravel()
+    expected = 5000 * 40.0 * prof
+    chi2 = ((per_pixel - expected) ** 2 / expected).sum()
+    assert chi2 < 300 + 5 * np.sqrt(2 * 300)  # chi^2 with ~300 degrees of freedom
+    assert background_sparse(10, 0.0, prof, rng).nnz == 0
+
+
+def test_simulated_background_is_recorded_and_follows_its_profile(tmp_path):
+    from spicompute.io.truth import read_truth, write_truth
+
+    p = SimulationParams.from_dict(small_simulation_params(
+        n_frames=300, photons_mean=1.0, background_photons=200.0, background_flat_fraction=0.2,
+        background_q_nm=0.15))
+    frames, truth = simulate(p, progress=False)
+    bg = truth.background_photons
+    assert bg.dtype.kind == "i" and bg.mean() == pytest.approx(200, abs=4 * np.sqrt(200 / 300))
+    total = frames.photons_per_frame()
+    assert np.all(total >= bg)
+    signal = total - bg
+    assert signal.mean() == pytest.approx(1.0, abs=0.5)
+    summed = np.asarray(frames.counts.sum(0)).ravel()
+    expected = bg.sum() * background_profile(frames.detector, 0.2, 0.15)
+    good = frames.detector.mask
+    assert np.corrcoef(summed[good], expected[good])[0, 1] > 0.95
+    assert frames.counts[:, ~good].nnz == 0
+    write_truth(tmp_path / "truth.h5", truth)
+    np.testing.assert_array_equal(read_truth(tmp_path / "truth.h5")["background_photons"], bg)
