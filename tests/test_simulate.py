@@ -85,7 +85,11 @@ def test_simulation_is_deterministic():
 
 @pytest.mark.parametrize("key,value", [("n_frames", 0), ("photon_energy_kev", -6.0),
                                        ("distance_mm", 0), ("fluence_min", 1.5),
-                                       ("photons_mean", float("nan")), ("bogus", 1)])
+                                       ("photons_mean", float("nan")), ("bogus", 1),
+                                       ("background_photons", -1.0),
+                                       ("background_flat_fraction", 1.5),
+                                       ("beam_center_px", [10.0]),
+                                       ("beam_center_px", [10.0, 500.0])])
 def test_absurd_parameters_are_rejected(key, value):
     with pytest.raises(ParameterError, match=f"simulate.{key}"):
         SimulationParams.from_dict({key: value})
@@ -328,3 +332,55 @@ def test_simulated_background_is_recorded_and_follows_its_profile(tmp_path):
     assert frames.counts[:, ~good].nnz == 0
     write_truth(tmp_path / "truth.h5", truth)
     np.testing.assert_array_equal(read_truth(tmp_path / "truth.h5")["background_photons"], bg)
+
+
+# --- geometries ----------------------------------------------------------------------------------
+
+GEOMETRIES = {  # (detector_size, binning, beam_center_px)
+    "101_off_centre": (101, 2, [30.0, 62.5]),
+    "128_even": (128, 2, None),
+    "129_default": (129, 2, None),
+    "255_unbinned": (255, 1, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_other_detectors_simulate_correctly(name):
+    """Odd/even sizes, binning 1 and an off-centre beam: the beam pixel has the
+    lowest |q|, the q-range follows the physical detector (not the pixel
+    count), photons land only on good pixels, and sphere patterns are centred
+    on the beam."""
+    size, binning, centre = GEOMETRIES[name]
+    p = SimulationParams.from_dict(dict(n_frames=40, detector_size=size, binning=binning,
+                                        beam_center_px=centre, photons_mean=3000, seed=4,
+                                        background_photons=20,
+                                        fractions={"sphere": 1.0}))
+    frames, truth = simulate(p, progress=False)
+    det = frames.detector
+    beam = ((size - 1) / 2, (size - 1) / 2) if centre is None else tuple(centre)
+    assert det.shape == (size, size) and det.center == pytest.approx(beam)
+    rows, cols = np.unravel_index(np.argmin(det.q_norm), det.shape)
+    assert abs(rows - beam[0]) <= 0.5 and abs(cols - beam[1]) <= 0.5
+    # q of the farthest pixel from the beam: physical pitch x distance in pixels
+    far = np.hypot(max(beam[0], size - 1 - beam[0]), max(beam[1], size - 1 - beam[1]))
+    theta2 = np.arctan(far * p.pixel_size_mm * binning / p.distance_mm)
+    k = 2 * np.pi / p.wavelength_nm
+    assert det.q_norm.max() == pytest.approx(2 * k * np.sin(theta2 / 2), rel=1e-6)
+    assert frames.counts[:, ~det.mask].nnz == 0
+    signal = frames.photons_per_frame() - truth.background_photons
+    assert signal.mean() == pytest.approx(3000, rel=0.05)
+    # sphere rings are centred on the beam: count centroid within 8 px of it
+    total = np.asarray(frames.counts.sum(0)).ravel().reshape(size, size).astype(float)
+    yy, xx = np.mgrid[:size, :size]
+    near = np.hypot(yy - beam[0], xx - beam[1]) <= 8 * (2 / binning)
+    w = total * near
+    assert np.hypot((w * yy).sum() / w.sum() - beam[0],
+                    (w * xx).sum() / w.sum() - beam[1]) < 0.5 * (2 / binning)
+
+
+def test_unbinned_255_covers_the_same_q_range_as_binned_129():
+    q = {}
+    for size, binning in ((129, 2), (255, 1)):
+        p = SimulationParams.from_dict(dict(detector_size=size, binning=binning))
+        q[size] = build_detector(p, np.random.default_rng(0)).q_norm.max()
+    assert q[255] == pytest.approx(q[129], rel=0.01)
