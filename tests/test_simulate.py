@@ -384,3 +384,46 @@ def test_unbinned_255_covers_the_same_q_range_as_binned_129():
         p = SimulationParams.from_dict(dict(detector_size=size, binning=binning))
         q[size] = build_detector(p, np.random.default_rng(0)).q_norm.max()
     assert q[255] == pytest.approx(q[129], rel=0.01)
+
+
+# --- the low-photon set with background, photon statistics, orientations -----------------------
+
+def test_low_photon_set_statistics(low_photon_simulation):
+    """~400 particle + ~50 background photons: mean, background share, Poisson
+    dispersion of the totals around their expectation, photon conservation."""
+    frames, truth, p = low_photon_simulation
+    total = frames.photons_per_frame().astype(float)
+    bg = truth.background_photons.astype(float)
+    n = len(total)
+    assert total.mean() == pytest.approx(p.photons_mean + p.background_photons, rel=0.02)
+    assert (total - bg).mean() == pytest.approx(p.photons_mean, rel=0.02)
+    share = bg.sum() / total.sum()
+    assert share == pytest.approx(50 / 450, abs=0.01)
+    assert bg.mean() == pytest.approx(50, abs=4 * np.sqrt(50 / n))
+    assert bg.var() / bg.mean() == pytest.approx(1.0, abs=0.25)
+    expected = truth.photons_expected + p.background_photons
+    z = (total - expected) / np.sqrt(expected)
+    assert abs(z.mean()) < 4 / np.sqrt(n)
+    assert z.var() == pytest.approx(1.0, abs=0.25)
+    assert abs(total.sum() - expected.sum()) < 4 * np.sqrt(expected.sum())
+    # frames are sparse: most good pixels hold no photon, few hold more than one
+    dense = frames.dense(np.arange(50))[:, frames.detector.mask]
+    assert (dense == 0).mean() > 0.5
+
+
+def test_orientations_are_uniform_on_so3(rng, low_photon_simulation):
+    """Rotated axes are uniform on the sphere and the rotation angle has the Haar
+    density (1 - cos w) / pi, for random_quaternions and for the simulated truth."""
+    from scipy.stats import kstest
+
+    _, truth, _ = low_photon_simulation
+    for quats in (random_quaternions(20000, rng), truth.quaternion):
+        mats = rotation_matrices(quats)
+        for axis in range(3):
+            assert kstest(mats[:, 2, axis], "uniform", args=(-1, 2)).pvalue > 1e-3
+        phi = np.arctan2(mats[:, 1, 2], mats[:, 0, 2])
+        assert kstest(phi, "uniform", args=(-np.pi, 2 * np.pi)).pvalue > 1e-3
+        omega = 2 * np.arccos(np.clip(np.abs(quats[:, 0]), 0, 1))
+        assert kstest(omega, lambda w: (w - np.sin(w)) / np.pi).pvalue > 1e-3
+    # and the test can fail: a rotation angle uniform in [0, pi] is rejected
+    assert kstest(rng.uniform(0, np.pi, 20000), lambda w: (w - np.sin(w)) / np.pi).pvalue < 1e-6
