@@ -2,22 +2,37 @@
 
 Physics, in order:
 
-1. 3D intensity |F(q)|^2 of every shape on one cubic q-grid covering the
-   detector: closed forms for cube, sphere, rod (box), dimer (two cubes) and
-   irregular aggregates (clusters of small spheres: sum of sphere form
-   factors with phases),
-   FFT of an anti-aliased voxel density for the superellipsoid melt levels.
-2. Each frame: a shape (class mixture), a melt parameter t (continuous:
-   intensity interpolated between the two nearest melt levels), a size
-   factor s (``s^6 I(s q)``), a uniformly random orientation R, a fluence
-   from a Gaussian beam profile (particle position uniform over the beam
-   disc -> relative fluence log-uniform in [fluence_min, 1]).
-3. Expected counts ``lambda = c * fluence * I(R^T q) * solid_angle * polarisation``
-   on the curved Ewald sphere, c chosen so the data set's mean photons per
-   frame equals ``photons_mean``; Poisson sampled; masked pixels are zero.
+1. Shapes and their scattering amplitude F(q), evaluated *directly* at each
+   frame's model-frame pixel coordinates ``s R^T q`` (no intensity volume is
+   interpolated): closed forms for the cube, sphere, rod (box), dimer (two
+   touching cubes: ``F_cube 2 cos(qx a / 2)``) and irregular aggregates
+   (clusters of small spheres: sum of sphere amplitudes with phases).  The
+   melt family is the superellipsoid ``|x|^p + |y|^p + |z|^p <= r^p`` with
+   ``1/p = t/2`` (t = 0 cube, t = 1 sphere) and volume ``a^3 (1 + g t)``;
+   its interior levels have no closed form, so their real amplitude is
+   integrated semi-analytically on a fine positive-octant q-grid
+   (:func:`spicompute.shapes.superellipsoid_amplitude_grid`; step
+   ``pi / (melt_grid_oversample * D)``, i.e. an equivalent real-space box of
+   ``2 * melt_grid_oversample`` times the largest extent D) and read
+   trilinearly.  A frame at continuous t takes the *amplitude* interpolated
+   between the two nearest levels (these shapes are centrosymmetric, so F is
+   real): a coherent shape sequence whose zeros move continuously, not an
+   incoherent mixture of intensities.  The ends are the closed forms.
+2. Each frame: a shape (class mixture), a melt parameter t, a size factor s
+   (``s^6 I(s q)``), a uniformly random orientation R, a fluence from a
+   Gaussian beam profile (particle position uniform over the beam disc ->
+   relative fluence log-uniform in [fluence_min, 1]).
+3. Expected counts ``lambda = c * fluence * I(s R^T q) * solid_angle * polarisation``
+   on the curved Ewald sphere, c chosen so the data set's mean *particle*
+   photons per frame equals ``photons_mean``; plus an optional background of
+   ``background_photons`` mean photons per frame (see
+   :func:`background_profile`), independent of the particle's fluence;
+   both Poisson sampled; masked pixels are zero.
 
-The truth (class, t, quaternion, fluence, size) and the volumes go to a
-separate file; no downstream stage reads it.
+The truth (class, t, quaternion, fluence, size, background count) and
+intensity volumes of every shape (on a grid whose real-space box is at least
+twice the largest particle) go to a separate file; no downstream stage reads
+it.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from tqdm import tqdm
 
 from spicompute.errors import ParameterError
@@ -34,14 +50,17 @@ from spicompute.geometry import Detector, regular_detector, standard_mask, \
     wavelength_from_energy_kev
 from spicompute.io.frames import FrameSet
 from spicompute.params import in_range, positive, with_defaults
-from spicompute.shapes import cube_intensity, melt_half_size, sphere_intensity, \
-    superellipsoid_exponent, superellipsoid_intensity_volume
-from spicompute.slicing import VolumeSampler, random_quaternions
+from spicompute.shapes import melt_half_size, superellipsoid_amplitude_grid, \
+    superellipsoid_diameter, superellipsoid_exponent
+from spicompute.slicing import random_quaternions, rotation_matrices
 
 log = logging.getLogger("spicompute.simulate")
 
 CLASSES = ("cube", "melt", "sphere", "dimer", "rod", "aggregate")
 _MEMORY_BUDGET_BYTES = 2 * 1024**3  # keep expected patterns between passes below this
+_POINTS_PER_CHUNK = 1 << 23          # frames x pixels evaluated at once (bounds memory)
+MELT_CELLS = 192                     # x-y quadrature cells per half-size (rms error ~3e-4)
+AGGREGATE_EXTENT_NM = 1.6            # aggregates fit in a sphere of this many cube edges
 
 
 @dataclass
@@ -55,14 +74,18 @@ class SimulationParams:
     pixel_size_mm: float = 0.2
     binning: int = 2
     detector_size: int = 129
+    beam_center_px: list | None = None
     beamstop_radius_px: float = 3.0
     gap_width_px: int = 2
     dead_fraction: float = 0.002
     polarization: str = "x"
     photons_mean: float = 1500.0
     fluence_min: float = 0.3
+    background_photons: float = 0.0
+    background_flat_fraction: float = 0.5
+    background_q_nm: float = 0.3
     volume_size: int = 128
-    volume_oversample: int = 2
+    melt_grid_oversample: float = 4.0
     cube_edge_nm: float = 42.0
     size_jitter: float = 0.03
     melt_volume_growth: float = 0.10
@@ -87,6 +110,13 @@ class SimulationParams:
         p.detector_size = positive("simulate.detector_size", p.detector_size, integer=True)
         if p.detector_size < 8:
             raise ParameterError("simulate.detector_size", f"must be >= 8, got {p.detector_size}")
+        if p.beam_center_px is not None:
+            bc = p.beam_center_px
+            if not isinstance(bc, (list, tuple)) or len(bc) != 2:
+                raise ParameterError("simulate.beam_center_px",
+                                     f"must be null or [row, col], got {bc!r}")
+            p.beam_center_px = [in_range(f"simulate.beam_center_px[{i}]", v, 0.0,
+                                         p.detector_size - 1.0) for i, v in enumerate(bc)]
         p.beamstop_radius_px = positive("simulate.beamstop_radius_px", p.beamstop_radius_px,
                                         allow_zero=True)
         p.gap_width_px = positive("simulate.gap_width_px", p.gap_width_px, integer=True,
@@ -95,11 +125,16 @@ class SimulationParams:
                                    high_open=True)
         p.photons_mean = positive("simulate.photons_mean", p.photons_mean)
         p.fluence_min = in_range("simulate.fluence_min", p.fluence_min, 0.0, 1.0, low_open=True)
+        p.background_photons = positive("simulate.background_photons", p.background_photons,
+                                        allow_zero=True)
+        p.background_flat_fraction = in_range("simulate.background_flat_fraction",
+                                              p.background_flat_fraction, 0.0, 1.0)
+        p.background_q_nm = positive("simulate.background_q_nm", p.background_q_nm)
         p.volume_size = positive("simulate.volume_size", p.volume_size, integer=True)
         if p.volume_size < 16:
             raise ParameterError("simulate.volume_size", f"must be >= 16, got {p.volume_size}")
-        p.volume_oversample = positive("simulate.volume_oversample", p.volume_oversample,
-                                       integer=True)
+        p.melt_grid_oversample = in_range("simulate.melt_grid_oversample",
+                                          p.melt_grid_oversample, 1.0, 16.0)
         p.cube_edge_nm = positive("simulate.cube_edge_nm", p.cube_edge_nm)
         p.size_jitter = in_range("simulate.size_jitter", p.size_jitter, 0.0, 0.2)
         p.melt_volume_growth = in_range("simulate.melt_volume_growth", p.melt_volume_growth,
@@ -130,6 +165,11 @@ class SimulationParams:
     def wavelength_nm(self) -> float:
         return wavelength_from_energy_kev(self.photon_energy_kev)
 
+    @property
+    def size_scale_range(self) -> tuple[float, float]:
+        """Size factors are clipped to 1 -+ 4 size_jitter (never beyond [0.8, 1.2])."""
+        return max(0.8, 1.0 - 4.0 * self.size_jitter), min(1.2, 1.0 + 4.0 * self.size_jitter)
+
 
 @dataclass
 class Truth:
@@ -142,7 +182,8 @@ class Truth:
     fluence: np.ndarray             # relative, in [fluence_min, 1]
     size_scale: np.ndarray          # s
     size_nm: np.ndarray             # edge of the cube of equal volume
-    photons_expected: np.ndarray
+    photons_expected: np.ndarray    # expected particle photons (background excluded)
+    background_photons: np.ndarray  # sampled background photons of each frame (int)
     volumes: np.ndarray             # (V, L, L, L) float32
     volume_names: list
     volume_t: np.ndarray            # (V,) melt t of each volume, NaN otherwise
@@ -150,114 +191,312 @@ class Truth:
 
 
 def build_detector(p: SimulationParams, rng: np.random.Generator) -> Detector:
-    """Regular AGIPD-like detector with beamstop, panel gap and dead pixels."""
+    """Regular AGIPD-like detector with beamstop, panel gap and dead pixels.
+
+    The beam sits at ``beam_center_px`` (row, col) or, when null, at the image
+    centre; the beamstop and the cross-shaped panel gap follow the beam.
+    """
     shape = (p.detector_size, p.detector_size)
-    center = ((shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0)
+    if p.beam_center_px is None:
+        center = ((shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0)
+    else:
+        center = (float(p.beam_center_px[0]), float(p.beam_center_px[1]))
     mask = standard_mask(shape, center, p.beamstop_radius_px, p.gap_width_px, "both",
                          p.dead_fraction, rng)
     return regular_detector(shape, p.wavelength_nm, p.distance_mm, p.pixel_size_mm, center,
                             p.binning, p.polarization, mask)
 
 
-def _volume_grid(p: SimulationParams, detector: Detector) -> tuple[int, float]:
-    """(L, dq) of the 3D intensity grid: covers every pixel at the largest size factor."""
-    q_extent = float(detector.q_norm.max()) * (1.0 + 4.0 * p.size_jitter) * 1.02
-    size = p.volume_size
-    dq = q_extent / (size // 2 - 1)
-    box_nm = 2 * np.pi / dq  # real-space period of the grid
-    a = p.cube_edge_nm
-    largest = max(np.sqrt(p.rod_length_nm**2 + 2 * p.rod_width_nm**2),  # rod diagonal
-                  AGGREGATE_EXTENT_NM * a,
-                  np.sqrt(6) * a,  # dimer (2a x a x a) diagonal
-                  2 * melt_half_size(1.0, a, p.melt_volume_growth))
-    if box_nm < 1.5 * largest:
-        raise ParameterError(
-            "simulate.volume_size",
-            f"{size} voxels give a {box_nm:.0f} nm real-space box, too small for "
-            f"{largest:.0f} nm particles at this q range; increase volume_size")
-    return size, dq
+def background_profile(detector: Detector, flat_fraction: float, q_decay_nm: float) -> np.ndarray:
+    """Expected share of the background photons in each pixel, (P,) summing to 1.
 
-
-def _grid_q(size: int, dq: float) -> np.ndarray:
-    axis = (np.arange(size) - size // 2) * dq
-    qx, qy, qz = np.meshgrid(axis, axis, axis, indexing="ij")
-    return np.stack([qx, qy, qz], axis=-1)
-
-
-def shape_volumes(p: SimulationParams, detector: Detector):
-    """Intensity volumes of all shapes the mixture needs.
-
-    Returns (volumes (V, L, L, L) float32, names, melt t per volume, dq_nm).
-    Melt levels are ``t = linspace(0, 1, melt_levels)``; level 0 is the
-    closed-form cube and the last the closed-form sphere.
+    Two terms, each seen through the pixel efficiency (solid angle x
+    polarisation, :meth:`Detector.correction`) and zero on masked pixels:
+    a flat term (``flat_fraction`` of the photons; constant per unit solid
+    angle, like stray light and detector noise above threshold) and a
+    radially decaying gas/solvent term ``exp(-|q| / q_decay_nm)`` (the rest).
     """
-    size, dq = _volume_grid(p, detector)
-    q = _grid_q(size, dq)
-    a = p.cube_edge_nm
-    volumes, names, ts = [], [], []
-    levels = np.linspace(0.0, 1.0, p.melt_levels)
-    for t in tqdm(levels, desc="shape volumes", leave=False, disable=None):
-        half = melt_half_size(float(t), a, p.melt_volume_growth)
-        if t == 0:
-            vol = cube_intensity(q, 2 * half)
-        elif t == 1:
-            vol = sphere_intensity(q, half)
-        else:
-            vol = superellipsoid_intensity_volume(size, dq, p.volume_oversample, half,
-                                                  superellipsoid_exponent(float(t)))
-        volumes.append(vol.astype(np.float32))
-        names.append(f"melt_t{t:.3f}")
-        ts.append(float(t))
-    if p.fractions.get("dimer", 0) > 0:
-        # two touching cubes along x: F = F_cube * 2 cos(qx a / 2)
-        volumes.append((cube_intensity(q, a) * 4 * np.cos(q[..., 0] * a / 2) ** 2)
-                       .astype(np.float32))
-        names.append("dimer")
-        ts.append(np.nan)
-    if p.fractions.get("rod", 0) > 0:
-        h = np.array([p.rod_width_nm, p.rod_width_nm, p.rod_length_nm]) / 2
-        amp = np.prod([np.sinc(q[..., i] * h[i] / np.pi) for i in range(3)], axis=0)
-        volumes.append(((8 * h.prod() * amp) ** 2).astype(np.float32))
-        names.append("rod")
-        ts.append(np.nan)
-    if p.fractions.get("aggregate", 0) > 0:
-        agg_rng = np.random.default_rng(np.random.SeedSequence([p.seed, 7]))
-        for i in range(p.aggregate_shapes):
-            volumes.append(aggregate_intensity(q, a, agg_rng).astype(np.float32))
-            names.append(f"aggregate_{i}")
-            ts.append(np.nan)
-    return np.stack(volumes), names, np.asarray(ts), dq
+    eff = detector.correction() * detector.mask
+    if eff.sum() <= 0:
+        raise ParameterError("simulate", "the detector has no good pixels")
+    decay = eff * np.exp(-detector.q_norm / q_decay_nm)
+    return flat_fraction * eff / eff.sum() + (1.0 - flat_fraction) * decay / decay.sum()
 
 
-AGGREGATE_EXTENT_NM = 1.6  # aggregates fit in a sphere of this many cube edges
-
-
-def aggregate_intensity(q: np.ndarray, cube_edge_nm: float, rng: np.random.Generator):
-    """|F|^2 of an irregular cluster of 3-6 spheres (an "assorted" contaminant).
+def aggregate_geometry(cube_edge_nm: float, rng: np.random.Generator):
+    """Radii (k,) and centres (k, 3), nm, of an irregular cluster of 3-6 spheres.
 
     Sphere radii 0.25-0.45 a (so the cluster scatters about as strongly as a
-    cube), centres random within 0.5 a of the cluster's centre of mass:
-    ``F = sum_j F_sphere(q; r_j) exp(-i q . x_j)``.
-    q : (..., 3) rad/nm -> (...) nm^6.
+    cube), centres random, centred on their mean and pulled within 0.5 a of it.
     """
     n = int(rng.integers(3, 7))
     radii = rng.uniform(0.25, 0.45, n) * cube_edge_nm
     centres = rng.normal(0.0, 0.3, (n, 3)) * cube_edge_nm
     centres -= centres.mean(axis=0)
     scale = 0.5 * cube_edge_nm / max(np.linalg.norm(centres, axis=1).max(), 1e-9)
-    centres *= min(1.0, scale)  # keep the cluster compact (within AGGREGATE_EXTENT_NM * a)
-    amp = np.zeros(q.shape[:-1], dtype=np.complex128)
-    for r, x in zip(radii, centres):  # a handful of spheres, each a whole-grid expression
-        amp += (4.0 / 3.0 * np.pi * r**3) * _sphere_form(q, r) * np.exp(-1j * (q @ x))
-    return np.abs(amp) ** 2
+    centres *= min(1.0, scale)
+    return radii, centres
 
 
-def _sphere_form(q: np.ndarray, radius: float) -> np.ndarray:
-    """Sign-carrying sphere form factor 3 (sin x - x cos x)/x^3 (1 at q = 0)."""
-    x = np.linalg.norm(q, axis=-1) * radius
-    xs = np.maximum(x, 1e-2)
-    # series below x = 0.01, where the closed form cancels catastrophically
-    return np.where(x < 1e-2, 1.0 - x * x / 10.0, 3.0 * (np.sin(xs) - xs * np.cos(xs)) / xs**3)
+def aggregate_intensity(q: np.ndarray, cube_edge_nm: float, rng: np.random.Generator):
+    """|F|^2 of an irregular cluster of 3-6 spheres (an "assorted" contaminant).
+
+    ``F = sum_j V_j f(|q| r_j) exp(-i q . x_j)`` with the geometry of
+    :func:`aggregate_geometry`.  q : (..., 3) rad/nm -> (...) nm^6.
+    """
+    radii, centres = aggregate_geometry(cube_edge_nm, rng)
+    q = torch.as_tensor(np.asarray(q, dtype=np.float64))
+    return _aggregate_intensity(q, radii, centres).numpy()
+
+
+# --- amplitudes evaluated at model-frame points (torch, batched) -----------------------------
+
+def _box_amp(q: torch.Tensor, half) -> torch.Tensor:
+    """Real amplitude of a centred box of half-sizes ``half`` (nm) at q (..., 3)."""
+    amp = torch.sinc(q[..., 0] * (half[0] / np.pi))  # torch.sinc(x) = sin(pi x) / (pi x)
+    amp *= torch.sinc(q[..., 1] * (half[1] / np.pi))
+    amp *= torch.sinc(q[..., 2] * (half[2] / np.pi))
+    return amp * float(8.0 * half[0] * half[1] * half[2])
+
+
+def _sphere_form(x: torch.Tensor) -> torch.Tensor:
+    """3 (sin x - x cos x) / x^3 in the dtype of x, with its series below x = 0.3.
+
+    (In float32 the closed form's cancellation costs ~1e-6 relative at x = 0.3;
+    the 4-term series is exact to 5e-11 there.)
+    """
+    xs = torch.clamp(x, min=0.3)
+    closed = 3.0 * (torch.sin(xs) - xs * torch.cos(xs)) / (xs * xs * xs)
+    x2 = x * x
+    series = 1.0 + x2 * (-1.0 / 10.0 + x2 * (1.0 / 280.0 - x2 / 15120.0))
+    return torch.where(x < 0.3, series, closed)
+
+
+def _sphere_amp(q: torch.Tensor, radius: float) -> torch.Tensor:
+    x = torch.linalg.vector_norm(q, dim=-1) * radius
+    return _sphere_form(x) * float(4.0 / 3.0 * np.pi * radius**3)
+
+
+def _aggregate_intensity(q: torch.Tensor, radii, centres) -> torch.Tensor:
+    """|sum_j V_j f(|q| r_j) exp(-i q . x_j)|^2 at q (..., 3), in q's dtype."""
+    qn = torch.linalg.vector_norm(q, dim=-1)
+    re = torch.zeros(q.shape[:-1], dtype=q.dtype)
+    im = torch.zeros_like(re)
+    phases = q @ torch.as_tensor(np.asarray(centres).T, dtype=q.dtype)  # (..., k)
+    for j, r in enumerate(radii):  # 3-6 spheres, each a whole-array expression
+        amp = _sphere_form(qn * float(r)) * float(4.0 / 3.0 * np.pi * r**3)
+        re += amp * torch.cos(phases[..., j])
+        im -= amp * torch.sin(phases[..., j])
+    return re * re + im * im
+
+
+class ShapeLibrary:
+    """All shapes of a simulation, evaluated at arbitrary model-frame q.
+
+    Built once per data set: melt levels ``t_l = linspace(0, 1, melt_levels)``
+    (level 0 the closed-form cube, the last the closed-form sphere, interior
+    levels octant amplitude grids covering ``|q_i| <= q_extent_nm``), the rod,
+    the dimer and ``aggregate_shapes`` aggregates.
+    """
+
+    def __init__(self, p: SimulationParams, q_extent_nm: float):
+        a = p.cube_edge_nm
+        self.edge_nm = a
+        self.melt_t = np.linspace(0.0, 1.0, p.melt_levels)
+        self.melt_half = np.array([melt_half_size(t, a, p.melt_volume_growth)
+                                   for t in self.melt_t])
+        self.melt_p = np.array([superellipsoid_exponent(t) for t in self.melt_t])
+        self.melt_diameter = np.array([superellipsoid_diameter(h, e)
+                                       for h, e in zip(self.melt_half, self.melt_p)])
+        self.rod_half = (p.rod_width_nm / 2, p.rod_width_nm / 2, p.rod_length_nm / 2)
+        agg_rng = np.random.default_rng(np.random.SeedSequence([p.seed, 7]))
+        self.aggregates = [aggregate_geometry(a, agg_rng) for _ in range(p.aggregate_shapes)]
+        # interior melt levels: octant amplitude grids, real-space box >= 2 x their extent
+        interior = range(1, p.melt_levels - 1)
+        largest = max((self.melt_diameter[i] for i in interior), default=0.0)
+        self.melt_dq_nm = np.pi / (p.melt_grid_oversample * max(largest, 1e-9))
+        self.melt_box_nm = 2 * np.pi / self.melt_dq_nm
+        assert len(interior) == 0 or self.melt_box_nm >= 2 * largest * (1 - 1e-9)
+        n_q = int(np.ceil(q_extent_nm / self.melt_dq_nm)) + 2
+        self._grids = {}
+        for i in tqdm(interior, desc="melt amplitudes", leave=False, disable=None):
+            grid = superellipsoid_amplitude_grid(n_q, self.melt_dq_nm, self.melt_half[i],
+                                                 self.melt_p[i], MELT_CELLS)
+            self._grids[i] = torch.from_numpy(grid)[None, None]
+        self.q_extent_nm = (n_q - 1) * self.melt_dq_nm
+
+    def extents_nm(self) -> dict:
+        """Largest extent (circumscribed diameter, nm) of each kind of shape (s = 1)."""
+        a = self.edge_nm
+        agg = [2 * float(np.max(np.linalg.norm(c, axis=1) + r)) for r, c in self.aggregates]
+        return {"melt": float(self.melt_diameter.max()),
+                "dimer": float(np.sqrt(6.0) * a),
+                "rod": float(2 * np.linalg.norm(self.rod_half)),
+                "aggregate": max(agg, default=0.0)}
+
+    def level_amplitude(self, level: int, q: torch.Tensor) -> torch.Tensor:
+        """Real amplitude (nm^3) of melt level ``level`` at q (..., 3) float32."""
+        if level == 0:
+            return _box_amp(q, (0.5 * self.edge_nm,) * 3)
+        if level == len(self.melt_t) - 1:
+            return _sphere_amp(q, float(self.melt_half[-1]))
+        grid = self._grids[level]
+        n = grid.shape[-1]
+        pts = q.reshape(-1, 3).abs() * (2.0 / ((n - 1) * self.melt_dq_nm)) - 1.0
+        # grid axes (x, y, z) are grid_sample's (D, H, W): coordinates go as (z, y, x)
+        out = torch.nn.functional.grid_sample(grid, pts[:, [2, 1, 0]].view(1, -1, 1, 1, 3),
+                                              mode="bilinear", padding_mode="zeros",
+                                              align_corners=True)
+        return out.view(q.shape[:-1])
+
+    def family_amplitude(self, q: torch.Tensor, t: np.ndarray) -> torch.Tensor:
+        """Amplitude of the melt family at t (n,) for q (n, P, 3): linear in t between levels."""
+        levels = len(self.melt_t)
+        pos = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0) * (levels - 1)
+        lo = np.minimum(np.floor(pos).astype(int), levels - 2)
+        frac = pos - lo
+        out = torch.zeros(q.shape[:-1], dtype=q.dtype)
+        for level in range(levels):  # a handful of levels, not a per-frame loop
+            w = np.where(lo == level, 1.0 - frac, 0.0) + np.where(lo + 1 == level, frac, 0.0)
+            sel = np.nonzero(w > 0)[0]
+            if len(sel):
+                idx = torch.from_numpy(sel)
+                weight = torch.from_numpy(w[sel].astype(np.float32))[:, None]
+                out[idx] += weight * self.level_amplitude(level, q[idx])
+        return out
+
+    def intensity(self, kind: str, q: torch.Tensor, t: np.ndarray | None = None,
+                  variant: np.ndarray | None = None) -> torch.Tensor:
+        """|F|^2 (nm^6) of a unit-scale shape of ``kind`` at q (n, P, 3) float32 -> (n, P).
+
+        kind : cube | melt | sphere (melt parameter t (n,)), dimer, rod,
+        aggregate (which aggregate: variant (n,) int).
+        """
+        a = self.edge_nm
+        if kind in ("cube", "melt", "sphere"):
+            amp = self.family_amplitude(q, t)
+        elif kind == "dimer":  # two cubes touching along x: F_cube * 2 cos(qx a / 2)
+            amp = _box_amp(q, (0.5 * a,) * 3) * (2.0 * torch.cos(q[..., 0] * (0.5 * a)))
+        elif kind == "rod":
+            amp = _box_amp(q, self.rod_half)
+        elif kind == "aggregate":
+            out = torch.zeros(q.shape[:-1], dtype=q.dtype)
+            for v, (radii, centres) in enumerate(self.aggregates):
+                sel = np.nonzero(np.asarray(variant) == v)[0]
+                if len(sel):
+                    idx = torch.from_numpy(sel)
+                    out[idx] = _aggregate_intensity(q[idx], radii, centres)
+            return out
+        else:
+            raise ValueError(f"unknown shape kind {kind!r}")
+        return amp * amp
+
+
+def model_q(q_lab: torch.Tensor, quaternions: np.ndarray, scale: np.ndarray) -> torch.Tensor:
+    """Model-frame points ``s R^T q`` (n, P, 3) float32 of lab q (P, 3) for each frame."""
+    mats = torch.from_numpy(rotation_matrices(quaternions).astype(np.float32))
+    mats *= torch.from_numpy(np.asarray(scale, dtype=np.float32))[:, None, None]
+    return torch.matmul(q_lab, mats)  # row vectors: q @ R = (R^T q)^T
+
+
+def expected_patterns(library: ShapeLibrary, q_lab: np.ndarray, frames: dict,
+                      pixel_factor: np.ndarray | None = None) -> np.ndarray:
+    """Noise-free patterns ``s^6 I(s R^T q) * pixel_factor`` (n, P) float32, fluence 1.
+
+    frames : dict of (n,) arrays class_name, melt_t, quaternion (n, 4),
+    size_scale, variant (see :func:`draw_frame_parameters`).
+    """
+    q = torch.from_numpy(np.ascontiguousarray(q_lab, dtype=np.float32))
+    scale = np.asarray(frames["size_scale"], dtype=np.float64)
+    names = np.asarray(frames["class_name"])
+    out = torch.zeros((len(names), q.shape[0]), dtype=torch.float32)
+    with torch.no_grad():
+        qm = model_q(q, frames["quaternion"], scale)
+        family = np.nonzero(np.isin(names, ("cube", "melt", "sphere")))[0]
+        groups = [("melt", family)] + [(k, np.nonzero(names == k)[0])
+                                       for k in ("dimer", "rod", "aggregate")]
+        for kind, sel in groups:
+            if len(sel) == 0:
+                continue
+            idx = torch.from_numpy(sel)
+            out[idx] = library.intensity(kind, qm[idx], t=frames["melt_t"][sel],
+                                         variant=frames["variant"][sel])
+        out *= torch.from_numpy((scale**6).astype(np.float32))[:, None]
+        if pixel_factor is not None:
+            out *= torch.from_numpy(np.asarray(pixel_factor, dtype=np.float32))[None, :]
+    return out.numpy()
+
+
+def _volume_grid(p: SimulationParams, detector: Detector, extents: dict) -> tuple[int, float]:
+    """(L, dq) of the truth intensity grid: covers every pixel at the largest size
+    factor, and its real-space box ``2 pi / dq`` is at least twice the largest
+    particle (L is raised above ``volume_size`` when needed)."""
+    q_extent = float(detector.q_norm.max()) * p.size_scale_range[1] * 1.02
+    largest = max(extents.values())
+    need = 2 * int(np.ceil(q_extent * largest / np.pi + 1.0))
+    size = max(p.volume_size + p.volume_size % 2, need)
+    dq = q_extent / (size // 2 - 1)
+    assert 2 * np.pi / dq >= 2 * largest * (1 - 1e-9)
+    return size, dq
+
+
+def make_library(p: SimulationParams, detector: Detector) -> tuple[ShapeLibrary, int, float]:
+    """(library, truth grid edge L, truth grid step dq) for a detector."""
+    probe = ShapeLibrary(p, 0.0)  # extents only: 2-point grids, cheap
+    size, dq = _volume_grid(p, detector, probe.extents_nm())
+    half_extent = (size - 1 - size // 2) * dq  # per-axis coverage of the truth grid
+    frames_extent = float(detector.q_norm.max()) * p.size_scale_range[1]
+    return ShapeLibrary(p, max(half_extent, frames_extent) * 1.01), size, dq
+
+
+def shape_volumes(p: SimulationParams, detector: Detector, library: ShapeLibrary | None = None):
+    """Intensity volumes |F|^2 of all shapes the mixture needs, on one cubic q-grid.
+
+    Returns (volumes (V, L, L, L) float32, names, melt t per volume, dq_nm);
+    q = 0 at index L // 2, axes (x, y, z).  Melt levels are
+    ``t = linspace(0, 1, melt_levels)``.  Values are the same amplitudes the
+    frames use, evaluated at the grid points (for the truth file and tests).
+    """
+    if library is None:
+        library, size, dq = make_library(p, detector)
+    else:
+        size, dq = _volume_grid(p, detector, library.extents_nm())
+    axis = (np.arange(size) - size // 2) * dq
+    plane = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+
+    def volume(kind, t=None, variant=None):
+        out = np.empty((size, size, size), dtype=np.float32)
+        step = max(1, (1 << 21) // len(plane))  # z planes per evaluation (bounds memory)
+        with torch.no_grad():
+            for k0 in range(0, size, step):
+                qz = axis[k0:k0 + step]
+                q = np.concatenate([np.tile(plane, (len(qz), 1)),
+                                    np.repeat(qz, len(plane))[:, None]], 1)
+                qt = torch.from_numpy(q.astype(np.float32))[None]
+                vals = library.intensity(
+                    kind, qt, t=None if t is None else np.array([t]),
+                    variant=None if variant is None else np.array([0 if variant is None
+                                                                   else variant]))
+                out[:, :, k0:k0 + len(qz)] = vals.numpy().reshape(len(qz), size, size) \
+                    .transpose(1, 2, 0)
+        return out
+
+    volumes, names, ts = [], [], []
+    for t in library.melt_t:
+        volumes.append(volume("melt", t=float(t)))
+        names.append(f"melt_t{t:.3f}")
+        ts.append(float(t))
+    for kind in ("dimer", "rod"):
+        if p.fractions.get(kind, 0) > 0:
+            volumes.append(volume(kind))
+            names.append(kind)
+            ts.append(np.nan)
+    if p.fractions.get("aggregate", 0) > 0:
+        for i in range(p.aggregate_shapes):
+            volumes.append(volume("aggregate", variant=i))
+            names.append(f"aggregate_{i}")
+            ts.append(np.nan)
+    return np.stack(volumes), names, np.asarray(ts), dq
 
 
 def draw_frame_parameters(p: SimulationParams, rng: np.random.Generator) -> dict:
@@ -274,58 +513,12 @@ def draw_frame_parameters(p: SimulationParams, rng: np.random.Generator) -> dict
     # Gaussian beam, particle uniform over the disc where fluence >= fluence_min:
     # r^2 uniform -> log(fluence) uniform.
     fluence = np.exp(rng.uniform(np.log(p.fluence_min), 0.0, p.n_frames))
-    size_scale = np.clip(1.0 + p.size_jitter * rng.standard_normal(p.n_frames), 0.8, 1.2)
+    size_scale = np.clip(1.0 + p.size_jitter * rng.standard_normal(p.n_frames),
+                         *p.size_scale_range)
     quats = random_quaternions(p.n_frames, rng)
     variant = rng.integers(0, p.aggregate_shapes, p.n_frames)  # which aggregate volume
     return dict(class_name=class_name, melt_t=melt_t, fluence=fluence, size_scale=size_scale,
                 quaternion=quats, variant=variant)
-
-
-def _volume_weights(class_name, melt_t, names, volume_t, variant=None) -> sp.csr_matrix:
-    """(N, V) mixing weights of the volumes for each frame (melt: linear in t)."""
-    n = len(class_name)
-    rows, cols, vals = [], [], []
-    levels = volume_t[np.isfinite(volume_t)]
-    has_t = np.isfinite(melt_t)
-    idx = np.nonzero(has_t)[0]
-    pos = np.clip(melt_t[idx] * (len(levels) - 1), 0, len(levels) - 1)
-    lo = np.minimum(np.floor(pos).astype(int), len(levels) - 2)
-    frac = pos - lo
-    rows += [idx, idx]
-    cols += [lo, lo + 1]
-    vals += [1.0 - frac, frac]
-    for other in ("dimer", "rod"):
-        sel = np.nonzero(class_name == other)[0]
-        if len(sel):
-            rows.append(sel)
-            cols.append(np.full(len(sel), names.index(other)))
-            vals.append(np.ones(len(sel)))
-    sel = np.nonzero(class_name == "aggregate")[0]
-    if len(sel):
-        rows.append(sel)
-        cols.append(np.array([names.index(f"aggregate_{v}") for v in variant[sel]]))
-        vals.append(np.ones(len(sel)))
-    w = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(n, len(names)))
-    w.eliminate_zeros()
-    return w
-
-
-def _expected_patterns(samplers, weights: sp.csr_matrix, q_lab: np.ndarray, quats, scale,
-                       pixel_factor: np.ndarray) -> np.ndarray:
-    """Noise-free patterns ``sum_v w_nv s^6 I_v(s R^T q) * pixel_factor``, (n, P) float32."""
-    out = np.zeros((len(quats), q_lab.shape[0]), dtype=np.float32)
-    wc = weights.tocsc()
-    for v, sampler in enumerate(samplers):  # a handful of volumes, not a per-frame loop
-        col = wc[:, v]
-        frames = col.indices
-        if len(frames) == 0:
-            continue
-        out[frames] += sampler.slices(q_lab, quats[frames], scale[frames]) \
-            * col.data.astype(np.float32)[:, None]
-    out *= (scale.astype(np.float32) ** 6)[:, None]
-    out *= pixel_factor[None, :]
-    return out
 
 
 def poisson_sparse(lam: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
@@ -352,32 +545,51 @@ def poisson_sparse(lam: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
                          shape=(n, n_pix))
 
 
+def background_sparse(n_frames: int, mean_photons: float, profile: np.ndarray,
+                      rng: np.random.Generator) -> sp.csr_matrix:
+    """Poisson background counts (n_frames, P) CSR: ``mean_photons * profile`` per pixel.
+
+    A Poisson total per frame, photons placed independently with probability
+    ``profile`` (P,) (sums to 1): exactly independent Poisson pixels.
+    """
+    n_pix = len(profile)
+    totals = rng.poisson(mean_photons, n_frames) if mean_photons > 0 \
+        else np.zeros(n_frames, dtype=np.int64)
+    frame_of = np.repeat(np.arange(n_frames), totals)
+    cumulative = np.cumsum(profile, dtype=np.float64)
+    pix = np.searchsorted(cumulative, rng.random(len(frame_of)) * cumulative[-1], side="right")
+    pix = np.minimum(pix, n_pix - 1)
+    return sp.csr_matrix((np.ones(len(frame_of), np.int32), (frame_of, pix)),
+                         shape=(n_frames, n_pix))  # duplicates are summed
+
+
 def simulate(p: SimulationParams, progress: bool = True) -> tuple[FrameSet, Truth]:
     """Simulate ``p.n_frames`` frames; deterministic for ``p.seed``."""
     seeds = np.random.SeedSequence(p.seed)
-    geo_seed, par_seed, noise_seed = seeds.spawn(3)
+    geo_seed, par_seed, noise_seed, bg_seed = seeds.spawn(4)
     detector = build_detector(p, np.random.default_rng(geo_seed))
-    log.info("detector %s pixels, q_max %.3f rad/nm, %d good", detector.shape,
-             detector.q_max_nm, detector.mask.sum())
-    volumes, names, volume_t, dq = shape_volumes(p, detector)
-    log.info("%d intensity volumes of %d^3, dq %.4f rad/nm", len(volumes), volumes.shape[1], dq)
+    log.info("detector %s pixels, beam at %s, q_max %.3f rad/nm, %d good", detector.shape,
+             detector.center, detector.q_max_nm, detector.mask.sum())
+    library, _, _ = make_library(p, detector)
+    log.info("melt family: %d levels, amplitude grid step %.4f rad/nm (box %.0f nm)",
+             len(library.melt_t), library.melt_dq_nm, library.melt_box_nm)
+    volumes, names, volume_t, dq = shape_volumes(p, detector, library)
+    log.info("%d truth volumes of %d^3, dq %.4f rad/nm", len(volumes), volumes.shape[1], dq)
     frames = draw_frame_parameters(p, np.random.default_rng(par_seed))
-    weights = _volume_weights(frames["class_name"], frames["melt_t"], names, volume_t,
-                              frames["variant"])
-    samplers = [VolumeSampler(v, dq) for v in volumes]
     pixel_factor = (detector.correction() * detector.mask).astype(np.float32)
     q_lab = detector.q.astype(np.float32)
     n, n_pix = p.n_frames, detector.n_pixels
-    chunks = [slice(s, min(s + p.chunk_frames, n)) for s in range(0, n, p.chunk_frames)]
+    per_chunk = max(1, min(p.chunk_frames, _POINTS_PER_CHUNK // n_pix))
+    chunks = [slice(s, min(s + per_chunk, n)) for s in range(0, n, per_chunk)]
 
     def patterns(ch):
-        return _expected_patterns(samplers, weights[ch], q_lab, frames["quaternion"][ch],
-                                  frames["size_scale"][ch], pixel_factor) \
+        sub = {k: v[ch] for k, v in frames.items()}
+        return expected_patterns(library, q_lab, sub, pixel_factor) \
             * frames["fluence"][ch, None].astype(np.float32)
 
     keep = n * n_pix * 4 <= _MEMORY_BUDGET_BYTES
     kept, totals = [], np.empty(n)
-    for ch in tqdm(chunks, desc="slicing", disable=not progress, leave=False):
+    for ch in tqdm(chunks, desc="patterns", disable=not progress, leave=False):
         pat = patterns(ch)
         totals[ch] = pat.sum(axis=1, dtype=np.float64)
         if keep:
@@ -393,6 +605,12 @@ def simulate(p: SimulationParams, progress: bool = True) -> tuple[FrameSet, Trut
         if keep:
             kept[i] = None
     counts = sp.vstack(blocks, format="csr")
+    profile = background_profile(detector, p.background_flat_fraction, p.background_q_nm)
+    background = background_sparse(n, p.background_photons, profile,
+                                   np.random.default_rng(bg_seed))
+    if p.background_photons > 0:
+        counts = (counts + background).tocsr()
+        counts.sort_indices()
     frameset = FrameSet(counts=counts, frame_id=np.arange(n), detector=detector)
     size_nm = p.cube_edge_nm * frames["size_scale"] * np.where(
         np.isfinite(frames["melt_t"]),
@@ -400,6 +618,7 @@ def simulate(p: SimulationParams, progress: bool = True) -> tuple[FrameSet, Trut
     truth = Truth(frame_id=np.arange(n), class_name=frames["class_name"].astype(str),
                   melt_t=frames["melt_t"], quaternion=frames["quaternion"],
                   fluence=frames["fluence"], size_scale=frames["size_scale"], size_nm=size_nm,
-                  photons_expected=totals * c, volumes=volumes, volume_names=names,
-                  volume_t=volume_t, volume_dq_nm=dq)
+                  photons_expected=totals * c,
+                  background_photons=np.asarray(background.sum(axis=1)).ravel().astype(np.int64),
+                  volumes=volumes, volume_names=names, volume_t=volume_t, volume_dq_nm=dq)
     return frameset, truth

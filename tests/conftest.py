@@ -34,6 +34,18 @@ def small_simulation():
     return frames, truth, p
 
 
+@pytest.fixture(scope="session")
+def low_photon_simulation():
+    """(FrameSet, Truth, SimulationParams): the paper's regime, ~400 particle photons
+    plus ~50 background photons per frame (flat + gas term), on the small detector."""
+    from spicompute.simulate import SimulationParams, simulate
+
+    p = SimulationParams.from_dict(small_simulation_params(
+        n_frames=600, photons_mean=400, background_photons=50, seed=2))
+    frames, truth = simulate(p, progress=False)
+    return frames, truth, p
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)

@@ -9,7 +9,8 @@ Layout::
     /truth/fluence           (N,)   float  relative fluence
     /truth/size_scale        (N,)   float  size factor s
     /truth/size_nm           (N,)   float  edge of the cube of equal volume
-    /truth/photons_expected  (N,)   float
+    /truth/photons_expected  (N,)   float  expected particle photons (background excluded)
+    /truth/background_photons (N,)  int    sampled background photons (absent in old files)
     /volumes/intensity       (V, L, L, L) float32 |F|^2 (nm^6); attrs dq_nm, center
     /volumes/name            (V,)   str
     /volumes/melt_t          (V,)   float
@@ -28,7 +29,8 @@ from spicompute.io.frames import open_h5
 from spicompute.io.provenance import atomic_path, stamp
 
 PER_FRAME = ("frame_id", "class_name", "melt_t", "quaternion", "fluence", "size_scale",
-             "size_nm", "photons_expected")
+             "size_nm", "photons_expected", "background_photons")
+OPTIONAL = ("background_photons",)  # files written before it existed lack it
 
 
 def write_truth(path: str | Path, truth, params: dict | None = None) -> None:
@@ -37,7 +39,9 @@ def write_truth(path: str | Path, truth, params: dict | None = None) -> None:
         stamp(h5, "frames", params)
         g = h5.create_group("truth")
         for name in PER_FRAME:
-            value = getattr(truth, name)
+            value = getattr(truth, name, None)
+            if value is None and name in OPTIONAL:
+                continue
             if name == "class_name":
                 value = np.asarray(value, dtype=object).astype(h5py.string_dtype())
             g.create_dataset(name, data=value)
@@ -59,7 +63,7 @@ def read_truth(path: str | Path, volumes: bool = False) -> dict:
             from spicompute.errors import InputError
 
             raise InputError(path, "truth", "no ground truth (the frames were ingested)")
-        out = {name: h5[f"truth/{name}"][()] for name in PER_FRAME}
+        out = {name: h5[f"truth/{name}"][()] for name in PER_FRAME if f"truth/{name}" in h5}
         out["class_name"] = np.asarray(out["class_name"]).astype(str)
         if volumes:
             out["volumes"] = h5["volumes/intensity"][()]
