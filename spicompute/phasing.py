@@ -87,6 +87,8 @@ class PhasingSettings:
         geometrically over the DM iterations; None = 3x and 1x the half-period
         resolution ``pi / q_max``
     autocorrelation_threshold : initial support = autocorrelation > this fraction of its max
+    keep_factor : starts whose final error exceeds keep_factor x the best one (stagnated)
+        are left out of the average and the PRTF
     seed : random starts
     workers : scipy.fft threads (-1: all)
     """
@@ -100,6 +102,7 @@ class PhasingSettings:
     sigma_start_nm: float | None = None
     sigma_end_nm: float | None = None
     autocorrelation_threshold: float = 0.04
+    keep_factor: float = 2.0
     seed: int = 0
     workers: int = -1
 
@@ -117,6 +120,7 @@ class PhasingResult:
         (the data limit when it never does)
     dx_nm : voxel edge
     best : index of the best start
+    kept : (n_starts,) bool, starts averaged (error <= keep_factor x best)
     """
 
     density: np.ndarray
@@ -127,6 +131,7 @@ class PhasingResult:
     resolution_nm: float
     dx_nm: float
     best: int
+    kept: np.ndarray = None
     history: list = field(default_factory=list)
 
     @property
@@ -202,16 +207,38 @@ def fourier_error(x, amplitude_h, observed_h, fourier: _Fourier) -> np.ndarray:
     return (num / max(den, 1e-30)).astype(np.float64)
 
 
+def fill_beamstop(intensity: np.ndarray, observed: np.ndarray, ndim: int) -> np.ndarray:
+    """Intensity with the unobserved centre (shells inside the first observed one) filled.
+
+    The filling value is the largest observed intensity of the first observed
+    shell, a conservative plateau for the decreasing low-q intensity of a
+    compact object.  Used only for the initial support: without it the missing
+    low-q makes the autocorrelation ring over the whole box.  FFT order.
+    """
+    size = intensity.shape[-1]
+    shell = radial_index(size, ndim)
+    if not observed.any():
+        return intensity * observed
+    first = shell[observed].min()
+    out = np.where(observed, intensity, 0.0)
+    if first > 0:
+        plateau = intensity[observed & (shell == first)].max()
+        out = np.where(~observed & (shell < first), plateau, out)
+    return out
+
+
 def autocorrelation_support(intensity: np.ndarray, observed: np.ndarray, threshold: float,
                             sigma_vox: float, ndim: int, workers: int = -1) -> np.ndarray:
-    """Initial support: the (blurred) autocorrelation ``|IFT(I observed)|`` above ``threshold`` x max.
+    """Initial support: the (blurred) autocorrelation ``|IFT(I)|`` above ``threshold`` x max.
 
-    FFT-ordered input/output.  The autocorrelation's support contains every
-    translate of the object that fits the data, so it is a safe start for the
-    shrink-wrap.
+    FFT-ordered input/output; unobserved intensity is 0 except the beamstop
+    region, filled by :func:`fill_beamstop`.  The autocorrelation's support
+    contains every translate of the object that fits the data, so it is a
+    safe start for the shrink-wrap.
     """
     fourier = _Fourier(intensity.shape[-1], ndim, workers)
-    auto = fourier.inverse(_half(intensity * observed).astype(np.complex64))
+    filled = fill_beamstop(intensity, observed, ndim)
+    auto = fourier.inverse(_half(filled).astype(np.complex64))
     auto = gaussian_blur(np.abs(auto).astype(np.float32), sigma_vox, ndim, workers)
     return auto > threshold * auto.max()
 
@@ -350,7 +377,8 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     Each start: random density in the initial (autocorrelation) support;
     ``n_dm`` difference-map iterations with shrink-wrap every
     ``shrinkwrap_every``; then ``n_er`` error-reduction iterations on the last
-    support.  Starts are aligned to the one of lowest Fourier error and averaged.
+    support.  Starts are aligned to the one of lowest Fourier error and those
+    within ``keep_factor`` of its error averaged.
     """
     s = settings or PhasingSettings()
     intensity = np.asarray(intensity, dtype=np.float64)
@@ -415,8 +443,9 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     errors = fourier_error(x, amp_h, obs_h, fourier)
     best = int(np.argmin(errors))
 
-    aligned, shifts, inverted = align_to(x[best], x, ndim, s.workers)
-    supports = apply_alignment(support, shifts, inverted, ndim)
+    kept = errors <= s.keep_factor * errors[best] + 1e-12
+    aligned, shifts, inverted = align_to(x[best], x[kept], ndim, s.workers)
+    supports = apply_alignment(support[kept], shifts, inverted, ndim)
     density = aligned.mean(axis=0)
     roll = centre_shift(density, ndim)
     axes = _axes(ndim)
@@ -434,4 +463,4 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     density = (density * scale / dx**ndim).astype(np.float32)
     return PhasingResult(density=to_centred(density, ndim), support=to_centred(supp, ndim),
                          errors=errors, prtf=prtf, prtf_q_nm=q_shell, resolution_nm=resolution,
-                         dx_nm=dx, best=best, history=history)
+                         dx_nm=dx, best=best, kept=kept, history=history)

@@ -29,7 +29,7 @@ DEFAULTS = {
     "n_starts": 4, "n_dm": 150, "n_er": 50, "beta": 0.9,
     "shrinkwrap_every": 10, "shrinkwrap_threshold": 0.2,
     "sigma_start_nm": "auto", "sigma_end_nm": "auto",
-    "autocorrelation_threshold": 0.04, "volume_threshold": 1.0e-4,
+    "autocorrelation_threshold": 0.04, "keep_factor": 2.0, "volume_threshold": 1.0e-4,
     "averages_2d": "auto", "averages_2d_count": 6, "seed": 0, "threads": 0,
 }
 
@@ -69,6 +69,7 @@ def options(p: dict) -> dict:
         "autocorrelation_threshold": in_range("phase.autocorrelation_threshold",
                                               o["autocorrelation_threshold"], 0.0, 1.0,
                                               low_open=True, high_open=True),
+        "keep_factor": in_range("phase.keep_factor", o["keep_factor"], 1.0, 1e6),
         "volume_threshold": in_range("phase.volume_threshold", o["volume_threshold"], 0.0, 1.0,
                                      low_open=True, high_open=True),
         "averages_2d_count": positive("phase.averages_2d_count", o["averages_2d_count"],
@@ -100,6 +101,7 @@ def settings_for(o: dict, seed):
                            shrinkwrap_threshold=o["shrinkwrap_threshold"],
                            sigma_start_nm=o["sigma_start_nm"], sigma_end_nm=o["sigma_end_nm"],
                            autocorrelation_threshold=o["autocorrelation_threshold"],
+                           keep_factor=o["keep_factor"],
                            seed=seed, workers=o["threads"] if o["threads"] > 0 else -1)
 
 
