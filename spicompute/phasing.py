@@ -1,0 +1,466 @@
+"""Iterative phase retrieval of 3D (and 2D) diffraction intensities.
+
+Difference map (Elser 2003) followed by error reduction, with a shrink-wrap
+support (Marchesini et al. 2003) and a real, non-negative density.  The
+measured Fourier modulus ``sqrt(I)`` is imposed only where the intensity was
+observed; elsewhere (beamstop region around q = 0, beyond ``q_max``) the
+current estimate floats.  Several random starts are aligned to the best one
+(integer-voxel translation by FFT cross-correlation, and the centro-inversion
+twin ``rho(-x)``) and averaged; their phase agreement gives the phase
+retrieval transfer function (PRTF, Chapman et al. 2006) and a resolution.
+
+Conventions
+-----------
+* Grids are ``L`` points per axis, ``ndim`` = 2 or 3 axes.  In the *centred*
+  layout (files, the outside world) q = 0 / x = 0 is at index ``L // 2``;
+  internally arrays are in *FFT order* (origin at index 0, ``ifftshift``).
+* ``q = 2 pi / d``; grid step ``dq_nm`` (rad/nm).  Real-space voxel edge
+  ``dx_nm = 2 pi / (L dq_nm)`` (the field of view is ``2 pi / dq_nm``).
+* A real density has a centrosymmetric intensity (Friedel's law); the input
+  is symmetrised, ``I(q) <- (I(q) + I(-q)) / 2`` and ``observed <- observed(q)
+  and observed(-q)``, which lets every FFT be a real one.
+
+All functions are vectorised over a leading batch axis of random starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft
+
+INV_E = float(np.exp(-1.0))
+
+
+# --------------------------------------------------------------------------- grids
+
+def real_space_step(size: int, dq_nm: float) -> float:
+    """Voxel edge (nm) of the real-space grid conjugate to ``size`` q-steps of ``dq_nm``."""
+    return 2.0 * np.pi / (size * dq_nm)
+
+
+def half_period_resolution(size: int, dq_nm: float) -> float:
+    """``pi / q_max`` (nm) with ``q_max = (size // 2) dq_nm``: the finest half period on the grid."""
+    return np.pi / ((size // 2) * dq_nm)
+
+
+def _axes(ndim: int) -> tuple[int, ...]:
+    return tuple(range(-ndim, 0))
+
+
+def to_fft_order(x: np.ndarray, ndim: int) -> np.ndarray:
+    """Centred layout (origin at ``L // 2``) -> FFT order (origin at 0), last ``ndim`` axes."""
+    return scipy.fft.ifftshift(x, axes=_axes(ndim))
+
+
+def to_centred(x: np.ndarray, ndim: int) -> np.ndarray:
+    """FFT order -> centred layout, last ``ndim`` axes."""
+    return scipy.fft.fftshift(x, axes=_axes(ndim))
+
+
+def invert(x: np.ndarray, ndim: int) -> np.ndarray:
+    """``f(-x)`` of an FFT-ordered array (index i -> -i mod L), last ``ndim`` axes."""
+    axes = _axes(ndim)
+    return np.roll(np.flip(x, axis=axes), 1, axis=axes)
+
+
+def radial_index(size: int, ndim: int) -> np.ndarray:
+    """Integer |q| / dq (rounded) of every grid point, FFT order, shape ``(size,)*ndim``."""
+    k = scipy.fft.ifftshift(np.arange(size) - size // 2).astype(np.float64)
+    grids = np.meshgrid(*([k] * ndim), indexing="ij")
+    return np.rint(np.sqrt(sum(g * g for g in grids))).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- settings
+
+@dataclass
+class PhasingSettings:
+    """Parameters of one phase retrieval (see docs/volumes_phase.md).
+
+    n_dm, n_er : difference-map then error-reduction iterations
+    beta : difference-map parameter (gamma_S = -1/beta, gamma_M = 1/beta)
+    n_starts : independent random starts, aligned and averaged
+    shrinkwrap_every : iterations between support updates (during DM)
+    shrinkwrap_threshold : support = blurred density > this fraction of its maximum
+    sigma_start_nm, sigma_end_nm : Gaussian blur of the shrink-wrap, decreasing
+        geometrically over the DM iterations; None = 3x and 1x the half-period
+        resolution ``pi / q_max``
+    autocorrelation_threshold : initial support = autocorrelation > this fraction of its max
+    keep_factor : starts whose final error exceeds keep_factor x the best one (stagnated)
+        are left out of the average and the PRTF
+    seed : random starts
+    workers : scipy.fft threads (-1: all)
+    """
+
+    n_dm: int = 150
+    n_er: int = 50
+    beta: float = 0.9
+    n_starts: int = 4
+    shrinkwrap_every: int = 10
+    shrinkwrap_threshold: float = 0.2
+    sigma_start_nm: float | None = None
+    sigma_end_nm: float | None = None
+    autocorrelation_threshold: float = 0.04
+    keep_factor: float = 2.0
+    seed: int = 0
+    workers: int = -1
+
+
+@dataclass
+class PhasingResult:
+    """Outcome of :func:`phase_retrieval` (centred layout, origin at ``L // 2``).
+
+    density : (L,)*ndim float32, average of the aligned starts (arbitrary scale)
+    support : (L,)*ndim bool, voxels in the support of at least half the starts
+    errors : (n_starts,) final Fourier-modulus error of each start
+    prtf : (n_shells,) PRTF in shells of width dq (NaN where no observed voxel)
+    prtf_q_nm : (n_shells,) shell centres, rad/nm
+    resolution_nm : full-period resolution ``2 pi / q`` where the PRTF first drops below 1/e
+        (the data limit when it never does)
+    dx_nm : voxel edge
+    best : index of the best start
+    kept : (n_starts,) bool, starts averaged (error <= keep_factor x best)
+    """
+
+    density: np.ndarray
+    support: np.ndarray
+    errors: np.ndarray
+    prtf: np.ndarray
+    prtf_q_nm: np.ndarray
+    resolution_nm: float
+    dx_nm: float
+    best: int
+    kept: np.ndarray = None
+    history: list = field(default_factory=list)
+
+    @property
+    def final_error(self) -> float:
+        return float(self.errors[self.best])
+
+
+# --------------------------------------------------------------------------- building blocks
+
+class _Fourier:
+    """Real FFTs over the last ``ndim`` axes of an ``(S, L, ..., L)`` batch."""
+
+    def __init__(self, size: int, ndim: int, workers: int):
+        self.shape = (size,) * ndim
+        self.axes = _axes(ndim)
+        self.workers = workers
+
+    def forward(self, x):
+        return scipy.fft.rfftn(x, axes=self.axes, workers=self.workers)
+
+    def inverse(self, f):
+        return scipy.fft.irfftn(f, s=self.shape, axes=self.axes, workers=self.workers)
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    """The rfft half (last axis 0..L//2) of an FFT-ordered full grid."""
+    return x[..., : x.shape[-1] // 2 + 1]
+
+
+def gaussian_blur(x: np.ndarray, sigma_vox: float, ndim: int, workers: int = -1) -> np.ndarray:
+    """Periodic Gaussian blur (std ``sigma_vox`` voxels) of the last ``ndim`` axes, via FFT."""
+    size = x.shape[-1]
+    fourier = _Fourier(size, ndim, workers)
+    f = scipy.fft.fftfreq(size)
+    rf = scipy.fft.rfftfreq(size)
+    grids = np.meshgrid(*([f] * (ndim - 1) + [rf]), indexing="ij")
+    f2 = sum(g * g for g in grids)
+    transfer = np.exp(-2.0 * np.pi**2 * sigma_vox**2 * f2).astype(np.float32)
+    return fourier.inverse(fourier.forward(x) * transfer).astype(np.float32)
+
+
+def symmetrise(intensity: np.ndarray, observed: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Friedel-symmetrise FFT-ordered intensity (mean of I(q), I(-q)) and mask (logical and)."""
+    inten = 0.5 * (intensity + invert(intensity, ndim))
+    obs = observed & invert(observed, ndim)
+    return inten, obs
+
+
+def modulus_projection(x, amplitude_h, observed_h, fourier: _Fourier):
+    """P_M: impose |F| = amplitude where observed, keep F elsewhere.  Returns (x', F of x)."""
+    f = fourier.forward(x)
+    mag = np.abs(f)
+    scale = np.where(observed_h, amplitude_h / np.maximum(mag, 1e-30), np.float32(1.0))
+    return fourier.inverse(f * scale).astype(np.float32), f
+
+
+def support_projection(x: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """P_S: zero outside the support and where negative (real, non-negative density)."""
+    return np.where(support & (x > 0), x, np.float32(0.0))
+
+
+def fourier_error(x, amplitude_h, observed_h, fourier: _Fourier) -> np.ndarray:
+    """Relative modulus misfit ``||obs (|F| - A)|| / ||obs A||`` per start, shape (S,).
+
+    The rfft half-grid double counts nothing that matters for a ratio of two
+    sums taken over the same voxels.
+    """
+    f = fourier.forward(x)
+    diff = (np.abs(f) - amplitude_h) * observed_h
+    axes = fourier.axes
+    num = np.sqrt(np.sum(diff * diff, axis=axes))
+    den = np.sqrt(np.sum((amplitude_h * observed_h) ** 2))
+    return (num / max(den, 1e-30)).astype(np.float64)
+
+
+def fill_beamstop(intensity: np.ndarray, observed: np.ndarray, ndim: int) -> np.ndarray:
+    """Intensity with the unobserved centre (shells inside the first observed one) filled.
+
+    The filling value is the largest observed intensity of the first observed
+    shell, a conservative plateau for the decreasing low-q intensity of a
+    compact object.  Used only for the initial support: without it the missing
+    low-q makes the autocorrelation ring over the whole box.  FFT order.
+    """
+    size = intensity.shape[-1]
+    shell = radial_index(size, ndim)
+    if not observed.any():
+        return intensity * observed
+    first = shell[observed].min()
+    out = np.where(observed, intensity, 0.0)
+    if first > 0:
+        plateau = intensity[observed & (shell == first)].max()
+        out = np.where(~observed & (shell < first), plateau, out)
+    return out
+
+
+def autocorrelation_support(intensity: np.ndarray, observed: np.ndarray, threshold: float,
+                            sigma_vox: float, ndim: int, workers: int = -1) -> np.ndarray:
+    """Initial support: the (blurred) autocorrelation ``|IFT(I)|`` above ``threshold`` x max.
+
+    FFT-ordered input/output; unobserved intensity is 0 except the beamstop
+    region, filled by :func:`fill_beamstop`.  The autocorrelation's support
+    contains every translate of the object that fits the data, so it is a
+    safe start for the shrink-wrap.
+    """
+    fourier = _Fourier(intensity.shape[-1], ndim, workers)
+    filled = fill_beamstop(intensity, observed, ndim)
+    auto = fourier.inverse(_half(filled).astype(np.complex64))
+    auto = gaussian_blur(np.abs(auto).astype(np.float32), sigma_vox, ndim, workers)
+    return auto > threshold * auto.max()
+
+
+def shrinkwrap(x: np.ndarray, sigma_vox: float, threshold: float, ndim: int,
+               workers: int = -1) -> np.ndarray:
+    """New support per start: Gaussian-blurred density above ``threshold`` x its maximum."""
+    blurred = gaussian_blur(np.maximum(x, 0), sigma_vox, ndim, workers)
+    peak = blurred.reshape(blurred.shape[0], -1).max(axis=1)
+    peak = peak.reshape((-1,) + (1,) * ndim)
+    return blurred > threshold * peak
+
+
+def align_to(reference: np.ndarray, candidates: np.ndarray, ndim: int, workers: int = -1):
+    """Align each candidate to ``reference`` by integer translation and optional inversion.
+
+    reference : (L,)*ndim FFT order; candidates : (S, L, ...) FFT order.
+    Returns (aligned (S, ...), shifts (S, ndim) int, inverted (S,) bool); the
+    same transforms can be applied to other arrays with :func:`apply_alignment`.
+    """
+    fourier = _Fourier(reference.shape[-1], ndim, workers)
+    ref_f = fourier.forward(reference)
+    best = []
+    for flip in (False, True):
+        cand = invert(candidates, ndim) if flip else candidates
+        cc = fourier.inverse(ref_f[None] * np.conj(fourier.forward(cand)))
+        flat = cc.reshape(cc.shape[0], -1)
+        idx = flat.argmax(axis=1)
+        best.append((flat[np.arange(len(idx)), idx], np.array(np.unravel_index(idx, cc.shape[1:])).T))
+    inverted = best[1][0] > best[0][0]
+    shifts = np.where(inverted[:, None], best[1][1], best[0][1])
+    return apply_alignment(candidates, shifts, inverted, ndim), shifts, inverted
+
+
+def apply_alignment(x: np.ndarray, shifts: np.ndarray, inverted: np.ndarray, ndim: int) -> np.ndarray:
+    """Apply per-start inversion then integer roll (FFT order) to a batch ``(S, L, ...)``."""
+    out = np.empty_like(x)
+    axes = _axes(ndim)
+    for s in range(x.shape[0]):
+        item = invert(x[s], ndim) if inverted[s] else x[s]
+        out[s] = np.roll(item, tuple(int(v) for v in shifts[s]), axis=axes)
+    return out
+
+
+def centre_shift(density: np.ndarray, ndim: int) -> tuple[int, ...]:
+    """Integer roll (FFT order) that brings the circular centre of mass to the origin."""
+    size = density.shape[-1]
+    phase = np.exp(2j * np.pi * np.arange(size) / size)
+    shift = []
+    for ax in range(ndim):
+        other = tuple(a for a in range(ndim) if a != ax)
+        profile = density.sum(axis=other)
+        angle = np.angle(np.sum(profile * phase))
+        shift.append(-int(np.rint(angle * size / (2 * np.pi))) % size)
+    return tuple(shift)
+
+
+def prtf_shells(f_batch: np.ndarray, observed_h: np.ndarray, amplitude_h: np.ndarray,
+                size: int, ndim: int) -> np.ndarray:
+    """PRTF per shell: mean over observed voxels of ``|<exp(i phi_s)>_s|``.
+
+    f_batch : (S, ...) rfft half-grid amplitudes of the aligned starts.  With
+    the modulus set to sqrt(I) this is ``|<sqrt(I) e^{i phi}>| / sqrt(I)``.
+    Shells of width dq indexed 0 .. L // 2; NaN where a shell has no observed
+    voxel of non-zero intensity.
+    """
+    phases = f_batch / np.maximum(np.abs(f_batch), 1e-30)
+    agree = np.abs(phases.mean(axis=0))
+    shell = _half(radial_index(size, ndim))
+    n_shells = size // 2 + 1
+    use = observed_h & (amplitude_h > 1e-6 * amplitude_h.max()) & (shell < n_shells)
+    # the rfft half holds q and -q once except its last-axis plane 0 (and Nyquist);
+    # Friedel symmetry makes both halves equal, so plain shell means are exact.
+    counts = np.bincount(shell[use], minlength=n_shells)[:n_shells]
+    sums = np.bincount(shell[use], weights=agree[use], minlength=n_shells)[:n_shells]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def prtf_resolution(prtf: np.ndarray, q_nm: np.ndarray, level: float = INV_E) -> float:
+    """Full-period resolution ``2 pi / q`` (nm) where the PRTF first falls below ``level``.
+
+    The crossing is interpolated linearly between shells; shell 0 (q = 0) is
+    ignored.  If the PRTF never drops below ``level`` the data limit
+    ``2 pi / q_last`` (last valid shell) is returned.
+    """
+    valid = np.flatnonzero(np.isfinite(prtf) & (q_nm > 0))
+    if valid.size == 0:
+        return float("nan")
+    prev = None
+    for k in valid:
+        if prtf[k] < level:
+            if prev is None:
+                return float(2 * np.pi / q_nm[k])
+            p0, p1 = prtf[prev], prtf[k]
+            t = (p0 - level) / (p0 - p1) if p0 != p1 else 0.0
+            q = q_nm[prev] + t * (q_nm[k] - q_nm[prev])
+            return float(2 * np.pi / q)
+        prev = k
+    return float(2 * np.pi / q_nm[valid[-1]])
+
+
+def particle_volume(density: np.ndarray, dx_nm: float, fraction: float = 1e-4) -> float:
+    """Particle volume (nm^ndim) as in the paper's Fig. 5D.
+
+    The voxels whose density exceeds ``fraction`` x the total mass
+    (``sum(density)``), times the voxel volume ``dx_nm ** ndim``.  Note the
+    threshold is per voxel: it is meaningful while a voxel of the particle
+    holds more than ``fraction`` of the mass (particles under ~1/fraction
+    voxels); see docs/volumes_phase.md.
+    """
+    rho = np.asarray(density, dtype=np.float64)
+    total = rho.sum()
+    if not np.isfinite(total) or total <= 0:
+        return 0.0
+    return float(np.count_nonzero(rho > fraction * total) * dx_nm ** rho.ndim)
+
+
+# --------------------------------------------------------------------------- driver
+
+def _sigmas(settings: PhasingSettings, size: int, dq_nm: float) -> tuple[float, float]:
+    res = half_period_resolution(size, dq_nm)
+    s0 = settings.sigma_start_nm if settings.sigma_start_nm is not None else 3.0 * res
+    s1 = settings.sigma_end_nm if settings.sigma_end_nm is not None else 1.0 * res
+    return float(s0), float(s1)
+
+
+def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
+                    settings: PhasingSettings | None = None) -> PhasingResult:
+    """Retrieve a real, non-negative density from a centred 2D or 3D intensity.
+
+    intensity : (L,)*ndim, ndim in (2, 3), centred (q = 0 at ``L // 2``), >= 0
+    observed : same shape, bool; True where ``sqrt(I)`` is imposed
+    dq_nm : q step (rad/nm)
+
+    Each start: random density in the initial (autocorrelation) support;
+    ``n_dm`` difference-map iterations with shrink-wrap every
+    ``shrinkwrap_every``; then ``n_er`` error-reduction iterations on the last
+    support.  Starts are aligned to the one of lowest Fourier error and those
+    within ``keep_factor`` of its error averaged.
+    """
+    s = settings or PhasingSettings()
+    intensity = np.asarray(intensity, dtype=np.float64)
+    ndim = intensity.ndim
+    size = intensity.shape[0]
+    if ndim not in (2, 3) or any(n != size for n in intensity.shape):
+        raise ValueError(f"intensity must be a square/cubic 2D or 3D grid, got {intensity.shape}")
+    if np.shape(observed) != intensity.shape:
+        raise ValueError("observed and intensity shapes differ")
+    if not np.all(np.isfinite(intensity)):
+        raise ValueError("intensity contains NaN or Inf")
+    if s.n_starts < 1 or s.n_dm < 0 or s.n_er < 0 or not 0 < s.beta <= 1.5:
+        raise ValueError("bad phasing settings")
+    dx = real_space_step(size, dq_nm)
+    inten, obs = symmetrise(to_fft_order(np.maximum(intensity, 0), ndim),
+                            to_fft_order(np.asarray(observed, dtype=bool), ndim), ndim)
+    if not obs.any():
+        raise ValueError("no observed voxel")
+    scale = float(np.sqrt(inten[obs].max()))
+    amp_h = _half(np.sqrt(inten) / scale).astype(np.float32)  # unit peak amplitude
+    obs_h = _half(obs)
+    fourier = _Fourier(size, ndim, s.workers)
+    sig0, sig1 = (v / dx for v in _sigmas(s, size, dq_nm))
+
+    support0 = autocorrelation_support(inten, obs, s.autocorrelation_threshold, sig1, ndim, s.workers)
+    rng = np.random.default_rng(s.seed)
+    shape = (s.n_starts,) + (size,) * ndim
+    support = np.broadcast_to(support0, shape).copy()
+    x = (rng.random(shape, dtype=np.float32) * support).astype(np.float32)
+    f0 = fourier.forward(x)
+    ratio = np.sqrt(np.sum((amp_h * obs_h) ** 2) / np.maximum(
+        np.sum((np.abs(f0) * obs_h) ** 2, axis=fourier.axes), 1e-30))
+    x *= ratio.reshape((-1,) + (1,) * ndim).astype(np.float32)
+
+    history = []
+    beta = np.float32(s.beta)
+    g_s, g_m = -1.0 / s.beta, 1.0 / s.beta
+    n_updates = max(1, s.n_dm // max(s.shrinkwrap_every, 1))
+    update = 0
+    estimate = x
+    for it in range(s.n_dm):
+        pm_x, _ = modulus_projection(x, amp_h, obs_h, fourier)
+        f_m = np.float32(1 + g_m) * pm_x - np.float32(g_m) * x
+        ps_fm = support_projection(f_m, support)
+        if s.beta == 1.0:
+            pm_fs = pm_x  # f_S(x) = x when gamma_S = -1
+        else:
+            f_s = np.float32(1 + g_s) * support_projection(x, support) - np.float32(g_s) * x
+            pm_fs, _ = modulus_projection(f_s, amp_h, obs_h, fourier)
+        x = x + beta * (ps_fm - pm_fs)
+        estimate = ps_fm
+        if s.shrinkwrap_every > 0 and (it + 1) % s.shrinkwrap_every == 0:
+            t = min(update / max(n_updates - 1, 1), 1.0)
+            sigma = sig0 * (sig1 / sig0) ** t
+            support = shrinkwrap(estimate, sigma, s.shrinkwrap_threshold, ndim, s.workers)
+            update += 1
+            history.append(fourier_error(estimate, amp_h, obs_h, fourier).tolist())
+    x = support_projection(estimate, support) if s.n_dm else x
+    for _ in range(s.n_er):
+        pm_x, _ = modulus_projection(x, amp_h, obs_h, fourier)
+        x = support_projection(pm_x, support)
+    errors = fourier_error(x, amp_h, obs_h, fourier)
+    best = int(np.argmin(errors))
+
+    kept = errors <= s.keep_factor * errors[best] + 1e-12
+    aligned, shifts, inverted = align_to(x[best], x[kept], ndim, s.workers)
+    supports = apply_alignment(support[kept], shifts, inverted, ndim)
+    density = aligned.mean(axis=0)
+    roll = centre_shift(density, ndim)
+    axes = _axes(ndim)
+    density = np.roll(density, roll, axis=axes)
+    aligned = np.roll(aligned, roll, axis=axes)
+    supp = np.roll(supports.mean(axis=0) >= 0.5, roll, axis=axes)
+
+    # PRTF from the modulus-projected amplitudes of the aligned starts
+    f = fourier.forward(aligned)
+    prtf = prtf_shells(f, obs_h, amp_h, size, ndim)
+    q_shell = np.arange(size // 2 + 1) * dq_nm
+    resolution = prtf_resolution(prtf, q_shell)
+    # physical scale: the continuous F(q) = dx^ndim DFT(rho), so with I in nm^(2 ndim)
+    # (|F|^2 of a unit-density particle) the density comes out in units of that density
+    density = (density * scale / dx**ndim).astype(np.float32)
+    return PhasingResult(density=to_centred(density, ndim), support=to_centred(supp, ndim),
+                         errors=errors, prtf=prtf, prtf_q_nm=q_shell, resolution_nm=resolution,
+                         dx_nm=dx, best=best, kept=kept, history=history)

@@ -1,0 +1,285 @@
+"""phase: real-space densities of the VAE volumes (and of chosen 2D averages).
+
+Each intensity volume of ``data/volumes.h5`` is phased by difference map +
+error reduction with a shrink-wrap support and positivity; the measured
+modulus is imposed only where ``volumes/observed`` is 1.  Several random
+starts are aligned (translation, centro-inversion twin) and averaged; their
+PRTF gives a resolution.  Per volume: particle volume at a density threshold
+of 1e-4 of the total mass (paper Fig. 5D), support size, PRTF resolution.
+Chosen class averages of ``data/averages.h5`` are phased in 2D (paper
+Fig. 1B).  Details and file formats: docs/volumes_phase.md.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from spicompute.errors import InputError, ParameterError
+from spicompute.stages._common import get_logger, progress_disabled, stage_params
+
+COMMAND = "phase"
+HELP = "phase retrieval of the VAE volumes (DM+ER, shrink-wrap, PRTF) and of chosen 2D averages"
+
+log = get_logger("phase")
+
+DEFAULTS = {
+    "n_starts": 4, "n_dm": 150, "n_er": 50, "beta": 0.9,
+    "shrinkwrap_every": 10, "shrinkwrap_threshold": 0.2,
+    "sigma_start_nm": "auto", "sigma_end_nm": "auto",
+    "autocorrelation_threshold": 0.04, "keep_factor": 2.0, "volume_threshold": 1.0e-4,
+    "averages_2d": "auto", "averages_2d_count": 6, "seed": 0, "threads": 0,
+}
+
+
+def add_arguments(parser):
+    parser.add_argument("--volumes", default="data/volumes.h5", help="intensity volumes (volumes stage)")
+    parser.add_argument("--averages", default="data/averages.h5", help="2D class averages (classify2d)")
+    parser.add_argument("--out", default="data/phased.h5", help="densities, supports, PRTFs")
+    parser.add_argument("--table", default="results/volumes.parquet", help="one row per volume point")
+    parser.add_argument("--metrics", default="metrics/phase.json", help="metrics JSON")
+
+
+def _sigma(name: str, value):
+    from spicompute.params import positive
+
+    if value is None or value == "auto":
+        return None
+    return positive(f"phase.{name}", value)
+
+
+def options(p: dict) -> dict:
+    """Validated ``phase`` parameters merged over :data:`DEFAULTS`."""
+    from spicompute.params import in_range, positive, with_defaults
+
+    o = with_defaults("phase", p, DEFAULTS)
+    out = {
+        "n_starts": positive("phase.n_starts", o["n_starts"], integer=True),
+        "n_dm": positive("phase.n_dm", o["n_dm"], integer=True, allow_zero=True),
+        "n_er": positive("phase.n_er", o["n_er"], integer=True, allow_zero=True),
+        "beta": in_range("phase.beta", o["beta"], 0.0, 1.5, low_open=True),
+        "shrinkwrap_every": positive("phase.shrinkwrap_every", o["shrinkwrap_every"], integer=True,
+                                     allow_zero=True),
+        "shrinkwrap_threshold": in_range("phase.shrinkwrap_threshold", o["shrinkwrap_threshold"],
+                                         0.0, 1.0, low_open=True, high_open=True),
+        "sigma_start_nm": _sigma("sigma_start_nm", o["sigma_start_nm"]),
+        "sigma_end_nm": _sigma("sigma_end_nm", o["sigma_end_nm"]),
+        "autocorrelation_threshold": in_range("phase.autocorrelation_threshold",
+                                              o["autocorrelation_threshold"], 0.0, 1.0,
+                                              low_open=True, high_open=True),
+        "keep_factor": in_range("phase.keep_factor", o["keep_factor"], 1.0, 1e6),
+        "volume_threshold": in_range("phase.volume_threshold", o["volume_threshold"], 0.0, 1.0,
+                                     low_open=True, high_open=True),
+        "averages_2d_count": positive("phase.averages_2d_count", o["averages_2d_count"],
+                                      integer=True, allow_zero=True),
+        "seed": int(positive("phase.seed", o["seed"], integer=True, allow_zero=True)),
+        "threads": int(positive("phase.threads", o["threads"], integer=True, allow_zero=True)),
+    }
+    if out["n_dm"] + out["n_er"] == 0:
+        raise ParameterError("phase.n_er", "n_dm + n_er must be > 0")
+    sel = o["averages_2d"]
+    if sel is None:
+        sel = []
+    if sel != "auto":
+        if not isinstance(sel, (list, tuple)):
+            raise ParameterError("phase.averages_2d", f"must be 'auto' or a list of average_id, got {sel!r}")
+        try:
+            sel = [int(v) for v in sel]
+        except (TypeError, ValueError):
+            raise ParameterError("phase.averages_2d", f"must be integers, got {sel!r}") from None
+    out["averages_2d"] = sel
+    return out
+
+
+def settings_for(o: dict, seed):
+    from spicompute.phasing import PhasingSettings
+
+    return PhasingSettings(n_dm=o["n_dm"], n_er=o["n_er"], beta=o["beta"], n_starts=o["n_starts"],
+                           shrinkwrap_every=o["shrinkwrap_every"],
+                           shrinkwrap_threshold=o["shrinkwrap_threshold"],
+                           sigma_start_nm=o["sigma_start_nm"], sigma_end_nm=o["sigma_end_nm"],
+                           autocorrelation_threshold=o["autocorrelation_threshold"],
+                           keep_factor=o["keep_factor"],
+                           seed=seed, workers=o["threads"] if o["threads"] > 0 else -1)
+
+
+def read_volumes(path) -> dict:
+    """Validated contents of a volumes file: intensity (P,L,L,L), z (P,d), observed (L,L,L) bool, dq_nm."""
+    from spicompute.io.frames import open_h5
+
+    with open_h5(path) as h5:
+        for name in ("volumes/intensity", "volumes/z", "volumes/observed"):
+            if name not in h5:
+                raise InputError(path, name, "dataset missing")
+        inten = h5["volumes/intensity"][()]
+        z = h5["volumes/z"][()]
+        observed = h5["volumes/observed"][()]
+        attrs = dict(h5.attrs)
+        attrs.update({k: v for k, v in h5["volumes"].attrs.items() if k not in attrs})
+    if inten.ndim != 4 or not inten.shape[1] == inten.shape[2] == inten.shape[3] or inten.shape[0] < 1:
+        raise InputError(path, "volumes/intensity", f"must be (P, L, L, L) with P >= 1, got {inten.shape}")
+    p, size = inten.shape[0], inten.shape[1]
+    if size % 2 == 0 or size < 5:
+        raise InputError(path, "volumes/intensity", f"grid edge L must be odd and >= 5 (q = 0 at L // 2), got {size}")
+    if not np.all(np.isfinite(inten)):
+        raise InputError(path, "volumes/intensity", "contains NaN or Inf")
+    if inten.min() < 0:
+        raise InputError(path, "volumes/intensity", f"negative intensity ({float(inten.min()):.3g})")
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim == 1:
+        z = z[:, None]
+    if z.ndim != 2 or z.shape[0] != p:
+        raise InputError(path, "volumes/z", f"must be ({p}, d), got {z.shape}")
+    if not np.all(np.isfinite(z)):
+        raise InputError(path, "volumes/z", "contains NaN or Inf")
+    if observed.shape != (size,) * 3:
+        raise InputError(path, "volumes/observed", f"must be {(size,) * 3}, got {observed.shape}")
+    observed = np.asarray(observed) != 0
+    if not observed.any():
+        raise InputError(path, "volumes/observed", "no observed voxel")
+    if "dq_nm" not in attrs:
+        raise InputError(path, "@dq_nm", "attribute missing")
+    dq = float(attrs["dq_nm"])
+    if not np.isfinite(dq) or dq <= 0:
+        raise InputError(path, "@dq_nm", f"must be a positive number, got {attrs['dq_nm']!r}")
+    if "center" in attrs and int(attrs["center"]) != size // 2:
+        raise InputError(path, "@center", f"must be L // 2 = {size // 2}, got {attrs['center']}")
+    return {"intensity": inten, "z": z, "observed": observed, "dq_nm": dq, "size": size}
+
+
+def choose_averages(avg, selection, count: int, source: str) -> np.ndarray:
+    """Indices (into ``avg``) of the averages to phase in 2D.
+
+    ``auto``: round robin over bootstrap runs, most occupied (``n_frames``)
+    first, up to ``count``.  A list: those ``average_id`` (each must exist).
+    """
+    if selection == "auto":
+        order = np.lexsort((-avg.n_frames, avg.run))  # by run, then occupancy descending
+        rank = np.empty(avg.n_averages, dtype=np.int64)
+        for r in np.unique(avg.run):
+            members = order[avg.run[order] == r]
+            rank[members] = np.arange(len(members))
+        picked = np.lexsort((-avg.n_frames, rank))[:count]
+        return np.asarray(picked, dtype=np.int64)
+    index = {int(a): i for i, a in enumerate(avg.average_id)}
+    missing = [a for a in selection if a not in index]
+    if missing:
+        raise ParameterError("phase.averages_2d", f"average_id {missing[0]} not in {source}")
+    return np.array([index[a] for a in selection], dtype=np.int64)
+
+
+def run(args) -> int:
+    import h5py
+    from tqdm import tqdm
+
+    from spicompute import phasing
+    from spicompute.io.averages import read_averages
+    from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
+    from spicompute.io.tables import write_table
+
+    p = stage_params(args, "phase")
+    o = options(p)
+    start = time.perf_counter()
+    vol = read_volumes(args.volumes)
+    avg, picked = None, np.zeros(0, dtype=np.int64)
+    wants_2d = o["averages_2d"] == "auto" and o["averages_2d_count"] > 0 or (
+        o["averages_2d"] != "auto" and len(o["averages_2d"]) > 0)
+    if wants_2d:
+        avg = read_averages(args.averages)
+        picked = choose_averages(avg, o["averages_2d"], o["averages_2d_count"], args.averages)
+
+    n_vol, size, dq = vol["intensity"].shape[0], vol["size"], vol["dq_nm"]
+    dx = phasing.real_space_step(size, dq)
+    n_shells = size // 2 + 1
+    density = np.empty((n_vol,) + (size,) * 3, dtype=np.float32)
+    support = np.empty((n_vol,) + (size,) * 3, dtype=np.uint8)
+    prtf = np.empty((n_vol, n_shells), dtype=np.float64)
+    pvol = np.empty(n_vol)
+    svox = np.empty(n_vol, dtype=np.int64)
+    res = np.empty(n_vol)
+    err = np.empty(n_vol)
+    log.info("%d volumes %d^3 (dq %.4g /nm, dx %.3g nm), %d starts x (%d DM + %d ER)",
+             n_vol, size, dq, dx, o["n_starts"], o["n_dm"], o["n_er"])
+    q_shell = None
+    for i in tqdm(range(n_vol), desc="phase", unit="vol", disable=progress_disabled(args)):
+        r = phasing.phase_retrieval(vol["intensity"][i], vol["observed"], dq,
+                                    settings_for(o, [o["seed"], 3, i]))
+        density[i], support[i], prtf[i] = r.density, r.support, r.prtf
+        q_shell = r.prtf_q_nm
+        pvol[i] = phasing.particle_volume(r.density, dx, o["volume_threshold"])
+        svox[i], res[i], err[i] = int(r.support.sum()), r.resolution_nm, r.final_error
+
+    n2 = len(picked)
+    dens2 = supp2 = None
+    res2, err2 = np.empty(n2), np.empty(n2)
+    dx2 = float("nan")
+    if n2:
+        n = avg.size
+        dx2 = phasing.real_space_step(n, avg.dq_nm)
+        dens2 = np.empty((n2, n, n), dtype=np.float32)
+        supp2 = np.empty((n2, n, n), dtype=np.uint8)
+        for k, j in enumerate(picked):
+            obs = avg.weight[j] > 0
+            if not obs.any():
+                raise InputError(args.averages, "averages/weight",
+                                 f"average {int(avg.average_id[j])} has no observed pixel")
+            r = phasing.phase_retrieval(avg.intensity[j], obs, avg.dq_nm,
+                                        settings_for(o, [o["seed"], 2, int(avg.average_id[j])]))
+            dens2[k], supp2[k], res2[k], err2[k] = r.density, r.support, r.resolution_nm, r.final_error
+    elapsed = time.perf_counter() - start
+
+    with atomic_path(args.out) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            stamp(h5, COMMAND, p)
+            h5.attrs["dx_nm"] = dx
+            h5.attrs["dq_nm"] = dq
+            h5.attrs["center"] = size // 2
+            g = h5.create_group("phased")
+            chunks = (1,) + (size,) * 3
+            g.create_dataset("density", data=density, compression="gzip", shuffle=True, chunks=chunks)
+            g["density"].attrs["units"] = ("density relative to the unit-density particle whose |F|^2 "
+                                           "is the input intensity (arbitrary if that is arbitrary)")
+            g.create_dataset("support", data=support, compression="gzip", shuffle=True, chunks=chunks)
+            g.create_dataset("prtf", data=prtf)
+            g.create_dataset("prtf_q_nm", data=q_shell)
+            g.create_dataset("z", data=vol["z"])
+            g.create_dataset("particle_volume_nm3", data=pvol)
+            g.create_dataset("support_voxels", data=svox)
+            g.create_dataset("prtf_resolution_nm", data=res)
+            g.create_dataset("final_error", data=err)
+            g.attrs["dx_nm"] = dx
+            g.attrs["volume_threshold"] = o["volume_threshold"]
+            g.attrs["layout"] = "centred: x = 0 at index L // 2, axes as in volumes/intensity"
+            a = h5.create_group("averages2d")
+            if n2:
+                a.create_dataset("density", data=dens2, compression="gzip", shuffle=True)
+                a.create_dataset("support", data=supp2, compression="gzip", shuffle=True)
+            else:
+                a.create_dataset("density", data=np.zeros((0, 0, 0), dtype=np.float32))
+                a.create_dataset("support", data=np.zeros((0, 0, 0), dtype=np.uint8))
+            a.create_dataset("average_id", data=(avg.average_id[picked] if n2 else np.zeros(0, np.int64)))
+            a.create_dataset("dx_nm", data=dx2)
+            a.create_dataset("prtf_resolution_nm", data=res2)
+            a.create_dataset("final_error", data=err2)
+            a.attrs["dx_nm"] = dx2
+            a.attrs["selection"] = str(o["averages_2d"])
+    table = pd.DataFrame({"volume_index": np.arange(n_vol, dtype=np.int64)})
+    for k in range(vol["z"].shape[1]):
+        table[f"z_{k + 1}"] = vol["z"][:, k]
+    table["particle_volume_nm3"] = pvol
+    table["support_voxels"] = svox
+    table["prtf_resolution_nm"] = res
+    table["final_error"] = err
+    write_table(args.table, table, stage=COMMAND, params=p)
+    metrics = {"n_volumes": int(n_vol), "grid": int(size), "dx_nm": round(dx, 4),
+               "seconds": round(elapsed, 2),
+               "particle_volume_nm3_min": float(pvol.min()), "particle_volume_nm3_max": float(pvol.max()),
+               "prtf_resolution_nm_median": float(np.nanmedian(res)) if np.isfinite(res).any() else None,
+               "final_error_mean": float(err.mean()), "n_averages_2d": int(n2)}
+    write_json_atomic(args.metrics, metrics)
+    log.info("%d volumes phased in %.1f s: particle volume %.0f..%.0f nm^3, median PRTF resolution "
+             "%.2f nm -> %s, %s", n_vol, elapsed, pvol.min(), pvol.max(),
+             metrics["prtf_resolution_nm_median"] or float("nan"), args.out, args.table)
+    return 0
