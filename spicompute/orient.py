@@ -289,10 +289,15 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
                      normalise: str = "log", log_floor: float = 0.01,
                      progress: Callable[[int], None] | None = None,
                      region: FitRegion | None = None,
-                     prepared: PreparedAverages | None = None) -> FitResult:
+                     prepared: PreparedAverages | None = None,
+                     weights: np.ndarray | None = None) -> FitResult:
     """Best orientation, best CC, mean CC and gain of every average.
 
     quats : (K, 4) orientation set (scalar first, model->lab).
+    weights : (K,) Voronoi weights of the orientations (the share of SO(3)
+        each represents; default equal): the mean and spread of the CC over
+        orientations -- hence the gain -- are averages over rotations, not over
+        sample points, which the 600-cell sampling does not space evenly.
     CCs are computed as chunked matrix products (``chunk`` orientations at a
     time); nothing of size (M, K) is ever held.
     """
@@ -305,6 +310,10 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
     prep = prepared or prepare_averages(averages, region, normalise, log_floor)
     prof = reference_profile(reference, region, quats)
     m = averages.n_averages
+    w_all = np.ones(len(quats)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w_all.shape != (len(quats),) or not np.all(w_all >= 0) or not w_all.sum() > 0:
+        raise ValueError("weights must be (K,) non-negative with a positive sum")
+    w_all = torch.from_numpy(w_all / w_all.sum())
     best = torch.full((m,), -np.inf, dtype=torch.float32)
     arg = torch.zeros(m, dtype=torch.int64)
     total = torch.zeros(m, dtype=torch.float64)
@@ -316,12 +325,14 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
         better = val > best
         best = torch.where(better, val, best)
         arg = torch.where(better, idx + start, arg)
-        total += cc.sum(dim=1, dtype=torch.float64)
-        total2 += (cc * cc).sum(dim=1, dtype=torch.float64)
+        w = w_all[start:start + int(chunk)]
+        cc64 = cc.double()
+        total += cc64 @ w
+        total2 += (cc64 * cc64) @ w
         if progress is not None:
             progress(min(int(chunk), len(quats) - start))
-    mean = (total / len(quats)).numpy()
-    std = np.sqrt(np.maximum((total2 / len(quats)).numpy() - mean**2, 0.0))
+    mean = total.numpy()
+    std = np.sqrt(np.maximum(total2.numpy() - mean**2, 0.0))
     best_np = best.numpy().astype(np.float64)
     arg_np = arg.numpy()
     return FitResult(arg_np, quats[arg_np].copy(), best_np, mean, std, gain(best_np, mean),

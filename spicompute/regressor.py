@@ -105,6 +105,24 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def split_by_runs(runs: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices holding out whole bootstrap runs.
+
+    Bootstrap runs draw ~80 % subsets of the same frames, so averages of
+    different runs are near-copies of each other: a random split puts twins on
+    both sides and flatters the validation score.  One seeded run is the test
+    set, another the validation set (early stopping), the rest train.  Needs
+    at least 3 runs.
+    """
+    runs = np.asarray(runs)
+    unique = np.unique(runs)
+    if unique.size < 3:
+        raise ValueError(f"need >= 3 bootstrap runs to hold out whole runs, got {unique.size}")
+    test_run, val_run = np.random.default_rng(seed).permutation(unique)[:2]
+    idx = np.arange(len(runs))
+    return idx[(runs != test_run) & (runs != val_run)], idx[runs == val_run], idx[runs == test_run]
+
+
 def train_regressor(features: np.ndarray, targets: np.ndarray, config: TrainConfig,
                     feature_params: FeatureParams, target_names: list[str],
                     on_epoch: Callable[[dict], None] | None = None,

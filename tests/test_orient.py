@@ -158,7 +158,7 @@ def test_orient_stage_cli(tmp_path):
     avg = make_averages(noisy(cube_slices(truth), 1e5, rng))
     write_averages(tmp_path / "averages.h5", avg)
     (tmp_path / "params.yaml").write_text(
-        "orient:\n  num_div: 8\n  r_min: 3\n  r_max: 20\n  refine: true\n  refine_iterations: 2\n")
+        "orient:\n  num_div: 8\n  refine: true\n  refine_iterations: 2\n")  # q range: auto
     t = str(tmp_path)
     args = ["orient", "--params", f"{t}/params.yaml", "--averages", f"{t}/averages.h5",
             "--out", f"{t}/orient.parquet", "--h5", f"{t}/orient.h5", "--metrics", f"{t}/m.json", "-q"]
@@ -171,10 +171,18 @@ def test_orient_stage_cli(tmp_path):
         assert h5["best_slice"].shape == (6, SIZE, SIZE)
         assert h5["orientations/quaternions"].shape[0] == len(fundamental_orientations(8)[0])
         assert "spicompute_params" in h5.attrs
-    assert json.loads((tmp_path / "m.json").read_text())["n_averages"] == 6
-    (tmp_path / "params.yaml").write_text("orient:\n  r_min: 30\n  r_max: 20\n")
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n_averages"] == 6
+    # auto: 4 fringes of the 42 nm cube (0.60 rad/nm) inside this grid's radius (1.10 rad/nm)
+    assert metrics["q_max_nm"] == pytest.approx(4 * 2 * np.pi / 42.0, rel=0.02)
+    assert 0 <= metrics["q_min_nm"] < 0.1  # these test averages have no beamstop
+    (tmp_path / "params.yaml").write_text("orient:\n  q_min_nm: 0.5\n  q_max_nm: 0.3\n")
     args[6] = f"{t}/other.parquet"
     assert main(args) == 2 and not (tmp_path / "other.parquet").exists()
+    (tmp_path / "params.yaml").write_text("orient:\n  q_max_nm: 5.0\n")  # beyond this detector
+    assert main(args) == 2
+    (tmp_path / "params.yaml").write_text("orient:\n  r_max: 40\n")  # the old grid-step key: an error
+    assert main(args) == 2
 
 
 def test_gain_falls_along_the_simulated_melt_family(zone12):

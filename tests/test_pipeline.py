@@ -37,8 +37,8 @@ def pipeline(tmp_path_factory):
                               seed=3, volume_size=128, melt_levels=7)
     params["classify2d"].update(n_runs=2, n_models=30, max_iter=14, min_iter=8)
     params["embed"].update(methods=["pc", "isomap"])
-    params["regress"].update(r_max=30, max_epochs=60, patience=10)
-    params["orient"].update(num_div=10, r_max=30, refine=False)
+    params["regress"].update(max_epochs=60, patience=10)
+    params["orient"].update(num_div=10, refine=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name in ("frames", "classify2d", "ccmatrix", "embed", "regress", "orient", "tables"):

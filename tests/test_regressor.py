@@ -107,7 +107,7 @@ def test_regress_and_place_cli(trained, tmp_path):
     pd.DataFrame({"average_id": avg.average_id, "pc_1": y[:n, 0], "pc_2": y[:n, 1],
                   "pc_3": y[:n, 2]}).to_parquet(tmp_path / "embed.parquet")
     (tmp_path / "params.yaml").write_text(
-        "regress:\n  r_min: 2\n  r_max: 18\n  hidden: [64, 32]\n  max_epochs: 20\n  patience: 5\n"
+        "regress:\n  q_min_nm: 0.1\n  q_max_nm: 0.9\n  hidden: [64, 32]\n  max_epochs: 20\n  patience: 5\n"
         "  batch_size: 32\n  seed: 1\n")
     t = str(tmp_path)
     rc = main(["regress", "--params", f"{t}/params.yaml", "--averages", f"{t}/averages.h5",

@@ -66,7 +66,7 @@ def test_preprocessing_follows_the_geometry(grid, dq):
     # asking for more photons per pixel pulls q_max in, to where the profile still has them
     dim = plan_preprocessing(avg, idx, input_size=27, volume_size=27, min_counts=30)
     assert prep.q_min_nm < dim.q_max_nm < prep.q_max_nm
-    from spicompute.vae.data import radial_profile
+    from spicompute.qrange import radial_profile
 
     q_axis, prof, _ = radial_profile(avg, avg.dq_nm)
     inside = (q_axis > prep.q_min_nm) & (q_axis < dim.q_max_nm)
@@ -158,7 +158,8 @@ def test_cuda_training_matches_cpu_at_the_first_step(amp):
 
 
 def test_particle_size_from_the_radial_profile():
-    from spicompute.vae.data import estimate_particle_size, radial_profile
+    from spicompute.qrange import radial_profile
+    from spicompute.vae.data import estimate_particle_size
 
     q = np.linspace(0.02, 1.0, 200)
     x = q * 25.0
@@ -167,7 +168,7 @@ def test_particle_size_from_the_radial_profile():
     # cubes of 42 nm (volume-equivalent sphere: 52 nm) on two geometries
     for grid, dq in ((41, 0.045), (65, 0.02)):
         avg, t, *_ = melt_averages(40, seed=1, grid=grid, dq_nm=dq)
-        qa, prof, _ = radial_profile(avg, avg.dq_nm, np.flatnonzero(t < 0.2))
+        qa, prof, _ = radial_profile(avg, index=np.flatnonzero(t < 0.2))
         assert estimate_particle_size(qa, prof, 2 * dq) == pytest.approx(52.0, rel=0.15)
     # a featureless Porod decay has no size
     assert estimate_particle_size(q, q**-4.0, 0.05) is None

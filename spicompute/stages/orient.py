@@ -33,7 +33,8 @@ def add_arguments(parser):
 
 def _options(p: dict) -> dict:
     from spicompute.orient import NORMALISATIONS
-    from spicompute.params import choice, positive
+    from spicompute.params import choice, positive, with_defaults
+    from spicompute.qrange import auto_or_positive
 
     opts = {
         "reference": str(p.get("reference", "cube") or "cube"),
@@ -41,9 +42,12 @@ def _options(p: dict) -> dict:
         "edge_nm": positive("orient.edge_nm", p.get("edge_nm", 42.0)),
         "num_div": positive("orient.num_div", p.get("num_div", 20), integer=True),
         "ties": choice("orient.ties", p.get("ties", "first"), ("first", "all")),
-        "r_min": positive("orient.r_min", p.get("r_min", 4), allow_zero=True),
-        "r_max": positive("orient.r_max", p.get("r_max", 40)),
-        "stride": positive("orient.stride", p.get("stride", 1), integer=True),
+        "q_min_nm": auto_or_positive("orient.q_min_nm", p.get("q_min_nm", "auto"), allow_zero=True),
+        "q_max_nm": auto_or_positive("orient.q_max_nm", p.get("q_max_nm", "auto")),
+        "fit_fringes": positive("orient.fit_fringes", p.get("fit_fringes", 4.0)),
+        "min_counts": positive("orient.min_counts", p.get("min_counts", 1.0)),
+        "stride": "auto" if p.get("stride", "auto") == "auto" else positive("orient.stride", p["stride"], integer=True),
+        "max_pixels": positive("orient.max_pixels", p.get("max_pixels", 6000), integer=True),
         "normalise": choice("orient.normalise", p.get("normalise", "log"), NORMALISATIONS),
         "log_floor": positive("orient.log_floor", p.get("log_floor", 0.01)),
         "chunk": positive("orient.chunk", p.get("chunk", 512), integer=True),
@@ -54,9 +58,37 @@ def _options(p: dict) -> dict:
         "size_scan": [positive("orient.size_scan", s) for s in (p.get("size_scan") or [])],
         "threads": int(p.get("threads", 0)),
     }
-    if opts["r_max"] <= opts["r_min"]:
-        raise ParameterError("orient.r_max", f"must exceed r_min ({opts['r_min']}), got {opts['r_max']}")
+    with_defaults("orient", p, KNOWN)
+    if opts["q_min_nm"] != "auto" and opts["q_max_nm"] != "auto" and opts["q_max_nm"] <= opts["q_min_nm"]:
+        raise ParameterError("orient.q_max_nm", f"must exceed q_min_nm ({opts['q_min_nm']}), got {opts['q_max_nm']}")
     return opts
+
+
+KNOWN = ("reference", "volume_index", "edge_nm", "num_div", "ties", "q_min_nm", "q_max_nm", "fit_fringes",
+         "min_counts", "stride", "max_pixels", "normalise", "log_floor", "chunk", "refine", "refine_pattern",
+         "refine_steps", "refine_iterations", "size_scan", "threads")
+
+
+def fit_radii(avg, o: dict, source: str) -> tuple[float, float, int, dict]:
+    """(r_min, r_max in grid steps, stride, resolved q-range dict) of the fit region.
+
+    ``auto`` q_max: the data's usable range (:func:`spicompute.qrange.resolve_q_range`),
+    at most ``fit_fringes`` fringes of the reference (``fit_fringes * 2 pi / edge``):
+    the fit needs the first few fringes, not the shot noise beyond.  ``auto``
+    stride keeps the region at about ``max_pixels`` grid points.
+    """
+    from spicompute.qrange import resolve_q_range
+
+    fringes = {"fringes_nm": o["fit_fringes"] * 2 * np.pi / o["edge_nm"]}
+    qr = resolve_q_range(avg, o["q_min_nm"], o["q_max_nm"], min_counts=o["min_counts"], section="orient",
+                         source=source, extra_limits=fringes if o["q_max_nm"] == "auto" else None)
+    r_min, r_max = qr.radii(avg.dq_nm)
+    r_max = min(r_max, avg.size // 2)
+    stride = o["stride"]
+    if stride == "auto":
+        n_pix = np.pi * (r_max ** 2 - r_min ** 2)
+        stride = max(1, int(np.ceil(np.sqrt(n_pix / o["max_pixels"]))))
+    return r_min, r_max, int(stride), {**qr.to_dict(), "stride": int(stride)}
 
 
 def run(args) -> int:
@@ -76,14 +108,14 @@ def run(args) -> int:
         torch.set_num_threads(o["threads"])
     start = time.perf_counter()
     avg = read_averages(args.averages)
-    if o["r_max"] > avg.size // 2:
-        raise ParameterError("orient.r_max", f"{o['r_max']} exceeds the averages' grid radius {avg.size // 2}")
+    o["r_min"], o["r_max"], o["stride"], resolved = fit_radii(avg, o, args.averages)
     region = fit.fit_region(avg, o["r_min"], o["r_max"], o["stride"])
     seen = avg.valid.reshape(avg.n_averages, -1)[:, region.flat].any(axis=1)
     if not seen.all():
         bad = int(avg.average_id[np.flatnonzero(~seen)[0]])
         raise InputError(args.averages, "averages/weight",
-                         f"average {bad} has no observed pixel in the fit region r {o['r_min']}..{o['r_max']}")
+                         f"average {bad} has no observed pixel in the fit region "
+                         f"q {resolved['q_min_nm']:.3f}..{resolved['q_max_nm']:.3f} rad/nm")
     quats, weights = fundamental_orientations(o["num_div"], ties=o["ties"])
     log.info("%d averages (%dx%d) vs %d orientations (num_div %d, step %.2f deg)", avg.n_averages,
              avg.size, avg.size, len(quats), o["num_div"], sampling_step_deg(o["num_div"]))
@@ -99,7 +131,7 @@ def run(args) -> int:
             return fit.volume_reference(volume, dq, scale=size / o["edge_nm"], description=o["reference"])
         size_factor = o["edge_nm"]
     kw = dict(r_min=o["r_min"], r_max=o["r_max"], stride=o["stride"], chunk=o["chunk"],
-              normalise=o["normalise"], log_floor=o["log_floor"])
+              normalise=o["normalise"], log_floor=o["log_floor"], weights=weights)
     sizes = o["size_scan"]
     n_passes = max(1, len(sizes))
     bar = tqdm(total=len(quats) * n_passes, unit="orient", disable=progress_disabled(args),
@@ -174,7 +206,7 @@ def run(args) -> int:
                "best_cc_mean": float(np.mean(result.best_cc)),
                "gain_median": float(np.median(result.gain[finite])) if finite.any() else None,
                "gain_p90": float(np.percentile(result.gain[finite], 90)) if finite.any() else None,
-               "gain_undefined": int((~finite).sum())}
+               "gain_undefined": int((~finite).sum()), **resolved}
     write_json_atomic(args.metrics, metrics)
     log.info("median gain %.2f, mean best CC %.3f in %.1f s -> %s", metrics["gain_median"] or float("nan"),
              metrics["best_cc_mean"], elapsed, args.out)

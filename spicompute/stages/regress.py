@@ -35,13 +35,34 @@ def add_arguments(parser):
     parser.add_argument("--live", default="dvclive/regress", help="dvclive folder for per-epoch losses")
 
 
-def feature_params_from(p: dict):
-    from spicompute.features import FeatureParams
+KNOWN = ("targets", "q_min_nm", "q_max_nm", "min_counts", "n_theta", "order_a", "order_b", "log", "log_floor",
+         "hidden", "learning_rate", "weight_decay", "batch_size", "max_epochs", "patience", "val_fraction",
+         "seed", "threads")
 
-    return FeatureParams(r_min=int(p.get("r_min", 4)), r_max=int(p.get("r_max", 60)),
-                         n_theta=int(p.get("n_theta", 180)), order_a=float(p.get("order_a", 10.0)),
-                         order_b=float(p.get("order_b", 0.25)), log=bool(p.get("log", True)),
-                         log_floor=float(p.get("log_floor", 1e-3)))
+
+def feature_params_from(p: dict, averages, source: str = "averages"):
+    """Feature parameters with the radial range resolved from the averages (q in rad/nm or auto).
+
+    Returns (FeatureParams in grid steps of the averages, resolved QRange).
+    """
+    import math
+
+    from spicompute.features import FeatureParams
+    from spicompute.params import positive, with_defaults
+    from spicompute.qrange import auto_or_positive, resolve_q_range
+
+    with_defaults("regress", p, KNOWN)
+    q_min = auto_or_positive("regress.q_min_nm", p.get("q_min_nm", "auto"), allow_zero=True)
+    q_max = auto_or_positive("regress.q_max_nm", p.get("q_max_nm", "auto"))
+    min_counts = positive("regress.min_counts", p.get("min_counts", 1.0))
+    qr = resolve_q_range(averages, q_min, q_max, min_counts=min_counts, section="regress", source=source)
+    r_min = int(math.ceil(qr.q_min_nm / averages.dq_nm - 1e-9))
+    r_max = int(math.floor(qr.q_max_nm / averages.dq_nm + 1e-9))
+    r_max = min(r_max, averages.size // 2 - 1)
+    fp = FeatureParams(r_min=r_min, r_max=r_max, n_theta=int(p.get("n_theta", 180)),
+                       order_a=float(p.get("order_a", 10.0)), order_b=float(p.get("order_b", 0.25)),
+                       log=bool(p.get("log", True)), log_floor=float(p.get("log_floor", 1e-3)))
+    return fp, qr
 
 
 def train_config_from(p: dict):
@@ -85,7 +106,6 @@ def run(args) -> int:
     from spicompute.regressor import regression_metrics, save_regressor, train_regressor
 
     p = stage_params(args, "regress")
-    fparams = feature_params_from(p)
     config = train_config_from(p)
     names = list(p.get("targets", ["pc_1", "pc_2", "pc_3"]))
     threads = int(p.get("threads", 0))
@@ -95,10 +115,22 @@ def run(args) -> int:
     avg = read_averages(args.averages)
     if avg.n_averages < 5:
         raise InputError(args.averages, "averages/intensity", f"only {avg.n_averages} averages; need >= 5")
+    fparams, qrange = feature_params_from(p, avg, args.averages)
     fparams.validate(avg.size)
     y = _targets(args.embedding, avg.average_id, names)
     x = rotation_invariant_features(avg.intensity, avg.valid, fparams)
-    log.info("%d averages -> %d features (radii %d..%d)", len(x), x.shape[1], fparams.r_min, fparams.r_max)
+    log.info("%d averages -> %d features (radii %d..%d = q %.3f..%.3f rad/nm)", len(x), x.shape[1],
+             fparams.r_min, fparams.r_max, fparams.r_min * avg.dq_nm, fparams.r_max * avg.dq_nm)
+
+    from spicompute.regressor import split_by_runs
+
+    try:
+        split = split_by_runs(avg.run, config.seed)
+        split_kind = "bootstrap runs (train / 1 validation run / 1 test run)"
+    except ValueError as exc:
+        log.warning("%s: random %.0f %% validation split, no test split (validation R^2 is optimistic)",
+                    exc, 100 * config.val_fraction)
+        split, split_kind = None, "random (fewer than 3 bootstrap runs)"
 
     from dvclive import Live
 
@@ -108,26 +140,32 @@ def run(args) -> int:
             live.log_metric("val_loss", row["val_loss"])
             live.next_step()
 
-        reg, tr, va = train_regressor(x, y, config, fparams, names, on_epoch=on_epoch)
+        reg, tr, va = train_regressor(x, y, config, fparams, names, on_epoch=on_epoch,
+                                      split=None if split is None else split[:2])
+    te = np.empty(0, int) if split is None else split[2]
     pred = reg.predict_features(x)
     metrics = {"validation": regression_metrics(pred[va], y[va], names),
                "train": regression_metrics(pred[tr], y[tr], names),
-               "n_train": int(len(tr)), "n_val": int(len(va)), "n_features": int(x.shape[1]),
-               "epochs": len(reg.history),
+               "test": regression_metrics(pred[te], y[te], names) if te.size else None,
+               "split": split_kind,
+               "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
+               "n_features": int(x.shape[1]),
+               "epochs": len(reg.history), **qrange.to_dict(),
                "best_epoch": int(np.argmin([h["val_loss"] for h in reg.history]))}
-    split = np.full(len(x), "train", dtype=object)
-    split[va] = "val"
+    split_col = np.full(len(x), "train", dtype=object)
+    split_col[va] = "val"
+    split_col[te] = "test"
     table = pd.DataFrame({"average_id": avg.average_id})
     for i in range(len(names)):
         table[f"nn_{i + 1}"] = pred[:, i]
-    table["split"] = pd.Categorical(split, categories=["train", "val"])
+    table["split"] = pd.Categorical(split_col, categories=["train", "val", "test"])
     save_regressor(reg, args.model, extra={"train_params": p, "averages": str(args.averages),
                                            "dq_nm": avg.dq_nm, "grid_size": avg.size,
                                            "embedding": str(args.embedding),
                                            "history": reg.history})
     write_table(args.out, table, stage=COMMAND)
     write_json_atomic(args.metrics, metrics)
-    r2 = metrics["validation"]["r2"]
-    log.info("val R2 %s, %d epochs in %.1f s -> %s", {k: round(v, 3) for k, v in r2.items()},
+    r2 = (metrics["test"] or metrics["validation"])["r2"]
+    log.info("test R2 %s, %d epochs in %.1f s -> %s", {k: round(v, 3) for k, v in r2.items()},
              len(reg.history), time.perf_counter() - start, Path(args.model))
     return 0

@@ -15,9 +15,10 @@
    and ``log(gain)`` from the orientation fit go to the encoder; the rotation
    matrix goes to the slicer.
 
-``q_max`` (``auto``) is the smallest of: the averages' grid radius, the
+``q_max`` (``auto``) is the smallest of the limits of
+:func:`spicompute.qrange.resolve_q_range` (grid radius, coverage, and the
 radius where the expected photon count per pixel of a typical average drops
-below ``min_counts`` (beyond it the lines are shot noise), and the Nyquist
+below ``min_counts``: beyond it the pattern is shot noise) and the Nyquist
 limit of the volume grid for the particle size ``D`` (``q_max <= c * pi / D``
 with ``c = L // 2``: a real-space box of at least twice the particle).  ``D``
 (``auto``) is the diameter of the sphere whose (size-smeared) form factor best
@@ -34,6 +35,7 @@ from scipy import ndimage
 from spicompute.errors import InputError, ParameterError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
+from spicompute.qrange import radial_profile, resolve_q_range
 
 @dataclass
 class Preprocessing:
@@ -109,26 +111,6 @@ class VaeInputs:
     average_id: np.ndarray
 
 
-def radial_profile(averages: AverageSet, dq_bin_nm: float, index=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean radial intensity of (a subset of) the averages.
-
-    Returns (q_centres (B,), mean intensity (B,), observed share (B,)) in
-    bins of width ``dq_bin_nm``; bins without an observed pixel get NaN.
-    """
-    sel = np.arange(averages.n_averages) if index is None else np.asarray(index)
-    q = np.linalg.norm(averages.q_grid(ewald=False)[..., :2], axis=-1)
-    rbin = np.floor(q / dq_bin_nm + 0.5).astype(np.int64).ravel()
-    nb = int(rbin.max()) + 1
-    w = averages.valid[sel].reshape(len(sel), -1).astype(np.float64)
-    iw = averages.intensity[sel].reshape(len(sel), -1).astype(np.float64) * w
-    sw = np.bincount(rbin, weights=w.sum(0), minlength=nb)
-    si = np.bincount(rbin, weights=iw.sum(0), minlength=nb)
-    npix = np.bincount(rbin, minlength=nb) * len(sel)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(sw > 0, si / sw, np.nan)
-    return np.arange(nb) * dq_bin_nm, mean, sw / np.maximum(npix, 1)
-
-
 def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: float,
                            q_end_nm: float | None = None) -> float | None:
     """Sphere-equivalent diameter (nm) by fitting a radial profile with a sphere form factor.
@@ -173,40 +155,28 @@ def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_s
     for name, size in (("vae.input_size", input_size), ("vae.volume_size", volume_size)):
         if size < 5 or size % 2 == 0:
             raise ParameterError(name, f"must be odd and >= 5, got {size}")
-    dq = averages.dq_nm
-    q_axis, prof, coverage = radial_profile(averages, dq, train_index)
-    grid_radius = (averages.size // 2) * dq
-    inner = np.flatnonzero(coverage >= 0.5)
-    if inner.size == 0:
-        raise InputError(source, "averages/weight", "no radius is observed in half of its pixels")
-    q_min = float(q_axis[inner[0]])
-    n_typ = float(np.median(averages.n_frames[train_index]))
-    counts = prof * n_typ
-    low = np.flatnonzero((q_axis > q_min) & ~(counts >= min_counts))
-    q_counts = float(q_axis[low[0]]) if low.size else float(q_axis[-1])
-    limits = {"grid_radius_nm": grid_radius, "counts_nm": q_counts}
+    qr = resolve_q_range(averages, "auto", q_max_nm, min_counts=min_counts, index=train_index,
+                         section="vae", source=source)
+    q_axis, prof, _ = radial_profile(averages, index=train_index)
     if particle_size_nm == "auto":
-        size = estimate_particle_size(q_axis, prof, q_min, q_counts)
+        size = estimate_particle_size(q_axis, prof, qr.q_min_nm, qr.q_max_nm)
     else:
         size = float(particle_size_nm)
         if not size > 0:
             raise ParameterError("vae.particle_size_nm", f"must be > 0 or auto, got {particle_size_nm!r}")
+    limits = dict(qr.limits)
+    q_max = qr.q_max_nm
     if size is not None:
         limits["nyquist_nm"] = (volume_size // 2) * np.pi / size
-    if q_max_nm == "auto":
-        q_max = min(limits.values())
-    else:
-        q_max = float(q_max_nm)
-        if not q_max > q_min:
-            raise ParameterError("vae.q_max_nm", f"must exceed the beamstop edge {q_min:.3f} rad/nm, got {q_max_nm!r}")
-        q_max = min(q_max, grid_radius)
-    if q_max <= q_min + 2 * dq:
+        q_max = min(q_max, limits["nyquist_nm"])
+    if q_max <= qr.q_min_nm + 2 * averages.dq_nm:
         raise InputError(source, "averages/intensity",
-                         f"usable q-range {q_min:.3f}..{q_max:.3f} rad/nm is too narrow (limits {limits})")
+                         f"usable q-range {qr.q_min_nm:.3f}..{q_max:.3f} rad/nm is too narrow (limits {limits})")
+    dq = averages.dq_nm
     good = np.isfinite(prof) & (q_axis <= q_max + 2 * dq)
     pq, pv = q_axis[good], np.maximum(prof[good], np.nanmax(prof[good]) * 1e-9)
     return Preprocessing(input_size=int(input_size), volume_size=int(volume_size), q_max_nm=float(q_max),
-                         q_min_nm=q_min, dq2_nm=float(q_max / (input_size // 2)),
+                         q_min_nm=qr.q_min_nm, dq2_nm=float(q_max / (input_size // 2)),
                          dq3_nm=float(q_max / (volume_size // 2)), wavelength_nm=averages.wavelength_nm,
                          profile_q_nm=pq.tolist(), profile=pv.tolist(), particle_size_nm=size,
                          log_floor=float(log_floor), q_max_limits={k: float(v) for k, v in limits.items()})
