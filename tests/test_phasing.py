@@ -191,3 +191,13 @@ def test_bad_arguments_raise():
         phase_retrieval(np.full((5, 5, 5), np.nan), np.ones((5, 5, 5), bool), 0.1)
     with pytest.raises(ValueError):
         phase_retrieval(np.ones((5, 5, 5)), np.zeros((5, 5, 5), bool), 0.1)
+
+
+def test_scale_support_halves_a_cube_about_the_origin():
+    from spicompute.phasing import scale_support
+    size = 21
+    k = np.abs(scipy.fft.ifftshift(np.arange(size) - size // 2))
+    cube = (k[:, None, None] <= 6) & (k[None, :, None] <= 6) & (k[None, None, :] <= 6)
+    half = scale_support(cube, 0.5, 3)
+    assert half.sum() == 7**3 and half[0, 0, 0] and not half[4, 0, 0]
+    np.testing.assert_array_equal(scale_support(cube, 1.0, 3), cube)
