@@ -90,6 +90,9 @@ class PhasingSettings:
         geometrically over the DM iterations; None = 3x and 1x the half-period
         resolution ``pi / q_max``
     autocorrelation_threshold : initial support = autocorrelation > this fraction of its max
+    coarse_size : grids larger than this are first phased on the central half of the
+        q-grid (recursively); the coarse support, upsampled, is the initial support
+        (0: always start from the autocorrelation)
     support_scale : the initial support is the autocorrelation support scaled by this
         about the origin (0.5: object-sized for a centrosymmetric convex particle)
     keep_factor : starts whose final error exceeds keep_factor x the best one (stagnated)
@@ -106,6 +109,7 @@ class PhasingSettings:
     shrinkwrap_start: int = 0
     er_per_update: int = 0
     support_scale: float = 1.0
+    coarse_size: int = 45
     shrinkwrap_threshold: float = 0.2
     sigma_start_nm: float | None = None
     sigma_end_nm: float | None = None
@@ -272,6 +276,32 @@ def scale_support(support: np.ndarray, factor: float, ndim: int) -> np.ndarray:
     return out & mask
 
 
+def crop_centre(x: np.ndarray, size: int, ndim: int) -> np.ndarray:
+    """Central ``size``-point crop (centred layout, origin at ``L // 2``) of the last ``ndim`` axes."""
+    full = x.shape[-1]
+    lo = full // 2 - size // 2
+    index = (Ellipsis,) + (slice(lo, lo + size),) * ndim
+    return np.ascontiguousarray(x[index])
+
+
+def upsample_support(coarse: np.ndarray, size: int, ndim: int, dilate_vox: float = 1.0,
+                     workers: int = -1) -> np.ndarray:
+    """Support found on a coarse real-space grid (same field of view) on the ``size`` grid.
+
+    Centred layout in and out.  Voxel i of the fine grid (position
+    ``(i - c) dx``) takes the value of the nearest coarse voxel; the result is
+    dilated by about ``dilate_vox`` coarse voxels (Gaussian blur, threshold)
+    so that the fine start is not cut by the coarse grid's edges.
+    """
+    small = coarse.shape[-1]
+    idx = np.rint((np.arange(size) - size // 2) * small / size).astype(np.int64) + small // 2
+    idx = np.clip(idx, 0, small - 1)
+    fine = coarse[np.ix_(*([idx] * ndim))].astype(np.float32)
+    sigma = dilate_vox * size / small
+    blurred = to_centred(gaussian_blur(to_fft_order(fine, ndim)[None], sigma, ndim, workers)[0], ndim)
+    return blurred > 0.1
+
+
 def shrinkwrap(x: np.ndarray, sigma_vox: float, threshold: float, ndim: int,
                workers: int = -1) -> np.ndarray:
     """New support per start: Gaussian-blurred density above ``threshold`` x its maximum."""
@@ -432,9 +462,20 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     fourier = _Fourier(size, ndim, s.workers)
     sig0, sig1 = (v / dx for v in _sigmas(s, size, dq_nm))
 
-    support0 = autocorrelation_support(inten, obs, s.autocorrelation_threshold, sig1, ndim, s.workers)
-    if s.support_scale != 1.0:
-        support0 = scale_support(support0, s.support_scale, ndim)
+    if 0 < s.coarse_size < size:
+        # multiscale start: the central half of the q-grid (same field of view, voxels ~2x)
+        # is phased first; a loose autocorrelation support on a large grid leaves the
+        # beamstop's low-q modes too free for the short DM runs to converge
+        small = max(5, (size // 2) | 1)
+        coarse = phase_retrieval(crop_centre(np.maximum(intensity, 0), small, ndim),
+                                 crop_centre(np.asarray(observed, dtype=bool), small, ndim),
+                                 dq_nm, s)
+        support0 = to_fft_order(upsample_support(coarse.support, size, ndim, workers=s.workers), ndim)
+    else:
+        support0 = autocorrelation_support(inten, obs, s.autocorrelation_threshold, sig1, ndim,
+                                           s.workers)
+        if s.support_scale != 1.0:
+            support0 = scale_support(support0, s.support_scale, ndim)
     rng = np.random.default_rng(s.seed)
     shape = (s.n_starts,) + (size,) * ndim
     support = np.broadcast_to(support0, shape).copy()
