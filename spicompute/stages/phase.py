@@ -131,7 +131,8 @@ def read_volumes(path) -> dict:
         raise InputError(path, "volumes/intensity", f"must be (P, L, L, L) with P >= 1, got {inten.shape}")
     p, size = inten.shape[0], inten.shape[1]
     if size % 2 == 0 or size < 5:
-        raise InputError(path, "volumes/intensity", f"grid edge L must be odd and >= 5 (q = 0 at L // 2), got {size}")
+        raise InputError(path, "volumes/intensity",
+                         f"grid edge L must be odd and >= 5 (q = 0 at L // 2), got {size}")
     if not np.all(np.isfinite(inten)):
         raise InputError(path, "volumes/intensity", "contains NaN or Inf")
     if inten.min() < 0:
