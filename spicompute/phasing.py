@@ -82,11 +82,19 @@ class PhasingSettings:
     beta : difference-map parameter (gamma_S = -1/beta, gamma_M = 1/beta)
     n_starts : independent random starts, aligned and averaged
     shrinkwrap_every : iterations between support updates (during DM)
+    shrinkwrap_start : DM iterations before the first support update
+    er_per_update : error-reduction steps applied to the DM estimate before each support
+        update; the DM restarts from the result (0: plain DM with shrink-wrap)
     shrinkwrap_threshold : support = blurred density > this fraction of its maximum
     sigma_start_nm, sigma_end_nm : Gaussian blur of the shrink-wrap, decreasing
         geometrically over the DM iterations; None = 3x and 1x the half-period
         resolution ``pi / q_max``
     autocorrelation_threshold : initial support = autocorrelation > this fraction of its max
+    coarse_size : grids larger than this are first phased on the central half of the
+        q-grid (recursively); the coarse support, upsampled, is the initial support
+        (0: always start from the autocorrelation)
+    support_scale : the initial support is the autocorrelation support scaled by this
+        about the origin (0.5: object-sized for a centrosymmetric convex particle)
     keep_factor : starts whose final error exceeds keep_factor x the best one (stagnated)
         are left out of the average and the PRTF
     seed : random starts
@@ -98,6 +106,10 @@ class PhasingSettings:
     beta: float = 0.9
     n_starts: int = 4
     shrinkwrap_every: int = 10
+    shrinkwrap_start: int = 0
+    er_per_update: int = 0
+    support_scale: float = 1.0
+    coarse_size: int = 45
     shrinkwrap_threshold: float = 0.2
     sigma_start_nm: float | None = None
     sigma_end_nm: float | None = None
@@ -241,6 +253,53 @@ def autocorrelation_support(intensity: np.ndarray, observed: np.ndarray, thresho
     auto = fourier.inverse(_half(filled).astype(np.complex64))
     auto = gaussian_blur(np.abs(auto).astype(np.float32), sigma_vox, ndim, workers)
     return auto > threshold * auto.max()
+
+
+def scale_support(support: np.ndarray, factor: float, ndim: int) -> np.ndarray:
+    """Support scaled by ``factor`` about the origin (FFT order): x in out iff x / factor in support.
+
+    The autocorrelation of a compact object spans the object's difference set
+    (twice a centrosymmetric convex object), so ``factor = 0.5`` turns it into
+    an object-sized support; a tight start constrains the low-q modes that a
+    beamstop leaves free.
+    """
+    size = support.shape[-1]
+    k = scipy.fft.ifftshift(np.arange(size) - size // 2)
+    src = np.rint(k / factor).astype(np.int64)
+    inside = np.abs(src) <= size // 2
+    idx = np.where(inside, src % size, 0)
+    out = support[np.ix_(*([idx] * ndim))]
+    if ndim == 3:
+        mask = inside[:, None, None] & inside[None, :, None] & inside[None, None, :]
+    else:
+        mask = inside[:, None] & inside[None, :]
+    return out & mask
+
+
+def crop_centre(x: np.ndarray, size: int, ndim: int) -> np.ndarray:
+    """Central ``size``-point crop (centred layout, origin at ``L // 2``) of the last ``ndim`` axes."""
+    full = x.shape[-1]
+    lo = full // 2 - size // 2
+    index = (Ellipsis,) + (slice(lo, lo + size),) * ndim
+    return np.ascontiguousarray(x[index])
+
+
+def upsample_support(coarse: np.ndarray, size: int, ndim: int, dilate_vox: float = 1.0,
+                     workers: int = -1) -> np.ndarray:
+    """Support found on a coarse real-space grid (same field of view) on the ``size`` grid.
+
+    Centred layout in and out.  Voxel i of the fine grid (position
+    ``(i - c) dx``) takes the value of the nearest coarse voxel; the result is
+    dilated by about ``dilate_vox`` coarse voxels (Gaussian blur, threshold)
+    so that the fine start is not cut by the coarse grid's edges.
+    """
+    small = coarse.shape[-1]
+    idx = np.rint((np.arange(size) - size // 2) * small / size).astype(np.int64) + small // 2
+    idx = np.clip(idx, 0, small - 1)
+    fine = coarse[np.ix_(*([idx] * ndim))].astype(np.float32)
+    sigma = dilate_vox * size / small
+    blurred = to_centred(gaussian_blur(to_fft_order(fine, ndim)[None], sigma, ndim, workers)[0], ndim)
+    return blurred > 0.1
 
 
 def shrinkwrap(x: np.ndarray, sigma_vox: float, threshold: float, ndim: int,
@@ -403,7 +462,20 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     fourier = _Fourier(size, ndim, s.workers)
     sig0, sig1 = (v / dx for v in _sigmas(s, size, dq_nm))
 
-    support0 = autocorrelation_support(inten, obs, s.autocorrelation_threshold, sig1, ndim, s.workers)
+    if 0 < s.coarse_size < size:
+        # multiscale start: the central half of the q-grid (same field of view, voxels ~2x)
+        # is phased first; a loose autocorrelation support on a large grid leaves the
+        # beamstop's low-q modes too free for the short DM runs to converge
+        small = max(5, (size // 2) | 1)
+        coarse = phase_retrieval(crop_centre(np.maximum(intensity, 0), small, ndim),
+                                 crop_centre(np.asarray(observed, dtype=bool), small, ndim),
+                                 dq_nm, s)
+        support0 = to_fft_order(upsample_support(coarse.support, size, ndim, workers=s.workers), ndim)
+    else:
+        support0 = autocorrelation_support(inten, obs, s.autocorrelation_threshold, sig1, ndim,
+                                           s.workers)
+        if s.support_scale != 1.0:
+            support0 = scale_support(support0, s.support_scale, ndim)
     rng = np.random.default_rng(s.seed)
     shape = (s.n_starts,) + (size,) * ndim
     support = np.broadcast_to(support0, shape).copy()
@@ -416,7 +488,7 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     history = []
     beta = np.float32(s.beta)
     g_s, g_m = -1.0 / s.beta, 1.0 / s.beta
-    n_updates = max(1, s.n_dm // max(s.shrinkwrap_every, 1))
+    n_updates = max(1, (s.n_dm - s.shrinkwrap_start) // max(s.shrinkwrap_every, 1))
     update = 0
     estimate = x
     for it in range(s.n_dm):
@@ -430,7 +502,15 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
             pm_fs, _ = modulus_projection(f_s, amp_h, obs_h, fourier)
         x = x + beta * (ps_fm - pm_fs)
         estimate = ps_fm
-        if s.shrinkwrap_every > 0 and (it + 1) % s.shrinkwrap_every == 0:
+        if (s.shrinkwrap_every > 0 and it + 1 > s.shrinkwrap_start
+                and (it + 1 - s.shrinkwrap_start) % s.shrinkwrap_every == 0):
+            # a few ER steps settle the estimate before the support is recomputed from it;
+            # the difference map then restarts from the settled estimate
+            for _ in range(s.er_per_update):
+                pm_e, _ = modulus_projection(estimate, amp_h, obs_h, fourier)
+                estimate = support_projection(pm_e, support)
+            if s.er_per_update:
+                x = estimate
             t = min(update / max(n_updates - 1, 1), 1.0)
             sigma = sig0 * (sig1 / sig0) ** t
             support = shrinkwrap(estimate, sigma, s.shrinkwrap_threshold, ndim, s.workers)

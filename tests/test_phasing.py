@@ -54,6 +54,7 @@ def _observed(size, dq, beamstop_dq, ndim=3):
     (41, 42.0, 13, 0.0),   # everything observed
     (41, 42.0, 13, 3.0),   # beamstop: |q| <= 3 dq floats free
     (33, 30.0, 11, 2.0),   # another grid and particle size
+    (51, 51.0, 17, 2.0),   # > coarse_size: multiscale start from the central 25^3 of q
 ])
 def test_noiseless_cube_is_retrieved(size, edge_nm, edge_vox, beamstop):
     dq, dx = _geometry(size, edge_nm, edge_vox)
@@ -191,3 +192,25 @@ def test_bad_arguments_raise():
         phase_retrieval(np.full((5, 5, 5), np.nan), np.ones((5, 5, 5), bool), 0.1)
     with pytest.raises(ValueError):
         phase_retrieval(np.ones((5, 5, 5)), np.zeros((5, 5, 5), bool), 0.1)
+
+
+def test_scale_support_halves_a_cube_about_the_origin():
+    from spicompute.phasing import scale_support
+    size = 21
+    k = np.abs(scipy.fft.ifftshift(np.arange(size) - size // 2))
+    cube = (k[:, None, None] <= 6) & (k[None, :, None] <= 6) & (k[None, None, :] <= 6)
+    half = scale_support(cube, 0.5, 3)
+    assert half.sum() == 7**3 and half[0, 0, 0] and not half[4, 0, 0]
+    np.testing.assert_array_equal(scale_support(cube, 1.0, 3), cube)
+
+
+def test_upsample_support_keeps_the_field_of_view():
+    from spicompute.phasing import upsample_support
+    k = np.abs(np.arange(11) - 5)
+    coarse = (k[:, None] <= 2) & (k[None, :] <= 2)          # 5 x 5 coarse voxels
+    fine = upsample_support(coarse, 21, 2, dilate_vox=0.0 + 1e-6)
+    kf = np.abs(np.arange(21) - 10)
+    # coarse half-width 2.5 voxels of 21/11 fine voxels -> ~4.8 fine voxels
+    assert fine[10, 10] and fine[10, 14] and not fine[10, 16]
+    np.testing.assert_array_equal(fine, fine[::-1, ::-1])
+    assert fine.sum() == pytest.approx(((kf <= 4.8).sum()) ** 2, rel=0.25)

@@ -27,9 +27,10 @@ log = get_logger("phase")
 
 DEFAULTS = {
     "n_starts": 4, "n_dm": 150, "n_er": 50, "beta": 0.9,
-    "shrinkwrap_every": 10, "shrinkwrap_threshold": 0.2,
+    "shrinkwrap_every": 10, "shrinkwrap_start": 0, "er_per_update": 0, "shrinkwrap_threshold": 0.2,
     "sigma_start_nm": "auto", "sigma_end_nm": "auto",
-    "autocorrelation_threshold": 0.04, "keep_factor": 2.0, "volume_threshold": 1.0e-4,
+    "autocorrelation_threshold": 0.04, "support_scale": 1.0, "coarse_size": 45,
+    "keep_factor": 2.0, "volume_threshold": 1.0e-4,
     "averages_2d": "auto", "averages_2d_count": 6, "seed": 0, "threads": 0,
 }
 
@@ -62,6 +63,12 @@ def options(p: dict) -> dict:
         "beta": in_range("phase.beta", o["beta"], 0.0, 1.5, low_open=True),
         "shrinkwrap_every": positive("phase.shrinkwrap_every", o["shrinkwrap_every"], integer=True,
                                      allow_zero=True),
+        "shrinkwrap_start": positive("phase.shrinkwrap_start", o["shrinkwrap_start"], integer=True,
+                                     allow_zero=True),
+        "er_per_update": positive("phase.er_per_update", o["er_per_update"], integer=True,
+                                  allow_zero=True),
+        "coarse_size": positive("phase.coarse_size", o["coarse_size"], integer=True, allow_zero=True),
+        "support_scale": in_range("phase.support_scale", o["support_scale"], 0.0, 1.0, low_open=True),
         "shrinkwrap_threshold": in_range("phase.shrinkwrap_threshold", o["shrinkwrap_threshold"],
                                          0.0, 1.0, low_open=True, high_open=True),
         "sigma_start_nm": _sigma("sigma_start_nm", o["sigma_start_nm"]),
@@ -99,6 +106,8 @@ def settings_for(o: dict, seed):
     return PhasingSettings(n_dm=o["n_dm"], n_er=o["n_er"], beta=o["beta"], n_starts=o["n_starts"],
                            shrinkwrap_every=o["shrinkwrap_every"],
                            shrinkwrap_threshold=o["shrinkwrap_threshold"],
+                           shrinkwrap_start=o["shrinkwrap_start"], er_per_update=o["er_per_update"],
+                           support_scale=o["support_scale"], coarse_size=o["coarse_size"],
                            sigma_start_nm=o["sigma_start_nm"], sigma_end_nm=o["sigma_end_nm"],
                            autocorrelation_threshold=o["autocorrelation_threshold"],
                            keep_factor=o["keep_factor"],
@@ -122,7 +131,8 @@ def read_volumes(path) -> dict:
         raise InputError(path, "volumes/intensity", f"must be (P, L, L, L) with P >= 1, got {inten.shape}")
     p, size = inten.shape[0], inten.shape[1]
     if size % 2 == 0 or size < 5:
-        raise InputError(path, "volumes/intensity", f"grid edge L must be odd and >= 5 (q = 0 at L // 2), got {size}")
+        raise InputError(path, "volumes/intensity",
+                         f"grid edge L must be odd and >= 5 (q = 0 at L // 2), got {size}")
     if not np.all(np.isfinite(inten)):
         raise InputError(path, "volumes/intensity", "contains NaN or Inf")
     if inten.min() < 0:
@@ -210,6 +220,9 @@ def run(args) -> int:
         q_shell = r.prtf_q_nm
         pvol[i] = phasing.particle_volume(r.density, dx, o["volume_threshold"])
         svox[i], res[i], err[i] = int(r.support.sum()), r.resolution_nm, r.final_error
+        if r.final_error > 0.2:
+            log.warning("volume %d: phasing did not converge (Fourier error %.2f); try more "
+                        "phase.n_dm / n_starts", i, r.final_error)
 
     n2 = len(picked)
     dens2 = supp2 = None
