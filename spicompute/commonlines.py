@@ -578,7 +578,8 @@ def cc_flops(m: int, n_lines: int, n_r: int) -> float:
 # --------------------------------------------------------------------------- file
 def write_ccmatrix(path, result: CCResult, *, average_id: np.ndarray, angles_rad: np.ndarray,
                    radii: np.ndarray, dq_nm: float, profile: np.ndarray, normalisation: str,
-                   params: dict | None = None, attrs: dict | None = None) -> None:
+                   params: dict | None = None, attrs: dict | None = None,
+                   usable: np.ndarray | None = None, n_frames: np.ndarray | None = None) -> None:
     """Write the CC matrix file atomically (layout in docs/ccmatrix_embed.md)."""
     import h5py
 
@@ -595,6 +596,11 @@ def write_ccmatrix(path, result: CCResult, *, average_id: np.ndarray, angles_rad
                                               "average i for pair (i, j); -1 on the diagonal")
         h5["angle_b"].attrs["description"] = "same for average j; angle_b == angle_a.T"
         h5.create_dataset("average_id", data=np.asarray(average_id, np.int64))
+        m = len(average_id)
+        h5.create_dataset("usable", data=np.ones(m, np.uint8) if usable is None else np.asarray(usable, np.uint8))
+        h5["usable"].attrs["description"] = "1: the average carries signal (observed, not empty, enough frames)"
+        if n_frames is not None:
+            h5.create_dataset("n_frames", data=np.asarray(n_frames, np.float64))
         h5.create_dataset("angles_rad", data=np.asarray(angles_rad, np.float64))
         h5["angles_rad"].attrs["units"] = "rad from +qx towards +qy; a line is folded over pi"
         h5.create_dataset("radii", data=np.asarray(radii, np.float64))
@@ -623,6 +629,12 @@ class CCFile:
     angles_rad: np.ndarray
     q_nm: np.ndarray
     attrs: dict
+    usable: np.ndarray | None = None
+    n_frames: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.usable is None:
+            self.usable = np.ones(len(self.average_id), bool)
 
 
 def read_ccmatrix(path) -> CCFile:
@@ -636,7 +648,11 @@ def read_ccmatrix(path) -> CCFile:
             if name not in h5:
                 raise InputError(path, name, "dataset missing (not a ccmatrix file?)")
             data[name] = h5[name][()]
+        for name in ("usable", "n_frames"):  # absent in files of older versions
+            data[name] = h5[name][()] if name in h5 else None
         attrs = dict(h5.attrs)
+    if data["usable"] is not None:
+        data["usable"] = data["usable"].astype(bool)
     cc = data["cc"]
     m = len(data["average_id"])
     if cc.ndim != 2 or cc.shape != (m, m):

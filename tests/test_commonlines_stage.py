@@ -57,7 +57,8 @@ def test_ccmatrix_and_embed_stages(averages_file):
     assert ccf.attrs["spicompute_stage"] == "ccmatrix"
     assert 0 < ccf.q_nm[0] < ccf.q_nm[-1] <= (SIZE // 2) * 0.04
     # the file holds what the library computes
-    ref = cc_matrix(lines_of(avg.intensity, avg.valid, n_lines=90)[0], block=5)
+    radii = ccf.q_nm / 0.04  # the q-range the stage resolved (coverage and expected counts)
+    ref = cc_matrix(lines_of(avg.intensity, avg.valid, n_lines=90, radii=radii)[0], block=5)
     np.testing.assert_allclose(ccf.cc, ref.cc, atol=1e-6)
     metrics = json.loads((folder / "cc.json").read_text())
     assert metrics["n_averages"] == m and metrics["gflops"] > 0
@@ -69,7 +70,7 @@ def test_ccmatrix_and_embed_stages(averages_file):
     assert rc == 0
     table = pd.read_parquet(folder / "embed.parquet")
     expected = ["average_id"] + [f"{m_}_{k}" for m_ in ("pc", "isomap", "spectral", "tsne")
-                                 for k in (1, 2, 3)] + ["cluster", "cluster_prob"]
+                                 for k in (1, 2, 3)] + ["cluster", "cluster_prob", "landscape_usable"]
     assert list(table.columns) == expected
     assert np.array_equal(table["average_id"], avg.average_id)
     assert table.notna().all().all()
@@ -169,3 +170,47 @@ def test_landscape_of_simulated_shapes_tracks_melt_and_flags_contaminants():
     contaminant = np.r_[np.zeros(n_fam, bool), np.ones(n_con, bool)]
     auc = max(max(a, 1 - a) for a in (roc_auc_score(contaminant, pc[:, k]) for k in range(3)))
     assert auc > 0.8, auc
+
+
+def test_empty_and_underoccupied_averages_are_flagged_not_fatal(averages_file, tmp_path):
+    """An all-zero model no longer aborts ccmatrix; near-empty classes stay out of the fit."""
+    import h5py
+
+    folder, avg = averages_file
+    m = avg.n_averages
+    inten, weight = avg.intensity.copy(), avg.weight.copy()
+    inten[3] = 0.0                      # EMC left model 3 empty
+    n_frames = np.full(m, 40.0)
+    n_frames[5] = 0.5                   # and class 5 nearly so
+    bad = AverageSet(inten, weight, avg.average_id, avg.run, avg.model, n_frames, avg.dq_nm, avg.wavelength_nm)
+    write_averages(tmp_path / "averages.h5", bad)
+    params = write_params(tmp_path)
+    assert main(["ccmatrix", "--params", str(params), "-q", "--averages", str(tmp_path / "averages.h5"),
+                 "--out", str(tmp_path / "cc.h5"), "--metrics", str(tmp_path / "cc.json")]) == 0
+    ccf = read_ccmatrix(tmp_path / "cc.h5")
+    assert ccf.usable.tolist() == [i not in (3, 5) for i in range(m)]
+    assert np.all(ccf.cc[3, np.arange(m) != 3] == 0) and ccf.cc[3, 3] == 1
+    assert json.loads((tmp_path / "cc.json").read_text())["n_unusable_averages"] == 2
+    # nuisance diagnostics need the frame assignments and photons
+    frames = pd.DataFrame({"frame_id": np.arange(4 * m), "run": 0, "average_id": np.repeat(np.arange(m), 4)})
+    frames.to_parquet(tmp_path / "frames.parquet")
+    with h5py.File(tmp_path / "frames.h5", "w") as h5:
+        h5["frames/frame_id"] = np.arange(4 * m)
+        h5["frames/photons"] = np.repeat(np.arange(m) * 10 + 100, 4)
+    assert main(["embed", "--params", str(params), "-q", "--ccmatrix", str(tmp_path / "cc.h5"),
+                 "--part", str(tmp_path / "embed.parquet"), "--out", str(tmp_path / "emb.h5"),
+                 "--metrics", str(tmp_path / "embed.json"), "--frames-table", str(tmp_path / "frames.parquet"),
+                 "--frames", str(tmp_path / "frames.h5")]) == 0
+    table = pd.read_parquet(tmp_path / "embed.parquet")
+    assert table.landscape_usable.tolist() == ccf.usable.tolist()
+    assert np.isfinite(table.pc_1).all()                       # projected into CLPCA space
+    assert table.isomap_1.isna().tolist() == (~ccf.usable).tolist() and (table.cluster[~ccf.usable] == -1).all()
+    # the fit ignores the flagged averages: same pcs for the rest as a fit without them
+    from spicompute.embedding import clpca
+
+    u = np.flatnonzero(ccf.usable)
+    ref = clpca(ccf.cc[np.ix_(u, u)], 3, seed=0).coords
+    np.testing.assert_allclose(table.loc[ccf.usable, ["pc_1", "pc_2", "pc_3"]].to_numpy(), ref, atol=1e-9)
+    metrics = json.loads((tmp_path / "embed.json").read_text())
+    assert set(metrics["nuisance_spearman"]["pc_1"]) == {"n_frames", "mean_photons", "run"}
+    assert metrics["n_unusable"] == 2 and isinstance(metrics["nuisance_warnings"], list)

@@ -36,6 +36,7 @@ DEFAULTS = {
     "n_angles": 180, "q_min_nm": None, "q_max_nm": None, "radial_step": 1.0,
     "inner_coverage": 0.9, "outer_coverage": 0.5, "min_coverage": 0.5,
     "normalisation": "radial", "q_power": 0.0, "block": 0, "backend": "auto",
+    "min_counts": 1.0, "min_frames": "auto",
     "device": "auto", "scheduler": "", "band_blocks": 4,
 }
 
@@ -69,18 +70,41 @@ def check_params(p: dict) -> dict:
     if not isinstance(q["scheduler"], str):
         raise ParameterError("ccmatrix.scheduler", f"must be a string, got {q['scheduler']!r}")
     q["band_blocks"] = positive("ccmatrix.band_blocks", q["band_blocks"], integer=True)
+    q["min_counts"] = positive("ccmatrix.min_counts", q["min_counts"])
+    if q["min_frames"] != "auto":
+        q["min_frames"] = positive("ccmatrix.min_frames", q["min_frames"], allow_zero=True)
     return q
 
 
-def radius_grid(valid: np.ndarray, dq_nm: float, p: dict) -> np.ndarray:
-    """Radii (grid steps) of the line samples from the q range parameters."""
-    size = valid.shape[1]
-    r_auto = None
-    if p["q_min_nm"] is None or p["q_max_nm"] is None:
-        r_auto = cl.auto_radius_range(valid, inner_coverage=p["inner_coverage"],
-                                      outer_coverage=p["outer_coverage"])
-    r0 = r_auto[0] if p["q_min_nm"] is None else p["q_min_nm"] / dq_nm
-    r1 = r_auto[1] if p["q_max_nm"] is None else p["q_max_nm"] / dq_nm
+def usable_averages(averages, p: dict) -> tuple[np.ndarray, float]:
+    """(M,) bool: averages that carry signal -- observed, not all zero, >= min_frames members.
+
+    ``min_frames: auto`` is a fifth of the median occupancy: classes that EMC
+    left (nearly) empty are shot noise and must not become landscape points.
+    """
+    n_frames = averages.n_frames
+    min_frames = 0.2 * float(np.median(n_frames)) if p["min_frames"] == "auto" else float(p["min_frames"])
+    signal = (averages.intensity * averages.valid).reshape(averages.n_averages, -1).sum(1) > 0
+    return signal & averages.valid.any(axis=(1, 2)) & (n_frames >= min_frames), min_frames
+
+
+def radius_grid(averages, p: dict, usable: np.ndarray, source: str = "averages") -> tuple[np.ndarray, dict]:
+    """Radii (grid steps) of the line samples, and the resolved q-range.
+
+    ``null`` bounds are resolved from the usable averages
+    (:func:`spicompute.qrange.resolve_q_range`): the beamstop edge by
+    ``inner_coverage``, and q_max where coverage falls below ``outer_coverage`` or
+    a typical average holds fewer than ``min_counts`` expected photons per grid
+    point -- beyond that the radially normalised lines are shot noise.
+    """
+    from spicompute.qrange import resolve_q_range
+
+    dq_nm, size = averages.dq_nm, averages.size
+    qr = resolve_q_range(averages, "auto" if p["q_min_nm"] is None else p["q_min_nm"],
+                         "auto" if p["q_max_nm"] is None else p["q_max_nm"], min_counts=p["min_counts"],
+                         inner_coverage=p["inner_coverage"], outer_coverage=p["outer_coverage"],
+                         index=np.flatnonzero(usable), section="ccmatrix", source=source)
+    r0, r1 = qr.radii(dq_nm)
     r1 = min(r1, size // 2 - 1 + 0.5 * (size % 2))
     if r1 <= r0:
         raise ParameterError("ccmatrix.q_max_nm", f"q range [{r0 * dq_nm:.4g}, "
@@ -88,17 +112,22 @@ def radius_grid(valid: np.ndarray, dq_nm: float, p: dict) -> np.ndarray:
     radii = np.arange(r0, r1 + 1e-9, p["radial_step"])
     if len(radii) < 3:
         raise ParameterError("ccmatrix.radial_step", f"only {len(radii)} radii in the q range")
-    return radii
+    return radii, qr.to_dict()
 
 
 def compute(averages, p: dict, progress: bool = False, source: str = "averages"):
     """All the science of the stage: returns (CCResult, radii, profile, info)."""
     t0 = time.perf_counter()
     valid = averages.valid
-    if not valid.any(axis=(1, 2)).all():
-        bad = int(np.nonzero(~valid.any(axis=(1, 2)))[0][0])
-        raise InputError(source, "averages/weight", f"average {bad} is never observed")
-    radii = radius_grid(valid, averages.dq_nm, p)
+    usable, min_frames = usable_averages(averages, p)
+    if usable.sum() < 2:
+        raise InputError(source, "averages/n_frames", f"only {int(usable.sum())} averages carry signal "
+                         f"(observed, not empty, >= {min_frames:.3g} frames)")
+    if not usable.all():
+        log.warning("%d of %d averages are empty or have < %.3g member frames: flagged unusable "
+                    "(their CC rows are 0; embed leaves them out of the fit)", int((~usable).sum()),
+                    len(usable), min_frames)
+    radii, qrange = radius_grid(averages, p, usable, source)
     raw, rvalid = cl.polar_lines(averages.intensity, valid, radii, p["n_angles"],
                                  min_coverage=p["min_coverage"])
     profile = cl.line_profile(raw, rvalid)
@@ -112,8 +141,13 @@ def compute(averages, p: dict, progress: bool = False, source: str = "averages")
     t2 = time.perf_counter()
     dead = int((np.abs(lines).sum(-1) == 0).sum())
     backend = p["backend"] if p["backend"] != "auto" else ("numpy" if device == "cpu" else "torch")
+    # an unusable average correlates with nothing (its lines may be all zero or pure noise)
+    result.cc[~usable, :] = 0.0
+    result.cc[:, ~usable] = 0.0
+    result.cc[np.flatnonzero(~usable), np.flatnonzero(~usable)] = 1.0
     info = {"seconds_lines": t1 - t0, "seconds_cc": t2 - t1, "device": device, "backend": backend,
-            "unusable_lines": dead, "valid_bin_fraction": float(rvalid.mean())}
+            "unusable_lines": dead, "valid_bin_fraction": float(rvalid.mean()), "usable": usable,
+            "min_frames": min_frames, "q_range": qrange}
     return result, radii, profile, info
 
 
@@ -131,7 +165,8 @@ def run(args) -> int:
     cl.write_ccmatrix(args.out, result, average_id=averages.average_id, angles_rad=angles,
                       radii=radii, dq_nm=averages.dq_nm, profile=profile,
                       normalisation=p["normalisation"], params=p,
-                      attrs={"device": info["device"], "backend": info["backend"]})
+                      attrs={"device": info["device"], "backend": info["backend"]},
+                      usable=info["usable"], n_frames=averages.n_frames)
     off = result.cc[~np.eye(m, dtype=bool)] if m > 1 else np.zeros(1)
     metrics = {
         "n_averages": m, "n_angles": n_lines, "n_radii": n_r,
@@ -143,6 +178,8 @@ def run(args) -> int:
         "cc_offdiag_mean": float(off.mean()), "cc_offdiag_p05": float(np.percentile(off, 5)),
         "cc_offdiag_p95": float(np.percentile(off, 95)),
         "unusable_lines": info["unusable_lines"],
+        "n_unusable_averages": int((~info["usable"]).sum()), "min_frames": info["min_frames"],
+        "q_max_limits": info["q_range"]["q_max_limits"],
         "valid_bin_fraction": info["valid_bin_fraction"],
     }
     write_json_atomic(args.metrics, metrics)
