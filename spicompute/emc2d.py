@@ -30,11 +30,15 @@ posterior matrices are kept as stacks of such column blocks, shape
 
 M-step::
 
-    M_k = sum_r S_r^T (K^T P[:, r, k]) / sum_r (sum_n P[n, r, k] phi_n) S_r^T 1
+    M_k = sum_r B_r^T (K^T P[:, r, k]) / sum_r (sum_n P[n, r, k] phi_n) S_r^T 1
 
 (numerator again a photon-sparse product, of the transposed frames with the
-posterior).  The denominator is the coverage ``weight`` written with each
-average; grid points with zero weight were never observed.
+posterior; ``B`` is the plain bilinear interpolation and ``S = diag(c) B``
+carries the pixels' solid angle x polarisation ``c``, which belongs to the
+prediction only -- with ``S`` in the numerator the models would be biased by
+``c``).  The denominator is the coverage ``weight`` written with each
+average; grid points whose weight is below ``OBSERVED_REL`` of the model's
+largest were not observed (weight 0).
 
 The work is split into frame *shards* (:func:`shard_step` returns partial
 sums), so the same code runs in-process or on Dask workers; inside a shard,
@@ -60,6 +64,7 @@ log = logging.getLogger("spicompute.emc2d")
 COL_BLOCK = 64          # columns of the log-model matrix per gather pass (fits L2/L3)
 MODEL_FLOOR = 1e-8      # models are clipped to MODEL_FLOOR * their mean before the log
 PAD_SUMW = 1e30         # sum_p W of the padding columns of the last block: probability 0
+OBSERVED_REL = 1e-4     # a grid point is observed when its coverage exceeds this x the model's largest
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -92,6 +97,12 @@ class RotationGrid:
     colsum: np.ndarray
     n_detector_pixels: int
     wavelength_nm: float
+    correction: np.ndarray | None = None   # (P,) solid angle x polarisation folded into S (1 if unused)
+
+    @property
+    def corr(self) -> np.ndarray:
+        """(P,) correction factor of the used pixels (ones when the models are not corrected)."""
+        return np.ones(self.n_pix) if self.correction is None else self.correction
 
     @property
     def n_rot(self) -> int:
@@ -202,7 +213,7 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
     colsum = np.asarray((pick @ S).todense(), dtype=np.float64)
     return RotationGrid(size=size, dq_nm=dq, angles=angles, pixels=pixels.astype(np.int64),
                         S=S, colsum=colsum, n_detector_pixels=detector.n_pixels,
-                        wavelength_nm=float(detector.wavelength_nm))
+                        wavelength_nm=float(detector.wavelength_nm), correction=np.asarray(corr, np.float64))
 
 
 def rotated_models(grid: RotationGrid, models: np.ndarray) -> np.ndarray:
@@ -412,6 +423,9 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         sparse_dense_product(bag_t, Pn, out=num_pix)              # += K^T P, (nb, P, b)
         del L, Pn
     num_pc = from_blocks(num_pix, C).cpu().numpy()                # (P, R*K)
+    # numerator: photons interpolated back with the plain bilinear weights (S holds weight x
+    # correction; the correction belongs to the prediction, i.e. the denominator, only)
+    num_pc = num_pc / grid.corr[:, None].astype(num_pc.dtype)
     num = np.asarray(grid.ST @ np.ascontiguousarray(num_pc).reshape(P * R, K)).T
     return PartialSums(num=num.astype(np.float64),
                        wsum=wsum.reshape(-1)[:C].cpu().numpy().reshape(R, K),
@@ -443,7 +457,7 @@ def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi:
         plogp = np.where(Pn > 0, Pn * np.log(Pn), 0.0)
     mi = float((plogp.sum(axis=1) + math.log(C)).sum())
     phi_new = photons / (Pn @ sumW) if update_scale else phi.copy()
-    num_pix = counts.T @ Pn                                       # (P, C)
+    num_pix = (counts.T @ Pn) / grid.corr[:, None]                 # (P, C), plain bilinear weights
     num = (grid.ST.astype(np.float64) @ num_pix.reshape(P * R, K)).T
     wsum = (Pn.T @ phi_new).reshape(R, K)
     return PartialSums(num=np.asarray(num), wsum=wsum, occupancy=Pn.reshape(-1, R, K).sum((0, 1)),
@@ -458,6 +472,8 @@ def m_step(grid: RotationGrid, total: PartialSums) -> tuple[np.ndarray, np.ndarr
     weight`` where ``weight > 0``, else 0; ``weight = sum_r wsum[r, k] S_r^T 1``.
     """
     weight = total.wsum.T @ grid.colsum                            # (K, G)
+    # "observed" is relative: a posterior tail of 1e-30 at some rotation is not an observation
+    weight = np.where(weight > OBSERVED_REL * weight.max(axis=1, keepdims=True), weight, 0.0)
     models = np.zeros_like(weight)
     good = weight > 0
     models[good] = total.num[good] / weight[good]

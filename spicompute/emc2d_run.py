@@ -32,7 +32,7 @@ from spicompute.params import choice, in_range, positive, with_defaults
 
 log = logging.getLogger("spicompute.classify2d")
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: max_iter in the key, beta ramp, corrected M-step
 
 
 @dataclass
@@ -49,9 +49,12 @@ class EMCConfig:
     tol: float = 1e-3             # stop when relative model change < tol (after min_iter)
     beta: float | str = "auto"    # likelihood temperature; "auto": beta_photons / photons
     beta_photons: float = 100.0   # auto beta: frames of this many photons start at beta 1
-    beta_jump: float = 2.0        # beta *= beta_jump every beta_period iterations ...
+    beta_schedule: str = "ramp"   # ramp: geometric from beta0 to beta_max over beta_ramp of max_iter
+    beta_ramp: float = 0.6        #   (then held: the convergence stop may fire only once beta is final)
+    beta_jump: float = 2.0        # dragonfly: beta *= beta_jump every beta_period iterations ...
     beta_period: int = 5
     beta_max: float = 1.0         # ... up to beta_max
+    reseed_empty: bool = True     # re-seed models with < 1 frame of occupancy in the first beta_ramp of the run
     update_scale: bool = True     # per-frame fluence scale phi_n
     grid_step_nm: float | None = None   # model grid step (rad/nm); None: detector dq_nm
     q_max_nm: float | None = None       # use only pixels with |q_perp| <= q_max_nm
@@ -92,6 +95,10 @@ class EMCConfig:
         self.beta_jump = positive(p + "beta_jump", self.beta_jump)
         self.beta_period = positive(p + "beta_period", self.beta_period, integer=True)
         self.beta_max = positive(p + "beta_max", self.beta_max)
+        choice(p + "beta_schedule", self.beta_schedule, {"ramp", "dragonfly"})
+        self.beta_ramp = in_range(p + "beta_ramp", self.beta_ramp, 0, 1, low_open=True)
+        if not isinstance(self.reseed_empty, bool):
+            raise ParameterError(p + "reseed_empty", f"must be true or false, got {self.reseed_empty!r}")
         if self.grid_step_nm is not None:
             self.grid_step_nm = positive(p + "grid_step_nm", self.grid_step_nm)
         if self.q_max_nm is not None:
@@ -102,14 +109,18 @@ class EMCConfig:
         choice(p + "device", self.device, {"auto", "cpu", "cuda"})
         self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
         self.seed = int(self.seed)
-        self.update_scale = bool(self.update_scale)
-        self.use_correction = bool(self.use_correction)
+        for name in ("update_scale", "use_correction"):  # "false" (a string) must not count as true
+            if not isinstance(getattr(self, name), bool):
+                raise ParameterError(p + name, f"must be true or false, got {getattr(self, name)!r}")
         self.scheduler = str(self.scheduler or "")
 
     def trajectory_key(self) -> dict:
-        """Parameters that determine the iterates (not when to stop, not where to run)."""
-        skip = {"max_iter", "min_iter", "tol", "scheduler", "n_shards", "block_frames",
-                "device", "engine"}
+        """Parameters that determine the iterates (not where to run).
+
+        ``max_iter`` is part of it: the beta ramp spans a share of it, and a
+        checkpoint must never be used past the requested end.
+        """
+        skip = {"min_iter", "tol", "scheduler", "n_shards", "block_frames", "device", "engine"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -125,9 +136,50 @@ def resolve_device(device: str) -> str:
 
 # ----------------------------------------------------------------------------- pieces
 def beta_schedule(beta0: np.ndarray, iteration: int, cfg: EMCConfig) -> np.ndarray:
-    """Per-frame β at ``iteration`` (0-based): ``min(beta_max, beta0 * jump^(it // period))``."""
-    factor = cfg.beta_jump ** (iteration // cfg.beta_period)
-    return np.minimum(cfg.beta_max, beta0 * factor)
+    """Per-frame β at ``iteration`` (0-based).
+
+    ``ramp`` (default): geometric from ``beta0`` to ``beta_max``, reached at
+    iteration ``ceil(beta_ramp * max_iter) - 1`` and held after, so every run
+    ends at the final temperature with iterations to converge there.
+    ``dragonfly``: ``min(beta_max, beta0 * jump^(it // period))``, Dragonfly's rule.
+    """
+    if cfg.beta_schedule == "dragonfly":
+        factor = cfg.beta_jump ** (iteration // cfg.beta_period)
+        return np.minimum(cfg.beta_max, beta0 * factor)
+    ramp_end = max(1, int(np.ceil(cfg.beta_ramp * cfg.max_iter)) - 1)
+    frac = min(1.0, iteration / ramp_end)
+    start = np.minimum(beta0, cfg.beta_max)
+    return start * (cfg.beta_max / start) ** frac
+
+
+def beta_is_final(iteration: int, cfg: EMCConfig, beta0: np.ndarray) -> bool:
+    """Whether every frame's β has reached ``beta_max`` at ``iteration`` (0-based)."""
+    return bool(np.all(beta_schedule(beta0, iteration, cfg) >= cfg.beta_max * (1 - 1e-9)))
+
+
+def reseed_until(cfg: EMCConfig) -> int:
+    """Iterations (1-based, exclusive) during which empty models are re-seeded: the β-ramp part
+    of the run (``beta_ramp * max_iter``), so the last iterations converge undisturbed."""
+    return max(1, int(np.ceil(cfg.beta_ramp * cfg.max_iter)))
+
+
+def reseed_empty_models(models: np.ndarray, occupancy: np.ndarray, rng: np.random.Generator,
+                        min_occupancy: float = 1.0) -> list[int]:
+    """Replace models holding < ``min_occupancy`` frames by perturbed copies of the fullest ones.
+
+    Splitting the most occupied class (x (1 +- 5 %) smooth multiplicative noise)
+    puts the empty model where the data are; EMC then separates the two halves.
+    Returns the re-seeded model indices.  ``models`` (K, G) is changed in place.
+    """
+    empty = np.flatnonzero(occupancy < min_occupancy)
+    if empty.size == 0 or empty.size == len(occupancy):
+        return []
+    donors = np.argsort(-occupancy)
+    for i, k in enumerate(empty):
+        src = donors[i % (len(occupancy) - empty.size)]
+        models[k] = models[src] * (1.0 + 0.05 * rng.standard_normal(models.shape[1]))
+        models[k] = np.maximum(models[k], 0.0)
+    return empty.tolist()
 
 
 def initial_beta(photons: np.ndarray, cfg: EMCConfig) -> np.ndarray:
@@ -155,13 +207,13 @@ def initial_models(grid: RotationGrid, counts: sp.csr_matrix, photons: np.ndarra
     R, P, L = grid.n_rot, grid.n_pix, grid.size
     mean_photons = max(float(photons.mean()), 1e-12)
     mean_frame = np.asarray(counts.mean(axis=0), dtype=np.float64).reshape(P) / mean_photons
-    base_num = grid.ST @ np.repeat(mean_frame, R)    # rows p*R + r                      # (G,)
+    base_num = grid.ST @ np.repeat(mean_frame / grid.corr, R)  # rows p*R + r; plain weights  # (G,)
     base_den = grid.colsum.sum(axis=0)
     base = np.divide(base_num, base_den, out=np.zeros_like(base_num), where=base_den > 0)
     pick = np.sort(rng.choice(counts.shape[0], size=n_models, replace=False))
     frames = counts[pick].toarray().astype(np.float64) / np.maximum(photons[pick], 1)[:, None]
     S0T = grid.S[0::R].T.tocsr()                                     # (G, P), rotation 0
-    placed = np.asarray(S0T @ frames.T).T                            # (K, G)
+    placed = np.asarray(S0T @ (frames / grid.corr[None]).T).T        # (K, G)
     cover = grid.colsum[0]
     seeded = np.where(cover > 0, placed / np.where(cover > 0, cover, 1), base)
     if smooth_px > 0:
@@ -371,12 +423,17 @@ def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: 
             models *= scale
         change = relative_change(models, state.models)
         occ = total.occupancy
+        reseeded = []
+        if cfg.reseed_empty and it + 1 < reseed_until(cfg):
+            rng = np.random.default_rng([cfg.seed, run, it])
+            reseeded = reseed_empty_models(models, occ, rng)
         rec = {
             "run": run, "iteration": it + 1, "beta_mean": float(beta.mean()),
             "loglik": total.loglik / n, "mutual_info": total.mutual_info / n,
             "model_change": change, "occupancy_min": float(occ.min()),
             "occupancy_median": float(np.median(occ)), "occupancy_max": float(occ.max()),
             "empty_models": int((occ < 1.0).sum()), "posterior_max_mean": float(total.pmax.mean()),
+            "reseeded": len(reseeded), "beta_final": beta_is_final(it, cfg, beta0),
             "seconds": time.perf_counter() - t0,
         }
         state = RunState(iteration=it + 1, models=models.astype(np.float32), weight=weight,
@@ -393,9 +450,10 @@ def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: 
 
 
 def _done(state: RunState, cfg: EMCConfig) -> bool:
+    """Stop at max_iter, or on convergence -- but only at the final β (never mid-schedule)."""
     if state.iteration >= cfg.max_iter:
         return True
-    if state.history and state.iteration >= cfg.min_iter:
+    if state.history and state.iteration >= cfg.min_iter and state.history[-1].get("beta_final", False):
         return state.history[-1]["model_change"] < cfg.tol
     return False
 

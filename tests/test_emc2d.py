@@ -141,7 +141,16 @@ def test_resume_after_interruption_equals_uninterrupted(data, tmp_path):
     fs = data[0]
     full = run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6))
     ck = tmp_path / "ck"
-    run_bootstrap(fs, small_cfg(max_iter=3, min_iter=3), checkpoint_dir=ck)  # "killed" after 3
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_3(rec):  # the checkpoint of iteration 3 is written before this is called
+        if rec["iteration"] == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6), checkpoint_dir=ck, on_iteration=kill_after_3)
     seen = []
     resumed = run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6), checkpoint_dir=ck,
                             on_iteration=seen.append)
@@ -155,6 +164,11 @@ def test_resume_after_interruption_equals_uninterrupted(data, tmp_path):
     run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6), checkpoint_dir=ck,
                   on_iteration=again.append)
     assert all(r.get("resumed") for r in again) and len(again) == 6
+    # a lower max_iter never resumes from a longer run's checkpoint (issue: it used to)
+    fresh3 = run_bootstrap(fs, small_cfg(max_iter=3, min_iter=3))
+    short = run_bootstrap(fs, small_cfg(max_iter=3, min_iter=3), checkpoint_dir=ck)
+    np.testing.assert_array_equal(short.models, fresh3.models)
+    assert len(short.histories[0]) == 3
 
 
 def test_bootstrap_subsets_are_seeded_and_distinct(data):
