@@ -49,6 +49,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoints", default="checkpoints/classify2d",
                         help="folder of per-run checkpoints (resumed from when present)")
     parser.add_argument("--metrics", default="metrics/classify2d.json", help="metrics JSON")
+    parser.add_argument("--truth", default="", help="simulation truth (data/truth.h5): report the classes' "
+                        "shape purity against a naive radial-profile clustering ('' or no truth: skip)")
     parser.add_argument("--live", default="dvclive/classify2d",
                         help="dvclive folder for per-iteration metrics ('' to skip)")
     parser.add_argument("--fresh", action="store_true",
@@ -98,6 +100,39 @@ def frames_table(result, frame_id: np.ndarray, n_models: int) -> pd.DataFrame:
             "average_id": np.full(m, -1, np.int64), "rotation_deg": np.full(m, np.nan),
             "posterior_max": np.full(m, np.nan), "scale": np.full(m, np.nan)}))
     return pd.concat(parts, ignore_index=True)
+
+
+def purity_against_baseline(truth_path: str, frames, result, n_models: int, seed: int) -> dict | None:
+    """Shape purity of each run's EMC classes and of the naive baseline on the same frames.
+
+    None (nothing reported) when the truth file holds no truth (ingested data).
+    """
+    from spicompute.baseline2d import naive_classes, shape_labels, shape_purity
+    from spicompute.errors import InputError
+    from spicompute.io.truth import read_truth
+
+    try:
+        truth = read_truth(truth_path)
+    except InputError as exc:
+        log.info("no shape purity: %s", exc)
+        return None
+    by_id = pd.Series(np.arange(len(truth["frame_id"])), index=truth["frame_id"])
+    labels_all = shape_labels(truth["class_name"], truth["melt_t"])
+    per_run, base = [], []
+    for run_i, fr in enumerate(result.frames):
+        ids = frames.frame_id[fr["index"]]
+        labels = labels_all[by_id.reindex(ids).to_numpy()]
+        per_run.append(shape_purity(fr["model"], labels))
+        if run_i == 0:  # the baseline on run 0's frames (the runs share ~80 % of them)
+            naive = naive_classes(frames.counts[fr["index"]], frames.detector, n_models, seed=seed)
+            base.append(shape_purity(naive, labels))
+    out = {"labels": "cube-like (t <= 0.2) | intermediate | sphere-like (t >= 0.8) | contaminant",
+           "emc_per_run": [round(v, 4) for v in per_run], "emc_mean": round(float(np.mean(per_run)), 4),
+           "naive_baseline": round(base[0], 4), "n_classes": n_models}
+    out["emc_minus_baseline"] = round(out["emc_mean"] - out["naive_baseline"], 4)
+    log.info("shape purity: EMC %.3f (mean of %d runs) vs naive radial-profile clustering %.3f",
+             out["emc_mean"], len(per_run), out["naive_baseline"])
+    return out
 
 
 def run(args) -> int:
@@ -154,6 +189,8 @@ def run(args) -> int:
                                            if r["mutual_info"] is not None])),
         "runs": runs,
     }
+    if args.truth:
+        metrics["shape_purity"] = purity_against_baseline(args.truth, frames, result, K, cfg.seed)
     write_json_atomic(args.metrics, metrics)
     log.info("classify2d: wrote %d averages (%dx%d grid) to %s in %.1f s", B * K, L, L,
              args.out, elapsed)
