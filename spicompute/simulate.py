@@ -322,7 +322,9 @@ class ShapeLibrary:
         for i in tqdm(interior, desc="melt amplitudes", leave=False, disable=None):
             grid = superellipsoid_amplitude_grid(n_q, self.melt_dq_nm, self.melt_half[i],
                                                  self.melt_p[i], MELT_CELLS)
-            self._grids[i] = torch.from_numpy(grid)[None, None]
+            # stored (z, y, x) = grid_sample's (D, H, W), so points go in as (x, y, z)
+            zyx = np.ascontiguousarray(grid.transpose(2, 1, 0))
+            self._grids[i] = torch.from_numpy(zyx)[None, None]
         self.q_extent_nm = (n_q - 1) * self.melt_dq_nm
 
     def extents_nm(self) -> dict:
@@ -343,8 +345,7 @@ class ShapeLibrary:
         grid = self._grids[level]
         n = grid.shape[-1]
         pts = q.reshape(-1, 3).abs() * (2.0 / ((n - 1) * self.melt_dq_nm)) - 1.0
-        # grid axes (x, y, z) are grid_sample's (D, H, W): coordinates go as (z, y, x)
-        out = torch.nn.functional.grid_sample(grid, pts[:, [2, 1, 0]].view(1, -1, 1, 1, 3),
+        out = torch.nn.functional.grid_sample(grid, pts.view(1, -1, 1, 1, 3),
                                               mode="bilinear", padding_mode="zeros",
                                               align_corners=True)
         return out.view(q.shape[:-1])

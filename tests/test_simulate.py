@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy.ndimage import map_coordinates
 
 from spicompute.errors import ParameterError
 from spicompute.shapes import (cube_amplitude, melt_half_size, sphere_amplitude,
@@ -255,9 +256,8 @@ def test_melt_family_follows_the_true_shape_at_intermediate_t(rng):
         sim = expected_patterns(lib, q, _frames("melt", np.array([[1.0, 0, 0, 0]]), t=t))[0]
         half = melt_half_size(t, lib.edge_nm, 0.1)
         dq = 0.004
-        grid = superellipsoid_amplitude_grid(int(0.5 / dq) + 2, dq, half, superellipsoid_exponent(t))
-        from scipy.ndimage import map_coordinates
-
+        grid = superellipsoid_amplitude_grid(int(0.5 / dq) + 2, dq, half,
+                                             superellipsoid_exponent(t))
         exact = map_coordinates(grid, (np.abs(q) / dq).T, order=1) ** 2
         rel = np.sqrt(np.mean((sim - exact) ** 2) / np.mean(exact**2))
         assert rel < 0.02, (t, rel)
