@@ -15,8 +15,13 @@ import yaml
 from spicompute.errors import InputError, ParameterError
 
 
+#: the sections of params.yaml, one per stage (a typo in a section name must not be ignored)
+SECTIONS = ("data", "simulate", "classify2d", "ccmatrix", "embed", "regress", "orient", "select", "vae",
+            "volumes", "phase")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict:
-    """Whole parameter file as a dict (empty dict for an empty file)."""
+    """Whole parameter file as a dict (empty dict for an empty file); unknown sections are an error."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "parameter file not found")
@@ -28,6 +33,9 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         return {}
     if not isinstance(data, dict):
         raise InputError(path, None, "top level must be a mapping of sections")
+    unknown = sorted(str(k) for k in set(data) - set(SECTIONS))
+    if unknown:
+        raise InputError(path, unknown[0], f"unknown section (known: {', '.join(SECTIONS)})")
     return data
 
 

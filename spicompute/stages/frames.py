@@ -25,11 +25,16 @@ def add_arguments(parser):
                         help="ground-truth file (simulation only; removed when ingesting)")
 
 
+DATA_KEYS = ("input", "format", "dataset", "detector", "wavelength_nm", "geometry", "distance_mm",
+             "pixel_size_mm", "empty_frames", "layout")
+
+
 def run(args) -> int:
-    from spicompute.params import section
+    from spicompute.params import section, with_defaults
 
     params = all_params(args)
     data = section(params, "data", args.params)
+    with_defaults("data", data, DATA_KEYS)  # a typo ("inptu") is an error, not a silent simulation
     layout = data.get("layout", "auto") or "auto"
     start = time.perf_counter()
     truth_path = Path(args.truth)
