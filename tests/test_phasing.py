@@ -214,3 +214,19 @@ def test_upsample_support_keeps_the_field_of_view():
     assert fine[10, 10] and fine[10, 14] and not fine[10, 16]
     np.testing.assert_array_equal(fine, fine[::-1, ::-1])
     assert fine.sum() == pytest.approx(((kf <= 4.8).sum()) ** 2, rel=0.25)
+
+
+def test_half_max_volume_does_not_depend_on_the_sampling():
+    from spicompute.phasing import particle_volume_half_max
+
+    for n, dx in ((20, 2.0), (80, 0.5)):  # the same 10 nm cube sampled 5 and 20 voxels across
+        rho = np.zeros((n, n, n))
+        k = int(round(10 / dx))
+        rho[:k, :k, :k] = 1.0
+        rho += 0.01 * np.random.default_rng(0).random(rho.shape)  # a faint noise floor
+        assert particle_volume_half_max(rho, dx) == pytest.approx(1000.0, rel=0.01)
+    # the paper's per-voxel threshold loses a large particle entirely (8,000 voxels of 1/8000 > 1e-4 still count;
+    # 20,000 do not)
+    big = np.zeros((40, 40, 40))
+    big[:28, :28, :28] = 1.0
+    assert particle_volume(big, 1.0) == 0.0 and particle_volume_half_max(big, 1.0) == pytest.approx(28 ** 3)

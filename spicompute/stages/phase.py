@@ -207,6 +207,7 @@ def run(args) -> int:
     support = np.empty((n_vol,) + (size,) * 3, dtype=np.uint8)
     prtf = np.empty((n_vol, n_shells), dtype=np.float64)
     pvol = np.empty(n_vol)
+    pvol_half = np.empty(n_vol)
     svox = np.empty(n_vol, dtype=np.int64)
     res = np.empty(n_vol)
     err = np.empty(n_vol)
@@ -219,6 +220,7 @@ def run(args) -> int:
         density[i], support[i], prtf[i] = r.density, r.support, r.prtf
         q_shell = r.prtf_q_nm
         pvol[i] = phasing.particle_volume(r.density, dx, o["volume_threshold"])
+        pvol_half[i] = phasing.particle_volume_half_max(r.density, dx)
         svox[i], res[i], err[i] = int(r.support.sum()), r.resolution_nm, r.final_error
         if r.final_error > 0.2:
             log.warning("volume %d: phasing did not converge (Fourier error %.2f); try more "
@@ -282,6 +284,7 @@ def run(args) -> int:
     for k in range(vol["z"].shape[1]):
         table[f"z_{k + 1}"] = vol["z"][:, k]
     table["particle_volume_nm3"] = pvol
+    table["particle_volume_half_max_nm3"] = pvol_half
     table["support_voxels"] = svox
     table["prtf_resolution_nm"] = res
     table["final_error"] = err
