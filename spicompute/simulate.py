@@ -266,10 +266,12 @@ def _sphere_form(x: torch.Tensor) -> torch.Tensor:
     the 4-term series is exact to 5e-11 there.)
     """
     xs = torch.clamp(x, min=0.3)
-    closed = 3.0 * (torch.sin(xs) - xs * torch.cos(xs)) / (xs * xs * xs)
-    x2 = x * x
-    series = 1.0 + x2 * (-1.0 / 10.0 + x2 * (1.0 / 280.0 - x2 / 15120.0))
-    return torch.where(x < 0.3, series, closed)
+    out = torch.sin(xs).sub_(xs * torch.cos(xs)).mul_(3.0).div_(xs * xs * xs)
+    small = x < 0.3  # a few pixels near the beam: the series only there
+    if bool(small.any()):
+        x2 = x[small] ** 2
+        out[small] = 1.0 + x2 * (-1.0 / 10.0 + x2 * (1.0 / 280.0 - x2 / 15120.0))
+    return out
 
 
 def _sphere_amp(q: torch.Tensor, radius: float) -> torch.Tensor:
