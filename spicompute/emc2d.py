@@ -63,6 +63,7 @@ log = logging.getLogger("spicompute.emc2d")
 
 COL_BLOCK = 64          # columns of the log-model matrix per gather pass (fits L2/L3)
 MODEL_FLOOR = 1e-8      # models are clipped to MODEL_FLOOR * their mean before the log
+SPARSE_FRAC = 0.05      # M-step numerator from the kept (frame, column) pairs when fewer than this share are kept
 PAD_SUMW = 1e30         # sum_p W of the padding columns of the last block: probability 0
 OBSERVED_REL = 1e-4     # a grid point is observed when its coverage exceeds this x the model's largest
 
@@ -365,7 +366,7 @@ def log_models(grid: RotationGrid, models: np.ndarray, device: str = "cpu"
 
 def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
                beta: np.ndarray, update_scale: bool = True, device: str = "cpu",
-               engine: str = "sparse") -> PartialSums:
+               engine: str = "sparse", prob_min: float = 0.0) -> PartialSums:
     """One EMC iteration's E-step and M-step partial sums on a shard.
 
     Parameters
@@ -378,9 +379,17 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         The M-step denominator uses the returned scales.
     engine : "sparse" (photon-sparse gather kernel, float32) or "dense"
         (dense matrix products in float64; for small data and for tests).
+    prob_min : posterior sparsity.  Probabilities below ``prob_min`` (of a
+        frame's normalised posterior over all R*K columns) are set to 0 and
+        the rest renormalised, before the scales, occupancies and M-step sums
+        (as Dragonfly skips negligible orientations).  When fewer than
+        ``SPARSE_FRAC`` of a block's (frame, column) pairs survive -- once the
+        posteriors have sharpened -- the M-step numerator is computed from the
+        kept pairs only (cost O(kept pairs x photons per frame) instead of
+        O(photons x R*K)).  0 keeps everything.
     """
     if engine == "dense":
-        return _shard_step_dense(shard, grid, models, phi, beta, update_scale)
+        return _shard_step_dense(shard, grid, models, phi, beta, update_scale, prob_min)
     K = models.shape[0]
     R, P = grid.n_rot, grid.n_pix
     C = R * K
@@ -395,6 +404,7 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     phi_new = np.array(phi, dtype=np.float64, copy=True)
     best = np.empty(n, np.int64)
     pmax = np.empty(n)
+    num_sp = []                                                   # sparse numerator parts (COO)
     for start, stop, bag, bag_t in shard.blocks:
         ph = torch.from_numpy(np.asarray(phi[start:stop], np.float64)).to(device)
         be = torch.from_numpy(np.asarray(beta[start:stop], np.float32)).to(device)
@@ -407,6 +417,9 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         Pn -= Pn.amax(dim=2).amax(dim=0)[None, :, None]
         Pn.exp_()
         Pn /= Pn.sum(dim=2).sum(dim=0)[None, :, None]
+        if prob_min > 0:
+            Pn.masked_fill_(Pn < prob_min, 0.0)       # the maximum (>= 1/C) always survives
+            Pn /= Pn.sum(dim=2).sum(dim=0)[None, :, None]
         # expected log-likelihood (with the constant sum_p K_np log phi_n), mutual information
         loglik += float(torch.dot(Pn.reshape(-1), L.reshape(-1))) + \
             float((photons * torch.log(ph)).sum())
@@ -420,9 +433,22 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         phn = torch.from_numpy(phi_new[start:stop]).to(device).float()
         wsum += torch.einsum("inc,n->ic", Pn, phn).double()
         occ += Pn.sum(dim=1).double()
-        sparse_dense_product(bag_t, Pn, out=num_pix)              # += K^T P, (nb, P, b)
+        kept = int(torch.count_nonzero(Pn)) if prob_min > 0 else Pn.numel()
+        if kept < SPARSE_FRAC * Pn.numel():
+            # sharp posteriors: K^T P from the kept pairs only (sparse x sparse)
+            ib, fr, w = torch.nonzero(Pn, as_tuple=True)
+            vals = Pn[ib, fr, w].cpu().numpy()
+            Psp = sp.csr_matrix((vals, (fr.cpu().numpy(), (ib * width + w).cpu().numpy())),
+                                shape=(stop - start, nb * width))
+            part = (shard.counts[start:stop].T.tocsr() @ Psp).tocoo()
+            num_sp.append(part)
+        else:
+            sparse_dense_product(bag_t, Pn, out=num_pix)          # += K^T P, (nb, P, b)
         del L, Pn
     num_pc = from_blocks(num_pix, C).cpu().numpy()                # (P, R*K)
+    for part in num_sp:
+        keep = part.col < C
+        np.add.at(num_pc, (part.row[keep], part.col[keep]), part.data[keep].astype(num_pc.dtype))
     # numerator: photons interpolated back with the plain bilinear weights (S holds weight x
     # correction; the correction belongs to the prediction, i.e. the denominator, only)
     num_pc = num_pc / grid.corr[:, None].astype(num_pc.dtype)
@@ -435,7 +461,8 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
 
 
 def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
-                      beta: np.ndarray, update_scale: bool) -> PartialSums:
+                      beta: np.ndarray, update_scale: bool, prob_min: float = 0.0
+                      ) -> PartialSums:
     """Reference implementation of :func:`shard_step` with dense float64 matrices."""
     K = models.shape[0]
     R, P = grid.n_rot, grid.n_pix
@@ -451,6 +478,9 @@ def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi:
     Z -= Z.max(axis=1, keepdims=True)
     Pn = np.exp(Z)
     Pn /= Pn.sum(axis=1, keepdims=True)
+    if prob_min > 0:
+        Pn[Pn < prob_min] = 0.0
+        Pn /= Pn.sum(axis=1, keepdims=True)
     photons = counts.sum(axis=1)
     loglik = float((Pn * L).sum() + (photons * np.log(phi)).sum())
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -62,6 +62,7 @@ class EMCConfig:
     init_smooth_px: float = 2.0   # Gaussian smoothing of the frames that seed the models
     block_frames: int = 4096      # frames per E/M block (memory bound)
     engine: str = "sparse"        # sparse | dense
+    prob_min: float = 1e-6        # posterior probabilities below this are dropped (and skipped in the M-step)
     device: str = "auto"          # auto | cpu | cuda
     scheduler: str = ""           # "" in-process | "local:N" | scheduler address
     n_shards: int = 0             # frame shards for Dask (0: one per worker)
@@ -106,6 +107,7 @@ class EMCConfig:
         self.init_smooth_px = positive(p + "init_smooth_px", self.init_smooth_px, allow_zero=True)
         self.block_frames = positive(p + "block_frames", self.block_frames, integer=True)
         choice(p + "engine", self.engine, {"sparse", "dense"})
+        self.prob_min = in_range(p + "prob_min", self.prob_min, 0, 1e-2)
         choice(p + "device", self.device, {"auto", "cpu", "cuda"})
         self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
         self.seed = int(self.seed)
@@ -243,8 +245,9 @@ class ShardExecutor:
     """Runs :func:`shard_step` on frame shards, in-process or on a Dask client."""
 
     def __init__(self, client=None, n_shards: int = 0, device: str = "cpu",
-                 engine: str = "sparse", worker_threads: int = 0):
+                 engine: str = "sparse", worker_threads: int = 0, prob_min: float = 0.0):
         self.client = client
+        self.prob_min = float(prob_min)
         self.worker_threads = worker_threads
         self.device = device
         self.engine = engine
@@ -273,24 +276,25 @@ class ShardExecutor:
         args = [(phi[lo:hi], beta[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
         if self.client is None:
             parts = [shard_step(s, self.grid, models, ph, be, update_scale, self.device,
-                                self.engine) for s, (ph, be) in zip(self.shards, args)]
+                                self.engine, self.prob_min) for s, (ph, be) in zip(self.shards, args)]
         else:
             mfut = self.client.scatter(models, broadcast=True)
             futures = [self.client.submit(_worker_shard_step, s, self.grid, mfut, ph, be,
                                           update_scale, self.engine, self.worker_threads,
-                                          pure=False)
+                                          self.prob_min, pure=False)
                        for s, (ph, be) in zip(self.shards, args)]
             parts = self.client.gather(futures)
         return PartialSums.combine(parts)
 
 
-def _worker_shard_step(shard, grid, models, phi, beta, update_scale, engine, threads):
+def _worker_shard_step(shard, grid, models, phi, beta, update_scale, engine, threads,
+                       prob_min=0.0):
     """:func:`shard_step` on a Dask worker, with ``threads`` torch threads (0: as is)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return shard_step(shard, grid, models, phi, beta, update_scale, "cpu", engine)
+    return shard_step(shard, grid, models, phi, beta, update_scale, "cpu", engine, prob_min)
 
 
 def worker_threads_for(scheduler: str) -> int:
@@ -382,7 +386,8 @@ def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_mode
     on_iteration : called with each iteration's metrics (also those replayed
         from a checkpoint, flagged ``resumed``).
     """
-    executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine)
+    executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine,
+                                         prob_min=cfg.prob_min)
     photons = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
     if np.any(photons <= 0):
         raise ValueError("run_emc needs frames with at least one photon")
@@ -506,7 +511,8 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
                              f"a run has {n_sub} (of {usable.size} usable frames)")
     device = resolve_device(cfg.device)
     executor = ShardExecutor(client, cfg.n_shards, device=device, engine=cfg.engine,
-                             worker_threads=worker_threads_for(cfg.scheduler))
+                             worker_threads=worker_threads_for(cfg.scheduler),
+                             prob_min=cfg.prob_min)
     digest = data_digest(counts)
     K, L = cfg.n_models, grid.size
     B = cfg.n_runs
