@@ -40,7 +40,8 @@ class EMCConfig:
     """Parameters of 2D EMC (section ``classify2d`` of params.yaml)."""
 
     n_models: int = 30            # K models per run
-    n_rot: int = 36               # R in-plane rotations (10 degree steps)
+    n_rot: int | str = 36         # R in-plane rotations, or "auto": 2 D q_max (arc at q_max = half a speckle)
+    particle_size_nm: float | str = "auto"  # D for n_rot auto: nm, or auto (first minimum of the radial profile)
     n_runs: int = 3               # B bootstrap runs
     subset_fraction: float = 0.8  # fraction of the (usable) frames in each run
     seed: int = 0
@@ -78,12 +79,15 @@ class EMCConfig:
     def validate(self) -> None:
         p = "classify2d."
         self.n_models = positive(p + "n_models", self.n_models, integer=True)
-        try:
-            n_rot = int(self.n_rot)
-        except (TypeError, ValueError):
-            raise ParameterError(p + "n_rot", f"must be an integer >= 1, got {self.n_rot!r}")
-        if n_rot < 1 or n_rot != self.n_rot:
-            raise ParameterError(p + "n_rot", f"must be an integer >= 1, got {self.n_rot!r}")
+        if self.n_rot != "auto":
+            try:
+                n_rot = int(self.n_rot)
+            except (TypeError, ValueError):
+                raise ParameterError(p + "n_rot", f"must be an integer >= 1 or auto, got {self.n_rot!r}")
+            if isinstance(self.n_rot, bool) or n_rot < 1 or n_rot != self.n_rot:
+                raise ParameterError(p + "n_rot", f"must be an integer >= 1 or auto, got {self.n_rot!r}")
+        if self.particle_size_nm != "auto":
+            self.particle_size_nm = positive(p + "particle_size_nm", self.particle_size_nm)
         self.n_runs = positive(p + "n_runs", self.n_runs, integer=True)
         self.subset_fraction = in_range(p + "subset_fraction", self.subset_fraction, 0, 1,
                                         low_open=True)
@@ -475,6 +479,44 @@ class BootstrapResult:
     frames: list                # per run: dict(index, best_model, rotation_deg, pmax, scale)
     excluded: np.ndarray        # positions of frames excluded (no photons on used pixels)
     histories: list             # per run: list of iteration records
+    resolved: dict = field(default_factory=dict)   # values resolved from the data (n_rot, size)
+
+
+DEFAULT_N_ROT = 36
+
+
+def resolve_n_rot(frames: FrameSet, cfg: EMCConfig) -> tuple[int, dict]:
+    """The rotation count to use and how it was chosen.
+
+    ``n_rot: auto`` -> :func:`spicompute.particle_size.auto_n_rot` with the
+    particle size (given, or estimated from the frames' radial profile) and
+    the largest transverse |q| of the used pixels.  When no size can be
+    estimated, ``DEFAULT_N_ROT`` with a warning.
+    """
+    from spicompute.particle_size import auto_n_rot, estimate_particle_size_nm
+
+    radius = np.linalg.norm(frames.detector.q_perp, axis=1)[frames.detector.mask]
+    q_max = float(radius.max()) if radius.size else 0.0
+    if cfg.q_max_nm:
+        q_max = min(q_max, float(cfg.q_max_nm))
+    if cfg.n_rot != "auto":
+        return int(cfg.n_rot), {"n_rot": int(cfg.n_rot), "n_rot_source": "given",
+                                "q_max_used_nm": q_max}
+    if cfg.particle_size_nm == "auto":
+        size = estimate_particle_size_nm(frames.counts, frames.detector)
+        source = "sphere fit of the radial profile"
+    else:
+        size, source = float(cfg.particle_size_nm), "given"
+    if size is None:
+        log.warning("classify2d: no particle size found in the radial profile; n_rot %d",
+                    DEFAULT_N_ROT)
+        return DEFAULT_N_ROT, {"n_rot": DEFAULT_N_ROT, "n_rot_source": "fallback (no size)",
+                               "particle_size_nm": None, "q_max_used_nm": q_max}
+    n_rot = auto_n_rot(size, q_max)
+    log.info("classify2d: particle size %.1f nm (%s), q_max %.3f rad/nm -> n_rot %d",
+             size, source, q_max, n_rot)
+    return n_rot, {"n_rot": n_rot, "n_rot_source": "auto", "particle_size_nm": float(size),
+                   "particle_size_source": source, "q_max_used_nm": q_max}
 
 
 def usable_counts(frames: FrameSet, grid: RotationGrid) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -496,7 +538,8 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     then picks the frames that seed the models.
     """
     cfg.validate()
-    grid = build_rotation_grid(frames.detector, cfg.n_rot, grid_step_nm=cfg.grid_step_nm,
+    n_rot, resolved = resolve_n_rot(frames, cfg)
+    grid = build_rotation_grid(frames.detector, n_rot, grid_step_nm=cfg.grid_step_nm,
                                q_max_nm=cfg.q_max_nm, use_correction=cfg.use_correction)
     counts, photons = usable_counts(frames, grid)
     usable = np.flatnonzero(photons > 0)
@@ -544,4 +587,5 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         })
         histories.append(state.history)
     return BootstrapResult(grid=grid, models=out_models, weight=out_weight, occupancy=out_occ,
-                           frames=per_run, excluded=excluded, histories=histories)
+                           frames=per_run, excluded=excluded, histories=histories,
+                           resolved=resolved)
