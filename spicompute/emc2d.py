@@ -99,6 +99,7 @@ class RotationGrid:
     n_detector_pixels: int
     wavelength_nm: float
     correction: np.ndarray | None = None   # (P,) solid angle x polarisation folded into S (1 if unused)
+    friedel: bool = False                  # angles over 180 deg, centrosymmetric models
 
     @property
     def corr(self) -> np.ndarray:
@@ -163,8 +164,8 @@ def bilinear_matrix(points: np.ndarray, size: int, weights: np.ndarray | None = 
 
 
 def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float | None = None,
-                        q_max_nm: float | None = None, use_correction: bool = True
-                        ) -> RotationGrid:
+                        q_max_nm: float | None = None, use_correction: bool = True,
+                        friedel: bool = False) -> RotationGrid:
     """Model grid covering the detector, and the R rotation interpolations.
 
     Parameters
@@ -175,6 +176,8 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
     q_max_nm : drop pixels with transverse |q| above this (default: none).
     use_correction : multiply the model by the pixel's solid angle x
         polarisation factor (normalised to max 1), as Dragonfly does.
+    friedel : Friedel symmetry: ``theta_r = pi r / R`` (R rotations over
+        180 deg) and :func:`m_step` makes the models centrosymmetric.
 
     The grid edge is ``L = 2 ceil(q_max / dq) + 3`` (odd; centre ``L // 2``),
     so every rotated pixel and its bilinear neighbours fall inside it.
@@ -198,7 +201,7 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
     rmax = radius[pixels].max() / dq
     size = 2 * int(math.ceil(rmax)) + 3
     c = size // 2
-    angles = 2 * np.pi * np.arange(n_rot) / n_rot
+    angles = (np.pi if friedel else 2 * np.pi) * np.arange(n_rot) / n_rot
     cos, sin = np.cos(angles), np.sin(angles)
     px, py = qperp[pixels, 0] / dq, qperp[pixels, 1] / dq
     # Rot(theta)^T q = (cos qx + sin qy, -sin qx + cos qy); shape (P, R), pixel-major
@@ -214,7 +217,8 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
     colsum = np.asarray((pick @ S).todense(), dtype=np.float64)
     return RotationGrid(size=size, dq_nm=dq, angles=angles, pixels=pixels.astype(np.int64),
                         S=S, colsum=colsum, n_detector_pixels=detector.n_pixels,
-                        wavelength_nm=float(detector.wavelength_nm), correction=np.asarray(corr, np.float64))
+                        wavelength_nm=float(detector.wavelength_nm), correction=np.asarray(corr, np.float64),
+                        friedel=bool(friedel))
 
 
 def rotated_models(grid: RotationGrid, models: np.ndarray) -> np.ndarray:
@@ -502,9 +506,14 @@ def m_step(grid: RotationGrid, total: PartialSums) -> tuple[np.ndarray, np.ndarr
     weight`` where ``weight > 0``, else 0; ``weight = sum_r wsum[r, k] S_r^T 1``.
     """
     weight = total.wsum.T @ grid.colsum                            # (K, G)
+    num = total.num
+    if grid.friedel:   # centrosymmetric models: pool each point with its inversion q -> -q
+        L = grid.size
+        flip = lambda a: a.reshape(-1, L, L)[:, ::-1, ::-1].reshape(a.shape[0], -1)  # noqa: E731
+        num, weight = num + flip(num), weight + flip(weight)
     # "observed" is relative: a posterior tail of 1e-30 at some rotation is not an observation
     weight = np.where(weight > OBSERVED_REL * weight.max(axis=1, keepdims=True), weight, 0.0)
     models = np.zeros_like(weight)
     good = weight > 0
-    models[good] = total.num[good] / weight[good]
+    models[good] = num[good] / weight[good]
     return models, weight

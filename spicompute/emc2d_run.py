@@ -41,6 +41,7 @@ class EMCConfig:
 
     n_models: int = 30            # K models per run
     n_rot: int | str = 36         # R in-plane rotations, or "auto": 2 D q_max (arc at q_max = half a speckle)
+    friedel: bool = False         # Friedel symmetry: n_rot over 180 deg, centrosymmetric models (Dragonfly)
     particle_size_nm: float | str = "auto"  # D for n_rot auto: nm, or auto (first minimum of the radial profile)
     n_runs: int = 3               # B bootstrap runs
     subset_fraction: float = 0.8  # fraction of the (usable) frames in each run
@@ -115,7 +116,7 @@ class EMCConfig:
         choice(p + "device", self.device, {"auto", "cpu", "cuda"})
         self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
         self.seed = int(self.seed)
-        for name in ("update_scale", "use_correction"):  # "false" (a string) must not count as true
+        for name in ("update_scale", "use_correction", "friedel"):  # "false" (a string) must not count as true
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(p + name, f"must be true or false, got {getattr(self, name)!r}")
         self.scheduler = str(self.scheduler or "")
@@ -512,7 +513,7 @@ def resolve_n_rot(frames: FrameSet, cfg: EMCConfig) -> tuple[int, dict]:
                     DEFAULT_N_ROT)
         return DEFAULT_N_ROT, {"n_rot": DEFAULT_N_ROT, "n_rot_source": "fallback (no size)",
                                "particle_size_nm": None, "q_max_used_nm": q_max}
-    n_rot = auto_n_rot(size, q_max)
+    n_rot = auto_n_rot(size, q_max, half_turn=cfg.friedel)
     log.info("classify2d: particle size %.1f nm (%s), q_max %.3f rad/nm -> n_rot %d",
              size, source, q_max, n_rot)
     return n_rot, {"n_rot": n_rot, "n_rot_source": "auto", "particle_size_nm": float(size),
@@ -540,7 +541,8 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     cfg.validate()
     n_rot, resolved = resolve_n_rot(frames, cfg)
     grid = build_rotation_grid(frames.detector, n_rot, grid_step_nm=cfg.grid_step_nm,
-                               q_max_nm=cfg.q_max_nm, use_correction=cfg.use_correction)
+                               q_max_nm=cfg.q_max_nm, use_correction=cfg.use_correction,
+                               friedel=cfg.friedel)
     counts, photons = usable_counts(frames, grid)
     usable = np.flatnonzero(photons > 0)
     excluded = np.flatnonzero(photons <= 0)

@@ -274,3 +274,18 @@ def test_sparsity_does_not_worsen_the_fit(data):
     la, lb = a.histories[0][-1]["loglik"], b.histories[0][-1]["loglik"]
     assert lb >= la - 1e-4 * abs(la), (la, lb)
     np.testing.assert_array_equal(a.frames[0]["model"], b.frames[0]["model"])
+
+
+def test_friedel_models_are_centrosymmetric_and_recover_templates(data):
+    fs, labels, angles, fluence = data
+    res = run_bootstrap(fs, small_cfg(friedel=True, n_rot=12, max_iter=12))
+    assert res.grid.friedel and np.isclose(res.grid.angles[-1], np.pi * 11 / 12)
+    m = res.models[0]
+    np.testing.assert_allclose(m, m[:, ::-1, ::-1], rtol=1e-5, atol=1e-6 * m.max())
+    # the templates are not centrosymmetric, but their classes still separate: each model's
+    # frames come from one template
+    fr = res.frames[0]
+    truth = labels[fr["index"]]
+    purity = sum(np.bincount(truth[fr["model"] == k], minlength=3).max() for k in range(3))
+    assert purity / truth.size >= 0.9
+    assert len(set(fr["model"].tolist())) == 3
