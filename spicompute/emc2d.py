@@ -63,6 +63,7 @@ log = logging.getLogger("spicompute.emc2d")
 
 COL_BLOCK = 64          # columns of the log-model matrix per gather pass (fits L2/L3)
 MODEL_FLOOR = 1e-8      # models are clipped to MODEL_FLOOR * their mean before the log
+SPARSE_FRAC = 0.05      # M-step numerator from the kept (frame, column) pairs when fewer than this share are kept
 PAD_SUMW = 1e30         # sum_p W of the padding columns of the last block: probability 0
 OBSERVED_REL = 1e-4     # a grid point is observed when its coverage exceeds this x the model's largest
 
@@ -98,6 +99,7 @@ class RotationGrid:
     n_detector_pixels: int
     wavelength_nm: float
     correction: np.ndarray | None = None   # (P,) solid angle x polarisation folded into S (1 if unused)
+    friedel: bool = False                  # angles over 180 deg, centrosymmetric models
 
     @property
     def corr(self) -> np.ndarray:
@@ -162,8 +164,8 @@ def bilinear_matrix(points: np.ndarray, size: int, weights: np.ndarray | None = 
 
 
 def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float | None = None,
-                        q_max_nm: float | None = None, use_correction: bool = True
-                        ) -> RotationGrid:
+                        q_max_nm: float | None = None, use_correction: bool = True,
+                        friedel: bool = False) -> RotationGrid:
     """Model grid covering the detector, and the R rotation interpolations.
 
     Parameters
@@ -174,6 +176,8 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
     q_max_nm : drop pixels with transverse |q| above this (default: none).
     use_correction : multiply the model by the pixel's solid angle x
         polarisation factor (normalised to max 1), as Dragonfly does.
+    friedel : Friedel symmetry: ``theta_r = pi r / R`` (R rotations over
+        180 deg) and :func:`m_step` makes the models centrosymmetric.
 
     The grid edge is ``L = 2 ceil(q_max / dq) + 3`` (odd; centre ``L // 2``),
     so every rotated pixel and its bilinear neighbours fall inside it.
@@ -197,7 +201,7 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
     rmax = radius[pixels].max() / dq
     size = 2 * int(math.ceil(rmax)) + 3
     c = size // 2
-    angles = 2 * np.pi * np.arange(n_rot) / n_rot
+    angles = (np.pi if friedel else 2 * np.pi) * np.arange(n_rot) / n_rot
     cos, sin = np.cos(angles), np.sin(angles)
     px, py = qperp[pixels, 0] / dq, qperp[pixels, 1] / dq
     # Rot(theta)^T q = (cos qx + sin qy, -sin qx + cos qy); shape (P, R), pixel-major
@@ -213,7 +217,8 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
     colsum = np.asarray((pick @ S).todense(), dtype=np.float64)
     return RotationGrid(size=size, dq_nm=dq, angles=angles, pixels=pixels.astype(np.int64),
                         S=S, colsum=colsum, n_detector_pixels=detector.n_pixels,
-                        wavelength_nm=float(detector.wavelength_nm), correction=np.asarray(corr, np.float64))
+                        wavelength_nm=float(detector.wavelength_nm), correction=np.asarray(corr, np.float64),
+                        friedel=bool(friedel))
 
 
 def rotated_models(grid: RotationGrid, models: np.ndarray) -> np.ndarray:
@@ -365,7 +370,7 @@ def log_models(grid: RotationGrid, models: np.ndarray, device: str = "cpu"
 
 def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
                beta: np.ndarray, update_scale: bool = True, device: str = "cpu",
-               engine: str = "sparse") -> PartialSums:
+               engine: str = "sparse", prob_min: float = 0.0) -> PartialSums:
     """One EMC iteration's E-step and M-step partial sums on a shard.
 
     Parameters
@@ -378,9 +383,17 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         The M-step denominator uses the returned scales.
     engine : "sparse" (photon-sparse gather kernel, float32) or "dense"
         (dense matrix products in float64; for small data and for tests).
+    prob_min : posterior sparsity.  Probabilities below ``prob_min`` (of a
+        frame's normalised posterior over all R*K columns) are set to 0 and
+        the rest renormalised, before the scales, occupancies and M-step sums
+        (as Dragonfly skips negligible orientations).  When fewer than
+        ``SPARSE_FRAC`` of a block's (frame, column) pairs survive -- once the
+        posteriors have sharpened -- the M-step numerator is computed from the
+        kept pairs only (cost O(kept pairs x photons per frame) instead of
+        O(photons x R*K)).  0 keeps everything.
     """
     if engine == "dense":
-        return _shard_step_dense(shard, grid, models, phi, beta, update_scale)
+        return _shard_step_dense(shard, grid, models, phi, beta, update_scale, prob_min)
     K = models.shape[0]
     R, P = grid.n_rot, grid.n_pix
     C = R * K
@@ -395,6 +408,7 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     phi_new = np.array(phi, dtype=np.float64, copy=True)
     best = np.empty(n, np.int64)
     pmax = np.empty(n)
+    num_sp = []                                                   # sparse numerator parts (COO)
     for start, stop, bag, bag_t in shard.blocks:
         ph = torch.from_numpy(np.asarray(phi[start:stop], np.float64)).to(device)
         be = torch.from_numpy(np.asarray(beta[start:stop], np.float32)).to(device)
@@ -407,6 +421,9 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         Pn -= Pn.amax(dim=2).amax(dim=0)[None, :, None]
         Pn.exp_()
         Pn /= Pn.sum(dim=2).sum(dim=0)[None, :, None]
+        if prob_min > 0:
+            Pn.masked_fill_(Pn < prob_min, 0.0)       # the maximum (>= 1/C) always survives
+            Pn /= Pn.sum(dim=2).sum(dim=0)[None, :, None]
         # expected log-likelihood (with the constant sum_p K_np log phi_n), mutual information
         loglik += float(torch.dot(Pn.reshape(-1), L.reshape(-1))) + \
             float((photons * torch.log(ph)).sum())
@@ -420,9 +437,22 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         phn = torch.from_numpy(phi_new[start:stop]).to(device).float()
         wsum += torch.einsum("inc,n->ic", Pn, phn).double()
         occ += Pn.sum(dim=1).double()
-        sparse_dense_product(bag_t, Pn, out=num_pix)              # += K^T P, (nb, P, b)
+        kept = int(torch.count_nonzero(Pn)) if prob_min > 0 else Pn.numel()
+        if kept < SPARSE_FRAC * Pn.numel():
+            # sharp posteriors: K^T P from the kept pairs only (sparse x sparse)
+            ib, fr, w = torch.nonzero(Pn, as_tuple=True)
+            vals = Pn[ib, fr, w].cpu().numpy()
+            Psp = sp.csr_matrix((vals, (fr.cpu().numpy(), (ib * width + w).cpu().numpy())),
+                                shape=(stop - start, nb * width))
+            part = (shard.counts[start:stop].T.tocsr() @ Psp).tocoo()
+            num_sp.append(part)
+        else:
+            sparse_dense_product(bag_t, Pn, out=num_pix)          # += K^T P, (nb, P, b)
         del L, Pn
     num_pc = from_blocks(num_pix, C).cpu().numpy()                # (P, R*K)
+    for part in num_sp:
+        keep = part.col < C
+        np.add.at(num_pc, (part.row[keep], part.col[keep]), part.data[keep].astype(num_pc.dtype))
     # numerator: photons interpolated back with the plain bilinear weights (S holds weight x
     # correction; the correction belongs to the prediction, i.e. the denominator, only)
     num_pc = num_pc / grid.corr[:, None].astype(num_pc.dtype)
@@ -435,7 +465,8 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
 
 
 def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
-                      beta: np.ndarray, update_scale: bool) -> PartialSums:
+                      beta: np.ndarray, update_scale: bool, prob_min: float = 0.0
+                      ) -> PartialSums:
     """Reference implementation of :func:`shard_step` with dense float64 matrices."""
     K = models.shape[0]
     R, P = grid.n_rot, grid.n_pix
@@ -451,6 +482,9 @@ def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi:
     Z -= Z.max(axis=1, keepdims=True)
     Pn = np.exp(Z)
     Pn /= Pn.sum(axis=1, keepdims=True)
+    if prob_min > 0:
+        Pn[Pn < prob_min] = 0.0
+        Pn /= Pn.sum(axis=1, keepdims=True)
     photons = counts.sum(axis=1)
     loglik = float((Pn * L).sum() + (photons * np.log(phi)).sum())
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -472,9 +506,14 @@ def m_step(grid: RotationGrid, total: PartialSums) -> tuple[np.ndarray, np.ndarr
     weight`` where ``weight > 0``, else 0; ``weight = sum_r wsum[r, k] S_r^T 1``.
     """
     weight = total.wsum.T @ grid.colsum                            # (K, G)
+    num = total.num
+    if grid.friedel:   # centrosymmetric models: pool each point with its inversion q -> -q
+        L = grid.size
+        flip = lambda a: a.reshape(-1, L, L)[:, ::-1, ::-1].reshape(a.shape[0], -1)  # noqa: E731
+        num, weight = num + flip(num), weight + flip(weight)
     # "observed" is relative: a posterior tail of 1e-30 at some rotation is not an observation
     weight = np.where(weight > OBSERVED_REL * weight.max(axis=1, keepdims=True), weight, 0.0)
     models = np.zeros_like(weight)
     good = weight > 0
-    models[good] = total.num[good] / weight[good]
+    models[good] = num[good] / weight[good]
     return models, weight

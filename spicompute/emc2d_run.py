@@ -40,7 +40,9 @@ class EMCConfig:
     """Parameters of 2D EMC (section ``classify2d`` of params.yaml)."""
 
     n_models: int = 30            # K models per run
-    n_rot: int = 36               # R in-plane rotations (10 degree steps)
+    n_rot: int | str = 36         # R in-plane rotations, or "auto": 2 D q_max (arc at q_max = half a speckle)
+    friedel: bool = False         # Friedel symmetry: n_rot over 180 deg, centrosymmetric models (Dragonfly)
+    particle_size_nm: float | str = "auto"  # D for n_rot auto: nm, or auto (first minimum of the radial profile)
     n_runs: int = 3               # B bootstrap runs
     subset_fraction: float = 0.8  # fraction of the (usable) frames in each run
     seed: int = 0
@@ -62,6 +64,7 @@ class EMCConfig:
     init_smooth_px: float = 2.0   # Gaussian smoothing of the frames that seed the models
     block_frames: int = 4096      # frames per E/M block (memory bound)
     engine: str = "sparse"        # sparse | dense
+    prob_min: float = 1e-6        # posterior probabilities below this are dropped (and skipped in the M-step)
     device: str = "auto"          # auto | cpu | cuda
     scheduler: str = ""           # "" in-process | "local:N" | scheduler address
     n_shards: int = 0             # frame shards for Dask (0: one per worker)
@@ -77,12 +80,15 @@ class EMCConfig:
     def validate(self) -> None:
         p = "classify2d."
         self.n_models = positive(p + "n_models", self.n_models, integer=True)
-        try:
-            n_rot = int(self.n_rot)
-        except (TypeError, ValueError):
-            raise ParameterError(p + "n_rot", f"must be an integer >= 1, got {self.n_rot!r}")
-        if n_rot < 1 or n_rot != self.n_rot:
-            raise ParameterError(p + "n_rot", f"must be an integer >= 1, got {self.n_rot!r}")
+        if self.n_rot != "auto":
+            try:
+                n_rot = int(self.n_rot)
+            except (TypeError, ValueError):
+                raise ParameterError(p + "n_rot", f"must be an integer >= 1 or auto, got {self.n_rot!r}")
+            if isinstance(self.n_rot, bool) or n_rot < 1 or n_rot != self.n_rot:
+                raise ParameterError(p + "n_rot", f"must be an integer >= 1 or auto, got {self.n_rot!r}")
+        if self.particle_size_nm != "auto":
+            self.particle_size_nm = positive(p + "particle_size_nm", self.particle_size_nm)
         self.n_runs = positive(p + "n_runs", self.n_runs, integer=True)
         self.subset_fraction = in_range(p + "subset_fraction", self.subset_fraction, 0, 1,
                                         low_open=True)
@@ -106,10 +112,11 @@ class EMCConfig:
         self.init_smooth_px = positive(p + "init_smooth_px", self.init_smooth_px, allow_zero=True)
         self.block_frames = positive(p + "block_frames", self.block_frames, integer=True)
         choice(p + "engine", self.engine, {"sparse", "dense"})
+        self.prob_min = in_range(p + "prob_min", self.prob_min, 0, 1e-2)
         choice(p + "device", self.device, {"auto", "cpu", "cuda"})
         self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
         self.seed = int(self.seed)
-        for name in ("update_scale", "use_correction"):  # "false" (a string) must not count as true
+        for name in ("update_scale", "use_correction", "friedel"):  # "false" (a string) must not count as true
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(p + name, f"must be true or false, got {getattr(self, name)!r}")
         self.scheduler = str(self.scheduler or "")
@@ -243,8 +250,9 @@ class ShardExecutor:
     """Runs :func:`shard_step` on frame shards, in-process or on a Dask client."""
 
     def __init__(self, client=None, n_shards: int = 0, device: str = "cpu",
-                 engine: str = "sparse", worker_threads: int = 0):
+                 engine: str = "sparse", worker_threads: int = 0, prob_min: float = 0.0):
         self.client = client
+        self.prob_min = float(prob_min)
         self.worker_threads = worker_threads
         self.device = device
         self.engine = engine
@@ -273,24 +281,25 @@ class ShardExecutor:
         args = [(phi[lo:hi], beta[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
         if self.client is None:
             parts = [shard_step(s, self.grid, models, ph, be, update_scale, self.device,
-                                self.engine) for s, (ph, be) in zip(self.shards, args)]
+                                self.engine, self.prob_min) for s, (ph, be) in zip(self.shards, args)]
         else:
             mfut = self.client.scatter(models, broadcast=True)
             futures = [self.client.submit(_worker_shard_step, s, self.grid, mfut, ph, be,
                                           update_scale, self.engine, self.worker_threads,
-                                          pure=False)
+                                          self.prob_min, pure=False)
                        for s, (ph, be) in zip(self.shards, args)]
             parts = self.client.gather(futures)
         return PartialSums.combine(parts)
 
 
-def _worker_shard_step(shard, grid, models, phi, beta, update_scale, engine, threads):
+def _worker_shard_step(shard, grid, models, phi, beta, update_scale, engine, threads,
+                       prob_min=0.0):
     """:func:`shard_step` on a Dask worker, with ``threads`` torch threads (0: as is)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return shard_step(shard, grid, models, phi, beta, update_scale, "cpu", engine)
+    return shard_step(shard, grid, models, phi, beta, update_scale, "cpu", engine, prob_min)
 
 
 def worker_threads_for(scheduler: str) -> int:
@@ -382,7 +391,8 @@ def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_mode
     on_iteration : called with each iteration's metrics (also those replayed
         from a checkpoint, flagged ``resumed``).
     """
-    executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine)
+    executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine,
+                                         prob_min=cfg.prob_min)
     photons = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
     if np.any(photons <= 0):
         raise ValueError("run_emc needs frames with at least one photon")
@@ -470,6 +480,44 @@ class BootstrapResult:
     frames: list                # per run: dict(index, best_model, rotation_deg, pmax, scale)
     excluded: np.ndarray        # positions of frames excluded (no photons on used pixels)
     histories: list             # per run: list of iteration records
+    resolved: dict = field(default_factory=dict)   # values resolved from the data (n_rot, size)
+
+
+DEFAULT_N_ROT = 36
+
+
+def resolve_n_rot(frames: FrameSet, cfg: EMCConfig) -> tuple[int, dict]:
+    """The rotation count to use and how it was chosen.
+
+    ``n_rot: auto`` -> :func:`spicompute.particle_size.auto_n_rot` with the
+    particle size (given, or estimated from the frames' radial profile) and
+    the largest transverse |q| of the used pixels.  When no size can be
+    estimated, ``DEFAULT_N_ROT`` with a warning.
+    """
+    from spicompute.particle_size import auto_n_rot, estimate_particle_size_nm
+
+    radius = np.linalg.norm(frames.detector.q_perp, axis=1)[frames.detector.mask]
+    q_max = float(radius.max()) if radius.size else 0.0
+    if cfg.q_max_nm:
+        q_max = min(q_max, float(cfg.q_max_nm))
+    if cfg.n_rot != "auto":
+        return int(cfg.n_rot), {"n_rot": int(cfg.n_rot), "n_rot_source": "given",
+                                "q_max_used_nm": q_max}
+    if cfg.particle_size_nm == "auto":
+        size = estimate_particle_size_nm(frames.counts, frames.detector)
+        source = "sphere fit of the radial profile"
+    else:
+        size, source = float(cfg.particle_size_nm), "given"
+    if size is None:
+        log.warning("classify2d: no particle size found in the radial profile; n_rot %d",
+                    DEFAULT_N_ROT)
+        return DEFAULT_N_ROT, {"n_rot": DEFAULT_N_ROT, "n_rot_source": "fallback (no size)",
+                               "particle_size_nm": None, "q_max_used_nm": q_max}
+    n_rot = auto_n_rot(size, q_max, half_turn=cfg.friedel)
+    log.info("classify2d: particle size %.1f nm (%s), q_max %.3f rad/nm -> n_rot %d",
+             size, source, q_max, n_rot)
+    return n_rot, {"n_rot": n_rot, "n_rot_source": "auto", "particle_size_nm": float(size),
+                   "particle_size_source": source, "q_max_used_nm": q_max}
 
 
 def usable_counts(frames: FrameSet, grid: RotationGrid) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -491,8 +539,10 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     then picks the frames that seed the models.
     """
     cfg.validate()
-    grid = build_rotation_grid(frames.detector, cfg.n_rot, grid_step_nm=cfg.grid_step_nm,
-                               q_max_nm=cfg.q_max_nm, use_correction=cfg.use_correction)
+    n_rot, resolved = resolve_n_rot(frames, cfg)
+    grid = build_rotation_grid(frames.detector, n_rot, grid_step_nm=cfg.grid_step_nm,
+                               q_max_nm=cfg.q_max_nm, use_correction=cfg.use_correction,
+                               friedel=cfg.friedel)
     counts, photons = usable_counts(frames, grid)
     usable = np.flatnonzero(photons > 0)
     excluded = np.flatnonzero(photons <= 0)
@@ -506,7 +556,8 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
                              f"a run has {n_sub} (of {usable.size} usable frames)")
     device = resolve_device(cfg.device)
     executor = ShardExecutor(client, cfg.n_shards, device=device, engine=cfg.engine,
-                             worker_threads=worker_threads_for(cfg.scheduler))
+                             worker_threads=worker_threads_for(cfg.scheduler),
+                             prob_min=cfg.prob_min)
     digest = data_digest(counts)
     K, L = cfg.n_models, grid.size
     B = cfg.n_runs
@@ -538,4 +589,5 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         })
         histories.append(state.history)
     return BootstrapResult(grid=grid, models=out_models, weight=out_weight, occupancy=out_occ,
-                           frames=per_run, excluded=excluded, histories=histories)
+                           frames=per_run, excluded=excluded, histories=histories,
+                           resolved=resolved)

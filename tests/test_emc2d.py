@@ -235,3 +235,57 @@ def test_scheduler_strings():
     with pytest.raises(ParameterError, match="scheduler"):
         make_client("local:0")
     assert worker_threads_for("local:1") >= 1 and worker_threads_for("tcp://x:8786") == 0
+
+
+def test_sparse_posterior_m_step_equals_dense(data, monkeypatch):
+    """With sharp posteriors (beta 1) only a few (frame, column) pairs survive prob_min; the
+    M-step from the kept pairs equals the dense float64 reference with the same truncation and
+    the dense-kernel numerator, and differs from the untruncated sums by very little."""
+    import spicompute.emc2d as emc
+
+    fs = data[0]
+    grid = build_rotation_grid(fs.detector, 12)
+    counts, photons = usable_counts(fs, grid)
+    res = run_bootstrap(fs, small_cfg(max_iter=8, min_iter=8, n_rot=12))
+    models = res.models[0].reshape(3, -1).astype(np.float64)
+    phi = photons / photons.mean()
+    beta = np.ones(fs.n_frames)
+    shard = Shard.from_counts(counts, block_frames=70)
+    sparse_ = shard_step(shard, grid, models, phi, beta, True, engine="sparse", prob_min=1e-6)
+    ref = shard_step(shard, grid, models, phi, beta, True, engine="dense", prob_min=1e-6)
+    monkeypatch.setattr(emc, "SPARSE_FRAC", 0.0)     # force the dense-kernel numerator
+    dense_kernel = shard_step(shard, grid, models, phi, beta, True, engine="sparse",
+                              prob_min=1e-6)
+    full = shard_step(shard, grid, models, phi, beta, True, engine="dense", prob_min=0.0)
+    for other in (ref, dense_kernel):
+        np.testing.assert_allclose(sparse_.num, other.num, rtol=2e-4,
+                                   atol=1e-6 * np.abs(other.num).max())
+        np.testing.assert_allclose(sparse_.wsum, other.wsum, rtol=2e-4, atol=1e-6 * other.wsum.max())
+        np.testing.assert_allclose(sparse_.phi, other.phi, rtol=2e-4)
+    # the truncation is negligible: numerators within 1e-3 of the untruncated ones
+    np.testing.assert_allclose(sparse_.num, full.num, atol=1e-3 * np.abs(full.num).max())
+    np.testing.assert_allclose(sparse_.loglik, full.loglik, rtol=1e-4)
+
+
+def test_sparsity_does_not_worsen_the_fit(data):
+    fs = data[0]
+    a = run_bootstrap(fs, small_cfg(prob_min=0.0, max_iter=12, min_iter=12))
+    b = run_bootstrap(fs, small_cfg(prob_min=1e-6, max_iter=12, min_iter=12))
+    la, lb = a.histories[0][-1]["loglik"], b.histories[0][-1]["loglik"]
+    assert lb >= la - 1e-4 * abs(la), (la, lb)
+    np.testing.assert_array_equal(a.frames[0]["model"], b.frames[0]["model"])
+
+
+def test_friedel_models_are_centrosymmetric_and_recover_templates(data):
+    fs, labels, angles, fluence = data
+    res = run_bootstrap(fs, small_cfg(friedel=True, n_rot=12, max_iter=12))
+    assert res.grid.friedel and np.isclose(res.grid.angles[-1], np.pi * 11 / 12)
+    m = res.models[0]
+    np.testing.assert_allclose(m, m[:, ::-1, ::-1], rtol=1e-5, atol=1e-6 * m.max())
+    # the templates are not centrosymmetric, but their classes still separate: each model's
+    # frames come from one template
+    fr = res.frames[0]
+    truth = labels[fr["index"]]
+    purity = sum(np.bincount(truth[fr["model"] == k], minlength=3).max() for k in range(3))
+    assert purity / truth.size >= 0.9
+    assert len(set(fr["model"].tolist())) == 3

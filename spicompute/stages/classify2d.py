@@ -188,6 +188,7 @@ def run(args) -> int:
         "mutual_info_mean": float(np.mean([r["mutual_info"] for r in runs
                                            if r["mutual_info"] is not None])),
         "runs": runs,
+        **{f"resolved_{k}": v for k, v in result.resolved.items()},
     }
     if args.truth:
         metrics["shape_purity"] = purity_against_baseline(args.truth, frames, result, K, cfg.seed)
