@@ -23,6 +23,42 @@ from spicompute.geometry import Detector
 log = logging.getLogger("spicompute.particle_size")
 
 
+def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: float,
+                           q_end_nm: float | None = None) -> float | None:
+    """Sphere-equivalent diameter (nm) by fitting a radial profile with a sphere form factor.
+
+    The mean radial profile of a data set is compared, in log scale with a free
+    scale factor, with ``|F_sphere(q; R)|^2`` averaged over +-10 % in R (size
+    spread and orientation averaging smear the minima of real particles), for
+    R on a log grid from 2 nm up to the largest radius whose fringes
+    (period pi / R) the profile still samples twice, all scored on the same
+    q-range ``q_start..q_end``.  This is the paper's sphere-fit size, used here
+    only to bound q_max (Nyquist).  None when fewer than 8 profile points are
+    usable, when the best fit sits at the largest radius (fringes unresolved),
+    or when the profile is a featureless power law.
+    """
+    ok = np.isfinite(profile) & (profile > 0) & (q_nm >= q_start_nm)
+    if q_end_nm is not None:
+        ok &= q_nm <= q_end_nm
+    q, logp = q_nm[ok], np.log(profile[ok])
+    if q.size < 8:
+        return None
+    best, best_r = np.inf, None
+    spread = np.linspace(0.9, 1.1, 7)
+    radii = np.geomspace(2.0, max(np.pi / (2 * np.median(np.diff(q))), 2.5), 300)
+    for r in radii:
+        x = np.outer(q, r * spread)
+        form = np.mean((3 * (np.sin(x) - x * np.cos(x)) / x**3) ** 2, axis=1)
+        resid = logp - np.log(np.maximum(form, 1e-30))
+        score = np.var(resid)
+        if score < best:
+            best, best_r = score, r
+    # a profile within ~3 % of a power law has no fringes to size (Porod-like decay)
+    power_law = np.var(logp - np.polyval(np.polyfit(np.log(q), logp, 1), np.log(q)))
+    if best_r is None or best_r >= radii[-2] or power_law < 1e-3:
+        return None
+    return float(2 * best_r)
+
 
 def radial_profile(counts: sp.csr_matrix, detector: Detector, bin_nm: float | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -57,11 +93,9 @@ def estimate_particle_size_nm(counts: sp.csr_matrix, detector: Detector) -> floa
 
     The profile (:func:`radial_profile`, bins of half the detector's q step)
     beyond its brightest bin (the beamstop edge) is fitted with a size-smeared
-    sphere form factor (:func:`spicompute.vae.data.estimate_particle_size`,
-    the paper's sphere-fit size).  None when the profile has no fringes to size.
+    sphere form factor (:func:`estimate_particle_size`, the paper's sphere-fit
+    size).  None when the profile has no fringes to size.
     """
-    from spicompute.vae.data import estimate_particle_size
-
     q, prof = radial_profile(counts, detector, bin_nm=detector.dq_nm / 2)
     ok = np.isfinite(prof) & (prof > 0)
     if ok.sum() < 8:

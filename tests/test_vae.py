@@ -159,7 +159,7 @@ def test_cuda_training_matches_cpu_at_the_first_step(amp):
 
 def test_particle_size_from_the_radial_profile():
     from spicompute.qrange import radial_profile
-    from spicompute.vae.data import estimate_particle_size
+    from spicompute.particle_size import estimate_particle_size
 
     q = np.linspace(0.02, 1.0, 200)
     x = q * 25.0

@@ -22,7 +22,7 @@ below ``min_counts``: beyond it the pattern is shot noise) and the Nyquist
 limit of the volume grid for the particle size ``D`` (``q_max <= c * pi / D``
 with ``c = L // 2``: a real-space box of at least twice the particle).  ``D``
 (``auto``) is the diameter of the sphere whose (size-smeared) form factor best
-fits the mean radial profile (:func:`estimate_particle_size`).
+fits the mean radial profile (:func:`spicompute.particle_size.estimate_particle_size`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from scipy import ndimage
 from spicompute.errors import InputError, ParameterError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
+from spicompute.particle_size import estimate_particle_size
 from spicompute.qrange import radial_profile, resolve_q_range
 
 @dataclass
@@ -109,43 +110,6 @@ class VaeInputs:
     condition: np.ndarray
     count_scale: np.ndarray
     average_id: np.ndarray
-
-
-def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: float,
-                           q_end_nm: float | None = None) -> float | None:
-    """Sphere-equivalent diameter (nm) by fitting a radial profile with a sphere form factor.
-
-    The mean radial profile of a data set is compared, in log scale with a free
-    scale factor, with ``|F_sphere(q; R)|^2`` averaged over +-10 % in R (size
-    spread and orientation averaging smear the minima of real particles), for
-    R on a log grid from 2 nm up to the largest radius whose fringes
-    (period pi / R) the profile still samples twice, all scored on the same
-    q-range ``q_start..q_end``.  This is the paper's sphere-fit size, used here
-    only to bound q_max (Nyquist).  None when fewer than 8 profile points are
-    usable, when the best fit sits at the largest radius (fringes unresolved),
-    or when the profile is a featureless power law.
-    """
-    ok = np.isfinite(profile) & (profile > 0) & (q_nm >= q_start_nm)
-    if q_end_nm is not None:
-        ok &= q_nm <= q_end_nm
-    q, logp = q_nm[ok], np.log(profile[ok])
-    if q.size < 8:
-        return None
-    best, best_r = np.inf, None
-    spread = np.linspace(0.9, 1.1, 7)
-    radii = np.geomspace(2.0, max(np.pi / (2 * np.median(np.diff(q))), 2.5), 300)
-    for r in radii:
-        x = np.outer(q, r * spread)
-        form = np.mean((3 * (np.sin(x) - x * np.cos(x)) / x**3) ** 2, axis=1)
-        resid = logp - np.log(np.maximum(form, 1e-30))
-        score = np.var(resid)
-        if score < best:
-            best, best_r = score, r
-    # a profile within ~3 % of a power law has no fringes to size (Porod-like decay)
-    power_law = np.var(logp - np.polyval(np.polyfit(np.log(q), logp, 1), np.log(q)))
-    if best_r is None or best_r >= radii[-2] or power_law < 1e-3:
-        return None
-    return float(2 * best_r)
 
 
 def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
