@@ -41,7 +41,15 @@ def main(argv) -> int:
     state = run_emc(counts, grid, cfg, init, on_iteration=records.append)
     models = getattr(state, "models", None)
     if models is not None:
-        np.savez_compressed(out, models=np.asarray(models))
+        import h5py
+        from spicompute.geometry import wavenumber
+
+        with h5py.File(detector, "r") as h5:        # Dragonfly voxel -> rad/nm, as the reader
+            ewald_rad = float(np.asarray(h5["ewald_rad"][()]).reshape(-1)[0])
+        step_vox = grid.dq_nm / (wavenumber(float(wl)) / ewald_rad)
+        # models (K, L, L) indexed [k, i (qy), j (qx)]; grid step in Dragonfly voxels
+        np.savez_compressed(out, models=np.asarray(models).reshape(-1, grid.size, grid.size),
+                            step_vox=step_vox)
     print(json.dumps({
         "spicompute_file": spicompute.__file__, "frames": int(counts.shape[0]),
         "ingest_s": t_ingest, "setup_s": t_setup,

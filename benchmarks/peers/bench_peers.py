@@ -203,8 +203,13 @@ def time_cc(venv: Path, py: str, ours_repo: Path, averages: str, args) -> list[d
         wall, _ = run([str(venv / "bin" / "python"), "-m", "dragonfly.utils.py_src.calc_cc",
                        averages, "-n", str(args.cc_lines), "-m", str(args.cc_mask_radius),
                        "-p", str(args.threads), "-o", str(copy)])
+        # the same process doing only its imports and reading the file: start-up overhead
+        base, _ = run([str(venv / "bin" / "python"), "-c",
+                       "import sys, h5py; from dragonfly.utils.py_src import calc_cc; "
+                       "h5py.File(sys.argv[1], 'r')['intens'][:]", averages])
         out.append({"tool": "dragonfly calc_cc", "load_avg_1min_before": load,
-                    "seconds_total": wall})
+                    "seconds_total": wall, "startup_and_read_s": base,
+                    "seconds_compute": wall - base})
         load = os.getloadavg()[0]
         wall, o = run([py, str(HERE / "_ours_cc.py"), averages, str(args.cc_lines),
                        str(args.cc_mask_radius), str(args.threads)], env=ours_env(ours_repo))
@@ -212,6 +217,16 @@ def time_cc(venv: Path, py: str, ours_repo: Path, averages: str, args) -> list[d
         rec.update(tool="spicompute ccmatrix", load_avg_1min_before=load, process_wall_s=wall)
         out.append(rec)
     return out
+
+
+def score_identically(py: str, sim: Path, runs: list[dict], n_frames: int) -> dict:
+    """Both tools' final models of the first pair scored by ``_score.py`` (same frames)."""
+    d = next(r for r in runs if r["tool"] == "dragonfly")
+    o = next(r for r in runs if r["tool"] == "spicompute")
+    _, out = run([py, str(HERE / "_score.py"), str(sim / "data" / "photons.emc"),
+                  str(sim / "data" / "det_sim.h5"), str(n_frames),
+                  f"dragonfly={d['final_output']}", f"spicompute={o['models_file']}"])
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def summarise(runs: list[dict], cc: list[dict], n_iter: int) -> dict:
@@ -232,6 +247,10 @@ def summarise(runs: list[dict], cc: list[dict], n_iter: int) -> dict:
     # whole processes on both sides (start-up, reading the file, lines, CC): like for like
     o = float(np.median([c["process_wall_s"] for c in cc if c["tool"].startswith("spicompute")]))
     rows["calc_cc vs ccmatrix (process wall)"] = {"dragonfly_s": d, "ours_s": o, "ratio_dragonfly_over_ours": d / o}
+    # compute only: Dragonfly's wall less its measured start-up + read; ours lines + CC timed inside
+    d = float(np.median([c["seconds_compute"] for c in cc if c["tool"].startswith("dragonfly")]))
+    o = float(np.median([c["seconds_total"] for c in cc if c["tool"].startswith("spicompute")]))
+    rows["calc_cc vs ccmatrix (compute)"] = {"dragonfly_s": d, "ours_s": o, "ratio_dragonfly_over_ours": d / o}
     return rows
 
 
@@ -248,8 +267,17 @@ def markdown(result: dict) -> str:
     for name, r in result["summary"].items():
         lines.append(f"| {name} | {r['dragonfly_s']:.2f} | {r['ours_s']:.2f} | "
                      f"{r['ratio_dragonfly_over_ours']:.2f}x |")
-    lines += ["", "Final log-likelihood per frame, each tool's own scoring "
-              "(not comparable: different beta, model grids and normalisation):"]
+    sc = result.get("identical_score")
+    if sc:
+        lines += ["", f"Final models scored identically (`_score.py`: Poisson log-likelihood per "
+                  f"frame on {sc['frames_scored']} frames, {sc['n_rot']} rotations over 2 pi, "
+                  "ML scale per frame and orientation, `best` = most likely class and "
+                  "rotation, `marginal` = uniform-prior mean):", "",
+                  "| tool | best | marginal |", "|---|---|---|"]
+        for tool in ("dragonfly", "spicompute"):
+            lines.append(f"| {tool} | {sc[tool]['best']:.2f} | {sc[tool]['marginal']:.2f} |")
+    lines += ["", "Final log-likelihood per frame in each tool's own log "
+              "(not comparable with each other: different definitions and beta):"]
     for r in result["emc_runs"]:
         lines.append(f"- {r['tool']}: {r['loglik_per_frame'][-1]:.2f}")
     lines.append("")
@@ -281,7 +309,27 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=str(HERE / "work"))
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--name", default=None, help="results file stem (default from sizes)")
+    ap.add_argument("--score-frames", type=int, default=5000,
+                    help="frames on which both final model sets are scored identically (0: skip)")
+    ap.add_argument("--post", metavar="RESULT_JSON",
+                    help="on an earlier result file: re-time calc_cc vs ccmatrix (alternating, "
+                         "same averages) and score both final model sets identically")
     args = ap.parse_args(argv)
+    if args.post:
+        path = Path(args.post)
+        result = json.loads(path.read_text())
+        runs = result["emc_runs"]
+        sim = Path(runs[0]["final_output"]).parents[1]
+        ours_repo = Path(result["ours_repo"])
+        result["cc_runs"] = time_cc(Path(args.dragonfly_venv), args.ours_python, ours_repo,
+                                    runs[0]["final_output"], args)
+        result["summary"] = summarise(runs, result["cc_runs"], result["args"]["iterations"])
+        result["identical_score"] = score_identically(args.ours_python, sim, runs,
+                                                      args.score_frames)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        path.with_suffix(".md").write_text(markdown(result))
+        print(markdown(result))
+        return 0
     venv, work, ours_repo = Path(args.dragonfly_venv), Path(args.work_dir), Path(args.ours_repo)
     if not (ours_repo / "spicompute" / "__init__.py").exists():
         ap.error(f"--ours-repo {ours_repo}: no spicompute/ package there")
@@ -299,6 +347,8 @@ def main(argv=None) -> int:
             print(f"  {sum(runs[-1]['seconds_per_iteration']):.1f} s", flush=True)
         print("common-line CC on Dragonfly's final models ...", flush=True)
         cc = time_cc(venv, args.ours_python, ours_repo, runs[0]["final_output"], args)
+        score = (score_identically(args.ours_python, sim, runs, min(args.score_frames, args.frames))
+                 if args.score_frames else None)
     except (PeerUnavailable, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"bench_peers: peer comparison not possible: {exc}", file=sys.stderr)
         return 3
@@ -307,7 +357,7 @@ def main(argv=None) -> int:
               "cpu_count": os.cpu_count(), "dragonfly_version": version.strip(),
               "ours_repo": str(ours_repo), "ours_commit": git_commit(ours_repo),
               "args": vars(args), "emc_runs": runs, "cc_runs": cc,
-              "summary": summarise(runs, cc, args.iterations)}
+              "summary": summarise(runs, cc, args.iterations), "identical_score": score}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"peers_{args.frames}f_{args.iterations}it_{result['ours_commit']}"
