@@ -302,9 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cc-mask-radius", type=int, default=20,
                     help="inner radius ignored by both CC tools (grid steps)")
     ap.add_argument("--ours-repo", default=str(REPO), help="checkout of spicompute to time")
-    ap.add_argument("--ours-python", default=str(REPO.parents[0] / "main" / ".venv" / "bin" / "python")
-                    if not (REPO / ".venv").exists() else str(REPO / ".venv" / "bin" / "python"),
-                    help="Python with spicompute's dependencies")
+    ap.add_argument("--ours-python", default=sys.executable,
+                    help="Python with spicompute's dependencies (default: this one)")
     ap.add_argument("--dragonfly-venv", default=str(HERE / ".venv-dragonfly"))
     ap.add_argument("--work-dir", default=str(HERE / "work"))
     ap.add_argument("--out-dir", default=str(HERE / "results"))
