@@ -267,6 +267,17 @@ def markdown(result: dict) -> str:
     for name, r in result["summary"].items():
         lines.append(f"| {name} | {r['dragonfly_s']:.2f} | {r['ours_s']:.2f} | "
                      f"{r['ratio_dragonfly_over_ours']:.2f}x |")
+    for name, summ in result.get("extra_summaries", {}).items():
+        lines += ["", f"Ours from {name}, run on the same file after the pair (not alternated; "
+                  "load before: "
+                  + ", ".join(f"{r['load_avg_1min_before']:.2f}" for r in result["extra_ours_runs"]
+                              if name.endswith(f"({r['ours_commit']})")) + "):", "",
+                  "| measure | Dragonfly s | spicompute s | Dragonfly / ours |", "|---|---|---|---|"]
+        for key, r in summ.items():
+            if key.startswith("calc_cc"):
+                continue
+            lines.append(f"| {key} | {r['dragonfly_s']:.2f} | {r['ours_s']:.2f} | "
+                         f"{r['ratio_dragonfly_over_ours']:.2f}x |")
     sc = result.get("identical_score")
     if sc:
         lines += ["", f"Final models scored identically (`_score.py`: Poisson log-likelihood per "
@@ -274,7 +285,7 @@ def markdown(result: dict) -> str:
                   "ML scale per frame and orientation, `best` = most likely class and "
                   "rotation, `marginal` = uniform-prior mean):", "",
                   "| tool | best | marginal |", "|---|---|---|"]
-        for tool in ("dragonfly", "spicompute"):
+        for tool in [k for k in sc if isinstance(sc[k], dict)]:
             lines.append(f"| {tool} | {sc[tool]['best']:.2f} | {sc[tool]['marginal']:.2f} |")
     lines += ["", "Final log-likelihood per frame in each tool's own log "
               "(not comparable with each other: different definitions and beta):"]
@@ -282,8 +293,9 @@ def markdown(result: dict) -> str:
         lines.append(f"- {r['tool']}: {r['loglik_per_frame'][-1]:.2f}")
     lines.append("")
     lines.append("Per-iteration seconds:")
-    for r in result["emc_runs"]:
-        lines.append(f"- {r['tool']}: " + " ".join(f"{s:.2f}" for s in r["seconds_per_iteration"]))
+    for r in result["emc_runs"] + result.get("extra_ours_runs", []):
+        lines.append(f"- {r['tool']} {r.get('ours_commit', '')}: "
+                     + " ".join(f"{s:.2f}" for s in r["seconds_per_iteration"]))
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +325,35 @@ def main(argv=None) -> int:
     ap.add_argument("--post", metavar="RESULT_JSON",
                     help="on an earlier result file: re-time calc_cc vs ccmatrix (alternating, "
                          "same averages) and score both final model sets identically")
+    ap.add_argument("--add-ours", metavar="RESULT_JSON",
+                    help="on an earlier result file: run only our EMC from --ours-repo on the "
+                         "same file (after, not alternated) and add its ratios against that "
+                         "result's Dragonfly run")
     args = ap.parse_args(argv)
+    if args.add_ours:
+        path = Path(args.add_ours)
+        result = json.loads(path.read_text())
+        a = argparse.Namespace(**{**result["args"], "threads": result["args"]["threads"]})
+        sim = Path(result["emc_runs"][0]["final_output"]).parents[1]
+        ours_repo = Path(args.ours_repo)
+        rec = run_ours(args.ours_python, ours_repo, sim, a, f"extra_{git_commit(ours_repo)}")
+        rec["note"] = "run after the alternated pair, not alternated"
+        dfly = [r for r in result["emc_runs"] if r["tool"] == "dragonfly"]
+        result.setdefault("extra_ours_runs", []).append(rec)
+        result.setdefault("extra_summaries", {})[f"{ours_repo} ({rec['ours_commit']})"] = \
+            summarise(dfly + [rec], result["cc_runs"], a.iterations)
+        if rec.get("models_file") and args.score_frames:
+            base = next(r for r in result["emc_runs"] if r["tool"] == "spicompute")
+            _, out = run([args.ours_python, str(HERE / "_score.py"),
+                          str(sim / "data" / "photons.emc"), str(sim / "data" / "det_sim.h5"),
+                          str(args.score_frames), f"dragonfly={dfly[0]['final_output']}",
+                          f"spicompute={base['models_file']}",
+                          f"spicompute_{rec['ours_commit']}={rec['models_file']}"])
+            result["identical_score"] = json.loads(out.strip().splitlines()[-1])
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        path.with_suffix(".md").write_text(markdown(result))
+        print(markdown(result))
+        return 0
     if args.post:
         path = Path(args.post)
         result = json.loads(path.read_text())
