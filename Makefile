@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo pipeline dashboard test browser bench clean-outputs
+.PHONY: setup demo pipeline dashboard test browser bench bench-peers clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ test: setup browser
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run_all.py
+
+bench-peers: setup  # Dragonfly (PyPI) vs ours on the same file: ~15 min, see benchmarks/peers/README.md
+	bash benchmarks/peers/setup_dragonfly.sh && $(VENV)/bin/python benchmarks/peers/bench_peers.py
 
 clean-outputs:
 	rm -rf data results metrics dvclive models checkpoints
