@@ -4,8 +4,9 @@ Measures
 1. the machine's float32 matmul peak (plain numpy ``a @ b``, 2048^2);
 2. ``M`` averages (default 1,000) of 129x129 at 180 lines: polar lines +
    normalisation time, then the CC matrix for each backend / block size:
-   seconds, GFLOP/s (useful flops: the upper-triangular product), % of peak,
-   speed-up over Dragonfly's ``calc_cc`` (3.4 ms per pair);
+   seconds, GFLOP/s (useful flops: the upper-triangular product), % of peak
+   (speed against Dragonfly's ``calc_cc``: ``benchmarks/peers/bench_peers.py``,
+   which runs both on the same models in the same run);
 3. with ``--large M`` (e.g. 10000): the same in bounded memory, optionally
    only a fraction ``--large-fraction`` of the work (first block-row bands,
    which are the widest) with the total extrapolated by flop count; peak RSS.
@@ -32,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from spicompute import commonlines as cl  # noqa: E402
 
-DRAGONFLY_S_PER_PAIR = 3.4e-3
 
 
 def peak_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -140,8 +140,7 @@ def main(argv=None) -> int:
             sec = time.perf_counter() - t
             row = {"case": f"M={m}", "backend": backend, "block": block, "seconds": sec,
                    "gflops": flops / sec / 1e9, "percent_of_peak": 100 * flops / sec / 1e9 / peak,
-                   "ms_per_pair": 1e3 * sec / pairs,
-                   "speedup_vs_dragonfly": DRAGONFLY_S_PER_PAIR * pairs / sec}
+                   "ms_per_pair": 1e3 * sec / pairs}
             rows.append(row)
         del lines
     if args.large:
@@ -158,7 +157,6 @@ def main(argv=None) -> int:
                      "gflops": flops / full / 1e9,
                      "percent_of_peak": 100 * flops / full / 1e9 / peak,
                      "ms_per_pair": 1e3 * full / pairs,
-                     "speedup_vs_dragonfly": DRAGONFLY_S_PER_PAIR * pairs / full,
                      "peak_rss_gib": peak_rss, "seconds_lines": t_prep,
                      "memory_model_gib": (4 * m * nl * nr + 8 * m * m
                                           + 4 * (block * nl) ** 2) / 1024 ** 3})
@@ -171,13 +169,12 @@ def main(argv=None) -> int:
     print(f"numpy float32 matmul peak (best of two measurements): {peak:.1f} GFLOP/s")
     report["cases"] = rows
     print(f"{'case':>8} {'backend':>7} {'block':>5} {'seconds':>9} {'GFLOP/s':>8} "
-          f"{'% peak':>7} {'ms/pair':>8} {'x Dragonfly':>11}")
+          f"{'% peak':>7} {'ms/pair':>8}")
     for r in rows:
         note = (f"  (measured {r['measured_fraction']:.1%} in {r['measured_seconds']:.1f} s, "
                 f"peak RSS {r['peak_rss_gib']:.2f} GiB)" if "measured_fraction" in r else "")
         print(f"{r['case']:>8} {r['backend']:>7} {r['block']:>5} {r['seconds']:9.2f} "
-              f"{r['gflops']:8.1f} {r['percent_of_peak']:7.1f} {r['ms_per_pair']:8.4f} "
-              f"{r['speedup_vs_dragonfly']:11.0f}{note}")
+              f"{r['gflops']:8.1f} {r['percent_of_peak']:7.1f} {r['ms_per_pair']:8.4f}{note}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
