@@ -224,3 +224,18 @@ def materialize(repo: str | Path, rev: str, relative: str) -> Path:
         shutil.rmtree(target.with_name(target.name + ".part"), ignore_errors=True)
         Path(str(target) + ".part").unlink(missing_ok=True)
     return target
+
+
+def output_info(repo: str | Path, rev: str, relative: str) -> tuple[bool, int | None]:
+    """(exists, size in bytes) of an output in a run, without copying it."""
+    if rev == WORKSPACE:
+        p = Path(repo) / relative
+        return (p.exists(), p.stat().st_size if p.is_file() else None)
+    try:
+        fs = _filesystem(str(repo), rev)
+        if not fs.exists(relative):
+            return (False, None)
+        size = fs.info(relative).get("size")
+        return (True, int(size) if size is not None else None)
+    except Exception:
+        return (False, None)

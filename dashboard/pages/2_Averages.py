@@ -8,7 +8,6 @@ metrics/classify2d.json.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import file_key, log_image, missing, path, read_h5  # noqa: E402
+from dashboard.common import file_key, log_image, missing, path, read_h5, read_json, run_picker
 
 st.set_page_config(page_title="Averages · SPI Landscape", layout="wide")
 st.title("2D class averages")
+run_picker()
 
 AVERAGES = "data/averages.h5"
 LIVE = "dvclive/classify2d/plots/metrics"
@@ -140,7 +139,7 @@ else:
                        yaxis_type="log" if metric == "model_change" else "linear")
     st.plotly_chart(conv, width="stretch", key="convergence")
 
-summary = path("metrics/classify2d.json")
-if summary.exists():
+summary = read_json("metrics/classify2d.json")
+if summary:
     with st.expander("metrics/classify2d.json"):
-        st.json(json.loads(summary.read_text()))
+        st.json(summary)

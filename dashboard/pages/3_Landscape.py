@@ -8,9 +8,6 @@ variance; data/averages.h5 for the pattern of the selected average.
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,11 +15,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import averages_table, log_image, missing, path, read_h5  # noqa: E402
+from dashboard.common import averages_table, log_image, missing, path, read_h5, read_json, run_picker
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
+run_picker()
 
 METHODS = {"pc": "CLPCA (PCA of the CC matrix)", "isomap": "Isomap", "spectral": "Spectral",
            "tsne": "t-SNE"}
@@ -43,8 +40,7 @@ if table is None:
     st.stop()
 
 available = [m for m in METHODS if components(table, m)]
-metrics_path = path("metrics/embed.json")
-metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+metrics = read_json("metrics/embed.json")
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("averages", f"{len(table):,}")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import workspace  # noqa: E402
+from dashboard.common import workspace, run_picker
 
 st.set_page_config(page_title="Experiments · SPI Landscape", layout="wide")
 st.title("Experiments")
+run_picker()
 
 META = ["Experiment", "rev", "typ", "Created", "parent", "State", "Executor"]
 

@@ -6,8 +6,6 @@ and, when the phase stage has run, data/phased.h5 and results/volumes.parquet.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,13 +13,13 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import averages_table, missing, path, read_h5, read_table  # noqa: E402
+from dashboard.common import averages_table, missing, path, read_h5, read_table, run_picker
 
-from spicompute.views import DIRECTIONS, block_mean, central_section, log_display, projection, quantize_uint8  # noqa: E402
+from spicompute.views import DIRECTIONS, block_mean, central_section, log_display, projection, quantize_uint8
 
 st.set_page_config(page_title="Volumes · SPI Landscape", layout="wide")
 st.title("VAE latent and volumes")
+run_picker()
 
 VOLUMES, PHASED = "data/volumes.h5", "data/phased.h5"
 
