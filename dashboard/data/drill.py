@@ -71,3 +71,44 @@ def nearest_in_latent(table: pd.DataFrame, point, k: int = 8) -> pd.DataFrame:
     out = table.iloc[order].copy()
     out["latent_distance"] = d[order]
     return out.reset_index(drop=True)
+
+
+def member_frame_images(frames_h5: str, members: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Member frames as images in their average's orientation.
+
+    frames_h5: data/frames.h5; members: rows of results/frames.parquet
+    (``frame_id``, ``rotation_deg``).  Returns (images (n, H, W) float64 photon
+    counts, NaN on masked pixels, de-rotated by :func:`derotate`; frame_ids
+    (n,)) in the order of ``members``.  Raises ValueError for a detector that
+    is not a regular image.
+    """
+    from spicompute.io.frames import read_frame_subset
+
+    from dashboard.data.loaders import read_h5
+
+    ids_all = read_h5(frames_h5, ["frames/frame_id"])["frames/frame_id"]
+    lookup = pd.Series(np.arange(len(ids_all)), index=ids_all)
+    wanted = members["frame_id"].to_numpy()
+    rows = lookup.reindex(wanted).dropna().astype(np.int64).to_numpy()
+    if len(rows) == 0:
+        return np.zeros((0, 1, 1)), np.zeros(0, np.int64)
+    counts, fid, det = read_frame_subset(frames_h5, rows)
+    if det.shape is None:
+        raise ValueError("the detector is not a regular image")
+    h, w = det.shape
+    centre = beam_centre(np.asarray(det.q), (h, w))
+    mask = np.asarray(det.mask).astype(bool).reshape(h, w)
+    by_id = {int(f): i for i, f in enumerate(fid)}
+    angle = dict(zip(members["frame_id"].to_numpy().tolist(),
+                     members["rotation_deg"].to_numpy().tolist())) if "rotation_deg" in members \
+        else {}
+    images, out_ids = [], []
+    for f in wanted:
+        if int(f) not in by_id:
+            continue
+        img = np.asarray(counts[by_id[int(f)]], dtype=np.float64).reshape(h, w)
+        img = np.where(mask, img, np.nan)
+        a = angle.get(f, 0.0)
+        images.append(derotate(img, a if np.isfinite(a) else 0.0, centre))
+        out_ids.append(int(f))
+    return np.stack(images), np.asarray(out_ids)
