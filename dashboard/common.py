@@ -32,14 +32,15 @@ def current_rev() -> str:
     return st.session_state.get("run_rev", runs_mod.WORKSPACE)
 
 
-def run_root() -> Path:
-    """Local folder holding the chosen run's outputs."""
-    return runs_mod.run_dir(workspace(), current_rev())
+def run_root(rev: str | None = None) -> Path:
+    """Local folder holding the outputs of the chosen run (or of ``rev``)."""
+    return runs_mod.run_dir(workspace(), rev or current_rev())
 
 
-def path(relative: str) -> Path:
-    """Local path of an output of the chosen run (fetched from the DVC cache for a revision)."""
-    return runs_mod.materialize(workspace(), current_rev(), relative)
+def path(relative: str, rev: str | None = None) -> Path:
+    """Local path of an output of the chosen run, or of ``rev`` (fetched from the DVC
+    cache for a revision)."""
+    return runs_mod.materialize(workspace(), rev or current_rev(), relative)
 
 
 def file_key(p: Path) -> tuple:
@@ -82,6 +83,16 @@ def page_header(title: str, page_title: str | None = None) -> runs_mod.Run:
     return run_picker()
 
 
+@st.cache_data(ttl=30, max_entries=64, show_spinner=False)
+def params_of(repo: str, rev: str) -> dict:
+    return runs_mod.params_of(repo, rev)
+
+
+@st.cache_data(ttl=30, max_entries=64, show_spinner=False)
+def metrics_of(repo: str, rev: str) -> dict:
+    return runs_mod.metrics_of(repo, rev)
+
+
 def show_error(exc: OutputError) -> None:
     """A one-line message for an output that cannot be shown, then stop the page."""
     if isinstance(exc, OutputMissing):
@@ -97,9 +108,9 @@ def _read_parquet(key: tuple) -> pd.DataFrame:
     return loaders.read_table(key[0])
 
 
-def read_table(relative: str) -> pd.DataFrame | None:
+def read_table(relative: str, rev: str | None = None) -> pd.DataFrame | None:
     """A Parquet table of the run; None when absent; a corrupt file stops the page."""
-    p = path(relative)
+    p = path(relative, rev)
     try:
         return _read_parquet(file_key(p))
     except OutputMissing:
@@ -113,10 +124,10 @@ def _read_h5(key: tuple, datasets: tuple[str, ...], index: tuple | None) -> dict
     return loaders.read_h5(key[0], datasets, index=index, optional=datasets)
 
 
-def read_h5(relative: str, datasets: list[str], index=None) -> dict | None:
+def read_h5(relative: str, datasets: list[str], index=None, rev: str | None = None) -> dict | None:
     """Arrays from an HDF5 file of the run (optionally rows ``index``, returned sorted);
     None when absent; a corrupt file stops the page with a message."""
-    p = path(relative)
+    p = path(relative, rev)
     idx = None if index is None else tuple(int(i) for i in np.sort(np.asarray(index)))
     try:
         return _read_h5(file_key(p), tuple(datasets), idx)
@@ -148,13 +159,14 @@ def missing(stage: str, output: str) -> None:
     st.info(f"No `{output}` yet — run `dvc repro {stage}` (or `make demo`).")
 
 
-def averages_table(needs: str, part: str, extra_parts: tuple[str, ...] = ()) -> pd.DataFrame | None:
+def averages_table(needs: str, part: str, extra_parts: tuple[str, ...] = (),
+                   rev: str | None = None) -> pd.DataFrame | None:
     """The per-average table a page needs (see :func:`dashboard.data.tables.averages_table`);
     None when the stage has not run, a corrupt file stops the page with a message."""
-    root = run_root()
+    root = run_root(rev)
     for rel in ["results/averages.parquet", f"results/parts/{part}.parquet"] + \
             [f"results/parts/{p}.parquet" for p in extra_parts]:
-        path(rel)  # fetch a revision's files before reading the folder
+        path(rel, rev)  # fetch a revision's files before reading the folder
     keys = tuple(file_key(root / "results" / "parts" / f"{p}.parquet") for p in (part,) + extra_parts)
     try:
         return _averages_table(str(root), needs, part, tuple(extra_parts),

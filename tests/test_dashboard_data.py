@@ -16,8 +16,7 @@ import pytest
 from dashboard.data import OutputCorrupt, OutputMissing, read_h5, read_json, read_table
 from dashboard.data import compare, diagnostics, drill, runs, selections, tables
 from tests.conftest import REPO
-
-BIN = Path(sys.executable).parent
+from tests.dashboard_project import dvc, make_project
 
 
 def test_data_layer_imports_no_streamlit():
@@ -182,58 +181,31 @@ def test_diff_and_runs_table():
         runs.materialize(".", "a" * 40, "../x")
 
 
-def _git(cmd, cwd):
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.org")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{cmd}: {proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def make_dvc_project(root: Path) -> Path:
-    """A tiny git+DVC project: one stage writing a table and a metric from a param,
-    run and committed (metrics tracked in git, outputs in the DVC cache)."""
-    root.mkdir()
-    (root / "make.py").write_text(
-        "import json, yaml, pandas as pd, numpy as np, pathlib\n"
-        "p = yaml.safe_load(open('params.yaml'))['toy']\n"
-        "pathlib.Path('results').mkdir(exist_ok=True); pathlib.Path('metrics').mkdir(exist_ok=True)\n"
-        "pd.DataFrame({'average_id': np.arange(5), 'pc_1': np.arange(5) * p['k']})"
-        ".to_parquet('results/averages.parquet')\n"
-        "json.dump({'score': p['k'] / 10}, open('metrics/toy.json', 'w'))\n")
-    (root / "params.yaml").write_text("toy:\n  k: 1\n")
-    (root / "dvc.yaml").write_text(
-        f"stages:\n  toy:\n    cmd: {sys.executable} make.py\n    deps: [make.py]\n"
-        "    params: [toy]\n    outs: [results/averages.parquet]\n"
-        "    metrics:\n    - metrics/toy.json:\n        cache: false\n")
-    _git(["git", "init", "-q"], root)
-    _git([str(BIN / "dvc"), "init", "-q"], root)
-    _git([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
-    _git([str(BIN / "dvc"), "repro", "-q"], root)
-    _git(["git", "add", "-A"], root)
-    _git(["git", "commit", "-qm", "baseline"], root)
-    return root
-
-
 @pytest.mark.slow
 def test_runs_from_git_and_experiments(tmp_path):
-    root = make_dvc_project(tmp_path / "proj")
-    _git([str(BIN / "dvc"), "exp", "run", "-q", "-S", "toy.k=3", "--name", "triple"], root)
+    root = make_project(tmp_path / "proj")
+    dvc(["exp", "run", "-q", "-S", "toy.shift=1", "-S", "toy.angle=40", "--name", "triple"], root)
     found = runs.list_runs(root, num=1)
     kinds = {r.name: r.kind for r in found}
     assert kinds.get("workspace") == "workspace" and kinds.get("triple") == "experiment"
     exp = next(r for r in found if r.name == "triple")
     base = next(r for r in found if r.kind == "commit")
-    assert runs.params_of(root, exp.rev)["toy.k"] == 3
-    assert runs.metric(runs.metrics_of(root, base.rev), "score") == pytest.approx(0.1)
-    assert runs.metric(runs.metrics_of(root, exp.rev), "score") == pytest.approx(0.3)
+    assert runs.params_of(root, exp.rev)["toy.shift"] == 1
+    # HEAD's metrics are in git (cache: false, committed): the baseline is comparable
+    assert runs.metric(runs.metrics_of(root, base.rev), "silhouette") == pytest.approx(0.5)
+    assert runs.metric(runs.metrics_of(root, exp.rev), "silhouette") == pytest.approx(0.6)
     # outputs of a revision come out of the DVC cache, not from the workspace
-    p = runs.materialize(root, base.rev, "results/averages.parquet")
-    assert pd.read_parquet(p)["pc_1"].tolist() == [0, 1, 2, 3, 4]
-    q = runs.materialize(root, exp.rev, "results/averages.parquet")
-    assert pd.read_parquet(q)["pc_1"].tolist() == [0, 3, 6, 9, 12]
+    a = tables.averages_table(runs.run_dir(root, base.rev), "pc_1", "embed") \
+        if runs.materialize(root, base.rev, "results/parts/embed.parquet").exists() else None
+    b = pd.read_parquet(runs.materialize(root, exp.rev, "results/parts/embed.parquet"))
+    work = pd.read_parquet(root / "results/parts/embed.parquet")
+    assert np.allclose(b["pc_1"], work["pc_1"])  # the experiment's outputs are the workspace's
+    assert not np.allclose(a["pc_1"], b["pc_1"])  # the baseline's come from the DVC cache
+    aligned, rel = compare.align_landscapes(a, b, ["pc_1", "pc_2", "pc_3"])
+    assert rel < 1e-6  # a pure rotation
+    assert compare.cluster_correspondence(a, b)["best match"].tolist() == [1, 2, 0]
     assert not runs.materialize(root, base.rev, "results/none.parquet").exists()
+    assert runs.output_info(root, base.rev, "results/parts/embed.parquet")[0]
     table = runs.runs_table(root, found, {r.rev: runs.params_of(root, r.rev) for r in found},
                             {r.rev: runs.metrics_of(root, r.rev) for r in found})
-    assert "toy.k=3" in set(table["changed params"])
+    assert "toy.angle=40, toy.shift=1" in set(table["changed params"])
