@@ -102,3 +102,26 @@ def read_h5(path: str | Path, datasets: list[str] | tuple[str, ...], index=None,
     except Exception as exc:  # OSError for truncated files, KeyError/ValueError for layout
         raise OutputCorrupt(path, f"unreadable HDF5 ({exc.__class__.__name__})") from None
     return out
+
+
+def read_dvclive(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """dvclive scalar curves of ``<dir>/plots/metrics``: ``{name: DataFrame(step, name)}``.
+
+    Each ``<name>.tsv`` has columns ``step`` and ``<name>`` (dvclive also writes
+    ``timestamp``).  A file without them raises OutputCorrupt.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OutputMissing(folder, "not produced yet")
+    out = {}
+    for tsv in sorted(folder.rglob("*.tsv")):
+        name = tsv.relative_to(folder).with_suffix("").as_posix()
+        try:
+            frame = pd.read_csv(tsv, sep="\t")
+        except Exception as exc:
+            raise OutputCorrupt(tsv, f"unreadable TSV ({exc.__class__.__name__})") from None
+        value = tsv.stem
+        if "step" not in frame.columns or value not in frame.columns:
+            raise OutputCorrupt(tsv, f"expected columns step and {value}")
+        out[name] = frame[["step", value]].rename(columns={value: name})
+    return out
