@@ -15,6 +15,9 @@ its lazily loaded plotly.js bundle.
 
     python benchmarks/bench_dashboard.py [--repeats 3] [--out bench_dashboard.json]
 
+``reference`` is the Training page with one 20-point curve: the fixed cost
+of any page with a plot on this machine.
+
 Targets (issue 10): Landscape first render <= 3 s; a 64^3 volume render <= 5 s,
 on 2 cores.
 """
@@ -45,7 +48,8 @@ DRAWN = """(kind) => {
   if (!gd) return false;
   if (kind === 'isosurface') return !!(gd._fullLayout.scene && gd._fullLayout.scene._scene
                                        && gd._fullLayout.scene._scene.glplot);
-  return !!(gd._fullLayout._glcanvas && gd._fullLayout._plots.xy._scene);
+  if (kind === 'scattergl') return !!(gd._fullLayout._glcanvas && gd._fullLayout._plots.xy._scene);
+  return !!gd.querySelector('.main-svg .plot path');
 }"""
 TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
@@ -83,6 +87,10 @@ def volume_workspace(root: Path, n: int = 64, count: int = 8) -> None:
     parts = root / "results" / "parts"
     parts.mkdir(parents=True)
     m = 400
+    curves = root / "dvclive" / "regress" / "plots" / "metrics"  # the reference page's one plot
+    curves.mkdir(parents=True)
+    pd.DataFrame({"step": range(20), "val_loss": np.geomspace(1, 0.1, 20)}).to_csv(
+        curves / "val_loss.tsv", sep="\t", index=False)
     pd.DataFrame({"average_id": np.arange(m), "z_1": rng.normal(size=m), "z_logvar_1": -2.0,
                   "recon_loss": 0.1, "vae_trained": True}).to_parquet(parts / "vae.parquet")
     pd.DataFrame({"average_id": np.arange(m), "pc_1": rng.normal(size=m),
@@ -144,13 +152,15 @@ def main() -> int:
         landscape_workspace(land, args.averages)
         volume_workspace(vol, args.grid)
         for name, ws, slug, heading, kind, target in (
+                ("reference", vol, "Training", "Training curves", "scatter", None),
                 ("landscape", land, "Landscape", "Structural landscape", "scattergl", 3.0),
                 ("volume", vol, "Volumes", "VAE latent and volumes", "isosurface", 5.0)):
             times = time_page(ws, slug, heading, kind, args.repeats)
             result[name] = {"seconds": times, "median_s": statistics.median(times),
                             "min_s": min(times), "target_s": target}
             print(f"{name:10s} first render: median {statistics.median(times):.2f} s "
-                  f"(runs {', '.join(f'{t:.2f}' for t in times)}; target <= {target:.0f} s)")
+                  f"(runs {', '.join(f'{t:.2f}' for t in times)}; "
+                  + (f"target <= {target:.0f} s)" if target else "a page with one small plot)"))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     ok = result["landscape"]["median_s"] <= 3.0 and result["volume"]["median_s"] <= 5.0
