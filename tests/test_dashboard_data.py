@@ -181,6 +181,16 @@ def test_diff_and_runs_table():
         runs.materialize(".", "a" * 40, "../x")
 
 
+def test_revision_folders_are_a_bounded_cache(tmp_path):
+    base = tmp_path / ".dvc" / "tmp" / "dashboard"
+    for k in range(10):
+        (base / f"{k:040x}").mkdir(parents=True)
+        os.utime(base / f"{k:040x}", (1000 + k, 1000 + k))
+    removed = runs.prune(tmp_path, keep=7)
+    assert sorted(removed) == [f"{k:040x}" for k in range(3)]
+    assert len(list(base.iterdir())) == 7
+
+
 @pytest.mark.slow
 def test_runs_from_git_and_experiments(tmp_path):
     root = make_project(tmp_path / "proj")

@@ -209,6 +209,8 @@ def materialize(repo: str | Path, rev: str, relative: str) -> Path:
     target = run_dir(repo, rev) / rel
     if rev == WORKSPACE or target.exists():
         return target
+    if not target.parent.exists() and not run_dir(repo, rev).exists():
+        prune(repo)
     try:
         fs = _filesystem(str(repo), rev)
         if not fs.exists(rel.as_posix()):
@@ -224,6 +226,24 @@ def materialize(repo: str | Path, rev: str, relative: str) -> Path:
         shutil.rmtree(target.with_name(target.name + ".part"), ignore_errors=True)
         Path(str(target) + ".part").unlink(missing_ok=True)
     return target
+
+
+MAX_REVISIONS = 8
+
+
+def prune(repo: str | Path, keep: int = MAX_REVISIONS - 1) -> list[str]:
+    """Delete all but the ``keep`` most recently used revision folders of
+    :func:`run_dir` (a bounded on-disk cache); returns the revisions removed."""
+    base = Path(repo) / ".dvc" / "tmp" / "dashboard"
+    if not base.is_dir():
+        return []
+    folders = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
+                     reverse=True)
+    removed = []
+    for p in folders[keep:]:
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p.name)
+    return removed
 
 
 def output_info(repo: str | Path, rev: str, relative: str) -> tuple[bool, int | None]:
