@@ -10,6 +10,7 @@ missing or corrupt output into a message instead of a traceback.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,15 @@ def params_of(repo: str, rev: str) -> dict:
 @st.cache_data(ttl=30, max_entries=64, show_spinner=False)
 def metrics_of(repo: str, rev: str) -> dict:
     return runs_mod.metrics_of(repo, rev)
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def plain(text: str) -> str:
+    """User-supplied text made inert for Streamlit's markdown (messages, titles):
+    every markdown/HTML punctuation character is backslash-escaped."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
 
 
 def show_error(exc: OutputError) -> None:

@@ -34,7 +34,7 @@ def test_selections_list_export_rename_delete(workspace):
     at = AppTest.from_file(str(PAGES / "6_Selections.py"), default_timeout=60).run()
     assert not at.exception
     assert set(at.dataframe[0].value["name"]) == {"first", "second"}
-    assert any("broken.json" in w.value and "not valid JSON" in w.value for w in at.warning)
+    assert any("broken" in w.value and "not valid JSON" in w.value for w in at.warning)
     # the note is shown verbatim as text, not as markdown/HTML
     assert any(t.value == "note: <script>alert(1)</script> **bold**" for t in at.text)
     assert at.metric[0].value == "3"  # frames 10, 11 (average 1) and 13 (average 3)
@@ -42,6 +42,10 @@ def test_selections_list_export_rename_delete(workspace):
     at.button[0].click().run()
     assert not at.exception and any("selection name" in e.value for e in at.error)
     assert not (workspace / "escape.json").exists()
+    at.text_input(key="new_name").set_value("[x](http://evil.example)")
+    at.button[0].click().run()
+    # the name is echoed as inert text: markdown characters escaped, no link
+    assert any("\\[x\\]\\(http\\://evil" in e.value for e in at.error)
     at.text_input(key="new_name").set_value("renamed")
     at.button[0].click().run()
     assert not at.exception

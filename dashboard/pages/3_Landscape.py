@@ -17,7 +17,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from dashboard.common import (averages_table, current_rev, file_key, log_image, missing, path,
-                              read_h5, read_json, read_table, run_picker, workspace)
+                              plain, read_h5, read_json, read_table, run_picker, workspace)
 from dashboard.data import OutputError, diagnostics, drill, selections, tables
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
@@ -191,7 +191,7 @@ with left:
                     out = selections.save(workspace(), name, region, note=note,
                                           overwrite=overwrite)
                 except (ValueError, FileExistsError) as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
                 else:
                     st.success(f"Saved {len(region)} averages to selections/{out.name}. "
                                "`dvc repro` re-runs the select stage (select.mode: file).")

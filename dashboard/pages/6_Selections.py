@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import averages_table, read_table, run_picker, workspace
+from dashboard.common import averages_table, plain, read_table, run_picker, workspace
 from dashboard.data import selections
 from spicompute.errors import InputError
 
@@ -26,7 +26,7 @@ for f in files:
     except InputError as exc:
         broken.append(str(exc))
 for msg in broken:
-    st.warning(f"Ignoring a selection file: {msg}")
+    st.warning("Ignoring a selection file: " + plain(msg))
 if not docs:
     st.info("No selections yet: box- or lasso-select a region on the Landscape page and name it.")
     st.stop()
@@ -55,7 +55,7 @@ if doc["kind"] == "averages":
         try:
             ids = selections.frame_ids(doc, avg, frames)
         except InputError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
         else:
             st.metric("frames in the selected averages", f"{len(ids):,}")
             st.download_button("Export frame ids (CSV)", ids.to_csv(index=False),
@@ -69,7 +69,7 @@ with c1.form("rename"):
         try:
             selections.rename(workspace(), name, new)
         except (ValueError, FileExistsError, InputError) as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
         else:
             st.success(f"Renamed to {new}.")
             st.rerun()

@@ -13,7 +13,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import averages_table, missing, read_h5, read_table, run_picker, workspace
+from dashboard.common import (averages_table, missing, plain, read_h5, read_table, run_picker,
+                              workspace)
 from dashboard.data import drill, selections
 
 from spicompute.views import DIRECTIONS, block_mean, central_section, log_display, projection, quantize_uint8
@@ -83,7 +84,7 @@ if "pc_2" in table.columns:
                     out = selections.save(workspace(), region_name, latent_region)
                     st.success(f"Saved selections/{out.name}: `dvc repro` re-runs select and vae.")
                 except (ValueError, FileExistsError) as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
 else:
     right.info("No CLPCA coordinates yet — run `dvc repro embed`.")
 
@@ -213,4 +214,4 @@ with st.form("latent_point"):
                                     points=[point], note=note)
             st.success(f"Saved selections/{saved.name} — `dvc repro volumes` adds its volume.")
         except (ValueError, FileExistsError) as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
