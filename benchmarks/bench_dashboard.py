@@ -49,7 +49,7 @@ DRAWN = """(kind) => {
   if (kind === 'isosurface') return !!(gd._fullLayout.scene && gd._fullLayout.scene._scene
                                        && gd._fullLayout.scene._scene.glplot);
   if (kind === 'scattergl') return !!(gd._fullLayout._glcanvas && gd._fullLayout._plots.xy._scene);
-  return !!gd.querySelector('.main-svg .plot path');
+  return !!gd.querySelector('.scatterlayer .trace');
 }"""
 TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
