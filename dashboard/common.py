@@ -48,7 +48,7 @@ def file_key(p: Path) -> tuple:
     return file_identity(p)
 
 
-@st.cache_data(ttl=30, max_entries=4, show_spinner="Reading DVC experiments…")
+@st.cache_data(ttl=120, max_entries=4, show_spinner="Reading DVC experiments…")
 def list_runs(repo: str, num: int = 5) -> list[runs_mod.Run]:
     try:
         return runs_mod.list_runs(repo, num)

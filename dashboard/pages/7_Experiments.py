@@ -26,7 +26,12 @@ repo = str(workspace())
 if not runs.is_dvc_repo(repo):
     st.info(f"`{repo}` is not a DVC project: only the workspace can be browsed.")
     st.stop()
-num = st.number_input("commits of history to include", min_value=1, max_value=50, value=1)
+n1, n2 = st.columns([3, 1])
+num = n1.number_input("commits of history to include", min_value=1, max_value=50, value=1)
+if n2.button("Refresh", help="Re-read experiments now (the list is cached for 2 minutes)."):
+    list_runs.clear()
+    params_of.clear()
+    metrics_of.clear()
 available = list_runs(repo, int(num))
 params = {r.rev: params_of(repo, r.rev) for r in available}
 metrics = {r.rev: metrics_of(repo, r.rev) for r in available}
