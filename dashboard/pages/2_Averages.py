@@ -7,7 +7,6 @@ metrics/classify2d.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,10 @@ def _live_series(key: tuple) -> pd.DataFrame:
     """All dvclive TSVs under the folder as one long table (run, metric, step, value)."""
     rows = []
     for tsv in sorted(Path(key[0]).glob("run_*/*.tsv")):
-        frame = pd.read_csv(tsv, sep="\t")
+        try:
+            frame = pd.read_csv(tsv, sep="\t")
+        except (ValueError, OSError):  # a truncated log while the stage writes it: skip
+            continue
         metric = tsv.stem
         if "step" not in frame or metric not in frame:
             continue

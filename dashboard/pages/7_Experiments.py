@@ -9,7 +9,6 @@ alignment, matched averages next to each other, which clusters correspond.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
