@@ -70,7 +70,7 @@ def test_screenshots_of_real_outputs(tmp_path):
     out = os.environ.get("SPI_SCREENSHOT_DIR") or str(tmp_path)
     os.makedirs(out, exist_ok=True)
     with streamlit_server(os.environ["SPI_SCREENSHOT_WORKSPACE"]) as url, chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 1300})
         for slug, heading, name in SHOT_PAGES:
             page.goto(f"{url}/{slug}")
             if heading:

@@ -123,14 +123,21 @@ if color in plot:
     if color == "cluster" or not pd.api.types.is_float_dtype(plot[color]):
         plot[color] = plot[color].astype("Int64").astype(str)
     color_arg = color
+orders = {}
+if color_arg and not pd.api.types.is_numeric_dtype(plot[color_arg]):  # legend in numeric order
+    levels = plot[color_arg].unique().tolist()
+    orders = {color_arg: sorted(levels, key=lambda v: (not v.lstrip("-").isdigit(),
+                                                       int(v) if v.lstrip("-").isdigit() else 0, v))}
 
 if dims == "3D":
     fig = px.scatter_3d(plot, x=comps[0], y=comps[1], z=comps[2], color=color_arg,
-                        hover_data=hover, custom_data=["average_id"], opacity=0.8)
+                        hover_data=hover, custom_data=["average_id"], opacity=0.8,
+                        category_orders=orders)
     fig.update_traces(marker=dict(size=3))
 else:
     fig = px.scatter(plot, x=x_col, y=y_col, color=color_arg, hover_data=hover,
-                     custom_data=["average_id"], opacity=0.8, render_mode="webgl")
+                     custom_data=["average_id"], opacity=0.8, render_mode="webgl",
+                     category_orders=orders)
     fig.update_traces(marker=dict(size=6))
 sel = plot[plot["average_id"] == st.session_state["average"]]
 if len(sel):
