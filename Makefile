@@ -8,7 +8,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo pipeline dashboard test browser bench bench-peers clean-outputs
+.PHONY: setup demo pipeline dashboard baseline test test-dashboard browser bench bench-dashboard bench-peers \
+        clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -21,9 +22,22 @@ $(VENV)/.installed: pyproject.toml
 pipeline: setup
 	dvc repro
 
+# run from the repo root: .streamlit/config.toml applies and `dashboard` is importable
 dashboard: setup
-	streamlit run dashboard/app.py --server.headless true --server.address 127.0.0.1 \
-	  --server.port $(PORT) --browser.gatherUsageStats false
+	PYTHONPATH=$(CURDIR) python -m streamlit run dashboard/app.py --server.headless true \
+	  --server.address 127.0.0.1 --server.port $(PORT) --browser.gatherUsageStats false
+
+# record the default run as the baseline: its small metrics files go into git with dvc.lock,
+# so `dvc metrics diff`, `dvc exp show` and the dashboard's Runs page compare against it
+baseline: pipeline
+	git add dvc.lock metrics/*.json
+	git commit -m "baseline: default pipeline run (dvc.lock + metrics)" -- dvc.lock metrics
+
+test-dashboard: setup browser
+	$(VENV)/bin/python -m pytest -q tests/test_dashboard_*.py
+
+bench-dashboard: setup browser
+	$(VENV)/bin/python benchmarks/bench_dashboard.py
 
 demo: pipeline
 	@echo "Dashboard on http://127.0.0.1:$(PORT) (Ctrl-C stops it)"

@@ -9,15 +9,12 @@ show another checkout's outputs.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import path, workspace  # noqa: E402
+from dashboard.common import current_rev, path, run_picker, workspace
+from dashboard.data import OutputError, loaders, runs
 
 # (relative path, producing stage, what it holds)
 OUTPUTS = [
@@ -30,21 +27,25 @@ OUTPUTS = [
     ("models/regressor.pt", "regress", "absolute-embedding MLP (state dict)"),
     ("results/parts/regress.parquet", "regress", "regressor coordinates nn_1..3"),
     ("results/parts/orient.parquet", "orient", "best orientation, CC and gain"),
+    ("results/parts/select.parquet", "select", "averages chosen for the VAE"),
+    ("results/parts/vae.parquet", "vae", "VAE latent coordinates per average"),
+    ("data/volumes.h5", "volumes", "3D intensities along the latent"),
     ("results/averages.parquet", "tables", "one row per average, all columns"),
 ]
 
 
 def output_table() -> pd.DataFrame:
+    rev = current_rev()
     rows = []
     for rel, stage, what in OUTPUTS:
-        p = path(rel)
-        if p.exists():
-            stat = p.stat()
-            size = f"{stat.st_size / 1e6:.2f} MB"
-            when = dt.datetime.fromtimestamp(stat.st_mtime).strftime("%Y-%m-%d %H:%M:%S")
-        else:
-            size, when = "—", "not produced yet"
-        rows.append({"output": rel, "stage": stage, "holds": what, "size": size,
+        exists, size = runs.output_info(workspace(), rev, rel)
+        when = "not produced yet"
+        if exists and rev == "workspace":
+            when = dt.datetime.fromtimestamp(path(rel).stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+        elif exists:
+            when = "in this revision"
+        rows.append({"output": rel, "stage": stage, "holds": what,
+                     "size": f"{size / 1e6:.2f} MB" if exists and size is not None else "—",
                      "modified": when})
     return pd.DataFrame(rows)
 
@@ -53,8 +54,9 @@ def metrics_table() -> pd.DataFrame:
     rows = []
     for p in sorted(path("metrics").glob("*.json")):
         try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+            data = loaders.read_json(p)
+        except OutputError as exc:
+            st.warning(f"Ignoring {p.name}: {exc.problem}.")
             continue
         flat = pd.json_normalize(data, sep=".").to_dict(orient="records")
         for key, value in (flat[0] if flat else {}).items():
@@ -65,10 +67,11 @@ def metrics_table() -> pd.DataFrame:
 
 st.set_page_config(page_title="SPI Landscape", layout="wide")
 st.title("SPI Landscape")
+run_picker()
 st.caption(f"Workspace: `{workspace()}` — the dashboard reads pipeline outputs, never recomputes.")
 
 table = output_table()
-done = int((table["size"] != "—").sum())
+done = int((table["modified"] != "not produced yet").sum())
 st.subheader(f"Pipeline outputs ({done} of {len(table)} present)")
 st.dataframe(table, hide_index=True, width="stretch")
 if done == 0:

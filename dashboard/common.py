@@ -1,77 +1,167 @@
-"""Shared data access for the dashboard pages (read-only, cached).
+"""Streamlit glue for the pages: the chosen run, cached loaders, messages.
 
-The dashboard never recomputes heavy stages: it reads the files the pipeline
-wrote.  Every loader takes the file's identity (path + mtime + size) as a
-cache key, so a re-run of the pipeline shows up on the next page load.
+All data access goes through :mod:`dashboard.data` (no Streamlit there); this
+module adds caching keyed on file identity (path, mtime, size — a revision's
+files live under a folder named by its sha, so they are immutable), the run
+picker shared by every page (``st.session_state["run_rev"]``), and turning a
+missing or corrupt output into a message instead of a traceback.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-ROOT = Path(os.environ.get("SPI_WORKSPACE", Path(__file__).resolve().parent.parent))
+from dashboard.data import OutputCorrupt, OutputError, OutputMissing, file_identity, loaders
+from dashboard.data import runs as runs_mod
+from dashboard.data import tables
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def workspace() -> Path:
-    """Folder whose data/, results/ and metrics/ the dashboard shows."""
-    return Path(os.environ.get("SPI_WORKSPACE", ROOT))
+    """The project whose outputs (and DVC experiments) the dashboard shows."""
+    return Path(os.environ.get("SPI_WORKSPACE", REPO_ROOT))
 
 
-def path(relative: str) -> Path:
-    return workspace() / relative
+def current_rev() -> str:
+    return st.session_state.get("run_rev", runs_mod.WORKSPACE)
+
+
+def run_root(rev: str | None = None) -> Path:
+    """Local folder holding the outputs of the chosen run (or of ``rev``)."""
+    return runs_mod.run_dir(workspace(), rev or current_rev())
+
+
+def path(relative: str, rev: str | None = None) -> Path:
+    """Local path of an output of the chosen run, or of ``rev`` (fetched from the DVC
+    cache for a revision)."""
+    return runs_mod.materialize(workspace(), rev or current_rev(), relative)
 
 
 def file_key(p: Path) -> tuple:
-    """Identity of a file for cache keys: (path, mtime_ns, size), or None if absent."""
+    return file_identity(p)
+
+
+@st.cache_data(ttl=120, max_entries=4, show_spinner="Reading DVC experiments…")
+def list_runs(repo: str, num: int = 5) -> list[runs_mod.Run]:
     try:
-        stat = p.stat()
-    except FileNotFoundError:
-        return (str(p), None, None)
-    return (str(p), stat.st_mtime_ns, stat.st_size)
+        return runs_mod.list_runs(repo, num)
+    except Exception:  # not a git repo, a broken .dvc: the workspace alone
+        return [runs_mod.Run("workspace", runs_mod.WORKSPACE, "workspace")]
+
+
+def _remember_run() -> None:
+    st.session_state["run_rev"] = st.session_state["_run_picker"]
+
+
+def run_picker() -> runs_mod.Run:
+    """Sidebar choice of the run every page browses (kept across pages)."""
+    available = list_runs(str(workspace()))
+    revs = [r.rev for r in available]
+    if current_rev() not in revs:
+        st.session_state["run_rev"] = runs_mod.WORKSPACE
+    labels = {r.rev: f"{r.label} · {r.kind}" for r in available}
+    st.session_state["_run_picker"] = current_rev()
+    st.sidebar.selectbox("run", revs, key="_run_picker", format_func=labels.get,
+                         on_change=_remember_run,
+                         help="The workspace, each commit with results and each DVC experiment.")
+    run = available[revs.index(current_rev())]
+    if run.rev != runs_mod.WORKSPACE:
+        st.sidebar.caption(f"Browsing {run.kind} {run.rev[:10]} (outputs from the DVC cache).")
+    return run
+
+
+def page_header(title: str, page_title: str | None = None) -> runs_mod.Run:
+    """set_page_config, the title and the run picker: the first lines of every page."""
+    st.set_page_config(page_title=f"{page_title or title} · SPI Landscape", layout="wide")
+    st.title(title)
+    return run_picker()
+
+
+@st.cache_data(ttl=30, max_entries=64, show_spinner=False)
+def params_of(repo: str, rev: str) -> dict:
+    return runs_mod.params_of(repo, rev)
+
+
+@st.cache_data(ttl=30, max_entries=64, show_spinner=False)
+def metrics_of(repo: str, rev: str) -> dict:
+    return runs_mod.metrics_of(repo, rev)
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def plain(text: str) -> str:
+    """User-supplied text made inert for Streamlit's markdown (messages, titles):
+    every markdown/HTML punctuation character is backslash-escaped."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
+def show_error(exc: OutputError) -> None:
+    """A one-line message for an output that cannot be shown, then stop the page."""
+    if isinstance(exc, OutputMissing):
+        st.info(f"No `{Path(exc.path).name}` in this run yet ({exc.path}): run `dvc repro`.")
+    else:
+        st.error(f"Cannot read {exc.path}: {exc.problem}. Re-run the stage that writes it "
+                 "(`dvc repro -f <stage>`).")
+    st.stop()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _read_parquet(key: tuple) -> pd.DataFrame:
-    return pd.read_parquet(key[0])
+    return loaders.read_table(key[0])
 
 
-def read_table(relative: str) -> pd.DataFrame | None:
-    """A Parquet table of the workspace, or None when the stage has not run."""
-    p = path(relative)
-    if not p.exists():
+def read_table(relative: str, rev: str | None = None) -> pd.DataFrame | None:
+    """A Parquet table of the run; None when absent; a corrupt file stops the page."""
+    p = path(relative, rev)
+    try:
+        return _read_parquet(file_key(p))
+    except OutputMissing:
         return None
-    return _read_parquet(file_key(p))
+    except OutputCorrupt as exc:
+        show_error(exc)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _read_h5(key: tuple, datasets: tuple[str, ...], index: tuple | None) -> dict:
-    out = {}
-    with h5py.File(key[0], "r") as h5:
-        for name in datasets:
-            if name not in h5:
-                continue
-            ds = h5[name]
-            if index is not None and ds.ndim > 0:
-                out[name] = ds[np.asarray(index)]
-            else:
-                out[name] = ds[()]
-        out["__attrs__"] = {name: dict(h5[name].attrs) for name in datasets if name in h5}
-    return out
+    return loaders.read_h5(key[0], datasets, index=index, optional=datasets)
 
 
-def read_h5(relative: str, datasets: list[str], index=None) -> dict | None:
-    """Arrays from an HDF5 file of the workspace (optionally rows ``index``, sorted)."""
-    p = path(relative)
-    if not p.exists():
-        return None
+def read_h5(relative: str, datasets: list[str], index=None, rev: str | None = None) -> dict | None:
+    """Arrays from an HDF5 file of the run (optionally rows ``index``, returned sorted);
+    None when absent; a corrupt file stops the page with a message."""
+    p = path(relative, rev)
     idx = None if index is None else tuple(int(i) for i in np.sort(np.asarray(index)))
-    return _read_h5(file_key(p), tuple(datasets), idx)
+    try:
+        return _read_h5(file_key(p), tuple(datasets), idx)
+    except OutputMissing:
+        return None
+    except OutputCorrupt as exc:
+        show_error(exc)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _read_json(key: tuple) -> dict:
+    return loaders.read_json(key[0])
+
+
+def read_json(relative: str) -> dict:
+    """A metrics JSON of the run; {} when absent; invalid JSON shows a warning and gives {}."""
+    p = path(relative)
+    try:
+        return _read_json(file_key(p))
+    except OutputMissing:
+        return {}
+    except OutputCorrupt as exc:
+        st.warning(f"Ignoring {exc.path}: {exc.problem}.")
+        return {}
 
 
 def missing(stage: str, output: str) -> None:
@@ -79,26 +169,27 @@ def missing(stage: str, output: str) -> None:
     st.info(f"No `{output}` yet — run `dvc repro {stage}` (or `make demo`).")
 
 
-def averages_table(needs: str, part: str, extra_parts: tuple[str, ...] = ()) -> pd.DataFrame | None:
-    """The per-average table a page needs.
-
-    ``results/averages.parquet`` when it has column ``needs`` (the ``tables``
-    stage has run); otherwise ``results/parts/<part>.parquet`` left-joined with
-    whichever ``extra_parts`` exist, so a page works as soon as its stage ran.
-    None when the part itself is missing.
-    """
-    joined = read_table("results/averages.parquet")
-    if joined is not None and needs in joined.columns:
-        return joined
-    table = read_table(f"results/parts/{part}.parquet")
-    if table is None:
+def averages_table(needs: str, part: str, extra_parts: tuple[str, ...] = (),
+                   rev: str | None = None) -> pd.DataFrame | None:
+    """The per-average table a page needs (see :func:`dashboard.data.tables.averages_table`);
+    None when the stage has not run, a corrupt file stops the page with a message."""
+    root = run_root(rev)
+    for rel in ["results/averages.parquet", f"results/parts/{part}.parquet"] + \
+            [f"results/parts/{p}.parquet" for p in extra_parts]:
+        path(rel, rev)  # fetch a revision's files before reading the folder
+    keys = tuple(file_key(root / "results" / "parts" / f"{p}.parquet") for p in (part,) + extra_parts)
+    try:
+        return _averages_table(str(root), needs, part, tuple(extra_parts),
+                               file_key(root / "results" / "averages.parquet"), keys)
+    except OutputMissing:
         return None
-    for name in extra_parts:
-        other = read_table(f"results/parts/{name}.parquet")
-        if other is not None and "average_id" in other.columns:
-            cols = ["average_id"] + [c for c in other.columns if c not in table.columns]
-            table = table.merge(other[cols], on="average_id", how="left")
-    return table
+    except OutputCorrupt as exc:
+        show_error(exc)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _averages_table(root: str, needs: str, part: str, extra: tuple, key_joined, key_parts) -> pd.DataFrame:
+    return tables.averages_table(root, needs, part, extra)
 
 
 def log_image(images: np.ndarray, valid: np.ndarray, decades: float = 4.0) -> np.ndarray:

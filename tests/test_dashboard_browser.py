@@ -4,101 +4,92 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from spicompute.io.frames import write_frames
-from tests.conftest import REPO
+from tests.browser_util import chromium, need_chromium, streamlit_server
 from tests.volume_workspace import make_volume_workspace
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
-
-
-def _need_chromium():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium for the browser test (make browser)")
-        pytest.skip("chromium not installed (make browser installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def server(tmp_path, small_simulation):
-    _need_chromium()
+    need_chromium()
     write_frames(tmp_path / "data" / "frames.h5", small_simulation[0])
     make_volume_workspace(tmp_path)
-    port = _free_port()
-    env = dict(os.environ, SPI_WORKSPACE=str(tmp_path))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
-         "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("streamlit did not become healthy within 60 s")
+    with streamlit_server(tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_pages_render_in_headless_chromium(server, tmp_path):
-    from playwright.sync_api import sync_playwright
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.get_by_role("heading", name="SPI Landscape").wait_for(timeout=60_000)
+        page.get_by_text("Pipeline outputs").first.wait_for(timeout=30_000)
+        page.goto(f"{server}/Frames")
+        page.get_by_role("heading", name="Frames").wait_for(timeout=60_000)
+        # plotly draws the heatmaps into the DOM once its JS has run
+        page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+        assert page.locator(".js-plotly-plot").count() >= 2
+        page.screenshot(path=str(tmp_path / "frames.png"), full_page=True)
+        if os.environ.get("SPI_SCREENSHOT"):
+            shutil.copy(tmp_path / "frames.png", os.environ["SPI_SCREENSHOT"])
+        assert (tmp_path / "frames.png").stat().st_size > 10_000
+        errors = page.locator("[data-testid='stException']").count()
+        assert errors == 0
+        # the Volumes page: latent plots, the 3D isosurface (WebGL), sections and projections
+        page.goto(f"{server}/Volumes")
+        page.get_by_role("heading", name="VAE latent and volumes").wait_for(timeout=60_000)
+        page.get_by_text("projection along <111>").first.wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+        assert page.locator(".js-plotly-plot").count() >= 9
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.screenshot(path=str(tmp_path / "volumes.png"), full_page=True)
+        assert (tmp_path / "volumes.png").stat().st_size > 10_000
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server)
-            page.get_by_role("heading", name="SPI Landscape").wait_for(timeout=60_000)
-            page.get_by_text("Pipeline outputs").first.wait_for(timeout=30_000)
-            page.goto(f"{server}/Frames")
-            page.get_by_role("heading", name="Frames").wait_for(timeout=60_000)
-            # plotly draws the heatmaps into the DOM once its JS has run
-            page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
-            assert page.locator(".js-plotly-plot").count() >= 2
-            page.screenshot(path=str(tmp_path / "frames.png"), full_page=True)
-            if os.environ.get("SPI_SCREENSHOT"):
-                shutil.copy(tmp_path / "frames.png", os.environ["SPI_SCREENSHOT"])
-            assert (tmp_path / "frames.png").stat().st_size > 10_000
-            errors = page.locator("[data-testid='stException']").count()
-            assert errors == 0
-            # the Volumes page: latent plots, the 3D isosurface (WebGL), sections and projections
-            page.goto(f"{server}/Volumes")
-            page.get_by_role("heading", name="VAE latent and volumes").wait_for(timeout=60_000)
-            page.get_by_text("projection along <111>").first.wait_for(timeout=60_000)
-            page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
-            assert page.locator(".js-plotly-plot").count() >= 9
-            assert page.locator("[data-testid='stException']").count() == 0
-            page.screenshot(path=str(tmp_path / "volumes.png"), full_page=True)
-            assert (tmp_path / "volumes.png").stat().st_size > 10_000
-        finally:
-            browser.close()
+
+SHOT_PAGES = [("", "SPI Landscape", "home"), ("Landscape", "Structural landscape", "landscape"),
+              ("Averages", None, "averages"), ("Volumes", "VAE latent and volumes", "volumes"),
+              ("Training", "Training curves", "training"), ("Selections", "Selections", "selections")]
+
+
+@pytest.mark.skipif(not os.environ.get("SPI_SCREENSHOT_WORKSPACE"),
+                    reason="set SPI_SCREENSHOT_WORKSPACE to a workspace with real `dvc repro` outputs")
+def test_screenshots_of_real_outputs(tmp_path):
+    """Every main page renders on real pipeline outputs; small PNGs for the README.
+
+    SPI_SCREENSHOT_WORKSPACE: outputs of a real `dvc repro` (data/, results/, metrics/,
+    dvclive/); SPI_SCREENSHOT_DIR: where the PNGs go (default: a temporary folder).
+    """
+    from PIL import Image
+
+    need_chromium()
+    out = os.environ.get("SPI_SCREENSHOT_DIR") or str(tmp_path)
+    os.makedirs(out, exist_ok=True)
+    with streamlit_server(os.environ["SPI_SCREENSHOT_WORKSPACE"]) as url, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1300})
+        for slug, heading, name in SHOT_PAGES:
+            page.goto(f"{url}/{slug}")
+            if heading:
+                page.get_by_role("heading", name=heading).first.wait_for(timeout=120_000)
+            page.locator("[data-testid='stStatusWidget']").wait_for(state="detached",
+                                                                   timeout=120_000)
+            if page.locator(".js-plotly-plot").count():
+                page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=120_000)
+            page.wait_for_timeout(1500)  # WebGL traces draw after the SVG layers
+            assert page.locator("[data-testid='stException']").count() == 0, name
+            shots = [name]
+            if name == "landscape" and page.get_by_text("Member frames of average").count():
+                shots.append("landscape_drilldown")
+            for shot in shots:
+                if shot == "landscape_drilldown":  # the average, its reference, member frames
+                    page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()
+                    page.wait_for_timeout(1500)
+                png = os.path.join(out, f"{shot}.png")
+                page.screenshot(path=png)
+                # small PNGs for the repository: 1280 px wide, 128-colour palette
+                Image.open(png).convert("RGB").quantize(128).save(png, optimize=True)
+                assert os.path.getsize(png) > 10_000

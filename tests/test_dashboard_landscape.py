@@ -50,6 +50,8 @@ def workspace(tmp_path, monkeypatch):
 
 def test_landscape_from_parts_3d_scatter_and_pattern(workspace):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert at.radio(key="dims").value == "2D"  # box/lasso selection needs 2D: the default
+    at.radio(key="dims").set_value("3D").run()
     assert not at.exception
     assert at.metric[0].value == "12"
     assert at.metric[1].value == "80.0%"
@@ -73,7 +75,6 @@ def test_landscape_from_parts_3d_scatter_and_pattern(workspace):
 def test_method_switch_2d_colour_and_selection(workspace):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     at.selectbox(key="method").select("tsne").run()
-    at.radio(key="dims").set_value("2D").run()
     at.selectbox(key="y").select("tsne_3").run()
     at.selectbox(key="color").select("n_frames").run()
     assert not at.exception
@@ -88,7 +89,7 @@ def test_method_switch_2d_colour_and_selection(workspace):
     assert not at.exception
     charts = at.get("plotly_chart")
     pattern = json.loads(charts[1].proto.spec)
-    assert "#107" in pattern["layout"]["title"]["text"]
+    assert "#107" in pattern["layout"]["annotations"][0]["text"]
     scatter = json.loads(charts[0].proto.spec)
     sel = [t for t in scatter["data"] if t.get("name") == "selected"][0]
     row = part[part["average_id"] == 107].iloc[0]
@@ -112,3 +113,48 @@ def test_joined_table_preferred_and_missing_notice(workspace, tmp_path_factory, 
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
     assert any("dvc repro embed" in info.value for info in at.info)
+
+
+def test_diagnostics_banner_and_member_frames(workspace, small_simulation):
+    """pc_1 made to follow occupancy -> a banner; member frames drawn from data/frames.h5."""
+    from spicompute.io.frames import write_frames
+
+    frames = small_simulation[0]
+    write_frames(workspace / "data" / "frames.h5", frames)
+    fids = np.asarray(frames.frame_id)
+    n = len(fids)
+    rng = np.random.default_rng(3)
+    avg_of = np.arange(n) % M + 100
+    pd.DataFrame({"frame_id": fids, "run": 0, "average_id": avg_of,
+                  "rotation_deg": rng.choice([0.0, 90.0, 180.0], n),
+                  "posterior_max": rng.uniform(0.5, 1, n), "scale": 1.0}
+                 ).to_parquet(workspace / "results" / "frames.parquet", index=False)
+    part = pd.read_parquet(workspace / "results/parts/embed.parquet")
+    part["pc_1"] = np.arange(M) * 3.0 + 0.01 * rng.normal(size=M)  # = n_frames: a nuisance axis
+    part.to_parquet(workspace / "results/parts/embed.parquet", index=False)
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert any("pc_1 follows n_frames" in w.value for w in at.warning)
+    assert not any("pc_2 follows" in w.value for w in at.warning)
+    charts = at.get("plotly_chart")
+    members = json.loads(charts[-1].proto.spec)
+    heat = [t for t in members["data"] if t["type"] == "heatmap"]
+    assert len(heat) == 6
+    titles = [a["text"] for a in members["layout"]["annotations"]]
+    shown = [int(t.split()[1]) for t in titles]
+    assert set(avg_of[np.isin(fids, shown)]) == {100}
+    # the frame is really the recorded one (rotation 0: the pixels are its counts)
+    z = decode_plotly_array(heat[0]["z"]).astype(float)
+    assert z.shape == frames.detector.shape and np.nanmax(z) > 0
+
+
+def test_corrupt_embedding_and_metrics_give_messages(workspace):
+    (workspace / "metrics" / "embed.json").write_text("{not json")
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert any("embed.json" in w.value and "invalid JSON" in w.value for w in at.warning)
+    raw = (workspace / "results/parts/embed.parquet").read_bytes()
+    (workspace / "results/parts/embed.parquet").write_bytes(raw[: len(raw) // 3])
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert any("embed.parquet" in e.value and "unreadable Parquet" in e.value for e in at.error)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -79,4 +81,21 @@ def test_corrupt_volume_file_gives_a_message(workspace):
     (workspace / "data" / "volumes.h5").write_bytes(b"not hdf5 at all")
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
-    assert any("Could not read data/volumes.h5" in e.value for e in at.error)
+    assert any("volumes.h5" in e.value and "unreadable HDF5" in e.value for e in at.error)
+
+
+def test_volume_to_nearest_averages_in_latent(workspace):
+    table = pd.read_parquet(workspace / "results/parts/vae.parquet")
+    with h5py.File(workspace / "data/volumes.h5", "r") as h5:
+        z3 = float(h5["volumes/z"][3, 0])
+    pd.DataFrame({"frame_id": np.arange(3 * len(table)), "average_id": np.tile(table["average_id"], 3),
+                  "rotation_deg": 0.0, "posterior_max": 1.0}
+                 ).to_parquet(workspace / "results/frames.parquet", index=False)
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.select_slider(key="volume_index").set_value(3).run()
+    at.slider(key="k_near").set_value(4).run()
+    assert not at.exception
+    near = next(d.value for d in at.dataframe if "latent_distance" in d.value.columns)
+    expect = table.assign(d=(table["z_1"] - z3).abs()).nsmallest(4, "d")["average_id"]
+    assert near["average_id"].tolist() == expect.tolist()
+    assert any(m.value == "12" for m in at.metric)  # 3 member frames for each of 4 averages

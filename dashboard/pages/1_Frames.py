@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import file_key, missing, path, read_h5  # noqa: E402
+from dashboard.common import file_key, missing, path, read_h5, run_picker
 
-from spicompute.io.frames import read_frame_subset  # noqa: E402
+from spicompute.io.frames import read_frame_subset
 
 st.set_page_config(page_title="Frames · SPI Landscape", layout="wide")
 st.title("Frames")
+run_picker()
 
 FRAMES = "data/frames.h5"
 frames_path = path(FRAMES)

@@ -7,8 +7,6 @@ metrics/classify2d.json.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +15,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import file_key, log_image, missing, path, read_h5  # noqa: E402
+from dashboard.common import file_key, log_image, missing, path, read_h5, read_json, run_picker
 
 st.set_page_config(page_title="Averages · SPI Landscape", layout="wide")
 st.title("2D class averages")
+run_picker()
 
 AVERAGES = "data/averages.h5"
 LIVE = "dvclive/classify2d/plots/metrics"
@@ -33,7 +31,10 @@ def _live_series(key: tuple) -> pd.DataFrame:
     """All dvclive TSVs under the folder as one long table (run, metric, step, value)."""
     rows = []
     for tsv in sorted(Path(key[0]).glob("run_*/*.tsv")):
-        frame = pd.read_csv(tsv, sep="\t")
+        try:
+            frame = pd.read_csv(tsv, sep="\t")
+        except (ValueError, OSError):  # a truncated log while the stage writes it: skip
+            continue
         metric = tsv.stem
         if "step" not in frame or metric not in frame:
             continue
@@ -140,7 +141,7 @@ else:
                        yaxis_type="log" if metric == "model_change" else "linear")
     st.plotly_chart(conv, width="stretch", key="convergence")
 
-summary = path("metrics/classify2d.json")
-if summary.exists():
+summary = read_json("metrics/classify2d.json")
+if summary:
     with st.expander("metrics/classify2d.json"):
-        st.json(json.loads(summary.read_text()))
+        st.json(summary)

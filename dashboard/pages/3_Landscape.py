@@ -1,50 +1,81 @@
 """The structural landscape: CLPCA space (and Isomap / spectral / t-SNE) of all averages.
 
-Reads results/averages.parquet (the joined table) or, before the ``tables``
-stage has run, results/parts/embed.parquet joined with
-results/parts/classify2d.parquet; metrics/embed.json for the explained
-variance; data/averages.h5 for the pattern of the selected average.
+Box/lasso a region of the 2D scatter, name it and save it as a selection
+(``selections/<name>.json``, read by the ``select`` stage).  Click a point to
+drill down: its average, the best-fit reference slice, member frames turned
+into the average's orientation.  A banner warns when a component follows
+occupancy, signal level or the bootstrap run.
 """
 
 from __future__ import annotations
-
-import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import averages_table, log_image, missing, path, read_h5  # noqa: E402
+from dashboard.common import (averages_table, current_rev, file_key, log_image, missing, path,
+                              plain, read_h5, read_json, read_table, run_picker, workspace)
+from dashboard.data import OutputError, diagnostics, drill, selections, tables
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
+run_picker()
 
 METHODS = {"pc": "CLPCA (PCA of the CC matrix)", "isomap": "Isomap", "spectral": "Spectral",
            "tsne": "t-SNE"}
 AVERAGES = "data/averages.h5"
 
-
-def components(table: pd.DataFrame, method: str) -> list[str]:
-    cols, k = [], 1
-    while f"{method}_{k}" in table.columns:
-        cols.append(f"{method}_{k}")
-        k += 1
-    return cols
-
-
-table = averages_table("pc_1", "embed", ("classify2d",))
+table = averages_table("pc_1", "embed", ("classify2d", "orient", "vae"))
 if table is None:
     missing("embed", "results/parts/embed.parquet")
     st.stop()
 
-available = [m for m in METHODS if components(table, m)]
-metrics_path = path("metrics/embed.json")
-metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+available = [m for m in METHODS if tables.components(table, m)]
+metrics = read_json("metrics/embed.json")
+
+
+@st.cache_data(max_entries=4, show_spinner="Checking the landscape against nuisances…")
+def nuisance_table(key_frames: tuple, key_h5: tuple, key_truth: tuple, comps: tuple,
+                   avg: pd.DataFrame) -> pd.DataFrame:
+    from dashboard.data import loaders
+
+    photons, shape_cols = None, ()
+    frames = None
+    try:
+        frames = loaders.read_table(key_frames[0], ["frame_id", "average_id"])
+        h5 = loaders.read_h5(key_h5[0], ["frames/frame_id", "frames/photons"])
+        photons = diagnostics.mean_photons_per_average(frames, h5["frames/frame_id"],
+                                                       h5["frames/photons"])
+    except OutputError:
+        pass
+    try:  # simulated data: the ground-truth melt of the members is a shape reference
+        truth = loaders.read_h5(key_truth[0], ["truth/frame_id", "truth/melt_t"])
+        if frames is not None:
+            avg = avg.assign(**{"truth melt": diagnostics.mean_photons_per_average(
+                frames, truth["truth/frame_id"], truth["truth/melt_t"]).reindex(
+                avg["average_id"].to_numpy()).to_numpy()})
+            shape_cols = ("truth melt",)
+    except OutputError:
+        pass
+    return diagnostics.nuisance_correlations(avg, list(comps), photons, shape_cols)
+
+
+pcs = tables.components(table, "pc")
+if pcs:
+    diag = nuisance_table(file_key(path("results/frames.parquet")),
+                          file_key(path("data/frames.h5")), file_key(path("data/truth.h5")),
+                          tuple(pcs), table)
+    warning = diagnostics.banner(diag)
+    if warning:
+        st.warning(warning, icon="⚠️")
+    with st.expander("Diagnostics: components against occupancy, photons per frame, bootstrap run"):
+        st.dataframe(diag, hide_index=True, width="stretch")
+        st.caption("Spearman rho with n_frames and with the mean photons per frame of the members; "
+                   "eta (correlation ratio) with the bootstrap run. Flagged when |value| > 0.5 "
+                   "and larger than the correlation with any shape reference.")
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("averages", f"{len(table):,}")
@@ -57,9 +88,9 @@ c4.metric("silhouette", f"{sil:.2f}" if isinstance(sil, (int, float)) and sil ==
 
 s1, s2, s3 = st.columns([2, 1, 2])
 method = s1.selectbox("embedding", available, format_func=lambda m: METHODS[m], key="method")
-comps = components(table, method)
-dims = s2.radio("view", ["3D", "2D"] if len(comps) >= 3 else ["2D"], key="dims",
-                horizontal=True)
+comps = tables.components(table, method)
+dims = s2.radio("view", ["2D", "3D"] if len(comps) >= 3 else ["2D"], key="dims",
+                horizontal=True, help="Box/lasso selection works in the 2D view.")
 numeric = [c for c in table.columns
            if pd.api.types.is_numeric_dtype(table[c]) and c not in ("average_id",)
            and not any(c.startswith(f"{m}_") for m in METHODS)]
@@ -75,26 +106,38 @@ if dims == "2D" and len(comps) > 2:
 else:
     x_col, y_col = comps[0], comps[1] if len(comps) > 1 else comps[0]
 
-plot = table.copy()
+ids = table["average_id"].to_numpy()
+# the "average" selectbox's state is the single source of truth for the drill-down;
+# a click in the 2D scatter writes it before the selectbox is drawn
+if st.session_state.get("average") not in set(int(i) for i in ids):
+    st.session_state["average"] = int(ids[0])
+
+plot, thinned = tables.thin(table, keep_ids=[st.session_state["average"]])
+if thinned:
+    st.info(f"Showing {len(plot):,} of {len(table):,} averages (a uniform sample) to keep the "
+            "browser responsive; selections still use every average inside the box.")
+plot = plot.copy()
 hover = [c for c in ("average_id", "run", "model", "n_frames", "cluster") if c in plot]
 color_arg = None
 if color in plot:
     if color == "cluster" or not pd.api.types.is_float_dtype(plot[color]):
         plot[color] = plot[color].astype("Int64").astype(str)
     color_arg = color
-ids = plot["average_id"].to_numpy()
-# the "average" selectbox's state is the single source of truth for the selection;
-# a click in the 2D scatter writes it before the selectbox is drawn
-if st.session_state.get("average") not in set(int(i) for i in ids):
-    st.session_state["average"] = int(ids[0])
+orders = {}
+if color_arg and not pd.api.types.is_numeric_dtype(plot[color_arg]):  # legend in numeric order
+    levels = plot[color_arg].unique().tolist()
+    orders = {color_arg: sorted(levels, key=lambda v: (not v.lstrip("-").isdigit(),
+                                                       int(v) if v.lstrip("-").isdigit() else 0, v))}
 
 if dims == "3D":
     fig = px.scatter_3d(plot, x=comps[0], y=comps[1], z=comps[2], color=color_arg,
-                        hover_data=hover, custom_data=["average_id"], opacity=0.8)
+                        hover_data=hover, custom_data=["average_id"], opacity=0.8,
+                        category_orders=orders)
     fig.update_traces(marker=dict(size=3))
 else:
     fig = px.scatter(plot, x=x_col, y=y_col, color=color_arg, hover_data=hover,
-                     custom_data=["average_id"], opacity=0.8)
+                     custom_data=["average_id"], opacity=0.8, render_mode="webgl",
+                     category_orders=orders)
     fig.update_traces(marker=dict(size=6))
 sel = plot[plot["average_id"] == st.session_state["average"]]
 if len(sel):
@@ -108,33 +151,64 @@ if len(sel):
         fig.add_trace(go.Scatter(x=sel[x_col], y=sel[y_col], mode="markers", marker=mark,
                                  name="selected", hoverinfo="skip"))
 fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10),
-                  legend=dict(title=color if color_arg else None))
+                  legend=dict(title=color if color_arg else None),
+                  dragmode="select" if dims == "2D" else None)
 
 left, right = st.columns([3, 2])
 with left:
+    region: list[int] = []
     if dims == "2D":
         event = st.plotly_chart(fig, width="stretch", key="landscape", on_select="rerun",
-                                selection_mode="points")
-        points = (event or {}).get("selection", {}).get("points", []) if event else []
-        if points:
-            custom = points[0].get("customdata")
-            clicked = int(custom[0]) if custom else None
+                                selection_mode=("points", "box", "lasso"))
+        chosen = (event or {}).get("selection", {}) if event else {}
+        points = chosen.get("points", [])
+        box = chosen.get("box", [])
+        lasso = chosen.get("lasso", [])
+        region = selections.ids_from_event(points)
+        if box and thinned:  # a box covers the averages the thinned plot does not draw
+            b = box[0]
+            region = selections.ids_in_box(table, x_col, y_col, b["x"], b["y"])
+        if len(region) == 1 and not box and not lasso:
+            clicked = region[0]
             # apply a click once (the selection persists across reruns)
-            if clicked is not None and clicked != st.session_state.get("last_click"):
+            if clicked != st.session_state.get("last_click"):
                 st.session_state["last_click"] = clicked
                 st.session_state["average"] = clicked
                 st.rerun()
+            region = []
     else:
         st.plotly_chart(fig, width="stretch", key="landscape")
     st.caption("Each point is a class average. Distances reflect the similarity of the best "
-               "common lines (CC matrix); click a point (2D) or pick its id to see the pattern.")
+               "common lines (CC matrix). 2D: click a point to drill down; drag a box or lasso "
+               "to select a region and save it for the pipeline.")
+
+    if region:
+        st.subheader(f"{len(region)} averages selected")
+        if current_rev() != "workspace":
+            st.info("Selections are saved into the workspace: switch the run to `workspace`.")
+        else:
+            with st.form("save_selection", clear_on_submit=False):
+                name = st.text_input("selection name", key="selection_name",
+                                     help="letters, digits, '.', '_' or '-' (<= 64)")
+                note = st.text_input("note", key="selection_note")
+                overwrite = st.checkbox("replace an existing selection of that name")
+                saved = st.form_submit_button("Save selection")
+            if saved:
+                try:
+                    out = selections.save(workspace(), name, region, note=note,
+                                          overwrite=overwrite)
+                except (ValueError, FileExistsError) as exc:
+                    st.error(plain(exc))
+                else:
+                    st.success(f"Saved {len(region)} averages to selections/{out.name}. "
+                               "`dvc repro` re-runs the select stage (select.mode: file).")
 
 with right:
     order = sorted(int(i) for i in ids)
     choice = st.selectbox("average", order, key="average")
     row = table[table["average_id"] == choice].iloc[0]
     ids_file = read_h5(AVERAGES, ["averages/average_id"])
-    if ids_file is None:
+    if ids_file is None or "averages/average_id" not in ids_file:
         missing("classify2d", AVERAGES)
     else:
         where = np.nonzero(ids_file["averages/average_id"] == choice)[0]
@@ -146,13 +220,65 @@ with right:
             img = arrays["averages/intensity"][0].astype(np.float64)
             valid = arrays["averages/weight"][0] > 0
             logimg = log_image(img, valid)
-            pat = px.imshow(logimg, origin="lower", color_continuous_scale="viridis",
-                            labels=dict(color="log10 I"))
+            panels = [(logimg, f"average #{choice}")]
+            fit_ids = read_h5("data/orient.h5", ["average_id"])
+            if fit_ids is not None and "average_id" in fit_ids:
+                w2 = np.nonzero(fit_ids["average_id"] == choice)[0]
+                if len(w2):
+                    ref = read_h5("data/orient.h5", ["best_slice"], index=[int(w2[0])])
+                    if ref is not None and "best_slice" in ref and \
+                            ref["best_slice"][0].shape == img.shape:
+                        ref_img = ref["best_slice"][0].astype(np.float64)
+                        panels.append((log_image(ref_img, valid & (ref_img > 0)),
+                                       "best-fit reference slice"))
+            pat = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels],
+                                horizontal_spacing=0.02)
+            for k, (im, _) in enumerate(panels):
+                pat.add_trace(go.Heatmap(z=im, colorscale="Viridis", showscale=k == 0,
+                                         colorbar=dict(title="log10 I")), 1, k + 1)
             pat.update_xaxes(showticklabels=False)
-            pat.update_yaxes(showticklabels=False)
-            pat.update_layout(height=420, margin=dict(l=5, r=5, t=30, b=5),
-                              title=f"average #{choice}")
+            pat.update_yaxes(showticklabels=False, scaleanchor="x")
+            pat.update_layout(height=360, margin=dict(l=5, r=5, t=40, b=5))
             st.plotly_chart(pat, width="stretch", key="pattern")
     info = {c: row[c] for c in table.columns if c in hover or c.startswith(f"{method}_")}
     st.dataframe(pd.DataFrame({"column": list(info), "value": [str(v) for v in info.values()]}),
                  hide_index=True, width="stretch")
+
+st.subheader(f"Member frames of average #{choice}")
+frames_table = read_table("results/frames.parquet")
+frames_file = path("data/frames.h5")
+if frames_table is None or not frames_file.exists():
+    missing("classify2d", "results/frames.parquet and data/frames.h5")
+else:
+    n_show = st.slider("frames shown", 1, 12, 6, key="n_members")
+    members = drill.sample_members(frames_table, choice, n_show)
+    if not len(members):
+        st.info("No frames were assigned to this average.")
+    else:
+        @st.cache_data(max_entries=16, show_spinner=False)
+        def member_images(key: tuple, frame_ids: tuple, angles: tuple):
+            return drill.member_frame_images(key[0], pd.DataFrame(
+                {"frame_id": list(frame_ids), "rotation_deg": list(angles)}))
+
+        try:
+            images, fids = member_images(file_key(frames_file),
+                                         tuple(members["frame_id"].tolist()),
+                                         tuple(members["rotation_deg"].tolist()))
+        except (OutputError, ValueError) as exc:
+            st.warning(f"Cannot draw member frames: {exc}")
+        else:
+            cols = min(len(fids), 6)
+            rows = int(np.ceil(len(fids) / cols))
+            angle = dict(zip(members["frame_id"], members["rotation_deg"]))
+            mf = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.01,
+                               vertical_spacing=0.06,
+                               subplot_titles=[f"frame {f} · {angle[f]:.0f}°" for f in fids])
+            for k, im in enumerate(images):
+                mf.add_trace(go.Heatmap(z=np.log10(1 + im), colorscale="Viridis",
+                                        showscale=False), k // cols + 1, k % cols + 1)
+            mf.update_xaxes(showticklabels=False)
+            mf.update_yaxes(showticklabels=False)
+            mf.update_layout(height=230 * rows, margin=dict(l=5, r=5, t=30, b=5))
+            st.plotly_chart(mf, width="stretch", key="members")
+            st.caption("Photon counts, log10(1 + n), each frame turned back by its in-plane "
+                       "rotation into the average's orientation (most confident first).")

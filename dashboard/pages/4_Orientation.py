@@ -6,19 +6,17 @@ Reads results/averages.parquet (or the orient/embed parts), data/orient.h5
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import averages_table, log_image, missing, read_h5  # noqa: E402
+from dashboard.common import averages_table, log_image, missing, read_h5, run_picker
 
 st.set_page_config(page_title="Orientation · SPI Landscape", layout="wide")
 st.title("Orientation and gain")
+run_picker()
 
 
 table = averages_table("gain", "orient", ("embed", "classify2d"))

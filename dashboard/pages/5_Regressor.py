@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,11 +9,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import averages_table, file_key, missing, path, read_table  # noqa: E402
+from dashboard.common import averages_table, file_key, missing, path, read_table, read_json, run_picker
 
 st.set_page_config(page_title="Regressor · SPI Landscape", layout="wide")
 st.title("Absolute-embedding regressor")
+run_picker()
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -29,9 +26,8 @@ if table is None:
     missing("regress", "results/parts/regress.parquet")
     st.stop()
 
-metrics_path = path("metrics/regress.json")
-if metrics_path.exists():
-    metrics = json.loads(metrics_path.read_text())
+metrics = read_json("metrics/regress.json")
+if metrics:
     val = metrics.get("validation", {})
     rows = [{"component": k, "validation MSE": v, "validation R²": val.get("r2", {}).get(k)}
             for k, v in val.get("mse", {}).items()]

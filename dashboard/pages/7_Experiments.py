@@ -1,101 +1,132 @@
-"""Experiments: DVC experiments side by side — parameters, metrics, landscapes."""
+"""Runs: the workspace, commits with results and every DVC experiment — pick, compare.
+
+Read through DVC's Python API (exp_show, params_show, metrics_show,
+DVCFileSystem for outputs from the cache); nothing is re-run.  Two runs side
+by side: params diff, metrics diff, both landscapes after Procrustes
+alignment, matched averages next to each other, which clusters correspond.
+"""
 
 from __future__ import annotations
 
-import io
-import sys
-from pathlib import Path
-
-import pandas as pd
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import workspace  # noqa: E402
+from dashboard.common import (averages_table, list_runs, log_image, metrics_of, params_of,
+                              read_h5, run_picker, workspace)
+from dashboard.data import compare, runs, tables
 
-st.set_page_config(page_title="Experiments · SPI Landscape", layout="wide")
-st.title("Experiments")
-
-META = ["Experiment", "rev", "typ", "Created", "parent", "State", "Executor"]
-
-
-@st.cache_data(ttl=30, show_spinner="Reading DVC experiments…")
-def experiments(repo: str, num: int) -> pd.DataFrame:
-    import dvc.api
-
-    rows = dvc.api.exp_show(repo=repo, num=num)
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    table["name"] = table["Experiment"].fillna(table["rev"])
-    return table
-
-
-@st.cache_data(max_entries=16, show_spinner="Loading results of the revision…")
-def averages_at(repo: str, rev: str) -> pd.DataFrame | None:
-    """results/averages.parquet of a revision (workspace: the file on disk)."""
-    if rev == "workspace":
-        p = Path(repo) / "results" / "averages.parquet"
-        return pd.read_parquet(p) if p.exists() else None
-    from dvc.api import DVCFileSystem
-
-    try:
-        fs = DVCFileSystem(repo, rev=rev)
-        with fs.open("results/averages.parquet", "rb") as fh:
-            return pd.read_parquet(io.BytesIO(fh.read()))
-    except Exception:  # not produced in that revision, or its cache is not local
-        return None
-
+st.set_page_config(page_title="Runs · SPI Landscape", layout="wide")
+st.title("Runs and experiments")
+run_picker()
 
 repo = str(workspace())
-if not (Path(repo) / ".dvc").exists():
-    st.info(f"`{repo}` is not a DVC project: no experiments to compare.")
+if not runs.is_dvc_repo(repo):
+    st.info(f"`{repo}` is not a DVC project: only the workspace can be browsed.")
     st.stop()
-num = st.number_input("commits of history to include", min_value=1, max_value=50, value=1)
+n1, n2 = st.columns([3, 1])
+num = n1.number_input("commits of history to include", min_value=1, max_value=50, value=1)
+if n2.button("Refresh", help="Re-read experiments now (the list is cached for 2 minutes)."):
+    list_runs.clear()
+    params_of.clear()
+    metrics_of.clear()
+available = list_runs(repo, int(num))
+params = {r.rev: params_of(repo, r.rev) for r in available}
+metrics = {r.rev: metrics_of(repo, r.rev) for r in available}
+table = runs.runs_table(repo, available, params, metrics)
+table.insert(0, "name", [r.name for r in available])
+st.dataframe(table.drop(columns=["run"]), hide_index=True, width="stretch")
+commits = [r for r in available if r.kind == "commit"]
+if commits and not metrics.get(commits[0].rev):
+    st.warning("The commit has no metrics in git: run `make baseline` (commits dvc.lock and the "
+               "small metrics/*.json of the default run) so experiments compare against it.")
+st.caption(f"{len(available)} runs. Pick one in the sidebar to browse it on every page. "
+           "'changed params' is relative to the first commit (the baseline).")
+
+st.subheader("Compare two runs")
+labels = {r.rev: f"{r.name} · {r.kind}" for r in available}
+revs = [r.rev for r in available]
+default_b = next((r.rev for r in available if r.kind == "commit"), revs[0])
+default_a = next((r.rev for r in available if r.kind == "experiment"), revs[0])
+c1, c2 = st.columns(2)
+rev_a = c1.selectbox("run A", revs, index=revs.index(default_a), format_func=labels.get, key="run_a")
+rev_b = c2.selectbox("run B", revs, index=revs.index(default_b), format_func=labels.get, key="run_b")
+if rev_a == rev_b:
+    st.info("Pick two different runs.")
+    st.stop()
+
+d1, d2 = st.columns(2)
+with d1:
+    st.markdown("**Parameters that differ**")
+    pdiff = runs.diff(params[rev_a], params[rev_b]).rename(columns={"a": "A", "b": "B"})
+    if len(pdiff):
+        st.dataframe(pdiff.drop(columns=["change"]), hide_index=True, width="stretch")
+    else:
+        st.caption("Same parameters.")
+with d2:
+    st.markdown("**Metrics that differ**")
+    mdiff = runs.diff(metrics[rev_a], metrics[rev_b]).rename(columns={"a": "A", "b": "B",
+                                                                      "change": "B − A"})
+    mdiff = mdiff[~mdiff["key"].str.contains("seconds")]
+    if len(mdiff):
+        st.dataframe(mdiff, hide_index=True, width="stretch")
+    elif not metrics[rev_a] or not metrics[rev_b]:
+        st.caption("Metrics missing for one run (not committed, or its stages did not run).")
+    else:
+        st.caption("Same metrics.")
+
+ta = averages_table("pc_1", "embed", ("classify2d",), rev=rev_a)
+tb = averages_table("pc_1", "embed", ("classify2d",), rev=rev_b)
+if ta is None or tb is None:
+    st.info("One of the runs has no landscape (results/parts/embed.parquet) in the cache: "
+            "`dvc exp pull` / `dvc pull` it, or run its pipeline.")
+    st.stop()
+cols = [c for c in tables.components(ta, "pc") if c in tb.columns][:3]
 try:
-    table = experiments(repo, int(num))
-except Exception as exc:  # a broken repo should not take the page down
-    st.error(f"Could not read experiments: {exc}")
-    st.stop()
-if table.empty:
-    st.info("No experiments yet: run `dvc exp run -S section.key=value`.")
+    aligned, rel = compare.align_landscapes(ta, tb, cols)
+except ValueError as exc:
+    st.info(str(exc))
     st.stop()
 
-value_cols = [c for c in table.columns if c not in META + ["name"]]
-varying = [c for c in value_cols if table[c].astype(str).nunique() > 1]
-show_all = st.toggle("show columns that are equal everywhere", value=False)
-cols = ["name", "typ", "Created"] + (value_cols if show_all else varying)
-st.dataframe(table[cols], hide_index=True, width="stretch")
-st.caption(f"{len(table)} revisions; {len(varying)} parameter/metric columns differ.")
+st.markdown(f"**Landscapes after Procrustes alignment** (B mapped onto A; relative residual "
+            f"{rel:.2f}: 0 = the same shape, ~1 = unrelated)")
+fig = go.Figure()
+fig.add_trace(go.Scattergl(x=aligned[cols[0]], y=aligned[cols[1]], mode="markers",
+                           name=f"A: {labels[rev_a]}", customdata=aligned["average_id"],
+                           marker=dict(size=6, color="#4C78A8", opacity=0.7)))
+fig.add_trace(go.Scattergl(x=aligned[f"{cols[0]}_other"], y=aligned[f"{cols[1]}_other"],
+                           mode="markers", name=f"B: {labels[rev_b]} (aligned)",
+                           customdata=aligned["average_id"],
+                           marker=dict(size=6, color="#F58518", opacity=0.7, symbol="x")))
+fig.update_layout(height=480, xaxis_title=cols[0], yaxis_title=cols[1],
+                  margin=dict(l=10, r=10, t=30, b=10))
+st.plotly_chart(fig, width="stretch", key="compare_landscapes")
 
-names = table["name"].tolist()
-chosen = st.multiselect("compare", names, default=names[: min(2, len(names))])
-if len(chosen) >= 2:
-    sub = table.set_index("name").loc[chosen]
-    diff = sub[[c for c in value_cols if sub[c].astype(str).nunique() > 1]].T
-    st.subheader("What differs")
-    st.dataframe(diff.astype(str), width="stretch")
+st.markdown("**Matched averages** (same average_id in both runs; largest moves first)")
+moved = aligned.sort_values("distance", ascending=False)
+st.dataframe(moved.head(50).round(4), hide_index=True, width="stretch")
+pick = st.selectbox("show average in both runs", moved["average_id"].tolist(), key="matched")
+panels = []
+for rev in (rev_a, rev_b):
+    ids = read_h5("data/averages.h5", ["averages/average_id"], rev=rev)
+    if ids is None or "averages/average_id" not in ids:
+        continue
+    where = np.nonzero(ids["averages/average_id"] == pick)[0]
+    if len(where):
+        arr = read_h5("data/averages.h5", ["averages/intensity", "averages/weight"],
+                      index=[int(where[0])], rev=rev)
+        img = arr["averages/intensity"][0].astype(np.float64)
+        panels.append((log_image(img, arr["averages/weight"][0] > 0), labels[rev]))
+if panels:
+    pf = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
+    for k, (im, _) in enumerate(panels):
+        pf.add_trace(go.Heatmap(z=im, colorscale="Viridis", showscale=k == 0), 1, k + 1)
+    pf.update_xaxes(showticklabels=False)
+    pf.update_yaxes(showticklabels=False)
+    pf.update_layout(height=340, margin=dict(l=5, r=5, t=40, b=5))
+    st.plotly_chart(pf, width="stretch", key="matched_pair")
 
-    st.subheader("Landscapes (CLPCA-1 vs CLPCA-2)")
-    frames = {n: averages_at(repo, str(table.set_index("name").loc[n, "rev"])) for n in chosen}
-    ref_name = chosen[0]
-    ref = frames[ref_name]
-    fig = go.Figure()
-    for n, df in frames.items():
-        if df is None or "pc_1" not in df:
-            st.caption(f"{n}: no results/averages.parquet with CLPCA columns in that revision.")
-            continue
-        xy = df[["pc_1", "pc_2", "pc_3"]].to_numpy()
-        note = ""
-        if n != ref_name and ref is not None and "pc_1" in ref and \
-                set(df["average_id"]) == set(ref["average_id"]):
-            from spicompute.embedding import procrustes_align
-
-            order = df.set_index("average_id").loc[ref["average_id"]]
-            xy, _, _, rel = procrustes_align(ref[["pc_1", "pc_2", "pc_3"]].to_numpy(),
-                                             order[["pc_1", "pc_2", "pc_3"]].to_numpy())
-            note = f" (Procrustes-aligned, residual {rel:.2f})"
-        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=n + note,
-                                   marker=dict(size=5, opacity=0.6)))
-    fig.update_layout(xaxis_title="CLPCA-1", yaxis_title="CLPCA-2", height=520)
-    st.plotly_chart(fig, width="stretch", key="compare_landscapes")
+if "cluster" in ta and "cluster" in tb:
+    st.markdown("**Which clusters correspond** (averages shared by A's row and B's column)")
+    st.dataframe(compare.cluster_correspondence(ta, tb), hide_index=True, width="stretch")

@@ -6,8 +6,6 @@ and, when the phase stage has run, data/phased.h5 and results/volumes.parquet.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,13 +13,15 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import averages_table, missing, path, read_h5, read_table  # noqa: E402
+from dashboard.common import (averages_table, missing, plain, read_h5, read_table, run_picker,
+                              workspace)
+from dashboard.data import drill, selections
 
-from spicompute.views import DIRECTIONS, block_mean, central_section, log_display, projection, quantize_uint8  # noqa: E402
+from spicompute.views import DIRECTIONS, block_mean, central_section, log_display, projection, quantize_uint8
 
 st.set_page_config(page_title="Volumes · SPI Landscape", layout="wide")
 st.title("VAE latent and volumes")
+run_picker()
 
 VOLUMES, PHASED = "data/volumes.h5", "data/phased.h5"
 
@@ -66,10 +66,25 @@ if "pc_2" in table.columns:
     sc = go.Figure(go.Scattergl(x=table["z_1"], y=table["pc_2"], mode="markers",
                                 marker=dict(size=5, color=color, colorscale="Viridis",
                                             colorbar=dict(title="gain") if color is not None else None),
+                                customdata=table[["average_id"]].to_numpy(),
                                 text=[f"average {a}" for a in table["average_id"]]))
     sc.update_layout(title="z against CLPCA-2, coloured by gain (Fig. 5A)", xaxis_title="z_1",
                      yaxis_title="CLPCA-2", height=360, margin=dict(t=50, b=40))
-    right.plotly_chart(sc, width="stretch", key="z_vs_pc2")
+    sc.update_layout(dragmode="select")
+    with right:
+        event = st.plotly_chart(sc, width="stretch", key="z_vs_pc2", on_select="rerun",
+                                selection_mode=("box", "lasso"))
+    latent_region = selections.ids_from_event(((event or {}).get("selection") or {}).get("points", []))
+    if latent_region:
+        with right.form("latent_region"):
+            st.write(f"{len(latent_region)} averages selected in the latent")
+            region_name = st.text_input("selection name", key="latent_region_name")
+            if st.form_submit_button("Save as averages selection"):
+                try:
+                    out = selections.save(workspace(), region_name, latent_region)
+                    st.success(f"Saved selections/{out.name}: `dvc repro` re-runs select and vae.")
+                except (ValueError, FileExistsError) as exc:
+                    st.error(plain(exc))
 else:
     right.info("No CLPCA coordinates yet — run `dvc repro embed`.")
 
@@ -111,7 +126,8 @@ with left:
     X, Y, Z = np.meshgrid(axis, axis, axis, indexing="ij")
     iso = go.Figure(go.Isosurface(x=X.ravel(), y=Y.ravel(), z=Z.ravel(), value=q8.ravel(), isomin=96, isomax=255,
                                   surface_count=3, caps=dict(x_show=False, y_show=False, z_show=False),
-                                  colorscale="Viridis", opacity=0.35, showscale=False))
+                                  colorscale="Viridis", opacity=0.35, showscale=False,
+                                  flatshading=True))  # smooth shading costs ~3x in software WebGL
     iso.update_layout(height=480, margin=dict(l=0, r=0, t=30, b=0),
                       title=f"log intensity isosurfaces ({n}³{', ' + str(factor) + '× block mean' if factor > 1 else ''})",
                       scene=dict(xaxis_title="qx", yaxis_title="qy", zaxis_title="qz"))
@@ -125,6 +141,27 @@ with right:
         fig.update_yaxes(showticklabels=False)
         fig.update_layout(height=220, margin=dict(l=5, r=5, t=30, b=5), title=f"{name} central section")
         st.plotly_chart(fig, width="stretch", key=f"section_{name}")
+
+st.subheader("Which averages made this volume")
+if zs.shape[1] == len(drill.latent_columns(table)):
+    k_near = st.slider("nearest averages in latent space", 1, 24, 8, key="k_near")
+    near = drill.nearest_in_latent(table, zs[pick], k_near)
+    show = [c for c in ("average_id", "latent_distance", "n_frames", "cluster", "pc_1", "pc_2",
+                        "gain") if c in near]
+    n1, n2 = st.columns([2, 3])
+    n1.dataframe(near[show].round(4), hide_index=True, width="stretch")
+    frames_table = read_table("results/frames.parquet")
+    if frames_table is None:
+        n2.info("No results/frames.parquet: member frames need `dvc repro classify2d`.")
+    else:
+        members = frames_table[frames_table["average_id"].isin(near["average_id"])]
+        n2.metric("member frames of these averages", f"{len(members):,}")
+        sample = members.sort_values("posterior_max", ascending=False).head(200) \
+            if "posterior_max" in members else members.head(200)
+        n2.dataframe(sample[[c for c in ("frame_id", "average_id", "rotation_deg", "posterior_max")
+                             if c in sample]], hide_index=True, width="stretch", height=260)
+        n2.caption("Pick one of these averages on the Landscape page to see its frames, "
+                   "turned into the average's orientation.")
 
 st.subheader("Real-space shape (phase retrieval)")
 phased_meta = safe(lambda: read_h5(PHASED, ["phased/z"]), PHASED)
@@ -173,7 +210,8 @@ with st.form("latent_point"):
             point = [float(v) for v in z_text.split(",")]
             if len(point) != zs.shape[1]:
                 raise ValueError(f"need {zs.shape[1]} values, got {len(point)}")
-            saved = write_selection(path("selections"), name, kind="latent_points", points=[point], note=note)
-            st.success(f"Saved {saved.relative_to(path('.'))} — `dvc repro volumes` adds its volume.")
+            saved = write_selection(selections.folder(workspace()), name, kind="latent_points",
+                                    points=[point], note=note)
+            st.success(f"Saved selections/{saved.name} — `dvc repro volumes` adds its volume.")
         except (ValueError, FileExistsError) as exc:
-            st.error(str(exc))
+            st.error(plain(exc))

@@ -1,0 +1,1 @@
+"""SPI Landscape dashboard (Streamlit pages in ``pages/``, data layer in ``data/``)."""

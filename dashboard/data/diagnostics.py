@@ -1,0 +1,96 @@
+"""Diagnostics before trusting a landscape: do components follow nuisances?
+
+Nuisance variables per average: occupancy (``n_frames``), the mean photon
+count per frame of its member frames, and the bootstrap run it came from.
+A CLPCA component that follows one of them more than anything shape-related
+is suspect (the CC matrix then encodes signal level, not structure).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+THRESHOLD = 0.5
+
+
+def mean_photons_per_average(frames: pd.DataFrame, frame_ids: np.ndarray,
+                             photons: np.ndarray) -> pd.Series:
+    """Mean photons per frame of each average's member frames.
+
+    frames: results/frames.parquet (``frame_id``, ``average_id``);
+    frame_ids, photons: (N,) from data/frames.h5 (``frames/frame_id``,
+    ``frames/photons``).  Returns a Series indexed by average_id (photons).
+    """
+    lookup = pd.Series(np.asarray(photons, dtype=np.float64), index=np.asarray(frame_ids))
+    counts = lookup.reindex(frames["frame_id"].to_numpy()).to_numpy()
+    df = pd.DataFrame({"average_id": frames["average_id"].to_numpy(), "photons": counts})
+    return df.groupby("average_id")["photons"].mean()
+
+
+def correlation_ratio(values: np.ndarray, groups: np.ndarray) -> float:
+    """eta in [0, 1]: how much of ``values``' variance the categorical ``groups`` explain."""
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values)
+    values, groups = values[ok], np.asarray(groups)[ok]
+    total = ((values - values.mean()) ** 2).sum()
+    if total == 0 or len(values) < 3:
+        return float("nan")
+    between = sum(((values[groups == g].mean() - values.mean()) ** 2) * (groups == g).sum()
+                  for g in np.unique(groups))
+    return float(np.sqrt(between / total))
+
+
+def _rho(x, y) -> float:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(x[ok], y[ok]).statistic)
+
+
+def nuisance_correlations(table: pd.DataFrame, components: list[str],
+                          photons: pd.Series | None = None,
+                          shape_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per component: Spearman rho with ``n_frames`` and mean photons,
+    eta with the bootstrap ``run``, the largest |rho| with any of
+    ``shape_columns`` (shape-related references, e.g. ground truth or the
+    orientation fit), and ``flag``: some nuisance has |value| > 0.5 and exceeds
+    every shape reference.
+    """
+    rows = []
+    ph = None if photons is None else photons.reindex(table["average_id"].to_numpy()).to_numpy()
+    for c in components:
+        x = table[c].to_numpy()
+        row = {"component": c,
+               "rho n_frames": _rho(x, table["n_frames"]) if "n_frames" in table else np.nan,
+               "rho photons/frame": _rho(x, ph) if ph is not None else np.nan,
+               "eta run": correlation_ratio(x, table["run"].to_numpy()) if "run" in table
+               and table["run"].nunique() > 1 else np.nan}
+        refs = [abs(_rho(x, table[s])) for s in shape_columns if s in table]
+        refs = [r for r in refs if np.isfinite(r)]
+        row["max |rho| shape"] = max(refs) if refs else np.nan
+        nuis = {k: abs(row[k]) for k in ("rho n_frames", "rho photons/frame", "eta run")
+                if np.isfinite(row[k])}
+        worst = max(nuis, key=nuis.get) if nuis else None
+        shape_best = row["max |rho| shape"] if refs else 0.0
+        row["follows"] = worst.split(" ", 1)[1] if worst else ""
+        row["flag"] = bool(worst and nuis[worst] > THRESHOLD and nuis[worst] > shape_best)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def banner(diag: pd.DataFrame) -> str | None:
+    """A one-line warning naming flagged components, or None."""
+    bad = diag[diag["flag"]] if len(diag) else diag
+    if not len(bad):
+        return None
+    parts = []
+    for _, r in bad.iterrows():
+        key = {"n_frames": "rho n_frames", "photons/frame": "rho photons/frame",
+               "run": "eta run"}[r["follows"]]
+        parts.append(f"{r['component']} follows {r['follows']} ({key.split()[0]} = {r[key]:+.2f})")
+    return ("Check before trusting this landscape: " + "; ".join(parts)
+            + ". A component that tracks occupancy, signal level or the bootstrap run more "
+              "than structure may be a nuisance axis.")

@@ -1,0 +1,80 @@
+"""Selections: the named subsets of averages the pipeline reads (selections/*.json).
+
+List, inspect, rename, delete, and export as frame ids (CSV) for other tools.
+Selections are made on the Landscape page (box/lasso) and on the Volumes page.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.common import averages_table, plain, read_table, run_picker, workspace
+from dashboard.data import selections
+from spicompute.errors import InputError
+
+st.set_page_config(page_title="Selections · SPI Landscape", layout="wide")
+st.title("Selections")
+run_picker()
+
+folder = selections.folder(workspace())
+files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+docs, broken = [], []
+for f in files:
+    try:
+        docs.append(selections.read_selection(f))
+    except InputError as exc:
+        broken.append(str(exc))
+for msg in broken:
+    st.warning("Ignoring a selection file: " + plain(msg))
+if not docs:
+    st.info("No selections yet: box- or lasso-select a region on the Landscape page and name it.")
+    st.stop()
+
+listing = pd.DataFrame([{
+    "name": d["name"], "kind": d["kind"],
+    "size": len(d.get("average_ids", d.get("points", []))) if "rule" not in d else None,
+    "rule": str(d.get("rule", "")), "created": d["created_at"], "note": d["note"]} for d in docs])
+st.dataframe(listing, hide_index=True, width="stretch")
+st.caption(f"Folder: {folder}. The select stage reads `kind: averages` files "
+           "(select.mode: file), the volumes stage `kind: latent_points`; `dvc repro` picks up "
+           "any change.")
+
+names = [d["name"] for d in docs]
+name = st.selectbox("selection", names, key="selection")
+doc = docs[names.index(name)]
+st.text(f"note: {doc['note']}" if doc["note"] else "no note")  # user text, shown as text
+
+avg = averages_table("average_id", "classify2d", ("embed",))
+frames = read_table("results/frames.parquet")
+if doc["kind"] == "averages":
+    if avg is None or frames is None:
+        st.info("Frame ids need results/parts/classify2d.parquet and results/frames.parquet "
+                "(`dvc repro classify2d`).")
+    else:
+        try:
+            ids = selections.frame_ids(doc, avg, frames)
+        except InputError as exc:
+            st.error(plain(exc))
+        else:
+            st.metric("frames in the selected averages", f"{len(ids):,}")
+            st.download_button("Export frame ids (CSV)", ids.to_csv(index=False),
+                               file_name=f"{doc['name']}_frame_ids.csv", mime="text/csv",
+                               key="export")
+
+c1, c2 = st.columns(2)
+with c1.form("rename"):
+    new = st.text_input("new name", key="new_name")
+    if st.form_submit_button("Rename"):
+        try:
+            selections.rename(workspace(), name, new)
+        except (ValueError, FileExistsError, InputError) as exc:
+            st.error(plain(exc))
+        else:
+            st.success(f"Renamed to {new}.")
+            st.rerun()
+with c2.form("delete"):
+    sure = st.checkbox(f"delete {name}", key="confirm_delete")
+    if st.form_submit_button("Delete") and sure:
+        selections.delete(workspace(), name)
+        st.rerun()
