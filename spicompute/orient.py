@@ -312,7 +312,7 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
     m = averages.n_averages
     w_all = np.ones(len(quats)) if weights is None else np.asarray(weights, dtype=np.float64)
     if w_all.shape != (len(quats),) or not np.all(w_all >= 0) or not w_all.sum() > 0:
-        raise ValueError("weights must be (K,) non-negative with a positive sum")
+        raise ParameterError("orient.weights", f"must be ({len(quats)},) non-negative with a positive sum")
     w_all = torch.from_numpy(w_all / w_all.sum())
     best = torch.full((m,), -np.inf, dtype=torch.float32)
     arg = torch.zeros(m, dtype=torch.int64)

@@ -207,3 +207,60 @@ def test_gain_falls_along_the_simulated_melt_family(zone12):
     assert np.all(np.isfinite(g))
     assert np.median(g[0]) > np.median(g[1]) > np.median(g[2])
     assert g[0].min() > g[2].max()
+
+
+def test_gain_uses_the_voronoi_weighted_mean_cc(zone12):
+    """mean CC is the quadrature-weighted mean over orientations: a one-hot weight
+    gives that orientation's CC; the zone's own weights differ from uniform."""
+    rng = np.random.default_rng(11)
+    truth = random_quaternions(3, rng)
+    avg = make_averages(noisy(cube_slices(truth), 1e5, rng))
+    quats, weights = fundamental_orientations(8)
+    quats, weights = quats[:120], weights[:120]   # any set with its weights; small for speed
+    ks, wk = [3, 17, 40], np.array([0.5, 0.3, 0.2])
+    cc_k = []
+    for k in ks:  # a one-hot weight gives the CC at that orientation (std 0)
+        onehot = np.zeros(len(quats))
+        onehot[k] = 1.0
+        res = fit_orientations(avg, cube_reference(EDGE), quats, weights=onehot, chunk=50, **FIT)
+        assert np.allclose(res.std_cc, 0.0, atol=1e-6)
+        cc_k.append(res.mean_cc)
+    cc_k = np.array(cc_k)
+    mix = np.zeros(len(quats))
+    mix[ks] = wk
+    res = fit_orientations(avg, cube_reference(EDGE), quats, weights=mix, chunk=50, **FIT)
+    np.testing.assert_allclose(res.mean_cc, wk @ cc_k, rtol=1e-6)
+    np.testing.assert_allclose(res.std_cc, np.sqrt(wk @ cc_k**2 - (wk @ cc_k) ** 2), rtol=1e-4)
+    uni = fit_orientations(avg, cube_reference(EDGE), quats, chunk=50, **FIT)
+    vor = fit_orientations(avg, cube_reference(EDGE), quats, weights=weights, chunk=50, **FIT)
+    np.testing.assert_allclose(uni.best_cc, vor.best_cc)
+    manual = fit_orientations(avg, cube_reference(EDGE), quats, weights=np.full(len(quats), 3.0), **FIT)
+    np.testing.assert_allclose(manual.mean_cc, uni.mean_cc, rtol=1e-9)
+    np.testing.assert_allclose(vor.gain, vor.best_cc / vor.mean_cc)
+    with pytest.raises(Exception, match="orient.weights"):
+        fit_orientations(avg, cube_reference(EDGE), quats, weights=np.ones(3), **FIT)
+
+
+def test_voxelised_cube_fitted_against_the_closed_form(zone12):
+    """Averages sliced from the FFT intensity of a voxelised cube (21 voxels of
+    2 nm, 128^3 box: not the generating formula of the reference) are oriented
+    by the closed-form cube reference, within the sampling step, before refinement."""
+    from spicompute.slicing import VolumeSampler
+
+    n, a = 128, 2.0
+    box = np.zeros((n, n, n), np.float32)
+    lo = n // 2 - 10
+    box[lo:lo + 21, lo:lo + 21, lo:lo + 21] = 1.0       # 21 x 2 nm = 42 nm edge
+    vol = np.abs(np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(box)))) ** 2 * a**6
+    sampler = VolumeSampler(vol.astype(np.float32), 2 * np.pi / (n * a))
+    rng = np.random.default_rng(21)
+    truth = random_quaternions(6, rng)
+    q = grid_q(SIZE, DQ, LAM).reshape(-1, 3)
+    images = sampler(model_coordinates(q, truth).astype(np.float32)).reshape(-1, SIZE, SIZE)
+    avg = make_averages(noisy(images, 1e5, rng))
+    res = fit_orientations(avg, cube_reference(EDGE), zone12, chunk=700, **FIT)
+    err = misorientation_deg(res.quaternion, truth)
+    print("voxelised cube: errors", np.round(err, 1), "step", round(sampling_step_deg(12), 1),
+          "gains", np.round(res.gain, 2))
+    assert np.median(err) < sampling_step_deg(12) and err.max() <= 1.1 * sampling_step_deg(12), err
+    assert np.all(res.gain > 1.2), res.gain
