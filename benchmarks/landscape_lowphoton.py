@@ -37,6 +37,7 @@ def stage(root: Path, name: str, stages: dict, params: Path, extra=()):
 
 def main_(args):
     root = Path(args.workdir or tempfile.mkdtemp(prefix="lowphoton-"))
+    root.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["simulate"].update(n_frames=args.frames, detector_size=args.detector, binning=args.binning,
                               photons_mean=args.photons, background_photons=args.background, seed=args.seed)
