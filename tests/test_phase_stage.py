@@ -102,7 +102,7 @@ def test_stage_writes_the_contract_outputs_deterministically(inputs, tmp_path):
         # the 2D square with intensity x2 (id 1) and x0.5 (id 2): densities in ratio sqrt(4)
         assert d2[0].sum() / d2[1].sum() == pytest.approx(2.0, rel=0.05)
     table = pd.read_parquet(tmp_path / "results/volumes.parquet")
-    assert list(table.columns) == ["volume_index", "z_1", "particle_volume_nm3", "support_voxels",
+    assert list(table.columns) == ["volume_index", "z_1", "particle_volume_nm3", "particle_volume_half_max_nm3", "support_voxels",
                                    "prtf_resolution_nm", "final_error"]
     assert table.volume_index.tolist() == [0, 1, 2]
     # cubes 7 and 9 voxels across: the 1e-4-of-mass voxel threshold (3e-2 and 7e-2 of the
