@@ -41,7 +41,9 @@ def pipeline(tmp_path_factory):
     params["orient"].update(num_div=10, refine=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name in ("frames", "classify2d", "ccmatrix", "embed", "regress", "orient", "tables"):
+    params["vae"].update(epochs=3)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in ("frames", "classify2d", "ccmatrix", "embed", "regress", "orient", "select", "vae", "tables"):
         argv = stages[name]["cmd"].split()[1:]
         argv = [a if not a.startswith(("data/", "results/", "metrics/", "models/", "dvclive/",
                                        "checkpoints/")) else str(root / a) for a in argv]
@@ -64,8 +66,12 @@ def pipeline(tmp_path_factory):
 def test_every_stage_filled_its_columns(pipeline):
     _, table = pipeline
     for col in ("n_frames", "pc_1", "pc_2", "pc_3", "isomap_1", "cluster", "nn_1", "qw",
-                "best_cc", "gain"):
-        assert col in table and table[col].notna().all(), col
+                "best_cc", "gain", "selected", "z_1"):
+        assert col in table and table[col].notna().all() or col == "isomap_1", col
+    # averages flagged unusable (empty or nearly) keep a CLPCA point but no non-linear embedding
+    usable = table["landscape_usable"].astype(bool)
+    assert usable.mean() > 0.8 and table.loc[usable, "isomap_1"].notna().all()
+    assert table.loc[~usable, "isomap_1"].isna().all() and (table.loc[~usable, "cluster"] == -1).all()
     assert len(table) == 60
 
 

@@ -111,6 +111,17 @@ def _setup(n=120, seed=0, latent=1, photons=2e5):
 
 @pytest.mark.slow
 def test_latent_follows_the_melt_and_volumes_match_the_ends():
+    # one thread: the float summation order (and so the trajectory) is the same on every machine;
+    # measured over seeds 0-2 this way: |rho| 0.87-0.91 at 40 epochs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_melt_latent()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_melt_latent():
     torch.manual_seed(0)
     avg, t, quats, vols, levels, idx, arch, prep, inputs = _setup()
     model = VAE(arch)
