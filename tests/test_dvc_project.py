@@ -44,12 +44,17 @@ def project(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["simulate"].update(small_simulation_params(n_frames=80))
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    init_repo(root)
+    return root
+
+
+def init_repo(root):
+    """git + DVC (offline) in ``root``, everything committed."""
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)
     _run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
     _run(["git", "add", "-A"], root)
     _run(["git", "commit", "-qm", "init"], root)
-    return root
 
 
 def test_repro_frames_then_an_experiment_variant(project):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.test_dvc_project import BIN, _run
+from tests.test_dvc_project import BIN, _run, init_repo
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +43,7 @@ def test_default_parameters_complete_dvc_repro(tmp_path, name):
     params["regress"].update(max_epochs=40, patience=10)
     params["vae"].update(epochs=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    _run(["git", "init", "-q"], root)
-    _run([str(BIN / "dvc"), "init", "-q"], root)
-    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "commit", "-qm", "init"], root)
+    init_repo(root)
     _run([str(BIN / "dvc"), "repro"], root)
     table = pd.read_parquet(root / "results" / "averages.parquet")
     assert len(table) == 4 * params["classify2d"]["n_models"]
