@@ -9,8 +9,6 @@ run and committed with its metrics in git.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -63,12 +61,10 @@ DVC_YAML = """stages:
 
 
 def run(cmd, cwd) -> str:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.org")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{cmd}: {proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    """A command in ``cwd`` with the project's venv on PATH and a git identity (fails loudly)."""
+    from tests.test_dvc_project import _run
+
+    return _run(cmd, cwd)
 
 
 def dvc(args, cwd) -> str:

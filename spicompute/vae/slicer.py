@@ -33,14 +33,3 @@ def slice_volumes(volumes: torch.Tensor, dq_nm: float, q_lab: torch.Tensor,
     out = torch.nn.functional.grid_sample(volumes[:, None], grid.view(b, -1, 1, 1, 3), mode="bilinear",
                                           padding_mode="zeros", align_corners=True)
     return out.view(b, -1)
-
-
-def quaternions_to_matrices(quaternions: torch.Tensor) -> torch.Tensor:
-    """(N, 4) scalar-first unit quaternions -> (N, 3, 3) rotation matrices (model -> lab)."""
-    q = quaternions / quaternions.norm(dim=1, keepdim=True)
-    w, x, y, z = q.unbind(1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=1).view(-1, 3, 3)
