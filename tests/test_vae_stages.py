@@ -142,6 +142,13 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
     resumed = _cli(root, *args, "-v")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 2" in resumed.stderr
+    # the per-epoch log is complete (replayed epochs included): DVC declares it as an output
+    import pandas as pd
+
+    loss = pd.read_csv(root / "dvclive/vae/plots/metrics/loss.tsv", sep="\t")
+    assert loss["step"].tolist() == [0, 1, 2, 3]
+    finished = _cli(root, *args)  # a finished checkpoint: nothing to train, the log is still written
+    assert finished.returncode == 0 and (root / "dvclive/vae/plots/metrics/loss.tsv").exists()
     a, b = _weights(ref / "models/vae.pt"), _weights(root / "models/vae.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a checkpoint past the requested end is not used

@@ -198,6 +198,9 @@ def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: Tra
             history = json.loads(state["history"])
             start_epoch = int(state["epoch"])
             log.info("resuming after epoch %d from %s", start_epoch, checkpoint)
+            if on_epoch is not None and dist.main:  # replay, so per-epoch logs (dvclive) stay complete
+                for row in history:
+                    on_epoch(row)
     net = model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
