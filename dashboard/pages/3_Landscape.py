@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 from dashboard.common import (averages_table, current_rev, file_key, log_image, missing, path,
                               plain, read_h5, read_json, read_table, run_picker, workspace)
 from dashboard.data import OutputError, diagnostics, drill, selections, tables
+from dashboard.figures import landscape_scatter, markdown_table
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
@@ -72,7 +73,7 @@ if pcs:
     if warning:
         st.warning(warning, icon="⚠️")
     with st.expander("Diagnostics: components against occupancy, photons per frame, bootstrap run"):
-        st.dataframe(diag, hide_index=True, width="stretch")
+        st.markdown(markdown_table(diag))
         st.caption("Spearman rho with n_frames and with the mean photons per frame of the members; "
                    "eta (correlation ratio) with the bootstrap run. Flagged when |value| > 0.5 "
                    "and larger than the correlation with any shape reference.")
@@ -135,10 +136,8 @@ if dims == "3D":
                         category_orders=orders)
     fig.update_traces(marker=dict(size=3))
 else:
-    fig = px.scatter(plot, x=x_col, y=y_col, color=color_arg, hover_data=hover,
-                     custom_data=["average_id"], opacity=0.8, render_mode="webgl",
-                     category_orders=orders)
-    fig.update_traces(marker=dict(size=6))
+    fig = landscape_scatter(plot, x_col, y_col, color_arg, hover,
+                            order=orders.get(color_arg) if color_arg else None)
 sel = plot[plot["average_id"] == st.session_state["average"]]
 if len(sel):
     mark = dict(size=14 if dims == "2D" else 8, color="rgba(0,0,0,0)",
@@ -241,8 +240,8 @@ with right:
             pat.update_layout(height=360, margin=dict(l=5, r=5, t=40, b=5))
             st.plotly_chart(pat, width="stretch", key="pattern")
     info = {c: row[c] for c in table.columns if c in hover or c.startswith(f"{method}_")}
-    st.dataframe(pd.DataFrame({"column": list(info), "value": [str(v) for v in info.values()]}),
-                 hide_index=True, width="stretch")
+    st.markdown(markdown_table(pd.DataFrame({"column": list(info),
+                                             "value": [str(v) for v in info.values()]})))
 
 st.subheader(f"Member frames of average #{choice}")
 frames_table = read_table("results/frames.parquet")
