@@ -41,7 +41,8 @@ def main_(args):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["simulate"].update(n_frames=args.frames, detector_size=args.detector, binning=args.binning,
                               photons_mean=args.photons, background_photons=args.background, seed=args.seed)
-    params["classify2d"].update(n_runs=args.runs, n_models=30, max_iter=14, min_iter=8)
+    params["classify2d"].update(n_runs=args.runs, n_models=30, max_iter=14, min_iter=8,
+                                background=args.emc_background)
     params["embed"].update(methods=["pc"])
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     pfile = root / "params.yaml"
@@ -73,6 +74,14 @@ def main_(args):
                       "rho_n_frames": [round(abs(nuis[f"pc_{k}"]["n_frames"] or 0), 3) for k in (1, 2, 3)],
                       "rho_photons": [round(abs(nuis[f"pc_{k}"]["mean_photons"] or 0), 3) for k in (1, 2, 3)]}
         print(label, json.dumps(out[label]))
+    if args.out:
+        cl = json.loads((root / "metrics" / "classify2d.json").read_text())
+        out["classify2d"] = {k: cl[k] for k in cl if k.startswith("resolved_background")}
+        out["settings"] = {"photons": args.photons, "background": args.background,
+                           "detector": args.detector, "binning": args.binning,
+                           "frames": args.frames, "runs": args.runs, "seed": args.seed,
+                           "classify2d_background": args.emc_background}
+        Path(args.out).write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -86,4 +95,7 @@ if __name__ == "__main__":
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--workdir", default="")
+    ap.add_argument("--emc-background", default="auto", choices=["auto", "none"],
+                    help="classify2d.background")
+    ap.add_argument("--out", default="", help="write the results as JSON")
     main_(ap.parse_args())

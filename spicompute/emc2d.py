@@ -100,6 +100,13 @@ class RotationGrid:
     wavelength_nm: float
     correction: np.ndarray | None = None   # (P,) solid angle x polarisation folded into S (1 if unused)
     friedel: bool = False                  # angles over 180 deg, centrosymmetric models
+    fit: np.ndarray | None = None          # (P,) bool: pixels in the likelihood (None: all);
+    colsum_fit: np.ndarray | None = None   # the others are merged only; (R, G) S_r^T 1 over fitted
+
+    @property
+    def colsum_likelihood(self) -> np.ndarray:
+        """(R, G) ``S_r^T 1`` over the fitted pixels: what ``sum_p W_krp`` of the E-step sums."""
+        return self.colsum if self.colsum_fit is None else self.colsum_fit
 
     @property
     def corr(self) -> np.ndarray:
@@ -165,7 +172,7 @@ def bilinear_matrix(points: np.ndarray, size: int, weights: np.ndarray | None = 
 
 def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float | None = None,
                         q_max_nm: float | None = None, use_correction: bool = True,
-                        friedel: bool = False) -> RotationGrid:
+                        friedel: bool = False, merge_only: bool = True) -> RotationGrid:
     """Model grid covering the detector, and the R rotation interpolations.
 
     Parameters
@@ -178,6 +185,8 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
         polarisation factor (normalised to max 1), as Dragonfly does.
     friedel : Friedel symmetry: ``theta_r = pi r / R`` (R rotations over
         180 deg) and :func:`m_step` makes the models centrosymmetric.
+    merge_only : also use the detector's ``merge_only`` pixels (Dragonfly's
+        mask 1): merged into the models, left out of the likelihood and the scales.
 
     The grid edge is ``L = 2 ceil(q_max / dq) + 3`` (odd; centre ``L // 2``),
     so every rotated pixel and its bilinear neighbours fall inside it.
@@ -191,6 +200,8 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
     qperp = detector.q_perp
     radius = np.linalg.norm(qperp, axis=1)
     use = detector.mask.copy()
+    if merge_only and detector.merge_only is not None:
+        use |= detector.merge_only
     if q_max_nm:
         if not q_max_nm > 0:
             raise ParameterError("classify2d.q_max_nm", f"must be > 0, got {q_max_nm!r}")
@@ -215,10 +226,17 @@ def build_rotation_grid(detector: Detector, n_rot: int, *, grid_step_nm: float |
                                                  np.arange(S.shape[0]))),
                          shape=(n_rot, S.shape[0]))
     colsum = np.asarray((pick @ S).todense(), dtype=np.float64)
+    fit = colsum_fit = None
+    if not detector.mask[pixels].all():
+        fit = detector.mask[pixels]
+        if not fit.any():
+            raise ParameterError("classify2d.q_max_nm", "no fitted (mask 0) pixel inside q_max_nm")
+        rows = np.repeat(fit, n_rot).astype(np.float64)       # rows p*R + r of fitted pixels
+        colsum_fit = np.asarray((pick @ sp.diags(rows) @ S).todense(), dtype=np.float64)
     return RotationGrid(size=size, dq_nm=dq, angles=angles, pixels=pixels.astype(np.int64),
                         S=S, colsum=colsum, n_detector_pixels=detector.n_pixels,
                         wavelength_nm=float(detector.wavelength_nm), correction=np.asarray(corr, np.float64),
-                        friedel=bool(friedel))
+                        friedel=bool(friedel), fit=fit, colsum_fit=colsum_fit)
 
 
 def rotated_models(grid: RotationGrid, models: np.ndarray) -> np.ndarray:
@@ -243,29 +261,45 @@ def _bag(csr: sp.csr_matrix) -> tuple:
 class Shard:
     """Frames of one shard, restricted to the grid's pixels, in blocks.
 
-    counts : csr (n, P) float32 photon counts on the used pixels.
-    photons : (n,) float64 photons per frame (on used pixels).
+    counts : csr (n, P) float32 photon counts on the used pixels (merged).
+    fit_counts : the same on the fitted pixels only (the likelihood's data; ``counts``
+        itself when every used pixel is fitted).
+    photons : (n,) float64 photons per frame on the fitted pixels.
     blocks : list of (start, stop, bag, transposed bag), ``bag`` being the
-        block's CSR as embedding_bag inputs (see :func:`sparse_dense_product`).
+        block's fitted CSR as embedding_bag inputs (see
+        :func:`sparse_dense_product`), the transposed bag that of all its counts.
     """
 
     counts: sp.csr_matrix
     photons: np.ndarray
     block_frames: int
     blocks: list = field(default_factory=list)
+    fit_counts: sp.csr_matrix | None = None
+
+    def __post_init__(self):
+        if self.fit_counts is None:
+            self.fit_counts = self.counts
 
     @classmethod
-    def from_counts(cls, counts: sp.csr_matrix, block_frames: int = 4096) -> "Shard":
+    def from_counts(cls, counts: sp.csr_matrix, block_frames: int = 4096,
+                    fit: np.ndarray | None = None) -> "Shard":
+        """``fit`` (P,) bool: pixels in the likelihood (None: all)."""
         counts = sp.csr_matrix(counts, dtype=np.float32)
         counts.sort_indices()
-        photons = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
+        fit_counts = counts
+        if fit is not None and not np.all(fit):
+            fit_counts = sp.csr_matrix(counts @ sp.diags(np.asarray(fit, np.float32)))
+            fit_counts.eliminate_zeros()
+            fit_counts.sort_indices()
+        photons = np.asarray(fit_counts.sum(axis=1), dtype=np.float64).reshape(-1)
         blocks = []
         n = counts.shape[0]
         for start in range(0, n, block_frames):
             stop = min(n, start + block_frames)
-            blk = counts[start:stop]
-            blocks.append((start, stop, _bag(blk), _bag(blk.T.tocsr())))
-        return cls(counts=counts, photons=photons, block_frames=block_frames, blocks=blocks)
+            blocks.append((start, stop, _bag(fit_counts[start:stop]),
+                           _bag(counts[start:stop].T.tocsr())))
+        return cls(counts=counts, photons=photons, block_frames=block_frames, blocks=blocks,
+                   fit_counts=fit_counts)
 
     @property
     def n_frames(self) -> int:
@@ -351,26 +385,76 @@ class PartialSums:
         )
 
 
-def log_models(grid: RotationGrid, models: np.ndarray, device: str = "cpu"
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log W as column blocks (n_blocks, P, 64) of the (P, R*K) matrix, and
-    ``sumW`` (n_blocks*64,) = sum_p W_krp, padded with ``PAD_SUMW`` (so padded
-    columns get zero probability while every product stays finite).  ``models`` is (K, G)."""
+def model_columns(grid: RotationGrid, models: np.ndarray, device: str = "cpu"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (P, R*K) float32, the models seen at every rotation, and ``sumW``
+    (n_blocks*64,) = sum_p W_krp padded with ``PAD_SUMW`` (so padded columns
+    get zero probability while every product stays finite).  ``models`` is (K, G)."""
     W = torch.from_numpy(rotated_models(grid, models).reshape(grid.n_pix, -1)).to(device)
     # sum_p W_krp = (S_r^T 1) . M_k exactly, since W = S M (no pass over W needed)
     # (a torch product: numpy's BLAS threads would contend with torch's spinning OpenMP ones)
-    sumW = (torch.from_numpy(grid.colsum) @ torch.from_numpy(models.astype(np.float64)).T
+    sumW = (torch.from_numpy(grid.colsum_likelihood) @ torch.from_numpy(models.astype(np.float64)).T
             ).reshape(-1).to(device)
-    floor = MODEL_FLOOR * max(float(models.mean()), 1e-30)
-    logW = to_blocks(torch.log(torch.clamp_(W, min=floor)))
-    pad = logW.shape[0] * logW.shape[2] - sumW.shape[0]
-    sumW = torch.cat([sumW, sumW.new_full((pad,), PAD_SUMW)])
-    return logW, sumW
+    nb = -(-sumW.shape[0] // COL_BLOCK)
+    sumW = torch.cat([sumW, sumW.new_full((nb * COL_BLOCK - sumW.shape[0],), PAD_SUMW)])
+    return W, sumW
+
+
+def log_blocks(W: torch.Tensor, floor: float, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """log(max(W + offset, floor)) as column blocks (n_blocks, P, 64); ``offset`` (P,) or None."""
+    X = W + offset[:, None] if offset is not None else W.clone()
+    return to_blocks(torch.log(torch.clamp_(X, min=floor)))
+
+
+def log_models(grid: RotationGrid, models: np.ndarray, device: str = "cpu"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log W as column blocks (n_blocks, P, 64) of the (P, R*K) matrix, and the padded
+    ``sumW`` of :func:`model_columns`."""
+    W, sumW = model_columns(grid, models, device)
+    return log_blocks(W, model_floor(models)), sumW
+
+
+def model_floor(models: np.ndarray) -> float:
+    return MODEL_FLOOR * max(float(models.mean()), 1e-30)
+
+
+# Background term: log(phi_n W + b) = log phi_n + log(W + b / phi_n).  The log-model matrix
+# then depends on the frame's fluence; frames share one matrix per fluence level
+# phi = 2^(v / LEVELS_PER_OCTAVE) (b / phi within 9 % of the frame's own value).
+LEVELS_PER_OCTAVE = 4
+
+
+def fluence_level(phi: np.ndarray) -> np.ndarray:
+    """Integer fluence level v of each scale (phi ~ 2^(v / LEVELS_PER_OCTAVE))."""
+    return np.round(LEVELS_PER_OCTAVE * np.log2(np.maximum(np.asarray(phi, np.float64), 1e-6))
+                    ).astype(np.int64)
+
+
+def level_scale(level: int) -> float:
+    return float(2.0 ** (level / LEVELS_PER_OCTAVE))
+
+
+class _LevelLogs:
+    """log(W + b / phi_v) blocks per fluence level, the last two kept (frames come
+    roughly sorted by fluence, so consecutive blocks share levels)."""
+
+    def __init__(self, W: torch.Tensor, floor: float, background: torch.Tensor):
+        self.W, self.floor, self.background = W, floor, background
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def __call__(self, level: int) -> torch.Tensor:
+        if level not in self.cache:
+            if len(self.cache) >= 2:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[level] = log_blocks(self.W, self.floor,
+                                           self.background / level_scale(level))
+        return self.cache[level]
 
 
 def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
                beta: np.ndarray, update_scale: bool = True, device: str = "cpu",
-               engine: str = "sparse", prob_min: float = 0.0) -> PartialSums:
+               engine: str = "sparse", prob_min: float = 0.0,
+               background: np.ndarray | None = None) -> PartialSums:
     """One EMC iteration's E-step and M-step partial sums on a shard.
 
     Parameters
@@ -391,14 +475,28 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         posteriors have sharpened -- the M-step numerator is computed from the
         kept pairs only (cost O(kept pairs x photons per frame) instead of
         O(photons x R*K)).  0 keeps everything.
+    background : (P,) expected background photons per frame on the used
+        pixels, or None.  The frame model becomes ``phi_n W + b``: the E-step
+        uses ``log(W + b / phi)`` at the frame's fluence level, the scale
+        update and the M-step numerator count only the expected particle
+        photons (total minus expected background).
     """
     if engine == "dense":
-        return _shard_step_dense(shard, grid, models, phi, beta, update_scale, prob_min)
+        return _shard_step_dense(shard, grid, models, phi, beta, update_scale, prob_min,
+                                 background)
     K = models.shape[0]
     R, P = grid.n_rot, grid.n_pix
     C = R * K
-    logW, sumW = log_models(grid, models, device)               # (nb, P, b), (nb*b,)
-    nb, _, width = logW.shape
+    W, sumW = model_columns(grid, models, device)                # (P, C), (nb*b,)
+    floor = model_floor(models)
+    if background is None:
+        logW = log_blocks(W, floor)                               # (nb, P, b)
+        del W
+    else:
+        bg = np.asarray(background, np.float64)
+        levels = _LevelLogs(W, floor, torch.from_numpy(bg.astype(np.float32)).to(device))
+        bg_total = float(bg.sum() if grid.fit is None else bg[grid.fit].sum())
+    nb, width = sumW.shape[0] // COL_BLOCK, COL_BLOCK
     sumW_b = sumW.float().reshape(nb, width)                    # padded columns: PAD_SUMW
     num_pix = torch.zeros((nb, P, width), dtype=torch.float32, device=device)
     wsum = torch.zeros((nb, width), dtype=torch.float64, device=device)
@@ -413,7 +511,16 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         ph = torch.from_numpy(np.asarray(phi[start:stop], np.float64)).to(device)
         be = torch.from_numpy(np.asarray(beta[start:stop], np.float32)).to(device)
         photons = torch.from_numpy(shard.photons[start:stop]).to(device)
-        L = sparse_dense_product(bag, logW)                       # (nb, n_b, b)
+        if background is None:
+            L = sparse_dense_product(bag, logW)                   # (nb, n_b, b)
+        else:
+            L = torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
+            level = fluence_level(phi[start:stop])
+            rows_csr = shard.fit_counts[start:stop]
+            for v in np.unique(level):
+                rows = np.flatnonzero(level == v)
+                L[:, torch.from_numpy(rows).to(device), :] = sparse_dense_product(
+                    _bag(rows_csr[rows]), levels(int(v)))
         L -= ph.float()[None, :, None] * sumW_b[:, None, :]
         # posterior: softmax over all (block, column) of beta * L, per frame
         # (reductions over the strided (0, 2) axes done as two contiguous ones: ~5x faster)
@@ -433,7 +540,8 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         pmax[start:stop] = pm.double().cpu().numpy()
         if update_scale:
             expected = torch.einsum("inc,ic->n", Pn, sumW_b)     # Pn = 0 on padding
-            phi_new[start:stop] = (photons / expected.double()).cpu().numpy()
+            signal = photons if background is None else torch.clamp(photons - bg_total, min=0.1)
+            phi_new[start:stop] = (signal / expected.double()).cpu().numpy()
         phn = torch.from_numpy(phi_new[start:stop]).to(device).float()
         wsum += torch.einsum("inc,n->ic", Pn, phn).double()
         occ += Pn.sum(dim=1).double()
@@ -453,6 +561,9 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     for part in num_sp:
         keep = part.col < C
         np.add.at(num_pc, (part.row[keep], part.col[keep]), part.data[keep].astype(num_pc.dtype))
+    if background is not None:   # particle photons only: subtract the expected background
+        occ_cols = occ.reshape(-1)[:C].cpu().numpy()              # sum_n P[n, j]
+        num_pc = num_pc - (bg[:, None] * occ_cols[None, :]).astype(num_pc.dtype)
     # numerator: photons interpolated back with the plain bilinear weights (S holds weight x
     # correction; the correction belongs to the prediction, i.e. the denominator, only)
     num_pc = num_pc / grid.corr[:, None].astype(num_pc.dtype)
@@ -465,19 +576,29 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
 
 
 def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
-                      beta: np.ndarray, update_scale: bool, prob_min: float = 0.0
-                      ) -> PartialSums:
-    """Reference implementation of :func:`shard_step` with dense float64 matrices."""
+                      beta: np.ndarray, update_scale: bool, prob_min: float = 0.0,
+                      background: np.ndarray | None = None) -> PartialSums:
+    """Reference implementation of :func:`shard_step` with dense float64 matrices
+    (the background term at the same fluence levels)."""
     K = models.shape[0]
     R, P = grid.n_rot, grid.n_pix
     C = R * K
     W = (grid.S.astype(np.float64) @ models.T.astype(np.float64)).reshape(P, C)
-    sumW = W.sum(axis=0)
-    floor = MODEL_FLOOR * max(float(models.mean()), 1e-30)
-    logW = np.log(np.maximum(W, floor))
-    counts = shard.counts.toarray().astype(np.float64)            # (n, P)
+    floor = model_floor(models)
+    counts = shard.counts.toarray().astype(np.float64)            # (n, P) merged
+    fitted = shard.fit_counts.toarray().astype(np.float64)         # (n, P) in the likelihood
+    sumW = (grid.colsum_likelihood @ models.T.astype(np.float64)).reshape(-1)
     phi = np.asarray(phi, np.float64)
-    L = counts @ logW - phi[:, None] * sumW[None, :]
+    if background is None:
+        L = fitted @ np.log(np.maximum(W, floor))
+    else:
+        bg = np.asarray(background, np.float64)
+        level = fluence_level(phi)
+        L = np.empty((counts.shape[0], C))
+        for v in np.unique(level):
+            rows = level == v
+            L[rows] = fitted[rows] @ np.log(np.maximum(W + bg[:, None] / level_scale(int(v)), floor))
+    L -= phi[:, None] * sumW[None, :]
     Z = np.asarray(beta, np.float64)[:, None] * L
     Z -= Z.max(axis=1, keepdims=True)
     Pn = np.exp(Z)
@@ -485,13 +606,18 @@ def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi:
     if prob_min > 0:
         Pn[Pn < prob_min] = 0.0
         Pn /= Pn.sum(axis=1, keepdims=True)
-    photons = counts.sum(axis=1)
+    photons = fitted.sum(axis=1)
+    bg_fit = 0.0 if background is None else (bg.sum() if grid.fit is None else bg[grid.fit].sum())
+    signal = photons if background is None else np.maximum(photons - bg_fit, 0.1)
     loglik = float((Pn * L).sum() + (photons * np.log(phi)).sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         plogp = np.where(Pn > 0, Pn * np.log(Pn), 0.0)
     mi = float((plogp.sum(axis=1) + math.log(C)).sum())
-    phi_new = photons / (Pn @ sumW) if update_scale else phi.copy()
-    num_pix = (counts.T @ Pn) / grid.corr[:, None]                 # (P, C), plain bilinear weights
+    phi_new = signal / (Pn @ sumW) if update_scale else phi.copy()
+    num_pix = counts.T @ Pn
+    if background is not None:   # particle photons only: subtract the expected background
+        num_pix -= bg[:, None] * Pn.sum(axis=0)[None, :]
+    num_pix = num_pix / grid.corr[:, None]                         # (P, C), plain bilinear weights
     num = (grid.ST.astype(np.float64) @ num_pix.reshape(P * R, K)).T
     wsum = (Pn.T @ phi_new).reshape(R, K)
     return PartialSums(num=np.asarray(num), wsum=wsum, occupancy=Pn.reshape(-1, R, K).sum((0, 1)),
@@ -515,5 +641,6 @@ def m_step(grid: RotationGrid, total: PartialSums) -> tuple[np.ndarray, np.ndarr
     weight = np.where(weight > OBSERVED_REL * weight.max(axis=1, keepdims=True), weight, 0.0)
     models = np.zeros_like(weight)
     good = weight > 0
-    models[good] = num[good] / weight[good]
+    # >= 0: with a background term the numerator (photons minus expected background) may dip below
+    models[good] = np.maximum(num[good] / weight[good], 0.0)
     return models, weight

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from scipy.ndimage import gaussian_filter
 from threadpoolctl import threadpool_limits
 
+from spicompute.background import BackgroundEstimate, estimate_background
 from spicompute.emc2d import (PartialSums, RotationGrid, Shard, build_rotation_grid, m_step,
                               shard_step)
 from spicompute.errors import ParameterError
@@ -65,6 +66,8 @@ class EMCConfig:
     block_frames: int = 4096      # frames per E/M block (memory bound)
     engine: str = "sparse"        # sparse | dense
     prob_min: float = 1e-6        # posterior probabilities below this are dropped (and skipped in the M-step)
+    background: str = "auto"      # auto: estimate a fluence-independent background per pixel | none
+    merge_only: bool = True       # merge (not fit) the detector's merge-only pixels (Dragonfly mask 1); false: drop
     device: str = "auto"          # auto | cpu | cuda
     scheduler: str = ""           # "" in-process | "local:N" | scheduler address
     n_shards: int = 0             # frame shards for Dask (0: one per worker)
@@ -112,11 +115,12 @@ class EMCConfig:
         self.init_smooth_px = positive(p + "init_smooth_px", self.init_smooth_px, allow_zero=True)
         self.block_frames = positive(p + "block_frames", self.block_frames, integer=True)
         choice(p + "engine", self.engine, {"sparse", "dense"})
+        choice(p + "background", self.background, {"auto", "none"})
         self.prob_min = in_range(p + "prob_min", self.prob_min, 0, 1e-2)
         choice(p + "device", self.device, {"auto", "cpu", "cuda"})
         self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
         self.seed = int(self.seed)
-        for name in ("update_scale", "use_correction", "friedel"):  # "false" (a string) must not count as true
+        for name in ("update_scale", "use_correction", "friedel", "merge_only"):  # "false" (a string) must not count as true
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(p + name, f"must be true or false, got {getattr(self, name)!r}")
         self.scheduler = str(self.scheduler or "")
@@ -266,7 +270,7 @@ class ShardExecutor:
         n = counts.shape[0]
         bounds = np.linspace(0, n, self.n_shards + 1).round().astype(int)
         self.bounds = bounds
-        shards = [Shard.from_counts(counts[a:b], block_frames)
+        shards = [Shard.from_counts(counts[a:b], block_frames, grid.fit)
                   for a, b in zip(bounds[:-1], bounds[1:])]
         if self.client is None:
             self.shards, self.grid = shards, grid
@@ -276,30 +280,32 @@ class ShardExecutor:
         return bounds
 
     def step(self, models: np.ndarray, phi: np.ndarray, beta: np.ndarray,
-             update_scale: bool) -> PartialSums:
+             update_scale: bool, background: np.ndarray | None = None) -> PartialSums:
         b = self.bounds
         args = [(phi[lo:hi], beta[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
         if self.client is None:
             parts = [shard_step(s, self.grid, models, ph, be, update_scale, self.device,
-                                self.engine, self.prob_min) for s, (ph, be) in zip(self.shards, args)]
+                                self.engine, self.prob_min, background)
+                     for s, (ph, be) in zip(self.shards, args)]
         else:
             mfut = self.client.scatter(models, broadcast=True)
             futures = [self.client.submit(_worker_shard_step, s, self.grid, mfut, ph, be,
                                           update_scale, self.engine, self.worker_threads,
-                                          self.prob_min, pure=False)
+                                          self.prob_min, background, pure=False)
                        for s, (ph, be) in zip(self.shards, args)]
             parts = self.client.gather(futures)
         return PartialSums.combine(parts)
 
 
 def _worker_shard_step(shard, grid, models, phi, beta, update_scale, engine, threads,
-                       prob_min=0.0):
+                       prob_min=0.0, background=None):
     """:func:`shard_step` on a Dask worker, with ``threads`` torch threads (0: as is)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return shard_step(shard, grid, models, phi, beta, update_scale, "cpu", engine, prob_min)
+    return shard_step(shard, grid, models, phi, beta, update_scale, "cpu", engine, prob_min,
+                      background)
 
 
 def worker_threads_for(scheduler: str) -> int:
@@ -346,6 +352,7 @@ class RunState:
     best: np.ndarray             # (n,) best column j = r*K + k of the last E-step
     pmax: np.ndarray             # (n,)
     history: list = field(default_factory=list)
+    background: np.ndarray | None = None   # (P,) expected background photons per frame, or None
 
     def save(self, path: Path, key: str) -> None:
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
@@ -355,6 +362,8 @@ class RunState:
             h5.attrs["history"] = json.dumps(self.history)
             for name in ("models", "weight", "phi", "occupancy", "best", "pmax"):
                 h5.create_dataset(name, data=getattr(self, name))
+            if self.background is not None:
+                h5.create_dataset("background", data=self.background)
 
     @classmethod
     def load(cls, path: Path, key: str) -> "RunState | None":
@@ -369,6 +378,7 @@ class RunState:
                     return None
                 data = {n: h5[n][()] for n in ("models", "weight", "phi", "occupancy",
                                                "best", "pmax")}
+                data["background"] = h5["background"][()] if "background" in h5 else None
                 return cls(iteration=int(h5.attrs["iteration"]),
                            history=json.loads(h5.attrs["history"]), **data)
         except (OSError, KeyError, ValueError) as exc:
@@ -379,7 +389,7 @@ class RunState:
 def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_models: np.ndarray,
             *, executor: ShardExecutor | None = None, checkpoint: Path | None = None,
             key: str = "", on_iteration: Callable[[dict], None] | None = None,
-            run: int = 0) -> RunState:
+            run: int = 0, background: BackgroundEstimate | None = None) -> RunState:
     """Iterate 2D EMC on one set of frames until convergence or ``max_iter``.
 
     Parameters
@@ -390,10 +400,14 @@ def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_mode
         made with the same ``key``, rewritten (atomically) after each iteration.
     on_iteration : called with each iteration's metrics (also those replayed
         from a checkpoint, flagged ``resumed``).
+    background : the expected background per pixel
+        (:func:`spicompute.background.estimate_background` on the grid's
+        pixels); None: no background term.
     """
     executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine,
                                          prob_min=cfg.prob_min)
-    photons = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
+    fitted = counts if grid.fit is None else counts[:, np.flatnonzero(grid.fit)]
+    photons = np.asarray(fitted.sum(axis=1), dtype=np.float64).reshape(-1)
     if np.any(photons <= 0):
         raise ValueError("run_emc needs frames with at least one photon")
     n = counts.shape[0]
@@ -409,22 +423,25 @@ def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_mode
         phi0 = photons / photons.mean() if cfg.update_scale else np.ones(n)
         state = RunState(iteration=0, models=np.asarray(init_models, np.float32),
                          weight=np.zeros(init_models.shape), phi=phi0, occupancy=np.zeros(K),
-                         best=np.full(n, -1, np.int64), pmax=np.full(n, np.nan))
+                         best=np.full(n, -1, np.int64), pmax=np.full(n, np.nan),
+                         background=None if background is None else background.per_pixel.copy())
     if _done(state, cfg):
         return state
     executor.load(counts, grid, cfg.block_frames)
     with threadpool_limits(1, user_api="blas"):   # numpy BLAS beside torch threads: contention
-        return _iterate(state, executor, grid, cfg, beta0, n, checkpoint, key, on_iteration, run)
+        return _iterate(state, executor, grid, cfg, beta0, n, checkpoint, key, on_iteration, run,
+                        background)
 
 
 def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: EMCConfig,
              beta0: np.ndarray, n: int, checkpoint: Path | None, key: str,
-             on_iteration: Callable[[dict], None] | None, run: int) -> RunState:
+             on_iteration: Callable[[dict], None] | None, run: int,
+             background: BackgroundEstimate | None = None) -> RunState:
     while not _done(state, cfg):
         it = state.iteration
         t0 = time.perf_counter()
         beta = beta_schedule(beta0, it, cfg)
-        total = executor.step(state.models, state.phi, beta, cfg.update_scale)
+        total = executor.step(state.models, state.phi, beta, cfg.update_scale, state.background)
         models, weight = m_step(grid, total)
         phi = total.phi
         if cfg.update_scale:
@@ -448,7 +465,7 @@ def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: 
         }
         state = RunState(iteration=it + 1, models=models.astype(np.float32), weight=weight,
                          phi=phi, occupancy=occ, best=total.best, pmax=total.pmax,
-                         history=state.history + [rec])
+                         history=state.history + [rec], background=state.background)
         log.info("run %d iteration %d: loglik %.4g  MI %.3f  change %.2e  beta %.3g  %.1fs",
                  run, it + 1, rec["loglik"], rec["mutual_info"], change, rec["beta_mean"],
                  rec["seconds"])
@@ -521,9 +538,11 @@ def resolve_n_rot(frames: FrameSet, cfg: EMCConfig) -> tuple[int, dict]:
 
 
 def usable_counts(frames: FrameSet, grid: RotationGrid) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Counts on the grid's pixels (float32 CSR) and the frames' photon totals."""
+    """Counts on the grid's pixels (float32 CSR) and the frames' photon totals on the
+    fitted pixels (a frame with photons on merge-only pixels alone cannot be placed)."""
     counts = sp.csr_matrix(frames.counts[:, grid.pixels], dtype=np.float32)
-    photons = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
+    fitted = counts if grid.fit is None else counts[:, np.flatnonzero(grid.fit)]
+    photons = np.asarray(fitted.sum(axis=1), dtype=np.float64).reshape(-1)
     return counts, photons
 
 
@@ -542,7 +561,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     n_rot, resolved = resolve_n_rot(frames, cfg)
     grid = build_rotation_grid(frames.detector, n_rot, grid_step_nm=cfg.grid_step_nm,
                                q_max_nm=cfg.q_max_nm, use_correction=cfg.use_correction,
-                               friedel=cfg.friedel)
+                               friedel=cfg.friedel, merge_only=cfg.merge_only)
     counts, photons = usable_counts(frames, grid)
     usable = np.flatnonzero(photons > 0)
     excluded = np.flatnonzero(photons <= 0)
@@ -554,6 +573,14 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         raise ParameterError("classify2d.n_models",
                              f"{cfg.n_models} models need at least as many frames per run, but "
                              f"a run has {n_sub} (of {usable.size} usable frames)")
+    background = None
+    if cfg.background == "auto":
+        radius = np.linalg.norm(frames.detector.q_perp[grid.pixels], axis=1)
+        background = estimate_background(counts[usable], radius,
+                                          frames.detector.correction()[grid.pixels])
+        resolved.update(background.to_dict())
+        log.info("classify2d: background %.1f photons per frame (%.1f %% of the photons)",
+                 background.photons_per_frame, 100 * resolved["background_share"])
     device = resolve_device(cfg.device)
     executor = ShardExecutor(client, cfg.n_shards, device=device, engine=cfg.engine,
                              worker_threads=worker_threads_for(cfg.scheduler),
@@ -569,23 +596,29 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         rng = np.random.default_rng([cfg.seed, b])
         subset = usable if n_sub == usable.size else np.sort(
             rng.choice(usable, size=n_sub, replace=False))
+        # with a background term, frames in photon order: neighbours share fluence levels
+        order = np.argsort(photons[subset], kind="stable") if background is not None \
+            else np.arange(subset.size)
+        subset = subset[order]
         sub_counts = counts[subset]
         init = initial_models(grid, sub_counts, photons[subset], K, rng, cfg.init_smooth_px)
         key = json.dumps({"params": cfg.trajectory_key(), "data": digest, "run": b,
                           "n": int(n_sub)}, sort_keys=True, default=str)
         ckpt = Path(checkpoint_dir) / f"run_{b:03d}.h5" if checkpoint_dir else None
         state = run_emc(sub_counts, grid, cfg, init, executor=executor, checkpoint=ckpt,
-                        key=key, on_iteration=on_iteration, run=b)
+                        key=key, on_iteration=on_iteration, run=b, background=background)
+        back = np.argsort(order, kind="stable")            # frame order again
+        subset = subset[back]
         out_models[b] = state.models.reshape(K, L, L)
         out_weight[b] = state.weight.reshape(K, L, L)
         out_occ[b] = state.occupancy
-        best = np.asarray(state.best, np.int64)
+        best = np.asarray(state.best, np.int64)[back]
         per_run.append({
             "index": subset,
             "model": best % K,
             "rotation_deg": np.degrees(grid.angles[best // K]),
-            "posterior_max": np.asarray(state.pmax, np.float64),
-            "scale": np.asarray(state.phi, np.float64),
+            "posterior_max": np.asarray(state.pmax, np.float64)[back],
+            "scale": np.asarray(state.phi, np.float64)[back],
         })
         histories.append(state.history)
     return BootstrapResult(grid=grid, models=out_models, weight=out_weight, occupancy=out_occ,

@@ -80,6 +80,9 @@ class Detector:
         Set when the pixels form a regular image in row-major order.
     center : tuple (row, col) or None
         Beam position in pixels for a regular image.
+    merge_only : (P,) bool or None
+        Pixels outside ``mask`` whose photons 2D EMC merges into the models
+        without fitting them (Dragonfly's detector ``mask == 1``); None: none.
     """
 
     q: np.ndarray
@@ -92,6 +95,7 @@ class Detector:
     shape: tuple[int, int] | None = None
     center: tuple[float, float] | None = None
     extra: dict = field(default_factory=dict)
+    merge_only: np.ndarray | None = None
 
     def __post_init__(self):
         self.q = np.asarray(self.q, dtype=np.float64)
@@ -105,6 +109,10 @@ class Detector:
                 raise ValueError(f"detector shape {self.shape} does not hold {n} pixels")
         if self.center is not None:
             self.center = (float(self.center[0]), float(self.center[1]))
+        if self.merge_only is not None:
+            self.merge_only = np.asarray(self.merge_only, dtype=bool).reshape(n) & ~self.mask
+            if not self.merge_only.any():
+                self.merge_only = None
 
     @property
     def n_pixels(self) -> int:

@@ -12,6 +12,9 @@ Detector file::
     qx, qy, qz  (P,) float64  in Dragonfly voxel units: q_voxel = q / dq_voxel
     corr        (P,) float64  polarisation x solid angle
     mask        (P,) uint8    0 good, 1 used for merging only, 2 bad
+                              (1 -> ``Detector.merge_only``: 2D EMC merges these pixels
+                              without fitting them, as Dragonfly does; set
+                              ``classify2d.merge_only: false`` to drop them)
     detd        ()   float64  detector distance in pixels
     ewald_rad   ()   float64  Ewald-sphere radius in voxels (= k / dq_voxel)
 
@@ -70,9 +73,10 @@ def read_dragonfly_detector(path: str | Path, wavelength_nm: float | None) -> De
     q = np.stack([arrays["qx"], arrays["qy"], arrays["qz"]], axis=1) * scale
     side = int(round(np.sqrt(n)))
     shape = (side, side) if side * side == n else None
+    # mask 1: Dragonfly's "merge only" pixels (not in the likelihood, merged into the models)
     det = Detector(q=q, mask=arrays["mask"] == 0, solid_angle=arrays["corr"],
                    polarization=np.ones(n), wavelength_nm=float(wavelength_nm),
-                   shape=shape, center=None)
+                   shape=shape, center=None, merge_only=arrays["mask"] == 1)
     det.extra["dragonfly_mask"] = arrays["mask"].astype(np.uint8)
     det.extra["detd_px"] = detd
     return det
@@ -151,6 +155,8 @@ def write_dragonfly_detector(path: str | Path, detector: Detector) -> None:
     mask = detector.extra.get("dragonfly_mask")
     if mask is None:
         mask = np.where(detector.mask, 0, 2).astype(np.uint8)
+        if detector.merge_only is not None:
+            mask[detector.merge_only] = 1
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         for i, key in enumerate(("qx", "qy", "qz")):
             h5[key] = detector.q[:, i] / dq

@@ -105,6 +105,10 @@ def _write_detector(group: h5py.Group, det: Detector) -> None:
         group.attrs["shape"] = np.asarray(det.shape, dtype=np.int64)
     if det.center is not None:
         group.attrs["center"] = np.asarray(det.center, dtype=np.float64)
+    if det.merge_only is not None:
+        group.create_dataset("merge_only", data=det.merge_only.astype(np.uint8), compression="gzip")
+        group["merge_only"].attrs["meaning"] = ("1 = not fitted, merged into the 2D models "
+                                                "(Dragonfly mask 1)")
 
 
 def write_frames(path: str | Path, frames: FrameSet, *, layout: str = "auto",
@@ -164,12 +168,18 @@ def read_detector_group(group: h5py.Group, path) -> Detector:
         raise InputError(path, f"{prefix}@wavelength_nm", "attribute missing")
     shape = tuple(int(v) for v in attrs["shape"]) if "shape" in attrs else None
     center = tuple(float(v) for v in attrs["center"]) if "center" in attrs else None
+    merge_only = None
+    if "merge_only" in group:
+        merge_only = group["merge_only"][()]
+        if merge_only.shape != (n,):
+            raise InputError(path, f"{prefix}/merge_only",
+                             f"must have shape ({n},), got {merge_only.shape}")
     return Detector(q=q, mask=out["mask"].astype(bool), solid_angle=out["solid_angle"],
                     polarization=out["polarization"],
                     wavelength_nm=float(attrs["wavelength_nm"]),
                     distance_mm=float(attrs.get("distance_mm", np.nan)),
                     pixel_size_mm=float(attrs.get("pixel_size_mm", np.nan)),
-                    shape=shape, center=center)
+                    shape=shape, center=center, merge_only=merge_only)
 
 
 def open_h5(path: str | Path) -> h5py.File:

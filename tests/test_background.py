@@ -1,0 +1,143 @@
+"""Background per pixel estimated from hits, and the EMC background term."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from spicompute.background import estimate_background
+from spicompute.emc2d import (LEVELS_PER_OCTAVE, Shard, build_rotation_grid, fluence_level,
+                              level_scale, m_step, shard_step)
+from tests.conftest import small_simulation_params
+from tests.test_emc2d_data import make_detector, make_frames
+
+GEOMETRIES = {"33 binned": dict(detector_size=33, binning=4),
+              "51 off-centre": dict(detector_size=51, binning=2, beam_center_px=[20, 28])}
+
+
+def _simulate(background: float, geometry: dict, n_frames: int = 1200, seed: int = 5):
+    from spicompute.simulate import SimulationParams, simulate
+
+    p = SimulationParams.from_dict(small_simulation_params(
+        n_frames=n_frames, photons_mean=400, background_photons=background, seed=seed,
+        **geometry))
+    return simulate(p, progress=False)
+
+
+def _estimate(frames):
+    det = frames.detector
+    m = det.mask
+    return estimate_background(frames.counts[:, m], np.linalg.norm(det.q_perp, axis=1)[m],
+                               det.correction()[m])
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+@pytest.mark.parametrize("background", [0.0, 60.0])
+def test_background_estimate_follows_the_truth(geometry, background):
+    frames, truth = _simulate(background, geometry)
+    est = _estimate(frames)
+    true = float(np.mean(truth.background_photons))
+    # within 15 % of the truth, or 4 % of the photons of a frame (400 particle photons on average)
+    photons = float(frames.counts.sum()) / frames.n_frames
+    assert abs(est.photons_per_frame - true) < max(0.04 * photons, 0.15 * true), \
+        (est.photons_per_frame, true)
+    assert est.per_pixel.shape == (int(frames.detector.mask.sum()),)
+    assert np.all(est.per_pixel >= 0)
+    d = est.to_dict()
+    assert d["background_photons_per_frame"] == pytest.approx(est.photons_per_frame)
+    assert 0 <= d["background_share"] < 1
+
+
+def test_background_estimate_needs_frames_and_spreads_by_efficiency(rng):
+    n, p = 30, 200
+    counts = sp.random(n, p, density=0.1, random_state=1, format="csr") * 5
+    radius = np.linspace(0.1, 1.0, p)
+    est = estimate_background(counts, radius, np.ones(p))
+    assert est.photons_per_frame == 0.0           # too few frames: no estimate, not a guess
+    # a pure flat background and a fluence-scaled particle term: the intercept is the background
+    n = 3000
+    phi = rng.uniform(0.3, 1.0, n)
+    efficiency = np.where(np.arange(p) % 2 == 0, 1.0, 0.5)
+    particle = 400 * np.exp(-radius / 0.08)
+    particle /= particle.sum() / 400
+    flat = 30.0 * efficiency / efficiency.sum()
+    lam = phi[:, None] * particle[None] + flat[None]
+    counts = sp.csr_matrix(rng.poisson(lam).astype(np.float64))
+    est = estimate_background(counts, radius, efficiency)
+    assert est.photons_per_frame == pytest.approx(30.0, rel=0.15)
+    outer = radius > 0.5   # spread in proportion to efficiency
+    even = outer & (np.arange(p) % 2 == 0)
+    odd = outer & (np.arange(p) % 2 == 1)
+    assert est.per_pixel[even].mean() / est.per_pixel[odd].mean() == pytest.approx(2.0, rel=0.1)
+
+
+def test_no_background_where_the_inner_bins_do_not_predict_the_outer_ones():
+    """Arbitrary templates (no forward-scattering peak) and a narrow fluence range: the
+    zero-fluence extrapolation is noise, so no background is claimed (a wrong one would
+    eat the models)."""
+    fs, *_ = make_frames(n_frames=300, photons=500.0, seed=1)
+    est = _estimate(fs)
+    assert est.photons_per_frame == 0.0
+
+
+def _small_problem(rng, n=120, k=3, n_rot=8):
+    det = make_detector(17)
+    grid = build_rotation_grid(det, n_rot)
+    models = rng.gamma(2.0, 1.0, size=(k, grid.n_grid)).astype(np.float32) * 0.2
+    counts = sp.csr_matrix(rng.poisson(0.4, size=(n, grid.n_pix)).astype(np.float32))
+    return det, grid, models, counts
+
+
+def test_background_term_sparse_kernel_equals_dense_reference(rng):
+    det, grid, models, counts = _small_problem(rng)
+    n = counts.shape[0]
+    # scales exactly on fluence levels: both engines then evaluate the same likelihood
+    phi = np.array([level_scale(v) for v in rng.integers(-6, 3, n)])
+    beta = np.full(n, 0.5)
+    background = rng.uniform(0.01, 0.05, grid.n_pix)
+    shard = Shard.from_counts(counts)
+    a = shard_step(shard, grid, models, phi, beta, True, engine="sparse", background=background)
+    b = shard_step(shard, grid, models, phi, beta, True, engine="dense", background=background)
+    assert np.allclose(a.phi, b.phi, rtol=1e-4)
+    assert np.array_equal(a.best, b.best)
+    assert np.allclose(a.num, b.num, rtol=1e-3, atol=1e-4)
+    assert a.loglik == pytest.approx(b.loglik, rel=1e-4)
+    # the background changes the posteriors and removes its photons from the numerator
+    c = shard_step(shard, grid, models, phi, beta, True, engine="dense")
+    assert not np.allclose(c.phi, b.phi)
+    assert b.num.sum() < c.num.sum()
+
+
+def test_fluence_levels_are_within_an_eighth_octave():
+    phi = np.geomspace(0.05, 20, 500)
+    rel = np.array([level_scale(v) for v in fluence_level(phi)]) / phi
+    assert np.all(np.abs(np.log2(rel)) <= 0.5 / LEVELS_PER_OCTAVE + 1e-12)
+    assert rel.max() <= 2 ** (1 / 8) + 1e-12 and rel.min() >= 2 ** (-1 / 8) - 1e-12
+
+
+def test_background_term_recovers_models_with_background(rng):
+    """Frames = phi * (model at a random rotation) + flat background: with the background
+    term the M-step returns the particle model, without it the model carries the offset."""
+    det, grid, _, _ = _small_problem(rng)
+    yy, xx = np.mgrid[0:grid.size, 0:grid.size] - grid.size // 2
+    truth = (20.0 * np.exp(-(xx ** 2 + 2 * yy ** 2) / 8.0)).reshape(1, -1).astype(np.float32)
+    n = 4000
+    rot = rng.integers(0, grid.n_rot, n)
+    phi = np.exp(rng.uniform(np.log(0.3), 0.0, n))
+    phi /= phi.mean()
+    W = np.asarray(grid.S @ truth.T).reshape(grid.n_pix, grid.n_rot)  # (P, R)
+    background = np.full(grid.n_pix, 0.3)
+    lam = phi[:, None] * W[:, rot].T + background[None]
+    counts = sp.csr_matrix(rng.poisson(lam).astype(np.float32))
+    beta = np.ones(n)
+    shard = Shard.from_counts(counts)
+    with_bg = m_step(grid, shard_step(shard, grid, truth, phi, beta, False, background=background))[0]
+    without = m_step(grid, shard_step(shard, grid, truth, phi, beta, False))[0]
+    seen = grid.colsum.sum(0) > 0.5 * grid.colsum.sum(0).max()
+    corner = seen & (truth[0] < 0.05)              # where the particle has no signal
+    assert abs(with_bg[0, corner].mean()) < 0.05
+    assert without[0, corner].mean() > 0.2
+    # the particle's photons are kept (rotational blur moves them, it does not remove them)
+    assert with_bg[0, seen].sum() == pytest.approx(truth[0, seen].sum(), rel=0.1)
+    assert without[0, seen].sum() > 1.1 * truth[0, seen].sum()
