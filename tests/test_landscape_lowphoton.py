@@ -1,0 +1,88 @@
+"""The paper's regime: ~400 particle photons + ~50 background photons per frame.
+
+frames -> classify2d -> ccmatrix -> embed with the default parameters (fewer
+runs and iterations), then against the simulator's truth, which no stage reads:
+
+* a CLPCA component follows the members' mean melt parameter, |rho| >= 0.8;
+* no component follows mean photons per frame more than it follows shape
+  (melt, or the share of contaminant members) -- at this photon count an EMC
+  without a background term sorted frames by fluence and a component tracked
+  photons per frame (|rho| ~0.9);
+* the shape axes (the components that follow melt or contaminants most) do not
+  follow occupancy more than shape.  The third component here still follows
+  occupancy (n_frames, |rho| ~0.5) more than shape: issue 8 records it as open.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy.stats import spearmanr
+
+from spicompute.cli import main
+from spicompute.io.truth import read_truth
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+CONTAMINANTS = ("dimer", "rod", "aggregate")
+
+
+@pytest.fixture(scope="module")
+def landscape(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lowphoton")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["simulate"].update(n_frames=6000, detector_size=65, binning=4, photons_mean=400,
+                              background_photons=50, seed=3)
+    params["classify2d"].update(n_runs=2, n_models=30, max_iter=14, min_iter=8)
+    params["embed"].update(methods=["pc"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("frames", "classify2d", "ccmatrix", "embed"):
+        argv = stages[name]["cmd"].split()[1:]
+        argv = [a if not a.startswith(("data/", "results/", "metrics/", "checkpoints/",
+                                       "dvclive/")) else str(root / a) for a in argv]
+        argv = [str(root / "params.yaml") if a == "params.yaml" else a for a in argv]
+        assert main(argv + ["-q"]) == 0, name
+    frames = pd.read_parquet(root / "results" / "frames.parquet")
+    truth = read_truth(root / "data" / "truth.h5")
+    members = frames[frames["average_id"] >= 0].merge(
+        pd.DataFrame({"frame_id": truth["frame_id"], "class_name": truth["class_name"],
+                      "melt_t": truth["melt_t"]}), on="frame_id")
+    members["contaminant"] = members["class_name"].isin(CONTAMINANTS)
+    per = members.groupby("average_id").agg(melt_t=("melt_t", "mean"),
+                                            contaminant=("contaminant", "mean"),
+                                            members=("frame_id", "size"))
+    table = pd.read_parquet(root / "results" / "parts" / "embed.parquet").merge(
+        per, on="average_id")
+    embed = json.loads((root / "metrics" / "embed.json").read_text())
+    classify = json.loads((root / "metrics" / "classify2d.json").read_text())
+    return table, embed, classify, truth
+
+
+def _rho(a, b) -> float:
+    return abs(float(spearmanr(a, b)[0]))
+
+
+def test_background_is_estimated(landscape):
+    _, _, classify, truth = landscape
+    true = float(np.mean(truth["background_photons"]))
+    assert classify["resolved_background_photons_per_frame"] == pytest.approx(true, rel=0.25)
+
+
+def test_clpca_follows_shape_not_photons_or_occupancy(landscape):
+    table, embed, _, _ = landscape
+    usable = table[table["landscape_usable"].astype(bool)]
+    family = usable[(usable["contaminant"] < 0.2) & (usable["members"] >= 5)]
+    assert len(family) >= 15
+    melt = [_rho(family[f"pc_{k}"], family["melt_t"]) for k in (1, 2, 3)]
+    assert max(melt) >= 0.8, melt
+    shape = [max(melt[k - 1], _rho(usable[f"pc_{k}"], usable["contaminant"])) for k in (1, 2, 3)]
+    nuisance = [embed["nuisance_spearman"][f"pc_{k}"] for k in (1, 2, 3)]
+    for k in range(3):
+        assert abs(nuisance[k]["mean_photons"] or 0.0) <= shape[k], (k + 1, nuisance, shape)
+    for k in np.argsort(shape)[-2:]:
+        assert abs(nuisance[k]["n_frames"] or 0.0) <= shape[k], (k + 1, nuisance, shape)
