@@ -1,9 +1,9 @@
 """Plot builders shared by the pages: plain Plotly, no Streamlit.
 
 The landscape scatter is built with graph_objects rather than plotly.express:
-for 10,000 averages express takes ~0.2 s on the server and writes the hover
-columns as JSON lists (0.64 MB); here every array goes out as a typed float32
-buffer (~0.35 MB) and the figure is built in ~0.05 s.  That, and keeping
+for 10,000 averages express takes ~0.2 s on the server and writes every column
+as JSON (0.64 MB); here the coordinates go out as typed float32 buffers and
+only the hover columns as short JSON lists (~0.4 MB), built in ~0.05 s.  That, and keeping
 Arrow-based tables off the page above the plot, is what brings the Landscape
 page's first render under 3 s (benchmarks/bench_dashboard.py).
 """
@@ -32,7 +32,11 @@ def landscape_scatter(plot: pd.DataFrame, x: str, y: str, color: str | None,
     ``average_id`` (what selection events are decoded from).
     """
     extra = [c for c in hover if c != "average_id"]
-    custom = plot[["average_id"] + extra].to_numpy(dtype=np.float32, na_value=np.nan)
+    # customdata as nested lists, not a typed buffer: plotly.js hands a typed 2D array's rows
+    # to selection events as Float32Arrays, which reach Streamlit as {"0": ..} objects
+    columns = [pd.to_numeric(plot[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+               for c in ["average_id"] + extra]               # categorical labels like "3" -> 3
+    custom = np.round(np.stack(columns, axis=1), 3)
     template = "<br>".join([f"{x}=%{{x}}", f"{y}=%{{y}}"] +
                            [f"{c}=%{{customdata[{k}]}}" for k, c in enumerate(["average_id"] + extra)])
     xs = plot[x].to_numpy(dtype=np.float32, na_value=np.nan)
@@ -47,7 +51,7 @@ def landscape_scatter(plot: pd.DataFrame, x: str, y: str, color: str | None,
             if not rows.any():
                 continue
             fig.add_trace(go.Scattergl(
-                x=xs[rows], y=ys[rows], customdata=custom[rows], mode="markers",
+                x=xs[rows], y=ys[rows], customdata=custom[rows].tolist(), mode="markers",
                 name=str(level), legendgroup=str(level),
                 marker=dict(size=marker_size, opacity=0.8,
                             color=QUALITATIVE[k % len(QUALITATIVE)]),
@@ -57,7 +61,7 @@ def landscape_scatter(plot: pd.DataFrame, x: str, y: str, color: str | None,
         if color is not None:
             marker.update(color=plot[color].to_numpy(dtype=np.float32, na_value=np.nan),
                           colorscale="Viridis", showscale=True, colorbar=dict(title=color))
-        fig.add_trace(go.Scattergl(x=xs, y=ys, customdata=custom, mode="markers",
+        fig.add_trace(go.Scattergl(x=xs, y=ys, customdata=custom.tolist(), mode="markers",
                                    name="averages", marker=marker, showlegend=False,
                                    hovertemplate=f"{template}<extra></extra>"))
     fig.update_layout(xaxis_title=x, yaxis_title=y)

@@ -46,9 +46,10 @@ def test_continuous_colour_is_one_trace_with_colour_bar_and_compact_json():
     assert np.allclose(fig.data[0].marker.color, t["n_frames"], rtol=1e-6)
     assert fig.data[0].marker.showscale
     spec = pio.to_json(fig, validate=False)
-    # arrays travel as typed buffers, not JSON number lists: well under 40 B per point
-    assert len(spec) < 40 * len(t)
-    assert json.loads(spec)["data"][0]["x"]["dtype"] == "f4"
+    # coordinates travel as typed buffers; customdata rows stay JSON lists (selection events)
+    assert len(spec) < 45 * len(t)
+    trace = json.loads(spec)["data"][0]
+    assert trace["x"]["dtype"] == "f4" and isinstance(trace["customdata"][0], list)
 
 
 def test_markdown_table_renders_user_text_as_text():
