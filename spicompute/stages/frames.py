@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from spicompute.io.euxfel_ingest import EUXFEL_KEYS
 from spicompute.io.frames import write_frames
+from spicompute.io.frames_report import frameset_report, write_json, write_lit_histogram
 from spicompute.io.truth import write_truth
 from spicompute.stages._common import all_params, get_logger, progress_disabled
 
 COMMAND = "frames"
-HELP = "simulate frames (data.input empty) or ingest CXI / Dragonfly / HDF5 frames"
+HELP = "simulate frames (data.input empty) or ingest CXI / Dragonfly / HDF5 frames or a EuXFEL run"
 
 log = get_logger("frames")
 
@@ -23,10 +25,15 @@ def add_arguments(parser):
     parser.add_argument("--out", default="data/frames.h5", help="frames file to write")
     parser.add_argument("--truth", default="data/truth.h5",
                         help="ground-truth file (simulation only; removed when ingesting)")
+    parser.add_argument("--hits", default="results/hits.parquet",
+                        help="per-frame table: frame_id, run, train_id, pulse_id, lit_pixels, photons, is_hit")
+    parser.add_argument("--metrics", default="metrics/frames.json", help="frames metrics (JSON)")
+    parser.add_argument("--lit-histogram", default="metrics/frames_lit_histogram.csv",
+                        help="lit-pixel histogram (CSV, a DVC plot)")
 
 
 DATA_KEYS = ("input", "format", "dataset", "detector", "wavelength_nm", "geometry", "distance_mm",
-             "pixel_size_mm", "empty_frames", "layout")
+             "pixel_size_mm", "empty_frames", "layout") + EUXFEL_KEYS
 
 
 def run(args) -> int:
@@ -38,21 +45,26 @@ def run(args) -> int:
     layout = data.get("layout", "auto") or "auto"
     start = time.perf_counter()
     truth_path = Path(args.truth)
+    if data.get("input") and Path(data["input"]).is_dir():  # a EuXFEL run: stream, hits only
+        from spicompute.io.euxfel_ingest import ingest_run
+
+        metrics = ingest_run(data, args.out, args.hits, stage=COMMAND,
+                             progress=not progress_disabled(args))
+        edges, hist = metrics.pop("_histogram")
+        _write_empty_truth(truth_path, data)
+        write_lit_histogram(args.lit_histogram, edges, hist, metrics["hit_threshold"])
+        write_json(args.metrics, metrics)
+        log.info("%d of %d frames are hits (%.2f %%, lit-pixel threshold %.1f) in %.1f s -> %s",
+                 metrics["hits"], metrics["frames_read"], 100 * metrics["hit_rate"],
+                 metrics["hit_threshold"], time.perf_counter() - start, args.out)
+        return 0
     if data.get("input"):
         from spicompute.ingest import ingest
 
         frames = ingest(data)
         write_frames(args.out, frames, layout=layout, stage=COMMAND, params={"data": data})
-        if truth_path.exists():  # a stale truth would describe other frames
-            truth_path.unlink()
-        # DVC needs the declared output to exist: an empty truth marks "no truth".
-        import h5py
-
-        from spicompute.io.provenance import atomic_path, stamp
-
-        with atomic_path(truth_path) as tmp, h5py.File(tmp, "w") as h5:
-            stamp(h5, COMMAND, {"data": data})
-            h5.attrs["simulated"] = False
+        _write_empty_truth(truth_path, data)
+        source = "file"
     else:
         from spicompute.simulate import SimulationParams, simulate
 
@@ -61,8 +73,28 @@ def run(args) -> int:
         record = {"data": data, "simulate": section(params, "simulate", args.params)}
         write_frames(args.out, frames, layout=layout, stage=COMMAND, params=record)
         write_truth(truth_path, truth, params=record)
+        source = "simulate"
+    metrics, (edges, hist) = frameset_report(frames, args.hits, source)
+    if source == "file":
+        metrics["input"] = str(data["input"])
+    write_lit_histogram(args.lit_histogram, edges, hist, None)
+    write_json(args.metrics, metrics)
     photons = frames.photons_per_frame()
     log.info("%d frames x %d pixels, %.0f photons/frame (min %d, max %d) in %.1f s -> %s",
              frames.n_frames, frames.n_pixels, photons.mean(), photons.min(), photons.max(),
              time.perf_counter() - start, args.out)
     return 0
+
+
+def _write_empty_truth(truth_path: Path, data: dict) -> None:
+    """Ingested data has no truth; DVC needs the declared output: an empty one marks that."""
+    import h5py
+
+    from spicompute.io.provenance import atomic_path, stamp
+
+    if truth_path.exists():  # a stale truth would describe other frames
+        truth_path.unlink()
+    truth_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(truth_path) as tmp, h5py.File(tmp, "w") as h5:
+        stamp(h5, COMMAND, {"data": data})
+        h5.attrs["simulated"] = False
