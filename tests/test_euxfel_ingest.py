@@ -160,7 +160,9 @@ def _cli(tmp_path, data: dict):
     params["data"].update(data)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, PYTHONPATH=str(REPO), SPICOMPUTE_NO_PROGRESS="1")
-    return subprocess.run([sys.executable, "-m", "spicompute", "frames", "--params", "params.yaml"],
+    return subprocess.run([sys.executable, "-m", "spicompute", "frames", "--params", "params.yaml",
+                           "--hits", "results/hits.parquet", "--metrics", "metrics/frames.json",
+                           "--lit-histogram", "metrics/frames_lit_histogram.csv"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -221,3 +223,64 @@ def test_cli_writes_report(two_sequence_run, tmp_path):
     assert read_frames(tmp_path / "data" / "frames.h5").n_frames == 8
     with h5py.File(tmp_path / "data" / "truth.h5") as h5:
         assert not h5.attrs["simulated"]
+
+
+def test_raw_spb_run_in_adu(tmp_path, q_default):
+    """extra-data's raw-layout run (``make_spb_run``: RAW files, (data, gain) frames, uint16,
+    no mask dataset) read as ADU with ``adu_per_photon``."""
+    from extra_data.tests.make_examples import make_spb_run
+
+    run = tmp_path / "raw"
+    run.mkdir()
+    make_spb_run(str(run))
+    adu = 45.0
+    frames = np.arange(128)                       # trains 0 and 1 (64 pulses each)
+    hits = frames[7::16]
+    truth = inject(run, frames, q_default, hits=hits, bg=3e-4, unit=adu, noise=0.05, prefix="RAW",
+                   raw=True, seed=2)
+    m = ingest_run(_data(run, adu_per_photon=adu, trains="0:2"), tmp_path / "f.h5", tmp_path / "h.parquet")
+    assert m["unit"] == "ADU" and m["frames_read"] == 128
+    table = pd.read_parquet(tmp_path / "h.parquet")
+    assert table.run.iloc[0] == 238 and table.pulse_id.max() == 63
+    np.testing.assert_array_equal(table.frame_id[table.is_hit], hits)
+    fr = read_frames(tmp_path / "f.h5")
+    expect = truth.reshape(len(truth), -1)[hits] * fr.detector.mask
+    np.testing.assert_array_equal(fr.counts.toarray(), expect)
+
+
+PEAK_SCRIPT = """
+import re, sys, json
+from spicompute.io.euxfel_ingest import ingest_run
+m = ingest_run(dict(input=sys.argv[1], distance_mm=705.0, photon_energy_kev=6.0, trains=sys.argv[2],
+                    trains_per_chunk=1), sys.argv[3] + "/f.h5", sys.argv[3] + "/h.parquet")
+# VmHWM: this process's peak resident memory (ru_maxrss may carry the forking parent's peak)
+hwm_kb = int(re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read()).group(1))
+print(json.dumps({"peak_mb": hwm_kb / 1024,
+                  "frames": m["frames_read"], "hits": m["hits"]}))
+"""
+PEAK_BOUND_MB = 700  # whole mock run = 2048 frames x 4 MB = 8.6 GB of float32
+
+
+@pytest.mark.slow
+def test_peak_memory_bounded_on_full_mock_run(tmp_path, q_default):
+    """Peak RSS of a subprocess streaming extra-data's full mock proc run (64 trains x 32
+    pulses x 16 modules; 8.6 GB as float32) stays under PEAK_BOUND_MB and within 64 MB of the
+    peak for 4 trains: memory does not grow with the run length."""
+    from extra_data.tests.make_examples import make_modern_spb_proc_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    make_modern_spb_proc_run(str(run))
+    inject(run, [5, 700, 2000], q_default, hits=[5, 700, 2000], bg=1e-4)
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO), SPICOMPUTE_NO_PROGRESS="1")
+    peaks = {}
+    for trains in ("0:4", "all"):
+        proc = subprocess.run([sys.executable, str(script), str(run), trains, str(tmp_path)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[trains] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert peaks["all"]["frames"] == 2048 and peaks["all"]["hits"] == 3
+    assert peaks["all"]["peak_mb"] < PEAK_BOUND_MB, peaks
+    assert peaks["all"]["peak_mb"] - peaks["0:4"]["peak_mb"] < 64, peaks

@@ -70,6 +70,11 @@ def is_run_directory(path) -> bool:
     return p.is_dir() and any(any(p.glob(pat)) for pat in RUN_FILE_PATTERNS)
 
 
+def is_raw_run(path) -> bool:
+    """Raw detector data (``RAW-*`` files, (data, gain) frames in ADU) unless CORR files exist."""
+    return not any(Path(path).glob("CORR-*.h5"))
+
+
 def parse_slice(value, name: str):
     """``all`` / "" / None -> None; ``"a:b"`` or ``"a:b:s"`` (python slice syntax) -> slice.
 
@@ -181,7 +186,7 @@ def open_run(cfg: EuxfelConfig):
             raise ParameterError("data.trains", f"selects no train of the {n_all} in {path}")
         run = run.select_trains(by_index[cfg.trains])
     try:
-        det = AGIPD1M(run)
+        det = AGIPD1M(run, raw=is_raw_run(path))
     except Exception as exc:
         raise InputError(path, "data.input", "no AGIPD 1M detector source (SPB_DET_AGIPD1M-1/DET or "
                          f"/CORR ...CH0) in the run ({_one_line(exc)})") from exc
@@ -334,10 +339,10 @@ def process_partition(run_dir: str, train_ids, settings: dict, good: np.ndarray,
 
     logging.getLogger("extra_data").setLevel(logging.WARNING)  # one INFO line per component
     run = RunDirectory(str(run_dir)).select_trains(by_id[list(map(int, train_ids))])
-    det = AGIPD1M(run)
-    raw = bool(det.raw) if hasattr(det, "raw") else any("/DET/" in s for s in det.modno_to_source.values())
+    raw = is_raw_run(run_dir)
+    det = AGIPD1M(run, raw=raw)
     modules = sorted(det.modno_to_source)
-    per_module = {m: AGIPD1M(run, modules=[m]) for m in modules}
+    per_module = {m: AGIPD1M(run, modules=[m], raw=raw) for m in modules}
     has_mask = (not raw) and "image.mask" in run[det.modno_to_source[modules[0]]].keys()
     unit = float(settings["unit"])
     t = float(settings["photon_threshold"])

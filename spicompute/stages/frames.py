@@ -25,11 +25,13 @@ def add_arguments(parser):
     parser.add_argument("--out", default="data/frames.h5", help="frames file to write")
     parser.add_argument("--truth", default="data/truth.h5",
                         help="ground-truth file (simulation only; removed when ingesting)")
-    parser.add_argument("--hits", default="results/hits.parquet",
-                        help="per-frame table: frame_id, run, train_id, pulse_id, lit_pixels, photons, is_hit")
-    parser.add_argument("--metrics", default="metrics/frames.json", help="frames metrics (JSON)")
-    parser.add_argument("--lit-histogram", default="metrics/frames_lit_histogram.csv",
-                        help="lit-pixel histogram (CSV, a DVC plot)")
+    parser.add_argument("--hits", default=None,
+                        help="per-frame table: frame_id, run, train_id, pulse_id, lit_pixels, photons, "
+                             "is_hit (default: hits.parquet beside --out; dvc.yaml: results/hits.parquet)")
+    parser.add_argument("--metrics", default=None,
+                        help="frames metrics JSON (default: frames_metrics.json beside --out)")
+    parser.add_argument("--lit-histogram", default=None,
+                        help="lit-pixel histogram CSV, a DVC plot (default: beside --out)")
 
 
 DATA_KEYS = ("input", "format", "dataset", "detector", "wavelength_nm", "geometry", "distance_mm",
@@ -45,6 +47,10 @@ def run(args) -> int:
     layout = data.get("layout", "auto") or "auto"
     start = time.perf_counter()
     truth_path = Path(args.truth)
+    beside = Path(args.out).parent
+    args.hits = args.hits or str(beside / "hits.parquet")
+    args.metrics = args.metrics or str(beside / "frames_metrics.json")
+    args.lit_histogram = args.lit_histogram or str(beside / "frames_lit_histogram.csv")
     if data.get("input") and Path(data["input"]).is_dir():  # a EuXFEL run: stream, hits only
         from spicompute.io.euxfel_ingest import ingest_run
 
