@@ -258,7 +258,7 @@ hwm_kb = int(re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read()).gr
 print(json.dumps({"peak_mb": hwm_kb / 1024,
                   "frames": m["frames_read"], "hits": m["hits"]}))
 """
-PEAK_BOUND_MB = 700  # whole mock run = 2048 frames x 4 MB = 8.6 GB of float32
+PEAK_BOUND_MB = 500  # whole mock run = 2048 frames x 4 MB = 8.6 GB of float32
 
 
 @pytest.mark.slow
