@@ -284,3 +284,27 @@ def test_peak_memory_bounded_on_full_mock_run(tmp_path, q_default):
     assert peaks["all"]["frames"] == 2048 and peaks["all"]["hits"] == 3
     assert peaks["all"]["peak_mb"] < PEAK_BOUND_MB, peaks
     assert peaks["all"]["peak_mb"] - peaks["0:4"]["peak_mb"] < 64, peaks
+
+
+def test_simulated_input_writes_the_reports(tmp_path):
+    """The frames stage's reports exist for every input kind (DVC declares them)."""
+    from spicompute.cli import main
+    from tests.conftest import small_simulation_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["simulate"].update(small_simulation_params(n_frames=30))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = {k: str(tmp_path / v) for k, v in (("hits", "results/hits.parquet"), ("metrics", "metrics/frames.json"),
+                                             ("hist", "metrics/frames_lit_histogram.csv"))}
+    assert main(["frames", "--params", str(tmp_path / "params.yaml"), "-q", "--out", str(tmp_path / "f.h5"),
+                 "--truth", str(tmp_path / "t.h5"), "--hits", out["hits"], "--metrics", out["metrics"],
+                 "--lit-histogram", out["hist"]]) == 0
+    frames = read_frames(tmp_path / "f.h5")
+    table = pd.read_parquet(out["hits"])
+    np.testing.assert_array_equal(table.frame_id, frames.frame_id)
+    np.testing.assert_array_equal(table.photons, frames.photons_per_frame())
+    np.testing.assert_array_equal(table.lit_pixels, np.diff((frames.counts > 0).tocsr().indptr))
+    assert table.is_hit.all() and (table.train_id == -1).all()
+    metrics = json.loads(open(out["metrics"]).read())
+    assert metrics["source"] == "simulate" and metrics["frames_read"] == 30 and "hit_threshold" not in metrics
+    assert pd.read_csv(out["hist"]).frames.sum() == 30

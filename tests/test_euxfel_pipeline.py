@@ -48,7 +48,7 @@ def test_dvc_repro_on_a_euxfel_run(tmp_path):
     params["classify2d"].update(n_models=4, n_runs=3, max_iter=6, min_iter=3, q_max_nm=1.2,
                                 grid_step_nm=0.04)
     params["embed"].update(methods=["pc"])
-    params["regress"].update(max_epochs=20, patience=5)
+    params["regress"].update(max_epochs=8, patience=3)
     params["orient"].update(num_div=6, refine=False)
     params["vae"].update(epochs=2)
     params["volumes"].update(n_points=3)
