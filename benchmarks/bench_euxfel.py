@@ -1,6 +1,6 @@
 """Benchmark: EuXFEL AGIPD 1M photon conversion + hit finding, frames/s on 2 cores.
 
-    python benchmarks/bench_euxfel.py [--trains 4] [--sequences 2] [--pulses 32]
+    python benchmarks/bench_euxfel.py [--trains 12] [--sequences 2] [--pulses 32]
         [--scheduler local:2] [--out bench_euxfel.json]
 
 Builds an extra-data mock proc run (``--sequences`` sequence files x ``--trains`` trains x
@@ -31,7 +31,7 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trains", type=int, default=4, help="trains per sequence file")
+    parser.add_argument("--trains", type=int, default=12, help="trains per sequence file")
     parser.add_argument("--sequences", type=int, default=2)
     parser.add_argument("--pulses", type=int, default=32)
     parser.add_argument("--scheduler", default="local:2")
@@ -55,7 +55,7 @@ def main() -> None:
         hits = np.flatnonzero(rng.random(n) < 0.07)
         q = agipd_q(load_agipd_geometry(None), 705.0, 6.0)
         t0 = time.perf_counter()
-        inject(run, np.arange(n), q, hits=hits, bg=1e-3, hit_photons=3000, seed=1)
+        inject(run, np.arange(n), q, hits=hits, bg=1e-3, hit_photons=3000, seed=1, keep_truth=False)
         t_make = time.perf_counter() - t0
         base = dict(input=str(run), distance_mm=705.0, photon_energy_kev=6.0)
         results = {}

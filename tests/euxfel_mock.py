@@ -47,44 +47,50 @@ def cube_pattern(q: np.ndarray, edge_nm: float, rng) -> np.ndarray:
 
 def inject(path, frames, q: np.ndarray | None, *, bg: float = 2e-4, hit_photons: float = 3000,
            hits=(), unit: float = 6.0, noise: float = 0.05, edge_nm: float = 42.0, seed: int = 0,
-           prefix: str = "CORR", raw: bool = False) -> np.ndarray:
+           prefix: str = "CORR", raw: bool = False, keep_truth: bool = True):
     """Write photons (x ``unit``, plus Gaussian noise of ``noise`` photons) into ``frames``.
 
     frames : global frame indices (train-major over all sequence files, as stored).
     hits : subset of ``frames`` that carry a particle pattern of ~``hit_photons`` photons.
-    Returns the integer photon truth, (len(frames), 16, 512, 128) int32.
+    Returns the integer photon truth, (len(frames), 16, 512, 128) int32 (None unless
+    ``keep_truth``: large mock runs are written frame by frame in bounded memory).
     """
+    import contextlib
+
     rng = np.random.default_rng(seed)
     frames = np.asarray(frames)
     P = int(np.prod(AGIPD))
-    truth = np.zeros((len(frames), P), np.int32)
-    for i in range(len(frames)):  # sparse Poisson background: N ~ Poisson(bg P) photons, uniform
-        truth[i] = np.bincount(rng.integers(0, P, rng.poisson(bg * P)), minlength=P)
-    truth = truth.reshape((len(frames),) + AGIPD)
     hits = set(int(h) for h in hits)
-    for i, f in enumerate(frames):
-        if int(f) in hits:
-            pat = cube_pattern(q, edge_nm, rng)
-            lam = pat / pat.sum() * hit_photons * rng.uniform(0.7, 1.0)
-            truth[i] += rng.poisson(lam).reshape(AGIPD).astype(np.int32)
-    files = _module_files(path, prefix)
-    for m in range(16):
-        offset = 0
-        for fname in files[m]:
-            with h5py.File(fname, "r+") as h5:
-                kind = "CORR" if prefix == "CORR" else "DET"
+    kind = "CORR" if prefix == "CORR" else "DET"
+    truth = np.zeros((len(frames),) + AGIPD, np.int32) if keep_truth else None
+    with contextlib.ExitStack() as stack:
+        targets = {m: [] for m in range(16)}  # module -> [(dataset, first frame, n frames)]
+        for m, names in _module_files(path, prefix).items():
+            offset = 0
+            for fname in names:
+                h5 = stack.enter_context(h5py.File(fname, "r+"))
                 grp = [k for k in h5["INSTRUMENT/SPB_DET_AGIPD1M-1"][kind].keys() if k.startswith(f"{m}CH0")][0]
-                base = f"INSTRUMENT/SPB_DET_AGIPD1M-1/{kind}/{grp}/image"
-                ds = h5[base + "/data"]
-                n_file = ds.shape[0]
-                for i, f in enumerate(frames):
-                    local = int(f) - offset
+                ds = h5[f"INSTRUMENT/SPB_DET_AGIPD1M-1/{kind}/{grp}/image/data"]
+                targets[m].append((ds, offset, ds.shape[0]))
+                offset += ds.shape[0]
+        for i, f in enumerate(frames):
+            # sparse Poisson background: N ~ Poisson(bg P) photons at uniform pixels
+            t = np.bincount(rng.integers(0, P, rng.poisson(bg * P)), minlength=P).astype(np.int32)
+            if int(f) in hits:
+                pat = cube_pattern(q, edge_nm, rng)
+                lam = pat / pat.sum() * hit_photons * rng.uniform(0.7, 1.0)
+                t += rng.poisson(lam).astype(np.int32)
+            t = t.reshape(AGIPD)
+            if keep_truth:
+                truth[i] = t
+            val = t.astype(np.float32) * np.float32(unit)
+            val += rng.normal(0, noise * unit, size=val.shape).astype(np.float32)
+            for m in range(16):
+                for ds, first, n_file in targets[m]:
+                    local = int(f) - first
                     if 0 <= local < n_file:
-                        val = truth[i, m].astype(np.float32) * np.float32(unit)
-                        val += rng.normal(0, noise * unit, size=val.shape).astype(np.float32)
                         if raw:
-                            ds[local, 0] = np.clip(np.round(val), 0, 65535).astype(np.uint16)
+                            ds[local, 0] = np.clip(np.round(val[m]), 0, 65535).astype(np.uint16)
                         else:
-                            ds[local] = val
-                offset += n_file
+                            ds[local] = val[m]
     return truth
