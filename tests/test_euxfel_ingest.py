@@ -135,6 +135,12 @@ def test_user_mask_merged(two_sequence_run, tmp_path):
     assert fr.detector.mask.sum() == (static_mask(1) & (user > 0)).sum()
 
 
+def test_bad_scheduler_names_the_parameter(two_sequence_run, tmp_path):
+    with pytest.raises(ParameterError, match="data.scheduler"):
+        ingest_run(_data(two_sequence_run[0], scheduler="local:two"), tmp_path / "f.h5", tmp_path / "h.parquet")
+    assert not (tmp_path / "f.h5").exists() and not (tmp_path / "h.parquet").exists()
+
+
 def test_threshold_sample_spread():
     parts = [np.arange(10, dtype=np.uint64), np.arange(10, 30, dtype=np.uint64)]
     s = threshold_sample(parts, 6)

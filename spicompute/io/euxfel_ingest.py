@@ -422,6 +422,9 @@ def _map_partitions(run_dir, parts, settings, good, threshold, scheduler: str, b
         client = make_client(scheduler)
     except ParameterError as exc:
         raise ParameterError("data.scheduler", exc.problem) from None
+    except Exception as exc:  # unreachable address, timeout
+        raise ParameterError("data.scheduler", f"cannot reach the Dask scheduler {scheduler!r} "
+                             f"({_one_line(exc)})") from None
     try:
         workers = max(1, sum(client.nthreads().values()))
         window = 2 * workers  # bounded: at most this many partitions' results held at once
