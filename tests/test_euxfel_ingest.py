@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -246,6 +247,7 @@ def test_raw_spb_run_in_adu(tmp_path, q_default):
                    raw=True, seed=2)
     m = ingest_run(_data(run, adu_per_photon=adu, trains="0:2"), tmp_path / "f.h5", tmp_path / "h.parquet")
     assert m["unit"] == "ADU" and m["frames_read"] == 128
+    assert m["photon_energy_source"] == "params"  # the mock XGM records wavelength 0
     table = pd.read_parquet(tmp_path / "h.parquet")
     assert table.run.iloc[0] == 238 and table.pulse_id.max() == 63
     np.testing.assert_array_equal(table.frame_id[table.is_hit], hits)
@@ -314,3 +316,33 @@ def test_simulated_input_writes_the_reports(tmp_path):
     metrics = json.loads(open(out["metrics"]).read())
     assert metrics["source"] == "simulate" and metrics["frames_read"] == 30 and "hit_threshold" not in metrics
     assert pd.read_csv(out["hist"]).frames.sum() == 30
+
+
+def _set_xgm_wavelength(run_dir, nm: float) -> None:
+    for f in sorted(run_dir.glob("RAW-*-DA01-*.h5")):
+        with h5py.File(f, "r+") as h5:
+            h5["CONTROL/SPB_XTD9_XGM/DOOCS/MAIN/pulseEnergy/wavelengthUsed/value"][:] = nm
+
+
+def test_photon_energy_from_the_run_or_its_raw_sibling(tmp_path, two_sequence_run):
+    """A raw run's XGM records the wavelength; a proc/r<run> directory takes it from the
+    matching raw/r<run> (Maxwell layout); data.photon_energy_kev is then not needed."""
+    from extra_data import RunDirectory
+    from extra_data.tests.make_examples import make_spb_run
+
+    from spicompute.io.euxfel_ingest import EuxfelConfig, photon_energy
+
+    raw = tmp_path / "p002601" / "raw" / "r0034"
+    raw.mkdir(parents=True)
+    make_spb_run(str(raw))
+    _set_xgm_wavelength(raw, 0.2066)
+    energy, source = photon_energy(RunDirectory(str(raw)), EuxfelConfig.from_data(_data(raw, photon_energy_kev=None)))
+    assert energy == pytest.approx(1.23984193 / 0.2066, rel=1e-6) and source.startswith("run (SPB_XTD9_XGM")
+    proc = tmp_path / "p002601" / "proc" / "r0034"
+    shutil.copytree(two_sequence_run[0], proc)
+    m = ingest_run(_data(proc, photon_energy_kev=None, trains="0:1"), tmp_path / "f.h5", tmp_path / "h.parquet")
+    assert m["photon_energy_kev"] == pytest.approx(1.23984193 / 0.2066, rel=1e-6)
+    assert m["photon_energy_source"].startswith(f"raw run {raw}")
+    with pytest.raises(ParameterError, match="data.photon_energy_kev"):
+        photon_energy(RunDirectory(str(two_sequence_run[0])),
+                      EuxfelConfig.from_data(_data(two_sequence_run[0], photon_energy_kev=None)))

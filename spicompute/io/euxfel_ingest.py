@@ -215,20 +215,49 @@ def sequence_partitions(run, det) -> list[np.ndarray]:
     return parts
 
 
-def photon_energy(run, cfg: EuxfelConfig) -> tuple[float, str]:
-    """Photon energy (keV): from the run's XGM ``pulseEnergy.wavelengthUsed`` (nm) when it
-    records a positive value, else ``data.photon_energy_kev``."""
+def _xgm_energy(run) -> tuple[float, str] | None:
+    """Photon energy (keV) from an XGM's ``pulseEnergy.wavelengthUsed`` (nm), if positive."""
     for src in sorted(run.control_sources):
         if "XGM" not in src:
             continue
-        for key in ("pulseEnergy.wavelengthUsed", "pulseEnergy.wavelengthUsed.value"):
-            try:
-                values = np.asarray(run[src, key].ndarray(), dtype=np.float64)
-            except Exception:
-                continue
-            values = values[np.isfinite(values) & (values > 0)]
-            if values.size:
-                return HC_KEV_NM / float(np.median(values)), f"run ({src} {key})"
+        try:
+            values = np.asarray(run[src, "pulseEnergy.wavelengthUsed"].ndarray(), dtype=np.float64)
+        except Exception:  # key absent in this XGM
+            continue
+        values = values[np.isfinite(values) & (values > 0)]
+        if values.size:
+            return HC_KEV_NM / float(np.median(values)), f"{src} pulseEnergy.wavelengthUsed"
+    return None
+
+
+def raw_sibling(run_dir: Path) -> Path | None:
+    """``.../proc/r0034`` -> ``.../raw/r0034`` when it exists (the XGM lives in raw data)."""
+    if run_dir.parent.name == "proc":
+        raw = run_dir.parent.parent / "raw" / run_dir.name
+        if raw.is_dir():
+            return raw
+    return None
+
+
+def photon_energy(run, cfg: EuxfelConfig) -> tuple[float, str]:
+    """Photon energy (keV) and where it came from: the run's XGM ``pulseEnergy.wavelengthUsed``
+    (nm) when it records a positive value, else that of the matching ``raw/r<run>`` run
+    (a ``proc/r<run>`` directory holds only detector data), else ``data.photon_energy_kev``."""
+    found = _xgm_energy(run)
+    if found is not None:
+        return found[0], f"run ({found[1]})"
+    raw = raw_sibling(cfg.run_dir)
+    if raw is not None:
+        from extra_data import RunDirectory, by_id
+
+        try:
+            found = _xgm_energy(RunDirectory(str(raw), include="*-DA*.h5").select_trains(
+                by_id[[int(t) for t in run.train_ids]]))
+        except Exception as exc:  # no DA files, unreadable: fall back to the parameter
+            log.info("no photon energy from %s (%s)", raw, _one_line(exc))
+            found = None
+        if found is not None:
+            return found[0], f"raw run {raw} ({found[1]})"
     if cfg.photon_energy_kev is None:
         raise ParameterError("data.photon_energy_kev", f"the run {cfg.run_dir} does not record the "
                              "photon energy; give it in keV")
