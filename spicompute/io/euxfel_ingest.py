@@ -438,12 +438,12 @@ def process_partition(run_dir: str, train_ids, settings: dict, good: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- scheduling
-def _map_partitions(run_dir, parts, settings, good, threshold, scheduler: str, bar):
-    """Yield PartResult per partition, in partition order, in-process or on Dask."""
+@contextlib.contextmanager
+def scheduler_client(scheduler: str):
+    """Dask client for ``data.scheduler`` (None for in-process), closed (and a ``local:N``
+    cluster shut down) on exit."""
     if not scheduler:
-        for tids in parts:
-            yield process_partition(str(run_dir), tids, settings, good, threshold,
-                                    progress=bar.update if bar is not None else None)
+        yield None
         return
     from spicompute.emc2d_run import make_client
 
@@ -455,30 +455,41 @@ def _map_partitions(run_dir, parts, settings, good, threshold, scheduler: str, b
         raise ParameterError("data.scheduler", f"cannot reach the Dask scheduler {scheduler!r} "
                              f"({_one_line(exc)})") from None
     try:
-        workers = max(1, sum(client.nthreads().values()))
-        window = 2 * workers  # bounded: at most this many partitions' results held at once
-        good_f = client.scatter(good, broadcast=True)
-        futures = []
-        nxt = 0
-        while nxt < len(parts) and len(futures) < window:
-            futures.append((parts[nxt], client.submit(process_partition, str(run_dir), parts[nxt],
-                                                      settings, good_f, threshold, pure=False)))
-            nxt += 1
-        while futures:
-            tids, fut = futures.pop(0)
-            result = fut.result()
-            if bar is not None:
-                bar.update(len(tids))
-            if nxt < len(parts):
-                futures.append((parts[nxt], client.submit(process_partition, str(run_dir), parts[nxt],
-                                                          settings, good_f, threshold, pure=False)))
-                nxt += 1
-            yield result
+        yield client
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()
         if cluster is not None and scheduler.startswith("local:"):
             cluster.close()
+
+
+def _map_partitions(run_dir, parts, settings, good, threshold, client, bar):
+    """Yield PartResult per partition, in partition order, in-process (client None) or on
+    Dask with at most 2 x workers partitions in flight."""
+    if client is None:
+        for tids in parts:
+            yield process_partition(str(run_dir), tids, settings, good, threshold,
+                                    progress=bar.update if bar is not None else None)
+        return
+    workers = max(1, sum(client.nthreads().values()))
+    window = 2 * workers  # bounded: at most this many partitions' results held at once
+    good_f = client.scatter(good, broadcast=True)
+    futures = []
+    nxt = 0
+    while nxt < len(parts) and len(futures) < window:
+        futures.append((parts[nxt], client.submit(process_partition, str(run_dir), parts[nxt],
+                                                  settings, good_f, threshold, pure=False)))
+        nxt += 1
+    while futures:
+        tids, fut = futures.pop(0)
+        result = fut.result()
+        if bar is not None:
+            bar.update(len(tids))
+        if nxt < len(parts):
+            futures.append((parts[nxt], client.submit(process_partition, str(run_dir), parts[nxt],
+                                                      settings, good_f, threshold, pure=False)))
+            nxt += 1
+        yield result
 
 
 def threshold_sample(parts: list[np.ndarray], n_trains: int) -> list[np.ndarray]:
@@ -588,13 +599,6 @@ def ingest_run(data: dict, out: str | Path, hits_path: str | Path, *, stage: str
     Returns the metrics dict (frames read, hits, hit rate, threshold ...) plus the lit-pixel
     histogram under ``"_histogram"`` (edges, counts) for the caller to write.
     """
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
-
-    from spicompute.hitfinding import MAD_TO_SIGMA, resolve_threshold
-    from spicompute.io.frames import _write_detector
-    from spicompute.io.provenance import atomic_path, stamp
-
     cfg = EuxfelConfig.from_data(data)
     if cfg.distance_mm is None:
         raise ParameterError("data.distance_mm", "EuXFEL input needs the sample-detector distance in mm "
@@ -618,13 +622,28 @@ def ingest_run(data: dict, out: str | Path, hits_path: str | Path, *, stage: str
              cfg.run_dir, run_no, n_trains, len(parts), energy, energy_source,
              f"{cfg.adu_per_photon} ADU/photon" if cfg.adu_per_photon else "keV input")
 
+    with scheduler_client(cfg.scheduler) as client:
+        return _stream(cfg, data, out, hits_path, stage, progress, run_no, parts, n_trains, settings,
+                       good, geom, energy, energy_source, unit, client)
+
+
+def _stream(cfg, data, out, hits_path, stage, progress, run_no, parts, n_trains, settings, good, geom,
+            energy, energy_source, unit, client) -> dict:
+    """Threshold pass (auto) and streaming pass of :func:`ingest_run` on one client."""
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from spicompute.hitfinding import MAD_TO_SIGMA, resolve_threshold
+    from spicompute.io.frames import _write_detector
+    from spicompute.io.provenance import atomic_path, stamp
+
     lit_sample = None
     if cfg.hit_threshold == "auto":
         sample = threshold_sample(parts, cfg.threshold_trains)
         n_sample = int(sum(len(p) for p in sample))
         with tqdm(total=n_sample, desc="hit threshold", unit="train", disable=not progress) as bar:
             lit_sample = np.concatenate([r.lit for r in _map_partitions(
-                cfg.run_dir, sample, settings, good, None, cfg.scheduler, bar)])
+                cfg.run_dir, sample, settings, good, None, client, bar)])
         if lit_sample.size == 0:
             raise InputError(cfg.run_dir, "data.pulses", "no detector frames in the selection")
     threshold = resolve_threshold(lit_sample if lit_sample is not None else np.zeros(1),
@@ -644,7 +663,7 @@ def ingest_run(data: dict, out: str | Path, hits_path: str | Path, *, stage: str
         writer = SparseFramesWriter(h5)
         table = stack.enter_context(pq.ParquetWriter(str(tmp_hits), hits_table_schema()))
         bar = stack.enter_context(tqdm(total=n_trains, desc="frames", unit="train", disable=not progress))
-        for res in _map_partitions(cfg.run_dir, parts, settings, good, threshold, cfg.scheduler, bar):
+        for res in _map_partitions(cfg.run_dir, parts, settings, good, threshold, client, bar):
             n = len(res.lit)
             fid = n_read + np.arange(n, dtype=np.int64)
             is_hit = res.lit > threshold
