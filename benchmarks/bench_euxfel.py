@@ -1,7 +1,7 @@
 """Benchmark: EuXFEL AGIPD 1M photon conversion + hit finding, frames/s on 2 cores.
 
     python benchmarks/bench_euxfel.py [--trains 12] [--sequences 2] [--pulses 32]
-        [--scheduler local:2] [--out bench_euxfel.json]
+        [--trains-per-chunk 4] [--scheduler local:2] [--out bench_euxfel.json]
 
 Builds an extra-data mock proc run (``--sequences`` sequence files x ``--trains`` trains x
 ``--pulses`` pulses x 16 modules, every frame written: Poisson background of 1e-3
@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--trains", type=int, default=12, help="trains per sequence file")
     parser.add_argument("--sequences", type=int, default=2)
     parser.add_argument("--pulses", type=int, default=32)
+    parser.add_argument("--trains-per-chunk", type=int, default=4,
+                        help="data.trains_per_chunk (4 x 32 mock pulses ~ a third of a 352-pulse train)")
     parser.add_argument("--scheduler", default="local:2")
     parser.add_argument("--out", default="bench_euxfel.json")
     args = parser.parse_args()
@@ -57,7 +59,8 @@ def main() -> None:
         t0 = time.perf_counter()
         inject(run, np.arange(n), q, hits=hits, bg=1e-3, hit_photons=3000, seed=1, keep_truth=False)
         t_make = time.perf_counter() - t0
-        base = dict(input=str(run), distance_mm=705.0, photon_energy_kev=6.0)
+        base = dict(input=str(run), distance_mm=705.0, photon_energy_kev=6.0,
+                    trains_per_chunk=args.trains_per_chunk)
         results = {}
         for label, extra in (("in_process_given", dict(hit_threshold=1300)),
                              ("in_process_auto", {}),
@@ -74,6 +77,7 @@ def main() -> None:
         "benchmark": "euxfel_ingest",
         "frames": n, "modules": 16, "pixels_per_frame": 16 * 512 * 128,
         "injected_hits": int(len(hits)), "mock_build_s": round(t_make, 1),
+        "trains_per_chunk": args.trains_per_chunk, "pulses_per_train": args.pulses,
         "results": results,
         "load_avg_1min_start": round(load_start, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
