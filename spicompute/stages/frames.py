@@ -1,7 +1,11 @@
-"""frames: simulate a data set (``data.input`` empty) or ingest the user's file.
+"""frames: simulate a data set (``data.input`` empty) or ingest the user's file or EuXFEL run.
 
 Writes the frames file (photon counts + detector geometry, layout in
 spicompute/io/frames.py) and, for simulations only, a separate truth file.
+A directory as ``data.input`` is a EuXFEL run (AGIPD 1M), streamed with photon
+conversion and hit finding; only hits are written (spicompute/io/euxfel_ingest.py,
+docs/euxfel.md).  For every input the stage also writes the per-frame table
+(``--hits``), ``--metrics`` and the lit-pixel histogram (spicompute/io/frames_report.py).
 """
 
 from __future__ import annotations
