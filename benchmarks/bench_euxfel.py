@@ -8,7 +8,8 @@ Builds an extra-data mock proc run (``--sequences`` sequence files x ``--trains`
 photons/pixel ~ 1,000 lit pixels, 7 % cube hits of ~3,000 photons, keV with 0.05-photon
 Gaussian noise), then times :func:`spicompute.io.euxfel_ingest.ingest_run` — the frames
 stage's EuXFEL path: read by module and train chunk, photon conversion, masks, lit-pixel
-counts, hits written photon-sparse — in-process and with ``--scheduler``.  Reported:
+counts, hits written photon-sparse — in-process and with ``--scheduler`` (whose cluster
+start-up and shutdown, timed alone, is included in each Dask run).  Reported:
 frames/s of the streaming pass with a given lit-pixel threshold (one pass) and of the
 ``auto`` threshold run (a lit-count pass over the sampled trains + the streaming pass), the
 1-minute load average before and after (the machine is shared), peak RSS.  The mock files
@@ -44,7 +45,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from spicompute.io.euxfel import agipd_q, load_agipd_geometry
-    from spicompute.io.euxfel_ingest import ingest_run
+    from spicompute.io.euxfel_ingest import ingest_run, scheduler_client
     from tests.euxfel_mock import inject, make_proc_run
 
     load_start = os.getloadavg()[0]
@@ -62,6 +63,10 @@ def main() -> None:
         base = dict(input=str(run), distance_mm=705.0, photon_energy_kev=6.0,
                     trains_per_chunk=args.trains_per_chunk)
         results = {}
+        t0 = time.perf_counter()
+        with scheduler_client(args.scheduler):  # start-up + shutdown alone, part of each Dask run below
+            pass
+        cluster_s = time.perf_counter() - t0
         for label, extra in (("in_process_given", dict(hit_threshold=1300)),
                              ("in_process_auto", {}),
                              (f"{args.scheduler}_given", dict(hit_threshold=1300, scheduler=args.scheduler)),
@@ -79,6 +84,7 @@ def main() -> None:
         "injected_hits": int(len(hits)), "mock_build_s": round(t_make, 1),
         "trains_per_chunk": args.trains_per_chunk, "pulses_per_train": args.pulses,
         "results": results,
+        "dask_cluster_start_stop_s": round(cluster_s, 2),
         "load_avg_1min_start": round(load_start, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "python": platform.python_version(),
