@@ -73,7 +73,16 @@ def run(args) -> int:
 
         frames = ingest(data)
         write_frames(args.out, frames, layout=layout, stage=COMMAND, params={"data": data})
-        _write_empty_truth(truth_path, data)
+        if truth_path.exists():  # a stale truth would describe other frames
+            truth_path.unlink()
+        # DVC needs the declared output to exist: an empty truth marks "no truth".
+        import h5py
+
+        from spicompute.io.provenance import atomic_path, stamp
+
+        with atomic_path(truth_path) as tmp, h5py.File(tmp, "w") as h5:
+            stamp(h5, COMMAND, {"data": data})
+            h5.attrs["simulated"] = False
         source = "file"
     else:
         from spicompute.simulate import SimulationParams, simulate
@@ -97,7 +106,7 @@ def run(args) -> int:
 
 
 def _write_empty_truth(truth_path: Path, data: dict) -> None:
-    """Ingested data has no truth; DVC needs the declared output: an empty one marks that."""
+    """A EuXFEL run has no truth; DVC needs the declared output: an empty one marks that."""
     import h5py
 
     from spicompute.io.provenance import atomic_path, stamp
