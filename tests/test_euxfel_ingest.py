@@ -346,3 +346,44 @@ def test_photon_energy_from_the_run_or_its_raw_sibling(tmp_path, two_sequence_ru
     with pytest.raises(ParameterError, match="data.photon_energy_kev"):
         photon_energy(RunDirectory(str(two_sequence_run[0])),
                       EuxfelConfig.from_data(_data(two_sequence_run[0], photon_energy_kev=None)))
+
+
+def test_histogram_edges_put_the_threshold_between_bins():
+    from spicompute.io.euxfel_ingest import histogram_edges
+
+    for thr, top in ((5.0, 0.0), (312.7, 2000.0), (0.0, 10.0), (1e4, 10.0)):
+        edges = histogram_edges(thr, top)
+        assert len(edges) == 65 and np.all(np.diff(edges) > 0) and edges[0] == 0
+        assert np.floor(thr) + 0.5 in edges and edges[-1] >= 2 * thr
+
+
+def test_module_missing_trains_is_aligned(tmp_path, q_default):
+    """Module 5 has no data for the first train (its file starts one train later): its
+    pixels contribute nothing there, the other modules' photons stay on the right frames."""
+    from extra_data.tests.mockdata import write_file
+    from extra_data.tests.mockdata.detectors import AGIPDModule
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for m in range(16):
+        first, n = (10001, 2) if m == 5 else (10000, 3)
+        write_file(str(run / f"CORR-R0150-AGIPD{m:02d}-S00000.h5"), [
+            AGIPDModule(f"SPB_DET_AGIPD1M-1/CORR/{m}CH0", channel_name="output", raw=False,
+                        frames_per_train=8, legacy_name=f"SPB_DET_AGIPD1M-1/DET/{m}CH0")
+        ], ntrains=n, firsttrain=first, chunksize=8, format_version="1.2")
+    # global frame index f is (train f // 8, pulse f % 8) for all modules but 5, whose file
+    # starts at train 1: write module 5 separately below
+    truth = inject(run, np.arange(24), q_default, hits=[3, 12, 20], bg=5e-4, seed=9)
+    m = ingest_run(_data(run, hit_threshold=300), tmp_path / "f.h5", tmp_path / "h.parquet")
+    assert m["frames_read"] == 24
+    table = pd.read_parquet(tmp_path / "h.parquet")
+    np.testing.assert_array_equal(table.train_id, 10000 + np.arange(24) // 8)
+    # what module 5 stores at its local frame i belongs to global frame i + 8
+    expect = truth.copy()
+    expect[:, 5] = 0
+    expect[8:, 5] = truth[:16, 5]
+    good = static_mask(1)
+    expect = expect * good[None]
+    np.testing.assert_array_equal(table.photons, expect.reshape(24, -1).sum(axis=1))
+    fr = read_frames(tmp_path / "f.h5")
+    np.testing.assert_array_equal(fr.counts.toarray(), expect.reshape(24, -1)[fr.frame_id])

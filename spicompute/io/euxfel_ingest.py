@@ -314,7 +314,11 @@ def _module_frames(det_m, key: str, tids, pulses, raw: bool):
     """(values (n, 512, 128), train ids, pulse ids) of one module for trains ``tids``."""
     from extra_data import by_id, by_index
 
-    kd = det_m[key].select_trains(by_id[list(map(int, tids))])
+    import warnings
+
+    with warnings.catch_warnings():  # a module without some of the trains: aligned by the caller
+        warnings.filterwarnings("ignore", message="Given train IDs not found")
+        kd = det_m[key].select_trains(by_id[list(map(int, tids))])
     if pulses is not None:
         kd = kd.select_pulses(by_id[pulses] if isinstance(pulses, list) else by_index[pulses])
     arr = kd.ndarray()[0]
