@@ -50,7 +50,13 @@ counts, fid, mask, shape, wavelength, q_max = load_examples(file_key(frames_path
 col4.metric("detector", f"{shape[0]}×{shape[1]}" if shape else f"{len(mask)} px")
 st.caption(f"λ = {wavelength:.4f} nm, q_max = {q_max:.3f} rad/nm. Log scale; masked pixels grey.")
 
-if shape is None:
+from dashboard.data.euxfel import is_agipd_frames  # noqa: E402
+
+if shape is None and is_agipd_frames(frames_path):  # EuXFEL run: hit finding + assembled hits
+    from dashboard.euxfel_panel import render as render_euxfel
+
+    render_euxfel(frames_path, n)
+elif shape is None:
     st.warning("This detector is not a regular image; frames cannot be drawn as images.")
 else:
     cols = min(len(index), 6)
