@@ -434,17 +434,23 @@ def level_scale(level: int) -> float:
     return float(2.0 ** (level / LEVELS_PER_OCTAVE))
 
 
+LEVEL_CACHE_BYTES = 1 << 30   # log-model matrices kept per shard step (at least two)
+
+
 class _LevelLogs:
-    """log(W + b / phi_v) blocks per fluence level, the last two kept (frames come
-    roughly sorted by fluence, so consecutive blocks share levels)."""
+    """log(W + b / phi_v) blocks per fluence level, the most recently used kept within
+    ``LEVEL_CACHE_BYTES`` (frames in photon order: consecutive blocks share levels)."""
 
     def __init__(self, W: torch.Tensor, floor: float, background: torch.Tensor):
         self.W, self.floor, self.background = W, floor, background
         self.cache: dict[int, torch.Tensor] = {}
+        self.keep = max(2, LEVEL_CACHE_BYTES // max(1, W.numel() * W.element_size()))
 
     def __call__(self, level: int) -> torch.Tensor:
-        if level not in self.cache:
-            if len(self.cache) >= 2:
+        if level in self.cache:
+            self.cache[level] = self.cache.pop(level)          # most recent last
+        else:
+            if len(self.cache) >= self.keep:
                 self.cache.pop(next(iter(self.cache)))
             self.cache[level] = log_blocks(self.W, self.floor,
                                            self.background / level_scale(level))
