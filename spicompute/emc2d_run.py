@@ -28,7 +28,7 @@ from spicompute.emc2d import (PartialSums, RotationGrid, Shard, build_rotation_g
 from spicompute.errors import ParameterError
 from spicompute.io.frames import FrameSet
 from spicompute.io.provenance import atomic_path
-from spicompute.params import choice, in_range, positive, with_defaults
+from spicompute.params import choice, in_range, positive, validate_scheduler, with_defaults
 
 log = logging.getLogger("spicompute.classify2d")
 
@@ -119,7 +119,7 @@ class EMCConfig:
         for name in ("update_scale", "use_correction", "friedel"):  # "false" (a string) must not count as true
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(p + name, f"must be true or false, got {getattr(self, name)!r}")
-        self.scheduler = str(self.scheduler or "")
+        self.scheduler = validate_scheduler(p + "scheduler", self.scheduler)
 
     def trajectory_key(self) -> dict:
         """Parameters that determine the iterates (not where to run).
