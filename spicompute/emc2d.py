@@ -271,6 +271,10 @@ class Shard:
     def n_frames(self) -> int:
         return int(self.counts.shape[0])
 
+    def block(self, start: int, stop: int) -> sp.csr_matrix:
+        """Counts of frames ``start .. stop`` (a block of ``blocks``)."""
+        return self.counts[start:stop]
+
 
 def sparse_dense_product(bag: tuple, dense: torch.Tensor, out: torch.Tensor | None = None
                          ) -> torch.Tensor:
@@ -444,7 +448,7 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
             vals = Pn[ib, fr, w].cpu().numpy()
             Psp = sp.csr_matrix((vals, (fr.cpu().numpy(), (ib * width + w).cpu().numpy())),
                                 shape=(stop - start, nb * width))
-            part = (shard.counts[start:stop].T.tocsr() @ Psp).tocoo()
+            part = (shard.block(start, stop).T.tocsr() @ Psp).tocoo()
             num_sp.append(part)
         else:
             sparse_dense_product(bag_t, Pn, out=num_pix)          # += K^T P, (nb, P, b)

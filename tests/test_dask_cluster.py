@@ -60,6 +60,22 @@ def test_classify2d_on_two_worker_processes(cluster):
         assert np.mean(a["model"] == b["model"]) > 0.99
 
 
+def test_streamed_classify2d_shards_are_read_by_the_workers(cluster, tmp_path):
+    """Streamed shards travel as (file, rows): the worker processes read the frames themselves."""
+    from spicompute.io.frames import write_frames
+    from spicompute.io.stream import FrameFile
+
+    fs = make_frames(n_frames=200, photons=200.0, seed=4)[0]
+    write_frames(tmp_path / "frames.h5", fs, layout="sparse")
+    cfg = dict(n_models=3, n_rot=12, n_runs=1, max_iter=2, min_iter=2, device="cpu", n_shards=2,
+               block_frames=40)
+    local = run_bootstrap(fs, EMCConfig(**cfg, stream=False))
+    with distributed.Client(cluster.scheduler_address) as client:
+        remote = run_bootstrap(FrameFile(tmp_path / "frames.h5"), EMCConfig(**cfg, stream=True), client=client)
+    assert np.array_equal(remote.models, local.models)
+    assert np.array_equal(remote.frames[0]["model"], local.frames[0]["model"])
+
+
 def test_ccmatrix_stage_on_two_worker_processes(cluster, tmp_path):
     from test_commonlines import beamstop_valid, make_object, slices
     from scipy.spatial.transform import Rotation
