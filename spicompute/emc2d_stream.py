@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from spicompute.emc2d import _bag
 from spicompute.io.stream import FrameFile
 
-READ_FRAMES = 65536  # frames read from the file at once in whole-file passes
+READ_FRAMES = 16384  # frames read from the file at once in whole-file passes (a fixed transient)
 
 
 def crop(block: sp.csr_matrix, pixels: np.ndarray) -> sp.csr_matrix:

@@ -134,3 +134,33 @@ def test_classify2d_stage_streamed_equals_in_memory(frames_file, tmp_path):
     assert json.loads((tmp_path / "m_true.json").read_text())["streamed"] is True
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "f_true.parquet"),
                                   pd.read_parquet(tmp_path / "f_false.parquet"))
+
+
+def test_frames_stage_copies_a_large_frames_file_block_by_block(frames_file, tmp_path, monkeypatch):
+    """Above STREAM_INGEST_FRAMES the frames stage validates and copies our layout in blocks (lowered
+    here to 100 frames); a frame without photons on good pixels is an error or dropped, as in ingest."""
+    import spicompute.io.stream as stream
+    from spicompute.cli import main
+
+    fs, _ = frames_file
+    counts = fs.counts.tolil()
+    counts[7, :] = 0                                   # an empty frame
+    src = tmp_path / "big.h5"
+    write_frames(src, type(fs)(counts.tocsr(), fs.frame_id + 1000, fs.detector), layout="sparse")
+    monkeypatch.setattr(stream, "STREAM_INGEST_FRAMES", 100)
+    t = str(tmp_path)
+    args = ["frames", "--params", f"{t}/params.yaml", "-q", "--out", f"{t}/frames.h5", "--truth", f"{t}/truth.h5"]
+    (tmp_path / "params.yaml").write_text(f"data:\n  input: {src}\n")
+    assert main(args) == 2 and not (tmp_path / "frames.h5").exists()
+    (tmp_path / "params.yaml").write_text(f"data:\n  input: {src}\n  empty_frames: drop\n")
+    calls = []
+    monkeypatch.setattr(stream, "write_sparse_frames_stream",
+                        lambda *a, **k: calls.append(1) or write_sparse_frames_stream(*a, **k))
+    assert main(args) == 0 and calls
+    out = read_frames(tmp_path / "frames.h5")
+    keep = np.setdiff1d(np.arange(fs.n_frames), [7])
+    assert np.array_equal(out.frame_id, fs.frame_id[keep] + 1000)
+    assert (out.counts != fs.counts[keep]).nnz == 0
+    assert (tmp_path / "truth.h5").exists()
+    (tmp_path / "params.yaml").write_text(f"data:\n  input: {src}\n  empty_frames: dorp\n")
+    assert main(args) == 2
