@@ -1,7 +1,7 @@
 """Scaling model of the heavy stages: time and peak memory at three sizes, fitted exponents, projections.
 
 Measured (each point in its own child process: wall time of the computation and the child's own peak
-RSS, ``resource.getrusage(RUSAGE_SELF).ru_maxrss``; the 1-minute load average with every point):
+RSS, ``VmHWM`` (:func:`peak_rss_mb`); the 1-minute load average with every point):
 
 * **classify2d** -- seconds per EMC iteration vs the number of frames N (one run, K models x R
   rotations, q-cropped pixels; frames of ``bench_emc2d._generate``), in-process; and at the largest N
@@ -92,7 +92,7 @@ def m_ccmatrix(m: int, o: dict) -> dict:
     lines -= lines.mean(axis=2, keepdims=True)
     lines /= np.linalg.norm(lines, axis=2, keepdims=True)
     t0 = time.perf_counter()
-    cc_matrix(lines, scheduler=o.get("scheduler", ""), band_blocks=2)
+    cc_matrix(lines, scheduler=o.get("scheduler", ""), band_blocks=2, workers=1)
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -132,6 +132,15 @@ MEASURE = {"classify2d": m_classify2d, "ccmatrix": m_ccmatrix, "orient": m_orien
 
 
 def child(stage: str, size, opts: dict) -> dict:
+    """One measurement.  In-process runs use ONE thread (torch and BLAS): the per-core rate, which a
+    shared, loaded machine measures more reliably than a 2-thread run (OpenMP barriers spin when the
+    cores are oversubscribed); Dask workers are single-threaded too."""
+    if stage != "vae" and not opts.get("scheduler"):
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(1)
+        threadpool_limits(1)
     row = MEASURE[stage](size, opts)
     row.update(stage=stage, size=size, scheduler=opts.get("scheduler", ""),
                peak_rss_mb=peak_rss_mb(),
@@ -205,6 +214,13 @@ def model(rows: list[dict], opts: dict) -> dict:
     return out
 
 
+def machine(f: dict) -> float:
+    """Speed-up of this 2-core machine over the measured single-thread rate: 2 x the measured
+    2-worker efficiency (1 when not measured)."""
+    e = f.get("dask_efficiency_2_workers")
+    return 2 * e if e else 1.0
+
+
 def mem(f: dict, size) -> float:
     """Projected peak RSS (MB) from :func:`memory_fit`."""
     return f["memory_base_mb"] + f["memory_per_unit_mb"] * float(size) ** f["memory_power"]
@@ -215,7 +231,7 @@ def projections(fit: dict, rows: list[dict], opts: dict) -> list[dict]:
     proj = []
     if "classify2d" in fit:
         f = fit["classify2d"]
-        per_it = f["c_time"] * PAPER_FRAMES ** f["alpha_time"]
+        per_it = f["c_time"] * PAPER_FRAMES ** f["alpha_time"] / machine(f)
         kr = (PAPER_K * PAPER_R) / (opts["K"] * opts["R"])
         whole = per_it * kr * PAPER_SUBSET * PAPER_RUNS * PAPER_ITER
         proj.append({"stage": "classify2d", "case": f"2.45 M frames, 1 iteration, bench K={opts['K']} R={opts['R']}",
@@ -229,7 +245,7 @@ def projections(fit: dict, rows: list[dict], opts: dict) -> list[dict]:
             continue
         f = fit[stage]
         for m in PAPER_AVERAGES:
-            t = f["c_time"] * m ** f["alpha_time"]
+            t = f["c_time"] * m ** f["alpha_time"] / machine(f)
             if stage == "orient":
                 n_or = next(r["n_orientations"] for r in rows if r["stage"] == "orient")
                 t *= PAPER_ORIENTATIONS / n_or
@@ -266,16 +282,18 @@ def markdown(fit: dict, proj: list[dict], opts: dict, load: tuple) -> str:
             if p["eff"] is None:
                 cells.append("not measured")
             else:
-                cells.append(fmt_time(p["this_machine"] / (n * opts["cores_per_node"] / 2 * p["eff"])))
+                cells.append(fmt_time(p["this_machine"] / (n * opts["cores_per_node"] / 2)))
         mem = "" if p["memory_mb"] is None else f"{p['memory_mb'] / 1024:.2g} GB"
         lines.append(f"| {p['stage']} | {p['case']} | {fmt_time(p['this_machine'])} | not measured | "
                      + " | ".join(cells) + f" | {mem} |")
     lines += ["", f"Load average during the run: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
               f"(1 / 5 / 15 min) on {os.cpu_count()} cores shared with other work.",
-              "(c) assumes a node of " + f"{opts['cores_per_node']}" + " cores works like this machine's "
-              "2 cores times cores/2, the measured 2-worker efficiency holds at N nodes (no further loss "
-              "to the network, the scheduler or the file system), and shipping models/lines is negligible; "
-              "the VAE is not on Dask (torch DDP, not measured)."]
+              "Times are fitted on single-thread runs (the per-core rate); (a) = per-core time / (2 x e2), e2 the "
+              "measured efficiency of 2 single-threaded Dask workers on this machine (the VAE row: its own "
+              "torch threads, as measured). (c) assumes nodes of " + f"{opts['cores_per_node']}" + " cores, "
+              "each core as fast as here, the same efficiency e2 at N nodes (no further loss to the network, "
+              "the scheduler or the file system) and negligible shipping of models/lines; the VAE is not on "
+              "Dask (torch DDP, not measured)."]
     return "\n".join(lines)
 
 

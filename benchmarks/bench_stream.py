@@ -9,10 +9,11 @@ For each size N (default 250,000, 500,000 and 1,000,000 frames):
 2. run the **frames** stage on it (``data.input`` = that file: validated and
    copied block by block above 200,000 frames);
 3. run **classify2d** for ONE iteration (``--models`` K, ``--n-rot`` R, pixels
-   cropped at ``--q-max-nm``, ``stream: true``).
+   cropped at ``--q-max-nm``, ``stream: true``); with ``--in-memory-too`` also
+   with ``stream: false`` (all photons in memory) for comparison.
 
 Each step runs in its own child process, which reports its own peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and wall time; the load
+(``VmHWM``, see :func:`peak_rss_mb`) and wall time; the load
 average is recorded with every result.  Peak RSS is then fitted as
 ``a + b N`` (least squares): ``b`` (bytes per frame) must stay at the size of
 the per-frame quantities (ids, photons, scales, β, assignments, the frames
@@ -90,7 +91,8 @@ def child(step: str, workdir: Path, n_frames: int, opts: dict) -> dict:
         params = {"data": {"input": str(workdir / "input.h5"), "empty_frames": "drop"},
                   "classify2d": {"n_models": opts["models"], "n_rot": opts["n_rot"], "n_runs": 1,
                                  "subset_fraction": 1.0, "max_iter": 1, "min_iter": 1, "device": "cpu",
-                                 "q_max_nm": opts["q_max_nm"], "stream": opts["stream"],
+                                 "q_max_nm": opts["q_max_nm"],
+                                 "stream": False if step == "classify2d_in_memory" else opts["stream"],
                                  "block_frames": 4096}}
         (workdir / "params.yaml").write_text(yaml.safe_dump(params))
         w = str(workdir)
@@ -105,7 +107,7 @@ def child(step: str, workdir: Path, n_frames: int, opts: dict) -> dict:
         rc = main(args)
         if rc:
             raise SystemExit(f"{step} failed with exit status {rc}")
-        if step == "classify2d":
+        if step.startswith("classify2d"):
             m = json.loads((workdir / "m.json").read_text())
             info = {"streamed": m.get("streamed"), "n_pixels_used": m["n_pixels_used"],
                     "seconds_per_iteration": m["runs"][0]["seconds_per_iteration"]}
@@ -139,6 +141,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-rot", type=int, default=8)
     ap.add_argument("--q-max-nm", type=float, default=0.25, help="classify2d pixel crop (rad/nm)")
     ap.add_argument("--stream", default="true", choices=["true", "false", "auto"])
+    ap.add_argument("--in-memory-too", action="store_true",
+                    help="also run classify2d with stream: false (the photons in memory) for comparison")
     ap.add_argument("--workdir", default="")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stream.json"))
     ap.add_argument("--child", default="")
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
         for n in args.sizes:
             work = Path(tmp) / f"n{n}"
             work.mkdir()
-            for step in ("generate", "frames", "classify2d"):
+            for step in ("generate", "frames", "classify2d") + (("classify2d_in_memory",) if args.in_memory_too else ()):
                 r = run_child(step, work, n, opts)
                 rows.append(r)
                 print(f"N={n:>9,}  {step:<10} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
@@ -166,7 +170,8 @@ def main(argv=None) -> int:
     gen = [r for r in rows if r["step"] == "generate"]
     photons_per_frame = float(np.mean([r["nnz"] / r["n_frames"] for r in gen]))
     fits = {}
-    for step in ("generate", "frames", "classify2d"):
+    for step in sorted({r["step"] for r in rows}, key=["generate", "frames", "classify2d",
+                                                       "classify2d_in_memory"].index):
         rss = [r["peak_rss_mb"] for r in rows if r["step"] == step]
         sec = [r["seconds"] for r in rows if r["step"] == step]
         a, b = linear_fit(sizes, np.asarray(rss) * 1e6)

@@ -32,11 +32,10 @@ from spicompute.errors import ParameterError
 from spicompute.params import validate_scheduler  # noqa: F401  (re-exported)
 
 def local_workers(scheduler: str) -> int:
-    """N of ``local:N`` (``local`` alone: 2); 0 for "" or an address."""
-    if not (scheduler == "local" or scheduler.startswith("local:")):
+    """N of ``local:N``; 0 for "" or an address."""
+    if not scheduler.startswith("local:"):
         return 0
-    _, _, n = scheduler.partition(":")
-    return int(n) if n else 2
+    return int(scheduler.partition(":")[2])
 
 
 def worker_threads(scheduler: str) -> int:

@@ -126,7 +126,7 @@ def validate_scheduler(name: str, value) -> str:
     if value == "local" or value.startswith("local:"):
         _, _, n = value.partition(":")
         try:
-            workers = int(n) if n else 2
+            workers = int(n)
         except ValueError:
             raise ParameterError(name, f"'local:N' needs an integer N, got {value!r}") from None
         if workers < 1:

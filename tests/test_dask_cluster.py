@@ -207,3 +207,13 @@ def test_slurm_cli_dry_run_prints_the_job_script(capsys):
     out = capsys.readouterr().out
     assert "#SBATCH -p upex" in out and "#SBATCH --gres=gpu:1" in out and "#SBATCH -t 01:00:00" in out
     assert cluster_main(["slurm", "--memory", "lots", "--dry-run"]) == 2
+
+
+def test_localhost_is_an_address_not_a_local_cluster():
+    from spicompute.cluster import local_workers
+    from spicompute.params import validate_scheduler
+
+    assert validate_scheduler("ccmatrix.scheduler", "localhost:8786") == "localhost:8786"
+    assert local_workers("localhost:8786") == 0 and local_workers("local:3") == 3
+    with pytest.raises(ParameterError, match="local:N"):
+        validate_scheduler("orient.scheduler", "local")
