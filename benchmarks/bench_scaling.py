@@ -322,6 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", nargs="+", default=list(MEASURE))
     ap.add_argument("--cores-per-node", type=int, default=32, help="cores of one cluster node for (c)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default="", help="result JSON (run_all.py); the markdown table goes next to it "
+                    "(default: <out-dir>/scaling.json and scaling.md)")
     ap.add_argument("--stream-json", default=str(ROOT / "benchmarks" / "results" / "stream.json"),
                     help="bench_stream.py result: memory of the streamed classify2d at the paper's size")
     ap.add_argument("--from-json", default="", help="recompute fits and tables from a saved scaling.json")
@@ -357,15 +359,16 @@ def main(argv=None) -> int:
     proj = projections(fit, rows, opts)
     load = tuple(saved["loadavg_end"]) if args.from_json else os.getloadavg()
     md = markdown(fit, proj, opts, load)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling.json").write_text(json.dumps({"options": opts, "rows": rows, "fits": fit, "projections": proj,
+    json_path = Path(args.out) if args.out else Path(args.out_dir) / "scaling.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path = json_path.with_suffix(".md")
+    json_path.write_text(json.dumps({"options": opts, "rows": rows, "fits": fit, "projections": proj,
                                                   "loadavg_end": load,
                                                   "seconds": saved["seconds"] if args.from_json else time.perf_counter() - t_start},
                                                  indent=2))
-    (out / "scaling.md").write_text(md + "\n")
+    md_path.write_text(md + "\n")
     print("\n" + md)
-    print(f"\n-> {out / 'scaling.json'}, {out / 'scaling.md'}  ({time.perf_counter() - t_start:.0f} s)")
+    print(f"\n-> {json_path}, {md_path}  ({time.perf_counter() - t_start:.0f} s)")
     return 0
 
 
