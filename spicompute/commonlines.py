@@ -512,7 +512,7 @@ def dask_client(scheduler: str):
     """A Dask client for ``local:N`` (N local worker processes) or an address."""
     from dask.distributed import Client, LocalCluster
 
-    if scheduler.startswith("local"):
+    if scheduler.startswith("local:"):  # not "localhost:8786", an address
         _, _, n = scheduler.partition(":")
         try:
             n_workers = int(n) if n else 2

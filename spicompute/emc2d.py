@@ -290,7 +290,7 @@ class Shard:
         if fit is not None and not np.all(fit):
             fit_counts = sp.csr_matrix(counts @ sp.diags(np.asarray(fit, np.float32)))
             fit_counts.eliminate_zeros()
-            fit_counts.sort_indices()
+            fit_counts.sort_indices()   # (the same as emc2d_stream.fit_only)
         photons = np.asarray(fit_counts.sum(axis=1), dtype=np.float64).reshape(-1)
         blocks = []
         n = counts.shape[0]
@@ -304,6 +304,14 @@ class Shard:
     @property
     def n_frames(self) -> int:
         return int(self.counts.shape[0])
+
+    def block(self, start: int, stop: int) -> sp.csr_matrix:
+        """Counts of frames ``start .. stop`` (a block of ``blocks``)."""
+        return self.counts[start:stop]
+
+    def fit_block(self, start: int, stop: int) -> sp.csr_matrix:
+        """The same on the fitted pixels only."""
+        return self.fit_counts[start:stop]
 
 
 def sparse_dense_product(bag: tuple, dense: torch.Tensor, out: torch.Tensor | None = None
@@ -439,7 +447,7 @@ LEVEL_CACHE_BYTES = 1 << 30   # log-model matrices kept per shard step (at least
 
 class _LevelLogs:
     """log(W + b / phi_v) blocks per fluence level, the most recently used kept within
-    ``LEVEL_CACHE_BYTES`` (frames in photon order: consecutive blocks share levels)."""
+    ``LEVEL_CACHE_BYTES`` (~8 levels cover a fluence range of 4: all of them, usually)."""
 
     def __init__(self, W: torch.Tensor, floor: float, background: torch.Tensor):
         self.W, self.floor, self.background = W, floor, background
@@ -522,7 +530,7 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         else:
             L = torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
             level = fluence_level(phi[start:stop])
-            rows_csr = shard.fit_counts[start:stop]
+            rows_csr = shard.fit_block(start, stop)
             for v in np.unique(level):
                 rows = np.flatnonzero(level == v)
                 L[:, torch.from_numpy(rows).to(device), :] = sparse_dense_product(
@@ -558,7 +566,7 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
             vals = Pn[ib, fr, w].cpu().numpy()
             Psp = sp.csr_matrix((vals, (fr.cpu().numpy(), (ib * width + w).cpu().numpy())),
                                 shape=(stop - start, nb * width))
-            part = (shard.counts[start:stop].T.tocsr() @ Psp).tocoo()
+            part = (shard.block(start, stop).T.tocsr() @ Psp).tocoo()
             num_sp.append(part)
         else:
             sparse_dense_product(bag_t, Pn, out=num_pix)          # += K^T P, (nb, P, b)

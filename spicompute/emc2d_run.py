@@ -29,7 +29,7 @@ from spicompute.emc2d import (PartialSums, RotationGrid, Shard, build_rotation_g
 from spicompute.errors import ParameterError
 from spicompute.io.frames import FrameSet
 from spicompute.io.provenance import atomic_path
-from spicompute.params import choice, in_range, positive, with_defaults
+from spicompute.params import choice, in_range, positive, validate_scheduler, with_defaults
 
 log = logging.getLogger("spicompute.classify2d")
 
@@ -71,6 +71,8 @@ class EMCConfig:
     device: str = "auto"          # auto | cpu | cuda
     scheduler: str = ""           # "" in-process | "local:N" | scheduler address
     n_shards: int = 0             # frame shards for Dask (0: one per worker)
+    stream: bool | str = "auto"   # read frames from the file block by block each iteration (bounded memory);
+    #                               auto: when the file holds more than STREAM_AUTO_FRAMES frames
 
     @classmethod
     def from_params(cls, params: dict) -> "EMCConfig":
@@ -123,7 +125,11 @@ class EMCConfig:
         for name in ("update_scale", "use_correction", "friedel", "merge_only"):  # "false" (a string) must not count as true
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(p + name, f"must be true or false, got {getattr(self, name)!r}")
-        self.scheduler = str(self.scheduler or "")
+        self.scheduler = validate_scheduler(p + "scheduler", self.scheduler)
+        if self.stream not in (True, False, "auto"):
+            raise ParameterError(p + "stream", f"must be true, false or auto, got {self.stream!r}")
+        if self.stream is True and self.engine == "dense":
+            raise ParameterError(p + "engine", "the dense engine needs the frames in memory (stream: false)")
 
     def trajectory_key(self) -> dict:
         """Parameters that determine the iterates (not where to run).
@@ -131,7 +137,7 @@ class EMCConfig:
         ``max_iter`` is part of it: the beta ramp spans a share of it, and a
         checkpoint must never be used past the requested end.
         """
-        skip = {"min_iter", "tol", "scheduler", "n_shards", "block_frames", "device", "engine"}
+        skip = {"min_iter", "tol", "scheduler", "n_shards", "block_frames", "device", "engine", "stream"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -217,12 +223,16 @@ def initial_models(grid: RotationGrid, counts: sp.csr_matrix, photons: np.ndarra
     """
     R, P, L = grid.n_rot, grid.n_pix, grid.size
     mean_photons = max(float(photons.mean()), 1e-12)
-    mean_frame = np.asarray(counts.mean(axis=0), dtype=np.float64).reshape(P) / mean_photons
+    streamed = not sp.issparse(counts)   # a StreamCounts (spicompute.emc2d_stream)
+    # column sums of integer counts in float64 are exact: the same whatever the block order
+    col = counts.column_sums() if streamed else np.asarray(counts.sum(axis=0, dtype=np.float64))
+    mean_frame = col.reshape(P) / counts.shape[0] / mean_photons
     base_num = grid.ST @ np.repeat(mean_frame / grid.corr, R)  # rows p*R + r; plain weights  # (G,)
     base_den = grid.colsum.sum(axis=0)
     base = np.divide(base_num, base_den, out=np.zeros_like(base_num), where=base_den > 0)
     pick = np.sort(rng.choice(counts.shape[0], size=n_models, replace=False))
-    frames = counts[pick].toarray().astype(np.float64) / np.maximum(photons[pick], 1)[:, None]
+    picked = counts.dense_rows(pick) if streamed else counts[pick].toarray().astype(np.float64)
+    frames = picked / np.maximum(photons[pick], 1)[:, None]
     S0T = grid.S[0::R].T.tocsr()                                     # (G, P), rotation 0
     placed = np.asarray(S0T @ (frames / grid.corr[None]).T).T        # (K, G)
     cover = grid.colsum[0]
@@ -270,8 +280,11 @@ class ShardExecutor:
         n = counts.shape[0]
         bounds = np.linspace(0, n, self.n_shards + 1).round().astype(int)
         self.bounds = bounds
-        shards = [Shard.from_counts(counts[a:b], block_frames, grid.fit)
-                  for a, b in zip(bounds[:-1], bounds[1:])]
+        if sp.issparse(counts):
+            shards = [Shard.from_counts(counts[a:b], block_frames, grid.fit)
+                      for a, b in zip(bounds[:-1], bounds[1:])]
+        else:  # StreamCounts: shards that read their frames from the file
+            shards = counts.shards(bounds, block_frames, grid.fit)
         if self.client is None:
             self.shards, self.grid = shards, grid
         else:
@@ -406,8 +419,11 @@ def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_mode
     """
     executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine,
                                          prob_min=cfg.prob_min)
-    fitted = counts if grid.fit is None else counts[:, np.flatnonzero(grid.fit)]
-    photons = np.asarray(fitted.sum(axis=1), dtype=np.float64).reshape(-1)
+    if sp.issparse(counts):
+        fitted = counts if grid.fit is None else counts[:, np.flatnonzero(grid.fit)]
+        photons = np.asarray(fitted.sum(axis=1), dtype=np.float64).reshape(-1)
+    else:  # StreamCounts: totals (on the fitted pixels) from the pass that chose the frames
+        photons = np.asarray(counts.photons, dtype=np.float64)
     if np.any(photons <= 0):
         raise ValueError("run_emc needs frames with at least one photon")
     n = counts.shape[0]
@@ -501,6 +517,14 @@ class BootstrapResult:
 
 
 DEFAULT_N_ROT = 36
+STREAM_AUTO_FRAMES = 200_000   # stream: auto streams files with more frames than this
+SIZE_FRAMES = 50_000           # streamed n_rot auto: particle size from this many frames
+
+
+def use_stream(cfg: EMCConfig, n_frames: int) -> bool:
+    """Whether to stream the frames from the file (``stream`` true, or auto and a large file)."""
+    return cfg.stream is True or (cfg.stream == "auto" and n_frames > STREAM_AUTO_FRAMES
+                                  and cfg.engine == "sparse")
 
 
 def resolve_n_rot(frames: FrameSet, cfg: EMCConfig) -> tuple[int, dict]:
@@ -521,8 +545,12 @@ def resolve_n_rot(frames: FrameSet, cfg: EMCConfig) -> tuple[int, dict]:
         return int(cfg.n_rot), {"n_rot": int(cfg.n_rot), "n_rot_source": "given",
                                 "q_max_used_nm": q_max}
     if cfg.particle_size_nm == "auto":
-        size = estimate_particle_size_nm(frames.counts, frames.detector)
-        source = "sphere fit of the radial profile"
+        if isinstance(frames, FrameSet):
+            size = estimate_particle_size_nm(frames.counts, frames.detector)
+            source = "sphere fit of the radial profile"
+        else:  # a FrameFile: the profile of the first SIZE_FRAMES frames
+            size = estimate_particle_size_nm(frames.head(SIZE_FRAMES).counts, frames.detector)
+            source = f"sphere fit of the radial profile of the first {min(SIZE_FRAMES, frames.n_frames)} frames"
     else:
         size, source = float(cfg.particle_size_nm), "given"
     if size is None:
@@ -562,7 +590,14 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     grid = build_rotation_grid(frames.detector, n_rot, grid_step_nm=cfg.grid_step_nm,
                                q_max_nm=cfg.q_max_nm, use_correction=cfg.use_correction,
                                friedel=cfg.friedel, merge_only=cfg.merge_only)
-    counts, photons = usable_counts(frames, grid)
+    streamed = not isinstance(frames, FrameSet)   # a FrameFile (spicompute.io.stream)
+    if streamed:
+        from spicompute.emc2d_stream import StreamCounts, stream_digest, used_photons
+
+        fitted = grid.pixels if grid.fit is None else grid.pixels[grid.fit]
+        counts, photons = None, used_photons(frames, fitted)
+    else:
+        counts, photons = usable_counts(frames, grid)
     usable = np.flatnonzero(photons > 0)
     excluded = np.flatnonzero(photons <= 0)
     if excluded.size:
@@ -576,7 +611,11 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     background = None
     if cfg.background == "auto":
         radius = np.linalg.norm(frames.detector.q_perp[grid.pixels], axis=1)
-        background = estimate_background(counts[usable], radius,
+        if streamed:   # the first SIZE_FRAMES frames are plenty for a radial profile
+            sample = sp.csr_matrix(frames.head(SIZE_FRAMES).counts[:, grid.pixels])
+        else:
+            sample = counts[usable]
+        background = estimate_background(sample, radius,
                                           frames.detector.correction()[grid.pixels])
         resolved.update(background.to_dict())
         log.info("classify2d: background %.1f photons per frame (%.1f %% of the photons)",
@@ -585,7 +624,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     executor = ShardExecutor(client, cfg.n_shards, device=device, engine=cfg.engine,
                              worker_threads=worker_threads_for(cfg.scheduler),
                              prob_min=cfg.prob_min)
-    digest = data_digest(counts)
+    digest = stream_digest(frames, grid.pixels) if streamed else data_digest(counts)
     K, L = cfg.n_models, grid.size
     B = cfg.n_runs
     out_models = np.zeros((B, K, L, L), np.float32)
@@ -596,29 +635,24 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         rng = np.random.default_rng([cfg.seed, b])
         subset = usable if n_sub == usable.size else np.sort(
             rng.choice(usable, size=n_sub, replace=False))
-        # with a background term, frames in photon order: neighbours share fluence levels
-        order = np.argsort(photons[subset], kind="stable") if background is not None \
-            else np.arange(subset.size)
-        subset = subset[order]
-        sub_counts = counts[subset]
+        sub_counts = StreamCounts(frames, subset, grid.pixels, photons[subset]) if streamed \
+            else counts[subset]
         init = initial_models(grid, sub_counts, photons[subset], K, rng, cfg.init_smooth_px)
         key = json.dumps({"params": cfg.trajectory_key(), "data": digest, "run": b,
                           "n": int(n_sub)}, sort_keys=True, default=str)
         ckpt = Path(checkpoint_dir) / f"run_{b:03d}.h5" if checkpoint_dir else None
         state = run_emc(sub_counts, grid, cfg, init, executor=executor, checkpoint=ckpt,
                         key=key, on_iteration=on_iteration, run=b, background=background)
-        back = np.argsort(order, kind="stable")            # frame order again
-        subset = subset[back]
         out_models[b] = state.models.reshape(K, L, L)
         out_weight[b] = state.weight.reshape(K, L, L)
         out_occ[b] = state.occupancy
-        best = np.asarray(state.best, np.int64)[back]
+        best = np.asarray(state.best, np.int64)
         per_run.append({
             "index": subset,
             "model": best % K,
             "rotation_deg": np.degrees(grid.angles[best // K]),
-            "posterior_max": np.asarray(state.pmax, np.float64)[back],
-            "scale": np.asarray(state.phi, np.float64)[back],
+            "posterior_max": np.asarray(state.pmax, np.float64),
+            "scale": np.asarray(state.phi, np.float64),
         })
         histories.append(state.history)
     return BootstrapResult(grid=grid, models=out_models, weight=out_weight, occupancy=out_occ,

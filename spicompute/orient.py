@@ -205,6 +205,12 @@ class PreparedAverages:
     centred: np.ndarray | None  # (M, P) centred, unit-norm rows (common-mask case)
     profile: np.ndarray  # (n_bins,)
 
+    def rows(self, start: int, stop: int) -> "PreparedAverages":
+        """Averages ``start .. stop`` (the shared profile and mask kept)."""
+        return PreparedAverages(self.values[start:stop],
+                                None if self.mask is None else self.mask[start:stop], self.common,
+                                None if self.centred is None else self.centred[start:stop], self.profile)
+
 
 def prepare_averages(averages: AverageSet, region: FitRegion, normalise: str = "log",
                      log_floor: float = 0.01) -> PreparedAverages:
@@ -249,16 +255,24 @@ def _slices(reference: Reference, region: FitRegion, quats: np.ndarray, profile:
     return transform(s, p, normalise, np.float32(log_floor)).astype(np.float32, copy=False)
 
 
+def _owned(arr: np.ndarray) -> torch.Tensor:
+    """A torch-allocated copy of ``arr``: torch's allocator aligns to 64 bytes, while a numpy array (a row
+    range of a bigger one, or one unpickled on a Dask worker) can start anywhere, and the CPU matrix
+    kernels round differently with the alignment -- copying makes the result independent of where the
+    data came from (the copy costs far less than the product)."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).clone()
+
+
 def _cc_block(prep: PreparedAverages, slices: np.ndarray) -> torch.Tensor:
     """Masked Pearson CC of every prepared average with every slice, (M, N)."""
-    s = torch.from_numpy(np.ascontiguousarray(slices))
+    s = _owned(slices)
     if prep.centred is not None:
         sc = s[:, torch.from_numpy(prep.common)]
         sc = sc - sc.mean(dim=1, keepdim=True)
         sc = sc / sc.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        return torch.from_numpy(prep.centred) @ sc.T
-    a = torch.from_numpy(prep.values)
-    m = torch.from_numpy(prep.mask)
+        return _owned(prep.centred) @ sc.T
+    a = _owned(prep.values)
+    m = _owned(prep.mask)
     n = m.sum(dim=1, keepdim=True)
     sum_a = a.sum(dim=1, keepdim=True)
     sum_a2 = (a * a).sum(dim=1, keepdim=True)
@@ -290,7 +304,8 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
                      progress: Callable[[int], None] | None = None,
                      region: FitRegion | None = None,
                      prepared: PreparedAverages | None = None,
-                     weights: np.ndarray | None = None) -> FitResult:
+                     weights: np.ndarray | None = None,
+                     average_chunk: int = 256, client=None, worker_threads: int = 0) -> FitResult:
     """Best orientation, best CC, mean CC and gain of every average.
 
     quats : (K, 4) orientation set (scalar first, model->lab).
@@ -298,12 +313,22 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
         each represents; default equal): the mean and spread of the CC over
         orientations -- hence the gain -- are averages over rotations, not over
         sample points, which the 600-cell sampling does not space evenly.
+    average_chunk : averages per unit of work (one Dask task each when
+        ``client`` is given).  In-process, the slices of each orientation chunk
+        are computed once and correlated with every chunk of averages in turn;
+        on Dask each task computes the slices itself for its chunk of averages.
+        Both do the same float operations on the same blocks, so the result is
+        bitwise the same whichever way (and on however many workers) it runs.
+    client : a ``dask.distributed.Client`` or None (in-process).
+    worker_threads : torch threads per Dask task (0: leave the worker's setting).
     CCs are computed as chunked matrix products (``chunk`` orientations at a
     time); nothing of size (M, K) is ever held.
     """
     quats = np.asarray(quats, dtype=np.float64)
     if int(chunk) < 1:
         raise ParameterError("orient.chunk", f"must be >= 1, got {chunk}")
+    if int(average_chunk) < 1:
+        raise ParameterError("orient.average_chunk", f"must be >= 1, got {average_chunk}")
     region = region or fit_region(averages, r_min, r_max, stride)
     if normalise not in NORMALISATIONS:
         raise ParameterError("orient.normalise", f"must be one of {NORMALISATIONS}, got {normalise!r}")
@@ -313,31 +338,77 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
     w_all = np.ones(len(quats)) if weights is None else np.asarray(weights, dtype=np.float64)
     if w_all.shape != (len(quats),) or not np.all(w_all >= 0) or not w_all.sum() > 0:
         raise ParameterError("orient.weights", f"must be ({len(quats)},) non-negative with a positive sum")
-    w_all = torch.from_numpy(w_all / w_all.sum())
-    best = torch.full((m,), -np.inf, dtype=torch.float32)
-    arg = torch.zeros(m, dtype=torch.int64)
-    total = torch.zeros(m, dtype=torch.float64)
-    total2 = torch.zeros(m, dtype=torch.float64)
-    for start in range(0, len(quats), int(chunk)):
-        cc = _cc_block(prep, _slices(reference, region, quats[start:start + chunk], prof,
-                                     normalise, log_floor))
-        val, idx = cc.max(dim=1)
-        better = val > best
-        best = torch.where(better, val, best)
-        arg = torch.where(better, idx + start, arg)
-        w = w_all[start:start + int(chunk)]
-        cc64 = cc.double()
-        total += cc64 @ w
-        total2 += (cc64 * cc64) @ w
+    w_all = w_all / w_all.sum()
+    edges = list(range(0, m, int(average_chunk))) + [m]
+    groups = list(zip(edges[:-1], edges[1:]))
+    if client is None:
+        scans = [_Scan(e - s) for s, e in groups]
+        parts = [prep.rows(s, e) for s, e in groups]
+        for start in range(0, len(quats), int(chunk)):
+            slices = _slices(reference, region, quats[start:start + int(chunk)], prof, normalise, log_floor)
+            w = w_all[start:start + int(chunk)]
+            for scan, part in zip(scans, parts):
+                scan.update(_cc_block(part, slices), start, w)
+            if progress is not None:
+                progress(min(int(chunk), len(quats) - start))
+        out = [scan.result() for scan in scans]
+    else:
+        from dask.distributed import wait
+
+        shared = client.scatter([reference, region, quats, prof, w_all], broadcast=True, hash=False)
+        futures = [client.submit(_scan_rows, prep.rows(s, e), *shared, int(chunk), normalise, log_floor,
+                                 int(worker_threads), pure=False) for s, e in groups]
+        wait(futures)
+        out = client.gather(futures)
         if progress is not None:
-            progress(min(int(chunk), len(quats) - start))
-    mean = total.numpy()
-    std = np.sqrt(np.maximum(total2.numpy() - mean**2, 0.0))
-    best_np = best.numpy().astype(np.float64)
-    arg_np = arg.numpy()
+            progress(len(quats))
+    best_np = np.concatenate([o[0] for o in out])
+    arg_np = np.concatenate([o[1] for o in out])
+    mean = np.concatenate([o[2] for o in out])
+    total2 = np.concatenate([o[3] for o in out])
+    std = np.sqrt(np.maximum(total2 - mean**2, 0.0))
     return FitResult(arg_np, quats[arg_np].copy(), best_np, mean, std, gain(best_np, mean),
                      {"n_pixels": int(len(region.flat)), "n_orientations": int(len(quats)),
                       "common_mask": prep.centred is not None})
+
+
+class _Scan:
+    """Running best / argbest / weighted sums of CC and CC^2 over orientation chunks, for some averages."""
+
+    def __init__(self, m: int):
+        self.best = torch.full((m,), -np.inf, dtype=torch.float32)
+        self.arg = torch.zeros(m, dtype=torch.int64)
+        self.total = torch.zeros(m, dtype=torch.float64)
+        self.total2 = torch.zeros(m, dtype=torch.float64)
+
+    def update(self, cc: torch.Tensor, start: int, w: np.ndarray) -> None:
+        """Fold in ``cc`` (m, n) of orientations ``start .. start + n`` with weights ``w`` (n,)."""
+        val, idx = cc.max(dim=1)
+        better = val > self.best
+        self.best = torch.where(better, val, self.best)
+        self.arg = torch.where(better, idx + start, self.arg)
+        wt = _owned(w)
+        cc64 = cc.double()
+        self.total += cc64 @ wt
+        self.total2 += (cc64 * cc64) @ wt
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(best CC float64, best index, weighted mean CC, weighted mean CC^2), each (m,)."""
+        return (self.best.numpy().astype(np.float64), self.arg.numpy(), self.total.numpy(),
+                self.total2.numpy())
+
+
+def _scan_rows(prep: PreparedAverages, reference: Reference, region: FitRegion, quats: np.ndarray,
+               profile: np.ndarray, w_all: np.ndarray, chunk: int, normalise: str, log_floor: float,
+               threads: int = 0):
+    """One Dask task: the orientation scan of one chunk of averages (see :func:`fit_orientations`)."""
+    if threads:
+        torch.set_num_threads(threads)
+    scan = _Scan(prep.values.shape[0])
+    for start in range(0, len(quats), chunk):
+        slices = _slices(reference, region, quats[start:start + chunk], profile, normalise, log_floor)
+        scan.update(_cc_block(prep, slices), start, w_all[start:start + chunk])
+    return scan.result()
 
 
 def gain(best_cc: np.ndarray, mean_cc: np.ndarray) -> np.ndarray:

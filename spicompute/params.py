@@ -7,6 +7,7 @@ with the dotted parameter name, so a user knows which key to fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,35 @@ def with_defaults(section_name: str, raw: dict, defaults) -> dict:
         raise ParameterError(f"{section_name}.{sorted(unknown)[0]}", "unknown parameter")
     base = dict(defaults) if isinstance(defaults, dict) else {}
     return {**base, **raw}
+
+
+_ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc|ws|wss)://[^\s/]+(:\d+)?/?$|^[A-Za-z0-9_.\-]+:\d+$")
+
+
+def validate_scheduler(name: str, value) -> str:
+    """A stage's ``scheduler``: ``""`` in-process | ``local:N`` | a Dask scheduler address
+    (:mod:`spicompute.cluster`); ``name`` is the dotted parameter.
+
+    Returns the string ("" for None).  Raises :class:`ParameterError` for a
+    non-string, ``local:`` without a positive integer, or something that is
+    not an address (``scheme://host[:port]`` or ``host:port``).
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ParameterError(name, f"must be '' | 'local:N' | a scheduler address, got {value!r}")
+    value = value.strip()
+    if not value:
+        return ""
+    if value == "local" or value.startswith("local:"):
+        _, _, n = value.partition(":")
+        try:
+            workers = int(n)
+        except ValueError:
+            raise ParameterError(name, f"'local:N' needs an integer N, got {value!r}") from None
+        if workers < 1:
+            raise ParameterError(name, f"'local:N' needs N >= 1, got {value!r}")
+        return value
+    if not _ADDRESS.match(value):
+        raise ParameterError(name, f"not a Dask scheduler address (tcp://host:port) or local:N: {value!r}")
+    return value

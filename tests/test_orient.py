@@ -234,7 +234,8 @@ def test_gain_uses_the_voronoi_weighted_mean_cc(zone12):
     uni = fit_orientations(avg, cube_reference(EDGE), quats, chunk=50, **FIT)
     vor = fit_orientations(avg, cube_reference(EDGE), quats, weights=weights, chunk=50, **FIT)
     np.testing.assert_allclose(uni.best_cc, vor.best_cc)
-    manual = fit_orientations(avg, cube_reference(EDGE), quats, weights=np.full(len(quats), 3.0), **FIT)
+    manual = fit_orientations(avg, cube_reference(EDGE), quats, weights=np.full(len(quats), 3.0), chunk=50,
+                              **FIT)
     np.testing.assert_allclose(manual.mean_cc, uni.mean_cc, rtol=1e-9)
     np.testing.assert_allclose(vor.gain, vor.best_cc / vor.mean_cc)
     with pytest.raises(Exception, match="orient.weights"):

@@ -44,15 +44,21 @@ def write_lit_histogram(path, edges, counts, threshold: float | None) -> None:
 
 
 def frameset_report(frames, hits_path, source: str) -> tuple[dict, tuple]:
-    """hits table for an in-memory FrameSet (simulated or file input); returns (metrics, histogram)."""
+    """hits table for a FrameSet (simulated or file input) or a streamed FrameFile (a large
+    frames file, read block by block); returns (metrics, histogram)."""
     import pyarrow.parquet as pq
 
     from spicompute.io.euxfel_ingest import hits_batch
 
-    counts = frames.counts
-    lit = np.diff((counts > 0).tocsr().indptr).astype(np.int64)
-    photons = frames.photons_per_frame()
     n = frames.n_frames
+    if hasattr(frames, "iter_blocks"):   # spicompute.io.stream.FrameFile: never all in memory
+        lit, photons = np.empty(n, np.int64), np.empty(n, np.float64)
+        for start, stop, block in frames.iter_blocks():
+            lit[start:stop] = np.diff((block > 0).tocsr().indptr)
+            photons[start:stop] = np.asarray(block.sum(axis=1)).reshape(-1)
+    else:
+        lit = np.diff((frames.counts > 0).tocsr().indptr).astype(np.int64)
+        photons = frames.photons_per_frame()
     batch = hits_batch(frames.frame_id, -1, np.full(n, -1), np.full(n, -1), lit, photons,
                        np.ones(n, bool))
     Path(hits_path).parent.mkdir(parents=True, exist_ok=True)

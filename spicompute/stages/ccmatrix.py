@@ -67,8 +67,9 @@ def check_params(p: dict) -> dict:
     choice("ccmatrix.backend", q["backend"], cl.BACKENDS)
     if not isinstance(q["device"], str):
         raise ParameterError("ccmatrix.device", f"must be a string, got {q['device']!r}")
-    if not isinstance(q["scheduler"], str):
-        raise ParameterError("ccmatrix.scheduler", f"must be a string, got {q['scheduler']!r}")
+    from spicompute.params import validate_scheduler
+
+    q["scheduler"] = validate_scheduler("ccmatrix.scheduler", q["scheduler"])
     q["band_blocks"] = positive("ccmatrix.band_blocks", q["band_blocks"], integer=True)
     q["min_counts"] = positive("ccmatrix.min_counts", q["min_counts"])
     if q["min_frames"] != "auto":

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spicompute.emc2d_run import EMCConfig, make_client, run_bootstrap
+from spicompute.emc2d_run import EMCConfig, make_client, run_bootstrap, use_stream
 from spicompute.io.averages import AverageSet, write_averages
 from spicompute.io.frames import read_frames
 from spicompute.io.provenance import write_json_atomic
@@ -138,9 +138,16 @@ def purity_against_baseline(truth_path: str, frames, result, n_models: int, seed
 def run(args) -> int:
     params = stage_params(args, "classify2d")
     cfg = EMCConfig.from_params(params)
-    frames = read_frames(args.frames)
-    log.info("classify2d: %d frames, %d pixels; %d runs x %d models x %d rotations",
-             frames.n_frames, frames.n_pixels, cfg.n_runs, cfg.n_models, cfg.n_rot)
+    from spicompute.io.stream import FrameFile
+
+    frames = FrameFile(args.frames)   # metadata only; the counts stay on disk when streaming
+    streamed = use_stream(cfg, frames.n_frames)
+    if not streamed:
+        frames.close()
+        frames = read_frames(args.frames)
+    log.info("classify2d: %d frames, %d pixels; %d runs x %d models x %s rotations%s",
+             frames.n_frames, frames.n_pixels, cfg.n_runs, cfg.n_models, cfg.n_rot,
+             "; frames streamed from the file" if streamed else "")
     if args.fresh and args.checkpoints:
         shutil.rmtree(args.checkpoints, ignore_errors=True)
     if args.checkpoints:
@@ -190,7 +197,10 @@ def run(args) -> int:
         "runs": runs,
         **{f"resolved_{k}": v for k, v in result.resolved.items()},
     }
-    if args.truth:
+    metrics["streamed"] = bool(streamed)
+    if args.truth and streamed:
+        log.info("shape purity not computed: the frames were streamed (the baseline needs them in memory)")
+    elif args.truth:
         metrics["shape_purity"] = purity_against_baseline(args.truth, frames, result, K, cfg.seed)
     write_json_atomic(args.metrics, metrics)
     log.info("classify2d: wrote %d averages (%dx%d grid) to %s in %.1f s", B * K, L, L,

@@ -70,9 +70,14 @@ def run(args) -> int:
         return 0
     if data.get("input"):
         from spicompute.ingest import ingest
+        from spicompute.io.stream import copy_frames_stream, streams_on_ingest
 
-        frames = ingest(data)
-        write_frames(args.out, frames, layout=layout, stage=COMMAND, params={"data": data})
+        if streams_on_ingest(data):  # a large file in our layout: validated and copied block by block
+            frames = copy_frames_stream(data["input"], args.out, empty_frames=data.get("empty_frames") or "error",
+                                        stage=COMMAND, params={"data": data})
+        else:
+            frames = ingest(data)
+            write_frames(args.out, frames, layout=layout, stage=COMMAND, params={"data": data})
         if truth_path.exists():  # a stale truth would describe other frames
             truth_path.unlink()
         # DVC needs the declared output to exist: an empty truth marks "no truth".

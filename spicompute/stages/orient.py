@@ -32,6 +32,7 @@ def add_arguments(parser):
 
 
 def _options(p: dict) -> dict:
+    from spicompute.cluster import validate_scheduler
     from spicompute.orient import NORMALISATIONS
     from spicompute.params import choice, positive, with_defaults
     from spicompute.qrange import auto_or_positive
@@ -57,6 +58,8 @@ def _options(p: dict) -> dict:
         "refine_iterations": positive("orient.refine_iterations", p.get("refine_iterations", 4), integer=True),
         "size_scan": [positive("orient.size_scan", s) for s in (p.get("size_scan") or [])],
         "threads": int(p.get("threads", 0)),
+        "scheduler": validate_scheduler("orient.scheduler", p.get("scheduler", "")),
+        "average_chunk": positive("orient.average_chunk", p.get("average_chunk", 256), integer=True),
     }
     with_defaults("orient", p, KNOWN)
     if opts["q_min_nm"] != "auto" and opts["q_max_nm"] != "auto" and opts["q_max_nm"] <= opts["q_min_nm"]:
@@ -66,7 +69,7 @@ def _options(p: dict) -> dict:
 
 KNOWN = ("reference", "volume_index", "edge_nm", "num_div", "ties", "q_min_nm", "q_max_nm", "fit_fringes",
          "min_counts", "stride", "max_pixels", "normalise", "log_floor", "chunk", "refine", "refine_pattern",
-         "refine_steps", "refine_iterations", "size_scan", "threads")
+         "refine_steps", "refine_iterations", "size_scan", "threads", "scheduler", "average_chunk")
 
 
 def fit_radii(avg, o: dict, source: str) -> tuple[float, float, int, dict]:
@@ -97,6 +100,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from spicompute import orient as fit
+    from spicompute.cluster import dask_client, n_workers, worker_threads
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
     from spicompute.io.tables import write_table
@@ -137,11 +141,19 @@ def run(args) -> int:
     bar = tqdm(total=len(quats) * n_passes, unit="orient", disable=progress_disabled(args),
                desc="orient")
     kw["progress"] = bar.update
+    kw["average_chunk"] = o["average_chunk"]
+    kw["worker_threads"] = worker_threads(o["scheduler"])
     size_nm = None
-    if sizes:
-        result, size_nm, _ = fit.scan_sizes(avg, make, sizes, quats, **kw)
-    else:
-        result = fit.fit_orientations(avg, make(size_factor), quats, **kw)
+    with dask_client(o["scheduler"], "orient.scheduler") as client:
+        if client is not None:
+            log.info("orientation scan on Dask (%s): %d workers, %d tasks of <= %d averages per reference",
+                     o["scheduler"], n_workers(client), -(-avg.n_averages // o["average_chunk"]),
+                     o["average_chunk"])
+        kw["client"] = client
+        if sizes:
+            result, size_nm, _ = fit.scan_sizes(avg, make, sizes, quats, **kw)
+        else:
+            result = fit.fit_orientations(avg, make(size_factor), quats, **kw)
     bar.close()
     ref_sizes = size_nm if size_nm is not None else np.full(avg.n_averages, size_factor)
     if o["refine"]:

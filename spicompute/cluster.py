@@ -1,0 +1,218 @@
+"""Where the heavy stages run: in-process, a local Dask cluster, or an existing scheduler.
+
+Every data-parallel stage (``classify2d``, ``ccmatrix``, ``orient``) takes a
+``scheduler`` parameter with one convention:
+
+* ``""`` -- in-process (no Dask);
+* ``"local:N"`` -- a Dask ``LocalCluster`` of N worker processes (one thread
+  each), started and stopped by the stage;
+* anything else -- the address of a running Dask scheduler
+  (``tcp://host:8786``, ``tls://...``), e.g. one started on a SLURM cluster by
+  :func:`slurm_cluster` / ``python -m spicompute.cluster slurm`` (docs/scaling.md).
+
+The results do not depend on where the work runs (see each stage's docs for
+bitwise vs. float-tolerance equality).
+
+SLURM: :func:`slurm_cluster` builds a ``dask_jobqueue.SLURMCluster`` from a
+few documented settings (:class:`SlurmSettings`); each SLURM job runs Dask
+worker processes that connect back to the scheduler, whose address the user
+passes to a stage, e.g. ``dvc exp run -S classify2d.scheduler=tcp://10.0.0.5:8786``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+
+from spicompute.errors import ParameterError
+from spicompute.params import validate_scheduler  # noqa: F401  (re-exported)
+
+def local_workers(scheduler: str) -> int:
+    """N of ``local:N``; 0 for "" or an address."""
+    if not scheduler.startswith("local:"):
+        return 0
+    return int(scheduler.partition(":")[2])
+
+
+def worker_threads(scheduler: str) -> int:
+    """Threads per worker for BLAS/torch: cores / N on ``local:N`` (no oversubscription), 0 (leave as is)
+    on a remote scheduler, whose workers were sized by whoever started them."""
+    n = local_workers(scheduler)
+    return max(1, (os.cpu_count() or 1) // n) if n else 0
+
+
+@contextmanager
+def dask_client(scheduler: str, name: str = "scheduler"):
+    """Context manager yielding a ``dask.distributed.Client`` for ``scheduler`` (None for "").
+
+    A ``local:N`` cluster is started here and shut down on exit; a remote
+    scheduler is only connected to (its workers stay up for the next stage).
+    """
+    scheduler = validate_scheduler(name, scheduler)
+    if not scheduler:
+        yield None
+        return
+    from dask.distributed import Client, LocalCluster
+
+    cluster = None
+    if local_workers(scheduler):
+        cluster = LocalCluster(n_workers=local_workers(scheduler), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler, timeout="60s")
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def n_workers(client) -> int:
+    """Workers currently connected to ``client``'s scheduler (at least 1)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+# ----------------------------------------------------------------------------- SLURM
+@dataclass
+class SlurmSettings:
+    """One SLURM job = one Dask worker node.
+
+    queue : SLURM partition (``#SBATCH -p``), e.g. ``maxcpu`` / ``upex``.
+    cores : cores per job (``--cpus-per-task``); the job runs ``processes``
+        Dask worker processes sharing them (``cores / processes`` threads each).
+    memory : memory per job, e.g. ``"64GB"`` (``--mem``); split between processes.
+    walltime : ``HH:MM:SS`` per job (``-t``); EMC resumes from checkpoints, so a job
+        ending mid-stage costs at most one iteration when it is re-run.
+    processes : Dask worker processes per job (1 suits the torch/BLAS-threaded kernels).
+    account : ``-A`` account, or None.
+    job_extra : further ``#SBATCH`` lines, e.g. ``["--constraint=EPYC", "--gres=gpu:1"]``.
+    job_script_prologue : shell lines run before the worker starts (``module load``, venv activation).
+    local_directory : worker scratch space on the node (spilled data).
+    interface : network interface for the workers and scheduler (e.g. ``ib0``), or None.
+    python : interpreter of the workers (default: this one, so the same venv is used).
+    """
+
+    queue: str = "all"
+    cores: int = 16
+    memory: str = "64GB"
+    walltime: str = "04:00:00"
+    processes: int = 1
+    account: str | None = None
+    job_extra: list[str] = field(default_factory=list)
+    job_script_prologue: list[str] = field(default_factory=list)
+    local_directory: str | None = None
+    interface: str | None = None
+    python: str | None = None
+
+    def validate(self) -> "SlurmSettings":
+        p = "slurm."
+        if not isinstance(self.queue, str) or not self.queue:
+            raise ParameterError(p + "queue", f"must be a partition name, got {self.queue!r}")
+        for name in ("cores", "processes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ParameterError(p + name, f"must be an integer >= 1, got {v!r}")
+        if self.processes > self.cores:
+            raise ParameterError(p + "processes", f"{self.processes} processes need >= as many cores, got {self.cores}")
+        if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", str(self.memory)):
+            raise ParameterError(p + "memory", f"must look like '64GB' or '500MiB', got {self.memory!r}")
+        if not re.fullmatch(r"(\d+-)?\d{1,3}:\d\d(:\d\d)?", str(self.walltime)):
+            raise ParameterError(p + "walltime", f"must be [D-]HH:MM[:SS], got {self.walltime!r}")
+        for name in ("job_extra", "job_script_prologue"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
+                raise ParameterError(p + name, f"must be a list of strings, got {v!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SlurmSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ParameterError(f"slurm.{unknown[0]}", "unknown parameter")
+        return cls(**d).validate()
+
+
+def slurm_cluster(settings: SlurmSettings, **extra):
+    """A ``dask_jobqueue.SLURMCluster`` for ``settings`` (no job is submitted until ``scale``).
+
+    ``extra`` goes to ``SLURMCluster`` unchanged (e.g. ``scheduler_options``).
+    Its ``job_script()`` is the sbatch script each worker job runs;
+    ``cluster.scale(jobs=n)`` submits n jobs and ``cluster.scheduler_address``
+    is what a stage's ``scheduler`` parameter takes.
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as exc:  # pragma: no cover - installed with the project
+        raise ParameterError("slurm", "needs dask-jobqueue (pip install dask-jobqueue)") from exc
+    s = settings.validate()
+    kw = dict(queue=s.queue, cores=s.cores, memory=s.memory, walltime=s.walltime,
+              processes=s.processes, account=s.account, job_extra_directives=list(s.job_extra),
+              job_script_prologue=list(s.job_script_prologue), python=s.python or sys.executable,
+              local_directory=s.local_directory, interface=s.interface)
+    if "scheduler_options" not in extra:
+        extra["scheduler_options"] = {"dashboard_address": ":0"}
+    return SLURMCluster(**{k: v for k, v in kw.items() if v is not None}, **extra)
+
+
+def main(argv=None) -> int:
+    """``python -m spicompute.cluster slurm ...``: start workers on SLURM, print the address, wait.
+
+    Keep it running (tmux/screen or a small SLURM job of its own) while the
+    stages run; Ctrl-C cancels the worker jobs.  ``--dry-run`` prints the
+    job script and exits.
+    """
+    ap = argparse.ArgumentParser(prog="python -m spicompute.cluster",
+                                 description="start Dask workers on SLURM for the spicompute stages")
+    sub = ap.add_subparsers(dest="kind", required=True)
+    sl = sub.add_parser("slurm", help="SLURMCluster via dask-jobqueue")
+    sl.add_argument("--queue", default=SlurmSettings.queue)
+    sl.add_argument("--cores", type=int, default=SlurmSettings.cores)
+    sl.add_argument("--memory", default=SlurmSettings.memory)
+    sl.add_argument("--walltime", default=SlurmSettings.walltime)
+    sl.add_argument("--processes", type=int, default=SlurmSettings.processes)
+    sl.add_argument("--account", default=None)
+    sl.add_argument("--job-extra", action="append", default=[], help="extra #SBATCH option (repeatable)")
+    sl.add_argument("--prologue", action="append", default=[], help="shell line before the worker (repeatable)")
+    sl.add_argument("--interface", default=None)
+    sl.add_argument("--local-directory", default=None)
+    sl.add_argument("--jobs", type=int, default=2, help="SLURM jobs (worker nodes) to submit")
+    sl.add_argument("--dry-run", action="store_true", help="print the job script and exit")
+    args = ap.parse_args(argv)
+    settings = SlurmSettings(queue=args.queue, cores=args.cores, memory=args.memory, walltime=args.walltime,
+                             processes=args.processes, account=args.account, job_extra=args.job_extra,
+                             job_script_prologue=args.prologue, interface=args.interface,
+                             local_directory=args.local_directory)
+    try:
+        cluster = slurm_cluster(settings)
+    except ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(cluster.job_script())
+        cluster.close()
+        return 0
+    cluster.scale(jobs=args.jobs)
+    print(cluster.scheduler_address, flush=True)
+    print(f"# {args.jobs} SLURM jobs submitted; pass the address above as <stage>.scheduler. Ctrl-C stops.",
+          file=sys.stderr, flush=True)
+    try:
+        import time
+
+        while True:
+            time.sleep(60)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
