@@ -54,16 +54,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (HDF5 and OS messages may span several)."""
+    return " ".join(str(exc).split())
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+class _StdHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout / sys.stderr is at the time (test capture swaps them)."""
+
+    def __init__(self, name: str):
+        super().__init__(getattr(sys, name))
+        self.std_name = name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = getattr(sys, self.std_name)
+        super().emit(record)
+
+
+def configure_logging(level: int) -> None:
+    """Progress (DEBUG, INFO) to stdout; warnings and errors to stderr.
+
+    So stderr holds only problems: a failed stage's stderr is its one error
+    line (plus any warnings that preceded it), never the progress log.
+    """
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdHandler)]:
+        root.removeHandler(handler)  # main() called again in one process (tests)
+    out = _StdHandler("stdout")
+    out.addFilter(_Below(logging.WARNING))
+    err = _StdHandler("stderr")
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    configure_logging(level)
     try:
         return int(args._run(args) or 0)
     except SpiError as exc:
-        print(f"spicompute {args.command}: error: {exc}", file=sys.stderr)
+        print(f"spicompute {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"spicompute {args.command}: interrupted", file=sys.stderr)
