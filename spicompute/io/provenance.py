@@ -15,6 +15,7 @@ import contextlib
 import glob
 import json
 import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +24,11 @@ from typing import Iterator
 import numpy as np
 
 from spicompute import __version__
+
+
+#: fault injection (tests only): SIGKILL the process when the output of this file name is
+#: complete under its temporary name, just before the rename
+FAULT_ENV = "SPICOMPUTE_FAULT_KILL_BEFORE_RENAME"
 
 
 def code_version() -> str:
@@ -92,6 +98,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
+        if os.environ.get(FAULT_ENV) == dest.name:  # fault-injection tests: die at the worst moment
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
