@@ -149,3 +149,119 @@ def test_orient_killed_at_random_times_never_shows_a_half_written_output(tmp_pat
     _same_h5(ref / "out" / "o.h5", d / "out" / "o.h5")
     pd.testing.assert_frame_equal(pd.read_parquet(ref / "out" / "o.parquet"),
                                   pd.read_parquet(d / "out" / "o.parquet"))
+
+
+# --------------------------------------------------------------------------- storage faults
+
+SMALL_SIM = dict(n_frames=40, detector_size=17, binning=8, volume_size=32, melt_levels=3, photons_mean=400,
+                 seed=3, beamstop_radius_px=1.0, gap_width_px=0)
+
+
+def _frames_argv(d: Path, out: Path) -> list:
+    params = _params(d, data={"input": ""}, simulate=SMALL_SIM)
+    return ["frames", "--params", str(params), "--out", str(out / "frames.h5"), "--truth", str(out / "truth.h5")]
+
+
+def _classify_argv(d: Path, frames: Path, out: Path, checkpoints: bool = True) -> list:
+    params = _params(d, classify2d={"n_models": 3, "n_runs": 2, "max_iter": 3, "min_iter": 1, "n_rot": 8,
+                                    "device": "cpu"})
+    return ["classify2d", "--params", str(params), "--frames", str(frames), "--out", str(out / "averages.h5"),
+            "--frames-table", str(out / "frames.parquet"), "--part", str(out / "part.parquet"),
+            "--checkpoints", str(out / "ck") if checkpoints else "", "--metrics", str(out / "m.json"),
+            "--live", ""]
+
+
+@pytest.fixture(scope="module")
+def small_frames(tmp_path_factory):
+    from tests.test_bad_inputs import _frames
+    from spicompute.io.frames import write_frames
+
+    root = tmp_path_factory.mktemp("storage")
+    write_frames(root / "frames.h5", _frames())
+    return root / "frames.h5"
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _read_only_run(argv, cwd: Path, folder: Path):
+    """Run with ``folder`` read-only: chmod for a normal user; root ignores permissions, so
+    there a read-only tmpfs is mounted on it in a user + mount namespace (``unshare -rm``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "spicompute", *argv]
+    env = dict(os.environ, PYTHONPATH=str(REPO), SPICOMPUTE_NO_PROGRESS="1")
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        finally:
+            folder.chmod(0o755)
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("running as root without user namespaces: cannot make a folder read-only")
+    script = f"mount -t tmpfs -o ro tmpfs {folder} && exec \"$@\""
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *cmd], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("stage", ["frames", "classify2d", "ccmatrix"])
+def test_read_only_output_folder_fails_up_front(tmp_path, small_frames, averages, stage):
+    out = tmp_path / "out"
+    argv = {"frames": lambda: _frames_argv(tmp_path, out),
+            "classify2d": lambda: _classify_argv(tmp_path, small_frames, out),
+            "ccmatrix": lambda: _cc_argv(tmp_path, averages)}[stage]()
+    start = time.perf_counter()
+    proc = _read_only_run(argv, tmp_path, out)
+    assert proc.returncode == 2, proc.stderr
+    line = _one_error_line(proc.stderr)
+    assert line.startswith(f"spicompute {stage}: error: cannot write ") and "not writable" in line
+    assert time.perf_counter() - start < 15  # before the work, not after it
+    assert leftovers(out) == []
+
+
+def _full_disk_run(argv, cwd: Path, max_bytes: int):
+    """Run with no file allowed to grow past ``max_bytes`` (RLIMIT_FSIZE; SIGXFSZ ignored so a
+    write fails with EFBIG, as it fails with ENOSPC on a full disk)."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), SPICOMPUTE_NO_PROGRESS="1")
+    return subprocess.run([sys.executable, "-m", "spicompute", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120, preexec_fn=limit)
+
+
+def _assert_clean_write_failure(proc, stage, out: Path, victim: str):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = _one_error_line(proc.stderr)
+    assert line.startswith(f"spicompute {stage}: error: cannot write ") and victim in line
+    assert "File too large" in line
+    assert not [f for f in leftovers(out) if f.endswith(".tmp")]
+
+
+def test_full_disk_frames_leaves_neither_file(tmp_path):
+    ref = tmp_path / "ref"
+    rc, _, err = _run(_frames_argv(tmp_path, ref), tmp_path)
+    assert rc == 0, err
+    frames_size = (ref / "frames.h5").stat().st_size
+    assert (ref / "truth.h5").stat().st_size > frames_size + 4096
+    out = tmp_path / "out"
+    proc = _full_disk_run(_frames_argv(tmp_path, out), tmp_path, 4096)  # the frames file fails
+    _assert_clean_write_failure(proc, "frames", out, "frames.h5")
+    assert leftovers(out) == []
+    proc = _full_disk_run(_frames_argv(tmp_path, out), tmp_path, frames_size + 4096)  # the truth fails
+    _assert_clean_write_failure(proc, "frames", out, "truth.h5")
+    assert leftovers(out) == []  # no frames file without its truth
+
+
+@pytest.mark.parametrize("checkpoints,victim", [(True, "run_000.h5"), (False, "averages.h5")])
+def test_full_disk_classify2d(tmp_path, small_frames, checkpoints, victim):
+    out = tmp_path / "out"
+    proc = _full_disk_run(_classify_argv(tmp_path, small_frames, out, checkpoints), tmp_path, 2048)
+    _assert_clean_write_failure(proc, "classify2d", out, victim)
+    assert "averages.h5" not in leftovers(out)

@@ -6,6 +6,7 @@ spicompute/io/frames.py) and, for simulations only, a separate truth file.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -29,6 +30,18 @@ DATA_KEYS = ("input", "format", "dataset", "detector", "wavelength_nm", "geometr
              "pixel_size_mm", "empty_frames", "layout")
 
 
+@contextlib.contextmanager
+def _pair(frames_path, truth_path):
+    """If the truth write fails (full disk), remove the frames file just written with it and any
+    older truth: a frames file without its own truth is not a result of this stage."""
+    try:
+        yield
+    except BaseException:
+        for path in (Path(frames_path), Path(truth_path)):
+            path.unlink(missing_ok=True)
+        raise
+
+
 def run(args) -> int:
     from spicompute.params import section, with_defaults
 
@@ -50,7 +63,7 @@ def run(args) -> int:
 
         from spicompute.io.provenance import atomic_path, stamp
 
-        with atomic_path(truth_path) as tmp, h5py.File(tmp, "w") as h5:
+        with _pair(args.out, truth_path), atomic_path(truth_path) as tmp, h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, {"data": data})
             h5.attrs["simulated"] = False
     else:
@@ -60,7 +73,8 @@ def run(args) -> int:
         frames, truth = simulate(sim, progress=not progress_disabled(args))
         record = {"data": data, "simulate": section(params, "simulate", args.params)}
         write_frames(args.out, frames, layout=layout, stage=COMMAND, params=record)
-        write_truth(truth_path, truth, params=record)
+        with _pair(args.out, truth_path):
+            write_truth(truth_path, truth, params=record)
     photons = frames.photons_per_frame()
     log.info("%d frames x %d pixels, %.0f photons/frame (min %d, max %d) in %.1f s -> %s",
              frames.n_frames, frames.n_pixels, photons.mean(), photons.min(), photons.max(),
