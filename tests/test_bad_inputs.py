@@ -866,6 +866,24 @@ for _name, (_value, _needles) in _or_params.items():
         return _orient_cmd(d, base / "averages.h5", **{name.split(":")[0]: value}), needles
 
 
+def _regress_cmd(base, d, **section):
+    params = _params(d, regress=section)
+    out = d / "out"
+    return ["regress", "--params", str(params), "--averages", str(base / "averages.h5"),
+            "--embedding", str(d / "embed.parquet"), "--model", str(out / "r.pt"), "--out", str(out / "r.parquet"),
+            "--metrics", str(out / "m.json"), "--live", ""]
+
+
+_rg_params = {"learning_rate:string": ("fast", ["regress.learning_rate"]),
+              "seed:abc": ("abc", ["regress.seed"]), "log:quoted": ("false", ["regress.log"]),
+              "hidden:zero-width": ([64, 0], ["regress.hidden"]),
+              "max_epoch:typo": (5, ["regress.max_epoch", "unknown"])}
+for _name, (_value, _needles) in _rg_params.items():
+    @case(f"params-regress-{_name}")
+    def _(base, d, name=_name, value=_value, needles=_needles):
+        return _regress_cmd(base, d, **{name.split(":")[0]: value}), needles
+
+
 @case("orient-averages-missing")
 def _(base, d):
     return _orient_cmd(d, d / "averages.h5"), ["averages.h5", "not found"]
@@ -1008,8 +1026,8 @@ def test_bad_input_fails_cleanly(base, tmp_path, name):
 
 
 def test_corpus_size():
-    """The README quotes this number (164 cases); keep it in step."""
-    assert len(CASES) == 164
+    """The README quotes this number (169 cases); keep it in step."""
+    assert len(CASES) == 169
 
 
 # --------------------------------------------------------------------------- positive controls
