@@ -70,12 +70,20 @@ def _outs_md5(lock: dict) -> dict:
             for o in entry.get("outs", [])}
 
 
-def test_two_clones_give_identical_science_and_identical_dvc_hashes(tmp_path):
-    first = _project(tmp_path / "a")
-    second = tmp_path / "b"
-    _run(["git", "clone", "-q", str(first), str(second)], tmp_path)  # same commit, same code version
+@pytest.fixture(scope="module")
+def clones(tmp_path_factory):
+    """Two clones of one project, each after `dvc repro embed`."""
+    tmp = tmp_path_factory.mktemp("determinism")
+    first = _project(tmp / "a")
+    second = tmp / "b"
+    _run(["git", "clone", "-q", str(first), str(second)], tmp)  # same commit, same code version
     for root in (first, second):
         _run([str(BIN / "dvc"), "repro", "embed"], root)
+    return first, second
+
+
+def test_two_clones_give_identical_science_and_identical_dvc_hashes(clones):
+    first, second = clones
 
     for rel in ("data/frames.h5", "data/truth.h5", "data/averages.h5", "data/ccmatrix.h5", "data/embedding.h5"):
         a, b = _arrays(first / rel), _arrays(second / rel)
@@ -98,4 +106,29 @@ def test_two_clones_give_identical_science_and_identical_dvc_hashes(tmp_path):
     diff = {k: (md5_a[k], md5_b.get(k)) for k in science if md5_a[k] != md5_b.get(k)}
     assert set(md5_a) == set(md5_b) and not diff, diff
     # DVC sees identical science: nothing to do in either clone
+    assert "changed" not in _run([str(BIN / "dvc"), "status"], second)
+
+
+def test_dvc_repro_after_a_sigkilled_stage_restores_the_same_output(clones):
+    """`dvc repro` whose ccmatrix is SIGKILLed as its output is about to be renamed; then again."""
+    first, second = clones
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=str(second), SPICOMPUTE_NO_PROGRESS="1",
+               SPICOMPUTE_FAULT_KILL_BEFORE_RENAME="ccmatrix.h5")
+    proc = subprocess.run([str(BIN / "dvc"), "repro", "-f", "-s", "ccmatrix"], cwd=second, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    data = second / "data"
+    assert not (data / "ccmatrix.h5").exists()  # DVC removed the old one; the new one never got its name
+    assert [p.name for p in data.glob(".ccmatrix.h5.*.tmp")]  # killed mid-write
+    # a plain `dvc repro` checks the missing output out of the DVC cache (dvc.lock still names it),
+    # running none of our code: the output is back, the dead run's temporary stays until the next write
+    _run([str(BIN / "dvc"), "repro", "embed"], second)
+    assert (data / "ccmatrix.h5").exists()
+    _run([str(BIN / "dvc"), "repro", "-f", "-s", "ccmatrix"], second)  # really run the stage again
+    assert not list(data.glob(".ccmatrix.h5.*.tmp"))  # the dead run's temporary is cleaned up
+    lock_a = yaml.safe_load((first / "dvc.lock").read_text())
+    lock_b = yaml.safe_load((second / "dvc.lock").read_text())
+    key = "ccmatrix/data/ccmatrix.h5"
+    assert _outs_md5(lock_a)[key] == _outs_md5(lock_b)[key]
     assert "changed" not in _run([str(BIN / "dvc"), "status"], second)
