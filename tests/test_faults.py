@@ -265,3 +265,20 @@ def test_full_disk_classify2d(tmp_path, small_frames, checkpoints, victim):
     proc = _full_disk_run(_classify_argv(tmp_path, small_frames, out, checkpoints), tmp_path, 2048)
     _assert_clean_write_failure(proc, "classify2d", out, victim)
     assert "averages.h5" not in leftovers(out)
+
+
+def test_full_disk_parquet_and_json(tmp_path):
+    """pyarrow's and Python's write errors take the same clean path as h5py's (select stage)."""
+    from spicompute.io.tables import write_table
+
+    part = tmp_path / "part.parquet"
+    write_table(part, pd.DataFrame({"average_id": np.arange(50), "run": np.zeros(50, int),
+                                    "model": np.arange(50), "n_frames": np.full(50, 10.0)}))
+    out = tmp_path / "out"
+    argv = ["select", "--params", str(_params(tmp_path)), "--parts", str(part),
+            "--out", str(out / "select.parquet"), "--metrics", str(out / "select.json")]
+    _assert_clean_write_failure(_full_disk_run(argv, tmp_path, 512), "select", out, "select.parquet")
+    assert leftovers(out) == []
+    rc, _, err = _run(argv, tmp_path)  # the same command with room to write succeeds
+    assert rc == 0, err
+    assert sorted(leftovers(out)) == ["select.json", "select.parquet"]
