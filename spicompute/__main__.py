@@ -2,4 +2,4 @@ import sys
 
 from spicompute.cli import main
 
-sys.exit(main())
+sys.exit(main(None))

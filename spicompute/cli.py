@@ -11,13 +11,43 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
+from pathlib import Path
 
 from spicompute import __version__
-from spicompute.errors import SpiError
+from spicompute.errors import OutputError, SpiError
 
 log = logging.getLogger("spicompute")
+
+
+#: options that name outputs (files, or folders for checkpoints and logs); a stage whose
+#: option of one of these names is an input declares its own ``OUTPUTS``
+OUTPUTS = ("out", "truth", "frames_table", "part", "metrics", "h5", "model", "checkpoints", "live",
+           "table")
+
+
+def check_writable(args) -> None:
+    """OutputError unless every output's folder (or its nearest existing ancestor) is writable.
+
+    Runs before the stage does any work: a read-only output folder must not
+    cost a whole EMC run first.
+    """
+    for name in args._outputs:
+        value = getattr(args, name, None)
+        if not value or not isinstance(value, str):
+            continue
+        path = Path(value)
+        if path.is_dir() and name not in ("checkpoints", "live"):
+            raise OutputError(path, "is a directory")
+        folder = path if name in ("checkpoints", "live") else path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(path, f"{folder} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(path, f"folder {folder} is not writable")
 
 
 def _stage_modules():
@@ -50,24 +80,82 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true",
                        help="warnings only, no progress bars")
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _outputs=getattr(module, "OUTPUTS", OUTPUTS))
     return parser
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (HDF5 and OS messages may span several)."""
+    return " ".join(str(exc).split())
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+class _StdHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout / sys.stderr is at the time (test capture swaps them)."""
+
+    def __init__(self, name: str):
+        super().__init__(getattr(sys, name))
+        self.std_name = name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = getattr(sys, self.std_name)
+        super().emit(record)
+
+
+def configure_logging(level: int) -> None:
+    """Progress (DEBUG, INFO) to stdout; warnings and errors to stderr.
+
+    So stderr holds only problems: a failed stage's stderr is its one error
+    line (plus any warnings that preceded it), never the progress log.
+    """
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdHandler)]:
+        root.removeHandler(handler)  # main() called again in one process (tests)
+    out = _StdHandler("stdout")
+    out.addFilter(_Below(logging.WARNING))
+    err = _StdHandler("stderr")
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    configure_logging(level)
+    hooks = sys.excepthook, sys.unraisablehook
+    # a failed HDF5 write (full disk) makes h5py report every object it cannot close; the one
+    # line below says what happened, the rest goes to the debug log
+    sys.excepthook = lambda *exc: log.debug("suppressed: %s", exc[1])
+    sys.unraisablehook = lambda u: log.debug("unraisable in %r: %s", u.object, u.exc_value)
     try:
+        check_writable(args)
         return int(args._run(args) or 0)
     except SpiError as exc:
-        print(f"spicompute {args.command}: error: {exc}", file=sys.stderr)
+        print(f"spicompute {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        if isinstance(exc, OutputError) and argv is None:
+            # HDF5 may crash closing a file whose writes failed: leave without finalisers
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         print(f"spicompute {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
 
 
 if __name__ == "__main__":  # pragma: no cover

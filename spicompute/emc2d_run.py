@@ -29,7 +29,7 @@ from spicompute.emc2d import (PartialSums, RotationGrid, Shard, build_rotation_g
 from spicompute.errors import ParameterError
 from spicompute.io.frames import FrameSet
 from spicompute.io.provenance import atomic_path
-from spicompute.params import choice, in_range, positive, validate_scheduler, with_defaults
+from spicompute.params import choice, in_range, integer, positive, validate_scheduler, with_defaults
 
 log = logging.getLogger("spicompute.classify2d")
 
@@ -121,7 +121,7 @@ class EMCConfig:
         self.prob_min = in_range(p + "prob_min", self.prob_min, 0, 1e-2)
         choice(p + "device", self.device, {"auto", "cpu", "cuda"})
         self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
-        self.seed = int(self.seed)
+        self.seed = integer(p + "seed", self.seed, minimum=0)
         for name in ("update_scale", "use_correction", "friedel", "merge_only"):  # "false" (a string) must not count as true
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(p + name, f"must be true or false, got {getattr(self, name)!r}")
@@ -600,14 +600,14 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         counts, photons = usable_counts(frames, grid)
     usable = np.flatnonzero(photons > 0)
     excluded = np.flatnonzero(photons <= 0)
-    if excluded.size:
-        log.warning("%d of %d frames have no photon on the used pixels: excluded",
-                    excluded.size, frames.n_frames)
     n_sub = int(round(cfg.subset_fraction * usable.size))
     if n_sub < cfg.n_models:
         raise ParameterError("classify2d.n_models",
                              f"{cfg.n_models} models need at least as many frames per run, but "
                              f"a run has {n_sub} (of {usable.size} usable frames)")
+    if excluded.size:
+        log.warning("%d of %d frames have no photon on the used pixels: excluded",
+                    excluded.size, frames.n_frames)
     background = None
     if cfg.background == "auto":
         radius = np.linalg.norm(frames.detector.q_perp[grid.pixels], axis=1)

@@ -29,3 +29,12 @@ class ParameterError(SpiError):
         self.problem = problem
         where = f"{source}: " if source else ""
         super().__init__(f"{where}parameter {name}: {problem}")
+
+
+class OutputError(SpiError):
+    """An output cannot be written: read-only folder, full disk, quota, file size limit ..."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"cannot write {self.path}: {problem}")

@@ -30,6 +30,7 @@ from spicompute.geometry import Detector, regular_detector
 from spicompute.io.cxi import DATA as CXI_DATA, is_cxi, read_cxi_geometry
 from spicompute.io.dragonfly import is_dragonfly_photons, read_dragonfly_photons
 from spicompute.io.frames import FrameSet, open_h5, read_detector_group
+from spicompute.io.h5check import check_stored
 
 log = logging.getLogger("spicompute.ingest")
 
@@ -46,6 +47,8 @@ def detect_format(path: str | Path, dataset: str = "") -> str:
             return "dragonfly"
         if dataset and dataset in h5:
             return "hdf5"
+        if dataset:
+            raise InputError(path, dataset, "dataset missing (data.dataset)")
         if "frames" in h5 and "detector" in h5:
             return "frames"
     raise InputError(path, dataset or None,
@@ -57,6 +60,8 @@ def counts_to_csr(dataset, path, field: str) -> sp.csr_matrix:
     """Validate and convert a dense (N, rows, cols) or (N, P) dataset to CSR, blockwise."""
     if dataset.ndim not in (2, 3):
         raise InputError(path, field, f"must be (N, rows, cols) or (N, pixels), got {dataset.shape}")
+    if dataset.dtype.kind not in "fiub":
+        raise InputError(path, field, f"must be numeric counts, got dtype {dataset.dtype}")
     n = dataset.shape[0]
     if n == 0:
         raise InputError(path, field, "holds no frames")
@@ -74,9 +79,14 @@ def counts_to_csr(dataset, path, field: str) -> sp.csr_matrix:
             if bad.any():
                 frame = start + int(np.nonzero(bad.any(axis=1))[0][0])
                 raise InputError(path, field, f"NaN or Inf in frame {frame}")
-            if not rounded and np.any(block != np.round(block)):
+            nearest = np.round(block)
+            if not rounded and np.any(block != nearest):
                 rounded = True
-            block = np.round(block)
+                off = np.abs(block - nearest)[block != 0]
+                if np.mean(off > 0.2) > 0.4:  # uniform fractions: 60 % lie > 0.2 from an integer
+                    raise InputError(path, field, "values are not photon counts (most lie far from "
+                                                  "an integer: detector units?); convert to photons first")
+            block = nearest
         elif block.dtype.kind not in "iu":
             raise InputError(path, field, f"must be numeric counts, got dtype {block.dtype}")
         if block.min(initial=0) < 0:
@@ -96,6 +106,8 @@ def _check_frames(frames: FrameSet, path, field: str, empty_frames: str) -> Fram
     empty = np.nonzero(good_photons == 0)[0]
     if len(empty) == 0:
         return frames
+    if len(empty) == frames.n_frames:
+        raise InputError(path, field, "no frame has a photon on an unmasked pixel")
     if empty_frames == "error":
         raise InputError(path, field,
                          f"{len(empty)} frame(s) have no photons on unmasked pixels (first: "
@@ -169,6 +181,7 @@ def ingest(data: dict) -> FrameSet:
         ds = h5[field]
         if not isinstance(ds, h5py.Dataset):
             raise InputError(path, field, "is a group, not a dataset")
+        check_stored(ds, path, field)  # a shape claiming 10^8 frames that are not there: fail now
         frame_shape = tuple(ds.shape[1:])
         counts = counts_to_csr(ds, path, field)
         if fmt == "cxi":

@@ -26,10 +26,16 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "parameter file not found")
+    if not path.is_file():
+        raise InputError(path, None, "parameter file is not a regular file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise InputError(path, None, f"not valid YAML ({exc.__class__.__name__})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(path, None, f"not valid YAML{where} ({exc.__class__.__name__})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, None, f"cannot be read ({exc.__class__.__name__})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -67,6 +73,31 @@ def positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool =
             raise ParameterError(name, f"must be an integer, got {value!r}")
         return int(number)
     return number
+
+
+def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as an int if it is an integer (not a bool) within the bounds, else raise."""
+    if isinstance(value, bool):
+        raise ParameterError(name, f"must be an integer, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(name, f"must be an integer, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")) or int(number) != number:
+        raise ParameterError(name, f"must be an integer, got {value!r}")
+    number = int(number)
+    if minimum is not None and number < minimum:
+        raise ParameterError(name, f"must be >= {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise ParameterError(name, f"must be <= {maximum}, got {value!r}")
+    return number
+
+
+def boolean(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a YAML boolean; a quoted "false" must not count as true."""
+    if not isinstance(value, bool):
+        raise ParameterError(name, f"must be true or false, got {value!r}")
+    return value
 
 
 def in_range(name: str, value: Any, low: float, high: float, *,

@@ -49,7 +49,10 @@ from spicompute.errors import ParameterError
 from spicompute.geometry import Detector, regular_detector, standard_mask, \
     wavelength_from_energy_kev
 from spicompute.io.frames import FrameSet
-from spicompute.params import in_range, positive, with_defaults
+from spicompute.params import in_range, integer, positive, with_defaults
+
+MAX_FRAMES = 50_000_000        # simulate.n_frames sanity bound (the paper's run: 2.45 M)
+MAX_DETECTOR_SIZE = 4096       # simulate.detector_size sanity bound (pixels per side after binning)
 from spicompute.shapes import melt_half_size, superellipsoid_amplitude_grid, \
     superellipsoid_diameter, superellipsoid_exponent
 from spicompute.slicing import random_quaternions, rotation_matrices
@@ -101,13 +104,14 @@ class SimulationParams:
     @classmethod
     def from_dict(cls, raw: dict) -> "SimulationParams":
         p = cls(**with_defaults("simulate", raw, cls().__dict__))
-        p.seed = int(p.seed)
-        p.n_frames = positive("simulate.n_frames", p.n_frames, integer=True)
+        p.seed = integer("simulate.seed", p.seed, minimum=0)
+        # sanity bounds: beyond them a typo (1e12) would try to allocate terabytes before failing
+        p.n_frames = integer("simulate.n_frames", p.n_frames, minimum=1, maximum=MAX_FRAMES)
         p.photon_energy_kev = positive("simulate.photon_energy_kev", p.photon_energy_kev)
         p.distance_mm = positive("simulate.distance_mm", p.distance_mm)
         p.pixel_size_mm = positive("simulate.pixel_size_mm", p.pixel_size_mm)
         p.binning = positive("simulate.binning", p.binning, integer=True)
-        p.detector_size = positive("simulate.detector_size", p.detector_size, integer=True)
+        p.detector_size = integer("simulate.detector_size", p.detector_size, maximum=MAX_DETECTOR_SIZE)
         if p.detector_size < 8:
             raise ParameterError("simulate.detector_size", f"must be >= 8, got {p.detector_size}")
         if p.beam_center_px is not None:

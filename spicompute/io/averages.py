@@ -137,6 +137,10 @@ def read_averages(path: str | Path) -> AverageSet:
         inten = data["intensity"]
         if inten.ndim != 3 or inten.shape[1] != inten.shape[2]:
             raise InputError(path, "averages/intensity", f"must be (M, L, L), got {inten.shape}")
+        if inten.shape[0] == 0:
+            raise InputError(path, "averages/intensity", "holds no averages")
+        if inten.dtype.kind not in "fiu":
+            raise InputError(path, "averages/intensity", f"must be numbers, got dtype {inten.dtype}")
         if not np.all(np.isfinite(inten)):
             raise InputError(path, "averages/intensity", "contains NaN or Inf")
         try:

@@ -49,7 +49,10 @@ def _scalar(h5, key, path, required=True):
         if required:
             raise InputError(path, key, "dataset missing")
         return None
-    value = np.asarray(h5[key][()], dtype=np.float64).reshape(-1)
+    try:
+        value = np.asarray(h5[key][()], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(path, key, f"must be one number, got {h5[key][()]!r}") from None
     if value.size != 1 or not np.isfinite(value[0]):
         raise InputError(path, key, f"must be one finite number, got {value[:3]}")
     return float(value[0])

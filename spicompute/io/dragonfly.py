@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from spicompute.errors import InputError
 from spicompute.geometry import Detector, wavenumber
 from spicompute.io.frames import FrameSet, open_h5
+from spicompute.io.h5check import check_stored
 from spicompute.io.provenance import atomic_path, stamp
 
 log = logging.getLogger("spicompute.io.dragonfly")
@@ -84,8 +85,13 @@ def read_dragonfly_detector(path: str | Path, wavelength_nm: float | None) -> De
 
 def _vlen(h5: h5py.File, key: str, n: int, path) -> list:
     data = h5[key]
-    if data.shape != (n,):
-        raise InputError(path, key, f"must have one entry per frame ({n}), got {data.shape}")
+    if not isinstance(data, h5py.Dataset) or data.shape != (n,):
+        raise InputError(path, key, f"must have one entry per frame ({n}), got "
+                                    f"{getattr(data, 'shape', 'a group')}")
+    base = h5py.check_vlen_dtype(data.dtype)
+    if base is None or np.dtype(base).kind not in "iu":
+        raise InputError(path, key, f"must be variable-length integer lists, got dtype {data.dtype}")
+    check_stored(data, path, key)  # a shape claiming 10^8 frames that are not there: fail now
     return list(data[()])
 
 
@@ -101,7 +107,7 @@ def read_dragonfly_photons(path: str | Path, detector_path: str | Path,
         if num_pix != det.n_pixels:
             raise InputError(path, "num_pix",
                              f"{num_pix} pixels but detector {detector_path} has {det.n_pixels}")
-        n = h5["place_ones"].shape[0]
+        n = h5["place_ones"].shape[0] if h5["place_ones"].ndim == 1 else -1
         ones = _vlen(h5, "place_ones", n, path)
         multi = _vlen(h5, "place_multi", n, path)
         cmulti = _vlen(h5, "count_multi", n, path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 
@@ -67,13 +68,19 @@ def read_dragonfly2d(path: str | Path, detector_path: str | Path, wavelength_nm:
     with open_h5(path) as h5:
         if "intens" not in h5:
             raise InputError(path, "intens", "dataset missing (not a Dragonfly output file?)")
+        if h5["intens"].dtype.kind not in "fiu":
+            raise InputError(path, "intens", f"must be numbers, got dtype {h5['intens'].dtype}")
         intens = np.asarray(h5["intens"][()], dtype=np.float64)
         if intens.ndim != 3 or intens.shape[1] != intens.shape[2]:
             raise InputError(path, "intens",
                              f"must be (K, L, L) 2D models (recon_type 2d), got {intens.shape}")
         if not np.all(np.isfinite(intens)):
             raise InputError(path, "intens", "contains NaN or Inf")
+        if intens.min(initial=0) < 0:
+            raise InputError(path, "intens", "negative intensities (photon counts per pixel are >= 0)")
         K = intens.shape[0]
+        if "inter_weight" in h5 and h5["inter_weight"].dtype.kind not in "fiu":
+            raise InputError(path, "inter_weight", "must be a numeric dataset")
         weight = np.asarray(h5["inter_weight"][()], np.float64) if "inter_weight" in h5 \
             else (intens > 0).astype(np.float64)
         if weight.shape != intens.shape:
@@ -81,6 +88,8 @@ def read_dragonfly2d(path: str | Path, detector_path: str | Path, wavelength_nm:
         for key in ("occupancies", "orientations", "scale", "quaternions"):
             if key not in h5:
                 raise InputError(path, key, "dataset missing")
+            if not isinstance(h5[key], h5py.Dataset) or h5[key].dtype.kind not in "fiu":
+                raise InputError(path, key, "must be a numeric dataset")
         occ = np.asarray(h5["occupancies"][()], np.float64)
         orient = np.asarray(h5["orientations"][()], np.int64).reshape(-1)
         scale = np.asarray(h5["scale"][()], np.float64).reshape(-1)

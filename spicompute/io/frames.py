@@ -156,6 +156,8 @@ def read_detector_group(group: h5py.Group, path) -> Detector:
     q = _need(group, "q", path)[()]
     if q.ndim != 2 or q.shape[1] != 3:
         raise InputError(path, f"{prefix}/q", f"must have shape (P, 3), got {q.shape}")
+    if q.dtype.kind not in "fiu" or not np.all(np.isfinite(q)):
+        raise InputError(path, f"{prefix}/q", "must be finite numbers (NaN, Inf or non-numeric found)")
     n = q.shape[0]
     out = {}
     for key in ("mask", "solid_angle", "polarization"):
@@ -187,12 +189,16 @@ def open_h5(path: str | Path) -> h5py.File:
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "file not found")
+    if path.is_dir():
+        raise InputError(path, None, "is a directory, not an HDF5 file")
     if path.stat().st_size == 0:
         raise InputError(path, None, "file is empty")
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(path, None, f"not a readable HDF5 file ({exc})") from exc
+        reason = " ".join(str(exc).split("(")[0].split()) or exc.__class__.__name__
+        raise InputError(path, None, f"not a readable HDF5 file, truncated or of another "
+                                     f"format ({reason})") from exc
 
 
 def read_frames(path: str | Path) -> FrameSet:
@@ -220,6 +226,12 @@ def read_frames(path: str | Path) -> FrameSet:
     if counts.shape[0] != len(fid):
         raise InputError(path, "frames/frame_id",
                          f"{len(fid)} ids for {counts.shape[0]} frames")
+    if counts.shape[0] == 0:
+        raise InputError(path, "frames/counts", "holds no frames")
+    if counts.dtype.kind not in "iu":
+        raise InputError(path, "frames/counts", f"must be integer photon counts, got {counts.dtype}")
+    if counts.nnz and counts.data.min() < 0:
+        raise InputError(path, "frames/counts", "negative counts")
     return FrameSet(counts=counts, frame_id=fid, detector=det)
 
 

@@ -12,9 +12,12 @@ downstream stages of a re-run that changed nothing (the time of a run is in
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
+import re
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +26,12 @@ from typing import Iterator
 import numpy as np
 
 from spicompute import __version__
+from spicompute.errors import OutputError, SpiError
+
+
+#: fault injection (tests only): SIGKILL the process when the output of this file name is
+#: complete under its temporary name, just before the rename
+FAULT_ENV = "SPICOMPUTE_FAULT_KILL_BEFORE_RENAME"
 
 
 def code_version() -> str:
@@ -81,10 +90,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     untouched (an older complete file stays, a missing one stays missing).
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(dest, _write_failure(exc)) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -92,11 +104,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
+        if os.environ.get(FAULT_ENV) == dest.name:  # fault-injection tests: die at the worst moment
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp_path, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        # h5py reports a failed write as OSError, and the close that follows it as RuntimeError
+        if (isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "errno" in str(exc))) \
+                and not isinstance(exc, SpiError):
+            raise OutputError(dest, _write_failure(exc)) from exc
         raise
+
+
+def _write_failure(exc: Exception) -> str:
+    """A short reason for a failed write (HDF5 hides errno in a long message)."""
+    code = getattr(exc, "errno", None)
+    if code is None:
+        match = re.search(r"errno = (\d+)", str(exc))
+        code = int(match.group(1)) if match else None
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return f"{os.strerror(code)} (disk full, quota or file size limit)"
+    if code is not None:
+        return os.strerror(code)
+    return " ".join(str(exc).split())[:200]
 
 
 def _remove_stale_temporaries(dest: Path) -> None:

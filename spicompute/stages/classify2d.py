@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spicompute.emc2d_run import EMCConfig, make_client, run_bootstrap, use_stream
 from spicompute.io.averages import AverageSet, write_averages
 from spicompute.io.frames import read_frames
 from spicompute.io.provenance import write_json_atomic
@@ -136,6 +135,9 @@ def purity_against_baseline(truth_path: str, frames, result, n_models: int, seed
 
 
 def run(args) -> int:
+    from spicompute.emc2d_run import (EMCConfig, make_client, run_bootstrap,  # torch: not at CLI start
+                                      use_stream)
+
     params = stage_params(args, "classify2d")
     cfg = EMCConfig.from_params(params)
     from spicompute.io.stream import FrameFile

@@ -10,6 +10,7 @@ docs/euxfel.md).  For every input the stage also writes the per-frame table
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -40,6 +41,18 @@ def add_arguments(parser):
 
 DATA_KEYS = ("input", "format", "dataset", "detector", "wavelength_nm", "geometry", "distance_mm",
              "pixel_size_mm", "empty_frames", "layout") + EUXFEL_KEYS
+
+
+@contextlib.contextmanager
+def _pair(frames_path, truth_path):
+    """If the truth write fails (full disk), remove the frames file just written with it and any
+    older truth: a frames file without its own truth is not a result of this stage."""
+    try:
+        yield
+    except BaseException:
+        for path in (Path(frames_path), Path(truth_path)):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def run(args) -> int:
@@ -85,7 +98,7 @@ def run(args) -> int:
 
         from spicompute.io.provenance import atomic_path, stamp
 
-        with atomic_path(truth_path) as tmp, h5py.File(tmp, "w") as h5:
+        with _pair(args.out, truth_path), atomic_path(truth_path) as tmp, h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, {"data": data})
             h5.attrs["simulated"] = False
         source = "file"
@@ -96,7 +109,8 @@ def run(args) -> int:
         frames, truth = simulate(sim, progress=not progress_disabled(args))
         record = {"data": data, "simulate": section(params, "simulate", args.params)}
         write_frames(args.out, frames, layout=layout, stage=COMMAND, params=record)
-        write_truth(truth_path, truth, params=record)
+        with _pair(args.out, truth_path):
+            write_truth(truth_path, truth, params=record)
         source = "simulate"
     metrics, (edges, hist) = frameset_report(frames, args.hits, source)
     if source == "file":

@@ -34,12 +34,12 @@ def add_arguments(parser):
 def _options(p: dict) -> dict:
     from spicompute.cluster import validate_scheduler
     from spicompute.orient import NORMALISATIONS
-    from spicompute.params import choice, positive, with_defaults
+    from spicompute.params import boolean, choice, integer, positive, with_defaults
     from spicompute.qrange import auto_or_positive
 
     opts = {
         "reference": str(p.get("reference", "cube") or "cube"),
-        "volume_index": int(p.get("volume_index", 0)),
+        "volume_index": integer("orient.volume_index", p.get("volume_index", 0), minimum=0),
         "edge_nm": positive("orient.edge_nm", p.get("edge_nm", 42.0)),
         "num_div": positive("orient.num_div", p.get("num_div", 20), integer=True),
         "ties": choice("orient.ties", p.get("ties", "first"), ("first", "all")),
@@ -52,12 +52,12 @@ def _options(p: dict) -> dict:
         "normalise": choice("orient.normalise", p.get("normalise", "log"), NORMALISATIONS),
         "log_floor": positive("orient.log_floor", p.get("log_floor", 0.01)),
         "chunk": positive("orient.chunk", p.get("chunk", 512), integer=True),
-        "refine": bool(p.get("refine", True)),
+        "refine": boolean("orient.refine", p.get("refine", True)),
         "refine_pattern": choice("orient.refine_pattern", p.get("refine_pattern", "axes"), ("axes", "grid")),
         "refine_steps": positive("orient.refine_steps", p.get("refine_steps", 1), integer=True),
         "refine_iterations": positive("orient.refine_iterations", p.get("refine_iterations", 4), integer=True),
         "size_scan": [positive("orient.size_scan", s) for s in (p.get("size_scan") or [])],
-        "threads": int(p.get("threads", 0)),
+        "threads": integer("orient.threads", p.get("threads", 0), minimum=0),
         "scheduler": validate_scheduler("orient.scheduler", p.get("scheduler", "")),
         "average_chunk": positive("orient.average_chunk", p.get("average_chunk", 256), integer=True),
     }

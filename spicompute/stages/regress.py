@@ -48,7 +48,7 @@ def feature_params_from(p: dict, averages, source: str = "averages"):
     import math
 
     from spicompute.features import FeatureParams
-    from spicompute.params import positive, with_defaults
+    from spicompute.params import boolean, integer, positive, with_defaults
     from spicompute.qrange import auto_or_positive, resolve_q_range
 
     with_defaults("regress", p, KNOWN)
@@ -59,24 +59,32 @@ def feature_params_from(p: dict, averages, source: str = "averages"):
     r_min = int(math.ceil(qr.q_min_nm / averages.dq_nm - 1e-9))
     r_max = int(math.floor(qr.q_max_nm / averages.dq_nm + 1e-9))
     r_max = min(r_max, averages.size // 2 - 1)
-    fp = FeatureParams(r_min=r_min, r_max=r_max, n_theta=int(p.get("n_theta", 180)),
-                       order_a=float(p.get("order_a", 10.0)), order_b=float(p.get("order_b", 0.25)),
-                       log=bool(p.get("log", True)), log_floor=float(p.get("log_floor", 1e-3)))
+    fp = FeatureParams(r_min=r_min, r_max=r_max,
+                       n_theta=integer("regress.n_theta", p.get("n_theta", 180), minimum=2),
+                       order_a=positive("regress.order_a", p.get("order_a", 10.0), allow_zero=True),
+                       order_b=positive("regress.order_b", p.get("order_b", 0.25), allow_zero=True),
+                       log=boolean("regress.log", p.get("log", True)),
+                       log_floor=positive("regress.log_floor", p.get("log_floor", 1e-3)))
     return fp, qr
 
 
 def train_config_from(p: dict):
+    from spicompute.params import in_range, integer, positive, with_defaults
     from spicompute.regressor import TrainConfig
 
+    with_defaults("regress", p, KNOWN)  # a typo is an error before any work
     hidden = p.get("hidden", [512, 128, 64, 32])
     if not isinstance(hidden, (list, tuple)):
         raise ParameterError("regress.hidden", f"must be a list of layer widths, got {hidden!r}")
-    return TrainConfig(hidden=tuple(int(h) for h in hidden),
-                       learning_rate=float(p.get("learning_rate", 1e-3)),
-                       weight_decay=float(p.get("weight_decay", 1e-5)),
-                       batch_size=int(p.get("batch_size", 64)), max_epochs=int(p.get("max_epochs", 300)),
-                       patience=int(p.get("patience", 30)), val_fraction=float(p.get("val_fraction", 0.2)),
-                       seed=int(p.get("seed", 0))).validate()
+    return TrainConfig(hidden=tuple(integer("regress.hidden", h, minimum=1) for h in hidden),
+                       learning_rate=positive("regress.learning_rate", p.get("learning_rate", 1e-3)),
+                       weight_decay=positive("regress.weight_decay", p.get("weight_decay", 1e-5), allow_zero=True),
+                       batch_size=integer("regress.batch_size", p.get("batch_size", 64), minimum=1),
+                       max_epochs=integer("regress.max_epochs", p.get("max_epochs", 300), minimum=1),
+                       patience=integer("regress.patience", p.get("patience", 30), minimum=0),
+                       val_fraction=in_range("regress.val_fraction", p.get("val_fraction", 0.2), 0, 1,
+                                             low_open=True, high_open=True),
+                       seed=integer("regress.seed", p.get("seed", 0), minimum=0)).validate()
 
 
 def _targets(path: str, ids: np.ndarray, names: list[str]) -> np.ndarray:
@@ -103,12 +111,13 @@ def run(args) -> int:
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import write_json_atomic
     from spicompute.io.tables import write_table
+    from spicompute.params import integer
     from spicompute.regressor import regression_metrics, save_regressor, train_regressor
 
     p = stage_params(args, "regress")
     config = train_config_from(p)
     names = list(p.get("targets", ["pc_1", "pc_2", "pc_3"]))
-    threads = int(p.get("threads", 0))
+    threads = integer("regress.threads", p.get("threads", 0), minimum=0)
     if threads > 0:
         torch.set_num_threads(threads)
     start = time.perf_counter()

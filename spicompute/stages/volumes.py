@@ -31,6 +31,7 @@ from spicompute.stages._common import get_logger, stage_params
 
 COMMAND = "volumes"
 HELP = "decode 3D intensity volumes along the VAE latent coordinate (and at selected points)"
+OUTPUTS = ("out",)  # --model is an input here
 DEFAULTS = {"n_points": 12, "grid_per_axis": 14, "percentiles": [2.0, 98.0], "selections": "selections"}
 
 log = get_logger("volumes")
