@@ -442,27 +442,52 @@ def level_scale(level: int) -> float:
     return float(2.0 ** (level / LEVELS_PER_OCTAVE))
 
 
-LEVEL_CACHE_BYTES = 1 << 30   # log-model matrices kept per shard step (at least two)
+GROUP_BYTES = 1 << 30   # background term: likelihoods of consecutive blocks held together (bytes)
 
 
-class _LevelLogs:
-    """log(W + b / phi_v) blocks per fluence level, the most recently used kept within
-    ``LEVEL_CACHE_BYTES`` (~8 levels cover a fluence range of 4: all of them, usually)."""
+def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: np.ndarray,
+                       background: np.ndarray | None, floor: float, width: int, device: str):
+    """Yield (start, stop, bag_t, counts of the block, L) for every block of a shard, with
+    ``L`` (n_blocks, n, width) = sum_p K_np log(model) on the fitted pixels.
 
-    def __init__(self, W: torch.Tensor, floor: float, background: torch.Tensor):
-        self.W, self.floor, self.background = W, floor, background
-        self.cache: dict[int, torch.Tensor] = {}
-        self.keep = max(2, LEVEL_CACHE_BYTES // max(1, W.numel() * W.element_size()))
+    Without a background the log-model matrix ``logW`` is shared by all frames.  With one,
+    log(W + b / phi) depends on the frame's fluence level: consecutive blocks are grouped
+    (their ``L`` within ``GROUP_BYTES``) and each level's matrix is computed once per group,
+    whatever the frame order (a streamed shard is read in file order).
+    """
+    if background is None:
+        for start, stop, bag, bag_t in shard.blocks:
+            yield start, stop, bag_t, None, sparse_dense_product(bag, logW)
+        return
+    nb = -(-W.shape[1] // width)
+    offset = torch.from_numpy(np.asarray(background, np.float32)).to(device)
+    group_frames = max(shard.block_frames, GROUP_BYTES // (4 * nb * width))
+    group: list = []
 
-    def __call__(self, level: int) -> torch.Tensor:
-        if level in self.cache:
-            self.cache[level] = self.cache.pop(level)          # most recent last
-        else:
-            if len(self.cache) >= self.keep:
-                self.cache.pop(next(iter(self.cache)))
-            self.cache[level] = log_blocks(self.W, self.floor,
-                                           self.background / level_scale(level))
-        return self.cache[level]
+    def flush():
+        levels = [fluence_level(phi[start:stop]) for start, stop, *_ in group]
+        Ls = [torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
+              for start, stop, *_ in group]
+        for v in np.unique(np.concatenate(levels)):
+            logv = log_blocks(W, floor, offset / level_scale(int(v)))
+            for (start, stop, _, _, fitted), lev, L in zip(group, levels, Ls):
+                rows = np.flatnonzero(lev == v)
+                if rows.size:
+                    L[:, torch.from_numpy(rows).to(device), :] = sparse_dense_product(
+                        _bag(fitted[rows]), logv)
+            del logv
+        for (start, stop, bag_t, counts, _), L in zip(group, Ls):
+            yield start, stop, bag_t, counts, L
+
+    held = 0
+    for start, stop, bag, bag_t in shard.blocks:
+        group.append((start, stop, bag_t, shard.block(start, stop), shard.fit_block(start, stop)))
+        held += stop - start
+        if held >= group_frames:
+            yield from flush()
+            group, held = [], 0
+    if group:
+        yield from flush()
 
 
 def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
@@ -503,12 +528,12 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     C = R * K
     W, sumW = model_columns(grid, models, device)                # (P, C), (nb*b,)
     floor = model_floor(models)
+    logW = None
     if background is None:
         logW = log_blocks(W, floor)                               # (nb, P, b)
-        del W
+        W = None
     else:
         bg = np.asarray(background, np.float64)
-        levels = _LevelLogs(W, floor, torch.from_numpy(bg.astype(np.float32)).to(device))
         bg_total = float(bg.sum() if grid.fit is None else bg[grid.fit].sum())
     nb, width = sumW.shape[0] // COL_BLOCK, COL_BLOCK
     sumW_b = sumW.float().reshape(nb, width)                    # padded columns: PAD_SUMW
@@ -521,21 +546,12 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     best = np.empty(n, np.int64)
     pmax = np.empty(n)
     num_sp = []                                                   # sparse numerator parts (COO)
-    for start, stop, bag, bag_t in shard.blocks:
+    for start, stop, bag_t, block_counts, L in _likelihood_blocks(
+            shard, W, logW, np.asarray(phi), background, floor, width, device):
         ph = torch.from_numpy(np.asarray(phi[start:stop], np.float64)).to(device)
         be = torch.from_numpy(np.asarray(beta[start:stop], np.float32)).to(device)
         photons = torch.from_numpy(shard.photons[start:stop]).to(device)
-        if background is None:
-            L = sparse_dense_product(bag, logW)                   # (nb, n_b, b)
-        else:
-            L = torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
-            level = fluence_level(phi[start:stop])
-            rows_csr = shard.fit_block(start, stop)
-            for v in np.unique(level):
-                rows = np.flatnonzero(level == v)
-                L[:, torch.from_numpy(rows).to(device), :] = sparse_dense_product(
-                    _bag(rows_csr[rows]), levels(int(v)))
-        L -= ph.float()[None, :, None] * sumW_b[:, None, :]
+        L -= ph.float()[None, :, None] * sumW_b[:, None, :]       # (nb, n_b, b)
         # posterior: softmax over all (block, column) of beta * L, per frame
         # (reductions over the strided (0, 2) axes done as two contiguous ones: ~5x faster)
         Pn = L * be[None, :, None]
@@ -566,7 +582,8 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
             vals = Pn[ib, fr, w].cpu().numpy()
             Psp = sp.csr_matrix((vals, (fr.cpu().numpy(), (ib * width + w).cpu().numpy())),
                                 shape=(stop - start, nb * width))
-            part = (shard.block(start, stop).T.tocsr() @ Psp).tocoo()
+            counts = block_counts if block_counts is not None else shard.block(start, stop)
+            part = (counts.T.tocsr() @ Psp).tocoo()
             num_sp.append(part)
         else:
             sparse_dense_product(bag_t, Pn, out=num_pix)          # += K^T P, (nb, P, b)

@@ -141,3 +141,22 @@ def test_background_term_recovers_models_with_background(rng):
     # the particle's photons are kept (rotational blur moves them, it does not remove them)
     assert with_bg[0, seen].sum() == pytest.approx(truth[0, seen].sum(), rel=0.1)
     assert without[0, seen].sum() > 1.1 * truth[0, seen].sum()
+
+
+def test_background_likelihood_does_not_depend_on_the_grouping_of_blocks(rng, monkeypatch):
+    """Blocks are grouped so that each fluence level's log-model matrix is computed once per
+    group: the numbers must not depend on how many groups there are."""
+    import spicompute.emc2d as emc
+
+    det, grid, models, counts = _small_problem(rng, n=300)
+    n = counts.shape[0]
+    phi = np.exp(rng.uniform(np.log(0.3), 0.0, n))
+    beta = np.full(n, 0.5)
+    background = rng.uniform(0.01, 0.05, grid.n_pix)
+    shard = Shard.from_counts(counts, block_frames=40)
+    one = shard_step(shard, grid, models, phi, beta, True, background=background)
+    monkeypatch.setattr(emc, "GROUP_BYTES", 1)            # every block its own group
+    many = shard_step(shard, grid, models, phi, beta, True, background=background)
+    assert np.array_equal(one.best, many.best)
+    assert np.array_equal(one.phi, many.phi)
+    assert np.array_equal(one.num, many.num)
