@@ -16,6 +16,7 @@ from pathlib import Path
 
 from spicompute.io.euxfel_ingest import EUXFEL_KEYS
 from spicompute.io.frames import write_frames
+from spicompute.errors import InputError
 from spicompute.io.frames_report import frameset_report, write_json, write_lit_histogram
 from spicompute.io.truth import write_truth
 from spicompute.stages._common import all_params, get_logger, progress_disabled
@@ -68,6 +69,10 @@ def run(args) -> int:
     args.hits = args.hits or str(beside / "hits.parquet")
     args.metrics = args.metrics or str(beside / "frames_metrics.json")
     args.lit_histogram = args.lit_histogram or str(beside / "frames_lit_histogram.csv")
+    fmt = data.get("format", "auto") or "auto"
+    if data.get("input") and Path(data["input"]).is_dir() and fmt != "auto":
+        raise InputError(data["input"], "data.input", f"is a directory, but data.format {fmt!r} "
+                         "reads a file (format auto takes a directory as a EuXFEL run)")
     if data.get("input") and Path(data["input"]).is_dir():  # a EuXFEL run: stream, hits only
         from spicompute.io.euxfel_ingest import ingest_run
 
