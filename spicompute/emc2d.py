@@ -428,8 +428,9 @@ def model_floor(models: np.ndarray) -> float:
 
 # Background term: log(phi_n W + b) = log phi_n + log(W + b / phi_n).  The log-model matrix
 # then depends on the frame's fluence; frames share one matrix per fluence level
-# phi = 2^(v / LEVELS_PER_OCTAVE) (b / phi within 9 % of the frame's own value).
-LEVELS_PER_OCTAVE = 4
+# phi = 2^(v / LEVELS_PER_OCTAVE) (b / phi within 19 % of the frame's own value: a few levels
+# cover the usual fluence range, and each costs one pass over the P x R*K model matrix).
+LEVELS_PER_OCTAVE = 2
 
 
 def fluence_level(phi: np.ndarray) -> np.ndarray:
@@ -460,7 +461,8 @@ def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: n
             yield start, stop, bag_t, None, sparse_dense_product(bag, logW)
         return
     nb = -(-W.shape[1] // width)
-    offset = torch.from_numpy(np.asarray(background, np.float32)).to(device)
+    offset = torch.from_numpy(np.asarray(background, np.float32)).to(device)[None, :, None]
+    Wb = to_blocks(W, width)               # once; each level is then one pass: log(Wb + b / phi)
     group_frames = max(shard.block_frames, GROUP_BYTES // (4 * nb * width))
     group: list = []
 
@@ -469,7 +471,7 @@ def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: n
         Ls = [torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
               for start, stop, *_ in group]
         for v in np.unique(np.concatenate(levels)):
-            logv = log_blocks(W, floor, offset / level_scale(int(v)))
+            logv = torch.add(Wb, offset, alpha=1.0 / level_scale(int(v))).clamp_(min=floor).log_()
             for (start, stop, _, _, fitted), lev, L in zip(group, levels, Ls):
                 rows = np.flatnonzero(lev == v)
                 if rows.size:
