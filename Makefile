@@ -30,7 +30,7 @@ dashboard: setup
 # record the default run as the baseline: its small metrics files go into git with dvc.lock,
 # so `dvc metrics diff`, `dvc exp show` and the dashboard's Runs page compare against it
 baseline: pipeline
-	git add dvc.lock metrics/*.json
+	git add dvc.lock metrics
 	git commit -m "baseline: default pipeline run (dvc.lock + metrics)" -- dvc.lock metrics
 
 test-dashboard: setup browser
