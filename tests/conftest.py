@@ -46,6 +46,23 @@ def low_photon_simulation():
     return frames, truth, p
 
 
+def run_stages(root: Path, params: dict, names) -> None:
+    """Run pipeline stages in-process exactly as dvc.yaml's commands do, with ``params``
+    (written to ``root/params.yaml``) and every output under ``root``."""
+    import yaml
+
+    from spicompute.cli import main
+
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    outputs = ("data/", "results/", "metrics/", "models/", "dvclive/", "checkpoints/")
+    for name in names:
+        argv = stages[name]["cmd"].split()[1:]
+        argv = [str(root / a) if a.startswith(outputs) else a for a in argv]
+        argv = [str(root / "params.yaml") if a == "params.yaml" else a for a in argv]
+        assert main(argv + ["-q"]) == 0, name
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)

@@ -22,9 +22,8 @@ import pytest
 import yaml
 from scipy.stats import spearmanr
 
-from spicompute.cli import main
 from spicompute.io.truth import read_truth
-from tests.conftest import REPO
+from tests.conftest import REPO, run_stages
 
 pytestmark = pytest.mark.slow
 CONTAMINANTS = ("dimer", "rod", "aggregate")
@@ -38,14 +37,7 @@ def landscape(tmp_path_factory):
                               background_photons=50, seed=3)
     params["classify2d"].update(n_runs=2, n_models=30, max_iter=14, min_iter=8)
     params["embed"].update(methods=["pc"])
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name in ("frames", "classify2d", "ccmatrix", "embed"):
-        argv = stages[name]["cmd"].split()[1:]
-        argv = [a if not a.startswith(("data/", "results/", "metrics/", "checkpoints/",
-                                       "dvclive/")) else str(root / a) for a in argv]
-        argv = [str(root / "params.yaml") if a == "params.yaml" else a for a in argv]
-        assert main(argv + ["-q"]) == 0, name
+    run_stages(root, params, ("frames", "classify2d", "ccmatrix", "embed"))
     frames = pd.read_parquet(root / "results" / "frames.parquet")
     truth = read_truth(root / "data" / "truth.h5")
     members = frames[frames["average_id"] >= 0].merge(

@@ -20,10 +20,9 @@ import yaml
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from spicompute.cli import main
 from spicompute.io.averages import read_averages
 from spicompute.io.truth import read_truth
-from tests.conftest import REPO
+from tests.conftest import REPO, run_stages
 
 pytestmark = pytest.mark.slow
 CONTAMINANTS = ("dimer", "rod", "aggregate")
@@ -39,16 +38,9 @@ def pipeline(tmp_path_factory):
     params["embed"].update(methods=["pc", "isomap"])
     params["regress"].update(max_epochs=60, patience=10)
     params["orient"].update(num_div=10, refine=False)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     params["vae"].update(epochs=3)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    for name in ("frames", "classify2d", "ccmatrix", "embed", "regress", "orient", "select", "vae", "tables"):
-        argv = stages[name]["cmd"].split()[1:]
-        argv = [a if not a.startswith(("data/", "results/", "metrics/", "models/", "dvclive/",
-                                       "checkpoints/")) else str(root / a) for a in argv]
-        argv = [str(root / "params.yaml") if a == "params.yaml" else a for a in argv]
-        assert main(argv + ["-q"]) == 0, name
+    run_stages(root, params, ("frames", "classify2d", "ccmatrix", "embed", "regress", "orient",
+                              "select", "vae", "tables"))
     table = pd.read_parquet(root / "results" / "averages.parquet")
     frames = pd.read_parquet(root / "results" / "frames.parquet")
     truth = read_truth(root / "data" / "truth.h5")
