@@ -16,6 +16,21 @@ REPO = Path(__file__).resolve().parent.parent
 INTEROP = REPO.parent / "shared" / "interop"
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Restore ``sys.modules['__main__']`` after every test.
+
+    Streamlit's AppTest runs each page as ``__main__`` and leaves it installed; a later
+    ``spawn`` child process (Dask nanny workers, multiprocessing) then re-executes that page
+    script as its own main module and dies before it can start."""
+    import sys
+
+    main_module = sys.modules.get("__main__")
+    yield
+    if main_module is not None and sys.modules.get("__main__") is not main_module:
+        sys.modules["__main__"] = main_module
+
+
 def small_simulation_params(**overrides) -> dict:
     """A quick simulation: 33x33 detector, few frames, coarse volumes."""
     params = dict(n_frames=300, detector_size=33, binning=4, volume_size=64, melt_levels=5,
