@@ -66,6 +66,8 @@ MODEL_FLOOR = 1e-8      # models are clipped to MODEL_FLOOR * their mean before 
 SPARSE_FRAC = 0.05      # M-step numerator from the kept (frame, column) pairs when fewer than this share are kept
 PAD_SUMW = 1e30         # sum_p W of the padding columns of the last block: probability 0
 OBSERVED_REL = 1e-4     # a grid point is observed when its coverage exceeds this x the model's largest
+PRUNED_L = -1e30        # log-likelihood of a (frame, model) pair a pruned E-step skips: probability 0
+PRUNE_FULL_SHARE = 0.4  # a block with more candidate (frame, model) pairs than this share takes the full product
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -367,6 +369,10 @@ class PartialSums:
     phi : (n,) new fluence scales (unnormalised).
     best : (n,) int64, most probable column j = r * K + k.
     pmax : (n,) float64, its posterior probability.
+    candidates : (n, K) bool, the models holding posterior mass >= prune_mass
+        (for the next, pruned E-step), or None when not asked for.
+    pairs : frames x share of the (frame, model) likelihoods computed
+        (= n for a full E-step).
     """
 
     num: np.ndarray
@@ -377,6 +383,8 @@ class PartialSums:
     phi: np.ndarray
     best: np.ndarray
     pmax: np.ndarray
+    candidates: np.ndarray | None = None
+    pairs: float = 0.0
 
     @staticmethod
     def combine(parts: list["PartialSums"]) -> "PartialSums":
@@ -390,6 +398,9 @@ class PartialSums:
             phi=np.concatenate([p.phi for p in parts]),
             best=np.concatenate([p.best for p in parts]),
             pmax=np.concatenate([p.pmax for p in parts]),
+            candidates=None if any(p.candidates is None for p in parts)
+            else np.concatenate([p.candidates for p in parts]),
+            pairs=float(sum(p.pairs for p in parts)),
         )
 
 
@@ -443,13 +454,61 @@ def level_scale(level: int) -> float:
     return float(2.0 ** (level / LEVELS_PER_OCTAVE))
 
 
+def model_major(log_blocks_: torch.Tensor, n_models: int, n_rot: int) -> torch.Tensor:
+    """(n_blocks, P, width) column blocks of the (P, R*K) log-model matrix (column
+    ``j = r * K + k``) -> (K, P, R) contiguous: each model's R rotations side by side."""
+    P = log_blocks_.shape[1]
+    C = n_models * n_rot
+    return from_blocks(log_blocks_, C).reshape(P, n_rot, n_models).permute(2, 0, 1).contiguous()
+
+
+def pruned_likelihood(fitted: sp.csr_matrix, log_km: torch.Tensor, candidates: np.ndarray,
+                      width: int = COL_BLOCK) -> torch.Tensor:
+    """``sum_p K_np log W_krp`` for the candidate (frame, model) pairs only.
+
+    fitted : csr (n, P) counts on the fitted pixels; log_km : (K, P, R) from
+    :func:`model_major`; candidates : (n, K) bool.  Returns the column blocks
+    (n_blocks, n, width) of :func:`sparse_dense_product`, ``PRUNED_L`` at the
+    pairs not computed (their posterior is then exactly 0).  Cost
+    O(photons x R x candidates per frame) instead of O(photons x R x K).
+    """
+    n = fitted.shape[0]
+    K, _, R = log_km.shape
+    device = log_km.device
+    L = torch.full((n, R, K), PRUNED_L, dtype=torch.float32, device=device)
+    for k in np.flatnonzero(candidates.any(axis=0)):
+        rows = np.flatnonzero(candidates[:, k])
+        part = sparse_dense_product(_bag(fitted[rows]), log_km[k][None])[0]     # (n_k, R)
+        L[torch.from_numpy(rows).to(device), :, int(k)] = part
+    return to_blocks(L.reshape(n, R * K), width)
+
+
+def _block_likelihood(fitted: sp.csr_matrix, bag: tuple | None, logW: torch.Tensor,
+                      candidates: np.ndarray | None, log_km, n_models: int, n_rot: int):
+    """One block's likelihood blocks: pruned to ``candidates`` when they are few enough
+    (``log_km`` is built on first use and returned for the next blocks), else full."""
+    if candidates is not None and candidates.mean() <= PRUNE_FULL_SHARE:
+        if log_km is None:
+            log_km = model_major(logW, n_models, n_rot)
+        return pruned_likelihood(fitted, log_km, candidates, logW.shape[2]), log_km
+    L = sparse_dense_product(bag if bag is not None else _bag(fitted), logW)
+    if candidates is not None and not candidates.all():   # the same pairs as the pruned path
+        keep = torch.from_numpy(np.tile(candidates, n_rot)).to(L.device)       # (n, R*K)
+        L.masked_fill_(~to_blocks(keep, L.shape[2], pad=True), PRUNED_L)
+    return L, log_km
+
+
 GROUP_BYTES = 1 << 30   # background term: likelihoods of consecutive blocks held together (bytes)
 
 
 def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: np.ndarray,
-                       background: np.ndarray | None, floor: float, width: int, device: str):
+                       background: np.ndarray | None, floor: float, width: int, device: str,
+                       candidates: np.ndarray | None = None, n_models: int = 0, n_rot: int = 0):
     """Yield (start, stop, bag_t, counts of the block, L) for every block of a shard, with
     ``L`` (n_blocks, n, width) = sum_p K_np log(model) on the fitted pixels.
+
+    ``candidates`` (n, K) bool: compute only those (frame, model) pairs (the
+    others get ``PRUNED_L``); None: all.
 
     Without a background the log-model matrix ``logW`` is shared by all frames.  With one,
     log(W + b / phi) depends on the frame's fluence level: consecutive blocks are grouped
@@ -457,8 +516,14 @@ def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: n
     whatever the frame order (a streamed shard is read in file order).
     """
     if background is None:
+        log_km = None
         for start, stop, bag, bag_t in shard.blocks:
-            yield start, stop, bag_t, None, sparse_dense_product(bag, logW)
+            if candidates is None:
+                yield start, stop, bag_t, None, sparse_dense_product(bag, logW)
+                continue
+            L, log_km = _block_likelihood(shard.fit_block(start, stop), bag, logW,
+                                          candidates[start:stop], log_km, n_models, n_rot)
+            yield start, stop, bag_t, None, L
         return
     nb = -(-W.shape[1] // width)
     offset = torch.from_numpy(np.asarray(background, np.float32)).to(device)[None, :, None]
@@ -472,12 +537,14 @@ def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: n
               for start, stop, *_ in group]
         for v in np.unique(np.concatenate(levels)):
             logv = torch.add(Wb, offset, alpha=1.0 / level_scale(int(v))).clamp_(min=floor).log_()
+            log_km = None
             for (start, stop, _, _, fitted), lev, L in zip(group, levels, Ls):
                 rows = np.flatnonzero(lev == v)
                 if rows.size:
-                    L[:, torch.from_numpy(rows).to(device), :] = sparse_dense_product(
-                        _bag(fitted[rows]), logv)
-            del logv
+                    cand = None if candidates is None else candidates[start:stop][rows]
+                    L[:, torch.from_numpy(rows).to(device), :], log_km = _block_likelihood(
+                        fitted[rows], None, logv, cand, log_km, n_models, n_rot)
+            del logv, log_km
         for (start, stop, bag_t, counts, _), L in zip(group, Ls):
             yield start, stop, bag_t, counts, L
 
@@ -495,7 +562,8 @@ def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: n
 def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
                beta: np.ndarray, update_scale: bool = True, device: str = "cpu",
                engine: str = "sparse", prob_min: float = 0.0,
-               background: np.ndarray | None = None) -> PartialSums:
+               background: np.ndarray | None = None, candidates: np.ndarray | None = None,
+               prune_mass: float = 0.0) -> PartialSums:
     """One EMC iteration's E-step and M-step partial sums on a shard.
 
     Parameters
@@ -521,10 +589,17 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         uses ``log(W + b / phi)`` at the frame's fluence level, the scale
         update and the M-step numerator count only the expected particle
         photons (total minus expected background).
+    candidates : (n, K) bool or None.  E-step pruning: the likelihood is
+        computed only for these (frame, model) pairs, every rotation of a
+        candidate model included; the others get probability 0 (the models a
+        frame had no posterior mass on at the last iteration; see
+        :func:`spicompute.emc2d_run.use_pruning`).
+    prune_mass : > 0: also return each frame's candidates for the next
+        iteration, the models holding at least this posterior mass.
     """
     if engine == "dense":
         return _shard_step_dense(shard, grid, models, phi, beta, update_scale, prob_min,
-                                 background)
+                                 background, candidates, prune_mass)
     K = models.shape[0]
     R, P = grid.n_rot, grid.n_pix
     C = R * K
@@ -548,8 +623,10 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     best = np.empty(n, np.int64)
     pmax = np.empty(n)
     num_sp = []                                                   # sparse numerator parts (COO)
+    cand_out = np.zeros((n, K), bool) if prune_mass > 0 else None
     for start, stop, bag_t, block_counts, L in _likelihood_blocks(
-            shard, W, logW, np.asarray(phi), background, floor, width, device):
+            shard, W, logW, np.asarray(phi), background, floor, width, device,
+            candidates, K, R):
         ph = torch.from_numpy(np.asarray(phi[start:stop], np.float64)).to(device)
         be = torch.from_numpy(np.asarray(beta[start:stop], np.float32)).to(device)
         photons = torch.from_numpy(shard.photons[start:stop]).to(device)
@@ -567,7 +644,11 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         loglik += float(torch.dot(Pn.reshape(-1), L.reshape(-1))) + \
             float((photons * torch.log(ph)).sum())
         mi += float(torch.xlogy(Pn, Pn).sum(dtype=torch.float64)) + (stop - start) * math.log(C)
-        pm, arg = from_blocks(Pn, nb * width).max(dim=1)
+        flat = from_blocks(Pn, nb * width)
+        pm, arg = flat.max(dim=1)
+        if cand_out is not None:   # posterior mass of each model, summed over rotations
+            mass = flat[:, :C].reshape(-1, R, K).sum(dim=1)
+            cand_out[start:stop] = (mass >= prune_mass).cpu().numpy()
         best[start:stop] = arg.cpu().numpy()
         pmax[start:stop] = pm.double().cpu().numpy()
         if update_scale:
@@ -605,14 +686,17 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
                        wsum=wsum.reshape(-1)[:C].cpu().numpy().reshape(R, K),
                        occupancy=occ.reshape(-1)[:C].cpu().numpy().reshape(R, K).sum(0),
                        loglik=loglik,
-                       mutual_info=mi, phi=phi_new, best=best, pmax=pmax)
+                       mutual_info=mi, phi=phi_new, best=best, pmax=pmax,
+                       candidates=cand_out,
+                       pairs=float(1.0 if candidates is None else candidates.mean()) * n)
 
 
 def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.ndarray,
                       beta: np.ndarray, update_scale: bool, prob_min: float = 0.0,
-                      background: np.ndarray | None = None) -> PartialSums:
+                      background: np.ndarray | None = None, candidates: np.ndarray | None = None,
+                      prune_mass: float = 0.0) -> PartialSums:
     """Reference implementation of :func:`shard_step` with dense float64 matrices
-    (the background term at the same fluence levels)."""
+    (the background term at the same fluence levels, the same pruning)."""
     K = models.shape[0]
     R, P = grid.n_rot, grid.n_pix
     C = R * K
@@ -632,6 +716,8 @@ def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi:
             rows = level == v
             L[rows] = fitted[rows] @ np.log(np.maximum(W + bg[:, None] / level_scale(int(v)), floor))
     L -= phi[:, None] * sumW[None, :]
+    if candidates is not None:   # column j = r * K + k: the frame's candidate models at every r
+        L[~np.tile(np.asarray(candidates, bool), R)] = PRUNED_L
     Z = np.asarray(beta, np.float64)[:, None] * L
     Z -= Z.max(axis=1, keepdims=True)
     Pn = np.exp(Z)
@@ -653,9 +739,11 @@ def _shard_step_dense(shard: Shard, grid: RotationGrid, models: np.ndarray, phi:
     num_pix = num_pix / grid.corr[:, None]                         # (P, C), plain bilinear weights
     num = (grid.ST.astype(np.float64) @ num_pix.reshape(P * R, K)).T
     wsum = (Pn.T @ phi_new).reshape(R, K)
+    cand_out = Pn.reshape(-1, R, K).sum(axis=1) >= prune_mass if prune_mass > 0 else None
     return PartialSums(num=np.asarray(num), wsum=wsum, occupancy=Pn.reshape(-1, R, K).sum((0, 1)),
                        loglik=loglik, mutual_info=mi, phi=phi_new, best=Pn.argmax(axis=1),
-                       pmax=Pn.max(axis=1))
+                       pmax=Pn.max(axis=1), candidates=cand_out,
+                       pairs=float(1.0 if candidates is None else np.mean(candidates)) * Pn.shape[0])
 
 
 def m_step(grid: RotationGrid, total: PartialSums) -> tuple[np.ndarray, np.ndarray]:

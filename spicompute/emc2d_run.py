@@ -33,7 +33,7 @@ from spicompute.params import choice, in_range, integer, positive, validate_sche
 
 log = logging.getLogger("spicompute.classify2d")
 
-CHECKPOINT_VERSION = 2  # 2: max_iter in the key, beta ramp, corrected M-step
+CHECKPOINT_VERSION = 3  # 2: max_iter in the key, beta ramp, corrected M-step; 3: E-step candidates
 
 
 @dataclass
@@ -66,6 +66,8 @@ class EMCConfig:
     block_frames: int = 4096      # frames per E/M block (memory bound)
     engine: str = "sparse"        # sparse | dense
     prob_min: float = 1e-6        # posterior probabilities below this are dropped (and skipped in the M-step)
+    prune_mass: float = 1e-6      # E-step pruning: skip a frame's models that held less posterior mass (0: off)
+    prune_refresh: int = 4        # ... with a full E-step every this many iterations
     background: str = "auto"      # auto: estimate a fluence-independent background per pixel | none
     merge_only: bool = True       # merge (not fit) the detector's merge-only pixels (Dragonfly mask 1); false: drop
     device: str = "auto"          # auto | cpu | cuda
@@ -119,6 +121,8 @@ class EMCConfig:
         choice(p + "engine", self.engine, {"sparse", "dense"})
         choice(p + "background", self.background, {"auto", "none"})
         self.prob_min = in_range(p + "prob_min", self.prob_min, 0, 1e-2)
+        self.prune_mass = in_range(p + "prune_mass", self.prune_mass, 0, 1e-2)
+        self.prune_refresh = positive(p + "prune_refresh", self.prune_refresh, integer=True)
         choice(p + "device", self.device, {"auto", "cpu", "cuda"})
         self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
         self.seed = integer(p + "seed", self.seed, minimum=0)
@@ -293,32 +297,36 @@ class ShardExecutor:
         return bounds
 
     def step(self, models: np.ndarray, phi: np.ndarray, beta: np.ndarray,
-             update_scale: bool, background: np.ndarray | None = None) -> PartialSums:
+             update_scale: bool, background: np.ndarray | None = None,
+             candidates: np.ndarray | None = None, prune_mass: float = 0.0) -> PartialSums:
+        """One iteration over all shards; ``candidates`` (n, K) prunes the E-step
+        (see :func:`spicompute.emc2d.shard_step`)."""
         b = self.bounds
-        args = [(phi[lo:hi], beta[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
+        args = [(phi[lo:hi], beta[lo:hi], None if candidates is None else candidates[lo:hi])
+                for lo, hi in zip(b[:-1], b[1:])]
         if self.client is None:
             parts = [shard_step(s, self.grid, models, ph, be, update_scale, self.device,
-                                self.engine, self.prob_min, background)
-                     for s, (ph, be) in zip(self.shards, args)]
+                                self.engine, self.prob_min, background, ca, prune_mass)
+                     for s, (ph, be, ca) in zip(self.shards, args)]
         else:
             mfut = self.client.scatter(models, broadcast=True)
             futures = [self.client.submit(_worker_shard_step, s, self.grid, mfut, ph, be,
                                           update_scale, self.engine, self.worker_threads,
-                                          self.prob_min, background, pure=False)
-                       for s, (ph, be) in zip(self.shards, args)]
+                                          self.prob_min, background, ca, prune_mass, pure=False)
+                       for s, (ph, be, ca) in zip(self.shards, args)]
             parts = self.client.gather(futures)
         return PartialSums.combine(parts)
 
 
 def _worker_shard_step(shard, grid, models, phi, beta, update_scale, engine, threads,
-                       prob_min=0.0, background=None):
+                       prob_min=0.0, background=None, candidates=None, prune_mass=0.0):
     """:func:`shard_step` on a Dask worker, with ``threads`` torch threads (0: as is)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     return shard_step(shard, grid, models, phi, beta, update_scale, "cpu", engine, prob_min,
-                      background)
+                      background, candidates, prune_mass)
 
 
 def worker_threads_for(scheduler: str) -> int:
@@ -366,6 +374,7 @@ class RunState:
     pmax: np.ndarray             # (n,)
     history: list = field(default_factory=list)
     background: np.ndarray | None = None   # (P,) expected background photons per frame, or None
+    candidates: np.ndarray | None = None   # (n, K) bool: models with posterior mass >= prune_mass
 
     def save(self, path: Path, key: str) -> None:
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
@@ -377,6 +386,8 @@ class RunState:
                 h5.create_dataset(name, data=getattr(self, name))
             if self.background is not None:
                 h5.create_dataset("background", data=self.background)
+            if self.candidates is not None:   # so that a resumed run prunes as the uninterrupted one
+                h5.create_dataset("candidates", data=self.candidates, compression="gzip")
 
     @classmethod
     def load(cls, path: Path, key: str) -> "RunState | None":
@@ -392,6 +403,7 @@ class RunState:
                 data = {n: h5[n][()] for n in ("models", "weight", "phi", "occupancy",
                                                "best", "pmax")}
                 data["background"] = h5["background"][()] if "background" in h5 else None
+                data["candidates"] = h5["candidates"][()].astype(bool) if "candidates" in h5 else None
                 return cls(iteration=int(h5.attrs["iteration"]),
                            history=json.loads(h5.attrs["history"]), **data)
         except (OSError, KeyError, ValueError) as exc:
@@ -457,7 +469,9 @@ def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: 
         it = state.iteration
         t0 = time.perf_counter()
         beta = beta_schedule(beta0, it, cfg)
-        total = executor.step(state.models, state.phi, beta, cfg.update_scale, state.background)
+        candidates = state.candidates if use_pruning(it, cfg, beta0) else None
+        total = executor.step(state.models, state.phi, beta, cfg.update_scale, state.background,
+                              candidates, cfg.prune_mass)
         models, weight = m_step(grid, total)
         phi = total.phi
         if cfg.update_scale:
@@ -477,11 +491,13 @@ def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: 
             "occupancy_median": float(np.median(occ)), "occupancy_max": float(occ.max()),
             "empty_models": int((occ < 1.0).sum()), "posterior_max_mean": float(total.pmax.mean()),
             "reseeded": len(reseeded), "beta_final": beta_is_final(it, cfg, beta0),
+            "e_step_share": total.pairs / n,
             "seconds": time.perf_counter() - t0,
         }
         state = RunState(iteration=it + 1, models=models.astype(np.float32), weight=weight,
                          phi=phi, occupancy=occ, best=total.best, pmax=total.pmax,
-                         history=state.history + [rec], background=state.background)
+                         history=state.history + [rec], background=state.background,
+                         candidates=None if reseeded else total.candidates)
         log.info("run %d iteration %d: loglik %.4g  MI %.3f  change %.2e  beta %.3g  %.1fs",
                  run, it + 1, rec["loglik"], rec["mutual_info"], change, rec["beta_mean"],
                  rec["seconds"])
@@ -490,6 +506,22 @@ def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: 
         if on_iteration:
             on_iteration(rec)
     return state
+
+
+def use_pruning(iteration: int, cfg: EMCConfig, beta0: np.ndarray) -> bool:
+    """Whether iteration ``iteration`` (0-based) prunes its E-step to each frame's candidate
+    models (those with posterior mass >= ``prune_mass`` at the previous iteration).
+
+    Only while β does not decrease: with the same models, a model's posterior mass
+    relative to the best one, exp(β (L_k - L_max)), can only shrink as β rises, so a
+    model below ``prune_mass`` stays below it.  The models do change, so every
+    ``prune_refresh``-th iteration (and the first) recomputes every pair and a model that
+    has become likely for a frame is found again.
+    """
+    if cfg.prune_mass <= 0 or iteration < 1 or iteration % cfg.prune_refresh == 0:
+        return False
+    return bool(np.all(beta_schedule(beta0, iteration, cfg)
+                       >= beta_schedule(beta0, iteration - 1, cfg)))
 
 
 def _done(state: RunState, cfg: EMCConfig) -> bool:

@@ -289,3 +289,55 @@ def test_friedel_models_are_centrosymmetric_and_recover_templates(data):
     purity = sum(np.bincount(truth[fr["model"] == k], minlength=3).max() for k in range(3))
     assert purity / truth.size >= 0.9
     assert len(set(fr["model"].tolist())) == 3
+
+
+# ----------------------------------------------------------------------------- E-step pruning
+def _with_background(grid, level=0.02):
+    return np.full(grid.n_pix, level)
+
+
+@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("density", [0.05, 0.6])
+def test_pruned_e_step_equals_the_dense_reference_with_the_same_candidates(data, background, density):
+    """The sparse kernel computes exactly the candidate pairs -- by the pruned product when they
+    are few (density 0.05), by the full product masked when they are many (0.6): both equal the
+    dense float64 reference given the same candidates, with and without the background term."""
+    grid, counts, models, phi, beta = _one_step_inputs(data, n_models=4, n_rot=12)
+    bg = _with_background(grid) if background else None
+    rng = np.random.default_rng(5)
+    cand = rng.random((counts.shape[0], 4)) < density
+    cand[np.arange(counts.shape[0]), rng.integers(0, 4, counts.shape[0])] = True   # >= 1 per frame
+    shard = Shard.from_counts(counts, block_frames=70)
+    a = shard_step(shard, grid, models, phi, beta, True, engine="sparse", background=bg,
+                   candidates=cand, prune_mass=1e-6)
+    b = shard_step(shard, grid, models, phi, beta, True, engine="dense", background=bg,
+                   candidates=cand, prune_mass=1e-6)
+    np.testing.assert_allclose(a.num, b.num, rtol=2e-4, atol=1e-6 * np.abs(b.num).max())
+    np.testing.assert_allclose(a.phi, b.phi, rtol=2e-4)
+    np.testing.assert_allclose(a.loglik, b.loglik, rtol=1e-4)
+    assert np.mean(a.best == b.best) > 0.98
+    # no probability outside the candidates, and the returned candidates are a subset of them
+    assert np.all(cand[np.arange(cand.shape[0]), a.best % 4])
+    assert not np.any(a.candidates & ~cand)
+    assert a.pairs == pytest.approx(cand.mean() * cand.shape[0])
+    # all-True candidates take the full product: identical to no pruning
+    full = shard_step(shard, grid, models, phi, beta, True, engine="sparse", background=bg)
+    allc = shard_step(shard, grid, models, phi, beta, True, engine="sparse", background=bg,
+                      candidates=np.ones_like(cand))
+    np.testing.assert_array_equal(allc.num, full.num)
+
+
+def test_pruned_run_keeps_the_fit_and_skips_most_pairs(data):
+    """Pruning with full refreshes: the same classes, a likelihood not worse, and most
+    (frame, model) likelihoods skipped in the pruned iterations."""
+    cfg = dict(max_iter=12, min_iter=12, n_models=4)
+    full = run_bootstrap(data[0], small_cfg(prune_mass=0.0, **cfg))
+    pruned = run_bootstrap(data[0], small_cfg(prune_mass=1e-6, prune_refresh=4, **cfg))
+    la, lb = full.histories[0][-1]["loglik"], pruned.histories[0][-1]["loglik"]
+    assert lb >= la - 1e-4 * abs(la), (la, lb)
+    assert np.mean(full.frames[0]["model"] == pruned.frames[0]["model"]) > 0.99
+    np.testing.assert_allclose(pruned.models, full.models, rtol=1e-2, atol=1e-3 * full.models.max())
+    shares = [r["e_step_share"] for r in pruned.histories[0]]
+    assert [shares[i] for i in (0, 4, 8)] == [1.0] * 3, shares    # the first and the refreshes
+    assert shares[-1] < 0.5 and min(shares) < 0.5, shares
+    assert [r["e_step_share"] for r in full.histories[0]] == [1.0] * 12
