@@ -77,6 +77,7 @@ def test_stage_writes_the_contract_outputs(frames_file, tmp_path):
     np.testing.assert_allclose(part.groupby("run").n_frames.sum(), per_run, rtol=1e-6)
     metrics = json.loads((tmp_path / "metrics/classify2d.json").read_text())
     assert metrics["n_excluded_frames"] == 1 and len(metrics["runs"]) == 2
+    assert metrics["fluence_sorting_f"] > 0 and all(r["fluence_sorting_f"] > 0 for r in metrics["runs"])
     assert all(r["iterations"] >= 2 for r in metrics["runs"])
     tsv = tmp_path / "dvclive/classify2d/plots/metrics/run_1/loglik.tsv"
     rows = tsv.read_text().strip().splitlines()
@@ -159,3 +160,19 @@ def test_dragonfly_grid_and_angle_convention_fit_the_photons():
     ours = loglik(av.intensity, 1)
     assert ours > loglik(av.intensity, -1)
     assert ours > loglik(av.intensity.transpose(0, 2, 1), 1)
+
+
+def test_fluence_sorting_is_one_at_random_and_large_for_brightness_classes():
+    from spicompute.stages.classify2d import fluence_sorting
+
+    rng = np.random.default_rng(0)
+    photons = rng.poisson(rng.lognormal(np.log(400), 0.4, 6000)) + 1
+    random_classes = rng.integers(0, 30, photons.size)
+    assert 0.2 < fluence_sorting(photons, random_classes) < 2.5   # F(29, 5970): mean 1, sd 0.26
+    by_brightness = np.digitize(photons, np.quantile(photons, np.linspace(0, 1, 31)[1:-1]))
+    assert fluence_sorting(photons, by_brightness) > 100
+    # half the frames sorted, half at random: in between
+    mixed = np.where(rng.random(photons.size) < 0.5, by_brightness, random_classes)
+    assert 2 < fluence_sorting(photons, mixed) < fluence_sorting(photons, by_brightness)
+    assert fluence_sorting(photons, np.zeros(photons.size, int)) is None     # one class
+    assert fluence_sorting(photons[:3], np.arange(3)) is None                 # singletons only

@@ -101,6 +101,37 @@ def frames_table(result, frame_id: np.ndarray, n_models: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def fluence_sorting(photons: np.ndarray, labels: np.ndarray) -> float | None:
+    """One-way ANOVA F of the frames' log photon counts between their classes.
+
+    photons : (n,) photons of each frame; labels : (n,) its class.  About 1 when
+    the classes ignore how bright a frame is; well above 1 when EMC has grouped
+    frames by brightness -- then a landscape axis may follow photons per frame
+    rather than shape.  Real differences in scattering power (a dimer, a larger
+    particle) raise it too, so read it with the classes' shapes.  (Not the
+    fitted fluence scales: a class's scales and its model trade a common factor
+    freely.)  None with fewer than two classes holding two frames.
+    """
+    x = np.log(np.maximum(np.asarray(photons, np.float64), 1.0))
+    labels = np.asarray(labels)
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    ok = counts[inv] >= 2
+    x, inv = x[ok], np.unique(inv[ok], return_inverse=True)[1]
+    counts = np.bincount(inv)
+    k, n = counts.size, x.size
+    if k < 2 or n <= k:
+        return None
+    means = np.bincount(inv, weights=x) / counts
+    between = float((counts * (means - x.mean()) ** 2).sum()) / (k - 1)
+    within = float(((x - means[inv]) ** 2).sum()) / (n - k)
+    return between / within if within > 0 else None
+
+
+def _mean_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def purity_against_baseline(truth_path: str, frames, result, n_models: int, seed: int) -> dict | None:
     """Shape purity of each run's EMC classes and of the naive baseline on the same frames.
 
@@ -181,12 +212,15 @@ def run(args) -> int:
                                          "model": model_idx, "n_frames": averages.n_frames}),
                 stage=COMMAND)
     runs = []
+    photons = frames.photons_per_frame()
     for b, hist in enumerate(result.histories):
         last = hist[-1] if hist else {}
         runs.append({"run": b, "iterations": len(hist),
                      "loglik": last.get("loglik"), "mutual_info": last.get("mutual_info"),
                      "model_change": last.get("model_change"),
                      "empty_models": last.get("empty_models"),
+                     "fluence_sorting_f": fluence_sorting(photons[result.frames[b]["index"]],
+                                                          result.frames[b]["model"]),
                      "seconds_per_iteration": float(np.mean([h["seconds"] for h in hist]))
                      if hist else None})
     metrics = {
@@ -196,6 +230,7 @@ def run(args) -> int:
         "loglik_mean": float(np.mean([r["loglik"] for r in runs if r["loglik"] is not None])),
         "mutual_info_mean": float(np.mean([r["mutual_info"] for r in runs
                                            if r["mutual_info"] is not None])),
+        "fluence_sorting_f": _mean_or_none([r["fluence_sorting_f"] for r in runs]),
         "runs": runs,
         **{f"resolved_{k}": v for k, v in result.resolved.items()},
     }
