@@ -40,7 +40,7 @@ def test_default_parameters_complete_dvc_repro(tmp_path, name):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["simulate"].update(GEOMETRIES[name], n_frames=700)
     # 3 runs: the regressor holds out one for validation and one for its test split
-    params["classify2d"].update(n_runs=3, max_iter=6, min_iter=4)
+    params["classify2d"].update(n_runs=3, max_iter=4, min_iter=4)
     params["regress"].update(max_epochs=40, patience=10)
     params["vae"].update(epochs=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
