@@ -483,19 +483,20 @@ def pruned_likelihood(fitted: sp.csr_matrix, log_km: torch.Tensor, candidates: n
     return to_blocks(L.reshape(n, R * K), width)
 
 
-def _block_likelihood(fitted: sp.csr_matrix, bag: tuple | None, logW: torch.Tensor,
-                      candidates: np.ndarray | None, log_km, n_models: int, n_rot: int):
-    """One block's likelihood blocks: pruned to ``candidates`` when they are few enough
-    (``log_km`` is built on first use and returned for the next blocks), else full."""
-    if candidates is not None and candidates.mean() <= PRUNE_FULL_SHARE:
-        if log_km is None:
-            log_km = model_major(logW, n_models, n_rot)
-        return pruned_likelihood(fitted, log_km, candidates, logW.shape[2]), log_km
-    L = sparse_dense_product(bag if bag is not None else _bag(fitted), logW)
-    if candidates is not None and not candidates.all():   # the same pairs as the pruned path
+def _prunes(candidates: np.ndarray | None) -> bool:
+    """Whether a block takes the pruned product (few enough candidate pairs)."""
+    return candidates is not None and candidates.mean() <= PRUNE_FULL_SHARE
+
+
+def _full_likelihood(bag: tuple, logW: torch.Tensor, candidates: np.ndarray | None,
+                     n_rot: int) -> torch.Tensor:
+    """The full product; pairs outside ``candidates`` set to ``PRUNED_L`` (the same pairs
+    as the pruned path, so the result never depends on which path ran)."""
+    L = sparse_dense_product(bag, logW)
+    if candidates is not None and not candidates.all():
         keep = torch.from_numpy(np.tile(candidates, n_rot)).to(L.device)       # (n, R*K)
         L.masked_fill_(~to_blocks(keep, L.shape[2], pad=True), PRUNED_L)
-    return L, log_km
+    return L
 
 
 GROUP_BYTES = 1 << 30   # background term: likelihoods of consecutive blocks held together (bytes)
@@ -518,32 +519,55 @@ def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: n
     if background is None:
         log_km = None
         for start, stop, bag, bag_t in shard.blocks:
-            if candidates is None:
-                yield start, stop, bag_t, None, sparse_dense_product(bag, logW)
-                continue
-            L, log_km = _block_likelihood(shard.fit_block(start, stop), bag, logW,
-                                          candidates[start:stop], log_km, n_models, n_rot)
+            cand = None if candidates is None else candidates[start:stop]
+            if _prunes(cand):
+                if log_km is None:
+                    log_km = model_major(logW, n_models, n_rot)
+                L = pruned_likelihood(shard.fit_block(start, stop), log_km, cand, width)
+            else:
+                L = _full_likelihood(bag, logW, cand, n_rot)
             yield start, stop, bag_t, None, L
         return
     nb = -(-W.shape[1] // width)
+    P = W.shape[0]
     offset = torch.from_numpy(np.asarray(background, np.float32)).to(device)[None, :, None]
     Wb = to_blocks(W, width)               # once; each level is then one pass: log(Wb + b / phi)
+    Wkm = None                             # (K, P, R), for pruned blocks: made on first use
     group_frames = max(shard.block_frames, GROUP_BYTES // (4 * nb * width))
     group: list = []
 
     def flush():
+        nonlocal Wkm
         levels = [fluence_level(phi[start:stop]) for start, stop, *_ in group]
         Ls = [torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
               for start, stop, *_ in group]
         for v in np.unique(np.concatenate(levels)):
-            logv = torch.add(Wb, offset, alpha=1.0 / level_scale(int(v))).clamp_(min=floor).log_()
-            log_km = None
+            alpha = 1.0 / level_scale(int(v))
+            work = []                      # (rows, candidates, fitted, L) of this level's blocks
             for (start, stop, _, _, fitted), lev, L in zip(group, levels, Ls):
                 rows = np.flatnonzero(lev == v)
                 if rows.size:
-                    cand = None if candidates is None else candidates[start:stop][rows]
-                    L[:, torch.from_numpy(rows).to(device), :], log_km = _block_likelihood(
-                        fitted[rows], None, logv, cand, log_km, n_models, n_rot)
+                    work.append((rows, None if candidates is None else candidates[start:stop][rows],
+                                 fitted, L))
+            pruned = [w for w in work if _prunes(w[1])]
+            log_km = None
+            if pruned:   # log(W + b / phi) only for the models some pruned frame needs
+                if Wkm is None:
+                    Wkm = W.reshape(P, n_rot, n_models).permute(2, 0, 1).contiguous()
+                need = torch.from_numpy(np.flatnonzero(np.any([w[1].any(axis=0) for w in pruned],
+                                                              axis=0))).to(device)
+                log_km = torch.empty_like(Wkm)     # rows of models no frame needs stay unset
+                log_km[need] = torch.add(Wkm[need], offset.reshape(1, P, 1), alpha=alpha
+                                         ).clamp_(min=floor).log_()
+            logv = None
+            for rows, cand, fitted, L in work:
+                if _prunes(cand):
+                    part = pruned_likelihood(fitted[rows], log_km, cand, width)
+                else:
+                    if logv is None:
+                        logv = torch.add(Wb, offset, alpha=alpha).clamp_(min=floor).log_()
+                    part = _full_likelihood(_bag(fitted[rows]), logv, cand, n_rot)
+                L[:, torch.from_numpy(rows).to(device), :] = part
             del logv, log_km
         for (start, stop, bag_t, counts, _), L in zip(group, Ls):
             yield start, stop, bag_t, counts, L
