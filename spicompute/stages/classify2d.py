@@ -35,7 +35,8 @@ HELP = "2D EMC class averages (B bootstrap runs x K models) from the frames"
 log = logging.getLogger("spicompute.classify2d")
 
 LIVE_METRICS = ("loglik", "mutual_info", "model_change", "beta_mean", "occupancy_min",
-                "occupancy_median", "occupancy_max", "empty_models", "posterior_max_mean")
+                "occupancy_median", "occupancy_max", "empty_models", "posterior_max_mean",
+                "e_step_share")
 
 
 def add_arguments(parser) -> None:
