@@ -48,6 +48,19 @@ def project(tmp_path):
     return root
 
 
+def copy_project(root: Path) -> dict:
+    """The package, .gitignore, dvc.yaml and an empty selections/ copied into ``root``;
+    returns the default params (to adjust and write to ``root / "params.yaml"``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "spicompute", root / "spicompute",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "selections").mkdir()
+    (root / "selections" / "README.md").write_text("selections\n")
+    for f in (".gitignore", "dvc.yaml"):
+        shutil.copy(REPO / f, root / f)
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
 def init_repo(root):
     """git + DVC (offline) in ``root``, everything committed."""
     _run(["git", "init", "-q"], root)

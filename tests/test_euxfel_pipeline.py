@@ -10,7 +10,6 @@ classification is given in rad/nm (the mock particle's signal lies below ~1.2 ra
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -21,9 +20,8 @@ pytest.importorskip("extra_data")
 
 from spicompute.io.euxfel import agipd_q, load_agipd_geometry  # noqa: E402
 from spicompute.io.frames import read_frames  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
 from tests.euxfel_mock import inject, make_proc_run  # noqa: E402
-from tests.test_dvc_project import BIN, _run, init_repo  # noqa: E402
+from tests.test_dvc_project import BIN, _run, copy_project, init_repo  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +35,7 @@ def test_dvc_repro_on_a_euxfel_run(tmp_path):
     inject(run, hits, q, hits=hits, bg=1e-4, hit_photons=4000, edge_nm=42.0, seed=11)
 
     root = tmp_path / "project"
-    root.mkdir()
-    shutil.copytree(REPO / "spicompute", root / "spicompute", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "selections").mkdir()
-    (root / "selections" / "README.md").write_text("selections\n")
-    for f in (".gitignore", "dvc.yaml"):
-        shutil.copy(REPO / f, root / f)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = copy_project(root)
     params["data"].update(input=str(run), distance_mm=705.0, photon_energy_kev=6.0)
     params["classify2d"].update(n_models=4, n_runs=3, max_iter=6, min_iter=3, q_max_nm=1.2,
                                 grid_step_nm=0.04)

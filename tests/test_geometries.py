@@ -9,15 +9,13 @@ training epochs) -- no geometry-dependent parameter is touched.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.test_dvc_project import BIN, _run, init_repo
+from tests.test_dvc_project import BIN, _run, copy_project, init_repo
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +29,7 @@ GEOMETRIES = {
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_default_parameters_complete_dvc_repro(tmp_path, name):
     root = tmp_path / "project"
-    root.mkdir()
-    shutil.copytree(REPO / "spicompute", root / "spicompute", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "selections").mkdir()
-    (root / "selections" / "README.md").write_text("selections\n")
-    for f in (".gitignore", "dvc.yaml"):
-        shutil.copy(REPO / f, root / f)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = copy_project(root)
     params["simulate"].update(GEOMETRIES[name], n_frames=700)
     # 3 runs: the regressor holds out one for validation and one for its test split
     params["classify2d"].update(n_runs=3, max_iter=4, min_iter=4)
