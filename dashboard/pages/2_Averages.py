@@ -143,5 +143,21 @@ else:
 
 summary = read_json("metrics/classify2d.json")
 if summary:
+    purity = summary.get("shape_purity") or {}
+    sorting = summary.get("fluence_sorting_f")
+    if purity or sorting is not None:
+        st.subheader("Class quality")
+        left, right = st.columns(2)
+        if purity:
+            left.metric("shape purity (simulation truth)", f"{purity['emc_mean']:.2f}",
+                        f"{purity['emc_minus_baseline']:+.2f} vs naive radial-profile clustering "
+                        f"({purity['naive_baseline']:.2f})")
+        if sorting is not None:
+            right.metric("brightness sorting (ANOVA F of log photons between classes)",
+                         f"{sorting:.1f}",
+                         help="About 1 when classes ignore how bright a frame is. Well above 1: "
+                              "classes group frames by brightness, and a landscape axis may "
+                              "follow photons per frame (see the Landscape diagnostics). "
+                              "Real differences in scattering power raise it too.")
     with st.expander("metrics/classify2d.json"):
         st.json(summary)
