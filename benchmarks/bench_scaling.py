@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -41,18 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident set (MB): ``VmHWM`` of /proc/self/status.  ``ru_maxrss`` is
-    not used: on Linux it keeps the high-water mark of the memory image replaced by ``exec``, i.e. a
-    child started from a big parent reports at least the parent's size."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from bench_stream import peak_rss_mb  # noqa: E402  (VmHWM of this process)
 
 
 PAPER_FRAMES = 2_450_000
