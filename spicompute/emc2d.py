@@ -454,12 +454,10 @@ def level_scale(level: int) -> float:
     return float(2.0 ** (level / LEVELS_PER_OCTAVE))
 
 
-def model_major(log_blocks_: torch.Tensor, n_models: int, n_rot: int) -> torch.Tensor:
-    """(n_blocks, P, width) column blocks of the (P, R*K) log-model matrix (column
-    ``j = r * K + k``) -> (K, P, R) contiguous: each model's R rotations side by side."""
-    P = log_blocks_.shape[1]
-    C = n_models * n_rot
-    return from_blocks(log_blocks_, C).reshape(P, n_rot, n_models).permute(2, 0, 1).contiguous()
+def model_major(mat: torch.Tensor, n_models: int, n_rot: int) -> torch.Tensor:
+    """A (P, R*K) model matrix (column ``j = r * K + k``) -> (K, P, R) contiguous: each
+    model's R rotations side by side."""
+    return mat.reshape(mat.shape[0], n_rot, n_models).permute(2, 0, 1).contiguous()
 
 
 def pruned_likelihood(fitted: sp.csr_matrix, log_km: torch.Tensor, candidates: np.ndarray,
@@ -522,7 +520,7 @@ def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: n
             cand = None if candidates is None else candidates[start:stop]
             if _prunes(cand):
                 if log_km is None:
-                    log_km = model_major(logW, n_models, n_rot)
+                    log_km = model_major(from_blocks(logW, n_models * n_rot), n_models, n_rot)
                 L = pruned_likelihood(shard.fit_block(start, stop), log_km, cand, width)
             else:
                 L = _full_likelihood(bag, logW, cand, n_rot)
@@ -553,7 +551,7 @@ def _likelihood_blocks(shard, W: torch.Tensor, logW: torch.Tensor | None, phi: n
             log_km = None
             if pruned:   # log(W + b / phi) only for the models some pruned frame needs
                 if Wkm is None:
-                    Wkm = W.reshape(P, n_rot, n_models).permute(2, 0, 1).contiguous()
+                    Wkm = model_major(W, n_models, n_rot)
                 need = torch.from_numpy(np.flatnonzero(np.any([w[1].any(axis=0) for w in pruned],
                                                               axis=0))).to(device)
                 log_km = torch.empty_like(Wkm)     # rows of models no frame needs stay unset
