@@ -77,7 +77,7 @@ def test_stage_writes_the_contract_outputs(frames_file, tmp_path):
     np.testing.assert_allclose(part.groupby("run").n_frames.sum(), per_run, rtol=1e-6)
     metrics = json.loads((tmp_path / "metrics/classify2d.json").read_text())
     assert metrics["n_excluded_frames"] == 1 and len(metrics["runs"]) == 2
-    assert metrics["fluence_sorting_f"] > 0 and all(r["fluence_sorting_f"] > 0 for r in metrics["runs"])
+    assert metrics["photon_sorting_f"] > 0 and all(r["photon_sorting_f"] > 0 for r in metrics["runs"])
     assert all(r["iterations"] >= 2 for r in metrics["runs"])
     tsv = tmp_path / "dvclive/classify2d/plots/metrics/run_1/loglik.tsv"
     rows = tsv.read_text().strip().splitlines()
@@ -162,17 +162,45 @@ def test_dragonfly_grid_and_angle_convention_fit_the_photons():
     assert ours > loglik(av.intensity.transpose(0, 2, 1), 1)
 
 
-def test_fluence_sorting_is_one_at_random_and_large_for_brightness_classes():
-    from spicompute.stages.classify2d import fluence_sorting
+def test_class_sorting_is_one_at_random_and_large_for_brightness_classes():
+    from spicompute.stages.classify2d import class_sorting_f, photon_sorting
 
     rng = np.random.default_rng(0)
     photons = rng.poisson(rng.lognormal(np.log(400), 0.4, 6000)) + 1
     random_classes = rng.integers(0, 30, photons.size)
-    assert 0.2 < fluence_sorting(photons, random_classes) < 2.5   # F(29, 5970): mean 1, sd 0.26
+    assert 0.2 < photon_sorting(photons, random_classes) < 2.5   # F(29, 5970): mean 1, sd 0.26
     by_brightness = np.digitize(photons, np.quantile(photons, np.linspace(0, 1, 31)[1:-1]))
-    assert fluence_sorting(photons, by_brightness) > 100
+    assert photon_sorting(photons, by_brightness) > 100
     # half the frames sorted, half at random: in between
     mixed = np.where(rng.random(photons.size) < 0.5, by_brightness, random_classes)
-    assert 2 < fluence_sorting(photons, mixed) < fluence_sorting(photons, by_brightness)
-    assert fluence_sorting(photons, np.zeros(photons.size, int)) is None     # one class
-    assert fluence_sorting(photons[:3], np.arange(3)) is None                 # singletons only
+    assert 2 < photon_sorting(photons, mixed) < photon_sorting(photons, by_brightness)
+    assert photon_sorting(photons, np.zeros(photons.size, int)) is None     # one class
+    assert photon_sorting(photons[:3], np.arange(3)) is None                 # singletons only
+    # a zero count is floored at one photon; the generic F takes any positive value
+    assert np.isfinite(photon_sorting(np.r_[0, photons[1:]], by_brightness))
+    assert class_sorting_f(photons * 1e-6, by_brightness) == pytest.approx(
+        photon_sorting(photons, by_brightness))
+
+
+def test_truth_sorting_separates_fluence_from_scattering_strength():
+    """Photons = fluence x strength: classes sorted by strength (views, sizes) are not
+    sorted by fluence, though their photon counts differ."""
+    from spicompute.stages.classify2d import photon_sorting, truth_sorting
+
+    rng = np.random.default_rng(1)
+    n = 6000
+    fluence = np.exp(rng.uniform(np.log(0.3), 0.0, n))
+    strength = rng.lognormal(0.0, 0.3, n)
+    size = 40 * strength ** (1 / 6)
+    truth = {"frame_id": np.arange(100, 100 + n), "fluence": fluence,
+             "photons_expected": 700 * fluence * strength, "size_nm": size}
+    by_strength = np.digitize(strength, np.quantile(strength, np.linspace(0, 1, 31)[1:-1]))
+    photons = rng.poisson(truth["photons_expected"])
+    order = rng.permutation(n)   # frame ids in another order than the truth's
+    f = truth_sorting(truth, truth["frame_id"][order], by_strength[order])
+    assert f["scattering_strength"] > 1000 and f["size_nm"] > 1000
+    assert f["fluence"] < 2.5
+    assert photon_sorting(photons, by_strength) > 50      # photons alone would call it brightness
+    by_fluence = np.digitize(fluence, np.quantile(fluence, np.linspace(0, 1, 31)[1:-1]))
+    g = truth_sorting(truth, truth["frame_id"], by_fluence)
+    assert g["fluence"] > 1000 and g["scattering_strength"] < 2.5

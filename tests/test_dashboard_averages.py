@@ -85,14 +85,17 @@ def test_convergence_curves_from_dvclive(workspace):
 
 def test_class_quality_panel_shows_purity_and_brightness_sorting(workspace):
     (workspace / "metrics/classify2d.json").write_text(json.dumps({
-        "n_averages": B * K, "fluence_sorting_f": 47.25,
+        "n_averages": B * K, "photon_sorting_f": 47.25,
+        "truth_sorting_f": {"fluence": 1.71, "scattering_strength": 215.6, "size_nm": 99.6},
         "shape_purity": {"emc_mean": 0.78, "naive_baseline": 0.66, "emc_minus_baseline": 0.12}}))
     at = AppTest.from_file(str(PAGE), default_timeout=60).run()
     assert not at.exception
     shown = {m.label: m for m in at.metric}
     purity = shown["shape purity (simulation truth)"]
     assert purity.value == "0.78" and "+0.12" in purity.delta and "0.66" in purity.delta
-    assert shown["brightness sorting (ANOVA F of log photons between classes)"].value == "47.2"
+    assert shown["photon sorting (ANOVA F of log photons between classes)"].value == "47.2"
+    truth = shown["fluence sorting (simulation truth)"]
+    assert truth.value == "1.7" and "216" in truth.delta
 
 
 def test_no_class_quality_panel_without_those_metrics(workspace):

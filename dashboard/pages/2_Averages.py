@@ -144,20 +144,29 @@ else:
 summary = read_json("metrics/classify2d.json")
 if summary:
     purity = summary.get("shape_purity") or {}
-    sorting = summary.get("fluence_sorting_f")
+    sorting = summary.get("photon_sorting_f")
+    truth_sorting = summary.get("truth_sorting_f") or {}
     if purity or sorting is not None:
         st.subheader("Class quality")
-        left, right = st.columns(2)
+        cols = st.columns(3)
         if purity:
-            left.metric("shape purity (simulation truth)", f"{purity['emc_mean']:.2f}",
-                        f"{purity['emc_minus_baseline']:+.2f} vs naive radial-profile clustering "
-                        f"({purity['naive_baseline']:.2f})")
+            cols[0].metric("shape purity (simulation truth)", f"{purity['emc_mean']:.2f}",
+                           f"{purity['emc_minus_baseline']:+.2f} vs naive radial-profile clustering "
+                           f"({purity['naive_baseline']:.2f})")
         if sorting is not None:
-            right.metric("brightness sorting (ANOVA F of log photons between classes)",
-                         f"{sorting:.1f}",
-                         help="About 1 when classes ignore how bright a frame is. Well above 1: "
-                              "classes group frames by brightness, and a landscape axis may "
-                              "follow photons per frame (see the Landscape diagnostics). "
-                              "Real differences in scattering power raise it too.")
+            cols[1].metric("photon sorting (ANOVA F of log photons between classes)",
+                           f"{sorting:.1f}",
+                           help="About 1 when classes ignore photons per frame. Photons are "
+                                "fluence x the particle's scattering power in its view, so classes "
+                                "that separate views and sizes (as they should) raise it; only "
+                                "simulation truth tells fluence sorting apart.")
+        if truth_sorting.get("fluence") is not None:
+            strength = truth_sorting.get("scattering_strength")
+            cols[2].metric("fluence sorting (simulation truth)", f"{truth_sorting['fluence']:.1f}",
+                           None if strength is None else
+                           f"F {strength:.0f} by scattering strength (photons / fluence)",
+                           delta_color="off",
+                           help="ANOVA F of the true fluence between classes: ~1 means the classes "
+                                "ignore the beam's fluence (wanted).")
     with st.expander("metrics/classify2d.json"):
         st.json(summary)
