@@ -158,3 +158,40 @@ def test_corrupt_embedding_and_metrics_give_messages(workspace):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
     assert any("embed.parquet" in e.value and "unreadable Parquet" in e.value for e in at.error)
+
+
+def test_a_component_that_follows_true_size_is_not_flagged(workspace, small_simulation):
+    """Size is structure: an axis that tracks occupancy *and*, more closely, the members'
+    true particle size is no nuisance axis (the default run's pc_3 does exactly this)."""
+    import h5py
+
+    from spicompute.io.frames import write_frames
+
+    frames = small_simulation[0]
+    write_frames(workspace / "data" / "frames.h5", frames)
+    fids = np.asarray(frames.frame_id)
+    n = len(fids)
+    rng = np.random.default_rng(4)
+    avg_of = np.arange(n) % M + 100
+    pd.DataFrame({"frame_id": fids, "run": 0, "average_id": avg_of, "rotation_deg": 0.0,
+                  "posterior_max": 1.0, "scale": 1.0}
+                 ).to_parquet(workspace / "results" / "frames.parquet", index=False)
+    part = pd.read_parquet(workspace / "results/parts/embed.parquet")
+    # pc_1 rises with n_frames (= 3 x index, rho ~0.9) and is exactly the mean true size
+    size_of_average = 40 + 0.1 * np.arange(M) + 0.2 * rng.normal(size=M)
+    part["pc_1"] = size_of_average
+    part.to_parquet(workspace / "results/parts/embed.parquet", index=False)
+    with h5py.File(workspace / "data" / "truth.h5", "w") as h5:
+        h5["truth/frame_id"] = fids
+        h5["truth/melt_t"] = rng.uniform(0, 1, n)
+        h5["truth/size_nm"] = size_of_average[avg_of - 100]
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    shown = at.expander[0].markdown[0].value
+    assert "max \\|rho\\| shape" in shown and "| pc\\_1 |" in shown
+    assert not any("pc_1 follows" in w.value for w in at.warning)
+    # without the size reference (melt only) the same axis is flagged
+    with h5py.File(workspace / "data" / "truth.h5", "a") as h5:
+        del h5["truth/size_nm"]
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert any("pc_1 follows n_frames" in w.value for w in at.warning)

@@ -43,8 +43,7 @@ def nuisance_table(key_frames: tuple, key_h5: tuple, key_truth: tuple, comps: tu
                    avg: pd.DataFrame) -> pd.DataFrame:
     from dashboard.data import loaders
 
-    photons, shape_cols = None, ()
-    frames = None
+    photons, frames = None, None
     try:
         frames = loaders.read_table(key_frames[0], ["frame_id", "average_id"])
         h5 = loaders.read_h5(key_h5[0], ["frames/frame_id", "frames/photons"])
@@ -52,15 +51,20 @@ def nuisance_table(key_frames: tuple, key_h5: tuple, key_truth: tuple, comps: tu
                                                        h5["frames/photons"])
     except OutputError:
         pass
-    try:  # simulated data: the ground-truth melt of the members is a shape reference
-        truth = loaders.read_h5(key_truth[0], ["truth/frame_id", "truth/melt_t"])
+    # simulated data: the members' true melt parameter and particle size are shape references
+    # (size is structure too: at 1,500 photons a component follows a 3 % size jitter)
+    shape_cols = []
+    for field, label in (("melt_t", "truth melt"), ("size_nm", "truth size")):
+        try:
+            truth = loaders.read_h5(key_truth[0], ["truth/frame_id", f"truth/{field}"])
+        except OutputError:
+            continue
         if frames is not None:
-            avg = avg.assign(**{"truth melt": diagnostics.mean_photons_per_average(
-                frames, truth["truth/frame_id"], truth["truth/melt_t"]).reindex(
+            avg = avg.assign(**{label: diagnostics.mean_photons_per_average(
+                frames, truth["truth/frame_id"], truth[f"truth/{field}"]).reindex(
                 avg["average_id"].to_numpy()).to_numpy()})
-            shape_cols = ("truth melt",)
-    except OutputError:
-        pass
+            shape_cols.append(label)
+    shape_cols = tuple(shape_cols)
     return diagnostics.nuisance_correlations(avg, list(comps), photons, shape_cols)
 
 
