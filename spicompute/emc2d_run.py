@@ -40,7 +40,8 @@ CHECKPOINT_VERSION = 3  # 2: max_iter in the key, beta ramp, corrected M-step; 3
 class EMCConfig:
     """Parameters of 2D EMC (section ``classify2d`` of params.yaml)."""
 
-    n_models: int = 30            # K models per run
+    n_models: int | str = 30      # K models per run, or "auto": the run's frames / frames_per_class
+    frames_per_class: float = 80.0  # n_models auto: target frames per class (README, low photon counts)
     n_rot: int | str = 36         # R in-plane rotations, or "auto": 2 D q_max (arc at q_max = half a speckle)
     friedel: bool = False         # Friedel symmetry: n_rot over 180 deg, centrosymmetric models (Dragonfly)
     particle_size_nm: float | str = "auto"  # D for n_rot auto: nm, or auto (first minimum of the radial profile)
@@ -86,7 +87,11 @@ class EMCConfig:
 
     def validate(self) -> None:
         p = "classify2d."
-        self.n_models = positive(p + "n_models", self.n_models, integer=True)
+        if self.n_models != "auto":
+            if isinstance(self.n_models, str):
+                raise ParameterError(p + "n_models", f"must be an integer >= 1 or auto, got {self.n_models!r}")
+            self.n_models = positive(p + "n_models", self.n_models, integer=True)
+        self.frames_per_class = positive(p + "frames_per_class", self.frames_per_class)
         if self.n_rot != "auto":
             try:
                 n_rot = int(self.n_rot)
@@ -134,6 +139,13 @@ class EMCConfig:
             raise ParameterError(p + "stream", f"must be true, false or auto, got {self.stream!r}")
         if self.stream is True and self.engine == "dense":
             raise ParameterError(p + "engine", "the dense engine needs the frames in memory (stream: false)")
+
+    def models_for(self, n_frames: int) -> int:
+        """K for a run of ``n_frames`` frames: the given ``n_models``, or for ``auto``
+        ``round(n_frames / frames_per_class)``, at least 2 and at most ``n_frames``."""
+        if self.n_models != "auto":
+            return int(self.n_models)
+        return int(min(max(2, round(n_frames / self.frames_per_class)), n_frames))
 
     def trajectory_key(self) -> dict:
         """Parameters that determine the iterates (not where to run).
@@ -633,9 +645,12 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     usable = np.flatnonzero(photons > 0)
     excluded = np.flatnonzero(photons <= 0)
     n_sub = int(round(cfg.subset_fraction * usable.size))
-    if n_sub < cfg.n_models:
+    K = cfg.models_for(n_sub)
+    resolved.update(n_models=K, n_models_source="given" if cfg.n_models != "auto" else
+                    f"auto ({n_sub} frames per run / frames_per_class {cfg.frames_per_class:g})")
+    if n_sub < K:
         raise ParameterError("classify2d.n_models",
-                             f"{cfg.n_models} models need at least as many frames per run, but "
+                             f"{K} models need at least as many frames per run, but "
                              f"a run has {n_sub} (of {usable.size} usable frames)")
     if excluded.size:
         log.warning("%d of %d frames have no photon on the used pixels: excluded",
@@ -657,7 +672,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
                              worker_threads=worker_threads_for(cfg.scheduler),
                              prob_min=cfg.prob_min)
     digest = stream_digest(frames, grid.pixels) if streamed else data_digest(counts)
-    K, L = cfg.n_models, grid.size
+    L = grid.size
     B = cfg.n_runs
     out_models = np.zeros((B, K, L, L), np.float32)
     out_weight = np.zeros((B, K, L, L), np.float32)

@@ -92,11 +92,34 @@ def test_stage_writes_the_contract_outputs(frames_file, tmp_path):
     assert len(tsv.read_text().strip().splitlines()) == len(rows)
 
 
+def test_n_models_auto_follows_the_frames_per_run(frames_file, tmp_path):
+    """119 usable frames, 80 % per run = 95 frames; 20 per class -> 5 models per run."""
+    assert main(_args(tmp_path, frames_file, n_models="auto", frames_per_class=20)) == 0
+    av = read_averages(tmp_path / "data/averages.h5")
+    assert av.n_averages == 10
+    np.testing.assert_array_equal(av.model, [0, 1, 2, 3, 4] * 2)
+    metrics = json.loads((tmp_path / "metrics/classify2d.json").read_text())
+    assert metrics["resolved_n_models"] == 5 and "auto" in metrics["resolved_n_models_source"]
+    frames = pd.read_parquet(tmp_path / "results/frames.parquet")
+    assert set(frames.average_id[frames.run == 1]) <= set(range(5, 10))
+
+
+def test_models_for_rounds_and_bounds():
+    from spicompute.emc2d_run import EMCConfig
+
+    assert EMCConfig(n_models=7).models_for(1000) == 7
+    auto = EMCConfig(n_models="auto", frames_per_class=80)
+    assert auto.models_for(6400) == 80 and auto.models_for(4800) == 60
+    assert auto.models_for(100) == 2 and auto.models_for(1) == 1
+
+
 @pytest.mark.parametrize("params, field", [
     (dict(n_models=500), "n_models"),
     (dict(n_rot=0), "n_rot"),
     (dict(subset_fraction=1.2), "subset_fraction"),
     (dict(subset_fraction=0), "subset_fraction"),
+    (dict(n_models="many"), "n_models"),
+    (dict(n_models="auto", frames_per_class=0), "frames_per_class"),
 ])
 def test_bad_parameters_fail_cleanly(frames_file, tmp_path, capsys, params, field):
     assert main(_args(tmp_path, frames_file, **params)) == 2

@@ -208,7 +208,7 @@ def run(args) -> int:
     if not streamed:
         frames.close()
         frames = read_frames(args.frames)
-    log.info("classify2d: %d frames, %d pixels; %d runs x %d models x %s rotations%s",
+    log.info("classify2d: %d frames, %d pixels; %d runs x %s models x %s rotations%s",
              frames.n_frames, frames.n_pixels, cfg.n_runs, cfg.n_models, cfg.n_rot,
              "; frames streamed from the file" if streamed else "")
     if args.fresh and args.checkpoints:
@@ -226,7 +226,7 @@ def run(args) -> int:
         if client is not None:
             client.close()
     elapsed = time.perf_counter() - t0
-    B, K = cfg.n_runs, cfg.n_models
+    B, K = cfg.n_runs, result.models.shape[1]   # n_models may be auto
     L = result.grid.size
     run_idx = np.repeat(np.arange(B), K)
     model_idx = np.tile(np.arange(K), B)
