@@ -3,10 +3,12 @@
 Simulates (simulate stage), classifies (classify2d), then runs ccmatrix + embed
 with the signal-limited q range (default min_counts) and with coverage only
 (min_counts 0), and prints per setting: q range, the best Spearman |rho| of a
-pc with the members' mean melt parameter (family averages), and each pc's
-|rho| with n_frames and model photons.
+pc with the members' mean melt parameter (family averages), each pc's |rho|
+with n_frames and mean photons, and each pc's excess of nuisance over shape
+(:func:`spicompute.validation.nuisance_excess`: point value and the bootstrap
+5th percentile; > 0 there means significantly more nuisance than shape).
 
-    PYTHONPATH=. python benchmarks/landscape_lowphoton.py --photons 400 --frames 6000
+    PYTHONPATH=. python benchmarks/landscape_lowphoton.py --photons 400 --frames 6000 [--models 30]
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 from scipy.stats import spearmanr
 
 from spicompute.cli import main
 from spicompute.io.truth import read_truth
+from spicompute.stages.embed import nuisance_table
+from spicompute.validation import nuisance_excess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +44,8 @@ def main_(args):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["simulate"].update(n_frames=args.frames, detector_size=args.detector, binning=args.binning,
                               photons_mean=args.photons, background_photons=args.background, seed=args.seed)
-    params["classify2d"].update(n_runs=args.runs, n_models=30, max_iter=14, min_iter=8,
-                                background=args.emc_background)
+    params["classify2d"].update(n_runs=args.runs, n_models=args.models, max_iter=14, min_iter=8,
+                                background=args.emc_background, seed=args.emc_seed)
     params["embed"].update(methods=["pc"])
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     pfile = root / "params.yaml"
@@ -53,10 +56,10 @@ def main_(args):
     truth = read_truth(root / "data" / "truth.h5")
     members = frames[frames["average_id"] >= 0].merge(
         pd.DataFrame({"frame_id": truth["frame_id"], "class_name": truth["class_name"],
-                      "melt_t": truth["melt_t"]}), on="frame_id")
+                      "melt_t": truth["melt_t"], "size_nm": truth["size_nm"]}), on="frame_id")
     members["contaminant"] = members["class_name"].isin(("dimer", "rod", "aggregate"))
     per = members.groupby("average_id").agg(melt_t=("melt_t", "mean"), contaminant=("contaminant", "mean"),
-                                            members=("frame_id", "size"))
+                                            size_nm=("size_nm", "mean"), members=("frame_id", "size"))
     out = {}
     for label, min_counts in (("signal", params["ccmatrix"].get("min_counts", 1.0)), ("coverage", 1e-12)):
         params["ccmatrix"]["min_counts"] = min_counts
@@ -69,17 +72,32 @@ def main_(args):
         fam = table[(table["contaminant"] < 0.2) & (table["members"] >= 5) & table["landscape_usable"]]
         rho_t = [abs(spearmanr(fam[f"pc_{k}"], fam["melt_t"])[0]) for k in (1, 2, 3)]
         nuis = em["nuisance_spearman"]
+        usable = table[table["landscape_usable"].astype(bool)].merge(
+            nuisance_table(str(root / "results" / "frames.parquet"), str(root / "data" / "frames.h5"),
+                           table["average_id"].to_numpy()), on="average_id")
+        excess = nuisance_excess(usable[["pc_1", "pc_2", "pc_3"]].to_numpy(),
+                                 {"melt": usable["melt_t"].fillna(0).to_numpy(),
+                                  "contaminant": usable["contaminant"].to_numpy(),
+                                  "size_nm": usable["size_nm"].to_numpy()},
+                                 {"mean_photons": usable["mean_photons"].to_numpy(),
+                                  "n_frames": usable["n_frames"].to_numpy()},
+                                 shape_mask={"melt": ((usable["contaminant"] < 0.2)
+                                                      & (usable["members"] >= 5)).to_numpy()})
         out[label] = {"q_min_nm": cc["q_min_nm"], "q_max_nm": cc["q_max_nm"], "q_max_limits": cc["q_max_limits"],
                       "n_family": int(len(fam)), "rho_melt": [round(r, 3) for r in rho_t],
                       "rho_n_frames": [round(abs(nuis[f"pc_{k}"]["n_frames"] or 0), 3) for k in (1, 2, 3)],
-                      "rho_photons": [round(abs(nuis[f"pc_{k}"]["mean_photons"] or 0), 3) for k in (1, 2, 3)]}
+                      "rho_photons": [round(abs(nuis[f"pc_{k}"]["mean_photons"] or 0), 3) for k in (1, 2, 3)],
+                      "excess": [round(float(v), 3) for v in excess.excess],
+                      "excess_p05": [round(float(v), 3) for v in excess.lower]}
         print(label, json.dumps(out[label]))
     if args.out:
         cl = json.loads((root / "metrics" / "classify2d.json").read_text())
-        out["classify2d"] = {k: cl[k] for k in cl if k.startswith("resolved_background")}
+        out["classify2d"] = {k: cl[k] for k in cl if k.startswith("resolved_background")
+                             or k in ("photon_sorting_f", "truth_sorting_f", "shape_purity")}
         out["settings"] = {"photons": args.photons, "background": args.background,
                            "detector": args.detector, "binning": args.binning,
                            "frames": args.frames, "runs": args.runs, "seed": args.seed,
+                           "models": args.models, "emc_seed": args.emc_seed,
                            "classify2d_background": args.emc_background}
         Path(args.out).write_text(json.dumps(out, indent=2))
     return out
@@ -93,6 +111,9 @@ if __name__ == "__main__":
     ap.add_argument("--binning", type=int, default=4)
     ap.add_argument("--frames", type=int, default=6000)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--models", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="classify2d.n_models: a number or auto (frames per run / frames_per_class 80)")
+    ap.add_argument("--emc-seed", type=int, default=0, help="classify2d.seed")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--workdir", default="")
     ap.add_argument("--emc-background", default="auto", choices=["auto", "none"],
