@@ -18,9 +18,9 @@ import numpy as np
 from scipy.stats import rankdata
 
 
-def _abs_spearman(x: np.ndarray, y: np.ndarray) -> float:
+def _abs_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """|Spearman rho| of the columns of x (n, k) with y (n,) -> (k,); 0 where undefined."""
-    rx = np.apply_along_axis(rankdata, 0, x)
+    rx = rankdata(x, axis=0)
     ry = rankdata(y)
     rx = rx - rx.mean(0)
     ry = ry - ry.mean()

@@ -727,7 +727,7 @@ def _cls(name, value, needles):
 
 
 _cls("n_models:0", 0, ["classify2d.n_models"])
-_cls("n_models:string", "forty", ["classify2d.n_models", "number"])
+_cls("n_models:string", "forty", ["classify2d.n_models", "integer", "auto"])
 _cls("n_rot:0", 0, ["classify2d.n_rot"])
 _cls("n_runs:negative", -2, ["classify2d.n_runs"])
 _cls("subset_fraction:2", 2.0, ["classify2d.subset_fraction"])
