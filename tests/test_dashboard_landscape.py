@@ -115,20 +115,27 @@ def test_joined_table_preferred_and_missing_notice(workspace, tmp_path_factory, 
     assert any("dvc repro embed" in info.value for info in at.info)
 
 
-def test_diagnostics_banner_and_member_frames(workspace, small_simulation):
-    """pc_1 made to follow occupancy -> a banner; member frames drawn from data/frames.h5."""
+def _write_member_frames(workspace, frames, rng):
+    """data/frames.h5 and results/frames.parquet: frame i belongs to average 100 + i % M,
+    turned by a random multiple of 90 degrees.  Returns (frame ids, their average ids)."""
     from spicompute.io.frames import write_frames
 
-    frames = small_simulation[0]
     write_frames(workspace / "data" / "frames.h5", frames)
     fids = np.asarray(frames.frame_id)
     n = len(fids)
-    rng = np.random.default_rng(3)
     avg_of = np.arange(n) % M + 100
     pd.DataFrame({"frame_id": fids, "run": 0, "average_id": avg_of,
                   "rotation_deg": rng.choice([0.0, 90.0, 180.0], n),
                   "posterior_max": rng.uniform(0.5, 1, n), "scale": 1.0}
                  ).to_parquet(workspace / "results" / "frames.parquet", index=False)
+    return fids, avg_of
+
+
+def test_diagnostics_banner_and_member_frames(workspace, small_simulation):
+    """pc_1 made to follow occupancy -> a banner; member frames drawn from data/frames.h5."""
+    frames = small_simulation[0]
+    rng = np.random.default_rng(3)
+    fids, avg_of = _write_member_frames(workspace, frames, rng)
     part = pd.read_parquet(workspace / "results/parts/embed.parquet")
     part["pc_1"] = np.arange(M) * 3.0 + 0.01 * rng.normal(size=M)  # = n_frames: a nuisance axis
     part.to_parquet(workspace / "results/parts/embed.parquet", index=False)
@@ -165,17 +172,9 @@ def test_a_component_that_follows_true_size_is_not_flagged(workspace, small_simu
     true particle size is no nuisance axis (the default run's pc_3 does exactly this)."""
     import h5py
 
-    from spicompute.io.frames import write_frames
-
-    frames = small_simulation[0]
-    write_frames(workspace / "data" / "frames.h5", frames)
-    fids = np.asarray(frames.frame_id)
-    n = len(fids)
     rng = np.random.default_rng(4)
-    avg_of = np.arange(n) % M + 100
-    pd.DataFrame({"frame_id": fids, "run": 0, "average_id": avg_of, "rotation_deg": 0.0,
-                  "posterior_max": 1.0, "scale": 1.0}
-                 ).to_parquet(workspace / "results" / "frames.parquet", index=False)
+    fids, avg_of = _write_member_frames(workspace, small_simulation[0], rng)
+    n = len(fids)
     part = pd.read_parquet(workspace / "results/parts/embed.parquet")
     # pc_1 rises with n_frames (= 3 x index, rho ~0.9) and is exactly the mean true size
     size_of_average = 40 + 0.1 * np.arange(M) + 0.2 * rng.normal(size=M)
