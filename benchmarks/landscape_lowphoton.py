@@ -25,7 +25,7 @@ from scipy.stats import spearmanr
 from spicompute.cli import main
 from spicompute.io.truth import read_truth
 from spicompute.stages.embed import nuisance_table
-from spicompute.validation import nuisance_excess
+from spicompute.validation import landscape_excess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,14 +75,7 @@ def main_(args):
         usable = table[table["landscape_usable"].astype(bool)].merge(
             nuisance_table(str(root / "results" / "frames.parquet"), str(root / "data" / "frames.h5"),
                            table["average_id"].to_numpy()), on="average_id")
-        excess = nuisance_excess(usable[["pc_1", "pc_2", "pc_3"]].to_numpy(),
-                                 {"melt": usable["melt_t"].fillna(0).to_numpy(),
-                                  "contaminant": usable["contaminant"].to_numpy(),
-                                  "size_nm": usable["size_nm"].to_numpy()},
-                                 {"mean_photons": usable["mean_photons"].to_numpy(),
-                                  "n_frames": usable["n_frames"].to_numpy()},
-                                 shape_mask={"melt": ((usable["contaminant"] < 0.2)
-                                                      & (usable["members"] >= 5)).to_numpy()})
+        excess = landscape_excess(usable)
         out[label] = {"q_min_nm": cc["q_min_nm"], "q_max_nm": cc["q_max_nm"], "q_max_limits": cc["q_max_limits"],
                       "n_family": int(len(fam)), "rho_melt": [round(r, 3) for r in rho_t],
                       "rho_n_frames": [round(abs(nuis[f"pc_{k}"]["n_frames"] or 0), 3) for k in (1, 2, 3)],

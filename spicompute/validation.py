@@ -87,3 +87,23 @@ def nuisance_excess(coords: np.ndarray, shape: dict, nuisance: dict, *,
                           {k: v[i] for k, v in nuisance.items()})
     return NuisanceExcess(point, (boot > 0).mean(0), np.percentile(boot, 5, axis=0),
                           np.percentile(boot, 95, axis=0))
+
+
+def landscape_excess(averages, components=("pc_1", "pc_2", "pc_3"), *, n_boot: int = 1000,
+                     seed: int = 0) -> NuisanceExcess:
+    """:func:`nuisance_excess` of a per-average table (usable averages only).
+
+    averages : DataFrame with the components, the members' mean ``melt_t``
+        (NaN where undefined), ``contaminant`` fraction, mean ``size_nm``, the
+        member count ``members``, and the nuisances ``mean_photons`` and
+        ``n_frames`` (:func:`spicompute.stages.embed.nuisance_table`).  Melt
+        counts on the cube-sphere family: contaminant < 0.2 and >= 5 members.
+    """
+    family = ((averages["contaminant"] < 0.2) & (averages["members"] >= 5)).to_numpy()
+    return nuisance_excess(averages[list(components)].to_numpy(),
+                           {"melt": averages["melt_t"].fillna(0).to_numpy(),
+                            "contaminant": averages["contaminant"].to_numpy(),
+                            "size_nm": averages["size_nm"].to_numpy()},
+                           {"mean_photons": averages["mean_photons"].to_numpy(),
+                            "n_frames": averages["n_frames"].to_numpy()},
+                           shape_mask={"melt": family}, n_boot=n_boot, seed=seed)

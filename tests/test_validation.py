@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.stats import spearmanr
 
 from spicompute.validation import nuisance_excess
@@ -57,3 +58,26 @@ def test_resampling_is_seeded():
     b = nuisance_excess(coords, {"melt": melt}, {"photons": photons}, n_boot=100, seed=5)
     np.testing.assert_array_equal(a.lower, b.lower)
     np.testing.assert_array_equal(a.p_positive, b.p_positive)
+
+
+def test_landscape_excess_reads_a_per_average_table():
+    import pandas as pd
+
+    from spicompute.validation import landscape_excess
+
+    coords, melt, cont, photons, occ = _landscape(seed=3)
+    size = 40 + coords[:, 2]                 # the null axis is really size
+    members = np.where(np.arange(len(melt)) % 10 == 0, 3, 50)
+    table = pd.DataFrame({"pc_1": coords[:, 0], "pc_2": coords[:, 1], "pc_3": coords[:, 2],
+                          "melt_t": np.where(cont == 1, np.nan, melt), "contaminant": cont,
+                          "size_nm": size, "members": members, "mean_photons": photons,
+                          "n_frames": occ})
+    res = landscape_excess(table, n_boot=100)
+    family = (cont < 0.2) & (members >= 5)
+    ref = nuisance_excess(coords, {"melt": np.nan_to_num(table["melt_t"].to_numpy()),
+                                   "contaminant": cont, "size_nm": size},
+                          {"mean_photons": photons, "n_frames": occ},
+                          shape_mask={"melt": family}, n_boot=100)
+    np.testing.assert_array_equal(res.excess, ref.excess)
+    assert res.excess[2] == pytest.approx(-1 + max(abs(spearmanr(coords[:, 2], photons)[0]),
+                                                   abs(spearmanr(coords[:, 2], occ)[0])))
