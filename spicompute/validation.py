@@ -107,3 +107,127 @@ def landscape_excess(averages, components=("pc_1", "pc_2", "pc_3"), *, n_boot: i
                            {"mean_photons": averages["mean_photons"].to_numpy(),
                             "n_frames": averages["n_frames"].to_numpy()},
                            shape_mask={"melt": family}, n_boot=n_boot, seed=seed)
+
+
+# --------------------------------------------------------------------------- 3D volumes against truth
+#
+# An independent path from the VAE's own preprocessing: the simulator's truth
+# volumes (|F|^2 of each melt level, data/truth.h5) are resampled onto the grid
+# of data/volumes.h5 and compared voxel by voxel.  Both are Oh-symmetric about
+# q = 0, so no orientation alignment is needed.
+
+FAMILY_CLASSES = ("cube", "melt", "sphere")
+
+
+def average_truth(frames: "pd.DataFrame", truth: dict) -> "pd.DataFrame":
+    """Per average: what its member frames truly were.
+
+    frames : rows (frame_id, average_id) of results/frames.parquet (average_id < 0 ignored)
+    truth : :func:`spicompute.io.truth.read_truth` (class_name, melt_t, size_nm per frame_id)
+    Returns one row per average_id: ``members``, ``melt_t`` (mean over the members of
+    the cube-sphere family; cube 0, sphere 1), ``contaminant`` (share of members that are
+    dimers, rods or aggregates), ``size_nm`` (mean), ``family`` (most members are of the
+    cube-sphere family).
+    """
+    import pandas as pd
+
+    t = np.asarray(truth["melt_t"], np.float64).copy()
+    names = np.asarray(truth["class_name"]).astype(str)
+    t[names == "cube"] = 0.0
+    t[names == "sphere"] = 1.0
+    per_frame = pd.DataFrame({"frame_id": np.asarray(truth["frame_id"]), "melt_t": t,
+                              "contaminant": ~np.isin(names, FAMILY_CLASSES),
+                              "size_nm": np.asarray(truth["size_nm"], np.float64)})
+    members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]].merge(per_frame, on="frame_id")
+    members.loc[members["contaminant"], "melt_t"] = np.nan
+    out = members.groupby("average_id").agg(members=("frame_id", "size"), melt_t=("melt_t", "mean"),
+                                            contaminant=("contaminant", "mean"), size_nm=("size_nm", "mean"))
+    out["family"] = out["contaminant"] < 0.5
+    return out.reset_index()
+
+
+def resample_volume(volume: np.ndarray, dq_src_nm: float, size: int, dq_nm: float) -> np.ndarray:
+    """A centred intensity volume on another centred cubic q-grid (trilinear).
+
+    volume : (L, L, L), q = 0 at index L // 2, step ``dq_src_nm`` (rad/nm)
+    Returns (size, size, size) float64 with step ``dq_nm``; points outside the source
+    grid are NaN (the caller decides whether they may be compared).
+    """
+    from scipy import ndimage
+
+    src_c = volume.shape[0] // 2
+    axis = (np.arange(size) - size // 2) * (dq_nm / dq_src_nm) + src_c
+    coords = np.meshgrid(axis, axis, axis, indexing="ij")
+    out = ndimage.map_coordinates(np.asarray(volume, np.float64), coords, order=1, mode="constant",
+                                  cval=np.nan)
+    return out
+
+
+def _log_contrast(volumes: np.ndarray, shell: np.ndarray, reference: np.ndarray, floor: float) -> np.ndarray:
+    """log of each volume over the reference radial profile, scale removed: (P, n_voxels)."""
+    v = volumes[:, shell] / reference[None]
+    v = v / np.maximum(v.mean(axis=1, keepdims=True), 1e-300)
+    return np.log(v + floor)
+
+
+def melt_match(volumes: np.ndarray, observed: np.ndarray, dq_nm: float, truth_volumes: np.ndarray,
+               truth_t: np.ndarray, truth_dq_nm: float, floor: float = 0.01, substeps: int = 16) -> dict:
+    """The true melt level each generated volume resembles most.
+
+    volumes : (P, L, L, L) generated intensities (any scale), centred, step ``dq_nm``
+    observed : (L, L, L) bool, the shell the data constrain (q_min <= |q| <= q_max)
+    truth_volumes : (T, L', L', L') true intensities of the melt family at ``truth_t`` (T,),
+        step ``truth_dq_nm`` (the simulator's truth file)
+    Each volume and each truth level is divided by the truth family's mean radial profile
+    (so the steep fall-off common to all does not dominate), scaled to mean 1 on the shell
+    and compared as ``log(x + floor)`` by Pearson correlation over the observed voxels.
+    ``t_hat`` is the best of a fine melt axis whose log contrasts are interpolated linearly
+    between adjacent truth levels (``substeps`` per interval; exact at the levels).
+    Returns dict with ``cc`` (P, T), ``t_hat`` (P,), ``cc_best`` (P,).
+    """
+    size = volumes.shape[-1]
+    order = np.argsort(truth_t)
+    truth_t = np.asarray(truth_t, np.float64)[order]
+    ref = np.stack([resample_volume(v, truth_dq_nm, size, dq_nm) for v in truth_volumes[order]])
+    shell = observed & np.all(np.isfinite(ref), axis=0)
+    if shell.sum() < 10:
+        raise ValueError("the truth volumes do not cover the observed shell of the generated volumes")
+    c = size // 2
+    idx = np.indices((size,) * 3) - c
+    radius = np.rint(np.sqrt((idx ** 2).sum(0))).astype(np.int64)[shell]
+    truth_shell = ref[:, shell]
+    counts = np.bincount(radius)
+    profile = np.bincount(radius, weights=truth_shell.mean(0)) / np.maximum(counts, 1)
+    reference = np.maximum(profile[radius], 1e-300)
+    a = _log_contrast(np.asarray(volumes, np.float64), shell, reference, floor)
+    b = _log_contrast(ref, shell, reference, floor)
+    # a fine melt axis: log contrasts interpolated linearly between adjacent truth levels
+    w = np.linspace(0.0, 1.0, substeps + 1)[:-1]
+    fine_t = np.concatenate([truth_t[k] + w * (truth_t[k + 1] - truth_t[k]) for k in range(len(truth_t) - 1)]
+                            + [truth_t[-1:]])
+    fine = np.concatenate([(1 - w)[:, None] * b[k] + w[:, None] * b[k + 1] for k in range(len(truth_t) - 1)]
+                          + [b[-1:]])
+
+    def standard(x):
+        x = x - x.mean(1, keepdims=True)
+        return x / np.maximum(np.sqrt((x * x).mean(1, keepdims=True)), 1e-300)
+
+    a, b, fine = standard(a), standard(b), standard(fine)
+    n = a.shape[1]
+    cc = a @ b.T / n
+    cc_fine = a @ fine.T / n
+    best = cc_fine.argmax(1)
+    t_hat = fine_t[best]
+    return {"cc": cc, "t_hat": t_hat, "cc_best": cc_fine[np.arange(len(best)), best], "truth_t": truth_t}
+
+
+def true_particle_volume(truth_volumes: np.ndarray, truth_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """True particle volume (nm^3) at melt ``t`` from the truth intensities: V = sqrt(I(0)).
+
+    truth_volumes : (T, L, L, L) |F|^2 of unit-density particles (nm^6), q = 0 at L // 2
+    Linear interpolation in t between the levels.
+    """
+    c = truth_volumes.shape[1] // 2
+    v = np.sqrt(np.asarray(truth_volumes[:, c, c, c], np.float64))
+    order = np.argsort(truth_t)
+    return np.interp(np.asarray(t, np.float64), np.asarray(truth_t, np.float64)[order], v[order])

@@ -99,3 +99,23 @@ def test_volume_to_nearest_averages_in_latent(workspace):
     expect = table.assign(d=(table["z_1"] - z3).abs()).nsmallest(4, "d")["average_id"]
     assert near["average_id"].tolist() == expect.tolist()
     assert any(m.value == "12" for m in at.metric)  # 3 member frames for each of 4 averages
+
+
+def test_particle_volume_plot_draws_the_truth_line(workspace):
+    """With results/volumes_truth.parquet (validate stage) the Fig. 5D plot carries V(t_hat)."""
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    fig5d = next(s for s in _charts(at) if "Fig. 5D" in str(s["layout"]["title"]["text"]))
+    assert [t["name"] for t in fig5d["data"]] == ["phased"]
+    vt = pd.read_parquet(workspace / "results/volumes.parquet")
+    pd.DataFrame({"volume_index": vt["volume_index"], "z_1": vt["z_1"], "t_hat": np.linspace(0, 1, len(vt)),
+                  "true_volume_nm3": 74088.0 * (1 + 0.1 * np.linspace(0, 1, len(vt)))}
+                 ).to_parquet(workspace / "results/volumes_truth.parquet")
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    fig5d = next(s for s in _charts(at) if "Fig. 5D" in str(s["layout"]["title"]["text"]))
+    names = [t["name"] for t in fig5d["data"]]
+    assert names == ["phased", "truth V(t̂)"]
+    from tests.conftest import decode_plotly_array
+
+    truth_y = decode_plotly_array(fig5d["data"][1]["y"])
+    np.testing.assert_allclose(truth_y[[0, -1]], [74088.0, 81496.8])

@@ -26,6 +26,28 @@ run_picker()
 VOLUMES, PHASED = "data/volumes.h5", "data/phased.h5"
 
 
+def volume_vs_z_figure(phased: pd.DataFrame, truth: pd.DataFrame | None) -> go.Figure:
+    """Phased particle volume along z_1 (Fig. 5D), with the simulation truth when it exists.
+
+    phased : results/volumes.parquet (z_1, particle_volume_nm3[, converged])
+    truth : results/volumes_truth.parquet (z_1, true_volume_nm3, t_hat), or None / empty
+    """
+    vt = phased.sort_values("z_1")
+    fig = go.Figure()
+    conv = vt["converged"].astype(bool) if "converged" in vt else pd.Series(True, index=vt.index)
+    fig.add_trace(go.Scatter(x=vt["z_1"], y=vt["particle_volume_nm3"], mode="lines+markers", name="phased",
+                             marker=dict(symbol=np.where(conv, "circle", "x"), size=8, color="#4C78A8")))
+    if truth is not None and len(truth) and {"z_1", "true_volume_nm3"} <= set(truth.columns):
+        tt = truth.sort_values("z_1")
+        fig.add_trace(go.Scatter(x=tt["z_1"], y=tt["true_volume_nm3"], mode="lines", name="truth V(t̂)",
+                                 line=dict(color="#E45756", dash="dash"),
+                                 text=[f"t̂ = {t:.2f}" for t in tt["t_hat"]] if "t_hat" in tt else None))
+    fig.update_layout(title="Particle volume along z (Fig. 5D; × = phasing did not converge)",
+                      xaxis_title="z_1", yaxis_title="volume (nm³)", height=320, margin=dict(t=50, b=40),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
 def safe(load, what: str):
     """Run a loader; a corrupt file becomes a message naming it, not a traceback."""
     try:
@@ -179,10 +201,8 @@ else:
         col.plotly_chart(fig, width="stretch", key=f"projection_{name}")
     vt = safe(lambda: read_table("results/volumes.parquet"), "results/volumes.parquet")
     if vt is not None and "particle_volume_nm3" in vt.columns and "z_1" in vt.columns:
-        fig = px.line(vt.sort_values("z_1"), x="z_1", y="particle_volume_nm3", markers=True,
-                      title="Particle volume along z (density threshold 1e-4 of the total mass; Fig. 5D)")
-        fig.update_layout(height=320, margin=dict(t=50, b=40), yaxis_title="volume (nm³)")
-        st.plotly_chart(fig, width="stretch", key="volume_vs_z")
+        truth_rows = safe(lambda: read_table("results/volumes_truth.parquet"), "results/volumes_truth.parquet")
+        st.plotly_chart(volume_vs_z_figure(vt, truth_rows), width="stretch", key="volume_vs_z")
 
     shapes2d = safe(lambda: read_h5(PHASED, ["averages2d/density", "averages2d/average_id"]), PHASED)
     if shapes2d is not None and "averages2d/density" in shapes2d:

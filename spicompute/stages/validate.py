@@ -1,0 +1,164 @@
+"""validate: the 3D result against the simulator's truth (only when the input was simulated).
+
+The paper's Fig. 5 claims -- intensity volumes along z that trace the melt
+from cube to sphere, phased particle volumes along z -- checked by a path
+independent of the VAE: the truth intensities of the melt family
+(``data/truth.h5``) are resampled onto the grid of ``data/volumes.h5``
+(:mod:`spicompute.validation`).  Per volume point:
+
+- ``t_hat``: the true melt level the generated volume resembles most, and
+  ``match_cc``, its log-contrast correlation over the observed shell;
+- ``true_volume_nm3``: the true particle volume at ``t_hat`` (sqrt of the
+  truth's I(0)), next to the phased ``particle_volume_nm3`` and their ratio.
+
+Per run (``metrics/validate.json``): Spearman(z, t_hat) along the line, t_hat
+at both ends, |Spearman|(z_1, members' mean melt) over the trained family
+averages, the training set's family purity and recall, the worst particle
+volume error and how many phased volumes converged.  For ingested data (no
+truth) the metrics say ``"truth": false`` and the table is empty.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from spicompute.errors import InputError
+from spicompute.stages._common import get_logger
+
+COMMAND = "validate"
+HELP = "check the volumes, phased shapes and latent against the simulation truth (simulated input only)"
+OUTPUTS = ("out", "metrics")
+
+log = get_logger("validate")
+
+
+def add_arguments(parser):
+    parser.add_argument("--truth", default="data/truth.h5", help="simulation truth (frames stage)")
+    parser.add_argument("--volumes", default="data/volumes.h5", help="generated intensity volumes")
+    parser.add_argument("--phased-table", default="results/volumes.parquet", help="phase stage table")
+    parser.add_argument("--latents", default="results/parts/vae.parquet", help="encoded averages (vae)")
+    parser.add_argument("--select", default="results/parts/select.parquet", help="select stage table")
+    parser.add_argument("--frames-table", default="results/frames.parquet", help="frame -> average")
+    parser.add_argument("--out", default="results/volumes_truth.parquet", help="one row per volume point")
+    parser.add_argument("--metrics", default="metrics/validate.json")
+
+
+def _spearman(x, y) -> float | None:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None
+    return float(spearmanr(x[ok], y[ok])[0])
+
+
+def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dict:
+    """|Spearman|(z_k, members' mean melt) over the trained averages of the family."""
+    t = latents.merge(per_average, on="average_id", how="inner")
+    trained = t["vae_trained"].astype(bool) if "vae_trained" in t else pd.Series(True, index=t.index)
+    fam = t[trained & t["family"].astype(bool) & t["melt_t"].notna()]
+    out = {}
+    for col in sorted(c for c in latents.columns if c.startswith("z_") and not c.startswith("z_logvar")):
+        rho = _spearman(fam[col], fam["melt_t"])
+        out[col] = None if rho is None else round(abs(rho), 4)
+    return {"rho_z_melt": out, "n_family_trained": int(len(fam))}
+
+
+def training_set(latents: pd.DataFrame, per_average: pd.DataFrame, select: pd.DataFrame | None) -> dict:
+    """Family purity of the trained averages and the share of the usable family they keep."""
+    t = latents[["average_id"] + (["vae_trained"] if "vae_trained" in latents else [])].merge(
+        per_average, on="average_id", how="inner")
+    trained = t["vae_trained"].astype(bool) if "vae_trained" in t else pd.Series(True, index=t.index)
+    usable = pd.Series(True, index=t.index)
+    if select is not None and "reason" in select.columns:
+        low = select.set_index("average_id")["reason"].astype(str).str.startswith("n_frames <")
+        usable = ~low.reindex(t["average_id"]).fillna(False).to_numpy()
+    fam = t["family"].astype(bool)
+    n_trained = int(trained.sum())
+    purity = float((trained & fam).sum() / n_trained) if n_trained else None
+    usable_family = fam & usable
+    recall = float((trained & usable_family).sum() / usable_family.sum()) if usable_family.any() else None
+    return {"family_purity": purity, "family_recall": recall, "n_trained": n_trained,
+            "n_family_usable": int(usable_family.sum())}
+
+
+def run(args) -> int:
+    from spicompute.io.provenance import write_json_atomic
+    from spicompute.io.tables import read_table, write_table
+    from spicompute.io.truth import read_truth
+    from spicompute.stages.phase import read_volumes
+    from spicompute.validation import average_truth, melt_match, true_particle_volume
+
+    try:
+        truth = read_truth(args.truth, volumes=True)
+    except InputError as exc:
+        if "no ground truth" not in str(exc):
+            raise
+        write_table(args.out, pd.DataFrame({"volume_index": np.zeros(0, np.int64)}), stage=COMMAND)
+        write_json_atomic(args.metrics, {"truth": False})
+        log.info("no simulation truth in %s: nothing to validate", args.truth)
+        return 0
+    melt = np.isfinite(truth["volume_melt_t"])
+    if melt.sum() < 2:
+        raise InputError(args.truth, "volumes/melt_t", "fewer than two melt-family truth volumes")
+    truth_volumes, truth_t = truth["volumes"][melt], truth["volume_melt_t"][melt]
+    vol = read_volumes(args.volumes)
+    match = melt_match(vol["intensity"], vol["observed"], vol["dq_nm"], truth_volumes, truth_t,
+                       truth["volume_dq_nm"])
+    with_source = _sources(args.volumes, len(vol["z"]))
+    table = pd.DataFrame({"volume_index": np.arange(len(vol["z"]), dtype=np.int64), "source": with_source})
+    for k in range(vol["z"].shape[1]):
+        table[f"z_{k + 1}"] = vol["z"][:, k]
+    table["t_hat"] = match["t_hat"]
+    table["match_cc"] = match["cc_best"]
+    table["true_volume_nm3"] = true_particle_volume(truth_volumes, truth_t, match["t_hat"])
+    phased = read_table(args.phased_table)
+    if "particle_volume_nm3" not in phased.columns or len(phased) != len(table):
+        raise InputError(args.phased_table, "particle_volume_nm3",
+                         f"expected one row per volume point ({len(table)}) with particle_volume_nm3")
+    table["particle_volume_nm3"] = phased["particle_volume_nm3"].to_numpy(np.float64)
+    table["volume_ratio"] = table["particle_volume_nm3"] / table["true_volume_nm3"]
+    if "converged" in phased.columns:
+        table["converged"] = phased["converged"].to_numpy(bool)
+
+    frames = read_table(args.frames_table)
+    per_average = average_truth(frames, truth)
+    latents = read_table(args.latents)
+    select = read_table(args.select) if args.select else None
+    line = table[table["source"].isin(["line", "grid"])]
+    ends = line.sort_values("z_1")["t_hat"].to_numpy() if "z_1" in line else np.zeros(0)
+    metrics = {"truth": True, "n_points": int(len(table))}
+    if vol["z"].shape[1] == 1 and len(line) >= 3:
+        rho = _spearman(line["z_1"], line["t_hat"])
+        metrics["line_spearman_z_t_hat"] = None if rho is None else round(rho, 4)
+        metrics["line_t_hat_ends"] = [round(float(ends[0]), 4), round(float(ends[-1]), 4)]
+        metrics["line_t_hat_span"] = [round(float(min(ends[0], ends[-1])), 4),
+                                      round(float(max(ends[0], ends[-1])), 4)]
+    metrics["match_cc_min"] = round(float(table["match_cc"].min()), 4)
+    err = np.abs(line["volume_ratio"].to_numpy() - 1.0)
+    metrics["volume_error_max"] = round(float(err.max()), 4) if err.size else None
+    metrics["volume_within_10pct"] = int((err <= 0.10).sum())
+    metrics["volume_ratio_range"] = ([round(float(line["volume_ratio"].min()), 4),
+                                      round(float(line["volume_ratio"].max()), 4)] if err.size else None)
+    if "converged" in table:
+        metrics["n_converged"] = int(table["converged"].sum())
+    metrics.update(latent_follows_melt(latents, per_average))
+    metrics.update(training_set(latents, per_average, select))
+    write_table(args.out, table, stage=COMMAND)
+    write_json_atomic(args.metrics, metrics)
+    log.info("validated %d volumes: line Spearman(z, t_hat) %s, t_hat ends %s, volume error max %s, "
+             "|rho|(z, melt) %s, training purity %s recall %s", len(table),
+             metrics.get("line_spearman_z_t_hat"), metrics.get("line_t_hat_ends"), metrics["volume_error_max"],
+             metrics["rho_z_melt"], metrics["family_purity"], metrics["family_recall"])
+    return 0
+
+
+def _sources(path, n: int) -> list[str]:
+    from spicompute.io.frames import open_h5
+
+    with open_h5(path) as h5:
+        if "volumes/source" not in h5:
+            return ["line"] * n
+        return [s.decode() if isinstance(s, bytes) else str(s) for s in h5["volumes/source"][()]]

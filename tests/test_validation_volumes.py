@@ -1,0 +1,95 @@
+"""Volumes against truth (spicompute.validation): the melt matcher, true particle volumes,
+per-average truth.  The truth levels and the 'generated' volumes come from two different
+grids (and, for intermediate shapes, from the closed-form superellipsoid rather than the
+levels), so a match is not a copy compared with itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spicompute.shapes import melt_half_size, superellipsoid_exponent, superellipsoid_intensity_volume
+from spicompute.validation import average_truth, melt_match, resample_volume, true_particle_volume
+
+EDGE, GROWTH = 42.0, 0.1
+LEVELS = np.linspace(0.0, 1.0, 5)
+TRUTH_SIZE, TRUTH_DQ = 49, 0.03  # the simulator's truth grid: fine and wide
+SIZE, DQ = 27, 0.045             # the VAE's grid: coarse
+
+
+def melt_volume(t: float, size: int, dq: float) -> np.ndarray:
+    p = min(superellipsoid_exponent(t), 60.0) if t > 0 else 60.0
+    with np.errstate(over="ignore"):  # |x/r|^p overflows far outside the particle: density 0 there
+        return superellipsoid_intensity_volume(size, dq, 3, melt_half_size(t, EDGE, GROWTH), p)
+
+
+@pytest.fixture(scope="module")
+def truth_levels():
+    return np.stack([melt_volume(t, TRUTH_SIZE, TRUTH_DQ) for t in LEVELS])
+
+
+def observed_shell(size=SIZE, dq=DQ, q_min=0.06, q_max=0.55):
+    idx = np.indices((size,) * 3) - size // 2
+    qn = np.sqrt((idx ** 2).sum(0)) * dq
+    return (qn >= q_min) & (qn <= q_max)
+
+
+def test_resample_volume_keeps_the_centre_and_marks_the_outside():
+    vol = melt_volume(0.0, 21, 0.05)
+    same = resample_volume(vol, 0.05, 21, 0.05)
+    np.testing.assert_allclose(same, vol, rtol=1e-6)
+    wide = resample_volume(vol, 0.05, 31, 0.05)
+    assert np.isnan(wide[0, 0, 0]) and wide[15, 15, 15] == pytest.approx(vol[10, 10, 10])
+
+
+def test_melt_match_finds_each_level_on_another_grid(truth_levels):
+    generated = np.stack([resample_volume(v, TRUTH_DQ, SIZE, DQ) for v in truth_levels])
+    r = melt_match(generated, observed_shell(), DQ, truth_levels, LEVELS, TRUTH_DQ)
+    np.testing.assert_allclose(r["t_hat"], LEVELS, atol=1e-9)
+    assert (r["cc_best"] > 0.999).all()
+
+
+def test_melt_match_places_intermediate_shapes_in_order(truth_levels):
+    ts = np.array([0.15, 0.4, 0.6, 0.85])
+    generated = np.stack([melt_volume(t, SIZE, DQ) for t in ts])
+    r = melt_match(generated, observed_shell(), DQ, truth_levels, LEVELS, TRUTH_DQ)
+    assert np.all(np.diff(r["t_hat"]) > 0), r["t_hat"]
+    np.testing.assert_allclose(r["t_hat"], ts, atol=0.15)
+    # a scale factor does not change the match
+    scaled = melt_match(generated * 37.0, observed_shell(), DQ, truth_levels, LEVELS, TRUTH_DQ)
+    np.testing.assert_allclose(scaled["t_hat"], r["t_hat"])
+
+
+def test_melt_match_negative_control(truth_levels, rng):
+    """A volume that is not of the family (voxels shuffled within shells, or a rod) matches poorly."""
+    cube = melt_volume(0.0, SIZE, DQ)
+    shuffled = cube.copy().ravel()
+    idx = np.indices((SIZE,) * 3) - SIZE // 2
+    shell = np.rint(np.sqrt((idx ** 2).sum(0))).ravel()
+    for s in np.unique(shell):
+        k = np.flatnonzero(shell == s)
+        shuffled[k] = shuffled[rng.permutation(k)]
+    shuffled = shuffled.reshape(cube.shape)
+    good = melt_match(cube[None], observed_shell(), DQ, truth_levels, LEVELS, TRUTH_DQ)["cc_best"][0]
+    bad = melt_match(shuffled[None], observed_shell(), DQ, truth_levels, LEVELS, TRUTH_DQ)["cc_best"][0]
+    assert good > 0.9 and bad < good - 0.3
+
+
+def test_true_particle_volume_is_sqrt_of_i0(truth_levels):
+    v = true_particle_volume(truth_levels, LEVELS, LEVELS)
+    expected = EDGE ** 3 * (1 + GROWTH * LEVELS)
+    np.testing.assert_allclose(v, expected, rtol=0.02)
+    mid = true_particle_volume(truth_levels, LEVELS, [0.125])
+    assert v[0] < mid[0] < v[1]
+
+
+def test_average_truth_labels_family_and_melt():
+    truth = {"frame_id": np.arange(6), "class_name": np.array(["cube", "melt", "sphere", "rod", "rod", "melt"]),
+             "melt_t": np.array([np.nan, 0.4, np.nan, np.nan, np.nan, 0.6]), "size_nm": np.full(6, 42.0)}
+    frames = pd.DataFrame({"frame_id": [0, 1, 2, 3, 4, 5, 5], "average_id": [0, 0, 1, 1, 1, 2, -1]})
+    t = average_truth(frames, truth).set_index("average_id")
+    assert t.loc[0, "melt_t"] == pytest.approx(0.2) and t.loc[0, "family"]
+    assert t.loc[1, "contaminant"] == pytest.approx(2 / 3) and not t.loc[1, "family"]
+    assert t.loc[1, "melt_t"] == pytest.approx(1.0)  # the sphere member; rods carry no melt
+    assert t.loc[2, "members"] == 1
