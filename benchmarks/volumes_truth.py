@@ -13,6 +13,7 @@ and prints what ``spicompute validate`` measured (:mod:`spicompute.validation`):
     PYTHONPATH=. python benchmarks/volumes_truth.py                        # default set, seed 0
     PYTHONPATH=. python benchmarks/volumes_truth.py --photons 400 --background 50 --seed 1
     PYTHONPATH=. python benchmarks/volumes_truth.py --workdir D --from select   # rerun from a stage
+    PYTHONPATH=. python benchmarks/volumes_truth.py --workdir D --to orient     # only the upstream half
 
 Results (JSON, with the date, machine load and commit) go to
 ``benchmarks/measured/volumes_truth_<label>.json`` with ``--save``.
@@ -75,13 +76,15 @@ def main_(args) -> dict:
         pfile.write_text(yaml.safe_dump(params))
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     seconds = {}
-    for name in STAGES[STAGES.index(args.start):]:
+    for name in STAGES[STAGES.index(args.start):STAGES.index(args.stop) + 1]:
         if name == "vae":
             import shutil
 
             shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
         seconds[name] = round(run_stage(root, name, stages, pfile), 1)
         print(f"{name}: {seconds[name]} s", flush=True)
+    if args.stop != "validate":
+        return {"seconds": seconds}
     out = summary(root)
     settings = yaml.safe_load(pfile.read_text())["simulate"]
     out["settings"] = {"photons_mean": settings["photons_mean"],
@@ -111,5 +114,6 @@ if __name__ == "__main__":
     ap.add_argument("--workdir", default="", help="work folder (default: a new temporary one)")
     ap.add_argument("--from", dest="start", default="frames", choices=STAGES,
                     help="first stage to run (the folder must hold the earlier outputs)")
+    ap.add_argument("--to", dest="stop", default="validate", choices=STAGES, help="last stage to run")
     ap.add_argument("--save", action="store_true", help="write benchmarks/measured/volumes_truth_<label>.json")
     main_(ap.parse_args())

@@ -45,6 +45,7 @@ def make_volume_workspace(tmp_path):
         dens[:, 5:10, 5:10, 5:10] = 1.0
         h5["phased/density"] = dens
         h5["phased/z"] = z
+        h5.attrs["dx_nm"] = 5.0
         h5["averages2d/density"] = np.pad(np.ones((3, 5, 5), np.float32), ((0, 0), (5, 5), (5, 5)))
         h5["averages2d/average_id"] = np.array([0, 4, 7])
     pd.DataFrame({"volume_index": range(P), "z_1": z[:, 0], "particle_volume_nm3": np.linspace(7e4, 8e4, P),
