@@ -30,13 +30,35 @@ def straight_path(start: np.ndarray, end: np.ndarray, n_points: int) -> np.ndarr
     return resample_polyline(np.stack([np.asarray(start, np.float64), np.asarray(end, np.float64)]), n_points)
 
 
+def bridge_components(graph, z: np.ndarray):
+    """Join the pieces of a symmetric distance graph by their shortest gaps (each in turn).
+
+    A k-nearest-neighbour graph falls apart where the averages thin out; a path may cross
+    such a gap, but only by its shortest link (as a minimum spanning tree would).
+    """
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    graph = graph.tolil()
+    n_comp, label = connected_components(graph, directed=False)
+    while n_comp > 1:
+        inside = np.flatnonzero(label == label[0])
+        outside = np.flatnonzero(label != label[0])
+        dist, idx = cKDTree(z[outside]).query(z[inside])
+        a = int(np.argmin(dist))
+        i, j = inside[a], outside[idx[a]]
+        graph[i, j] = graph[j, i] = max(float(dist[a]), 1e-12)
+        n_comp, label = connected_components(graph, directed=False)
+    return graph.tocsr()
+
+
 def graph_path(latents: np.ndarray, start: np.ndarray, end: np.ndarray, n_points: int,
                neighbours: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """A path from ``start`` to ``end`` through the data's k-nearest-neighbour graph.
 
     latents : (M, d) encoded averages (latent means)
     Returns (points (n_points, d), visited (V,) indices into ``latents`` of the averages
-    the path passes through).  ValueError when the graph does not connect the ends.
+    the path passes through).  Pieces of the graph are joined by their shortest gaps.
     """
     from scipy.sparse.csgraph import dijkstra
     from sklearn.neighbors import kneighbors_graph
@@ -47,13 +69,10 @@ def graph_path(latents: np.ndarray, start: np.ndarray, end: np.ndarray, n_points
     if k < 1:
         raise ValueError("need at least two encoded averages for a graph path")
     graph = kneighbors_graph(z, k, mode="distance")
-    graph = graph.maximum(graph.T)  # symmetric: an edge if either end counts the other as a neighbour
+    graph = bridge_components(graph.maximum(graph.T), z)  # symmetric, and one piece
     first = int(np.argmin(np.linalg.norm(z - start, axis=1)))
     last = int(np.argmin(np.linalg.norm(z - end, axis=1)))
     dist, pred = dijkstra(graph, directed=False, indices=first, return_predecessors=True)
-    if not np.isfinite(dist[last]):
-        raise ValueError("the nearest-neighbour graph of the averages does not connect the two points; "
-                         "use a straight path or more neighbours")
     visited = [last]
     while visited[-1] != first:
         visited.append(int(pred[visited[-1]]))

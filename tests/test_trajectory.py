@@ -41,10 +41,17 @@ def test_graph_path_stays_on_the_data_where_a_straight_line_does_not(rng):
     assert path[:, 1].min() < 0.1 and len(visited) > 10   # it went down and round the bottom
 
 
-def test_graph_path_refuses_disconnected_data(rng):
-    z = np.concatenate([rng.normal(0, 0.05, (30, 2)), rng.normal(10, 0.05, (30, 2))])
-    with pytest.raises(ValueError, match="does not connect"):
-        graph_path(z, z[0], z[-1], 10, neighbours=3)
+def test_graph_path_crosses_a_gap_by_its_shortest_link(rng):
+    """Two clumps: the path joins them by the closest pair of points, not through empty space."""
+    a = rng.normal(0, 0.05, (30, 2))
+    b = rng.normal(0, 0.05, (30, 2)) + [10.0, 0.0]
+    z = np.concatenate([a, b])
+    path, visited = graph_path(z, a[0], b[0], 50, neighbours=3)
+    np.testing.assert_allclose(path[[0, -1]], [a[0], b[0]])
+    jump = np.linalg.norm(np.diff(z[visited], axis=0), axis=1).argmax()
+    i, j = visited[jump], visited[jump + 1]
+    gaps = np.linalg.norm(a[:, None] - b[None], axis=2)
+    assert np.linalg.norm(z[i] - z[j]) == pytest.approx(gaps.min())
 
 
 @pytest.fixture()
