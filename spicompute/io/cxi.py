@@ -133,6 +133,15 @@ def read_cxi_geometry(h5: h5py.File, path, frame_shape: tuple[int, int],
 
 def write_cxi(path: str | Path, counts: np.ndarray, detector: Detector) -> None:
     """Write frames (N, rows, cols) and a regular detector as a CXI file."""
+    counts = np.asarray(counts)
+    write_cxi_blocks(path, [counts], len(counts), detector, dtype=counts.dtype)
+
+
+def write_cxi_blocks(path: str | Path, blocks, n_frames: int, detector: Detector, dtype=np.int32) -> None:
+    """Write ``n_frames`` frames arriving as blocks (n_b, P) or (n_b, rows, cols) as a CXI file.
+
+    Memory is one block: large selections are read and written block by block.
+    """
     if detector.shape is None or detector.center is None:
         raise ValueError("CXI export needs a regular detector with a centre")
     rows, cols = detector.shape
@@ -142,8 +151,15 @@ def write_cxi(path: str | Path, counts: np.ndarray, detector: Detector) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         stamp(h5, "export-cxi")
         h5.attrs["cxi_version"] = 160
-        h5.create_dataset(DATA, data=np.asarray(counts).reshape(-1, rows, cols),
-                          compression="gzip", shuffle=True)
+        data = h5.create_dataset(DATA, shape=(n_frames, rows, cols), dtype=dtype, compression="gzip",
+                                 shuffle=True, chunks=(1, rows, cols))
+        done = 0
+        for block in blocks:
+            block = np.asarray(block).reshape(-1, rows, cols)
+            data[done:done + len(block)] = block
+            done += len(block)
+        if done != n_frames:
+            raise ValueError(f"got {done} frames, expected {n_frames}")
         g = h5[DET] if DET in h5 else h5.create_group(DET)
         g["distance"] = distance_m
         g["x_pixel_size"] = pitch_m
