@@ -58,13 +58,13 @@ def clpca_similarity(coords: np.ndarray) -> np.ndarray:
 
 
 def auto_k(n_usable: int) -> int:
-    """Neighbours per average: 1.5 sqrt of the usable count, at least 10, at most 40.
+    """Neighbours per average: 2 sqrt of the usable count, at least 10, at most 60.
 
     The contaminant groups and the family's local density both grow with
     the number of averages; sqrt keeps a neighbourhood small next to the
     family (a few per cent of it) but larger than chance bridges.
     """
-    return int(np.clip(round(1.5 * np.sqrt(max(n_usable, 1))), 10, 40))
+    return int(np.clip(round(2.0 * np.sqrt(max(n_usable, 1))), 10, 60))
 
 
 def snn_adjacency(similarity: np.ndarray, usable: np.ndarray, k: int, min_shared: int) -> np.ndarray:

@@ -30,12 +30,12 @@ def landscape(seed: int = 0, n_family: int = 150, bridge: bool = True):
     t = np.sort(rng.uniform(0, 1, n_family))
     chain = np.c_[3.0 * t - 1.5, 0.6 * np.sin(np.pi * t), 0.2 * t] + rng.normal(0, 0.05, (n_family, 3))
     gain_f = 1.7 - 0.55 * t + rng.normal(0, 0.03, n_family)
-    agg = np.array([2.0, 0.9, 0.4]) + rng.normal(0, 0.12, (12, 3))
+    agg = np.array([2.3, 1.2, 0.4]) + rng.normal(0, 0.12, (12, 3))
     rod = np.array([0.0, -0.8, -0.4]) + rng.normal(0, 0.08, (8, 3))
     parts = [chain, agg, rod]
     gains = [gain_f, 1.15 + rng.normal(0, 0.02, 12), 1.4 + rng.normal(0, 0.03, 8)]
     if bridge:  # a few averages between the sphere end and the aggregates
-        parts.append(np.linspace([1.55, 0.2, 0.22], [1.85, 0.75, 0.37], 3) + rng.normal(0, 0.02, (3, 3)))
+        parts.append(np.linspace([1.95, 0.55, 0.3], [2.15, 0.95, 0.35], 3) + rng.normal(0, 0.02, (3, 3)))
         gains.append(np.full(3, 1.16))
     coords = np.concatenate(parts)
     n = len(coords)
