@@ -79,7 +79,8 @@ def options(raw: dict) -> dict:
         p[name] = value
     comps = p["family_components"]
     if not (isinstance(comps, list) and comps and all(isinstance(c, str) for c in comps)):
-        raise ParameterError("select.family_components", "must be a non-empty list of column names, e.g. [pc_1, pc_2, pc_3]")
+        raise ParameterError("select.family_components",
+                             "must be a non-empty list of column names, e.g. [pc_1, pc_2, pc_3]")
     if p["mode"] == "clusters" and not (isinstance(p["clusters"], list) and p["clusters"]):
         raise ParameterError("select.clusters", "mode clusters needs a non-empty list of cluster ids")
     if p["mode"] == "box":
@@ -113,7 +114,8 @@ def family_mask(table: pd.DataFrame, keep: np.ndarray, p: dict):
     from spicompute.family import clpca_similarity, find_family
 
     cols = list(p["family_components"])
-    for col, source in [(c, "results/parts/embed.parquet") for c in cols] + [("gain", "results/parts/orient.parquet")]:
+    needed = [(c, "results/parts/embed.parquet") for c in cols] + [("gain", "results/parts/orient.parquet")]
+    for col, source in needed:
         if col not in table.columns:
             raise InputError(source, col, "column missing (select.mode family)")
     coords = table[cols].to_numpy(np.float64)
@@ -177,7 +179,7 @@ def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
 
 
 def truth_scores(average_id: np.ndarray, selected: np.ndarray, usable: np.ndarray, frames: pd.DataFrame,
-                 truth: dict) -> dict:
+                 truth: dict, source: str = "truth") -> dict:
     """Family purity and recall of a selection against simulation truth.
 
     An average is labelled by the majority true class of its member frames
@@ -190,7 +192,7 @@ def truth_scores(average_id: np.ndarray, selected: np.ndarray, usable: np.ndarra
     members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]]
     cls = classes.reindex(members["frame_id"].to_numpy()).to_numpy()
     if pd.isna(cls).any():
-        raise InputError("--truth", "truth/frame_id", "some member frames have no truth row")
+        raise InputError(source, "truth/frame_id", "some member frames have no truth row")
     counts = pd.crosstab(members["average_id"].to_numpy(), cls)
     majority = counts.idxmax(axis=1).reindex(average_id)
     family = majority.isin(FAMILY_CLASSES).to_numpy()
@@ -261,7 +263,8 @@ def run(args) -> int:
                 if col not in frames.columns:
                     raise InputError(args.frames_table, col, "column missing")
             usable = table["n_frames"].to_numpy(float) >= min_frames
-            metrics.update(truth_scores(table["average_id"].to_numpy(), selected, usable, frames, truth))
+            metrics.update(truth_scores(table["average_id"].to_numpy(), selected, usable, frames, truth,
+                                        source=args.truth))
     out = pd.DataFrame(columns)
     metrics["reasons"] = pd.Series(reason).value_counts().to_dict()
     write_table(args.out, out, stage=COMMAND, params=p)
