@@ -891,7 +891,7 @@ def _(base, d):
 
 # ---- selection files (select, mode file)
 def _select_cmd(base, d, selection):
-    params = _params(d, select={"mode": "file", "file": str(selection)})
+    params = _params(d, select={"mode": "file", "file": str(selection), "min_selected": 2})
     return ["select", "--params", str(params), "--parts", str(base / "parts" / "classify2d.parquet"),
             "--out", str(d / "out" / "select.parquet"), "--metrics", str(d / "out" / "m.json")]
 
@@ -907,7 +907,7 @@ _selections = {
     "bad-rule": (json.dumps({"name": "bad", "rule": {"pc_1": "high"}}), ["bad.json", "rule.pc_1"]),
     "latent-points-kind": (json.dumps({"name": "bad", "kind": "latent_points", "points": [[0.1]]}),
                            ["bad.json", "kind"]),
-    "ids-match-nothing": (json.dumps({"name": "bad", "average_ids": [99, 100]}), ["average_id", "keeps no"]),
+    "ids-match-nothing": (json.dumps({"name": "bad", "average_ids": [99, 100]}), ["select.file", "keeps 0 of", "select.min_selected"]),
     "binary": (b"\x89HDF\r\n\x1a\n\x00\x00\xff\xfe", ["bad.json"]),
 }
 for _name, (_text, _needles) in _selections.items():

@@ -275,7 +275,7 @@ def test_full_disk_parquet_and_json(tmp_path):
     write_table(part, pd.DataFrame({"average_id": np.arange(50), "run": np.zeros(50, int),
                                     "model": np.arange(50), "n_frames": np.full(50, 10.0)}))
     out = tmp_path / "out"
-    argv = ["select", "--params", str(_params(tmp_path)), "--parts", str(part),
+    argv = ["select", "--params", str(_params(tmp_path, select={"mode": "all"})), "--parts", str(part),
             "--out", str(out / "select.parquet"), "--metrics", str(out / "select.json")]
     _assert_clean_write_failure(_full_disk_run(argv, tmp_path, 512), "select", out, "select.parquet")
     assert leftovers(out) == []

@@ -74,7 +74,7 @@ def test_rules_ranges_and_values(table):
 
 
 def test_select_modes(table, tmp_path):
-    sel, reason, thr = select_averages(table, options({}))
+    sel, reason, thr = select_averages(table, options({"mode": "all"}))
     assert thr == pytest.approx(20.0) and sel.sum() == 36 and set(reason[~sel]) == {"n_frames < 20"}
     sel, reason, _ = select_averages(table, options({"mode": "clusters", "clusters": [1]}))
     assert (table.cluster[sel] == 1).all() and sel.sum() == 12

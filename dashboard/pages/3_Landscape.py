@@ -1,7 +1,9 @@
 """The structural landscape: CLPCA space (and Isomap / spectral / t-SNE) of all averages.
 
-Box/lasso a region of the 2D scatter, name it and save it as a selection
-(``selections/<name>.json``, read by the ``select`` stage).  Click a point to
+Marks which averages the ``select`` stage keeps for the VAE (by default the
+cube-end family found without truth).  Box/lasso a region of the 2D scatter,
+name it and save it as a selection (``selections/<name>.json``, read by the
+``select`` stage with ``select.mode: file``) to override that choice.  Click a point to
 drill down: its average, the best-fit reference slice, member frames turned
 into the average's orientation.  A banner warns when a component follows
 occupancy, signal level or the bootstrap run.
@@ -18,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from dashboard.common import (averages_table, current_rev, file_key, log_image, missing, path,
                               plain, read_h5, read_json, read_table, run_picker, workspace)
-from dashboard.data import OutputError, diagnostics, drill, selections, tables
+from dashboard.data import OutputError, diagnostics, drill, selections, tables, training
 from dashboard.figures import landscape_scatter, markdown_table
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
@@ -29,7 +31,7 @@ METHODS = {"pc": "CLPCA (PCA of the CC matrix)", "isomap": "Isomap", "spectral":
            "tsne": "t-SNE"}
 AVERAGES = "data/averages.h5"
 
-table = averages_table("pc_1", "embed", ("classify2d", "orient", "vae"))
+table = averages_table("pc_1", "embed", ("classify2d", "orient", "select", "vae"))
 if table is None:
     missing("embed", "results/parts/embed.parquet")
     st.stop()
@@ -122,7 +124,7 @@ if thinned:
     st.info(f"Showing {len(plot):,} of {len(table):,} averages (a uniform sample) to keep the "
             "browser responsive; selections still use every average inside the box.")
 plot = plot.copy()
-hover = [c for c in ("average_id", "run", "model", "n_frames", "cluster") if c in plot]
+hover = [c for c in ("average_id", "run", "model", "n_frames", "cluster", "selected", "reason") if c in plot]
 color_arg = None
 if color in plot:
     if color == "cluster" or not pd.api.types.is_float_dtype(plot[color]):
@@ -142,6 +144,26 @@ if dims == "3D":
 else:
     fig = landscape_scatter(plot, x_col, y_col, color_arg, hover,
                             order=orders.get(color_arg) if color_arg else None)
+marks = training.training_marks(plot)
+if marks is not None:
+    show_marks = st.checkbox("mark the averages the select stage drops", value=True, key="show_training",
+                             help="✕: not used to train the VAE; ◆: the cube-end seed of select.mode family")
+    st.caption(training.training_caption(read_json("metrics/select.json"), training.training_marks(table)))
+    if show_marks:
+        # Scatter3d knows fewer symbols than Scatter: "x" and "diamond-open" exist in both
+        for mask, name, symbol, colour in ((marks["dropped"], "dropped by select", "x", "black"),
+                                           (marks["seed"], "cube-end seed", "diamond-open", "crimson")):
+            if not mask.any():
+                continue
+            part = plot[mask]
+            style = dict(symbol=symbol, size=7 if dims == "2D" else 4, color=colour,
+                         line=dict(color=colour, width=1))
+            if dims == "3D":
+                fig.add_trace(go.Scatter3d(x=part[comps[0]], y=part[comps[1]], z=part[comps[2]],
+                                           mode="markers", marker=style, name=name, hoverinfo="skip"))
+            else:
+                fig.add_trace(go.Scatter(x=part[x_col], y=part[y_col], mode="markers", marker=style,
+                                         name=name, hoverinfo="skip"))
 sel = plot[plot["average_id"] == st.session_state["average"]]
 if len(sel):
     mark = dict(size=14 if dims == "2D" else 8, color="rgba(0,0,0,0)",

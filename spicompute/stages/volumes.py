@@ -2,10 +2,18 @@
 
 Latent points (paper Figs. 5 and 6):
 
-- d = 1: a line of ``volumes.n_points`` between the ``volumes.percentiles``
-  of the trained averages' encoded z (paper: 12 points from -2.00 to 2.67);
+- d = 1: a line of ``volumes.n_points`` spanning the trained averages'
+  encoded z (paper: 12 points from -2.00 to 2.67);
 - d = 2, 3: a regular grid of ``volumes.grid_per_axis`` points per axis over
-  the same percentile box (paper: ~200 points for d = 2);
+  the same box (paper: ~200 points for d = 2);
+
+The span (``volumes.percentiles: auto``) runs from the m-th smallest to the
+m-th largest trained z on each axis, m = max(2, ceil(0.5 % of the trained
+averages)): both ends of the family, so the line reaches the cube and the
+sphere, while a single stray average cannot stretch it.  Percentiles such
+as [2, 98] clipped a few per cent off each end, and with the cube end the
+sparser one that is where the shapes change fastest.  ``[lo, hi]``
+(percent) overrides.
 - plus every point of the ``kind: latent_points`` selection files under
   ``selections/`` (the dashboard writes them), when their dimension matches.
 
@@ -32,7 +40,7 @@ from spicompute.stages._common import get_logger, stage_params
 COMMAND = "volumes"
 HELP = "decode 3D intensity volumes along the VAE latent coordinate (and at selected points)"
 OUTPUTS = ("out",)  # --model is an input here
-DEFAULTS = {"n_points": 12, "grid_per_axis": 14, "percentiles": [2.0, 98.0], "selections": "selections"}
+DEFAULTS = {"n_points": 12, "grid_per_axis": 14, "percentiles": "auto", "selections": "selections"}
 
 log = get_logger("volumes")
 
@@ -50,14 +58,36 @@ def options(raw: dict) -> dict:
     p["n_points"] = positive("volumes.n_points", p["n_points"], integer=True)
     p["grid_per_axis"] = positive("volumes.grid_per_axis", p["grid_per_axis"], integer=True)
     pct = p["percentiles"]
-    if not (isinstance(pct, list) and len(pct) == 2 and 0 <= float(pct[0]) < float(pct[1]) <= 100):
-        raise ParameterError("volumes.percentiles", f"must be [lo, hi] with 0 <= lo < hi <= 100, got {pct!r}")
+    if pct == "auto":
+        return p
+    try:
+        ok = isinstance(pct, list) and len(pct) == 2 and 0 <= float(pct[0]) < float(pct[1]) <= 100
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ParameterError("volumes.percentiles", f"must be auto or [lo, hi] with 0 <= lo < hi <= 100, got {pct!r}")
     return p
 
 
+def latent_span(z: np.ndarray, percentiles="auto") -> tuple[np.ndarray, np.ndarray]:
+    """(lo (d,), hi (d,)) of the encoded z (N, d) of the trained averages.
+
+    auto: the m-th smallest and m-th largest value per axis, m = max(2,
+    ceil(0.005 N)) (bounded by N); else ``percentiles`` [lo, hi] in percent.
+    """
+    z = np.asarray(z, np.float64)
+    if percentiles != "auto":
+        lo, hi = np.percentile(z, percentiles, axis=0)
+        return lo, hi
+    n = len(z)
+    m = min(max(2, int(np.ceil(0.005 * n))), n)
+    ordered = np.sort(z, axis=0)
+    return ordered[m - 1], ordered[n - m]
+
+
 def latent_points(z: np.ndarray, p: dict) -> np.ndarray:
-    """Line (d = 1) or grid (d > 1) between the percentiles of encoded z (N, d) -> (P, d)."""
-    lo, hi = np.percentile(z, p["percentiles"], axis=0)
+    """Line (d = 1) or grid (d > 1) over :func:`latent_span` of encoded z (N, d) -> (P, d)."""
+    lo, hi = latent_span(z, p["percentiles"])
     d = z.shape[1]
     if d == 1:
         return np.linspace(lo[0], hi[0], p["n_points"])[:, None]

@@ -1,0 +1,147 @@
+"""The cube-end family found without truth (spicompute.family, select.mode family)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from spicompute.cli import main
+from spicompute.errors import ParameterError
+from spicompute.family import clpca_similarity, find_family
+from spicompute.io.tables import read_table, write_table
+from spicompute.stages.select import options, select_averages, truth_scores
+
+
+def landscape(seed: int = 0, n_family: int = 150, bridge: bool = True):
+    """Per-average table: a melt chain, a rod/aggregate blob touching the sphere end, a dimer-like blob.
+
+    The family runs along a curved line in CLPCA space, gain falling from 1.7
+    (cube end) to 1.15 (sphere end), best CC falling with it.  Contaminants:
+    an aggregate blob whose edge reaches the chain's sphere end through a few
+    averages (``bridge``), and a rod blob beside the middle of the chain, both
+    with gain ~1.15-1.4.  Returns (table, is_family (N,) bool).
+    """
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(0, 1, n_family))
+    chain = np.c_[3.0 * t - 1.5, 0.6 * np.sin(np.pi * t), 0.2 * t] + rng.normal(0, 0.05, (n_family, 3))
+    gain_f = 1.7 - 0.55 * t + rng.normal(0, 0.03, n_family)
+    agg = np.array([2.3, 1.2, 0.4]) + rng.normal(0, 0.12, (12, 3))
+    rod = np.array([0.0, -0.8, -0.4]) + rng.normal(0, 0.08, (8, 3))
+    parts = [chain, agg, rod]
+    gains = [gain_f, 1.15 + rng.normal(0, 0.02, 12), 1.4 + rng.normal(0, 0.03, 8)]
+    if bridge:  # a few averages between the sphere end and the aggregates
+        parts.append(np.linspace([1.95, 0.55, 0.3], [2.15, 0.95, 0.35], 3) + rng.normal(0, 0.02, (3, 3)))
+        gains.append(np.full(3, 1.16))
+    coords = np.concatenate(parts)
+    n = len(coords)
+    family = np.r_[np.ones(n_family, bool), np.zeros(n - n_family, bool)]
+    table = pd.DataFrame({"average_id": np.arange(n), "n_frames": rng.uniform(60, 200, n),
+                          "pc_1": coords[:, 0], "pc_2": coords[:, 1], "pc_3": coords[:, 2],
+                          "gain": np.concatenate(gains), "best_cc": 0.5 + 0.2 * (np.concatenate(gains) - 1)})
+    return table, family
+
+
+def purity_recall(keep, family):
+    return family[keep].mean(), keep[family].mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_family_kept_contaminants_dropped(seed):
+    table, family = landscape(seed)
+    coords = table[["pc_1", "pc_2", "pc_3"]].to_numpy()
+    fam = find_family(clpca_similarity(coords), table.gain.to_numpy(), np.ones(len(table), bool))
+    purity, recall = purity_recall(fam.keep, family)
+    assert purity >= 0.95 and recall >= 0.8, (purity, recall)
+    # both ends of the melt chain are kept: the sphere end through the chain, not through its gain
+    assert fam.keep[:10].all() and fam.keep[family][-10:].mean() >= 0.8
+    assert fam.seed.sum() == max(3, round(0.05 * len(table))) and family[fam.seed].all()
+
+
+def test_negative_control_plain_knn_chains_contaminants_in():
+    """A plain (symmetric) kNN graph with the same k chains the aggregates in through the bridge."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    table, family = landscape(0)
+    sim = clpca_similarity(table[["pc_1", "pc_2", "pc_3"]].to_numpy())
+    usable = np.ones(len(table), bool)
+    strict = find_family(sim, table.gain.to_numpy(), usable)
+    s = sim.copy()
+    np.fill_diagonal(s, -np.inf)
+    nn = np.argsort(-s, axis=1)[:, :strict.k]
+    adj = np.zeros(s.shape, bool)
+    adj[np.repeat(np.arange(len(s)), strict.k), nn.ravel()] = True
+    _, lab = connected_components(csr_matrix(adj | adj.T), directed=False)
+    plain = lab == lab[np.flatnonzero(strict.seed)[0]]
+    assert purity_recall(plain, family)[0] < 0.95 <= purity_recall(strict.keep, family)[0]
+
+
+def test_select_mode_family_and_unusable_rows():
+    table, family = landscape(1)
+    table["landscape_usable"] = True
+    table.loc[5, "landscape_usable"] = False
+    table.loc[7, "n_frames"] = 1.0
+    sel, reason, _ = select_averages(table, options({}))
+    assert options({})["mode"] == "family"
+    assert not sel[5] and not sel[7] and reason[7].startswith("n_frames <")
+    assert purity_recall(sel, family)[0] >= 0.95
+    assert set(reason[~sel & ~family]) == {"not in the cube-end family"}
+
+
+def test_truth_scores_majority_label():
+    frames = pd.DataFrame({"frame_id": np.arange(9), "average_id": [0, 0, 0, 1, 1, 1, 2, 2, -1]})
+    truth = {"frame_id": np.arange(9), "class_name": np.array(
+        ["cube", "cube", "dimer", "rod", "rod", "melt", "sphere", "melt", "rod"])}
+    ids = np.array([0, 1, 2])
+    out = truth_scores(ids, np.array([True, True, False]), np.ones(3, bool), frames, truth)
+    assert out["family_purity"] == 0.5 and out["family_recall"] == 0.5
+    assert out["selected_classes"] == {"cube": 1, "rod": 1}
+
+
+def _project(tmp_path, table, family, select=None):
+    root = tmp_path
+    (root / "parts").mkdir()
+    write_table(root / "parts/classify2d.parquet", table[["average_id", "n_frames"]])
+    write_table(root / "parts/embed.parquet", table[["average_id", "pc_1", "pc_2", "pc_3"]])
+    write_table(root / "parts/orient.parquet", table[["average_id", "best_cc", "gain"]])
+    # ten member frames per average, the average's class in 9 of them
+    ids = np.repeat(table.average_id.to_numpy(), 10)
+    frame_id = np.arange(len(ids))
+    cls = np.where(np.repeat(family, 10), "melt", "aggregate").astype(object)
+    cls[::10] = np.where(family, "aggregate", "cube")
+    write_table(root / "frames.parquet", pd.DataFrame({"frame_id": frame_id, "average_id": ids}))
+    with h5py.File(root / "truth.h5", "w") as h5:
+        h5["truth/frame_id"] = frame_id
+        h5["truth/class_name"] = cls.astype(h5py.string_dtype())
+    (root / "params.yaml").write_text(yaml.safe_dump({"select": select or {}, "vae": {"batch_size": 16}}))
+    return ["select", "--params", str(root / "params.yaml"), "-q", "--parts",
+            *(str(root / f"parts/{n}.parquet") for n in ("classify2d", "embed", "orient")),
+            "--out", str(root / "out/select.parquet"), "--metrics", str(root / "out/select.json"),
+            "--truth", str(root / "truth.h5"), "--frames-table", str(root / "frames.parquet")]
+
+
+def test_stage_records_purity_and_recall(tmp_path):
+    table, family = landscape(2)
+    assert main(_project(tmp_path, table, family)) == 0
+    m = json.loads((tmp_path / "out/select.json").read_text())
+    sel = read_table(tmp_path / "out/select.parquet")
+    assert m["mode"] == "family" and m["family_purity"] >= 0.95 and m["family_recall"] >= 0.8
+    assert m["family_purity"] == pytest.approx(family[sel.selected.to_numpy()].mean())
+    assert {"family", "family_seed"} <= set(sel.columns) and m["n_family"] == int(sel.family.sum())
+
+
+def test_too_few_selected_names_the_parameter_and_writes_nothing(tmp_path, capsys):
+    table, family = landscape(0)
+    argv = _project(tmp_path, table, family, select={"mode": "gain", "gain": [1.69, None]})
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "select.gain" in err[0] and "select.min_selected" in err[0]
+    assert "the VAE needs >= 16" in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with pytest.raises(ParameterError, match="select.family_shared_fraction"):
+        options({"family_shared_fraction": 1.5})
