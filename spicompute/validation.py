@@ -126,23 +126,26 @@ def average_truth(frames: "pd.DataFrame", truth: dict) -> "pd.DataFrame":
     truth : :func:`spicompute.io.truth.read_truth` (class_name, melt_t, size_nm per frame_id)
     Returns one row per average_id: ``members``, ``melt_t`` (mean over the members of
     the cube-sphere family; cube 0, sphere 1), ``contaminant`` (share of members that are
-    dimers, rods or aggregates), ``size_nm`` (mean), ``family`` (most members are of the
-    cube-sphere family).
+    dimers, rods or aggregates), ``size_nm`` (mean), ``majority_class`` (the most common true
+    class of the members) and ``family`` (that class is cube, melt or sphere).
     """
     import pandas as pd
 
-    t = np.asarray(truth["melt_t"], np.float64).copy()
     names = np.asarray(truth["class_name"]).astype(str)
+    nan = np.full(len(names), np.nan)
+    t = np.asarray(truth.get("melt_t", nan), np.float64).copy()
     t[names == "cube"] = 0.0
     t[names == "sphere"] = 1.0
     per_frame = pd.DataFrame({"frame_id": np.asarray(truth["frame_id"]), "melt_t": t,
                               "contaminant": ~np.isin(names, FAMILY_CLASSES),
-                              "size_nm": np.asarray(truth["size_nm"], np.float64)})
+                              "size_nm": np.asarray(truth.get("size_nm", nan), np.float64)})
     members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]].merge(per_frame, on="frame_id")
     members.loc[members["contaminant"], "melt_t"] = np.nan
     out = members.groupby("average_id").agg(members=("frame_id", "size"), melt_t=("melt_t", "mean"),
                                             contaminant=("contaminant", "mean"), size_nm=("size_nm", "mean"))
-    out["family"] = out["contaminant"] < 0.5
+    classes = pd.Series(names, index=per_frame["frame_id"]).reindex(members["frame_id"].to_numpy()).to_numpy()
+    out["majority_class"] = pd.crosstab(members["average_id"].to_numpy(), classes).idxmax(axis=1)
+    out["family"] = out["majority_class"].isin(FAMILY_CLASSES)
     return out.reset_index()
 
 

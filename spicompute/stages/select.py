@@ -43,7 +43,6 @@ DEFAULTS = {"mode": "family", "min_frames": "auto", "min_selected": "auto", "fam
             "family_shared_fraction": 0.5, "family_seed_fraction": 0.05,
             "family_components": ["pc_1", "pc_2", "pc_3"], "clusters": [], "box": {}, "gain": [None, None],
             "file": ""}
-FAMILY_CLASSES = ("cube", "melt", "sphere")
 
 log = get_logger("select")
 
@@ -188,14 +187,15 @@ def truth_scores(average_id: np.ndarray, selected: np.ndarray, usable: np.ndarra
     recall = selected share of the family averages that are ``usable`` (N,)
     bool (enough member frames: the ones a selection may keep at all).
     """
-    classes = pd.Series(np.asarray(truth["class_name"]).astype(str), index=np.asarray(truth["frame_id"]))
+    from spicompute.validation import average_truth
+
     members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]]
-    cls = classes.reindex(members["frame_id"].to_numpy()).to_numpy()
-    if pd.isna(cls).any():
+    unknown = np.setdiff1d(members["frame_id"].to_numpy(), np.asarray(truth["frame_id"]))
+    if unknown.size:
         raise InputError(source, "truth/frame_id", "some member frames have no truth row")
-    counts = pd.crosstab(members["average_id"].to_numpy(), cls)
-    majority = counts.idxmax(axis=1).reindex(average_id)
-    family = majority.isin(FAMILY_CLASSES).to_numpy()
+    per_average = average_truth(members, truth).set_index("average_id").reindex(average_id)
+    majority = per_average["majority_class"]
+    family = per_average["family"].fillna(False).to_numpy(bool)
     n_sel = int(selected.sum())
     n_fam = int((family & usable).sum())
     return {"family_purity": float(family[selected].mean()) if n_sel else None,

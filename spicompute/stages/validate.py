@@ -13,8 +13,9 @@ independent of the VAE: the truth intensities of the melt family
 
 Per run (``metrics/validate.json``): Spearman(z, t_hat) along the line, t_hat
 at both ends, |Spearman|(z_1, members' mean melt) over the trained family
-averages, the training set's family purity and recall, the worst particle
-volume error and how many phased volumes converged.  For ingested data (no
+averages, the worst particle volume error and how many phased volumes
+converged.  (The training set's family purity and recall are the select
+stage's metrics.)  For ingested data (no
 truth) the metrics say ``"truth": false`` and the table is empty.
 """
 
@@ -38,7 +39,6 @@ def add_arguments(parser):
     parser.add_argument("--volumes", default="data/volumes.h5", help="generated intensity volumes")
     parser.add_argument("--phased-table", default="results/volumes.parquet", help="phase stage table")
     parser.add_argument("--latents", default="results/parts/vae.parquet", help="encoded averages (vae)")
-    parser.add_argument("--select", default="results/parts/select.parquet", help="select stage table")
     parser.add_argument("--frames-table", default="results/frames.parquet", help="frame -> average")
     parser.add_argument("--out", default="results/volumes_truth.parquet", help="one row per volume point")
     parser.add_argument("--metrics", default="metrics/validate.json")
@@ -64,24 +64,6 @@ def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dic
         rho = _spearman(fam[col], fam["melt_t"])
         out[col] = None if rho is None else round(abs(rho), 4)
     return {"rho_z_melt": out, "n_family_trained": int(len(fam))}
-
-
-def training_set(latents: pd.DataFrame, per_average: pd.DataFrame, select: pd.DataFrame | None) -> dict:
-    """Family purity of the trained averages and the share of the usable family they keep."""
-    t = latents[["average_id"] + (["vae_trained"] if "vae_trained" in latents else [])].merge(
-        per_average, on="average_id", how="inner")
-    trained = t["vae_trained"].astype(bool) if "vae_trained" in t else pd.Series(True, index=t.index)
-    usable = pd.Series(True, index=t.index)
-    if select is not None and "reason" in select.columns:
-        low = select.set_index("average_id")["reason"].astype(str).str.startswith("n_frames <")
-        usable = ~low.reindex(t["average_id"]).fillna(False).to_numpy()
-    fam = t["family"].astype(bool)
-    n_trained = int(trained.sum())
-    purity = float((trained & fam).sum() / n_trained) if n_trained else None
-    usable_family = fam & usable
-    recall = float((trained & usable_family).sum() / usable_family.sum()) if usable_family.any() else None
-    return {"family_purity": purity, "family_recall": recall, "n_trained": n_trained,
-            "n_family_usable": int(usable_family.sum())}
 
 
 def run(args) -> int:
@@ -126,7 +108,6 @@ def run(args) -> int:
     frames = read_table(args.frames_table)
     per_average = average_truth(frames, truth)
     latents = read_table(args.latents)
-    select = read_table(args.select) if args.select else None
     line = table[table["source"].isin(["line", "grid"])]
     ends = line.sort_values("z_1")["t_hat"].to_numpy() if "z_1" in line else np.zeros(0)
     metrics = {"truth": True, "n_points": int(len(table))}
@@ -145,13 +126,12 @@ def run(args) -> int:
     if "converged" in table:
         metrics["n_converged"] = int(table["converged"].sum())
     metrics.update(latent_follows_melt(latents, per_average))
-    metrics.update(training_set(latents, per_average, select))
     write_table(args.out, table, stage=COMMAND)
     write_json_atomic(args.metrics, metrics)
     log.info("validated %d volumes: line Spearman(z, t_hat) %s, t_hat ends %s, volume error max %s, "
-             "|rho|(z, melt) %s, training purity %s recall %s", len(table),
+             "|rho|(z, melt) %s", len(table),
              metrics.get("line_spearman_z_t_hat"), metrics.get("line_t_hat_ends"), metrics["volume_error_max"],
-             metrics["rho_z_melt"], metrics["family_purity"], metrics["family_recall"])
+             metrics["rho_z_melt"])
     return 0
 
 
