@@ -33,7 +33,7 @@ DEFAULTS = {
     "shrinkwrap_every": 10, "shrinkwrap_start": 0, "er_per_update": 0, "shrinkwrap_threshold": 0.2,
     "sigma_start_nm": "auto", "sigma_end_nm": "auto",
     "autocorrelation_threshold": 0.04, "support_scale": 1.0, "coarse_size": 45,
-    "keep_factor": 2.0, "volume_threshold": 1.0e-4, "max_error": 0.1, "porod_from": 0.7,
+    "keep_factor": 2.0, "volume_threshold": 1.0e-4, "max_error": 0.15, "porod_from": 0.7,
     "averages_2d": "auto", "averages_2d_count": 6, "seed": 0, "threads": 0,
 }
 
