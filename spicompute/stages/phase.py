@@ -186,7 +186,8 @@ def check_sampling(vol: dict, path) -> None:
                 f"volume {i}: the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds "
                 f"less than twice the particle (its autocorrelation fills the box: particle extent "
                 f">= {extent:.0f} nm); phasing needs a box >= 2x the particle: use a larger "
-                f"vae.preset or a smaller vae.q_max_nm", source=str(path))
+                f"vae.preset or a smaller vae.q_max_nm (or, if the particle is small, the volume "
+                f"is speckled by noise: check the vae training)", source=str(path))
 
 
 def choose_averages(avg, selection, count: int, source: str) -> np.ndarray:
