@@ -120,6 +120,10 @@ def test_stage_writes_the_contract_outputs_deterministically(inputs, tmp_path):
     assert (table.support_voxels > 0).all() and (table.final_error < 0.05).all()
     assert table.converged.dtype == bool and table.converged.all()
     assert np.all(table.prtf_resolution_nm >= 2 * np.pi / (np.sqrt(3) * (SIZE // 2) * DQ))
+    # noiseless: the starts agree up to q_max, the resolution is the flagged data limit
+    assert table.prtf_at_data_limit.dtype == bool and table.prtf_at_data_limit.all()
+    np.testing.assert_allclose(table.prtf_resolution_nm, 2 * np.pi / ((SIZE // 2) * DQ))
+    assert (table.n_starts_kept >= 2).all()
     metrics = json.loads((tmp_path / "metrics/phase.json").read_text())
     assert metrics["n_volumes"] == 3 and metrics["n_averages_2d"] == 2
     assert metrics["n_converged"] == 3
