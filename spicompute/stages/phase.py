@@ -169,10 +169,11 @@ def check_sampling(vol: dict, path) -> None:
     """Refuse volumes whose grid holds less than twice the particle (no 2x oversampling).
 
     The autocorrelation of each intensity volume spans twice the particle; when
-    it reaches the faces of the ``2 pi / dq`` box the particle is at least half
-    the box and phase retrieval has too few constraints (and the support
-    wraps).  One line naming the parameters that set the box; nothing is
-    written.
+    it does not fall off before the faces of the ``2 pi / dq`` box
+    (:func:`spicompute.phasing.autocorrelation_extent`) the particle is about
+    half the box or more, phase retrieval has too few constraints and the
+    support wraps.  One line naming the parameters that set the box; nothing
+    is written.
     """
     from spicompute import phasing
 
@@ -273,7 +274,8 @@ def run(args) -> int:
     for i in np.flatnonzero(~converged):
         log.warning("volume %d: phasing did not converge (Fourier error %.3f > phase.max_error %.3g); "
                     "its shape and volume are flagged (column converged) and left out of the "
-                    "metrics; try more phase.n_starts / n_dm", i, err[i], o["max_error"])
+                    "metrics; try more phase.n_starts / n_dm (an error that does not drop with them is the "
+                    "volume's own inconsistency, docs/volumes_phase.md)", i, err[i], o["max_error"])
 
     n2 = len(picked)
     dens2 = supp2 = None
