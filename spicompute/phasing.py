@@ -590,21 +590,29 @@ def intensity_volume(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
 
 
 def autocorrelation_extent(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
-                           threshold: float = 0.05) -> tuple[float, bool]:
+                           threshold: float = 0.05, face_level: float = 0.1) -> tuple[float, bool]:
     """Particle extent (nm) from the autocorrelation of the intensity, and whether it fits.
 
     The autocorrelation ``|IFT(I)|`` (beamstop filled by :func:`fill_beamstop`)
     of a particle of width D along an axis falls to zero at offset D along it;
     on a grid of field of view ``2 pi / dq`` it does so before the box face only
     when the box holds at least twice the particle (2x oversampling, the
-    condition for phase retrieval); otherwise the wrapped copies overlap and it
-    never falls.  Per axis, the largest value on each plane at offset k is
-    followed outwards to its first drop below ``threshold`` x the peak (the
-    first drop, not the last: the truncation at q_max leaves a ringing floor of
-    a few % further out).  Centred layout.
+    condition for phase retrieval); otherwise the wrapped copies overlap at the
+    face.  Per axis, the largest value on each plane at offset k (relative to
+    the peak) gives an outward profile.
 
-    Returns (extent, nm: the widest axis crossing, linearly interpolated;
-    ``pi / dq`` = half the box when it does not fit; fits: bool).
+    extent : the widest axis's first drop below ``threshold`` (linearly
+        interpolated; the first drop, not the last: the truncation at q_max
+        leaves a ringing floor of a few % further out); ``pi / dq`` (half the
+        box) when there is none.  The particle's width for a cube; ~0.8 D for
+        a ball of diameter D, whose overlap with its shifted copy has weak tails.
+    fits : the profile at the box face is below ``face_level``.  The
+        truncation at q_max blurs the autocorrelation's edge, so at exactly 2x
+        the face value is ~0.085 for a cube and ~0.03 for a sphere (27..45
+        grids); 0.1 accepts both at 2x and refuses a cube at <= 1.9x (a sphere,
+        whose autocorrelation has weak tails, only at <= 1.6x).
+
+    Centred layout in.
     """
     inten = np.maximum(np.asarray(intensity, dtype=np.float64), 0.0)
     ndim, size = inten.ndim, inten.shape[0]
@@ -615,18 +623,20 @@ def autocorrelation_extent(intensity: np.ndarray, observed: np.ndarray, dq_nm: f
     auto = to_centred(auto, ndim) / max(float(auto.max()), 1e-300)
     dx = real_space_step(size, dq_nm)
     half = size // 2
-    reach = 0.0
+    reach, face = 0.0, 0.0
     for ax in range(ndim):
         other = tuple(a for a in range(ndim) if a != ax)
         profile = auto.max(axis=other)
         outward = np.maximum(profile[half:], profile[half::-1])  # offsets 0 .. half
+        face = max(face, float(outward[-1]))
         below = np.flatnonzero(outward < threshold)
         if below.size == 0:
-            return float(np.pi / dq_nm), False
+            reach = float(half) + 0.5
+            continue
         k = int(below[0])
         p0, p1 = outward[k - 1], outward[k]
         reach = max(reach, k - 1 + (p0 - threshold) / (p0 - p1))
-    return float(reach * dx), True
+    return float(reach * dx), bool(face < face_level)
 
 
 # --------------------------------------------------------------------------- driver

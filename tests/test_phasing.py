@@ -356,14 +356,23 @@ def test_invariant_volume_is_exact_for_a_known_density_and_scale_free():
     assert v3 == pytest.approx(v)
 
 
-def test_autocorrelation_extent_measures_the_particle_and_the_oversampling():
-    size = 27
-    for dq, fits in ((0.0411, True), (0.09, False)):   # box 153 nm and 70 nm for a 42 nm cube
+@pytest.mark.parametrize("size", [27, 41])
+def test_autocorrelation_extent_measures_the_particle_and_the_oversampling(size):
+    """42 nm cube and 54 nm sphere: extent in a wide box, accepted at 2x, a cube refused below."""
+    def run(shape, box_nm):
+        dq = 2 * np.pi / box_nm
         q = _grid(size, dq, 3)
-        observed = _observed_band(size, dq)
-        extent, ok = autocorrelation_extent(cube_intensity(q, 42.0), observed, dq)
-        assert ok is fits
-        if fits:
-            assert extent == pytest.approx(42.0, rel=0.2)
-        else:
-            assert extent == pytest.approx(np.pi / dq, rel=0.05)   # saturates at half the box
+        inten = cube_intensity(q, 42.0) if shape == "cube" else sphere_intensity(q, 27.0)
+        return autocorrelation_extent(inten, _observed_band(size, dq), dq)
+
+    extent, ok = run("cube", 153.0)
+    assert ok and extent == pytest.approx(42.0, rel=0.1)
+    extent, ok = run("sphere", 153.0)
+    # a ball overlaps its shifted copy by (1 - r/D)^2 (1 + r/2D): 5 % of the peak at ~0.8 D
+    assert ok and 0.75 * 54.0 < extent < 54.0
+    # exactly 2x oversampling (the vae's Nyquist bound for the particle): accepted
+    assert run("cube", 84.0)[1] and run("sphere", 108.0)[1]
+    # a cube at 1.8x and 1.6x: refused, the extent saturates at half the box
+    for box in (75.6, 67.2):
+        extent, ok = run("cube", box)
+        assert not ok and extent == pytest.approx(box / 2, rel=0.05)
