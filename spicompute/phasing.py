@@ -357,17 +357,24 @@ def centre_shift(density: np.ndarray, ndim: int) -> tuple[int, ...]:
 
 def prtf_shells(f_batch: np.ndarray, observed_h: np.ndarray, amplitude_h: np.ndarray,
                 size: int, ndim: int) -> np.ndarray:
-    """PRTF per shell: mean over observed voxels of ``|<exp(i phi_s)>_s|``.
+    """Noise-debiased PRTF per shell from the phases of ``S`` aligned starts.
 
-    f_batch : (S, ...) rfft half-grid amplitudes of the aligned starts.  With
-    the modulus set to sqrt(I) this is ``|<sqrt(I) e^{i phi}>| / sqrt(I)``.
-    Shells of width dq indexed 0 .. L // 2; NaN where a shell has no observed
-    voxel of non-zero intensity.
+    f_batch : (S, ...) rfft half-grid amplitudes of the aligned starts.  Per
+    voxel ``m = |<exp(i phi_s)>_s|``; for S independent random phases
+    ``E[m^2] = 1 / S``, so the plain ``m`` of 4 random starts averages ~0.44,
+    above 1/e.  The debiased value ``sqrt(max(0, (S m^2 - 1) / (S - 1)))`` is
+    1 for agreeing phases and ~0 for random ones.  Shell mean over the observed
+    voxels of non-zero intensity in shells of width dq, indexed 0 .. L // 2;
+    NaN where a shell has no such voxel, and everywhere when S < 2.
     """
-    phases = f_batch / np.maximum(np.abs(f_batch), 1e-30)
-    agree = np.abs(phases.mean(axis=0))
-    shell = _half(radial_index(size, ndim))
     n_shells = size // 2 + 1
+    n = f_batch.shape[0]
+    if n < 2:
+        return np.full(n_shells, np.nan)
+    phases = f_batch / np.maximum(np.abs(f_batch), 1e-30)
+    m2 = np.abs(phases.mean(axis=0)) ** 2
+    agree = np.sqrt(np.maximum(0.0, (n * m2 - 1.0) / (n - 1.0)))
+    shell = _half(radial_index(size, ndim))
     use = observed_h & (amplitude_h > 1e-6 * amplitude_h.max()) & (shell < n_shells)
     # the rfft half holds q and -q once except its last-axis plane 0 (and Nyquist);
     # Friedel symmetry makes both halves equal, so plain shell means are exact.
@@ -381,23 +388,35 @@ def prtf_resolution(prtf: np.ndarray, q_nm: np.ndarray, level: float = INV_E) ->
     """Full-period resolution ``2 pi / q`` (nm) where the PRTF first falls below ``level``.
 
     The crossing is interpolated linearly between shells; shell 0 (q = 0) is
-    ignored.  If the PRTF never drops below ``level`` the data limit
-    ``2 pi / q_last`` (last valid shell) is returned.
+    ignored.  NaN ("no resolution") when the first valid shell is already
+    below ``level`` (the starts do not agree even at the lowest observed q,
+    e.g. random phases) or no shell is valid.  If the PRTF never drops below
+    ``level`` the data limit ``2 pi / q_last`` (last valid shell) is returned;
+    :func:`prtf_at_data_limit` tells that case apart.
     """
     valid = np.flatnonzero(np.isfinite(prtf) & (q_nm > 0))
     if valid.size == 0:
         return float("nan")
-    prev = None
-    for k in valid:
-        if prtf[k] < level:
-            if prev is None:
-                return float(2 * np.pi / q_nm[k])
-            p0, p1 = prtf[prev], prtf[k]
-            t = (p0 - level) / (p0 - p1) if p0 != p1 else 0.0
-            q = q_nm[prev] + t * (q_nm[k] - q_nm[prev])
-            return float(2 * np.pi / q)
-        prev = k
-    return float(2 * np.pi / q_nm[valid[-1]])
+    below = prtf[valid] < level
+    if not below.any():
+        return float(2 * np.pi / q_nm[valid[-1]])
+    first = int(np.argmax(below))
+    if first == 0:
+        return float("nan")
+    k0, k1 = valid[first - 1], valid[first]
+    p0, p1 = prtf[k0], prtf[k1]
+    t = (p0 - level) / (p0 - p1) if p0 != p1 else 0.0
+    return float(2 * np.pi / (q_nm[k0] + t * (q_nm[k1] - q_nm[k0])))
+
+
+def prtf_at_data_limit(prtf: np.ndarray, q_nm: np.ndarray, level: float = INV_E) -> bool:
+    """True when the PRTF stays at or above ``level`` on every valid shell (q > 0).
+
+    The resolution is then the data limit ``2 pi / q_max``: a bound set by the
+    grid, not a measurement of how far the phases are reproducible.
+    """
+    valid = np.isfinite(prtf) & (q_nm > 0)
+    return bool(valid.any() and np.all(prtf[valid] >= level))
 
 
 def particle_volume(density: np.ndarray, dx_nm: float, fraction: float = 1e-4) -> float:
@@ -429,6 +448,195 @@ def particle_volume_half_max(density: np.ndarray, dx_nm: float) -> float:
     if pos.size == 0:
         return 0.0
     return float(np.count_nonzero(rho > 0.5 * np.percentile(pos, 99)) * dx_nm ** rho.ndim)
+
+
+_SPHERE_AREA = {2: 2.0 * np.pi, 3: 4.0 * np.pi}  # surface of the unit sphere in ndim dimensions
+
+
+def _shell_sums(values: np.ndarray, use: np.ndarray, shell: np.ndarray, n_shells: int):
+    counts = np.bincount(shell[use], minlength=n_shells)[:n_shells]
+    sums = np.bincount(shell[use], weights=values[use], minlength=n_shells)[:n_shells]
+    return counts, sums
+
+
+def _ball_and_tail(intensity: np.ndarray, observed: np.ndarray, dq_nm: float, porod_from: float):
+    """Shared geometry of the invariant estimators (centred layout in).
+
+    Returns (shell index (L,)*ndim, k_max, ball mask |q| <= k_max dq, Porod tail of the
+    invariant beyond the ball (nm^-ndim x intensity units), Porod constant K).
+    The tail is ``int_{q_b}^inf S_d q^(d-1) K / q^(d+1) dq = S_d K / q_b`` with
+    ``q_b`` the radius of a ball holding as many voxels as the summed one, and
+    ``K = <I q^(d+1)>`` over the observed voxels with ``q >= porod_from x q_max``
+    (Porod's law, ``I ~ q^-4`` in 3D, for a particle with a sharp surface).
+    """
+    ndim, size = intensity.ndim, intensity.shape[0]
+    shell = to_centred(radial_index(size, ndim), ndim)
+    k_max = int(shell[observed].max())
+    ball = shell <= k_max
+    n = int(ball.sum())
+    q_b = dq_nm * ((3.0 * n / (4.0 * np.pi)) ** (1 / 3) if ndim == 3 else (n / np.pi) ** 0.5)
+    k = to_centred(scipy.fft.ifftshift(np.arange(size) - size // 2).astype(np.float64), 1)
+    grids = np.meshgrid(*([k * dq_nm] * ndim), indexing="ij")
+    q = np.sqrt(sum(g * g for g in grids))
+    outer = observed & ball & (q >= porod_from * k_max * dq_nm)
+    porod = float(np.mean(intensity[outer] * q[outer] ** (ndim + 1))) if outer.any() else 0.0
+    return shell, k_max, ball, _SPHERE_AREA[ndim] * max(porod, 0.0) / q_b, porod
+
+
+def invariant_volume(density: np.ndarray, intensity: np.ndarray, observed: np.ndarray,
+                     dq_nm: float, porod_from: float = 0.7) -> tuple[float, float]:
+    """Particle volume (nm^ndim) from the Porod invariant, with the phased forward scattering.
+
+    For a particle of uniform density ``V = (int rho)^2 / int rho^2 =
+    (2 pi)^d I(0) / Q`` with ``Q = int I d^dq`` (Parseval).  ``I(0) = |F(0)|^2``
+    comes from the phased density (the beamstop leaves it unmeasured; the
+    support and positivity fix it); ``Q`` sums the measured intensity where
+    observed inside the ball ``|q| <= q_max``, the phased ``|F|^2`` at the
+    unobserved voxels inside it (beamstop, gaps), and a Porod tail beyond
+    ``q_max`` (see :func:`_ball_and_tail`).  Sub-voxel and grid independent:
+    no threshold is involved.  For a non-uniform density the value is the
+    effective volume ``(int rho)^2 / int rho^2`` (at most the support volume).
+
+    density : (L,)*ndim centred, scaled as :func:`phase_retrieval` returns it
+        (``F(q) = dx^d DFT(density)`` is on the scale of ``sqrt(intensity)``)
+    intensity, observed : (L,)*ndim centred, the input of the retrieval
+    dq_nm : q step (rad/nm)
+    Returns (volume nm^ndim, share of Q in the Porod tail).
+    """
+    rho = np.asarray(density, dtype=np.float64)
+    inten = np.maximum(np.asarray(intensity, dtype=np.float64), 0.0)
+    observed = np.asarray(observed, dtype=bool)
+    ndim, size = rho.ndim, rho.shape[0]
+    dx = real_space_step(size, dq_nm)
+    f = to_centred(scipy.fft.fftn(to_fft_order(rho, ndim)), ndim) * dx**ndim
+    power = np.abs(f) ** 2
+    _, _, ball, tail, _ = _ball_and_tail(inten, observed, dq_nm, porod_from)
+    q_ball = float(np.sum(np.where(observed, inten, power)[ball])) * dq_nm**ndim
+    total = q_ball + tail
+    i0 = float(rho.sum() * dx**ndim) ** 2
+    if total <= 0 or not np.isfinite(total):
+        return float("nan"), float("nan")
+    return float((2 * np.pi) ** ndim * i0 / total), float(tail / total)
+
+
+def guinier(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
+            max_qrg: float = 1.3) -> tuple[float, float]:
+    """Forward scattering ``I(0)`` and radius of gyration (nm) from the first observed shells.
+
+    Least squares ``ln <I>_shell = ln I0 - q^2 Rg^2 / 3`` on the first three
+    observed shells, refitted on those with ``q Rg <= max_qrg`` when at least
+    two remain.  Centred layout.  Returns (I0, Rg); Rg is NaN when the shell
+    means do not decrease.
+    """
+    inten = np.asarray(intensity, dtype=np.float64)
+    observed = np.asarray(observed, dtype=bool)
+    ndim, size = inten.ndim, inten.shape[0]
+    shell = to_centred(radial_index(size, ndim), ndim)
+    n_shells = int(shell.max()) + 1
+    counts, sums = _shell_sums(inten, observed, shell, n_shells)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts
+    ks = np.flatnonzero((counts > 0) & (np.arange(n_shells) > 0) & (mean > 0))[:3]
+    if ks.size == 0:
+        return float("nan"), float("nan")
+    if ks.size == 1:
+        return float(mean[ks[0]]), float("nan")
+
+    def fit(k):
+        slope, icpt = np.polyfit((k * dq_nm) ** 2, np.log(mean[k]), 1)
+        return icpt, slope
+
+    icpt, slope = fit(ks)
+    if slope >= 0:
+        return float(mean[ks[0]]), float("nan")
+    rg = np.sqrt(-3.0 * slope)
+    inside = ks[ks * dq_nm * rg <= max_qrg]
+    if inside.size >= 2:
+        icpt, slope = fit(inside)
+        rg = np.sqrt(-3.0 * slope) if slope < 0 else float("nan")
+    return float(np.exp(icpt)), float(rg)
+
+
+def intensity_volume(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
+                     porod_from: float = 0.7, max_qrg: float = 1.3) -> float:
+    """Particle volume (nm^ndim) from the intensity alone: ``(2 pi)^d I(0) / Q``.
+
+    A cross-check of :func:`invariant_volume` that needs no phases: ``I(0)``
+    from :func:`guinier`; ``Q`` from the shell means of the observed intensity
+    times each shell's voxel count inside ``|q| <= q_max`` (the Guinier curve
+    on shells without an observed voxel), plus the same Porod tail.  Less
+    accurate than the phased estimate (the Guinier fit on shells up to q Rg ~ 2
+    underestimates I(0) by 3-8 % on cubes and spheres); NaN when the first
+    observed shell is already past the Guinier range (q Rg > ``max_qrg``), where
+    it would be no check at all.  Centred layout.
+    """
+    inten = np.maximum(np.asarray(intensity, dtype=np.float64), 0.0)
+    observed = np.asarray(observed, dtype=bool)
+    ndim = inten.ndim
+    i0, rg = guinier(inten, observed, dq_nm, max_qrg)
+    if not np.isfinite(i0) or i0 <= 0:
+        return float("nan")
+    shell, k_max, ball, tail, _ = _ball_and_tail(inten, observed, dq_nm, porod_from)
+    first = int(shell[observed & (shell > 0)].min()) if (observed & (shell > 0)).any() else 0
+    if not np.isfinite(rg) or first * dq_nm * rg > max_qrg:
+        return float("nan")
+    counts_all = np.bincount(shell[ball], minlength=k_max + 1)[: k_max + 1]
+    counts, sums = _shell_sums(inten, observed & ball, shell, k_max + 1)
+    q_k = np.arange(k_max + 1) * dq_nm
+    model = i0 * np.exp(-(q_k * (rg if np.isfinite(rg) else 0.0)) ** 2 / 3.0)
+    mean = np.where(counts > 0, sums / np.maximum(counts, 1), model)
+    total = float(np.sum(mean * counts_all)) * dq_nm**ndim + tail
+    return float((2 * np.pi) ** ndim * i0 / total)
+
+
+def autocorrelation_extent(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
+                           threshold: float = 0.05, face_level: float = 0.1) -> tuple[float, bool]:
+    """Particle extent (nm) from the autocorrelation of the intensity, and whether it fits.
+
+    The autocorrelation ``|IFT(I)|`` (beamstop filled by :func:`fill_beamstop`)
+    of a particle of width D along an axis falls to zero at offset D along it;
+    on a grid of field of view ``2 pi / dq`` it does so before the box face only
+    when the box holds at least twice the particle (2x oversampling, the
+    condition for phase retrieval); otherwise the wrapped copies overlap at the
+    face.  Per axis, the largest value on each plane at offset k (relative to
+    the peak) gives an outward profile.
+
+    extent : the widest axis's first drop below ``threshold`` (linearly
+        interpolated; the first drop, not the last: the truncation at q_max
+        leaves a ringing floor of a few % further out); ``pi / dq`` (half the
+        box) when there is none.  The particle's width for a cube; ~0.8 D for
+        a ball of diameter D, whose overlap with its shifted copy has weak tails.
+    fits : the profile at the box face is below ``face_level``.  The
+        truncation at q_max blurs the autocorrelation's edge, so at exactly 2x
+        the face value is ~0.085 for a cube and ~0.03 for a sphere (27..45
+        grids); 0.1 accepts both at 2x and refuses a cube at <= 1.9x (a sphere,
+        whose autocorrelation has weak tails, only at <= 1.6x).
+
+    Centred layout in.
+    """
+    inten = np.maximum(np.asarray(intensity, dtype=np.float64), 0.0)
+    ndim, size = inten.ndim, inten.shape[0]
+    obs = np.asarray(observed, dtype=bool)
+    inten_f, obs_f = symmetrise(to_fft_order(inten, ndim), to_fft_order(obs, ndim), ndim)
+    filled = fill_beamstop(inten_f, obs_f, ndim)
+    auto = np.abs(_Fourier(size, ndim, -1).inverse(_half(filled).astype(np.complex128)))
+    auto = to_centred(auto, ndim) / max(float(auto.max()), 1e-300)
+    dx = real_space_step(size, dq_nm)
+    half = size // 2
+    reach, face = 0.0, 0.0
+    for ax in range(ndim):
+        other = tuple(a for a in range(ndim) if a != ax)
+        profile = auto.max(axis=other)
+        outward = np.maximum(profile[half:], profile[half::-1])  # offsets 0 .. half
+        face = max(face, float(outward[-1]))
+        below = np.flatnonzero(outward < threshold)
+        if below.size == 0:
+            reach = float(half) + 0.5
+            continue
+        k = int(below[0])
+        p0, p1 = outward[k - 1], outward[k]
+        reach = max(reach, k - 1 + (p0 - threshold) / (p0 - p1))
+    return float(reach * dx), bool(face < face_level)
 
 
 # --------------------------------------------------------------------------- driver

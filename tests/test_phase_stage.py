@@ -102,20 +102,32 @@ def test_stage_writes_the_contract_outputs_deterministically(inputs, tmp_path):
         # the 2D square with intensity x2 (id 1) and x0.5 (id 2): densities in ratio sqrt(4)
         assert d2[0].sum() / d2[1].sum() == pytest.approx(2.0, rel=0.05)
     table = pd.read_parquet(tmp_path / "results/volumes.parquet")
-    assert list(table.columns) == ["volume_index", "z_1", "particle_volume_nm3", "particle_volume_half_max_nm3", "support_voxels",
-                                   "prtf_resolution_nm", "final_error"]
+    assert list(table.columns) == ["volume_index", "z_1", "particle_volume_nm3",
+                                   "particle_volume_threshold_nm3", "particle_volume_intensity_nm3",
+                                   "porod_tail_share", "particle_volume_half_max_nm3",
+                                   "support_voxels", "prtf_resolution_nm", "prtf_at_data_limit",
+                                   "n_starts_kept", "final_error", "converged"]
     assert table.volume_index.tolist() == [0, 1, 2]
-    # cubes 7 and 9 voxels across: the 1e-4-of-mass voxel threshold (3e-2 and 7e-2 of the
-    # plateau here) also counts part of the blurred rim, so only a coarse check at this size
-    # (tests/test_phasing.py checks 5 % on 11- and 13-voxel cubes)
-    vol = table.particle_volume_nm3.to_numpy()
-    assert np.all(vol[:2] > np.array(EDGES) ** 3) and np.all(vol[:2] < 1.7 * np.array(EDGES) ** 3)
-    assert vol[0] < vol[1]
-    assert vol[2] == pytest.approx(4 / 3 * np.pi * 13.0**3, rel=0.7)
+    # cubes 7 and 9 voxels across, a sphere 9 across: the invariant estimate is sub-voxel
+    true = np.r_[np.array(EDGES) ** 3, 4 / 3 * np.pi * 13.0**3]
+    np.testing.assert_allclose(table.particle_volume_nm3, true, rtol=0.05)
+    # the paper's 1e-4-of-mass voxel count also counts the blurred rim at this size
+    thr = table.particle_volume_threshold_nm3.to_numpy()
+    assert np.all(thr[:2] > np.array(EDGES) ** 3) and np.all(thr[:2] < 1.7 * np.array(EDGES) ** 3)
+    # the first observed shell (q = 0.17 rad/nm) is past the Guinier range of these particles:
+    # the intensity-only cross-check declines rather than guess
+    assert table.particle_volume_intensity_nm3.isna().all()
     assert (table.support_voxels > 0).all() and (table.final_error < 0.05).all()
+    assert table.converged.dtype == bool and table.converged.all()
     assert np.all(table.prtf_resolution_nm >= 2 * np.pi / (np.sqrt(3) * (SIZE // 2) * DQ))
+    # noiseless: the starts agree up to q_max, the resolution is the flagged data limit
+    assert table.prtf_at_data_limit.dtype == bool and table.prtf_at_data_limit.all()
+    np.testing.assert_allclose(table.prtf_resolution_nm, 2 * np.pi / ((SIZE // 2) * DQ))
+    assert (table.n_starts_kept >= 2).all()
     metrics = json.loads((tmp_path / "metrics/phase.json").read_text())
     assert metrics["n_volumes"] == 3 and metrics["n_averages_2d"] == 2
+    assert metrics["n_converged"] == 3
+    assert metrics["particle_volume_nm3_min"] == pytest.approx(table.particle_volume_nm3.min())
     # same seed -> identical outputs
     first = dens.copy()
     assert main(args) == 0
@@ -130,6 +142,21 @@ def test_explicit_empty_2d_selection_needs_no_averages_file(inputs, tmp_path):
     assert main(args) == 0
     with h5py.File(tmp_path / "data/phased.h5") as h5:
         assert h5["averages2d/average_id"].shape == (0,)
+
+
+def test_a_volume_above_max_error_is_flagged_and_left_out_of_the_metrics(inputs, tmp_path, caplog):
+    """A retrieval stopped early (2 DM + 1 ER) against a tight threshold: flagged, not averaged in."""
+    args = _args(tmp_path, inputs / "volumes.h5", tmp_path / "absent.h5", averages_2d=[],
+                 n_dm=2, n_er=1, n_starts=2, max_error=0.02)
+    assert main(args) == 0
+    table = pd.read_parquet(tmp_path / "results/volumes.parquet")
+    metrics = json.loads((tmp_path / "metrics/phase.json").read_text())
+    np.testing.assert_array_equal(table.converged, table.final_error <= 0.02)
+    assert (~table.converged).any()
+    assert metrics["n_converged"] == int(table.converged.sum()) and metrics["n_volumes"] == 3
+    good = table.particle_volume_nm3[table.converged]
+    assert metrics["particle_volume_nm3_min"] == (pytest.approx(good.min()) if len(good) else None)
+    assert "did not converge" in caplog.text
 
 
 def _drop(name):
@@ -165,4 +192,29 @@ def test_unknown_average_and_bad_parameter_are_named(inputs, tmp_path, capsys):
     assert "phase.beta" in capsys.readouterr().err
     assert main(_args(tmp_path, inputs / "volumes.h5", inputs / "averages.h5", n_stars=3)) == 2
     assert "phase.n_stars" in capsys.readouterr().err
+    assert not any(p.exists() for p in _outputs(tmp_path))
+
+
+@pytest.mark.parametrize("value", [0, -2, 2.5, "four", True])
+def test_bad_number_of_starts_is_one_line_naming_the_parameter(inputs, tmp_path, capsys, value):
+    assert main(_args(tmp_path, inputs / "volumes.h5", inputs / "averages.h5", n_starts=value)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "phase.n_starts" in err
+    assert not any(p.exists() for p in _outputs(tmp_path))
+
+
+def test_a_grid_too_small_for_the_particle_is_refused(tmp_path, capsys):
+    """A 45 nm cube in a 75 nm box (< 2x oversampling): box, extent and the fix in one line."""
+    bad = tmp_path / "small_box.h5"
+
+    def bigger(data):
+        q = _q(SIZE, DQ, 3)
+        data["volumes/intensity"][1] = cube_intensity(q, 45.0)
+
+    write_volumes(bad, mutate=bigger)
+    assert main(_args(tmp_path, bad, tmp_path / "absent.h5", averages_2d=[])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "vae.preset" in err and "vae.q_max_nm" in err and "75 nm box" in err and "volume 1" in err
+    assert "small_box.h5" in err
     assert not any(p.exists() for p in _outputs(tmp_path))

@@ -4,8 +4,11 @@ Each intensity volume of ``data/volumes.h5`` is phased by difference map +
 error reduction with a shrink-wrap support and positivity; the measured
 modulus is imposed only where ``volumes/observed`` is 1.  Several random
 starts are aligned (translation, centro-inversion twin) and averaged; their
-PRTF gives a resolution.  Per volume: particle volume at a density threshold
-of 1e-4 of the total mass (paper Fig. 5D), support size, PRTF resolution.
+PRTF gives a resolution.  Per volume: particle volume from the Porod
+invariant and the phased forward scattering (the validated estimate), the
+paper's volume at a density threshold of 1e-4 of the total mass (Fig. 5D), an
+intensity-only cross-check, support size, PRTF resolution, Fourier error and
+whether it is below ``phase.max_error`` (converged).
 Chosen class averages of ``data/averages.h5`` are phased in 2D (paper
 Fig. 1B).  Details and file formats: docs/volumes_phase.md.
 """
@@ -30,7 +33,7 @@ DEFAULTS = {
     "shrinkwrap_every": 10, "shrinkwrap_start": 0, "er_per_update": 0, "shrinkwrap_threshold": 0.2,
     "sigma_start_nm": "auto", "sigma_end_nm": "auto",
     "autocorrelation_threshold": 0.04, "support_scale": 1.0, "coarse_size": 45,
-    "keep_factor": 2.0, "volume_threshold": 1.0e-4,
+    "keep_factor": 2.0, "volume_threshold": 1.0e-4, "max_error": 0.15, "porod_from": 0.7,
     "averages_2d": "auto", "averages_2d_count": 6, "seed": 0, "threads": 0,
 }
 
@@ -53,11 +56,11 @@ def _sigma(name: str, value):
 
 def options(p: dict) -> dict:
     """Validated ``phase`` parameters merged over :data:`DEFAULTS`."""
-    from spicompute.params import in_range, positive, with_defaults
+    from spicompute.params import in_range, integer, positive, with_defaults
 
     o = with_defaults("phase", p, DEFAULTS)
     out = {
-        "n_starts": positive("phase.n_starts", o["n_starts"], integer=True),
+        "n_starts": integer("phase.n_starts", o["n_starts"], minimum=1),
         "n_dm": positive("phase.n_dm", o["n_dm"], integer=True, allow_zero=True),
         "n_er": positive("phase.n_er", o["n_er"], integer=True, allow_zero=True),
         "beta": in_range("phase.beta", o["beta"], 0.0, 1.5, low_open=True),
@@ -79,6 +82,9 @@ def options(p: dict) -> dict:
         "keep_factor": in_range("phase.keep_factor", o["keep_factor"], 1.0, 1e6),
         "volume_threshold": in_range("phase.volume_threshold", o["volume_threshold"], 0.0, 1.0,
                                      low_open=True, high_open=True),
+        "max_error": in_range("phase.max_error", o["max_error"], 0.0, 1.0, low_open=True),
+        "porod_from": in_range("phase.porod_from", o["porod_from"], 0.0, 1.0, low_open=True,
+                               high_open=True),
         "averages_2d_count": positive("phase.averages_2d_count", o["averages_2d_count"],
                                       integer=True, allow_zero=True),
         "seed": int(positive("phase.seed", o["seed"], integer=True, allow_zero=True)),
@@ -159,6 +165,32 @@ def read_volumes(path) -> dict:
     return {"intensity": inten, "z": z, "observed": observed, "dq_nm": dq, "size": size}
 
 
+def check_sampling(vol: dict, path) -> None:
+    """Refuse volumes whose grid holds less than twice the particle (no 2x oversampling).
+
+    The autocorrelation of each intensity volume spans twice the particle; when
+    it does not fall off before the faces of the ``2 pi / dq`` box
+    (:func:`spicompute.phasing.autocorrelation_extent`) the particle is about
+    half the box or more, phase retrieval has too few constraints and the
+    support wraps.  One line naming the parameters that set the box; nothing
+    is written.
+    """
+    from spicompute import phasing
+
+    box = 2 * np.pi / vol["dq_nm"]
+    for i in range(vol["intensity"].shape[0]):
+        extent, fits = phasing.autocorrelation_extent(vol["intensity"][i], vol["observed"],
+                                                      vol["dq_nm"])
+        if not fits:
+            raise ParameterError(
+                "vae.preset / vae.q_max_nm",
+                f"volume {i}: the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds "
+                f"less than twice the particle (its autocorrelation fills the box: particle extent "
+                f">= {extent:.0f} nm); phasing needs a box >= 2x the particle: use a larger "
+                f"vae.preset or a smaller vae.q_max_nm (or, if the particle is small, the volume "
+                f"is speckled by noise: check the vae training)", source=str(path))
+
+
 def choose_averages(avg, selection, count: int, source: str) -> np.ndarray:
     """Indices (into ``avg``) of the averages to phase in 2D.
 
@@ -180,6 +212,10 @@ def choose_averages(avg, selection, count: int, source: str) -> np.ndarray:
     return np.array([index[a] for a in selection], dtype=np.int64)
 
 
+def _fmt(value, digits=0) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def run(args) -> int:
     import h5py
     from tqdm import tqdm
@@ -193,6 +229,7 @@ def run(args) -> int:
     o = options(p)
     start = time.perf_counter()
     vol = read_volumes(args.volumes)
+    check_sampling(vol, args.volumes)
     avg, picked = None, np.zeros(0, dtype=np.int64)
     wants_2d = o["averages_2d"] == "auto" and o["averages_2d_count"] > 0 or (
         o["averages_2d"] != "auto" and len(o["averages_2d"]) > 0)
@@ -207,7 +244,12 @@ def run(args) -> int:
     support = np.empty((n_vol,) + (size,) * 3, dtype=np.uint8)
     prtf = np.empty((n_vol, n_shells), dtype=np.float64)
     pvol = np.empty(n_vol)
+    pvol_thr = np.empty(n_vol)
+    pvol_int = np.empty(n_vol)
+    tail = np.empty(n_vol)
     pvol_half = np.empty(n_vol)
+    at_limit = np.zeros(n_vol, dtype=bool)
+    n_kept = np.zeros(n_vol, dtype=np.int64)
     svox = np.empty(n_vol, dtype=np.int64)
     res = np.empty(n_vol)
     err = np.empty(n_vol)
@@ -219,12 +261,21 @@ def run(args) -> int:
                                     settings_for(o, [o["seed"], 3, i]))
         density[i], support[i], prtf[i] = r.density, r.support, r.prtf
         q_shell = r.prtf_q_nm
-        pvol[i] = phasing.particle_volume(r.density, dx, o["volume_threshold"])
+        pvol[i], tail[i] = phasing.invariant_volume(r.density, vol["intensity"][i], vol["observed"],
+                                                    dq, o["porod_from"])
+        pvol_int[i] = phasing.intensity_volume(vol["intensity"][i], vol["observed"], dq,
+                                               o["porod_from"])
+        pvol_thr[i] = phasing.particle_volume(r.density, dx, o["volume_threshold"])
         pvol_half[i] = phasing.particle_volume_half_max(r.density, dx)
         svox[i], res[i], err[i] = int(r.support.sum()), r.resolution_nm, r.final_error
-        if r.final_error > 0.2:
-            log.warning("volume %d: phasing did not converge (Fourier error %.2f); try more "
-                        "phase.n_dm / n_starts", i, r.final_error)
+        at_limit[i] = phasing.prtf_at_data_limit(r.prtf, r.prtf_q_nm)
+        n_kept[i] = int(r.kept.sum())
+    converged = err <= o["max_error"]
+    for i in np.flatnonzero(~converged):
+        log.warning("volume %d: phasing did not converge (Fourier error %.3f > phase.max_error %.3g); "
+                    "its shape and volume are flagged (column converged) and left out of the "
+                    "metrics; try more phase.n_starts / n_dm (an error that does not drop with them is the "
+                    "volume's own inconsistency, docs/volumes_phase.md)", i, err[i], o["max_error"])
 
     n2 = len(picked)
     dens2 = supp2 = None
@@ -261,11 +312,14 @@ def run(args) -> int:
             g.create_dataset("prtf_q_nm", data=q_shell)
             g.create_dataset("z", data=vol["z"])
             g.create_dataset("particle_volume_nm3", data=pvol)
+            g.create_dataset("particle_volume_threshold_nm3", data=pvol_thr)
+            g.create_dataset("converged", data=converged.astype(np.uint8))
             g.create_dataset("support_voxels", data=svox)
             g.create_dataset("prtf_resolution_nm", data=res)
             g.create_dataset("final_error", data=err)
             g.attrs["dx_nm"] = dx
             g.attrs["volume_threshold"] = o["volume_threshold"]
+            g.attrs["max_error"] = o["max_error"]
             g.attrs["layout"] = "centred: x = 0 at index L // 2, axes as in volumes/intensity"
             a = h5.create_group("averages2d")
             if n2:
@@ -284,18 +338,36 @@ def run(args) -> int:
     for k in range(vol["z"].shape[1]):
         table[f"z_{k + 1}"] = vol["z"][:, k]
     table["particle_volume_nm3"] = pvol
+    table["particle_volume_threshold_nm3"] = pvol_thr
+    table["particle_volume_intensity_nm3"] = pvol_int
+    table["porod_tail_share"] = tail
     table["particle_volume_half_max_nm3"] = pvol_half
     table["support_voxels"] = svox
     table["prtf_resolution_nm"] = res
+    table["prtf_at_data_limit"] = at_limit
+    table["n_starts_kept"] = n_kept
     table["final_error"] = err
+    table["converged"] = converged
     write_table(args.table, table, stage=COMMAND, params=p)
-    metrics = {"n_volumes": int(n_vol), "grid": int(size), "dx_nm": round(dx, 4),
-               "seconds": round(elapsed, 2),
-               "particle_volume_nm3_min": float(pvol.min()), "particle_volume_nm3_max": float(pvol.max()),
-               "prtf_resolution_nm_median": float(np.nanmedian(res)) if np.isfinite(res).any() else None,
-               "final_error_mean": float(err.mean()), "n_averages_2d": int(n2)}
+
+    def _stat(fn, values):
+        good = values[converged & np.isfinite(values)]
+        return float(fn(good)) if good.size else None
+
+    metrics = {"n_volumes": int(n_vol), "n_converged": int(converged.sum()), "grid": int(size),
+               "dx_nm": round(dx, 4), "seconds": round(elapsed, 2), "max_error": o["max_error"],
+               # over the converged volumes only: a failed retrieval's shape is no measurement
+               "particle_volume_nm3_min": _stat(np.min, pvol),
+               "particle_volume_nm3_max": _stat(np.max, pvol),
+               "prtf_resolution_nm_median": _stat(np.median, res),
+               "n_prtf_at_data_limit": int(at_limit.sum()),
+               "n_no_resolution": int(np.isnan(res).sum()),
+               "final_error_mean": float(err.mean()), "final_error_max": float(err.max()),
+               "n_averages_2d": int(n2)}
     write_json_atomic(args.metrics, metrics)
-    log.info("%d volumes phased in %.1f s: particle volume %.0f..%.0f nm^3, median PRTF resolution "
-             "%.2f nm -> %s, %s", n_vol, elapsed, pvol.min(), pvol.max(),
-             metrics["prtf_resolution_nm_median"] or float("nan"), args.out, args.table)
+    log.info("%d volumes phased in %.1f s, %d converged (Fourier error <= %.3g): particle volume "
+             "%s..%s nm^3, median PRTF resolution %s nm -> %s, %s", n_vol, elapsed,
+             metrics["n_converged"], o["max_error"], _fmt(metrics["particle_volume_nm3_min"]),
+             _fmt(metrics["particle_volume_nm3_max"]), _fmt(metrics["prtf_resolution_nm_median"], 2),
+             args.out, args.table)
     return 0
