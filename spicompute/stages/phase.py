@@ -186,7 +186,8 @@ def run(args) -> int:
 
     from spicompute import phasing
     from spicompute.io.averages import read_averages
-    from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
+    from spicompute.io.provenance import stamp, write_json_atomic
+    from spicompute.io.storage import memory_output
     from spicompute.io.tables import write_table
 
     p = stage_params(args, "phase")
@@ -245,7 +246,7 @@ def run(args) -> int:
             dens2[k], supp2[k], res2[k], err2[k] = r.density, r.support, r.resolution_nm, r.final_error
     elapsed = time.perf_counter() - start
 
-    with atomic_path(args.out) as tmp:
+    with memory_output(args.out) as tmp:  # HDF5 never writes to disk itself: see io.storage
         with h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, p)
             h5.attrs["dx_nm"] = dx

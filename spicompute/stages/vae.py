@@ -127,6 +127,7 @@ def run(args) -> int:
 
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import atomic_path, write_json_atomic
+    from spicompute.io.storage import save_torch
     from spicompute.io.tables import write_table
     from spicompute.vae.data import model_inputs, plan_preprocessing
     from spicompute.vae.model import VAE, architecture
@@ -171,12 +172,16 @@ def run(args) -> int:
     if args.live and dist.main:
         from dvclive import Live
 
-        live = Live(args.live, save_dvc_exp=False, dvcyaml=None, resume=False)
+        from spicompute.io.storage import staged_folder
+
+        # curves go to a temporary folder that replaces the previous run's only when the stage succeeds
+        live = Live(str(args._resources.enter_context(staged_folder(args.live))), save_dvc_exp=False,
+                    dvcyaml=None, resume=False)
 
     def on_epoch(row):
         if live is not None:
             live.step = row["epoch"] - 1
-            for key in ("loss", "recon", "kl", "kl_beta"):
+            for key in ("loss", "recon", "kl", "kl_beta", "seconds"):
                 live.log_metric(key, row[key])
             live.make_summary()
 
@@ -195,13 +200,14 @@ def run(args) -> int:
     table["recon_loss"] = recon
     table["vae_trained"] = selected
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
-            "fingerprint": fp, "history": history, "n_train": int(train_index.size),
+            "fingerprint": fp, "n_train": int(train_index.size),
+            # per-epoch seconds go to the curves and metrics, not into the science output
+            "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
             "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
             "volume_units": "normalised intensity x mean radial profile (mean photons/pixel at unit fluence)"}
     model_path = Path(args.model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(model_path) as tmp:
-        torch.save(state, tmp)
+    save_torch(model_path, state)
     with atomic_path(model_path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(side, indent=1, default=float) + "\n")
     write_table(args.out, table, stage=COMMAND, params=p)
@@ -214,7 +220,7 @@ def run(args) -> int:
                "q_max_nm": prep.q_max_nm, "q_min_nm": prep.q_min_nm, "q_max_limits": prep.q_max_limits,
                "particle_size_nm": prep.particle_size_nm, "volume_size": arch.volume_size,
                "dq3_nm": prep.dq3_nm, "device": str(device), "processes": dist.world,
-               "seconds": round(elapsed, 1)}
+               "seconds": round(elapsed, 1), "seconds_per_epoch": [row.get("seconds") for row in history]}
     write_json_atomic(args.metrics, metrics)
     log.info("trained %d epochs in %.1f s, final recon %.4f -> %s", len(history), elapsed,
              metrics["final_recon"] or float("nan"), model_path)

@@ -69,7 +69,8 @@ def run(args) -> int:
     import h5py
     import torch
 
-    from spicompute.io.provenance import atomic_path, stamp
+    from spicompute.io.provenance import stamp
+    from spicompute.io.storage import load_torch, memory_output
     from spicompute.io.tables import read_table
     from spicompute.selections import list_selections
     from spicompute.vae.data import Preprocessing
@@ -88,10 +89,11 @@ def run(args) -> int:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise InputError(side_path, "architecture", f"not a VAE description ({exc})") from None
     model = VAE(arch)
+    if not model_path.exists():
+        raise InputError(model_path, None, "weights not found (run the vae stage)")
+    state = load_torch(model_path, "VAE weights file")
     try:
-        model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
-    except FileNotFoundError:
-        raise InputError(model_path, None, "weights not found (run the vae stage)") from None
+        model.load_state_dict(state)
     except Exception as exc:
         raise InputError(model_path, None, f"not VAE weights matching {side_path.name} ({exc})") from None
     table = read_table(args.latents)
@@ -112,7 +114,7 @@ def run(args) -> int:
         points = np.concatenate([points, pts])
         source += [f"selection:{sel['name']}"] * len(pts)
     volumes = decode_volumes(model, points, prep)
-    with atomic_path(args.out) as tmp:
+    with memory_output(args.out) as tmp:  # HDF5 never writes to disk itself: see io.storage
         with h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, p)
             g = h5.create_group("volumes")
