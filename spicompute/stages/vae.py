@@ -122,6 +122,46 @@ def _selected(path: str, ids: np.ndarray) -> np.ndarray:
     return sel.to_numpy(bool)
 
 
+def _drop_unusable_checkpoint(path: Path, model) -> None:
+    """Delete ``path`` with a warning unless it is a checkpoint this model can resume from.
+
+    Such a file (torn, foreign, a pickle of other objects, other tensor
+    shapes, a broken history) could only crash the resume; training starts
+    afresh and writes a new one after its first epoch.
+    """
+    import torch
+
+    from spicompute.errors import SpiError
+    from spicompute.io.storage import load_torch
+
+    if not path.is_file():
+        return
+    try:
+        state = load_torch(path, "checkpoint")
+        problem = ""
+        if not isinstance(state, dict) or not {"model", "optim", "epoch", "fingerprint", "history"} <= set(state):
+            problem = "not a dict with model, optim, epoch, fingerprint and history"
+        elif not isinstance(state["model"], dict) or {k: tuple(v.shape) for k, v in state["model"].items()
+                                                      if isinstance(v, torch.Tensor)} != \
+                {k: tuple(v.shape) for k, v in model.state_dict().items()} or \
+                not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+            problem = "its weights do not fit this network (other preset or latent dimension)"
+        elif not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool) or state["epoch"] < 0:
+            problem = f"epoch must be a non-negative integer, got {state['epoch']!r}"
+        else:
+            history = json.loads(state["history"]) if isinstance(state["history"], str) else None
+            if not isinstance(history, list) or len(history) != state["epoch"] or not all(
+                    isinstance(r, dict) and {"epoch", "loss", "recon", "kl", "kl_beta"} <= set(r) for r in history):
+                problem = "its history does not list every epoch"
+    except SpiError as exc:
+        problem = " ".join(str(exc).split())
+    except (ValueError, TypeError, AttributeError):
+        problem = "its history is not valid JSON"
+    if problem:
+        log.warning("ignoring checkpoint %s (%s): training starts afresh", path, problem)
+        path.unlink()
+
+
 def run(args) -> int:
     import torch
 
@@ -167,6 +207,8 @@ def run(args) -> int:
     data = TensorData(inputs, prep, device)
     fp = fingerprint(arch, prep, config, inputs, train_index)
     ckpt = Path(args.checkpoints) / "last.pt" if args.checkpoints else None
+    if ckpt is not None and dist.main:
+        _drop_unusable_checkpoint(ckpt, model)
 
     live = None
     if args.live and dist.main:
@@ -192,6 +234,9 @@ def run(args) -> int:
     if not dist.main:
         return 0
     mu, logvar, recon = encode(model, data, config.loss)
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(logvar))):  # never NaN latents with exit 0
+        raise ParameterError("vae.learning_rate", "training diverged (NaN or Inf latents); lower the "
+                                                  "learning rate or check the inputs")
     table = pd.DataFrame({"average_id": avg.average_id})
     for i in range(arch.latent_dim):
         table[f"z_{i + 1}"] = mu[:, i]
