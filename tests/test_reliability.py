@@ -212,3 +212,168 @@ def test_regress_rerun_is_byte_identical(tmp_path):
         assert proc.returncode == 0, proc.stderr
         hashes.append(_hashes(tmp_path / run, ("regressor.pt", "regressor.json", "r.parquet")))
     assert hashes[0] == hashes[1]
+
+
+# --------------------------------------------------------------------------- bad inputs of select, volumes, phase
+
+
+def _workspace(vae_project: Path, dest: Path, **sections) -> Path:
+    """A copy of the trained workspace, its params.yaml updated with ``sections``."""
+    shutil.copytree(vae_project, dest)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["volumes"]["selections"] = "selections"
+    for name, values in sections.items():
+        params.setdefault(name, {}).update(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    (dest / "selections").mkdir(exist_ok=True)
+    return dest
+
+
+def _latents(root: Path, **columns) -> None:
+    from spicompute.io.tables import read_table, write_table
+
+    t = read_table(root / "results/parts/vae.parquet")
+    for col, value in columns.items():
+        t[col] = value
+    write_table(root / "results/parts/vae.parquet", t)
+
+
+def _selection(root: Path, name: str, payload) -> None:
+    (root / "selections" / name).write_text(payload if isinstance(payload, str) else json.dumps(payload))
+
+
+def _volumes_h5(root: Path, **attrs) -> None:
+    import h5py
+
+    from tests.volume_workspace import write_volumes
+
+    write_volumes(root / "data/volumes.h5")
+    with h5py.File(root / "data/volumes.h5", "a") as h5:
+        for key, value in attrs.items():
+            h5.attrs[key] = value
+
+
+BAD = {
+    # select: parameters
+    "select-box-strings": ("select", {"select": {"mode": "box", "box": {"pc_1": ["a", "b"]}}}, None,
+                           ["select.box.pc_1", "numbers or null"]),
+    "select-gain-string": ("select", {"select": {"mode": "gain", "gain": ["x", None]}}, None, ["select.gain"]),
+    "select-file-number": ("select", {"select": {"mode": "file", "file": 5}}, None, ["select.file", "5"]),
+    "select-file-outside": ("select", {"select": {"mode": "file", "file": "../elsewhere/few.json"}}, None,
+                            ["select.file", "selections/<name>.json"]),
+    "select-file-absolute-outside": ("select", {"select": {"mode": "file", "file": "/etc/passwd"}}, None,
+                                     ["select.file"]),
+    "select-file-trailing-newline": ("select", {"select": {"mode": "file", "file": "selections/abc\n.json"}},
+                                     lambda r: _selection(r, "abc\n.json", {"name": "abc", "average_ids": [1]}),
+                                     ["select.file"]),
+    "select-file-symlink-outside": ("select", {"select": {"mode": "file", "file": "selections/link.json"}},
+                                    lambda r: (r / "selections/link.json").symlink_to(r / "params.yaml"),
+                                    ["select.file"]),
+    # select: empty selections blame the selection, not the classify2d table
+    "select-file-unknown-ids": ("select", {"select": {"mode": "file", "file": "selections/none.json"}},
+                                lambda r: _selection(r, "none.json", {"name": "none", "average_ids": [1000, 1001]}),
+                                ["selections/none.json", "average_ids", "keeps no average"]),
+    "select-box-empty": ("select", {"select": {"mode": "box", "box": {"pc_1": [50, 60]}}}, None,
+                         ["select.box", "keeps no average"]),
+    "select-min-frames-empty": ("select", {"select": {"min_frames": 1e9}}, None, ["select.min_frames"]),
+    # volumes: parameters
+    "volumes-percentiles-strings": ("volumes", {"volumes": {"percentiles": ["a", "b"]}}, None,
+                                    ["volumes.percentiles"]),
+    "volumes-percentiles-null": ("volumes", {"volumes": {"percentiles": [None, 98]}}, None,
+                                 ["volumes.percentiles"]),
+    "volumes-selections-number": ("volumes", {"volumes": {"selections": 5}}, None, ["volumes.selections"]),
+    "volumes-selections-outside": ("volumes", {"volumes": {"selections": "/tmp"}}, None,
+                                   ["volumes.selections", "selections/"]),
+    "volumes-n-points-huge": ("volumes", {"volumes": {"n_points": 1e9}}, None, ["volumes.n_points", "GiB"]),
+    # volumes: latents
+    "volumes-z-nan": ("volumes", {}, lambda r: _latents(r, z_1=np.nan), ["vae.parquet", "z_1", "NaN"]),
+    "volumes-z-inf": ("volumes", {}, lambda r: _latents(r, z_1=np.inf), ["vae.parquet", "z_1", "Inf"]),
+    "volumes-no-trained-rows": ("volumes", {}, lambda r: _latents(r, vae_trained=False),
+                                ["vae.parquet", "vae_trained", "no trained row"]),
+    "volumes-model-pickle": ("volumes", {}, lambda r: (r / "models/vae.pt").write_bytes(
+        __import__("pickle").dumps(Path("x"))), ["vae.pt", "refused"]),
+    # phase: volumes file
+    "phase-dq-string": ("phase", {"phase": {"averages_2d_count": 0}}, lambda r: _volumes_h5(r, dq_nm="abc"),
+                        ["volumes.h5", "@dq_nm"]),
+    "phase-center-string": ("phase", {"phase": {"averages_2d_count": 0}},
+                            lambda r: _volumes_h5(r, center="abc"), ["volumes.h5", "@center"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_of_a_newer_stage_fails_cleanly(vae_project, tmp_path, name):
+    stage, sections, edit, needles = BAD[name]
+    root = _workspace(vae_project, tmp_path / "ws", **sections)
+    if edit is not None:
+        edit(root)
+    before = {d: _tree(root / d) for d in ("data", "results", "models", "metrics")}
+    proc = _cli(root, stage, "--params", "params.yaml")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"spicompute {stage}: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    assert "classify2d.parquet" not in lines[0]
+    assert {d: _tree(root / d) for d in before} == before  # nothing written, no temporary left
+    assert "Skipping" not in proc.stderr and "weights_only" not in proc.stderr
+
+
+def test_one_malformed_selection_file_does_not_block_volumes(vae_project, tmp_path):
+    import h5py
+
+    root = _workspace(vae_project, tmp_path / "ws")
+    _selection(root, "broken.json", "{not json")
+    _selection(root, "probe.json", {"name": "probe", "kind": "latent_points", "points": [[0.25]]})
+    proc = _cli(root, "volumes", "--params", "params.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "broken.json" in proc.stderr and "skipping" in proc.stderr  # reported by name
+    with h5py.File(root / "data/volumes.h5") as h5:
+        assert [s.decode() for s in h5["volumes/source"][()]][-1] == "selection:probe"
+        assert np.isfinite(h5["volumes/intensity"][()]).all()
+    # ... but the selection in use is never skipped
+    root2 = _workspace(vae_project, tmp_path / "ws2", select={"mode": "file", "file": "selections/broken.json"})
+    _selection(root2, "broken.json", "{not json")
+    proc = _cli(root2, "select", "--params", "params.yaml")
+    assert proc.returncode == 2 and "broken.json" in proc.stderr, proc.stderr
+
+
+def test_selection_names_and_ids_are_validated_in_full(tmp_path):
+    from spicompute.errors import InputError
+    from spicompute.selections import validate_name, write_selection
+
+    for bad in ("abc\n", "abc\n.json", "a/b", "../x", "a" * 65, ""):
+        with pytest.raises(ValueError):
+            validate_name(bad)
+    assert validate_name("early-melt_2.v1") == "early-melt_2.v1"
+    with pytest.raises(InputError, match="average_ids"):
+        write_selection(tmp_path, "frac", average_ids=[1.5, 2.7])
+    assert not (tmp_path / "frac.json").exists()
+    path = write_selection(tmp_path, "whole", average_ids=[np.int64(3), 2.0, 3])
+    assert json.loads(path.read_text())["average_ids"] == [2, 3]
+
+
+@pytest.mark.parametrize("payload", ["list", "shapes", "history", "pickle"])
+def test_malformed_vae_checkpoint_is_ignored_with_a_warning(vae_project, tmp_path, payload):
+    import pickle
+
+    import torch
+
+    root = _workspace(vae_project, tmp_path / "ws")
+    ckpt = root / "checkpoints/vae/last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    if payload == "list":
+        torch.save([1, 2, 3], ckpt)
+    elif payload == "shapes":
+        state["model"] = {k: torch.zeros(tuple(s + 1 for s in v.shape)) for k, v in state["model"].items()}
+        torch.save(state, ckpt)
+    elif payload == "history":
+        state["history"] = "[{not json"
+        torch.save(state, ckpt)
+    else:
+        ckpt.write_bytes(pickle.dumps(Path("x")))
+    proc = _cli(root, "vae", "--params", "params.yaml")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "ignoring checkpoint" in warnings[0] and "last.pt" in warnings[0], proc.stderr
+    assert "weights_only" not in proc.stderr and "Traceback" not in proc.stderr
+    assert _hashes(root, VAE_OUTPUTS) == _hashes(vae_project, VAE_OUTPUTS)  # trained afresh: the same model
