@@ -377,3 +377,18 @@ def test_malformed_vae_checkpoint_is_ignored_with_a_warning(vae_project, tmp_pat
     assert len(warnings) == 1 and "ignoring checkpoint" in warnings[0] and "last.pt" in warnings[0], proc.stderr
     assert "weights_only" not in proc.stderr and "Traceback" not in proc.stderr
     assert _hashes(root, VAE_OUTPUTS) == _hashes(vae_project, VAE_OUTPUTS)  # trained afresh: the same model
+
+
+def test_nan_training_is_an_error_not_nan_latents(tmp_path):
+    """A loss that is NaN from the first epoch (here: the poisson loss, see test_vae_stages) used to
+    write all-NaN latents with exit 0; now the vae stage names the parameter and writes nothing."""
+    from tests.test_vae_stages import _project
+
+    root = _project(tmp_path, vae={"loss": "poisson", "epochs": 1})
+    assert _cli(root, "select", "--params", "params.yaml").returncode == 0
+    proc = _cli(root, "vae", "--params", "params.yaml")
+    if proc.returncode == 0:
+        pytest.skip("the poisson loss trains finitely now: no NaN case to provoke")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "parameter vae.loss" in lines[0], proc.stderr
+    assert not (root / "results/parts/vae.parquet").exists() and not (root / "models/vae.pt").exists()

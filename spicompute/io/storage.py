@@ -21,6 +21,7 @@ import contextlib
 import io
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import warnings
@@ -92,6 +93,11 @@ def load_torch(path: str | os.PathLike, what: str = "torch file"):
         raise InputError(path, None, f"not a readable {what} ({first[:160]})") from None
 
 
+#: ``.<name>.<pid>.<random>.tmp`` (atomic_path, staged_folder): the pid is the last number before
+#: the random part, whatever digits the name itself holds
+_TEMPORARY = re.compile(r"^\.(?:.+)\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete ``.<name>.<pid>.*.tmp`` files and folders in ``folder`` left by dead processes.
 
@@ -104,9 +110,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return removed
     for tmp in folder.glob(".*.tmp"):
-        parts = tmp.name[1:].split(".")
-        pids = [int(s) for s in parts[1:-1] if s.isdigit()]
-        if not pids or _alive(pids[0]):
+        match = _TEMPORARY.match(tmp.name)
+        if match is None or _alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             if tmp.is_dir() and not tmp.is_symlink():

@@ -122,6 +122,17 @@ def _selected(path: str, ids: np.ndarray) -> np.ndarray:
     return sel.to_numpy(bool)
 
 
+def _diverged(p: dict, history: list[dict], n_bad: int, n: int) -> ParameterError:
+    """The error for non-finite latents, blaming the loss (NaN from the start) or the step size."""
+    first = next((row["epoch"] for row in history if not np.isfinite(row["loss"])), None)
+    what = f"NaN or Inf latents for {n_bad} of {n} averages"
+    if first == 1:
+        return ParameterError("vae.loss", f"the {p['loss']} loss is NaN or Inf from the first epoch ({what}); "
+                                          "choose another vae.loss or check the inputs")
+    where = f"at epoch {first}" if first is not None else "after the last epoch"
+    return ParameterError("vae.learning_rate", f"training diverged {where} ({what}); lower it")
+
+
 def _drop_unusable_checkpoint(path: Path, model) -> None:
     """Delete ``path`` with a warning unless it is a checkpoint this model can resume from.
 
@@ -234,9 +245,9 @@ def run(args) -> int:
     if not dist.main:
         return 0
     mu, logvar, recon = encode(model, data, config.loss)
-    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(logvar))):  # never NaN latents with exit 0
-        raise ParameterError("vae.learning_rate", "training diverged (NaN or Inf latents); lower the "
-                                                  "learning rate or check the inputs")
+    bad = ~(np.isfinite(mu).all(axis=1) & np.isfinite(logvar).all(axis=1))
+    if bad.any():  # never NaN latents with exit 0
+        raise _diverged(p, history, int(bad.sum()), bad.size)
     table = pd.DataFrame({"average_id": avg.average_id})
     for i in range(arch.latent_dim):
         table[f"z_{i + 1}"] = mu[:, i]

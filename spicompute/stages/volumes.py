@@ -46,7 +46,6 @@ def add_arguments(parser):
 
 def options(raw: dict) -> dict:
     from spicompute.params import ParameterError, positive, with_defaults
-
     from spicompute.selections import confined_folder
 
     p = with_defaults("volumes", raw, DEFAULTS)
@@ -99,7 +98,6 @@ def latent_points(z: np.ndarray, p: dict) -> np.ndarray:
 
 def run(args) -> int:
     import h5py
-    import torch
 
     from spicompute.io.provenance import stamp
     from spicompute.io.storage import load_torch, memory_output
