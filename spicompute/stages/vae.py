@@ -257,7 +257,7 @@ def run(args) -> int:
     table["vae_trained"] = selected
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
             "fingerprint": fp, "n_train": int(train_index.size),
-            # per-epoch seconds go to the curves and metrics, not into the science output
+            # per-epoch seconds go to the dvclive curves, not into the science output
             "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
             "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
             "volume_units": "normalised intensity x mean radial profile (mean photons/pixel at unit fluence)"}
@@ -276,7 +276,7 @@ def run(args) -> int:
                "q_max_nm": prep.q_max_nm, "q_min_nm": prep.q_min_nm, "q_max_limits": prep.q_max_limits,
                "particle_size_nm": prep.particle_size_nm, "volume_size": arch.volume_size,
                "dq3_nm": prep.dq3_nm, "device": str(device), "processes": dist.world,
-               "seconds": round(elapsed, 1), "seconds_per_epoch": [row.get("seconds") for row in history]}
+               "seconds": round(elapsed, 1)}
     write_json_atomic(args.metrics, metrics)
     log.info("trained %d epochs in %.1f s, final recon %.4f -> %s", len(history), elapsed,
              metrics["final_recon"] or float("nan"), model_path)
