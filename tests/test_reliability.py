@@ -392,3 +392,16 @@ def test_nan_training_is_an_error_not_nan_latents(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "parameter vae.loss" in lines[0], proc.stderr
     assert not (root / "results/parts/vae.parquet").exists() and not (root / "models/vae.pt").exists()
+
+
+def test_volumes_and_phase_reruns_are_byte_identical(vae_project, tmp_path):
+    root = _workspace(vae_project, tmp_path / "ws", phase={"n_starts": 1, "n_dm": 4, "n_er": 4,
+                                                            "averages_2d_count": 1, "threads": 1})
+    outputs = ("data/volumes.h5", "data/phased.h5", "results/volumes.parquet")
+    hashes = []
+    for _ in range(2):
+        for stage in ("volumes", "phase"):
+            proc = _cli(root, stage, "--params", "params.yaml")
+            assert proc.returncode == 0, proc.stderr
+        hashes.append(_hashes(root, outputs))
+    assert hashes[0] == hashes[1]
