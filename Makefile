@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo pipeline dashboard baseline test test-dashboard browser bench bench-dashboard bench-peers \
+.PHONY: setup demo pipeline dashboard baseline check-baseline test test-dashboard browser bench bench-dashboard bench-peers \
         clean-outputs
 
 setup: $(VENV)/.installed
@@ -32,6 +32,11 @@ dashboard: setup
 baseline: pipeline
 	git add dvc.lock metrics
 	git commit -m "baseline: default pipeline run (dvc.lock + metrics)" -- dvc.lock metrics
+
+# after `make demo` (or `dvc repro`) on a new machine: does this installation reproduce the committed
+# baseline?  One verdict line per stage (metrics within stated tolerances, timings ignored)
+check-baseline: setup
+	$(VENV)/bin/python -m spicompute.check_baseline --rev HEAD
 
 test-dashboard: setup browser
 	$(VENV)/bin/python -m pytest -q tests/test_dashboard_*.py

@@ -113,6 +113,32 @@ def show_error(exc: OutputError) -> None:
     st.stop()
 
 
+def attempt(action, *args, doing: str, **kwargs) -> tuple[bool, object]:
+    """(True, ``action(*args, **kwargs)``), or (False, None) after a message that says what to do.
+
+    For every user action that writes (save, rename, delete a selection): the
+    project's own errors and the file races of several tabs or users become
+    an ``st.error`` line, never the generic error box.
+    """
+    from spicompute.errors import InputError, ParameterError
+    from spicompute.errors import OutputError as CannotWrite
+
+    try:
+        return True, action(*args, **kwargs)
+    except FileExistsError as exc:
+        st.error(f"{doing}: {plain(exc)}. Choose another name.")
+    except FileNotFoundError as exc:
+        name = Path(exc.filename).name if getattr(exc, "filename", None) else plain(exc)
+        st.error(f"{doing}: {plain(name)} no longer exists (changed in another tab or by a colleague?). "
+                 "Reload the page to see the current files.")
+    except (CannotWrite, PermissionError) as exc:
+        st.error(f"{doing}: {plain(' '.join(str(exc).split()))}. The folder is not writable for the "
+                 "dashboard: ask its owner, or run the dashboard on a workspace you can write to.")
+    except (InputError, ParameterError, ValueError) as exc:
+        st.error(f"{doing}: {plain(' '.join(str(exc).split()))}. Correct it and try again.")
+    return False, None
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def _read_parquet(key: tuple) -> pd.DataFrame:
     return loaders.read_table(key[0])

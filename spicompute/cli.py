@@ -9,6 +9,7 @@ automatically, so adding a stage never touches this file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -48,6 +49,24 @@ def check_writable(args) -> None:
             raise OutputError(path, f"{folder} is not a folder")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(path, f"folder {folder} is not writable")
+
+
+def clean_stale_temporaries(args) -> None:
+    """Remove temporaries that killed earlier runs left beside this stage's outputs."""
+    from spicompute.io.storage import remove_stale_temporaries
+
+    folders = set()
+    for name in args._outputs:
+        value = getattr(args, name, None)
+        if not value or not isinstance(value, str):
+            continue
+        path = Path(value)
+        folders.add(path.parent)
+        if name in ("checkpoints", "live"):
+            folders.add(path)
+    for folder in sorted(folders):
+        for tmp in remove_stale_temporaries(folder):
+            log.info("removed %s, left by a run that was killed", tmp)
 
 
 def _stage_modules():
@@ -142,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.unraisablehook = lambda u: log.debug("unraisable in %r: %s", u.object, u.exc_value)
     try:
         check_writable(args)
-        return int(args._run(args) or 0)
+        clean_stale_temporaries(args)
+        # stages register outputs that are committed when run() returns and discarded when it
+        # raises (e.g. the vae's training-curve folder) on args._resources
+        with contextlib.ExitStack() as args._resources:
+            return int(args._run(args) or 0)
     except SpiError as exc:
         print(f"spicompute {args.command}: error: {one_line(exc)}", file=sys.stderr)
         if isinstance(exc, OutputError) and argv is None:

@@ -93,7 +93,10 @@ def isomap_embedding(distance: np.ndarray, n_components: int = 3,
 
     m = distance.shape[0]
     nn = max(1, min(int(n_neighbors), m - 1))
-    emb = Isomap(n_neighbors=nn, n_components=min(n_components, m - 1), metric="precomputed")
+    # the dense eigensolver: sklearn's default (ARPACK above 200 points) starts from an unseeded
+    # random vector, so reruns would differ in the last bits and DVC would redo every later stage
+    emb = Isomap(n_neighbors=nn, n_components=min(n_components, m - 1), metric="precomputed",
+                 eigen_solver="dense")
     with warnings.catch_warnings():
         # separate groups (contaminants) leave the neighbour graph disconnected;
         # sklearn then joins the components by their closest pairs, which is fine

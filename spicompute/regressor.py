@@ -23,7 +23,8 @@ import torch
 
 from spicompute.errors import InputError, ParameterError
 from spicompute.features import FeatureParams, Standardizer
-from spicompute.io.provenance import atomic_path, write_json_atomic
+from spicompute.io.provenance import write_json_atomic
+from spicompute.io.storage import load_torch, save_torch
 
 FORMAT = "spicompute-regressor-1"
 
@@ -202,8 +203,7 @@ def _json_path(weights_path: Path) -> Path:
 def save_regressor(reg: Regressor, weights_path: str | Path, extra: dict | None = None) -> None:
     """Write ``<name>.pt`` (state dict) and ``<name>.json`` (everything else), atomically."""
     weights_path = Path(weights_path)
-    with atomic_path(weights_path) as tmp:
-        torch.save(reg.model.state_dict(), tmp)
+    save_torch(weights_path, reg.model.state_dict())
     meta = {
         "format": FORMAT,
         "n_features": int(reg.x_scale.mean.shape[0]),
@@ -236,8 +236,10 @@ def load_regressor(weights_path: str | Path) -> Regressor:
             raise InputError(meta_path, key, "missing")
     model = MLP(int(meta["n_features"]), tuple(meta["hidden"]), len(meta["targets"]))
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = load_torch(weights_path, "regressor weights file")
         model.load_state_dict(state)
+    except InputError:
+        raise
     except Exception as exc:  # corrupt file, wrong architecture
         raise InputError(weights_path, None, f"cannot load weights ({exc.__class__.__name__}: {exc})") from exc
     model.eval()

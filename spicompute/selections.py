@@ -13,28 +13,36 @@ A selection is a small JSON file ``selections/<name>.json``::
 
 The ``select`` stage reads ``kind: averages`` files, the ``volumes`` stage
 ``kind: latent_points`` ones; the dashboard writes both.  Names are validated
-(never joined blindly into a path), so no name can reach outside the folder.
+(never joined blindly into a path), so no name can reach outside the folder;
+the stages accept selection files only from the workspace's ``selections/``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from spicompute.errors import InputError
+from spicompute.errors import InputError, ParameterError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+log = logging.getLogger("spicompute.selections")
+
+#: the folder of selection files, relative to the workspace (the folder the stages run in):
+#: DVC tracks it, so a selection outside it would change results without DVC noticing
+FOLDER = "selections"
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 KINDS = ("averages", "latent_points")
 
 
 def validate_name(name: str) -> str:
     """The name if it is a safe file stem, else ValueError."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name.endswith(".json") or ".." in name:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name.endswith(".json") or ".." in name:
         raise ValueError(f"selection name {name!r} must be 1-64 letters, digits, '.', '_' or '-' "
                          "starting with a letter or digit")
     return name
@@ -42,6 +50,56 @@ def validate_name(name: str) -> str:
 
 def selection_path(folder: str | Path, name: str) -> Path:
     return Path(folder) / f"{validate_name(name)}.json"
+
+
+def _workspace_folder() -> Path:
+    return (Path.cwd() / FOLDER).resolve()
+
+
+def confined_file(value, param: str) -> Path:
+    """``value`` as a selection file inside the workspace's ``selections/``; ParameterError otherwise.
+
+    Symbolic links are resolved first, so a link cannot lead outside.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ParameterError(param, f"must be a path {FOLDER}/<name>.json, got {value!r}")
+    path = Path(value)
+    resolved = path.resolve() if path.is_absolute() else (Path.cwd() / path).resolve()
+    if resolved.parent != _workspace_folder() or resolved.suffix != ".json":
+        raise ParameterError(param, f"must name a file {FOLDER}/<name>.json of the workspace (the folder DVC "
+                                    f"tracks), got {value!r}")
+    try:
+        validate_name(resolved.stem)
+    except ValueError as exc:
+        raise ParameterError(param, str(exc)) from None
+    return path
+
+
+def confined_folder(value, param: str) -> Path:
+    """``value`` if it is the workspace's ``selections/`` folder; ParameterError otherwise."""
+    if not isinstance(value, str) or not value.strip():
+        raise ParameterError(param, f"must be the folder {FOLDER!r}, got {value!r}")
+    path = Path(value)
+    resolved = path.resolve() if path.is_absolute() else (Path.cwd() / path).resolve()
+    if resolved != _workspace_folder():
+        raise ParameterError(param, f"must be the workspace's {FOLDER}/ folder (the folder DVC tracks), "
+                                    f"got {value!r}")
+    return path
+
+
+def integer_ids(values, source) -> list[int]:
+    """Sorted unique average ids; InputError naming ``source`` unless every value is an integer."""
+    out = set()
+    for v in values:
+        if isinstance(v, (bool, np.bool_)):
+            raise InputError(source, "average_ids", f"must be integers, got {v!r}")
+        if isinstance(v, (int, np.integer)):
+            out.add(int(v))
+        elif isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+            out.add(int(v))
+        else:
+            raise InputError(source, "average_ids", f"must be integers, got {v!r}")
+    return sorted(out)
 
 
 def parse_selection(payload, source) -> dict:
@@ -107,7 +165,11 @@ def list_selections(folder: str | Path, kind: str | None = None) -> list[dict]:
         return []
     out = []
     for path in sorted(folder.glob("*.json")):
-        sel = read_selection(path)
+        try:
+            sel = read_selection(path)
+        except InputError as exc:  # one bad file must not hide (or block) the others
+            log.warning("skipping selection %s", " ".join(str(exc).split()))
+            continue
         if kind is None or sel["kind"] == kind:
             out.append(sel)
     return out
@@ -124,7 +186,7 @@ def write_selection(folder: str | Path, name: str, *, kind: str = "averages", av
     payload = {"name": name, "kind": kind, "note": str(note),
                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if average_ids is not None:
-        payload["average_ids"] = sorted({int(i) for i in average_ids})
+        payload["average_ids"] = integer_ids(average_ids, path)
     if rule is not None:
         payload["rule"] = rule
     if points is not None:

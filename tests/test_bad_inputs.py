@@ -913,19 +913,21 @@ _selections = {
 for _name, (_text, _needles) in _selections.items():
     @case(f"selection-{_name}")
     def _(base, d, text=_text, needles=_needles):
-        p = d / "bad.json"
+        (d / "selections").mkdir()
+        p = d / "selections" / "bad.json"
         p.write_bytes(text if isinstance(text, bytes) else text.encode())
         return _select_cmd(base, d, p), needles
 
 
 @case("selection-missing")
 def _(base, d):
-    return _select_cmd(base, d, d / "gone.json"), ["gone.json", "not found"]
+    return _select_cmd(base, d, d / "selections" / "gone.json"), ["gone.json", "not found"]
 
 
 @case("selection-directory")
 def _(base, d):
-    return _select_cmd(base, d, _directory(d, "sel.json")), ["sel.json"]
+    (d / "selections").mkdir()
+    return _select_cmd(base, d, _directory(d / "selections", "sel.json")), ["sel.json"]
 
 
 # ---- imported Dragonfly 2D output
@@ -1073,7 +1075,9 @@ def test_intact_averages_reference_selection_and_dragonfly2d_pass(base, tmp_path
     _ok(_orient_cmd(tmp_path, base / "averages.h5", reference=str(base / "volume.h5"), edge_nm=20.0),
         tmp_path)
     assert len(pd.read_parquet(tmp_path / "out" / "o.parquet")) == 6
-    _ok(_select_cmd(base, tmp_path, base / "selections" / "good.json"), tmp_path)
+    (tmp_path / "selections").mkdir()
+    good = _copy(base / "selections" / "good.json", tmp_path / "selections" / "good.json")
+    _ok(_select_cmd(base, tmp_path, good), tmp_path)
     sel = pd.read_parquet(tmp_path / "out" / "select.parquet")
     assert sel.loc[sel["selected"], "average_id"].tolist() == [0, 2, 4]
     _ok(_import_cmd(tmp_path, base / "output_010.h5", base / "det.h5"), tmp_path)

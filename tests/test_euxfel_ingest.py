@@ -387,3 +387,34 @@ def test_module_missing_trains_is_aligned(tmp_path, q_default):
     np.testing.assert_array_equal(table.photons, expect.reshape(24, -1).sum(axis=1))
     fr = read_frames(tmp_path / "f.h5")
     np.testing.assert_array_equal(fr.counts.toarray(), expect.reshape(24, -1)[fr.frame_id])
+
+
+@pytest.mark.parametrize("damage", ["fake", "truncated"])
+def test_cli_damaged_run_file_is_one_line_naming_it(two_sequence_run, tmp_path, damage):
+    """extra-data would skip the file with lines on stderr and lose its frames silently."""
+    run = tmp_path / "run"
+    shutil.copytree(two_sequence_run[0], run)
+    files = sorted(run.glob("CORR-*.h5"))
+    if damage == "fake":
+        victim = run / files[0].name.replace("-S00000", "-S00007")
+        victim.write_text("not an HDF5 file")
+    else:
+        victim = files[-1]
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    proc = _cli(tmp_path, _data(run))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr and "Skipping" not in proc.stderr, proc.stderr
+    assert f"{victim.name}: data.input: unreadable run file" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_cli_unreadable_run_folder_is_a_permission_error(two_sequence_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_sequence_run[0], run)
+    run.chmod(0o000)
+    try:
+        proc = _cli(tmp_path, _data(run))
+    finally:
+        run.chmod(0o755)
+    assert proc.returncode == 2 and "permission denied" in _last_line(proc), proc.stderr[-2000:]

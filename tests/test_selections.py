@@ -73,7 +73,7 @@ def test_rules_ranges_and_values(table):
     assert table.average_id[members(table, sel)].tolist() == [1, 2]
 
 
-def test_select_modes(table, tmp_path):
+def test_select_modes(table, tmp_path, monkeypatch):
     sel, reason, thr = select_averages(table, options({"mode": "all"}))
     assert thr == pytest.approx(20.0) and sel.sum() == 36 and set(reason[~sel]) == {"n_frames < 20"}
     sel, reason, _ = select_averages(table, options({"mode": "clusters", "clusters": [1]}))
@@ -82,7 +82,8 @@ def test_select_modes(table, tmp_path):
     assert (table.pc_1[sel].abs() <= 0.5).all() and sel.sum() > 0
     sel, _, _ = select_averages(table, options({"mode": "gain", "gain": [1.5, None]}))
     assert (table.gain[sel] >= 1.5).all()
-    path = write_selection(tmp_path, "few", average_ids=[0, 1, 39])
+    monkeypatch.chdir(tmp_path)  # selection files live in the workspace's selections/
+    path = write_selection(tmp_path / "selections", "few", average_ids=[0, 1, 39])
     sel, reason, _ = select_averages(table, options({"mode": "file", "file": str(path)}))
     assert table.average_id[sel].tolist() == [0, 1]  # 39 has too few frames
     assert reason[2] == "not in selection few"

@@ -94,16 +94,24 @@ def test_select_vae_volumes_end_to_end(tmp_path):
     np.testing.assert_allclose(z[:5, 0], np.linspace(trained_z[1], trained_z[-2], 5), rtol=1e-5)
 
 
-def test_two_dimensional_latent_and_poisson_loss_on_another_geometry(tmp_path):
-    root = _project(tmp_path, vae={"latent_dim": 2, "loss": "poisson", "epochs": 2}, grid=65, dq=0.02)
+@pytest.mark.parametrize("loss", [
+    "mse_log",
+    pytest.param("poisson", marks=pytest.mark.xfail(
+        strict=True, reason="loss: poisson is NaN from the first epoch (spicompute/vae/train.py); the vae "
+                            "stage now refuses NaN latents (exit 2) instead of writing them")),
+])
+def test_two_dimensional_latent_and_poisson_loss_on_another_geometry(tmp_path, loss):
+    root = _project(tmp_path, vae={"latent_dim": 2, "loss": loss, "epochs": 2}, grid=65, dq=0.02)
     yaml_params = yaml.safe_load((root / "params.yaml").read_text())
     yaml_params["volumes"]["grid_per_axis"] = 3
     (root / "params.yaml").write_text(yaml.safe_dump(yaml_params))
     assert _run(root, "select") == 0 and _run(root, "vae") == 0 and _run(root, "volumes") == 0
     lat = read_table(root / "results/parts/vae.parquet")
     assert {"z_1", "z_2", "z_logvar_2"} <= set(lat.columns)
+    assert np.isfinite(lat[["z_1", "z_2", "z_logvar_1", "z_logvar_2"]].to_numpy()).all()
     with h5py.File(root / "data/volumes.h5") as h5:
         assert h5["volumes/z"].shape == (9, 2)
+        assert np.isfinite(h5["volumes/intensity"][()]).all()
 
 
 @pytest.mark.parametrize("change,field", [

@@ -9,6 +9,7 @@ it up.  Names are validated by the same module (never joined blindly).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def delete(root: str | Path, name: str) -> None:
 def rename(root: str | Path, old: str, new: str) -> Path:
     """Rename a selection (the file and its ``name`` field); FileExistsError if taken."""
     src = selection_path(folder(root), old)
+    if not src.is_file():  # deleted or renamed in another tab meanwhile
+        raise FileNotFoundError(errno.ENOENT, "selection file not found", str(src))
     sel = read_selection(src)
     dst = selection_path(folder(root), new)
     if dst.exists():

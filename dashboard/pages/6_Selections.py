@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import averages_table, plain, read_table, run_picker, workspace
+from dashboard.common import attempt, averages_table, plain, read_table, run_picker, workspace
 from dashboard.data import selections
 from spicompute.errors import InputError
 
@@ -41,6 +41,13 @@ st.caption(f"Folder: {folder}. The select stage reads `kind: averages` files "
            "any change.")
 
 names = [d["name"] for d in docs]
+# the selection chosen before this run was deleted or renamed meanwhile (another tab, a colleague):
+# say so, and act on nothing in this run -- the forms below would otherwise apply to another selection
+vanished = st.session_state.get("selection")
+vanished = vanished if vanished is not None and vanished not in names else None
+if vanished:
+    st.warning(f"Selection {plain(vanished)} no longer exists (deleted or renamed in another tab or by a "
+               "colleague); nothing was changed. The list below is current.")
 name = st.selectbox("selection", names, key="selection")
 doc = docs[names.index(name)]
 st.text(f"note: {doc['note']}" if doc["note"] else "no note")  # user text, shown as text
@@ -65,16 +72,12 @@ if doc["kind"] == "averages":
 c1, c2 = st.columns(2)
 with c1.form("rename"):
     new = st.text_input("new name", key="new_name")
-    if st.form_submit_button("Rename"):
-        try:
-            selections.rename(workspace(), name, new)
-        except (ValueError, FileExistsError, InputError) as exc:
-            st.error(plain(exc))
-        else:
+    if st.form_submit_button("Rename") and not vanished:
+        if attempt(selections.rename, workspace(), name, new, doing=f"Cannot rename {name}")[0]:
             st.success(f"Renamed to {new}.")
             st.rerun()
 with c2.form("delete"):
     sure = st.checkbox(f"delete {name}", key="confirm_delete")
-    if st.form_submit_button("Delete") and sure:
-        selections.delete(workspace(), name)
-        st.rerun()
+    if st.form_submit_button("Delete") and sure and not vanished:
+        if attempt(selections.delete, workspace(), name, doing=f"Cannot delete {name}")[0]:
+            st.rerun()

@@ -13,7 +13,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import (averages_table, missing, plain, read_h5, read_table, run_picker,
+from dashboard.common import (attempt, averages_table, missing, read_h5, read_table, run_picker,
                               workspace)
 from dashboard.data import drill, selections
 
@@ -102,11 +102,10 @@ if "pc_2" in table.columns:
             st.write(f"{len(latent_region)} averages selected in the latent")
             region_name = st.text_input("selection name", key="latent_region_name")
             if st.form_submit_button("Save as averages selection"):
-                try:
-                    out = selections.save(workspace(), region_name, latent_region)
+                ok, out = attempt(selections.save, workspace(), region_name, latent_region,
+                                  doing="Cannot save the selection")
+                if ok:
                     st.success(f"Saved selections/{out.name}: `dvc repro` re-runs select and vae.")
-                except (ValueError, FileExistsError) as exc:
-                    st.error(plain(exc))
 else:
     right.info("No CLPCA coordinates yet — run `dvc repro embed`.")
 
@@ -226,12 +225,15 @@ with st.form("latent_point"):
     if st.form_submit_button("Save selection"):
         from spicompute.selections import write_selection
 
-        try:
+        def save_point():
             point = [float(v) for v in z_text.split(",")]
             if len(point) != zs.shape[1]:
                 raise ValueError(f"need {zs.shape[1]} values, got {len(point)}")
-            saved = write_selection(selections.folder(workspace()), name, kind="latent_points",
-                                    points=[point], note=note)
+            if not np.all(np.isfinite(point)):
+                raise ValueError(f"z must be finite numbers, got {z_text!r}")
+            return write_selection(selections.folder(workspace()), name, kind="latent_points",
+                                   points=[point], note=note)
+
+        ok, saved = attempt(save_point, doing="Cannot save the latent point")
+        if ok:
             st.success(f"Saved selections/{saved.name} — `dvc repro volumes` adds its volume.")
-        except (ValueError, FileExistsError) as exc:
-            st.error(plain(exc))

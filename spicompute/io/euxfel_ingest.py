@@ -35,7 +35,9 @@ pixels in (module, slow scan, fast scan) order with q from the geometry
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,18 +169,19 @@ class EuxfelConfig:
 # ----------------------------------------------------------------------------- the run
 def open_run(cfg: EuxfelConfig):
     """(DataCollection with the train selection, AGIPD1M component) or a one-line error."""
-    from extra_data import RunDirectory, by_index
+    from extra_data import by_index
     from extra_data.components import AGIPD1M
 
     path = cfg.run_dir
     if not path.is_dir():
         raise InputError(path, "data.input", "run directory not found")
+    try:
+        os.listdir(path)
+    except PermissionError:
+        raise InputError(path, "data.input", "permission denied: the run directory cannot be read") from None
     if not is_run_directory(path):
         raise InputError(path, "data.input", "no EuXFEL run files (RAW-*.h5 or CORR-*.h5) in this directory")
-    try:
-        run = RunDirectory(str(path))
-    except Exception as exc:  # extra-data raises several kinds
-        raise InputError(path, "data.input", f"not a readable EuXFEL run ({_one_line(exc)})") from exc
+    run = open_run_directory(path)
     if cfg.trains is not None:
         n_all = len(run.train_ids)
         picked = range(n_all)[cfg.trains]
@@ -191,6 +194,38 @@ def open_run(cfg: EuxfelConfig):
         raise InputError(path, "data.input", "no AGIPD 1M detector source (SPB_DET_AGIPD1M-1/DET or "
                          f"/CORR ...CH0) in the run ({_one_line(exc)})") from exc
     return run, det
+
+
+def open_run_directory(path: Path, **kwargs):
+    """``extra_data.RunDirectory`` that fails with one line naming the first unreadable file.
+
+    extra-data skips a fake, truncated or unreadable file with lines on
+    stderr and carries on with the rest of the run; frames would then be
+    missing without an error, so such a file is an error here.
+    """
+    from extra_data import RunDirectory
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            run = RunDirectory(str(path), **kwargs)
+    except Exception as exc:  # extra-data raises several kinds
+        skipped = _skipped_files(said.getvalue())
+        if skipped:
+            raise InputError(path / skipped[0][0], "data.input", f"unreadable run file ({skipped[0][1]})") from exc
+        raise InputError(path, "data.input", f"not a readable EuXFEL run ({_one_line(exc)})") from exc
+    skipped = _skipped_files(said.getvalue())
+    if skipped:
+        more = f"; {len(skipped) - 1} more unreadable file(s)" if len(skipped) > 1 else ""
+        raise InputError(path / skipped[0][0], "data.input",
+                         f"unreadable run file ({skipped[0][1]}){more}: repair or remove it")
+    return run
+
+
+def _skipped_files(text: str) -> list[tuple[str, str]]:
+    """(file name, reason) of each 'Skipping file' report of extra-data."""
+    found = re.findall(r"Skipping file (\S+)\s*\n\s*\(error was: (.*)\)", text)
+    return [(Path(name).name, _one_line(reason)[:160]) for name, reason in found]
 
 
 def run_number(path: Path) -> int:

@@ -37,14 +37,17 @@ FAULT_ENV = "SPICOMPUTE_FAULT_KILL_BEFORE_RENAME"
 def code_version() -> str:
     """Package version plus the git commit of the source tree, when known."""
     here = Path(__file__).resolve().parent
+    # read-only git: a stage that fails to write (full disk, file size limit) must not leave
+    # a stale index.lock in the source checkout
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=here, capture_output=True, text=True, timeout=5,
+            cwd=here, capture_output=True, text=True, timeout=5, env=env,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", str(here)],
-            cwd=here, capture_output=True, text=True, timeout=5,
+            cwd=here, capture_output=True, text=True, timeout=5, env=env,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", ""
@@ -110,11 +113,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
-        # h5py reports a failed write as OSError, and the close that follows it as RuntimeError
-        if (isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "errno" in str(exc))) \
-                and not isinstance(exc, SpiError):
+        # h5py reports a failed write as OSError, and the close that follows it as RuntimeError;
+        # torch's zip writer says only "file write failed" (no errno): the cause is looked up
+        if isinstance(exc, SpiError):
+            raise
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "errno" in str(exc)):
             raise OutputError(dest, _write_failure(exc)) from exc
+        if isinstance(exc, RuntimeError) and _TORCH_WRITE_FAILED.search(str(exc)):
+            raise OutputError(dest, _write_failure(OSError(_likely_errno(dest), str(exc)))) from exc
         raise
+
+
+_TORCH_WRITE_FAILED = re.compile(r"PytorchStreamWriter failed|file write failed|unexpected pos")
+
+
+def _likely_errno(dest: Path) -> int:
+    """The errno of a write that failed without one: file size limit, full disk, else EIO."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return errno.EFBIG
+    with contextlib.suppress(OSError):
+        st = os.statvfs(dest.parent)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return errno.ENOSPC
+    return errno.EIO
 
 
 def _write_failure(exc: Exception) -> str:

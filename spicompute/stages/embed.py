@@ -22,7 +22,8 @@ import pandas as pd
 from spicompute import embedding as em
 from spicompute.commonlines import read_ccmatrix
 from spicompute.errors import InputError, ParameterError
-from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
+from spicompute.io.provenance import stamp, write_json_atomic
+from spicompute.io.storage import memory_output
 from spicompute.io.tables import write_table
 from spicompute.params import choice, positive, with_defaults
 from spicompute.stages._common import stage_params
@@ -163,7 +164,7 @@ def table(average_id: np.ndarray, res: dict) -> pd.DataFrame:
 def write_embedding(path, average_id, res: dict, params: dict) -> None:
     import h5py
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    with memory_output(path) as tmp, h5py.File(tmp, "w") as h5:
         stamp(h5, COMMAND, params)
         h5.create_dataset("average_id", data=np.asarray(average_id, np.int64))
         for method, x in res["coords"].items():

@@ -157,10 +157,17 @@ def read_volumes(path) -> dict:
         raise InputError(path, "volumes/observed", "no observed voxel")
     if "dq_nm" not in attrs:
         raise InputError(path, "@dq_nm", "attribute missing")
-    dq = float(attrs["dq_nm"])
+    try:
+        dq = float(np.asarray(attrs["dq_nm"]).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError):
+        dq = float("nan")
     if not np.isfinite(dq) or dq <= 0:
         raise InputError(path, "@dq_nm", f"must be a positive number, got {attrs['dq_nm']!r}")
-    if "center" in attrs and int(attrs["center"]) != size // 2:
+    try:
+        center = int(np.asarray(attrs["center"]).reshape(-1)[0]) if "center" in attrs else size // 2
+    except (TypeError, ValueError, IndexError):
+        center = None
+    if center != size // 2:
         raise InputError(path, "@center", f"must be L // 2 = {size // 2}, got {attrs['center']}")
     return {"intensity": inten, "z": z, "observed": observed, "dq_nm": dq, "size": size}
 
@@ -222,7 +229,8 @@ def run(args) -> int:
 
     from spicompute import phasing
     from spicompute.io.averages import read_averages
-    from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
+    from spicompute.io.provenance import stamp, write_json_atomic
+    from spicompute.io.storage import memory_output
     from spicompute.io.tables import write_table
 
     p = stage_params(args, "phase")
@@ -295,8 +303,12 @@ def run(args) -> int:
                                         settings_for(o, [o["seed"], 2, int(avg.average_id[j])]))
             dens2[k], supp2[k], res2[k], err2[k] = r.density, r.support, r.resolution_nm, r.final_error
     elapsed = time.perf_counter() - start
+    for name, values in (("phased/density", density), ("averages2d/density", dens2)):
+        if values is not None and not np.all(np.isfinite(values)):  # never a NaN result with exit 0
+            raise InputError(args.volumes if name.startswith("phased") else args.averages, name,
+                             "phasing produced NaN or Inf densities from this input")
 
-    with atomic_path(args.out) as tmp:
+    with memory_output(args.out) as tmp:  # HDF5 never writes to disk itself: see io.storage
         with h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, p)
             h5.attrs["dx_nm"] = dx

@@ -61,7 +61,7 @@ def add_arguments(parser):
 
 
 def options(raw: dict) -> dict:
-    from spicompute.params import choice, positive, with_defaults
+    from spicompute.params import choice, integer, positive, with_defaults
 
     p = with_defaults("select", raw, DEFAULTS)
     p["mode"] = choice("select.mode", p["mode"], MODES)
@@ -82,15 +82,39 @@ def options(raw: dict) -> dict:
                              "must be a non-empty list of column names, e.g. [pc_1, pc_2, pc_3]")
     if p["mode"] == "clusters" and not (isinstance(p["clusters"], list) and p["clusters"]):
         raise ParameterError("select.clusters", "mode clusters needs a non-empty list of cluster ids")
+    if p["mode"] == "clusters":
+        p["clusters"] = [integer("select.clusters", c) for c in p["clusters"]]
     if p["mode"] == "box":
         box = p["box"]
         if not isinstance(box, dict) or not box or not all(isinstance(v, list) and len(v) == 2 for v in box.values()):
             raise ParameterError("select.box", "mode box needs {column: [lo, hi], ...}")
+        p["box"] = {str(col): _bounds(f"select.box.{col}", v) for col, v in box.items()}
     if p["mode"] == "gain" and not (isinstance(p["gain"], list) and len(p["gain"]) == 2):
         raise ParameterError("select.gain", "must be [lo, hi] (null for an open end)")
+    if p["mode"] == "gain":
+        p["gain"] = _bounds("select.gain", p["gain"])
     if p["mode"] == "file" and not p["file"]:
         raise ParameterError("select.file", "mode file needs a selection file, e.g. selections/<name>.json")
+    if p["mode"] == "file":
+        from spicompute.selections import confined_file
+
+        p["file"] = str(confined_file(p["file"], "select.file"))
     return p
+
+
+def _bounds(name: str, value: list) -> list:
+    """[lo, hi] with numbers or null (open end), lo < hi when both are given."""
+    out = []
+    for v in value:
+        if v is None:
+            out.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ParameterError(name, f"must be [lo, hi] with numbers or null (open end), got {value!r}")
+        out.append(float(v))
+    if None not in out and out[0] > out[1]:
+        raise ParameterError(name, f"lo must not exceed hi, got {value!r}")
+    return out
 
 
 def _range_rule(bounds) -> dict:
@@ -219,6 +243,17 @@ def _min_selected(args, p: dict) -> int:
         return 2
 
 
+def _nothing_selected(p: dict, reason: np.ndarray, n: int, min_frames: float) -> Exception:
+    """The error for an empty selection, naming what to change (the file or the parameter)."""
+    mode = p["mode"]
+    if (reason != "selected").all() and all(str(r).startswith("n_frames <") for r in reason):
+        return ParameterError("select.min_frames", f"no average of {n} has >= {min_frames:.3g} member frames")
+    if mode == "file":
+        return InputError(p["file"], "average_ids", f"keeps no average: none of its averages is among the "
+                                                    f"{n} averages of this run (with enough frames)")
+    return ParameterError(f"select.{mode}", f"the selection keeps no average of {n}")
+
+
 def run(args) -> int:
     from spicompute.io.provenance import write_json_atomic
     from spicompute.io.tables import merge_parts, read_table, write_table
@@ -234,6 +269,8 @@ def run(args) -> int:
         raise InputError(args.parts[0], "n_frames", "column missing")
     extra: dict = {}
     selected, reason, min_frames = select_averages(table, p, extra)
+    if not selected.any():
+        raise _nothing_selected(p, reason, len(table), min_frames)
     if selected.sum() < min_selected:
         culprit = {"family": "select.family_*", "clusters": "select.clusters", "box": "select.box",
                    "gain": "select.gain", "file": "select.file"}.get(p["mode"], "select.min_frames")

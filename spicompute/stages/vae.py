@@ -122,11 +122,63 @@ def _selected(path: str, ids: np.ndarray) -> np.ndarray:
     return sel.to_numpy(bool)
 
 
+def _diverged(p: dict, history: list[dict], n_bad: int, n: int) -> ParameterError:
+    """The error for non-finite latents, blaming the loss (NaN from the start) or the step size."""
+    first = next((row["epoch"] for row in history if not np.isfinite(row["loss"])), None)
+    what = f"NaN or Inf latents for {n_bad} of {n} averages"
+    if first == 1:
+        return ParameterError("vae.loss", f"the {p['loss']} loss is NaN or Inf from the first epoch ({what}); "
+                                          "choose another vae.loss or check the inputs")
+    where = f"at epoch {first}" if first is not None else "after the last epoch"
+    return ParameterError("vae.learning_rate", f"training diverged {where} ({what}); lower it")
+
+
+def _drop_unusable_checkpoint(path: Path, model) -> None:
+    """Delete ``path`` with a warning unless it is a checkpoint this model can resume from.
+
+    Such a file (torn, foreign, a pickle of other objects, other tensor
+    shapes, a broken history) could only crash the resume; training starts
+    afresh and writes a new one after its first epoch.
+    """
+    import torch
+
+    from spicompute.errors import SpiError
+    from spicompute.io.storage import load_torch
+
+    if not path.is_file():
+        return
+    try:
+        state = load_torch(path, "checkpoint")
+        problem = ""
+        if not isinstance(state, dict) or not {"model", "optim", "epoch", "fingerprint", "history"} <= set(state):
+            problem = "not a dict with model, optim, epoch, fingerprint and history"
+        elif not isinstance(state["model"], dict) or {k: tuple(v.shape) for k, v in state["model"].items()
+                                                      if isinstance(v, torch.Tensor)} != \
+                {k: tuple(v.shape) for k, v in model.state_dict().items()} or \
+                not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+            problem = "its weights do not fit this network (other preset or latent dimension)"
+        elif not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool) or state["epoch"] < 0:
+            problem = f"epoch must be a non-negative integer, got {state['epoch']!r}"
+        else:
+            history = json.loads(state["history"]) if isinstance(state["history"], str) else None
+            if not isinstance(history, list) or len(history) != state["epoch"] or not all(
+                    isinstance(r, dict) and {"epoch", "loss", "recon", "kl", "kl_beta"} <= set(r) for r in history):
+                problem = "its history does not list every epoch"
+    except SpiError as exc:
+        problem = " ".join(str(exc).split())
+    except (ValueError, TypeError, AttributeError):
+        problem = "its history is not valid JSON"
+    if problem:
+        log.warning("ignoring checkpoint %s (%s): training starts afresh", path, problem)
+        path.unlink()
+
+
 def run(args) -> int:
     import torch
 
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import atomic_path, write_json_atomic
+    from spicompute.io.storage import save_torch
     from spicompute.io.tables import write_table
     from spicompute.vae.data import model_inputs, plan_preprocessing
     from spicompute.vae.model import VAE, architecture
@@ -166,17 +218,23 @@ def run(args) -> int:
     data = TensorData(inputs, prep, device)
     fp = fingerprint(arch, prep, config, inputs, train_index)
     ckpt = Path(args.checkpoints) / "last.pt" if args.checkpoints else None
+    if ckpt is not None and dist.main:
+        _drop_unusable_checkpoint(ckpt, model)
 
     live = None
     if args.live and dist.main:
         from dvclive import Live
 
-        live = Live(args.live, save_dvc_exp=False, dvcyaml=None, resume=False)
+        from spicompute.io.storage import staged_folder
+
+        # curves go to a temporary folder that replaces the previous run's only when the stage succeeds
+        live = Live(str(args._resources.enter_context(staged_folder(args.live))), save_dvc_exp=False,
+                    dvcyaml=None, resume=False)
 
     def on_epoch(row):
         if live is not None:
             live.step = row["epoch"] - 1
-            for key in ("loss", "recon", "kl", "kl_beta"):
+            for key in ("loss", "recon", "kl", "kl_beta", "seconds"):
                 live.log_metric(key, row[key])
             live.make_summary()
 
@@ -187,6 +245,9 @@ def run(args) -> int:
     if not dist.main:
         return 0
     mu, logvar, recon = encode(model, data, config.loss)
+    bad = ~(np.isfinite(mu).all(axis=1) & np.isfinite(logvar).all(axis=1))
+    if bad.any():  # never NaN latents with exit 0
+        raise _diverged(p, history, int(bad.sum()), bad.size)
     table = pd.DataFrame({"average_id": avg.average_id})
     for i in range(arch.latent_dim):
         table[f"z_{i + 1}"] = mu[:, i]
@@ -195,13 +256,14 @@ def run(args) -> int:
     table["recon_loss"] = recon
     table["vae_trained"] = selected
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
-            "fingerprint": fp, "history": history, "n_train": int(train_index.size),
+            "fingerprint": fp, "n_train": int(train_index.size),
+            # per-epoch seconds go to the dvclive curves, not into the science output
+            "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
             "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
             "volume_units": "normalised intensity x mean radial profile (mean photons/pixel at unit fluence)"}
     model_path = Path(args.model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(model_path) as tmp:
-        torch.save(state, tmp)
+    save_torch(model_path, state)
     with atomic_path(model_path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(side, indent=1, default=float) + "\n")
     write_table(args.out, table, stage=COMMAND, params=p)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +54,20 @@ def add_arguments(parser):
 
 def options(raw: dict) -> dict:
     from spicompute.params import ParameterError, positive, with_defaults
+    from spicompute.selections import confined_folder
 
     p = with_defaults("volumes", raw, DEFAULTS)
     p["n_points"] = positive("volumes.n_points", p["n_points"], integer=True)
     p["grid_per_axis"] = positive("volumes.grid_per_axis", p["grid_per_axis"], integer=True)
     pct = p["percentiles"]
+    p["selections"] = str(confined_folder(p["selections"], "volumes.selections"))
     if pct == "auto":
         return p
-    try:
-        ok = isinstance(pct, list) and len(pct) == 2 and 0 <= float(pct[0]) < float(pct[1]) <= 100
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+    numbers = isinstance(pct, list) and len(pct) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in pct)
+    if not (numbers and 0 <= pct[0] < pct[1] <= 100):
         raise ParameterError("volumes.percentiles", f"must be auto or [lo, hi] with 0 <= lo < hi <= 100, got {pct!r}")
+    p["percentiles"] = [float(v) for v in pct]
     return p
 
 
@@ -85,6 +87,31 @@ def latent_span(z: np.ndarray, percentiles="auto") -> tuple[np.ndarray, np.ndarr
     return ordered[m - 1], ordered[n - m]
 
 
+def check_memory(n_volumes: int, size: int, param: str) -> None:
+    """ParameterError before any work when ``n_volumes`` volumes of ``size``^3 do not fit in memory.
+
+    Counts the float32 volumes twice (the decoded array and its HDF5 image).
+    """
+    from spicompute.params import ParameterError
+
+    need = 2 * 4 * float(n_volumes) * size ** 3
+    avail = _available_memory()
+    if need > avail:
+        raise ParameterError(param, f"{n_volumes} volumes of {size}^3 voxels would need {need / 2**30:.3g} GiB "
+                                    f"of memory; {avail / 2**30:.3g} GiB are available")
+
+
+def _available_memory() -> float:
+    """Bytes of memory available to this process (MemAvailable; the physical memory if unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def latent_points(z: np.ndarray, p: dict) -> np.ndarray:
     """Line (d = 1) or grid (d > 1) over :func:`latent_span` of encoded z (N, d) -> (P, d)."""
     lo, hi = latent_span(z, p["percentiles"])
@@ -97,9 +124,9 @@ def latent_points(z: np.ndarray, p: dict) -> np.ndarray:
 
 def run(args) -> int:
     import h5py
-    import torch
 
-    from spicompute.io.provenance import atomic_path, stamp
+    from spicompute.io.provenance import stamp
+    from spicompute.io.storage import load_torch, memory_output
     from spicompute.io.tables import read_table
     from spicompute.selections import list_selections
     from spicompute.vae.data import Preprocessing
@@ -118,20 +145,29 @@ def run(args) -> int:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise InputError(side_path, "architecture", f"not a VAE description ({exc})") from None
     model = VAE(arch)
+    if not model_path.exists():
+        raise InputError(model_path, None, "weights not found (run the vae stage)")
+    state = load_torch(model_path, "VAE weights file")
     try:
-        model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
-    except FileNotFoundError:
-        raise InputError(model_path, None, "weights not found (run the vae stage)") from None
+        model.load_state_dict(state)
     except Exception as exc:
         raise InputError(model_path, None, f"not VAE weights matching {side_path.name} ({exc})") from None
-    table = read_table(args.latents)
     d = arch.latent_dim
+    check_memory(p["n_points"] if d == 1 else p["grid_per_axis"] ** d, arch.volume_size,
+                 "volumes.n_points" if d == 1 else "volumes.grid_per_axis")
+    table = read_table(args.latents)
     cols = [f"z_{i + 1}" for i in range(d)]
     for col in cols:
         if col not in table.columns:
             raise InputError(args.latents, col, "column missing")
     trained = table["vae_trained"].to_numpy(bool) if "vae_trained" in table.columns else np.ones(len(table), bool)
+    if not trained.any():
+        raise InputError(args.latents, "vae_trained", "no trained row: no latent range to decode along")
     z = table.loc[trained, cols].to_numpy(np.float64)
+    for k, col in enumerate(cols):
+        bad = int((~np.isfinite(z[:, k])).sum())
+        if bad:
+            raise InputError(args.latents, col, f"{bad} of {len(z)} trained rows are NaN or Inf (re-run the vae stage)")
     points = latent_points(z, p)
     source = ["line" if d == 1 else "grid"] * len(points)
     for sel in list_selections(p["selections"], kind="latent_points"):
@@ -142,7 +178,9 @@ def run(args) -> int:
         points = np.concatenate([points, pts])
         source += [f"selection:{sel['name']}"] * len(pts)
     volumes = decode_volumes(model, points, prep)
-    with atomic_path(args.out) as tmp:
+    if not np.all(np.isfinite(volumes)):  # never a NaN volume with exit 0
+        raise InputError(model_path, None, "the decoded volumes contain NaN or Inf (re-train the vae stage)")
+    with memory_output(args.out) as tmp:  # HDF5 never writes to disk itself: see io.storage
         with h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, p)
             g = h5.create_group("volumes")
