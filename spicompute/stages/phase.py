@@ -169,11 +169,26 @@ def read_volumes(path) -> dict:
         center = None
     if center != size // 2:
         raise InputError(path, "@center", f"must be L // 2 = {size // 2}, got {attrs['center']}")
-    return {"intensity": inten, "z": z, "observed": observed, "dq_nm": dq, "size": size}
+    size_nm = None
+    if "particle_size_nm" in attrs:
+        try:
+            size_nm = float(np.asarray(attrs["particle_size_nm"]).reshape(-1)[0])
+        except (TypeError, ValueError):
+            raise InputError(path, "@particle_size_nm", f"must be a number, got {attrs['particle_size_nm']!r}") \
+                from None
+        if not (np.isfinite(size_nm) and size_nm > 0):
+            size_nm = None
+    return {"intensity": inten, "z": z, "observed": observed, "dq_nm": dq, "size": size,
+            "particle_size_nm": size_nm}
 
 
-def check_sampling(vol: dict, path) -> None:
+def check_sampling(vol: dict, path) -> list[int]:
     """Refuse volumes whose grid holds less than twice the particle (no 2x oversampling).
+
+    With the particle size the VAE measured (``@particle_size_nm`` of the volumes file)
+    the box ``2 pi / dq`` must hold twice it; volumes whose autocorrelation still fills
+    the box are then speckled, not too large: a warning, and their indices are returned.
+    Without a size the autocorrelation alone decides.
 
     The autocorrelation of each intensity volume spans twice the particle; when
     it does not fall off before the faces of the ``2 pi / dq`` box
@@ -185,10 +200,20 @@ def check_sampling(vol: dict, path) -> None:
     from spicompute import phasing
 
     box = 2 * np.pi / vol["dq_nm"]
+    size_nm = vol.get("particle_size_nm")
+    if size_nm is not None and box < 2 * size_nm:
+        raise ParameterError(
+            "vae.preset / vae.q_max_nm",
+            f"the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds less than twice the "
+            f"{size_nm:.0f} nm particle; phasing needs a box >= 2x the particle: use a larger vae.preset or "
+            f"a smaller vae.q_max_nm", source=str(path))
+    unclear = []
     for i in range(vol["intensity"].shape[0]):
         extent, fits = phasing.autocorrelation_extent(vol["intensity"][i], vol["observed"],
                                                       vol["dq_nm"])
-        if not fits:
+        if fits:
+            continue
+        if size_nm is None:
             raise ParameterError(
                 "vae.preset / vae.q_max_nm",
                 f"volume {i}: the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds "
@@ -196,6 +221,14 @@ def check_sampling(vol: dict, path) -> None:
                 f">= {extent:.0f} nm); phasing needs a box >= 2x the particle: use a larger "
                 f"vae.preset or a smaller vae.q_max_nm (or, if the particle is small, the volume "
                 f"is speckled by noise: check the vae training)", source=str(path))
+        unclear.append(i)
+    if unclear:
+        # the grid holds twice the particle size the VAE measured on the data, so an autocorrelation
+        # that fills the box says the volume is speckled (an under-trained decoder), not too big
+        log.warning("volumes %s: the autocorrelation fills the %.0f nm box although the particle (%.0f nm) "
+                    "fits twice: the volumes look speckled by noise; check the vae training", unclear, box,
+                    size_nm)
+    return unclear
 
 
 def choose_averages(avg, selection, count: int, source: str) -> np.ndarray:

@@ -117,6 +117,8 @@ def run(args) -> int:
             h5.attrs["q_min_nm"] = prep.q_min_nm
             h5.attrs["q_max_nm"] = prep.q_max_nm
             h5.attrs["latent_dim"] = arch.latent_dim
+            if prep.particle_size_nm:
+                h5.attrs["particle_size_nm"] = prep.particle_size_nm
     log.info("%d volumes along a %s path from %s to %s -> %s", len(points), args.path,
              np.round(start, 3).tolist(), np.round(end, 3).tolist(), args.out)
     return 0

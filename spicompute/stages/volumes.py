@@ -195,6 +195,8 @@ def run(args) -> int:
             h5.attrs["q_min_nm"] = prep.q_min_nm
             h5.attrs["q_max_nm"] = prep.q_max_nm
             h5.attrs["latent_dim"] = d
+            if prep.particle_size_nm:
+                h5.attrs["particle_size_nm"] = prep.particle_size_nm
     log.info("%d volumes of %d^3 (latent %d-D, %d from selections) -> %s", len(points), arch.volume_size, d,
              sum(s.startswith("selection:") for s in source), args.out)
     return 0
