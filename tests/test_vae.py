@@ -57,7 +57,17 @@ def test_preprocessing_follows_the_geometry(grid, dq):
     obs = inputs.observed
     assert obs.shape == (12, 27, 27) and obs.any() and not obs[:, 13, 13].any()  # beamstop unobserved
     means = (inputs.x * obs).sum((1, 2)) / obs.sum((1, 2))
-    np.testing.assert_allclose(means, 1.0, rtol=1e-5)
+    # one data-set-wide constant: the median average has mean 1, each keeps its own scale
+    assert np.median(means) == pytest.approx(1.0, rel=1e-5) and means.max() / means.min() > 1.2
+    np.testing.assert_allclose(inputs.input_scale, means, rtol=1e-5)
+    # photons: x * p * count_scale summed over a model pixel = the members' photons there
+    n_model = prep.input_size
+    axis = (np.arange(n_model) - n_model // 2) * prep.dq2_nm
+    p2 = prep.profile_at(np.hypot(axis[:, None], axis[None, :]))
+    photons = (inputs.x * p2 * obs).sum((1, 2)) * inputs.count_scale
+    raw = (avg.intensity * avg.valid).sum((1, 2)) * avg.n_frames
+    np.testing.assert_allclose(photons / raw, np.median(photons / raw), rtol=0.1)
+    assert np.median(photons / raw) == pytest.approx(1.0, rel=0.15)
     # a particle-size bound tightens q_max: Nyquist for 120 nm at 27^3 is 13 pi / 120
     tight = plan_preprocessing(avg, idx, input_size=27, volume_size=27, particle_size_nm=120.0)
     assert tight.q_max_nm == pytest.approx(min(prep.q_max_nm, 13 * np.pi / 120))
@@ -83,18 +93,129 @@ def test_presets_end_on_odd_centred_grids():
     assert vol.shape == (3, 27, 27, 27) and (vol >= 0).all() and mu.shape == (3, 2)
 
 
-def test_reconstruction_losses_vanish_for_a_perfect_fit():
+def test_reconstruction_losses_vanish_for_a_perfect_fit_at_any_scale():
     x = torch.rand(4, 50) + 0.1
     obs = torch.rand(4, 50) > 0.3
     k = torch.full((4,), 100.0)
+    prof = torch.rand(50) + 0.5
+    shape = torch.linspace(0.5, 2.0, 50)
     for kind in ("mse_log", "poisson"):
-        assert reconstruction_loss(x, x, obs, k, kind, 0.1).abs().max() < 1e-5
-        assert (reconstruction_loss(x * 1.5, x, obs, k, kind, 0.1) > 1e-3).all()
+        # each average's overall scale is a fitted parameter, not an error
+        loss, s = reconstruction_loss(x, x * torch.tensor([[0.3], [1.0], [2.0], [7.0]]), obs, k, kind, 0.1, prof)
+        assert loss.abs().max() < 1e-5
+        np.testing.assert_allclose(s.numpy(), [0.3, 1.0, 2.0, 7.0], rtol=1e-4)
+        assert (reconstruction_loss(x * shape, x, obs, k, kind, 0.1, prof)[0] > 1e-3).all()
     # unobserved pixels do not count
     y = x.clone()
     y[~obs] = 100.0
-    assert reconstruction_loss(y, x, obs, k, "mse_log", 0.1).abs().max() < 1e-6
+    assert reconstruction_loss(y, x, obs, k, "mse_log", 0.1)[0].abs().max() < 1e-6
     assert kl_beta(TrainConfig(kl_weight=0.1, kl_warmup_epochs=4), 1) == pytest.approx(0.05)
+
+
+def test_fitted_scale_minimises_mse_log():
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.rand(3, 200, generator=gen) + 0.05
+    target = (torch.rand(3, 200, generator=gen) + 0.05) * torch.tensor([[0.2], [1.0], [5.0]])
+    obs = torch.ones(3, 200, dtype=torch.bool)
+    k, prof = torch.ones(3), torch.ones(200)
+    loss, s = reconstruction_loss(pred, target, obs, k, "mse_log", 0.1, prof)
+    for f in (0.97, 1.03):  # any other scale fits worse
+        d = torch.log(pred * s[:, None] * f + 0.1) - torch.log(target + 0.1)
+        assert ((d * d).mean(1) > loss).all()
+
+
+def _slices_at_random_orientations(volume, dq3, n, dq, lam, m, rng):
+    """Noiseless averages (photons/pixel/frame) of ``volume`` on an n x n grid of step dq, with
+    different fluences and member counts, a 2-pixel beamstop; and their quaternions."""
+    from spicompute.slicing import VolumeSampler
+
+    quats = random_quaternions(m, rng)
+    q = grid_q(n, dq, lam).reshape(-1, 3)
+    fluence = np.exp(rng.uniform(0.0, np.log(20.0), m)) * 1e-6
+    inten = VolumeSampler(volume, dq3).slices(q, quats) * fluence[:, None]
+    valid = np.broadcast_to((np.linalg.norm(q[:, :2], axis=1) >= 2 * dq).reshape(n, n), (m, n, n))
+    frames = rng.integers(50, 500, m).astype(float)
+    avg = AverageSet(inten.reshape(m, n, n), valid.astype(np.float32), np.arange(m), np.zeros(m), np.arange(m),
+                     frames, dq, lam)
+    return avg, quats
+
+
+def test_the_exact_cube_volume_fits_its_own_slices_and_a_sphere_does_not(rng):
+    from spicompute.shapes import cube_intensity, sphere_intensity
+    from spicompute.vae.train import slice_loss
+
+    n, dq, lam, edge, m = 27, 0.045, 0.2066, 42.0, 48
+    axis = (np.arange(n) - n // 2) * dq
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
+    cube = cube_intensity(grid, edge)
+    avg, quats = _slices_at_random_orientations(cube, dq, n, dq, lam, m, rng)
+    prep = plan_preprocessing(avg, np.arange(m), input_size=n, volume_size=n, q_max_nm=(n // 2) * dq,
+                              particle_size_nm=52.0, log_floor=0.1)
+    assert prep.dq3_nm == pytest.approx(dq)
+    inputs = model_inputs(avg, prep, quats, np.ones(m))
+    data = TensorData(inputs, prep, torch.device("cpu"))
+    p3 = prep.profile_at(prep.volume_q_norm())
+    radius = (3 / (4 * np.pi)) ** (1 / 3) * edge  # a sphere of the cube's volume
+    volumes = {name: torch.from_numpy(np.repeat((v / p3)[None], m, 0).astype(np.float32))
+               for name, v in (("cube", cube), ("sphere", sphere_intensity(grid, radius)))}
+    idx = torch.arange(m)
+    scores = {(kind, name): slice_loss(v, data, idx, kind)[0].mean().item()
+              for kind in ("mse_log", "poisson") for name, v in volumes.items()}
+    assert scores["mse_log", "cube"] <= 0.01 * 0.128
+    assert scores["mse_log", "sphere"] >= 10 * max(scores["mse_log", "cube"], 0.01 * 0.128)
+    assert scores["poisson", "cube"] <= 1e-2  # deviance per pixel of noiseless counts
+    assert scores["poisson", "sphere"] >= 100.0
+    # control: a per-average normalisation to mean 1 (the target no longer carries the
+    # average's scale) leaves the exact volume far from its own slices at every global scale
+    obs = data.observed
+    target = data.target / ((data.target * obs).sum(1) / obs.sum(1))[:, None]
+    pred = slice_volumes(volumes["cube"] * data.profile3, data.dq3, data.q_lab, data.rotations) / data.profile
+    pred = pred / pred[obs].mean()
+    best = min(((obs * (torch.log(c * pred + 0.1) - torch.log(target + 0.1)) ** 2).sum(1) / obs.sum(1)).mean().item()
+               for c in np.exp(np.linspace(-3, 3, 121)))
+    assert best >= 0.05
+
+
+def test_poisson_loss_is_the_likelihood_of_the_members_photons(rng):
+    from spicompute.shapes import cube_intensity, sphere_intensity
+    from spicompute.vae.train import slice_loss
+
+    n, dq, lam, edge, m = 27, 0.045, 0.2066, 42.0, 16
+    axis = (np.arange(n) - n // 2) * dq
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
+    cube = cube_intensity(grid, edge)
+    avg, quats = _slices_at_random_orientations(cube, dq, n, dq, lam, m, rng)
+    truth = avg.intensity.copy()
+    counts = rng.poisson(truth * avg.n_frames[:, None, None])  # the members' photons
+    noisy = AverageSet(counts / avg.n_frames[:, None, None], avg.weight, avg.average_id, avg.run, avg.model,
+                       avg.n_frames, dq, lam)
+    prep = plan_preprocessing(noisy, np.arange(m), input_size=n, volume_size=n, q_max_nm=(n // 2) * dq,
+                              particle_size_nm=52.0, log_floor=0.1)
+    inputs = model_inputs(noisy, prep, quats, np.ones(m))
+    data = TensorData(inputs, prep, torch.device("cpu"))
+    p3 = prep.profile_at(prep.volume_q_norm())
+    vol = torch.from_numpy(np.repeat((cube / p3)[None], m, 0).astype(np.float32))
+    idx = torch.arange(m)
+    loss, scale = slice_loss(vol, data, idx, "poisson")
+    # the scale's minimum sits at the true one: fluence x members relative to the model
+    pred = slice_volumes(vol * data.profile3, data.dq3, data.q_lab, data.rotations) / data.profile
+    k = data.count_scale[:, None] * data.profile[None]
+    mu_true = torch.from_numpy(truth.reshape(m, -1) * avg.n_frames[:, None]).float()
+    true_scale = ((mu_true * data.observed).sum(1) / (pred * k * data.observed).sum(1))
+    np.testing.assert_allclose(scale.numpy(), true_scale.numpy(), rtol=0.02)
+    for f in (0.9, 1.1):
+        worse = reconstruction_loss(pred * f, data.target, data.observed, data.count_scale, "poisson", 0.1,
+                                    data.profile)[0]
+        np.testing.assert_allclose(worse.numpy(), loss.numpy(), rtol=1e-4)  # re-fitted: scale-free
+        y, k = data.target.double() * k.double(), k.double()
+        mu = (pred * scale[:, None] * f).double() * k + 1e-6
+        dev = 2 * (data.observed * (mu - y + torch.where(y > 0, y * torch.log(y / mu), 0 * y))).sum(1)
+        assert (dev / data.observed.sum(1) > loss).all()
+    # Poisson noise alone: about one unit of deviance per pixel where counts are high
+    assert 0.3 < loss.mean().item() < 3.0
+    radius = (3 / (4 * np.pi)) ** (1 / 3) * edge
+    sphere = torch.from_numpy(np.repeat((sphere_intensity(grid, radius) / p3)[None], m, 0).astype(np.float32))
+    assert (slice_loss(sphere, data, idx, "poisson")[0] > 3 * loss).all()
 
 
 def _setup(n=120, seed=0, latent=1, photons=2e5):
