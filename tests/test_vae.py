@@ -242,6 +242,33 @@ def test_poisson_loss_is_the_likelihood_of_the_members_photons(rng):
     assert (slice_loss(sphere, data, idx, "poisson")[0] > 3 * loss).all()
 
 
+def test_encode_and_decode_in_batches_sized_for_the_memory():
+    from spicompute.vae.train import decoder_bytes_per_volume, volume_batch
+
+    inter = architecture("intermediate", 1)
+    per = decoder_bytes_per_volume(inter, training=False)
+    assert 0.3e9 < per < 3e9  # one 161^3 volume: 17 MB of output, ~1 GB of decoder temporaries
+    # half of a free 32 GB GPU decodes a batch of 161^3 volumes, never all 256 at once
+    assert 4 <= volume_batch(inter, torch.device("cpu"), budget_bytes=15 * 2**30) <= 32
+    assert volume_batch(inter, torch.device("cpu"), budget_bytes=per - 1) == 1
+    assert volume_batch(architecture("demo", 1), torch.device("cpu")) == 256
+    assert decoder_bytes_per_volume(inter, training=True) > per
+    # the batch changes nothing but the memory
+    avg, t, quats, vols, levels, idx, arch, prep, inputs = _setup(n=10)
+    torch.manual_seed(0)
+    model = VAE(arch)
+    data = TensorData(inputs, prep, torch.device("cpu"))
+    for a, b in zip(encode(model, data), encode(model, data, batch=3)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    z = np.linspace(-1, 1, 5)[:, None]
+    gen = decode_volumes(model, z, prep)
+    np.testing.assert_allclose(gen, decode_volumes(model, z, prep, batch=2), rtol=1e-5, atol=1e-7)
+    # generated volumes: shape (mean 1 of I/p over the observed shell) times the profile
+    shell = prep.volume_observed()
+    p3 = prep.profile_at(prep.volume_q_norm())
+    np.testing.assert_allclose((gen / p3)[:, shell].mean(1), 1.0, rtol=1e-4)
+
+
 def _setup(n=120, seed=0, latent=1, photons=2e5):
     avg, t, quats, vols, levels = melt_averages(n, seed=seed, photons=photons)
     idx = np.arange(n)

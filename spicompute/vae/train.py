@@ -316,16 +316,20 @@ def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: Tra
 
 
 CPU_MEMORY_BUDGET = 2 * 2**30  # bytes a CPU encode/decode may use for volumes
+# measured peak / the tensor count below, decoder alone on CPU (demo, low, intermediate):
+# inference 2.7-3.0 (the transposed convolutions' column buffers), training 1.2-2.2
+_OVERHEAD = {False: 3.0, True: 2.0}
 
 
-def decoder_floats_per_volume(arch: Architecture, training: bool) -> int:
-    """Float32 elements the decoder holds per volume at its peak (an upper estimate).
+def decoder_bytes_per_volume(arch: Architecture, training: bool) -> int:
+    """Peak memory of the decoder per volume, bytes (an upper estimate, float32).
 
-    Inference (no graph): the input and output of the largest transposed
-    convolution, or the last layer plus the Oh symmetrisation's temporaries
-    (softplus, three flip sums, the stack of 6 axis permutations and their
-    mean: ~12 L^3), whichever is larger.  Training keeps every layer's output
-    and its ReLU for the backward pass (2 x the sum) plus the same ~12 L^3.
+    The tensors counted: in inference (no graph) the input and output of the largest
+    transposed convolution, or the last layer plus the Oh symmetrisation's temporaries
+    (softplus, three flip sums, the stack of 6 axis permutations and their mean:
+    ~12 L^3), whichever is larger; in training every layer's output and its ReLU
+    (kept for the backward pass) plus the same ~12 L^3.  Times a measured overhead
+    (``_OVERHEAD``).  161^3 (``intermediate``): ~1.0 GB inference, ~1.1 GB training.
     """
     sizes = [arch.base_channels * arch.base_size ** 3]
     edge = arch.base_size
@@ -334,9 +338,10 @@ def decoder_floats_per_volume(arch: Architecture, training: bool) -> int:
         sizes.append(channels * edge ** 3)
     sym = 12 * arch.volume_size ** 3
     if training:
-        return 2 * sum(sizes) + sym
-    pairs = max(a + b for a, b in zip(sizes[:-1], sizes[1:]))
-    return max(pairs, sizes[-2] + sym)
+        floats = 2 * sum(sizes) + sym
+    else:
+        floats = max(max(a + b for a, b in zip(sizes[:-1], sizes[1:])), sizes[-2] + sym)
+    return int(4 * floats * _OVERHEAD[training])
 
 
 def volume_batch(arch: Architecture, device: torch.device, *, training: bool = False,
@@ -353,7 +358,7 @@ def volume_batch(arch: Architecture, device: torch.device, *, training: bool = F
             budget_bytes = free // 2
         else:
             budget_bytes = CPU_MEMORY_BUDGET
-    per_volume = 4 * decoder_floats_per_volume(arch, training)
+    per_volume = decoder_bytes_per_volume(arch, training)
     return int(max(1, min(max_batch, budget_bytes // per_volume)))
 
 
