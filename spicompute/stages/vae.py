@@ -196,6 +196,7 @@ def run(args) -> int:
     table["vae_trained"] = selected
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
             "fingerprint": fp, "history": history, "n_train": int(train_index.size),
+            "target_norm": inputs.norm,
             "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
             "volume_units": "shape (I / p, mean 1 over the observed shell) x the mean radial profile p (mean photons/pixel/frame)"}
     model_path = Path(args.model)

@@ -112,7 +112,11 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, observed: torc
     the log-likelihood of the photons with no weighting beyond Poisson (a bright average
     weighs more), about 1 per pixel for a perfect model at high counts, 0 for a noiseless fit.
     """
-    pred = pred.float()
+    with torch.autocast(pred.device.type, enabled=False):  # logs, sums, float64: never in half precision
+        return _reconstruction_loss(pred.float(), target.float(), observed, count_scale, kind, log_floor, profile)
+
+
+def _reconstruction_loss(pred, target, observed, count_scale, kind, log_floor, profile):
     m = observed.to(pred.dtype)
     n = m.sum(1).clamp_min(1.0)
     prof = torch.ones(pred.shape[1], dtype=pred.dtype, device=pred.device) if profile is None else profile
