@@ -94,12 +94,7 @@ def test_select_vae_volumes_end_to_end(tmp_path):
     np.testing.assert_allclose(z[:5, 0], np.linspace(trained_z[1], trained_z[-2], 5), rtol=1e-5)
 
 
-@pytest.mark.parametrize("loss", [
-    "mse_log",
-    pytest.param("poisson", marks=pytest.mark.xfail(
-        strict=True, reason="loss: poisson is NaN from the first epoch (spicompute/vae/train.py); the vae "
-                            "stage now refuses NaN latents (exit 2) instead of writing them")),
-])
+@pytest.mark.parametrize("loss", ["mse_log", "poisson"])
 def test_two_dimensional_latent_and_poisson_loss_on_another_geometry(tmp_path, loss):
     root = _project(tmp_path, vae={"latent_dim": 2, "loss": loss, "epochs": 2}, grid=65, dq=0.02)
     yaml_params = yaml.safe_load((root / "params.yaml").read_text())

@@ -206,7 +206,7 @@ def run(args) -> int:
     prep = plan_preprocessing(avg, train_index, input_size=arch.input_size, volume_size=arch.volume_size,
                               q_max_nm=p["q_max_nm"], particle_size_nm=p["particle_size_nm"],
                               min_counts=p["min_counts"], log_floor=p["log_floor"], source=args.averages)
-    inputs = model_inputs(avg, prep, quats, gain)
+    inputs = model_inputs(avg, prep, quats, gain, train_index)
     log.info("%d of %d averages train a %s VAE (volume %d^3, q %.3f..%.3f rad/nm, latent %d) on %s x%d",
              train_index.size, avg.n_averages, p["preset"], arch.volume_size, prep.q_min_nm, prep.q_max_nm,
              arch.latent_dim, device, dist.world)
@@ -256,11 +256,11 @@ def run(args) -> int:
     table["recon_loss"] = recon
     table["vae_trained"] = selected
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
-            "fingerprint": fp, "n_train": int(train_index.size),
+            "fingerprint": fp, "n_train": int(train_index.size), "target_norm": inputs.norm,
             # per-epoch seconds go to the dvclive curves, not into the science output
             "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
             "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
-            "volume_units": "normalised intensity x mean radial profile (mean photons/pixel at unit fluence)"}
+            "volume_units": "shape (I / p, mean 1 over the observed shell) x the mean radial profile p (mean photons/pixel/frame)"}
     model_path = Path(args.model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_torch(model_path, state)

@@ -8,12 +8,18 @@
    observed when at least half of its interpolation weight was observed and
    ``|q| <= q_max`` (the circle: the volume covers the sphere of radius q_max).
 2. **Radial normalisation.**  Divide by the data set's mean radial profile
-   ``p(|q|)`` (stored, multiplied back when generating volumes), then scale
-   each average to a mean of 1 over its observed pixels, so that shape -- not
-   the steep fall-off or the fluence -- dominates the loss.
-3. **Conditioning.**  The orientation quaternion (scalar first, model->lab)
-   and ``log(gain)`` from the orientation fit go to the encoder; the rotation
-   matrix goes to the slicer.
+   ``p(|q|)`` (stored, multiplied back when generating volumes) and by one
+   data-set-wide constant (the median over the averages of their mean over
+   observed pixels), so values are O(1) and the steep fall-off does not
+   dominate the loss.  Each average keeps its own overall scale (fluence x
+   members): the loss fits it per average (:mod:`spicompute.vae.train`), so
+   that one Oh-symmetric volume can fit every orientation of an anisotropic
+   particle.  (A per-average normalisation to mean 1 would depend on the
+   orientation: 0.4--2 for a cube, which no single volume can match.)
+3. **Conditioning.**  The encoder sees each average scaled to mean 1 over its
+   observed pixels (input conditioning only, not the loss target), the
+   orientation quaternion (scalar first, model->lab) and ``log(gain)`` from
+   the orientation fit; the rotation matrix goes to the slicer.
 
 ``q_max`` (``auto``) is the smallest of the limits of
 :func:`spicompute.qrange.resolve_q_range` (grid radius, coverage, and the
@@ -96,12 +102,17 @@ class Preprocessing:
 class VaeInputs:
     """Model inputs of M averages.
 
-    x : (M, n, n) float32 normalised intensity (0 where unobserved)
+    x : (M, n, n) float32 intensity / (p(|q|) * norm), the loss target (0 where unobserved);
+        dimensionless, O(1): each average keeps its own overall scale
     observed : (M, n, n) bool
     rotations : (M, 3, 3) float32 model->lab
     condition : (M, 5) float32 [qw, qx, qy, qz, log gain]
-    count_scale : (M,) float32 expected photons per unit of x at p = 1 (n_frames * scale), for Poisson
+    count_scale : (M,) float32 photons per model pixel per unit of ``x * p`` (p in mean photons per
+        detector pixel per frame): ``n_frames * (model pixel area / detector pixel area) * norm``,
+        so ``x * p * count_scale`` are the members' photons in a model pixel (Poisson loss)
+    input_scale : (M,) float32 mean of ``x`` over the observed pixels: the encoder sees ``x / input_scale``
     average_id : (M,) int64
+    norm : the data-set-wide constant, mean photons per detector pixel per frame per unit of p
     """
 
     x: np.ndarray
@@ -109,7 +120,9 @@ class VaeInputs:
     rotations: np.ndarray
     condition: np.ndarray
     count_scale: np.ndarray
+    input_scale: np.ndarray
     average_id: np.ndarray
+    norm: float = 1.0
 
 
 def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
@@ -173,8 +186,12 @@ def resample_averages(averages: AverageSet, prep: Preprocessing) -> tuple[np.nda
 
 
 def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndarray,
-                 gain: np.ndarray) -> VaeInputs:
-    """Normalised model inputs of every average (see the module docstring)."""
+                 gain: np.ndarray, train_index: np.ndarray | None = None) -> VaeInputs:
+    """Model inputs of every average (see the module docstring).
+
+    The data-set-wide constant is the median, over the averages of ``train_index``
+    (default: all), of each average's mean of ``I / p`` over its observed pixels.
+    """
     from spicompute.slicing import rotation_matrices
 
     intensity, observed = resample_averages(averages, prep)
@@ -184,12 +201,17 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     x = np.where(observed, intensity / profile[None], 0.0)
     n_obs = observed.sum(axis=(1, 2))
     mean = x.sum(axis=(1, 2)) / np.maximum(n_obs, 1)
-    scale = np.where(mean > 0, mean, 1.0)
-    x = (x / scale[:, None, None]).astype(np.float32)
+    sel = np.arange(len(x)) if train_index is None else np.asarray(train_index)
+    positive = mean[sel][mean[sel] > 0]
+    norm = float(np.median(positive)) if positive.size else 1.0
+    x = (x / norm).astype(np.float32)
+    input_scale = np.where(mean > 0, mean / norm, 1.0).astype(np.float32)
+    # a model pixel spans (dq2 / dq)^2 detector pixels: photons per model pixel = that x photons per pixel
+    area = (prep.dq2_nm / averages.dq_nm) ** 2
     g = np.asarray(gain, np.float64)
     log_gain = np.log(np.where(np.isfinite(g) & (g > 0), g, 1.0))
     quats = np.asarray(quaternions, np.float64)
     cond = np.concatenate([quats, log_gain[:, None]], axis=1).astype(np.float32)
     return VaeInputs(x=x, observed=observed, rotations=rotation_matrices(quats).astype(np.float32),
-                     condition=cond, count_scale=(averages.n_frames * scale).astype(np.float32),
-                     average_id=averages.average_id.copy())
+                     condition=cond, count_scale=(averages.n_frames * area * norm).astype(np.float32),
+                     input_scale=input_scale, average_id=averages.average_id.copy(), norm=norm)

@@ -61,24 +61,90 @@ def kl_beta(config: TrainConfig, epoch: int) -> float:
     return config.kl_weight * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
 
 
-def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tensor,
-                        count_scale: torch.Tensor, kind: str, log_floor: float) -> torch.Tensor:
-    """Per-average loss over observed pixels, (B,).
+def fitted_scale(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tensor, profile: torch.Tensor,
+                 kind: str, log_floor: float, iterations: int = 6) -> torch.Tensor:
+    """Each average's overall scale s (fluence x members relative to the model), (B,), detached.
 
-    pred, target : (B, P) normalised intensities; observed : (B, P) bool.
-    ``mse_log``: mean squared difference of ``log(x + floor)``.
-    ``poisson``: mean Poisson deviance / 2 of the expected counts
-    ``x * count_scale`` (zero for a perfect fit).
+    pred, target : (B, P) intensities / p (model slice, data); observed : (B, P) bool;
+    profile : (P,) the radial profile p at the pixels.
+    ``poisson``: the maximum-likelihood scale ``sum(x p) / sum(x_hat p)`` over observed pixels
+    (exact).  ``mse_log``: the minimiser of ``mean (log(s x_hat + f) - log(x + f))^2`` over
+    ``log s``, by Gauss-Newton steps from the Poisson estimate (the floor makes it
+    non-linear; six steps converge to float precision for any realistic misfit).
+    The scale is a minimiser of the loss, so the loss's gradient through it vanishes
+    (envelope theorem): detaching it gives the same gradient, without a backward pass
+    through the iterations.
     """
+    with torch.no_grad():
+        m = observed.to(pred.dtype)
+        p = profile.to(pred.dtype)[None]
+        s = (m * target * p).sum(1).clamp_min(1e-30) / (m * pred * p).sum(1).clamp_min(1e-30)
+        if kind == "mse_log":
+            u = torch.log(s)
+            log_t = torch.log(target + log_floor)
+            n = m.sum(1).clamp_min(1.0)
+            for _ in range(iterations):
+                sp = torch.exp(u)[:, None] * pred
+                r = torch.log(sp + log_floor) - log_t
+                a = sp / (sp + log_floor)  # d r / d log s
+                grad = (m * r * a).sum(1) / n
+                curv = (m * a * a).sum(1) / n
+                u = u - grad / curv.clamp_min(1e-12)
+            s = torch.exp(u)
+    return s.detach()
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tensor,
+                        count_scale: torch.Tensor, kind: str, log_floor: float,
+                        profile: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-average loss over observed pixels at the fitted scale: (loss (B,), scale (B,)).
+
+    pred : (B, P) the model's slices (normalised units: intensity / p); target : (B, P) the
+    data in the same units, each average at its own overall scale; observed : (B, P) bool;
+    count_scale : (B,) members' photons per model pixel per unit of ``x p``; profile : (P,)
+    the data set's radial profile p at the pixels (mean photons per detector pixel per frame;
+    default 1).  The scale s of each average is fitted in closed form (:func:`fitted_scale`).
+
+    ``mse_log``: mean over observed pixels of ``(log(s x_hat + f) - log(x + f))^2``.
+    ``poisson``: the Poisson deviance ``2 sum [mu - y + y log(y / mu)]`` of the observed
+    counts ``y = k p x`` (the members' photons in each model pixel, k = count_scale) given
+    the expected counts ``mu = k p s x_hat``, divided by the number of observed pixels:
+    the log-likelihood of the photons with no weighting beyond Poisson (a bright average
+    weighs more), about 1 per pixel for a perfect model at high counts, 0 for a noiseless fit.
+    """
+    with torch.autocast(pred.device.type, enabled=False):  # logs, sums, float64: never in half precision
+        return _reconstruction_loss(pred.float(), target.float(), observed, count_scale, kind, log_floor, profile)
+
+
+def _reconstruction_loss(pred, target, observed, count_scale, kind, log_floor, profile):
     m = observed.to(pred.dtype)
     n = m.sum(1).clamp_min(1.0)
+    prof = torch.ones(pred.shape[1], dtype=pred.dtype, device=pred.device) if profile is None else profile
+    s = fitted_scale(pred, target, observed, prof, kind, log_floor)
+    fit = pred * s[:, None]
     if kind == "mse_log":
-        d = torch.log(pred + log_floor) - torch.log(target + log_floor)
-        return (m * d * d).sum(1) / n
-    k = count_scale[:, None]
-    mu, c = pred * k + 1e-8, target * k
-    dev = mu - c + torch.where(c > 0, c * torch.log(c / mu), torch.zeros_like(c))
-    return (m * dev).sum(1) / (n * k[:, 0].clamp_min(1e-8))
+        d = torch.log(fit + log_floor) - torch.log(target + log_floor)
+        return (m * d * d).sum(1) / n, s
+    # float64: with 10^4 photons in a pixel, mu - y + y log(y / mu) cancels to O(1)
+    k = count_scale.double()[:, None] * prof.double()[None]
+    mu, y = fit.double() * k + 1e-6, target.double() * k
+    dev = mu - y + torch.where(y > 0, y * torch.log(y.clamp_min(1e-30) / mu), torch.zeros_like(y))
+    return (2.0 * (m.double() * dev).sum(1) / n.double()).to(pred.dtype), s
+
+
+def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
+               kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (B,) and fitted scale (B,) of volumes (B, L, L, L) against the averages ``idx`` (B,).
+
+    The volumes are in normalised units (I / p).  They are sliced as intensities (times the
+    profile on the 3D grid, interpolated, divided by the profile at the 2D pixels): the
+    intensity is smooth on the grid (sampled at the particle's Nyquist step), while I / p is
+    not where the profile has fringe minima, so interpolating I / p directly would misplace
+    a slice of the exact volume by factors of 2 between voxels.
+    """
+    pred = slice_volumes(volumes * data.profile3, data.dq3, data.q_lab, data.rotations[idx]) / data.profile
+    return reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx], kind,
+                               data.floor, data.profile)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -93,7 +159,8 @@ class TensorData:
         floor = prep.log_floor
         x = torch.from_numpy(inputs.x.reshape(len(inputs.x), -1))
         obs = torch.from_numpy(inputs.observed.reshape(len(inputs.x), -1))
-        img = torch.stack([torch.where(obs, torch.log(x + floor) - np.log(1 + floor), torch.zeros_like(x)),
+        x_in = x / torch.from_numpy(inputs.input_scale)[:, None]  # encoder input: mean 1 per average
+        img = torch.stack([torch.where(obs, torch.log(x_in + floor) - np.log(1 + floor), torch.zeros_like(x)),
                            obs.float()], 1).view(len(x), 2, prep.input_size, prep.input_size)
         self.image = img.to(device)
         self.target = x.to(device)
@@ -102,6 +169,10 @@ class TensorData:
         self.rotations = torch.from_numpy(inputs.rotations).to(device)
         self.count_scale = torch.from_numpy(inputs.count_scale).to(device)
         self.q_lab = torch.from_numpy(prep.q_lab()).to(device)
+        n, c = prep.input_size, prep.input_size // 2
+        axis = (np.arange(n) - c) * prep.dq2_nm
+        self.profile = torch.from_numpy(prep.profile_at(np.hypot(axis[:, None], axis[None, :])).ravel()).to(device)
+        self.profile3 = torch.from_numpy(prep.profile_at(prep.volume_q_norm())).to(device)
         self.dq3 = prep.dq3_nm
         self.floor = floor
 
@@ -113,9 +184,7 @@ def batch_loss(model, data: TensorData, idx: torch.Tensor, noise: torch.Tensor, 
                beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of total losses, sum of reconstruction losses, sum of KL) over the batch ``idx``."""
     volumes, mu, logvar = model(data.image[idx], data.condition[idx], noise)
-    pred = slice_volumes(volumes, data.dq3, data.q_lab, data.rotations[idx])
-    rec = reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx],
-                              config.loss, data.floor)
+    rec, _ = slice_loss(volumes, data, idx, config.loss)
     kl = kl_divergence(mu, logvar)
     return (rec + beta * kl).sum(), rec.detach().sum(), kl.detach().sum()
 
@@ -125,16 +194,16 @@ def fingerprint(arch: Architecture, prep: Preprocessing, config: TrainConfig, in
     """Hash of everything that shapes the training trajectory."""
     h = hashlib.sha256()
     h.update(json.dumps([arch.to_dict(), prep.to_dict(), config.fingerprint_fields()], sort_keys=True).encode())
-    for arr in (inputs.x, inputs.observed, inputs.condition, inputs.rotations, np.asarray(train_index)):
+    for arr in (inputs.x, inputs.observed, inputs.condition, inputs.rotations, inputs.count_scale,
+                inputs.input_scale, np.asarray(train_index)):
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:16]
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    from spicompute.io.provenance import atomic_path
+    from spicompute.io.storage import save_torch
 
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(path, state)
 
 
 def load_checkpoint(path: Path, fp: str, max_epoch: int) -> dict | None:
@@ -249,34 +318,92 @@ def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: Tra
     return history
 
 
+CPU_MEMORY_BUDGET = 2 * 2**30  # bytes a CPU encode/decode may use for volumes
+# measured peak / the tensor count below, decoder alone on CPU (demo, low, intermediate):
+# inference 2.7-3.0 (the transposed convolutions' column buffers), training 1.2-2.2
+_OVERHEAD = {False: 3.0, True: 2.0}
+
+
+def decoder_bytes_per_volume(arch: Architecture, training: bool) -> int:
+    """Peak memory of the decoder per volume, bytes (an upper estimate, float32).
+
+    The tensors counted: in inference (no graph) the input and output of the largest
+    transposed convolution, or the last layer plus the Oh symmetrisation's temporaries
+    (softplus, three flip sums, the stack of 6 axis permutations and their mean:
+    ~12 L^3), whichever is larger; in training every layer's output and its ReLU
+    (kept for the backward pass) plus the same ~12 L^3.  Times a measured overhead
+    (``_OVERHEAD``).  161^3 (``intermediate``): ~1.0 GB inference, ~1.1 GB training.
+    """
+    sizes = [arch.base_channels * arch.base_size ** 3]
+    edge = arch.base_size
+    for channels, stride in arch.decoder:
+        edge = {1: edge, 2: 2 * edge - 1, 3: 3 * edge}[stride]
+        sizes.append(channels * edge ** 3)
+    sym = 12 * arch.volume_size ** 3
+    if training:
+        floats = 2 * sum(sizes) + sym
+    else:
+        floats = max(max(a + b for a, b in zip(sizes[:-1], sizes[1:])), sizes[-2] + sym)
+    return int(4 * floats * _OVERHEAD[training])
+
+
+def volume_batch(arch: Architecture, device: torch.device, *, training: bool = False,
+                 budget_bytes: int | None = None, max_batch: int = 256) -> int:
+    """Volumes to decode at once so that the decoder fits in memory, 1..max_batch.
+
+    budget_bytes : memory the volumes may use; default: on CUDA half of the free
+    memory (``torch.cuda.mem_get_info``: the rest for fragmentation, the slicer and
+    other processes), on CPU :data:`CPU_MEMORY_BUDGET`.
+    """
+    if budget_bytes is None:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget_bytes = free // 2
+        else:
+            budget_bytes = CPU_MEMORY_BUDGET
+    per_volume = decoder_bytes_per_volume(arch, training)
+    return int(max(1, min(max_batch, budget_bytes // per_volume)))
+
+
 @torch.no_grad()
 def encode(model: VAE, data: TensorData, loss_kind: str = "mse_log",
-           batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Latent mean, log variance and reconstruction loss (at z = mean) of every average.
+           batch: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Latent mean, log variance and reconstruction loss (at z = mean, fitted scale) of every average.
 
+    batch : averages decoded at once (default: :func:`volume_batch` for the device).
     Returns mu (M, d), logvar (M, d), recon (M,).
     """
     model.eval()
+    device = data.target.device
+    batch = batch or volume_batch(model.arch, device)
     mus, lvs, recs = [], [], []
     for s in range(0, len(data), batch):
-        idx = torch.arange(s, min(s + batch, len(data)), device=data.target.device)
+        idx = torch.arange(s, min(s + batch, len(data)), device=device)
         mu, logvar = model.encoder(data.image[idx], data.condition[idx])
-        vol = model.decoder(mu)
-        pred = slice_volumes(vol, data.dq3, data.q_lab, data.rotations[idx])
-        rec = reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx],
-                                  loss_kind, data.floor)
+        rec, _ = slice_loss(model.decoder(mu), data, idx, loss_kind)
         mus.append(mu.cpu()), lvs.append(logvar.cpu()), recs.append(rec.cpu())
     return torch.cat(mus).numpy(), torch.cat(lvs).numpy(), torch.cat(recs).numpy()
 
 
 @torch.no_grad()
-def decode_volumes(model: VAE, z: np.ndarray, prep: Preprocessing, batch: int = 8) -> np.ndarray:
-    """Intensity volumes (P, L, L, L) float32 at latent points z (P, d): radial profile multiplied back."""
+def decode_volumes(model: VAE, z: np.ndarray, prep: Preprocessing, batch: int | None = None) -> np.ndarray:
+    """Intensity volumes (P, L, L, L) float32 at latent points z (P, d).
+
+    The model's overall scale is free (each average's scale is fitted in the loss), so each
+    volume is fixed to a mean of 1 over the observed shell (q_min <= |q| <= q_max) in
+    normalised units and the radial profile p is multiplied back: mean photons per
+    detector pixel per frame of the data set's typical average.
+    batch : volumes decoded at once (default: :func:`volume_batch` for the device).
+    """
     model.eval()
     device = next(model.parameters()).device
+    batch = batch or volume_batch(model.arch, device)
     profile = torch.from_numpy(prep.profile_at(prep.volume_q_norm())).to(device)
+    shell = torch.from_numpy(prep.volume_observed()).to(device)
     out = []
     for s in range(0, len(z), batch):
         zz = torch.as_tensor(np.asarray(z[s:s + batch], np.float32), device=device)
-        out.append((model.decoder(zz) * profile).cpu())
+        vol = model.decoder(zz)
+        mean = (vol * shell).sum((1, 2, 3)) / shell.sum().clamp_min(1)
+        out.append((vol / mean.clamp_min(1e-30)[:, None, None, None] * profile).cpu())
     return torch.cat(out).numpy().astype(np.float32)
