@@ -63,7 +63,8 @@ def _end(text: str, average, which: str, ids: np.ndarray, z: np.ndarray, latents
 def run(args) -> int:
     import h5py
 
-    from spicompute.io.provenance import atomic_path, stamp
+    from spicompute.io.provenance import stamp
+    from spicompute.io.storage import memory_output
     from spicompute.io.tables import read_table
     from spicompute.stages.volumes import load_vae
     from spicompute.trajectory import graph_path, straight_path
@@ -99,7 +100,7 @@ def run(args) -> int:
         points = straight_path(start, end, args.n_points)
     volumes = decode_volumes(model, points, prep)
     size = arch.volume_size
-    with atomic_path(args.out) as tmp:
+    with memory_output(args.out) as tmp:  # HDF5 never writes to disk itself: see io.storage
         with h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, {"start": start.tolist(), "end": end.tolist(), "path": args.path,
                                 "n_points": args.n_points, "model": str(args.model)})

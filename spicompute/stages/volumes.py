@@ -122,19 +122,16 @@ def latent_points(z: np.ndarray, p: dict) -> np.ndarray:
     return np.asarray(list(itertools.product(*axes)))
 
 
-def run(args) -> int:
-    import h5py
+def load_vae(model_path):
+    """(model, Architecture, Preprocessing) of a trained VAE: weights plus the .json side file.
 
-    from spicompute.io.provenance import stamp
-    from spicompute.io.storage import load_torch, memory_output
-    from spicompute.io.tables import read_table
-    from spicompute.selections import list_selections
+    Weights are loaded with ``weights_only=True``; one-line errors name the file.
+    """
+    from spicompute.io.storage import load_torch
     from spicompute.vae.data import Preprocessing
     from spicompute.vae.model import VAE, Architecture
-    from spicompute.vae.train import decode_volumes
 
-    p = options(stage_params(args, "volumes"))
-    model_path = Path(args.model)
+    model_path = Path(model_path)
     side_path = model_path.with_suffix(".json")
     try:
         side = json.loads(side_path.read_text())
@@ -152,6 +149,20 @@ def run(args) -> int:
         model.load_state_dict(state)
     except Exception as exc:
         raise InputError(model_path, None, f"not VAE weights matching {side_path.name} ({exc})") from None
+    return model, arch, prep
+
+
+def run(args) -> int:
+    import h5py
+
+    from spicompute.io.provenance import stamp
+    from spicompute.io.storage import memory_output
+    from spicompute.io.tables import read_table
+    from spicompute.selections import list_selections
+    from spicompute.vae.train import decode_volumes
+
+    p = options(stage_params(args, "volumes"))
+    model, arch, prep = load_vae(args.model)
     d = arch.latent_dim
     check_memory(p["n_points"] if d == 1 else p["grid_per_axis"] ** d, arch.volume_size,
                  "volumes.n_points" if d == 1 else "volumes.grid_per_axis")
