@@ -201,7 +201,7 @@ def check_sampling(vol: dict, path) -> list[int]:
 
     box = 2 * np.pi / vol["dq_nm"]
     size_nm = vol.get("particle_size_nm")
-    if size_nm is not None and box < 2 * size_nm:
+    if size_nm is not None and box < 2 * size_nm * (1 - 1e-3):  # the VAE's Nyquist bound gives exactly 2x
         raise ParameterError(
             "vae.preset / vae.q_max_nm",
             f"the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds less than twice the "
