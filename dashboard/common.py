@@ -230,3 +230,33 @@ def log_image(images: np.ndarray, valid: np.ndarray, decades: float = 4.0) -> np
     top = np.percentile(observed, 99.9) if observed.size else 1.0
     out = np.log10(np.maximum(images, top * 10.0**-decades))
     return np.where(valid, out, np.nan)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _h5_attrs(key: tuple, group: str) -> dict:
+    import h5py
+
+    try:
+        with h5py.File(key[0], "r") as h5:
+            return {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v)
+                    for k, v in h5[group].attrs.items()} if group in h5 else {}
+    except OSError:
+        return {}
+
+
+def h5_attrs(relative: str, group: str = "/", rev: str | None = None) -> dict:
+    """Attributes of one group of an HDF5 file of the run ({} when the file or group is
+    absent or unreadable: the attributes only label axes)."""
+    p = path(relative, rev)
+    return _h5_attrs(file_key(p), group) if p.exists() else {}
+
+
+def grid_step(relative: str, group: str, name: str = "dq_nm",
+              rev: str | None = None) -> float | None:
+    """A positive finite grid spacing attribute (rad/nm or nm), or None (axes then in pixels)."""
+    value = h5_attrs(relative, group, rev).get(name)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None

@@ -16,12 +16,12 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from dashboard.common import (averages_table, current_rev, file_key, log_image, missing, path,
-                              plain, read_h5, read_json, read_table, run_picker, workspace)
+                              grid_step, plain, read_h5, read_json, read_table, run_picker,
+                              workspace)
 from dashboard.data import OutputError, diagnostics, drill, selections, tables, training
-from dashboard.figures import landscape_scatter, markdown_table
+from dashboard.figures import image_grid, landscape_scatter, markdown_table
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
@@ -175,9 +175,15 @@ if len(sel):
     else:
         fig.add_trace(go.Scatter(x=sel[x_col], y=sel[y_col], mode="markers", marker=mark,
                                  name="selected", hoverinfo="skip"))
+# plotly reports a plain click as a point selection only outside its box/lasso drag modes,
+# so the mouse mode is an explicit choice, clicking (with pan) first
+MOUSE = {"click: drill down": "pan", "drag: box select": "select", "drag: lasso select": "lasso"}
+mouse = st.radio("mouse", list(MOUSE), key="mouse", horizontal=True,
+                 help="Click a point to show its average, or drag a box / lasso around "
+                      "averages to save them as a selection.") if dims == "2D" else None
 fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10),
                   legend=dict(title=color if color_arg else None),
-                  dragmode="select" if dims == "2D" else None)
+                  dragmode=MOUSE[mouse] if dims == "2D" else None)
 
 left, right = st.columns([3, 2])
 with left:
@@ -204,8 +210,9 @@ with left:
     else:
         st.plotly_chart(fig, width="stretch", key="landscape")
     st.caption("Each point is a class average. Distances reflect the similarity of the best "
-               "common lines (CC matrix). 2D: click a point to drill down; drag a box or lasso "
-               "to select a region and save it for the pipeline.")
+               "common lines (CC matrix). 2D: in the mouse mode *click* a point to drill down; "
+               "in *box* or *lasso* mode drag around a region to select it and save it for "
+               "the pipeline.")
 
     if region:
         st.subheader(f"{len(region)} averages selected")
@@ -256,14 +263,9 @@ with right:
                         ref_img = ref["best_slice"][0].astype(np.float64)
                         panels.append((log_image(ref_img, valid & (ref_img > 0)),
                                        "best-fit reference slice"))
-            pat = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels],
-                                horizontal_spacing=0.02)
-            for k, (im, _) in enumerate(panels):
-                pat.add_trace(go.Heatmap(z=im, colorscale="Viridis", showscale=k == 0,
-                                         colorbar=dict(title="log10 I")), 1, k + 1)
-            pat.update_xaxes(showticklabels=False)
-            pat.update_yaxes(showticklabels=False, scaleanchor="x")
-            pat.update_layout(height=360, margin=dict(l=5, r=5, t=40, b=5))
+            pat = image_grid([im for im, _ in panels], [t for _, t in panels],
+                             grid_step(AVERAGES, "averages"), panel_height=300,
+                             shared_scale=len(panels) == 1)
             st.plotly_chart(pat, width="stretch", key="pattern")
     info = {c: row[c] for c in table.columns if c in hover or c.startswith(f"{method}_")}
     st.markdown(markdown_table(pd.DataFrame({"column": list(info),
@@ -292,18 +294,10 @@ else:
         except (OutputError, ValueError) as exc:
             st.warning(f"Cannot draw member frames: {exc}")
         else:
-            cols = min(len(fids), 6)
-            rows = int(np.ceil(len(fids) / cols))
             angle = dict(zip(members["frame_id"], members["rotation_deg"]))
-            mf = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.01,
-                               vertical_spacing=0.06,
-                               subplot_titles=[f"frame {f} · {angle[f]:.0f}°" for f in fids])
-            for k, im in enumerate(images):
-                mf.add_trace(go.Heatmap(z=np.log10(1 + im), colorscale="Viridis",
-                                        showscale=False), k // cols + 1, k % cols + 1)
-            mf.update_xaxes(showticklabels=False)
-            mf.update_yaxes(showticklabels=False)
-            mf.update_layout(height=230 * rows, margin=dict(l=5, r=5, t=30, b=5))
+            mf = image_grid(np.log10(1 + np.asarray(images, np.float64)),
+                            [f"frame {f} · {angle[f]:.0f}°" for f in fids], cols=6,
+                            colorbar="log10(1 + n)", show_ticks=False, panel_height=200)
             st.plotly_chart(mf, width="stretch", key="members")
             st.caption("Photon counts, log10(1 + n), each frame turned back by its in-plane "
                        "rotation into the average's orientation (most confident first).")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from dashboard.common import (averages_table, list_runs, log_image, metrics_of, params_of,
+from dashboard.common import (averages_table, grid_step, list_runs, log_image, metrics_of, params_of,
                               read_h5, run_picker, workspace)
 from dashboard.data import compare, runs, tables
+from dashboard.figures import image_grid
 
 st.set_page_config(page_title="Runs · SPI Landscape", layout="wide")
 st.title("Runs and experiments")
@@ -119,12 +119,8 @@ for rev in (rev_a, rev_b):
         img = arr["averages/intensity"][0].astype(np.float64)
         panels.append((log_image(img, arr["averages/weight"][0] > 0), labels[rev]))
 if panels:
-    pf = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
-    for k, (im, _) in enumerate(panels):
-        pf.add_trace(go.Heatmap(z=im, colorscale="Viridis", showscale=k == 0), 1, k + 1)
-    pf.update_xaxes(showticklabels=False)
-    pf.update_yaxes(showticklabels=False)
-    pf.update_layout(height=340, margin=dict(l=5, r=5, t=40, b=5))
+    pf = image_grid([im for im, _ in panels], [t for _, t in panels],
+                    grid_step("data/averages.h5", "averages", rev=rev_a), panel_height=300)
     st.plotly_chart(pf, width="stretch", key="matched_pair")
 
 if "cluster" in ta and "cluster" in tb:

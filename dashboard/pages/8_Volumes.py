@@ -13,11 +13,13 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import (attempt, averages_table, missing, read_h5, read_table, run_picker,
-                              workspace)
+from dashboard.common import (attempt, averages_table, grid_step, missing, read_h5, read_table,
+                              run_picker, workspace)
 from dashboard.data import drill, selections
+from dashboard.figures import image_grid
 
-from spicompute.views import DIRECTIONS, block_mean, central_section, log_display, projection, quantize_uint8
+from spicompute.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display,
+                              projection, quantize_uint8)
 
 st.set_page_config(page_title="Volumes · SPI Landscape", layout="wide")
 st.title("VAE latent and volumes")
@@ -46,6 +48,14 @@ def volume_vs_z_figure(phased: pd.DataFrame, truth: pd.DataFrame | None) -> go.F
                       xaxis_title="z_1", yaxis_title="volume (nm³)", height=320, margin=dict(t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def frame_text() -> str:
+    """The (u, v) display axes of every direction, as text."""
+    def vec(a) -> str:
+        return "(" + ", ".join(f"{x:+.2f}" for x in a) + ")"
+    return "; ".join(f"{name}: u = {vec(frame_for(d)[0])}, v = {vec(frame_for(d)[1])}"
+                     for name, d in DIRECTIONS.items())
 
 
 def safe(load, what: str):
@@ -155,13 +165,18 @@ with left:
     st.plotly_chart(iso, width="stretch", key="volume3d")
 with right:
     sections = {name: central_section(np.where(observed, volume, 0.0), d) for name, d in DIRECTIONS.items()}
-    for name, sec in sections.items():
-        img = log_display(sec, decades=4.0)
-        fig = px.imshow(img, origin="lower", color_continuous_scale="viridis", labels=dict(color="log10 I"))
-        fig.update_xaxes(showticklabels=False)
-        fig.update_yaxes(showticklabels=False)
-        fig.update_layout(height=220, margin=dict(l=5, r=5, t=30, b=5), title=f"{name} central section")
-        st.plotly_chart(fig, width="stretch", key=f"section_{name}")
+    dq3 = grid_step(VOLUMES, "/")
+    # a section pixel counts as observed when the interpolated observed-mask is >= 1/2
+    seen = {name: central_section(observed.astype(np.float64), d) >= 0.5
+            for name, d in DIRECTIONS.items()}
+    sec_fig = image_grid([np.where(seen[name], log_display(sec, decades=4.0), np.nan)
+                          for name, sec in sections.items()],
+                         [f"{name} central section" for name in sections], dq3, cols=1,
+                         axis_names=("q·u", "q·v"), colorbar="log10 I", panel_height=230)
+    st.plotly_chart(sec_fig, width="stretch", key="sections")
+    st.caption("Central sections through q = 0 perpendicular to each direction n; x along u, "
+               "y along v of the right-handed frame (u, v, n): " + frame_text() +
+               ". Grey: never observed (outside the measured q range or behind the beam stop).")
 
 st.subheader("Which averages made this volume")
 if zs.shape[1] == len(drill.latent_columns(table)):
@@ -190,14 +205,12 @@ if phased_meta is None:
     missing("phase", PHASED)
 else:
     dens = safe(lambda: read_h5(PHASED, ["phased/density"], index=[pick]), PHASED)["phased/density"][0]
-    cols = st.columns(3)
-    for col, (name, d) in zip(cols, DIRECTIONS.items()):
-        proj = projection(dens, d)
-        fig = px.imshow(proj, origin="lower", color_continuous_scale="gray", labels=dict(color="density"))
-        fig.update_xaxes(showticklabels=False)
-        fig.update_yaxes(showticklabels=False)
-        fig.update_layout(height=260, margin=dict(l=5, r=5, t=30, b=5), title=f"projection along {name}")
-        col.plotly_chart(fig, width="stretch", key=f"projection_{name}")
+    dx = grid_step(PHASED, "phased", "dx_nm")
+    proj_fig = image_grid([projection(dens, d) for d in DIRECTIONS.values()],
+                          [f"projection along {name}" for name in DIRECTIONS], dx, space="real",
+                          cols=3, colorscale="gray", colorbar="density", axis_names=("x·u", "x·v"),
+                          panel_height=280)
+    st.plotly_chart(proj_fig, width="stretch", key="projections")
     vt = safe(lambda: read_table("results/volumes.parquet"), "results/volumes.parquet")
     if vt is not None and "particle_volume_nm3" in vt.columns and "z_1" in vt.columns:
         truth_rows = safe(lambda: read_table("results/volumes_truth.parquet"), "results/volumes_truth.parquet")
@@ -207,14 +220,12 @@ else:
     if shapes2d is not None and "averages2d/density" in shapes2d:
         st.subheader("2D phasing of class averages (Fig. 1B)")
         dens2d, ids2d = shapes2d["averages2d/density"], shapes2d["averages2d/average_id"]
-        cols = st.columns(min(6, len(ids2d)) or 1)
-        for k, col in enumerate(cols):
-            fig = px.imshow(dens2d[k], origin="lower", color_continuous_scale="gray")
-            fig.update_xaxes(showticklabels=False)
-            fig.update_yaxes(showticklabels=False)
-            fig.update_layout(height=200, margin=dict(l=5, r=5, t=30, b=5), coloraxis_showscale=False,
-                              title=f"average {int(ids2d[k])}")
-            col.plotly_chart(fig, width="stretch", key=f"phased2d_{k}")
+        n2d = min(6, len(ids2d))
+        fig = image_grid(np.asarray(dens2d[:n2d]), [f"average {int(i)}" for i in ids2d[:n2d]],
+                         grid_step(PHASED, "averages2d", "dx_nm"), space="real", cols=6,
+                         colorscale="gray", colorbar=None, axis_names=("x", "y"),
+                         shared_scale=False, panel_height=200)
+        st.plotly_chart(fig, width="stretch", key="phased2d")
 
 st.subheader("Mark a latent point for the volumes stage")
 with st.form("latent_point"):
