@@ -47,12 +47,12 @@ def test_saving_a_latent_point_writes_a_selection(workspace):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     at.text_input(key="latent_name").input("probe-1")
     at.text_input(key="latent_z").input("0.5")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Save selection").click().run()
     assert not at.exception
     saved = json.loads((workspace / "selections" / "probe-1.json").read_text())
     assert saved["kind"] == "latent_points" and saved["points"] == [[0.5]]
     at.text_input(key="latent_name").input("../escape")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Save selection").click().run()
     assert any("selection name" in e.value for e in at.error)
     assert not (workspace / "escape.json").exists()
 

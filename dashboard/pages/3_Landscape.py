@@ -17,6 +17,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard import actions
 from dashboard.common import (averages_table, current_rev, file_key, log_image, missing, path,
                               grid_step, plain, read_h5, read_json, read_table, run_picker,
                               workspace)
@@ -233,7 +234,10 @@ with left:
                     st.error(plain(exc))
                 else:
                     st.success(f"Saved {len(region)} averages to selections/{out.name}. "
-                               "`dvc repro` re-runs the select stage (select.mode: file).")
+                               "The pipeline trains on it only with `select.mode: file` and "
+                               f"`select.file: selections/{out.name}`: "
+                               f"`{actions.use_selection_command(out.stem)}`, or set it on the "
+                               "Selections page.")
 
 with right:
     order = sorted(int(i) for i in ids)

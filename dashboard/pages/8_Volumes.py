@@ -13,8 +13,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import (attempt, averages_table, grid_step, missing, read_h5, read_table,
-                              run_picker, workspace)
+from dashboard import actions
+from dashboard.common import (attempt, averages_table, current_rev, grid_step, missing, read_h5,
+                              read_table, run_picker, workspace)
 from dashboard.data import drill, selections
 from dashboard.figures import image_grid
 
@@ -115,7 +116,9 @@ if "pc_2" in table.columns:
                 ok, out = attempt(selections.save, workspace(), region_name, latent_region,
                                   doing="Cannot save the selection")
                 if ok:
-                    st.success(f"Saved selections/{out.name}: `dvc repro` re-runs select and vae.")
+                    st.success(f"Saved selections/{out.name}. The pipeline trains on it only "
+                               f"with `{actions.use_selection_command(out.stem)}` (or set it on "
+                               "the Selections page).")
 else:
     right.info("No CLPCA coordinates yet — run `dvc repro embed`.")
 
@@ -226,6 +229,59 @@ else:
                          colorscale="gray", colorbar=None, axis_names=("x", "y"),
                          shared_scale=False, panel_height=200)
         st.plotly_chart(fig, width="stretch", key="phased2d")
+
+st.subheader("Export for ChimeraX and slides")
+if current_rev() != "workspace":
+    st.info("Exports are written into the workspace: switch the run to `workspace`.")
+else:
+    with st.form("export_volumes"):
+        export_name = st.text_input("export folder name (exports/<name>/)", value="volumes",
+                                    key="export_name")
+        do_export = st.form_submit_button("Export MRC + ChimeraX + GIF")
+    if do_export:
+        ok, out = attempt(actions.export_volumes, workspace(), export_name,
+                          doing="Cannot export the volumes")
+        if ok:
+            files = sorted(p.name for p in out.iterdir())
+            st.success(f"Wrote {len(files)} files to `exports/{out.name}/`: MRC volumes (voxel "
+                       "size in Å in the header), `series.cxc` (open it in ChimeraX: "
+                       f"`open exports/{out.name}/series.cxc`), `series.gif`, `index.csv`.")
+
+    st.subheader("Trajectory between two points of the latent")
+    d_latent = zs.shape[1]
+    with st.form("trajectory"):
+        t_name = st.text_input("name (trajectories/<name>.h5)", value="path", key="traj_name")
+        by = st.radio("ends", ["two averages", "two latent points"], horizontal=True, key="traj_by")
+        e1, e2 = st.columns(2)
+        ids_sorted = sorted(int(i) for i in table["average_id"])
+        a_start = e1.selectbox("start average", ids_sorted, index=0, key="traj_a0")
+        a_end = e2.selectbox("end average", ids_sorted, index=len(ids_sorted) - 1, key="traj_a1")
+        z_start = e1.text_input("start z (comma-separated)", value=", ".join(f"{v:.3f}" for v in zs[0]),
+                                key="traj_z0")
+        z_end = e2.text_input("end z (comma-separated)", value=", ".join(f"{v:.3f}" for v in zs[-1]),
+                              key="traj_z1")
+        n_points = st.slider("volumes along the path", 2, 60, 12, key="traj_n")
+        path_kind = st.radio("path", ["straight", "graph"] if d_latent >= 2 else ["straight"],
+                             horizontal=True, key="traj_path",
+                             help="graph: through the trained averages' nearest-neighbour graph "
+                                  "(stays where data are; d >= 2)")
+        also_export = st.checkbox("also export it (MRC + ChimeraX + GIF)", value=True,
+                                  key="traj_export")
+        do_traj = st.form_submit_button("Decode trajectory")
+    if do_traj:
+        ends = dict(start_average=a_start, end_average=a_end) if by == "two averages" else \
+            dict(start=z_start, end=z_end)
+        ok, out = attempt(actions.trajectory, workspace(), t_name, n_points=n_points,
+                          path=path_kind, doing="Cannot decode the trajectory", **ends)
+        if ok:
+            msg = f"Wrote `trajectories/{out.name}` ({n_points} volumes)"
+            if also_export:
+                ok2, folder = attempt(actions.export_volumes, workspace(), f"trajectory_{out.stem}",
+                                      volumes=f"trajectories/{out.name}", phased="",
+                                      doing="Cannot export the trajectory")
+                if ok2:
+                    msg += f" and `exports/{folder.name}/` (MRC, series.cxc, series.gif)"
+            st.success(msg + ".")
 
 st.subheader("Mark a latent point for the volumes stage")
 with st.form("latent_point"):
