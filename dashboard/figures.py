@@ -167,3 +167,13 @@ def image_grid(images, titles: list[str], step: float | None = None, *, space: s
     fig.update_layout(height=panel_height * rows + 60, plot_bgcolor=MASKED_GREY,
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def energy_contours(density, name: str = "−log density") -> go.Contour:
+    """Contour lines of a 2D :class:`dashboard.data.density.Density`'s energy (−log ρ/ρmax),
+    labelled on the lines (no colour bar, so nothing overlaps the scatter's legend)."""
+    return go.Contour(x=density.axes[0], y=density.axes[1], z=density.energy, name=name,
+                      contours=dict(coloring="lines", showlabels=True, start=0.5, end=8.0, size=0.5,
+                                    labelfont=dict(size=9, color="#555")),
+                      line=dict(width=1), colorscale=[[0, "#333333"], [1, "#bbbbbb"]],
+                      showscale=False, hoverinfo="skip", showlegend=True)

@@ -21,8 +21,8 @@ from dashboard import actions
 from dashboard.common import (averages_table, current_rev, file_key, log_image, missing, path,
                               grid_step, plain, read_h5, read_json, read_table, run_picker,
                               workspace)
-from dashboard.data import OutputError, diagnostics, drill, selections, tables, training
-from dashboard.figures import image_grid, landscape_scatter, markdown_table
+from dashboard.data import OutputError, density, diagnostics, drill, selections, tables, training
+from dashboard.figures import energy_contours, image_grid, landscape_scatter, markdown_table
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
@@ -114,6 +114,13 @@ if dims == "2D" and len(comps) > 2:
 else:
     x_col, y_col = comps[0], comps[1] if len(comps) > 1 else comps[0]
 
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def landscape_density(points: np.ndarray, weights: np.ndarray | None):
+    return density.weighted_density(points, weights)
+
+
 ids = table["average_id"].to_numpy()
 # the "average" selectbox's state is the single source of truth for the drill-down;
 # a click in the 2D scatter writes it before the selectbox is drawn
@@ -165,6 +172,19 @@ if marks is not None:
             else:
                 fig.add_trace(go.Scatter(x=part[x_col], y=part[y_col], mode="markers", marker=style,
                                          name=name, hoverinfo="skip"))
+density_note = None
+if dims == "2D":
+    show_density = st.checkbox("energy landscape: −log density of the averages weighted by their "
+                               "member frames", value=True, key="show_density")
+    if show_density:
+        weights = table["n_frames"].to_numpy(np.float64) if "n_frames" in table else None
+        try:
+            dens = landscape_density(table[[x_col, y_col]].to_numpy(np.float64), weights)
+        except ValueError as exc:
+            density_note = f"No density: {exc}."
+        else:
+            fig.add_trace(energy_contours(dens))
+            density_note = dens.caption([x_col, y_col], weights is not None)
 sel = plot[plot["average_id"] == st.session_state["average"]]
 if len(sel):
     mark = dict(size=14 if dims == "2D" else 8, color="rgba(0,0,0,0)",
@@ -210,6 +230,8 @@ with left:
             region = []
     else:
         st.plotly_chart(fig, width="stretch", key="landscape")
+    if density_note:
+        st.caption(density_note)
     st.caption("Each point is a class average. Distances reflect the similarity of the best "
                "common lines (CC matrix). 2D: in the mouse mode *click* a point to drill down; "
                "in *box* or *lasso* mode drag around a region to select it and save it for "

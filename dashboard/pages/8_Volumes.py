@@ -16,8 +16,8 @@ import streamlit as st
 from dashboard import actions
 from dashboard.common import (attempt, averages_table, current_rev, grid_step, missing, read_h5,
                               read_table, run_picker, workspace)
-from dashboard.data import drill, selections
-from dashboard.figures import image_grid
+from dashboard.data import density, drill, selections
+from dashboard.figures import energy_contours, image_grid
 
 from spicompute.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display,
                               projection, quantize_uint8)
@@ -93,7 +93,23 @@ else:
     hist = px.scatter(table, x="z_1", y="z_2", color="pc_2" if "pc_2" in table else None, opacity=0.8,
                       title="Latent space (Fig. 6A)")
     hist.update_layout(height=360, margin=dict(t=50, b=40))
+weights = table["n_frames"].to_numpy(np.float64) if "n_frames" in table else None
+try:
+    latent_density = density.weighted_density(table[zcols[:2]].to_numpy(np.float64), weights)
+except ValueError as exc:
+    latent_density, density_note = None, f"No latent density: {exc}."
+else:
+    density_note = latent_density.caption(zcols[:2], weights is not None)
+if latent_density is not None and len(zcols) == 1:
+    hist.add_trace(go.Scatter(x=latent_density.axes[0], y=latent_density.energy, yaxis="y2",
+                              mode="lines", name="−log density", line=dict(color="#333333")))
+    hist.update_layout(yaxis2=dict(title="−log ρ/ρmax", overlaying="y", side="right",
+                                   showgrid=False),
+                       legend=dict(orientation="h", y=-0.25))
+elif latent_density is not None:
+    hist.add_trace(energy_contours(latent_density))
 left.plotly_chart(hist, width="stretch", key="latent_hist")
+left.caption(density_note)
 if "pc_2" in table.columns:
     color = table["gain"] if "gain" in table.columns else None
     sc = go.Figure(go.Scattergl(x=table["z_1"], y=table["pc_2"], mode="markers",
