@@ -43,8 +43,10 @@ def output_table() -> pd.DataFrame:
         if exists and rev == "workspace":
             when = dt.datetime.fromtimestamp(path(rel).stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
         elif exists:
-            when = "in this revision"
-        rows.append({"output": rel, "stage": stage, "holds": what,
+            state = runs.readable(str(workspace()), rev, rel)
+            when = "in this revision" if state == runs.HERE else state
+            exists = state == runs.HERE
+        rows.append({"present": exists, "output": rel, "stage": stage, "holds": what,
                      "size": f"{size / 1e6:.2f} MB" if exists and size is not None else "—",
                      "modified": when})
     return pd.DataFrame(rows)
@@ -71,7 +73,7 @@ run_picker()
 st.caption(f"Workspace: `{workspace()}` — the dashboard reads pipeline outputs, never recomputes.")
 
 table = output_table()
-done = int((table["modified"] != "not produced yet").sum())
+done = int(table.pop("present").sum())
 st.subheader(f"Pipeline outputs ({done} of {len(table)} present)")
 st.dataframe(table, hide_index=True, width="stretch")
 if done == 0:

@@ -36,6 +36,9 @@ params = {r.rev: params_of(repo, r.rev) for r in available}
 metrics = {r.rev: metrics_of(repo, r.rev) for r in available}
 table = runs.runs_table(repo, available, params, metrics)
 table.insert(0, "name", [r.name for r in available])
+states = [runs.availability(repo, r) for r in available]
+table["outputs"] = [s if s == runs.HERE else f"{s}: {runs.bring_command(r, s)}"
+                    for r, s in zip(available, states)]
 st.dataframe(table.drop(columns=["run"]), hide_index=True, width="stretch")
 commits = [r for r in available if r.kind == "commit"]
 if commits and not metrics.get(commits[0].rev):
@@ -47,8 +50,9 @@ st.caption(f"{len(available)} runs. Pick one in the sidebar to browse it on ever
 st.subheader("Compare two runs")
 labels = {r.rev: f"{r.name} · {r.kind}" for r in available}
 revs = [r.rev for r in available]
-default_b = next((r.rev for r in available if r.kind == "commit"), revs[0])
-default_a = next((r.rev for r in available if r.kind == "experiment"), revs[0])
+# A = the baseline commit, B = an experiment: "B − A" is what the experiment changed
+default_a = next((r.rev for r in available if r.kind == "commit"), revs[0])
+default_b = next((r.rev for r in available if r.kind == "experiment"), revs[0])
 c1, c2 = st.columns(2)
 rev_a = c1.selectbox("run A", revs, index=revs.index(default_a), format_func=labels.get, key="run_a")
 rev_b = c2.selectbox("run B", revs, index=revs.index(default_b), format_func=labels.get, key="run_b")
@@ -71,6 +75,7 @@ with d2:
     mdiff = mdiff[~mdiff["key"].str.contains("seconds")]
     if len(mdiff):
         st.dataframe(mdiff, hide_index=True, width="stretch")
+        st.caption("B − A: the value in run B minus the value in run A.")
     elif not metrics[rev_a] or not metrics[rev_b]:
         st.caption("Metrics missing for one run (not committed, or its stages did not run).")
     else:
