@@ -15,6 +15,7 @@ import streamlit as st
 
 from dashboard.common import current_rev, path, run_picker, workspace
 from dashboard.data import OutputError, loaders, runs
+from dashboard.figures import fmt_value
 
 # (relative path, producing stage, what it holds)
 OUTPUTS = [
@@ -63,7 +64,7 @@ def metrics_table() -> pd.DataFrame:
         flat = pd.json_normalize(data, sep=".").to_dict(orient="records")
         for key, value in (flat[0] if flat else {}).items():
             if isinstance(value, (int, float, str, bool)):
-                rows.append({"file": p.name, "metric": key, "value": str(value)})
+                rows.append({"file": p.name, "metric": key, "value": fmt_value(value)})
     return pd.DataFrame(rows)
 
 

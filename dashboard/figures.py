@@ -18,6 +18,36 @@ import plotly.colors as pc
 import plotly.graph_objects as go
 
 QUALITATIVE = pc.qualitative.Plotly
+UNCLUSTERED = "unclustered"  # the label of cluster -1 (HDBSCAN/DBSCAN noise)
+
+
+def fmt_value(v, digits: int = 4) -> str:
+    """A value as people read it: floats to ``digits`` significant digits (101.9998 -> 102),
+    integers and text as they are, NaN/None as —."""
+    if v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
+        return "—"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}g}"
+    return str(v)
+
+
+def significant(v, digits: int = 4):
+    """A float rounded to ``digits`` significant digits (other values unchanged)."""
+    if isinstance(v, (float, np.floating)) and np.isfinite(v):
+        return float(f"{float(v):.{digits}g}")
+    return v
+
+
+def cluster_label(value) -> str:
+    """A cluster id as a legend label: -1 is 'unclustered'."""
+    try:
+        return UNCLUSTERED if int(value) == -1 else str(int(value))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def landscape_scatter(plot: pd.DataFrame, x: str, y: str, color: str | None,

@@ -122,6 +122,11 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+def _text(v) -> str:
+    """A parameter or metric value as text, floats to 4 significant digits."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def diff(a: dict, b: dict) -> pd.DataFrame:
     """Keys whose values differ between two flat dicts: columns key, a, b (and change)."""
     rows = []
@@ -132,8 +137,9 @@ def diff(a: dict, b: dict) -> pd.DataFrame:
             if isinstance(va, (int, float)) and isinstance(vb, (int, float)) \
                     and not isinstance(va, bool) and not isinstance(vb, bool):
                 change = vb - va
-            rows.append({"key": key, "a": "—" if va is None else str(va),
-                         "b": "—" if vb is None else str(vb), "change": change})
+            rows.append({"key": key, "a": "—" if va is None else _text(va),
+                         "b": "—" if vb is None else _text(vb),
+                         "change": None if change is None else float(f"{change:.4g}")})
     return pd.DataFrame(rows, columns=["key", "a", "b", "change"])
 
 
@@ -174,7 +180,8 @@ def runs_table(repo: str | Path, runs: list[Run], params: dict[str, dict],
                "changed params": ", ".join(f"{k}={v}" for k, v in zip(changed["key"], changed["b"]))
                if run.rev != base.rev else "(baseline)"}
         for k in keys:
-            row[k] = metric(metrics.get(run.rev, {}), k)
+            v = metric(metrics.get(run.rev, {}), k)
+            row[k] = float(f"{v:.4g}") if isinstance(v, float) else v
         rows.append(row)
     return pd.DataFrame(rows)
 

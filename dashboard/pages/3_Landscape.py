@@ -22,7 +22,8 @@ from dashboard.common import (averages_table, current_rev, file_key, log_image, 
                               grid_step, plain, read_h5, read_json, read_table, run_picker,
                               workspace)
 from dashboard.data import OutputError, density, diagnostics, drill, selections, tables, training
-from dashboard.figures import energy_contours, image_grid, landscape_scatter, markdown_table
+from dashboard.figures import (cluster_label, energy_contours, fmt_value, image_grid,
+                               landscape_scatter, markdown_table)
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
@@ -135,7 +136,9 @@ plot = plot.copy()
 hover = [c for c in ("average_id", "run", "model", "n_frames", "cluster", "selected", "reason") if c in plot]
 color_arg = None
 if color in plot:
-    if color == "cluster" or not pd.api.types.is_float_dtype(plot[color]):
+    if color == "cluster":
+        plot[color] = [cluster_label(v) for v in plot[color].astype("Int64")]
+    elif not pd.api.types.is_float_dtype(plot[color]):
         plot[color] = plot[color].astype("Int64").astype(str)
     color_arg = color
 orders = {}
@@ -202,8 +205,10 @@ MOUSE = {"click: drill down": "pan", "drag: box select": "select", "drag: lasso 
 mouse = st.radio("mouse", list(MOUSE), key="mouse", horizontal=True,
                  help="Click a point to show its average, or drag a box / lasso around "
                       "averages to save them as a selection.") if dims == "2D" else None
+# the legend goes under the plot: at the right it would sit on a colour bar's title
 fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10),
-                  legend=dict(title=color if color_arg else None),
+                  legend=dict(title=color if color_arg else None, orientation="h",
+                              yanchor="top", y=-0.08, x=0),
                   dragmode=MOUSE[mouse] if dims == "2D" else None)
 
 left, right = st.columns([3, 2])
@@ -294,8 +299,8 @@ with right:
                              shared_scale=len(panels) == 1)
             st.plotly_chart(pat, width="stretch", key="pattern")
     info = {c: row[c] for c in table.columns if c in hover or c.startswith(f"{method}_")}
-    st.markdown(markdown_table(pd.DataFrame({"column": list(info),
-                                             "value": [str(v) for v in info.values()]})))
+    shown = [cluster_label(v) if c == "cluster" else fmt_value(v) for c, v in info.items()]
+    st.markdown(markdown_table(pd.DataFrame({"column": list(info), "value": shown})))
 
 st.subheader(f"Member frames of average #{choice}")
 frames_table = read_table("results/frames.parquet")
