@@ -14,9 +14,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import actions
-from dashboard.common import (attempt, averages_table, current_rev, grid_step, missing, read_h5,
-                              read_table, run_picker, workspace)
-from dashboard.data import density, drill, selections
+from dashboard.common import (attempt, averages_table, current_rev, file_key, grid_step, missing,
+                              path, read_h5, read_table, run_picker, workspace)
+from dashboard.data import density, drill, loaders, selections
 from dashboard.figures import energy_contours, image_grid
 
 from spicompute.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display,
@@ -138,13 +138,12 @@ if "pc_2" in table.columns:
 else:
     right.info("No CLPCA coordinates yet — run `dvc repro embed`.")
 
-meta = safe(lambda: read_h5(VOLUMES, ["volumes/z", "volumes/source", "volumes/observed"]), VOLUMES)
+meta = safe(lambda: read_h5(VOLUMES, ["volumes/z", "volumes/source"]), VOLUMES)
 if meta is None:
     missing("volumes", VOLUMES)
     st.stop()
 zs = np.asarray(meta["volumes/z"], dtype=np.float64)
 sources = [s.decode() if isinstance(s, bytes) else str(s) for s in meta["volumes/source"]]
-observed = meta["volumes/observed"].astype(bool)
 
 st.subheader("A volume along the latent coordinate")
 if zs.shape[1] == 1:
@@ -160,17 +159,19 @@ else:
     v2 = a2.select_slider("z_2", options=list(u2), format_func=lambda v: f"{v:+.2f}", key="pick_z2")
     pick = int(np.argmin((zs[:, 0] - v1) ** 2 + (zs[:, 1] - v2) ** 2))
 pick = int(pick)
-vol_file = safe(lambda: read_h5(VOLUMES, ["volumes/intensity"], index=[pick]), VOLUMES)
-volume = vol_file["volumes/intensity"][0].astype(np.float64)
-size = volume.shape[0]
-st.caption(f"volume {pick} of {len(zs)} at z = {np.array2string(zs[pick], precision=2)} — {size}³ voxels, "
-           f"source: {sources[pick]}")
-
-left, right = st.columns([3, 2])
-with left:
-    shown, factor = block_mean(np.where(observed, volume, 0.0), 64)
-    logv = log_display(shown, decades=3.0)
-    q8, lo, hi = quantize_uint8(logv)
+@st.cache_data(max_entries=32, show_spinner=False)
+def volume_figures(key: tuple, index: int, dq3: float | None,
+                   iso_edge: int = 32) -> tuple[go.Figure, go.Figure, int]:
+    """(isosurface figure, central-sections figure, edge in voxels) of volume ``index``;
+    the isosurface is drawn on a block-mean grid of at most ``iso_edge`` voxels per edge
+    (the browser's isosurface cost grows with the voxel count: 32³ keeps a slider step
+    near 1 s in software WebGL).  Every revisit of a volume is a cache hit."""
+    volume = loaders.read_h5(key[0], ["volumes/intensity"], index=[index])["volumes/intensity"][0]
+    volume = volume.astype(np.float64)
+    seen_voxels = loaders.read_h5(key[0], ["volumes/observed"])["volumes/observed"].astype(bool)
+    masked = np.where(seen_voxels, volume, 0.0)
+    shown, factor = block_mean(masked, iso_edge)
+    q8, _, _ = quantize_uint8(log_display(shown, decades=3.0))
     n = shown.shape[0]
     axis = np.arange(n, dtype=np.uint8)
     X, Y, Z = np.meshgrid(axis, axis, axis, indexing="ij")
@@ -181,17 +182,38 @@ with left:
     iso.update_layout(height=480, margin=dict(l=0, r=0, t=30, b=0),
                       title=f"log intensity isosurfaces ({n}³{', ' + str(factor) + '× block mean' if factor > 1 else ''})",
                       scene=dict(xaxis_title="qx", yaxis_title="qy", zaxis_title="qz"))
+    # a section pixel counts as observed when the interpolated observed-mask is >= 1/2
+    panels = [np.where(central_section(seen_voxels.astype(np.float64), d) >= 0.5,
+                       log_display(central_section(masked, d), decades=4.0), np.nan)
+              for d in DIRECTIONS.values()]
+    sec_fig = image_grid(panels, [f"{name} central section" for name in DIRECTIONS], dq3, cols=1,
+                         axis_names=("q·u", "q·v"), colorbar="log10 I", panel_height=230)
+    return iso, sec_fig, volume.shape[0]
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def projection_figure(key: tuple, index: int, dx: float | None) -> go.Figure:
+    """The three projections of phased density ``index`` (cached like :func:`volume_figures`)."""
+    dens = loaders.read_h5(key[0], ["phased/density"], index=[index])["phased/density"][0]
+    return image_grid([projection(dens, d) for d in DIRECTIONS.values()],
+                      [f"projection along {name}" for name in DIRECTIONS], dx, space="real",
+                      cols=3, colorscale="gray", colorbar="density", axis_names=("x·u", "x·v"),
+                      panel_height=280)
+
+
+ISO_DETAIL = {"fast (≤ 32³)": 32, "full (≤ 64³)": 64}
+detail = st.radio("3D view", list(ISO_DETAIL), horizontal=True, key="iso_detail",
+                  help="The isosurface is drawn on a block-mean grid of at most this many voxels; "
+                       "the sections always use every voxel. 'full' makes each slider step slower.")
+iso, sec_fig, size = safe(lambda: volume_figures(file_key(path(VOLUMES)), pick, grid_step(VOLUMES, "/"),
+                                                 ISO_DETAIL[detail]), VOLUMES)
+st.caption(f"volume {pick} of {len(zs)} at z = {np.array2string(zs[pick], precision=2)} — {size}³ voxels, "
+           f"source: {sources[pick]}")
+
+left, right = st.columns([3, 2])
+with left:
     st.plotly_chart(iso, width="stretch", key="volume3d")
 with right:
-    sections = {name: central_section(np.where(observed, volume, 0.0), d) for name, d in DIRECTIONS.items()}
-    dq3 = grid_step(VOLUMES, "/")
-    # a section pixel counts as observed when the interpolated observed-mask is >= 1/2
-    seen = {name: central_section(observed.astype(np.float64), d) >= 0.5
-            for name, d in DIRECTIONS.items()}
-    sec_fig = image_grid([np.where(seen[name], log_display(sec, decades=4.0), np.nan)
-                          for name, sec in sections.items()],
-                         [f"{name} central section" for name in sections], dq3, cols=1,
-                         axis_names=("q·u", "q·v"), colorbar="log10 I", panel_height=230)
     st.plotly_chart(sec_fig, width="stretch", key="sections")
     st.caption("Central sections through q = 0 perpendicular to each direction n; x along u, "
                "y along v of the right-handed frame (u, v, n): " + frame_text() +
@@ -223,12 +245,8 @@ phased_meta = safe(lambda: read_h5(PHASED, ["phased/z"]), PHASED)
 if phased_meta is None:
     missing("phase", PHASED)
 else:
-    dens = safe(lambda: read_h5(PHASED, ["phased/density"], index=[pick]), PHASED)["phased/density"][0]
-    dx = grid_step(PHASED, "phased", "dx_nm")
-    proj_fig = image_grid([projection(dens, d) for d in DIRECTIONS.values()],
-                          [f"projection along {name}" for name in DIRECTIONS], dx, space="real",
-                          cols=3, colorscale="gray", colorbar="density", axis_names=("x·u", "x·v"),
-                          panel_height=280)
+    proj_fig = safe(lambda: projection_figure(file_key(path(PHASED)), pick,
+                                              grid_step(PHASED, "phased", "dx_nm")), PHASED)
     st.plotly_chart(proj_fig, width="stretch", key="projections")
     vt = safe(lambda: read_table("results/volumes.parquet"), "results/volumes.parquet")
     if vt is not None and "particle_volume_nm3" in vt.columns and "z_1" in vt.columns:
