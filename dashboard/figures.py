@@ -188,8 +188,10 @@ def image_grid(images, titles: list[str], step: float | None = None, *, space: s
         anchor = "x" if k == 0 else f"x{k + 1}"
         fig.update_yaxes(scaleanchor=anchor, scaleratio=1, autorange=True,
                          row=k // cols + 1, col=k % cols + 1)
-    fig.update_xaxes(showticklabels=show_ticks, autorange=True, constrain="domain")
-    fig.update_yaxes(showticklabels=show_ticks, constrain="domain")
+    # no grid or zero lines: they would show through unobserved (NaN) pixels as white lines
+    fig.update_xaxes(showticklabels=show_ticks, autorange=True, constrain="domain",
+                     showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=show_ticks, constrain="domain", showgrid=False, zeroline=False)
     if show_ticks:
         fig.update_xaxes(title=dict(text=f"{axis_names[0]} ({unit})", font=dict(size=10)),
                          row=rows)
@@ -205,7 +207,6 @@ def energy_contours(density, name: str = "−log density") -> go.Contour:
     legend) and no line labels (placing them costs ~1 s in the browser at 10,000 averages):
     the caption states the levels."""
     return go.Contour(x=density.axes[0], y=density.axes[1], z=density.energy, name=name,
-                      contours=dict(coloring="lines", showlabels=False, start=0.5, end=8.0, size=0.5,
-                                    labelfont=dict(size=9, color="#555")),
+                      contours=dict(coloring="lines", showlabels=False, start=0.5, end=8.0, size=0.5),
                       line=dict(width=1), colorscale=[[0, "#333333"], [1, "#bbbbbb"]],
                       showscale=False, hoverinfo="skip", showlegend=True)

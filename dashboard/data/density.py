@@ -41,8 +41,10 @@ class Density:
         what = "weighted by member frames (n_frames)" if weighted else "unweighted (no n_frames)"
         return (f"−log density of the averages {what}: Gaussian kernel, Scott's rule, "
                 f"bandwidth σ = {bw} (factor {self.factor:.3g} × the weighted standard deviation, "
-                f"n_eff = {self.n_eff:.0f}). Contour lines every 0.5 from 0.5 (next to the densest "
-                f"point) outwards; +1 = e times fewer particles.")
+                f"n_eff = {self.n_eff:.0f}). "
+                + ("Contour lines every 0.5 from 0.5 (next to the densest point) outwards"
+                   if len(self.axes) == 2 else "The curve is 0 at the densest point")
+                + "; +1 = e times fewer particles.")
 
 
 def weighted_density(points: np.ndarray, weights: np.ndarray | None = None, n_grid: int = 80,

@@ -293,7 +293,7 @@ with right:
                             ref["best_slice"][0].shape == img.shape:
                         ref_img = ref["best_slice"][0].astype(np.float64)
                         panels.append((log_image(ref_img, valid & (ref_img > 0)),
-                                       "best-fit reference slice"))
+                                       "reference slice"))
             pat = image_grid([im for im, _ in panels], [t for _, t in panels],
                              grid_step(AVERAGES, "averages"), panel_height=300,
                              shared_scale=len(panels) == 1)
