@@ -15,6 +15,7 @@ import streamlit as st
 
 from dashboard.common import current_rev, path, run_picker, workspace
 from dashboard.data import OutputError, loaders, runs
+from dashboard.figures import fmt_value
 
 # (relative path, producing stage, what it holds)
 OUTPUTS = [
@@ -43,8 +44,10 @@ def output_table() -> pd.DataFrame:
         if exists and rev == "workspace":
             when = dt.datetime.fromtimestamp(path(rel).stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
         elif exists:
-            when = "in this revision"
-        rows.append({"output": rel, "stage": stage, "holds": what,
+            state = runs.readable(str(workspace()), rev, rel)
+            when = "in this revision" if state == runs.HERE else state
+            exists = state == runs.HERE
+        rows.append({"present": exists, "output": rel, "stage": stage, "holds": what,
                      "size": f"{size / 1e6:.2f} MB" if exists and size is not None else "—",
                      "modified": when})
     return pd.DataFrame(rows)
@@ -61,7 +64,7 @@ def metrics_table() -> pd.DataFrame:
         flat = pd.json_normalize(data, sep=".").to_dict(orient="records")
         for key, value in (flat[0] if flat else {}).items():
             if isinstance(value, (int, float, str, bool)):
-                rows.append({"file": p.name, "metric": key, "value": str(value)})
+                rows.append({"file": p.name, "metric": key, "value": fmt_value(value)})
     return pd.DataFrame(rows)
 
 
@@ -71,7 +74,7 @@ run_picker()
 st.caption(f"Workspace: `{workspace()}` — the dashboard reads pipeline outputs, never recomputes.")
 
 table = output_table()
-done = int((table["modified"] != "not produced yet").sum())
+done = int(table.pop("present").sum())
 st.subheader(f"Pipeline outputs ({done} of {len(table)} present)")
 st.dataframe(table, hide_index=True, width="stretch")
 if done == 0:

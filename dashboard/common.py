@@ -66,7 +66,10 @@ def run_picker() -> runs_mod.Run:
     revs = [r.rev for r in available]
     if current_rev() not in revs:
         st.session_state["run_rev"] = runs_mod.WORKSPACE
-    labels = {r.rev: f"{r.label} · {r.kind}" for r in available}
+    state = {r.rev: runs_mod.availability(str(workspace()), r) for r in available}
+    labels = {r.rev: f"{r.label} · {r.kind}" + ("" if state[r.rev] == runs_mod.HERE
+                                                  else f" · outputs {state[r.rev]}")
+              for r in available}
     st.session_state["_run_picker"] = current_rev()
     st.sidebar.selectbox("run", revs, key="_run_picker", format_func=labels.get,
                          on_change=_remember_run,
@@ -74,6 +77,9 @@ def run_picker() -> runs_mod.Run:
     run = available[revs.index(current_rev())]
     if run.rev != runs_mod.WORKSPACE:
         st.sidebar.caption(f"Browsing {run.kind} {run.rev[:10]} (outputs from the DVC cache).")
+    if state[run.rev] != runs_mod.HERE:
+        st.sidebar.warning(f"The outputs of this run are {state[run.rev]}. Bring them with "
+                           f"`{runs_mod.bring_command(run, state[run.rev])}`.")
     return run
 
 
@@ -191,8 +197,20 @@ def read_json(relative: str) -> dict:
 
 
 def missing(stage: str, output: str) -> None:
-    """Friendly notice for a page whose stage has not produced its output yet."""
-    st.info(f"No `{output}` yet — run `dvc repro {stage}` (or `make demo`).")
+    """Friendly notice for a page whose stage has not produced its output yet (in the
+    workspace), or whose output a browsed revision lacks or has not in the local cache."""
+    rev = current_rev()
+    if rev == runs_mod.WORKSPACE:
+        st.info(f"No `{output}` yet — run `dvc repro {stage}` (or `make demo`).")
+        return
+    run = next((r for r in list_runs(str(workspace())) if r.rev == rev), None)
+    first = output.split(" and ")[0].split(",")[0].strip()
+    state = runs_mod.readable(str(workspace()), rev, first)
+    kind = run.kind if run else "commit"
+    if run is None:
+        run = runs_mod.Run(rev[:7], rev, kind)
+    st.info(f"`{output}` is {state} for this {kind} ({rev[:7]}): bring it with "
+            f"`{runs_mod.bring_command(run, state) or f'dvc repro {stage}'}`.")
 
 
 def averages_table(needs: str, part: str, extra_parts: tuple[str, ...] = (),
@@ -230,3 +248,33 @@ def log_image(images: np.ndarray, valid: np.ndarray, decades: float = 4.0) -> np
     top = np.percentile(observed, 99.9) if observed.size else 1.0
     out = np.log10(np.maximum(images, top * 10.0**-decades))
     return np.where(valid, out, np.nan)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _h5_attrs(key: tuple, group: str) -> dict:
+    import h5py
+
+    try:
+        with h5py.File(key[0], "r") as h5:
+            return {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v)
+                    for k, v in h5[group].attrs.items()} if group in h5 else {}
+    except OSError:
+        return {}
+
+
+def h5_attrs(relative: str, group: str = "/", rev: str | None = None) -> dict:
+    """Attributes of one group of an HDF5 file of the run ({} when the file or group is
+    absent or unreadable: the attributes only label axes)."""
+    p = path(relative, rev)
+    return _h5_attrs(file_key(p), group) if p.exists() else {}
+
+
+def grid_step(relative: str, group: str, name: str = "dq_nm",
+              rev: str | None = None) -> float | None:
+    """A positive finite grid spacing attribute (rad/nm or nm), or None (axes then in pixels)."""
+    value = h5_attrs(relative, group, rev).get(name)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None

@@ -49,7 +49,8 @@ def projection(density: np.ndarray, direction) -> np.ndarray:
     """
     frame = frame_for(direction)
     if np.allclose(frame[2], [0.0, 0.0, 1.0]):
-        return np.asarray(density, np.float64).sum(axis=2).T
+        # the same pixel layout as the general path: rows along v = x, columns along u = -y
+        return np.asarray(density, np.float64).sum(axis=2)[:, ::-1]
     size = density.shape[0]
     c = (size - 1) / 2.0
     # output voxel (i, j, k) -> input point c + (j - c) u + (i - c) v + (k - c) n

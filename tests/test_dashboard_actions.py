@@ -40,7 +40,7 @@ def test_a_non_finite_latent_point_is_refused_with_a_message(workspace, z):
     at = AppTest.from_file(VOLUMES, default_timeout=60).run()
     at.text_input(key="latent_name").input("probe")
     at.text_input(key="latent_z").input(z)
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Save selection").click().run()
     assert not at.exception, at.exception
     assert "Cannot save the latent point" in _errors(at) and "Correct it" in _errors(at)
     assert not (workspace / "selections" / "probe.json").exists()
@@ -56,7 +56,7 @@ def test_saving_into_a_read_only_selections_folder_says_what_to_do(workspace, mo
     monkeypatch.setattr(provenance.tempfile, "mkstemp", refuse)
     at.text_input(key="latent_name").input("probe")
     at.text_input(key="latent_z").input("0.5")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Save selection").click().run()
     assert not at.exception, at.exception
     message = _errors(at)
     assert "cannot write" in message and "probe" in message and "not writable" in message

@@ -1,4 +1,5 @@
-"""Real browser: switch run, box-select on the landscape, name it -> selections/*.json -> dvc status.
+"""Real browser: click a point -> its drill-down; switch run, box-select on the landscape,
+name it -> selections/*.json -> dvc status.
 
 Starts `streamlit run` on a free loopback port against a tiny git + DVC project
 (tests/dashboard_project.py), drives headless Debian Chromium with Playwright,
@@ -26,7 +27,30 @@ def choose_run(page, label_part: str) -> None:
     page.get_by_role("option").filter(has_text=label_part).first.click()
 
 
-def test_box_selection_is_written_and_dvc_sees_it(tmp_path):
+def isolated_point(table: pd.DataFrame) -> int:
+    """The average farthest from its nearest neighbour in (pc_1, pc_2), in units of each
+    axis's range (what the plot's pixels are), and not the one shown first (id 0)."""
+    xy = table[["pc_1", "pc_2"]].to_numpy()
+    xy = (xy - xy.min(0)) / np.ptp(xy, axis=0)
+    d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    gap = d.min(1)
+    gap[table["average_id"].to_numpy() == 0] = -1
+    return int(table["average_id"].iloc[int(np.argmax(gap))])
+
+
+def click_point(page, plot, x: float, y: float) -> None:
+    """A real mouse click at the data point (x, y), placed by plotly's own axis mapping."""
+    px_x, px_y = plot.evaluate(
+        """(gd, p) => { const fl = gd._fullLayout, xa = fl.xaxis, ya = fl.yaxis;
+             return [xa._offset + xa.d2p(p[0]), ya._offset + ya.d2p(p[1])]; }""", [x, y])
+    box = plot.bounding_box()
+    page.mouse.move(box["x"] + px_x, box["y"] + px_y, steps=3)
+    page.wait_for_timeout(300)  # let plotly register the hover before the click
+    page.mouse.click(box["x"] + px_x, box["y"] + px_y)
+
+
+def test_click_drills_down_and_box_selection_is_written_and_dvc_sees_it(tmp_path):
     need_chromium()
     project = make_project(tmp_path / "proj")
     dvc(["exp", "run", "-q", "-S", "toy.angle=40", "--name", "turned"], project)
@@ -38,6 +62,16 @@ def test_box_selection_is_written_and_dvc_sees_it(tmp_path):
         page.get_by_role("heading", name="Structural landscape").wait_for(timeout=60_000)
         plot = page.locator(".js-plotly-plot").first
         plot.locator(".nsewdrag").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        # a plain click in the page's default mouse mode drills down into that average
+        target = isolated_point(table)
+        row = table[table["average_id"] == target].iloc[0]
+        click_point(page, plot, float(row["pc_1"]), float(row["pc_2"]))
+        page.get_by_text(f"Member frames of average #{target}").wait_for(timeout=60_000)
+        # the drill-down's table names the same average
+        info = page.get_by_role("row").filter(has=page.get_by_role("cell", name="average_id",
+                                                                  exact=True))
+        assert info.get_by_role("cell").nth(1).inner_text().strip() == str(target)
         # switch to the baseline commit (from the DVC cache) and back to the workspace
         choose_run(page, "commit")
         page.get_by_text("Browsing commit").wait_for(timeout=60_000)
@@ -46,7 +80,9 @@ def test_box_selection_is_written_and_dvc_sees_it(tmp_path):
         plot = page.locator(".js-plotly-plot").first
         drag = plot.locator(".nsewdrag").first
         drag.wait_for(timeout=60_000)
-        page.wait_for_timeout(500)
+        page.get_by_text("drag: box select").click()
+        page.wait_for_timeout(1000)
+        drag = plot.locator(".nsewdrag").first
         box = drag.bounding_box()
         # a real mouse drag over the middle of the plot (plotly box select)
         x0, x1 = box["x"] + 0.30 * box["width"], box["x"] + 0.75 * box["width"]

@@ -79,7 +79,7 @@ def test_method_switch_2d_colour_and_selection(workspace):
     at.selectbox(key="color").select("n_frames").run()
     assert not at.exception
     scatter = json.loads(at.get("plotly_chart")[0].proto.spec)
-    main = [t for t in scatter["data"] if t.get("name") != "selected"]
+    main = [t for t in scatter["data"] if t.get("name") != "selected" and t["type"] != "contour"]
     assert len(main) == 1 and main[0]["type"] in ("scatter", "scattergl")
     part = pd.read_parquet(workspace / "results/parts/embed.parquet")
     assert np.allclose(decode_plotly_array(main[0]["y"]), part["tsne_3"])

@@ -39,21 +39,21 @@ def test_selections_list_export_rename_delete(workspace):
     assert any(t.value == "note: <script>alert(1)</script> **bold**" for t in at.text)
     assert at.metric[0].value == "3"  # frames 10, 11 (average 1) and 13 (average 3)
     at.text_input(key="new_name").set_value("../escape")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Rename").click().run()
     assert not at.exception and any("selection name" in e.value for e in at.error)
     assert not (workspace / "escape.json").exists()
     at.text_input(key="new_name").set_value("[x](http://evil.example)")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Rename").click().run()
     # the name is echoed as inert text: markdown characters escaped, no link
     assert any("\\[x\\]\\(http\\://evil" in e.value for e in at.error)
     at.text_input(key="new_name").set_value("renamed")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Rename").click().run()
     assert not at.exception
     assert (workspace / "selections" / "renamed.json").exists()
     assert not (workspace / "selections" / "first.json").exists()
     at.selectbox(key="selection").select("second").run()
     at.checkbox(key="confirm_delete").check()
-    at.button[1].click().run()
+    next(b for b in at.button if b.label == "Delete").click().run()
     assert not at.exception
     assert not (workspace / "selections" / "second.json").exists()
 

@@ -33,7 +33,8 @@ def test_volumes_page_renders_every_view(workspace):
     specs = _charts(at)
     kinds = [t["type"] for s in specs for t in s["data"]]
     assert "isosurface" in kinds and kinds.count("heatmap") == 9  # 3 sections, 3 projections, 3 phased averages
-    titles = " ".join(str(s["layout"].get("title", {}).get("text", "")) for s in specs)
+    titles = " ".join([str(s["layout"].get("title", {}).get("text", "")) for s in specs] +
+                      [a.get("text", "") for s in specs for a in s["layout"].get("annotations", [])])
     for name in ("<100>", "<110>", "<111>", "Fig. 5A", "Fig. 5D", "average 7"):
         assert name in titles
     # moving the slider shows another volume
@@ -46,12 +47,12 @@ def test_saving_a_latent_point_writes_a_selection(workspace):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     at.text_input(key="latent_name").input("probe-1")
     at.text_input(key="latent_z").input("0.5")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Save selection").click().run()
     assert not at.exception
     saved = json.loads((workspace / "selections" / "probe-1.json").read_text())
     assert saved["kind"] == "latent_points" and saved["points"] == [[0.5]]
     at.text_input(key="latent_name").input("../escape")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Save selection").click().run()
     assert any("selection name" in e.value for e in at.error)
     assert not (workspace / "escape.json").exists()
 
@@ -104,7 +105,7 @@ def test_volume_to_nearest_averages_in_latent(workspace):
 def test_particle_volume_plot_draws_the_truth_line(workspace):
     """With results/volumes_truth.parquet (validate stage) the Fig. 5D plot carries V(t_hat)."""
     at = AppTest.from_file(PAGE, default_timeout=60).run()
-    fig5d = next(s for s in _charts(at) if "Fig. 5D" in str(s["layout"]["title"]["text"]))
+    fig5d = next(s for s in _charts(at) if "Fig. 5D" in str(s["layout"].get("title", {}).get("text", "")))
     assert [t["name"] for t in fig5d["data"]] == ["phased"]
     vt = pd.read_parquet(workspace / "results/volumes.parquet")
     pd.DataFrame({"volume_index": vt["volume_index"], "z_1": vt["z_1"], "t_hat": np.linspace(0, 1, len(vt)),
@@ -112,7 +113,7 @@ def test_particle_volume_plot_draws_the_truth_line(workspace):
                  ).to_parquet(workspace / "results/volumes_truth.parquet")
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
-    fig5d = next(s for s in _charts(at) if "Fig. 5D" in str(s["layout"]["title"]["text"]))
+    fig5d = next(s for s in _charts(at) if "Fig. 5D" in str(s["layout"].get("title", {}).get("text", "")))
     names = [t["name"] for t in fig5d["data"]]
     assert names == ["phased", "truth V(t̂)"]
     from tests.conftest import decode_plotly_array

@@ -122,6 +122,11 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+def _text(v) -> str:
+    """A parameter or metric value as text, floats to 4 significant digits."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def diff(a: dict, b: dict) -> pd.DataFrame:
     """Keys whose values differ between two flat dicts: columns key, a, b (and change)."""
     rows = []
@@ -132,8 +137,9 @@ def diff(a: dict, b: dict) -> pd.DataFrame:
             if isinstance(va, (int, float)) and isinstance(vb, (int, float)) \
                     and not isinstance(va, bool) and not isinstance(vb, bool):
                 change = vb - va
-            rows.append({"key": key, "a": "—" if va is None else str(va),
-                         "b": "—" if vb is None else str(vb), "change": change})
+            rows.append({"key": key, "a": "—" if va is None else _text(va),
+                         "b": "—" if vb is None else _text(vb),
+                         "change": None if change is None else float(f"{change:.4g}")})
     return pd.DataFrame(rows, columns=["key", "a", "b", "change"])
 
 
@@ -174,7 +180,8 @@ def runs_table(repo: str | Path, runs: list[Run], params: dict[str, dict],
                "changed params": ", ".join(f"{k}={v}" for k, v in zip(changed["key"], changed["b"]))
                if run.rev != base.rev else "(baseline)"}
         for k in keys:
-            row[k] = metric(metrics.get(run.rev, {}), k)
+            v = metric(metrics.get(run.rev, {}), k)
+            row[k] = float(f"{v:.4g}") if isinstance(v, float) else v
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -259,3 +266,60 @@ def output_info(repo: str | Path, rev: str, relative: str) -> tuple[bool, int | 
         return (True, int(size) if size is not None else None)
     except Exception:
         return (False, None)
+
+
+HERE, NOT_IN_CACHE, NOT_PRODUCED = "here", "not in the local cache", "not produced"
+PROBES = ("results/parts/embed.parquet", "results/parts/classify2d.parquet", "data/averages.h5",
+          "data/frames.h5")
+
+
+_READABLE: set = set()  # (repo, rev, path) found readable: a revision's outputs never change
+
+
+def readable(repo: str, rev: str, relative: str) -> str:
+    """Whether an output of a run can be read here: HERE, NOT_IN_CACHE (tracked at that
+    revision, but its data is neither in the workspace nor in the local DVC cache) or
+    NOT_PRODUCED (the revision has no such output).  Reads at most one byte; only a
+    readable answer is remembered (a `dvc fetch` later turns the others readable)."""
+    if (repo, rev, relative) in _READABLE:
+        return HERE
+    state = _readable(repo, rev, relative)
+    if state == HERE and rev != WORKSPACE and len(_READABLE) < 4096:
+        _READABLE.add((repo, rev, relative))
+    return state
+
+
+def _readable(repo: str, rev: str, relative: str) -> str:
+    if rev == WORKSPACE:
+        return HERE if (Path(repo) / relative).exists() else NOT_PRODUCED
+    try:
+        fs = _filesystem(str(repo), rev)
+        if not fs.exists(relative):
+            return NOT_PRODUCED
+        if fs.isdir(relative):
+            return HERE
+        with fs.open(relative, "rb") as fh:
+            fh.read(1)
+        return HERE
+    except Exception:  # the DVC cache lacks the file (dvc pull), or the revision is unreadable
+        return NOT_IN_CACHE
+
+
+def availability(repo: str | Path, run: Run) -> str:
+    """The state of a run's outputs, by the first of PROBES its revision tracks."""
+    states = [readable(str(repo), run.rev, p) for p in PROBES]
+    return next((s for s in states if s != NOT_PRODUCED), NOT_PRODUCED)
+
+
+def bring_command(run: Run, state: str) -> str:
+    """The command that makes a run's outputs readable here ("" when they are)."""
+    short = run.rev[:7]
+    if state == HERE:
+        return ""
+    if state == NOT_IN_CACHE:
+        if run.kind == "experiment":
+            return f"dvc exp pull origin {run.name}"
+        return "dvc fetch --all-commits"
+    if run.kind == "experiment":
+        return f"dvc exp apply {run.name} && dvc repro"
+    return f"git checkout {short} && dvc repro"

@@ -82,10 +82,19 @@ def frame_ids(selection: dict, averages: pd.DataFrame, frames: pd.DataFrame) -> 
     """Frames belonging to the selected averages: ``frame_id`` (+ ``input_id`` when present).
 
     averages: the per-average table (rules are evaluated on it); frames:
-    results/frames.parquet.  One row per frame, sorted, no duplicates.
+    results/frames.parquet.  One row per frame, sorted, no duplicates.  A selection
+    naming averages this run does not have raises InputError (as the export does).
     """
+    from spicompute.errors import InputError
     from spicompute.selections import members
 
+    if "average_ids" in selection:
+        unknown = np.setdiff1d(np.asarray(selection["average_ids"], np.int64),
+                               averages["average_id"].to_numpy())
+        if unknown.size:
+            raise InputError(selection.get("name", "selection"), "average_ids",
+                             f"{unknown.size} averages are not in this run "
+                             f"(e.g. {int(unknown[0])}): made on another run?")
     ids = averages["average_id"].to_numpy()[members(averages, selection)]
     rows = frames[np.isin(frames["average_id"].to_numpy(), ids)]
     cols = ["frame_id"] + [c for c in ("input_id", "source_id") if c in frames.columns]
@@ -94,3 +103,15 @@ def frame_ids(selection: dict, averages: pd.DataFrame, frames: pd.DataFrame) -> 
 
 def frame_ids_csv(selection: dict, averages: pd.DataFrame, frames: pd.DataFrame) -> str:
     return frame_ids(selection, averages, frames).to_csv(index=False)
+
+
+def params_select(root: str | Path) -> dict:
+    """The ``select`` section of the workspace's params.yaml ({} when absent or unreadable)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load((Path(root) / "params.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    section = doc.get("select") if isinstance(doc, dict) else None
+    return section if isinstance(section, dict) else {}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 import streamlit as st
 
 from dashboard.common import file_key, missing, path, read_h5, run_picker
+from dashboard.figures import image_grid
 
 from spicompute.io.frames import read_frame_subset
 
@@ -26,7 +26,7 @@ if not frames_path.exists():
 @st.cache_data(max_entries=16, show_spinner=False)
 def load_examples(key: tuple, index: tuple):
     counts, fid, det = read_frame_subset(key[0], list(index))
-    return counts, fid, det.mask, det.shape, det.wavelength_nm, det.q_max_nm
+    return counts, fid, det.mask, det.shape, det.wavelength_nm, det.q_max_nm, det.q
 
 
 summary = read_h5(FRAMES, ["frames/photons", "frames/frame_id"])
@@ -45,7 +45,7 @@ col3.metric("min / max", f"{photons.min():,} / {photons.max():,}")
 n_show = st.slider("frames shown", 1, 12, 6)
 seed = st.number_input("sample (seed)", min_value=0, value=0, step=1)
 index = np.sort(np.random.default_rng(int(seed)).choice(n, size=min(n_show, n), replace=False))
-counts, fid, mask, shape, wavelength, q_max = load_examples(file_key(frames_path),
+counts, fid, mask, shape, wavelength, q_max, det_q = load_examples(file_key(frames_path),
                                                             tuple(int(i) for i in index))
 col4.metric("detector", f"{shape[0]}×{shape[1]}" if shape else f"{len(mask)} px")
 st.caption(f"λ = {wavelength:.4f} nm, q_max = {q_max:.3f} rad/nm. Log scale; masked pixels grey.")
@@ -59,23 +59,15 @@ if shape is None and is_agipd_frames(frames_path):  # EuXFEL run: hit finding + 
 elif shape is None:
     st.warning("This detector is not a regular image; frames cannot be drawn as images.")
 else:
-    cols = min(len(index), 6)
-    rows = int(np.ceil(len(index) / cols))
     titles = [f"frame {f}" + (f" · {labels[i]}" if labels is not None else "")
               for i, f in zip(index, fid)]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
-                        horizontal_spacing=0.01, vertical_spacing=0.06)
-    vmax = float(np.log10(counts.max() + 1))
-    for k in range(len(index)):
-        img = np.log10(counts[k].astype(float) + 1)
-        img[~mask] = np.nan  # NaN shows the grey plot background
-        fig.add_trace(go.Heatmap(z=img.reshape(shape), zmin=0, zmax=vmax, colorscale="Viridis",
-                                 showscale=k == 0, colorbar=dict(title="log10(n+1)")),
-                      row=k // cols + 1, col=k % cols + 1)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False, scaleanchor="x", autorange="reversed")
-    fig.update_layout(height=260 * rows + 60, plot_bgcolor="#888888",
-                      margin=dict(l=10, r=10, t=40, b=10))
+    img = np.log10(np.asarray(counts, dtype=np.float64).reshape(len(index), -1) + 1)
+    img[:, ~np.asarray(mask, bool)] = np.nan  # masked pixels: not drawn (grey)
+    # a flat detector's q is not uniform: the axes are the q of the central row and column
+    q = np.asarray(det_q, dtype=np.float64).reshape(shape[0], shape[1], -1)
+    qx_axis, qy_axis = q[shape[0] // 2, :, 0], q[:, shape[1] // 2, 1]
+    fig = image_grid(img.reshape(len(index), *shape), titles, x=qx_axis, y=qy_axis, cols=6,
+                     zmin=0, colorbar="log10(n+1)", panel_height=260)
     st.plotly_chart(fig, width="stretch", key="frames")
 
 st.subheader("Photons per frame")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import file_key, log_image, missing, path, read_h5, read_json, run_picker
+from dashboard.common import file_key, grid_step, log_image, missing, path, read_h5, read_json, run_picker
+from dashboard.figures import image_grid
 
 st.set_page_config(page_title="Averages · SPI Landscape", layout="wide")
 st.title("2D class averages")
@@ -96,21 +96,13 @@ images = log_image(images, valid) if log_scale else np.where(valid, images, np.n
 cols = 6 if len(shown) > 4 else len(shown)
 labels = [f"#{a} · run {r} · {n:.0f} fr" for a, r, n in
           zip(shown["average_id"], shown["run"], shown["n_frames"])]
-fig = px.imshow(images, facet_col=0, facet_col_wrap=cols, origin="lower",
-                color_continuous_scale="viridis", binary_string=False,
-                facet_col_spacing=0.01, facet_row_spacing=0.04)
-for i, ann in enumerate(fig.layout.annotations):
-    idx = int(ann.text.split("=")[-1])
-    ann.text = labels[idx]
-    ann.font.size = 10
-fig.update_xaxes(showticklabels=False)
-fig.update_yaxes(showticklabels=False)
-rows_n = int(np.ceil(len(shown) / cols))
-fig.update_layout(height=max(260, 190 * rows_n), margin=dict(l=10, r=10, t=30, b=10),
-                  coloraxis_colorbar=dict(title="log10 I" if log_scale else "I"))
+fig = image_grid(images, labels, grid_step(AVERAGES, "averages"), cols=cols,
+                 colorbar="log10 I" if log_scale else "I", panel_height=210)
 st.plotly_chart(fig, width="stretch", key="gallery")
-st.caption("Intensity in photons per pixel at unit fluence on the (qx, qy) grid; blank = never "
-           "observed. Occupancy = posterior-weighted number of member frames.")
+step = grid_step(AVERAGES, "averages")
+st.caption("Intensity in photons per pixel at unit fluence on the (qx, qy) grid (qx to the right, "
+           "qy up, beam at the centre" + (f", {step:.3g} nm⁻¹ per pixel" if step else "") +
+           "); grey = never observed. Occupancy = posterior-weighted number of member frames.")
 
 st.subheader("Occupancy")
 occ = go.Figure()

@@ -16,12 +16,14 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
+from dashboard import actions
 from dashboard.common import (averages_table, current_rev, file_key, log_image, missing, path,
-                              plain, read_h5, read_json, read_table, run_picker, workspace)
-from dashboard.data import OutputError, diagnostics, drill, selections, tables, training
-from dashboard.figures import landscape_scatter, markdown_table
+                              grid_step, plain, read_h5, read_json, read_table, run_picker,
+                              workspace)
+from dashboard.data import OutputError, density, diagnostics, drill, selections, tables, training
+from dashboard.figures import (cluster_label, energy_contours, fmt_value, image_grid,
+                               landscape_scatter, markdown_table)
 
 st.set_page_config(page_title="Landscape · SPI Landscape", layout="wide")
 st.title("Structural landscape")
@@ -113,6 +115,13 @@ if dims == "2D" and len(comps) > 2:
 else:
     x_col, y_col = comps[0], comps[1] if len(comps) > 1 else comps[0]
 
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def landscape_density(points: np.ndarray, weights: np.ndarray | None):
+    return density.weighted_density(points, weights)
+
+
 ids = table["average_id"].to_numpy()
 # the "average" selectbox's state is the single source of truth for the drill-down;
 # a click in the 2D scatter writes it before the selectbox is drawn
@@ -127,7 +136,9 @@ plot = plot.copy()
 hover = [c for c in ("average_id", "run", "model", "n_frames", "cluster", "selected", "reason") if c in plot]
 color_arg = None
 if color in plot:
-    if color == "cluster" or not pd.api.types.is_float_dtype(plot[color]):
+    if color == "cluster":
+        plot[color] = [cluster_label(v) for v in plot[color].astype("Int64")]
+    elif not pd.api.types.is_float_dtype(plot[color]):
         plot[color] = plot[color].astype("Int64").astype(str)
     color_arg = color
 orders = {}
@@ -164,6 +175,19 @@ if marks is not None:
             else:
                 fig.add_trace(go.Scatter(x=part[x_col], y=part[y_col], mode="markers", marker=style,
                                          name=name, hoverinfo="skip"))
+density_note = None
+if dims == "2D":
+    show_density = st.checkbox("energy landscape: −log density of the averages weighted by their "
+                               "member frames", value=True, key="show_density")
+    if show_density:
+        weights = table["n_frames"].to_numpy(np.float64) if "n_frames" in table else None
+        try:
+            dens = landscape_density(table[[x_col, y_col]].to_numpy(np.float64), weights)
+        except ValueError as exc:
+            density_note = f"No density: {exc}."
+        else:
+            fig.add_trace(energy_contours(dens))
+            density_note = dens.caption([x_col, y_col], weights is not None)
 sel = plot[plot["average_id"] == st.session_state["average"]]
 if len(sel):
     mark = dict(size=14 if dims == "2D" else 8, color="rgba(0,0,0,0)",
@@ -175,9 +199,17 @@ if len(sel):
     else:
         fig.add_trace(go.Scatter(x=sel[x_col], y=sel[y_col], mode="markers", marker=mark,
                                  name="selected", hoverinfo="skip"))
+# plotly reports a plain click as a point selection only outside its box/lasso drag modes,
+# so the mouse mode is an explicit choice, clicking (with pan) first
+MOUSE = {"click: drill down": "pan", "drag: box select": "select", "drag: lasso select": "lasso"}
+mouse = st.radio("mouse", list(MOUSE), key="mouse", horizontal=True,
+                 help="Click a point to show its average, or drag a box / lasso around "
+                      "averages to save them as a selection.") if dims == "2D" else None
+# the legend goes under the plot: at the right it would sit on a colour bar's title
 fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10),
-                  legend=dict(title=color if color_arg else None),
-                  dragmode="select" if dims == "2D" else None)
+                  legend=dict(title=color if color_arg else None, orientation="h",
+                              yanchor="top", y=-0.08, x=0),
+                  dragmode=MOUSE[mouse] if dims == "2D" else None)
 
 left, right = st.columns([3, 2])
 with left:
@@ -203,9 +235,12 @@ with left:
             region = []
     else:
         st.plotly_chart(fig, width="stretch", key="landscape")
+    if density_note:
+        st.caption(density_note)
     st.caption("Each point is a class average. Distances reflect the similarity of the best "
-               "common lines (CC matrix). 2D: click a point to drill down; drag a box or lasso "
-               "to select a region and save it for the pipeline.")
+               "common lines (CC matrix). 2D: in the mouse mode *click* a point to drill down; "
+               "in *box* or *lasso* mode drag around a region to select it and save it for "
+               "the pipeline.")
 
     if region:
         st.subheader(f"{len(region)} averages selected")
@@ -226,7 +261,10 @@ with left:
                     st.error(plain(exc))
                 else:
                     st.success(f"Saved {len(region)} averages to selections/{out.name}. "
-                               "`dvc repro` re-runs the select stage (select.mode: file).")
+                               "The pipeline trains on it only with `select.mode: file` and "
+                               f"`select.file: selections/{out.name}`: "
+                               f"`{actions.use_selection_command(out.stem)}`, or set it on the "
+                               "Selections page.")
 
 with right:
     order = sorted(int(i) for i in ids)
@@ -255,19 +293,14 @@ with right:
                             ref["best_slice"][0].shape == img.shape:
                         ref_img = ref["best_slice"][0].astype(np.float64)
                         panels.append((log_image(ref_img, valid & (ref_img > 0)),
-                                       "best-fit reference slice"))
-            pat = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels],
-                                horizontal_spacing=0.02)
-            for k, (im, _) in enumerate(panels):
-                pat.add_trace(go.Heatmap(z=im, colorscale="Viridis", showscale=k == 0,
-                                         colorbar=dict(title="log10 I")), 1, k + 1)
-            pat.update_xaxes(showticklabels=False)
-            pat.update_yaxes(showticklabels=False, scaleanchor="x")
-            pat.update_layout(height=360, margin=dict(l=5, r=5, t=40, b=5))
+                                       "reference slice"))
+            pat = image_grid([im for im, _ in panels], [t for _, t in panels],
+                             grid_step(AVERAGES, "averages"), panel_height=300,
+                             shared_scale=len(panels) == 1)
             st.plotly_chart(pat, width="stretch", key="pattern")
     info = {c: row[c] for c in table.columns if c in hover or c.startswith(f"{method}_")}
-    st.markdown(markdown_table(pd.DataFrame({"column": list(info),
-                                             "value": [str(v) for v in info.values()]})))
+    shown = [cluster_label(v) if c == "cluster" else fmt_value(v) for c, v in info.items()]
+    st.markdown(markdown_table(pd.DataFrame({"column": list(info), "value": shown})))
 
 st.subheader(f"Member frames of average #{choice}")
 frames_table = read_table("results/frames.parquet")
@@ -292,18 +325,10 @@ else:
         except (OutputError, ValueError) as exc:
             st.warning(f"Cannot draw member frames: {exc}")
         else:
-            cols = min(len(fids), 6)
-            rows = int(np.ceil(len(fids) / cols))
             angle = dict(zip(members["frame_id"], members["rotation_deg"]))
-            mf = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.01,
-                               vertical_spacing=0.06,
-                               subplot_titles=[f"frame {f} · {angle[f]:.0f}°" for f in fids])
-            for k, im in enumerate(images):
-                mf.add_trace(go.Heatmap(z=np.log10(1 + im), colorscale="Viridis",
-                                        showscale=False), k // cols + 1, k % cols + 1)
-            mf.update_xaxes(showticklabels=False)
-            mf.update_yaxes(showticklabels=False)
-            mf.update_layout(height=230 * rows, margin=dict(l=5, r=5, t=30, b=5))
+            mf = image_grid(np.log10(1 + np.asarray(images, np.float64)),
+                            [f"frame {f} · {angle[f]:.0f}°" for f in fids], cols=6,
+                            colorbar="log10(1 + n)", show_ticks=False, panel_height=200)
             st.plotly_chart(mf, width="stretch", key="members")
             st.caption("Photon counts, log10(1 + n), each frame turned back by its in-plane "
                        "rotation into the average's orientation (most confident first).")

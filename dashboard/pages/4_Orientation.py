@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from dashboard.common import averages_table, log_image, missing, read_h5, run_picker
+from dashboard.common import averages_table, grid_step, log_image, missing, read_h5, run_picker
+from dashboard.figures import image_grid
 
 st.set_page_config(page_title="Orientation · SPI Landscape", layout="wide")
 st.title("Orientation and gain")
@@ -74,10 +74,9 @@ valid = avg["averages/weight"][0] > 0
 ref = fit["best_slice"][0].astype(float)
 
 
-fig = make_subplots(rows=1, cols=2, subplot_titles=("average (log)", "reference slice (log)"))
-fig.add_trace(go.Heatmap(z=log_image(image, valid), colorscale="Viridis", showscale=False), 1, 1)
-fig.add_trace(go.Heatmap(z=log_image(ref, np.ones_like(valid)), colorscale="Viridis", showscale=False), 1, 2)
-fig.update_yaxes(scaleanchor="x", autorange="reversed", row=1, col=1)
-fig.update_yaxes(scaleanchor="x2", autorange="reversed", row=1, col=2)
-fig.update_layout(height=460, margin=dict(t=40, b=20))
-st.plotly_chart(fig, width="stretch")
+fig = image_grid([log_image(image, valid), log_image(ref, valid)],
+                 ["average (log10 I)", "reference slice (log10 I)"],
+                 grid_step("data/averages.h5", "averages"), shared_scale=False, panel_height=400)
+st.plotly_chart(fig, width="stretch", key="orient_pair")
+st.caption("Each panel on its own log scale (the average in photons, the reference in model "
+           "units); grey = never observed in the average.")

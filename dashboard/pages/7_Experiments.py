@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from dashboard.common import (averages_table, list_runs, log_image, metrics_of, params_of,
+from dashboard.common import (averages_table, grid_step, list_runs, log_image, metrics_of, params_of,
                               read_h5, run_picker, workspace)
 from dashboard.data import compare, runs, tables
+from dashboard.figures import image_grid
 
 st.set_page_config(page_title="Runs · SPI Landscape", layout="wide")
 st.title("Runs and experiments")
@@ -36,6 +36,9 @@ params = {r.rev: params_of(repo, r.rev) for r in available}
 metrics = {r.rev: metrics_of(repo, r.rev) for r in available}
 table = runs.runs_table(repo, available, params, metrics)
 table.insert(0, "name", [r.name for r in available])
+states = [runs.availability(repo, r) for r in available]
+table["outputs"] = [s if s == runs.HERE else f"{s}: {runs.bring_command(r, s)}"
+                    for r, s in zip(available, states)]
 st.dataframe(table.drop(columns=["run"]), hide_index=True, width="stretch")
 commits = [r for r in available if r.kind == "commit"]
 if commits and not metrics.get(commits[0].rev):
@@ -47,8 +50,9 @@ st.caption(f"{len(available)} runs. Pick one in the sidebar to browse it on ever
 st.subheader("Compare two runs")
 labels = {r.rev: f"{r.name} · {r.kind}" for r in available}
 revs = [r.rev for r in available]
-default_b = next((r.rev for r in available if r.kind == "commit"), revs[0])
-default_a = next((r.rev for r in available if r.kind == "experiment"), revs[0])
+# A = the baseline commit, B = an experiment: "B − A" is what the experiment changed
+default_a = next((r.rev for r in available if r.kind == "commit"), revs[0])
+default_b = next((r.rev for r in available if r.kind == "experiment"), revs[0])
 c1, c2 = st.columns(2)
 rev_a = c1.selectbox("run A", revs, index=revs.index(default_a), format_func=labels.get, key="run_a")
 rev_b = c2.selectbox("run B", revs, index=revs.index(default_b), format_func=labels.get, key="run_b")
@@ -71,6 +75,7 @@ with d2:
     mdiff = mdiff[~mdiff["key"].str.contains("seconds")]
     if len(mdiff):
         st.dataframe(mdiff, hide_index=True, width="stretch")
+        st.caption("B − A: the value in run B minus the value in run A.")
     elif not metrics[rev_a] or not metrics[rev_b]:
         st.caption("Metrics missing for one run (not committed, or its stages did not run).")
     else:
@@ -119,12 +124,8 @@ for rev in (rev_a, rev_b):
         img = arr["averages/intensity"][0].astype(np.float64)
         panels.append((log_image(img, arr["averages/weight"][0] > 0), labels[rev]))
 if panels:
-    pf = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
-    for k, (im, _) in enumerate(panels):
-        pf.add_trace(go.Heatmap(z=im, colorscale="Viridis", showscale=k == 0), 1, k + 1)
-    pf.update_xaxes(showticklabels=False)
-    pf.update_yaxes(showticklabels=False)
-    pf.update_layout(height=340, margin=dict(l=5, r=5, t=40, b=5))
+    pf = image_grid([im for im, _ in panels], [t for _, t in panels],
+                    grid_step("data/averages.h5", "averages", rev=rev_a), panel_height=300)
     st.plotly_chart(pf, width="stretch", key="matched_pair")
 
 if "cluster" in ta and "cluster" in tb:

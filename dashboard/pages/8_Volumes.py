@@ -13,11 +13,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import (attempt, averages_table, missing, read_h5, read_table, run_picker,
-                              workspace)
-from dashboard.data import drill, selections
+from dashboard import actions
+from dashboard.common import (attempt, averages_table, current_rev, file_key, grid_step, missing,
+                              path, read_h5, read_table, run_picker, workspace)
+from dashboard.data import density, drill, loaders, selections
+from dashboard.figures import energy_contours, image_grid
 
-from spicompute.views import DIRECTIONS, block_mean, central_section, log_display, projection, quantize_uint8
+from spicompute.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display,
+                              projection, quantize_uint8)
 
 st.set_page_config(page_title="Volumes · SPI Landscape", layout="wide")
 st.title("VAE latent and volumes")
@@ -46,6 +49,14 @@ def volume_vs_z_figure(phased: pd.DataFrame, truth: pd.DataFrame | None) -> go.F
                       xaxis_title="z_1", yaxis_title="volume (nm³)", height=320, margin=dict(t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def frame_text() -> str:
+    """The (u, v) display axes of every direction, as text."""
+    def vec(a) -> str:
+        return "(" + ", ".join(f"{x:+.2f}" for x in a) + ")"
+    return "; ".join(f"{name}: u = {vec(frame_for(d)[0])}, v = {vec(frame_for(d)[1])}"
+                     for name, d in DIRECTIONS.items())
 
 
 def safe(load, what: str):
@@ -82,7 +93,23 @@ else:
     hist = px.scatter(table, x="z_1", y="z_2", color="pc_2" if "pc_2" in table else None, opacity=0.8,
                       title="Latent space (Fig. 6A)")
     hist.update_layout(height=360, margin=dict(t=50, b=40))
+weights = table["n_frames"].to_numpy(np.float64) if "n_frames" in table else None
+try:
+    latent_density = density.weighted_density(table[zcols[:2]].to_numpy(np.float64), weights)
+except ValueError as exc:
+    latent_density, density_note = None, f"No latent density: {exc}."
+else:
+    density_note = latent_density.caption(zcols[:2], weights is not None)
+if latent_density is not None and len(zcols) == 1:
+    hist.add_trace(go.Scatter(x=latent_density.axes[0], y=latent_density.energy, yaxis="y2",
+                              mode="lines", name="−log density", line=dict(color="#333333")))
+    hist.update_layout(yaxis2=dict(title="−log ρ/ρmax", overlaying="y", side="right",
+                                   showgrid=False),
+                       legend=dict(orientation="h", y=-0.25))
+elif latent_density is not None:
+    hist.add_trace(energy_contours(latent_density))
 left.plotly_chart(hist, width="stretch", key="latent_hist")
+left.caption(density_note)
 if "pc_2" in table.columns:
     color = table["gain"] if "gain" in table.columns else None
     sc = go.Figure(go.Scattergl(x=table["z_1"], y=table["pc_2"], mode="markers",
@@ -105,17 +132,18 @@ if "pc_2" in table.columns:
                 ok, out = attempt(selections.save, workspace(), region_name, latent_region,
                                   doing="Cannot save the selection")
                 if ok:
-                    st.success(f"Saved selections/{out.name}: `dvc repro` re-runs select and vae.")
+                    st.success(f"Saved selections/{out.name}. The pipeline trains on it only "
+                               f"with `{actions.use_selection_command(out.stem)}` (or set it on "
+                               "the Selections page).")
 else:
     right.info("No CLPCA coordinates yet — run `dvc repro embed`.")
 
-meta = safe(lambda: read_h5(VOLUMES, ["volumes/z", "volumes/source", "volumes/observed"]), VOLUMES)
+meta = safe(lambda: read_h5(VOLUMES, ["volumes/z", "volumes/source"]), VOLUMES)
 if meta is None:
     missing("volumes", VOLUMES)
     st.stop()
 zs = np.asarray(meta["volumes/z"], dtype=np.float64)
 sources = [s.decode() if isinstance(s, bytes) else str(s) for s in meta["volumes/source"]]
-observed = meta["volumes/observed"].astype(bool)
 
 st.subheader("A volume along the latent coordinate")
 if zs.shape[1] == 1:
@@ -131,17 +159,19 @@ else:
     v2 = a2.select_slider("z_2", options=list(u2), format_func=lambda v: f"{v:+.2f}", key="pick_z2")
     pick = int(np.argmin((zs[:, 0] - v1) ** 2 + (zs[:, 1] - v2) ** 2))
 pick = int(pick)
-vol_file = safe(lambda: read_h5(VOLUMES, ["volumes/intensity"], index=[pick]), VOLUMES)
-volume = vol_file["volumes/intensity"][0].astype(np.float64)
-size = volume.shape[0]
-st.caption(f"volume {pick} of {len(zs)} at z = {np.array2string(zs[pick], precision=2)} — {size}³ voxels, "
-           f"source: {sources[pick]}")
-
-left, right = st.columns([3, 2])
-with left:
-    shown, factor = block_mean(np.where(observed, volume, 0.0), 64)
-    logv = log_display(shown, decades=3.0)
-    q8, lo, hi = quantize_uint8(logv)
+@st.cache_data(max_entries=32, show_spinner=False)
+def volume_figures(key: tuple, index: int, dq3: float | None,
+                   iso_edge: int = 32) -> tuple[go.Figure, go.Figure, int]:
+    """(isosurface figure, central-sections figure, edge in voxels) of volume ``index``;
+    the isosurface is drawn on a block-mean grid of at most ``iso_edge`` voxels per edge
+    (the browser's isosurface cost grows with the voxel count: 32³ keeps a slider step
+    near 1 s in software WebGL).  Every revisit of a volume is a cache hit."""
+    volume = loaders.read_h5(key[0], ["volumes/intensity"], index=[index])["volumes/intensity"][0]
+    volume = volume.astype(np.float64)
+    seen_voxels = loaders.read_h5(key[0], ["volumes/observed"])["volumes/observed"].astype(bool)
+    masked = np.where(seen_voxels, volume, 0.0)
+    shown, factor = block_mean(masked, iso_edge)
+    q8, _, _ = quantize_uint8(log_display(shown, decades=3.0))
     n = shown.shape[0]
     axis = np.arange(n, dtype=np.uint8)
     X, Y, Z = np.meshgrid(axis, axis, axis, indexing="ij")
@@ -152,16 +182,42 @@ with left:
     iso.update_layout(height=480, margin=dict(l=0, r=0, t=30, b=0),
                       title=f"log intensity isosurfaces ({n}³{', ' + str(factor) + '× block mean' if factor > 1 else ''})",
                       scene=dict(xaxis_title="qx", yaxis_title="qy", zaxis_title="qz"))
+    # a section pixel counts as observed when the interpolated observed-mask is >= 1/2
+    panels = [np.where(central_section(seen_voxels.astype(np.float64), d) >= 0.5,
+                       log_display(central_section(masked, d), decades=4.0), np.nan)
+              for d in DIRECTIONS.values()]
+    sec_fig = image_grid(panels, [f"{name} central section" for name in DIRECTIONS], dq3, cols=1,
+                         axis_names=("q·u", "q·v"), colorbar="log10 I", panel_height=230)
+    return iso, sec_fig, volume.shape[0]
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def projection_figure(key: tuple, index: int, dx: float | None) -> go.Figure:
+    """The three projections of phased density ``index`` (cached like :func:`volume_figures`)."""
+    dens = loaders.read_h5(key[0], ["phased/density"], index=[index])["phased/density"][0]
+    return image_grid([projection(dens, d) for d in DIRECTIONS.values()],
+                      [f"projection along {name}" for name in DIRECTIONS], dx, space="real",
+                      cols=3, colorscale="gray", colorbar="density", axis_names=("x·u", "x·v"),
+                      panel_height=280)
+
+
+ISO_DETAIL = {"fast (≤ 32³)": 32, "full (≤ 64³)": 64}
+detail = st.radio("3D view", list(ISO_DETAIL), horizontal=True, key="iso_detail",
+                  help="The isosurface is drawn on a block-mean grid of at most this many voxels; "
+                       "the sections always use every voxel. 'full' makes each slider step slower.")
+iso, sec_fig, size = safe(lambda: volume_figures(file_key(path(VOLUMES)), pick, grid_step(VOLUMES, "/"),
+                                                 ISO_DETAIL[detail]), VOLUMES)
+st.caption(f"volume {pick} of {len(zs)} at z = {np.array2string(zs[pick], precision=2)} — {size}³ voxels, "
+           f"source: {sources[pick]}")
+
+left, right = st.columns([3, 2])
+with left:
     st.plotly_chart(iso, width="stretch", key="volume3d")
 with right:
-    sections = {name: central_section(np.where(observed, volume, 0.0), d) for name, d in DIRECTIONS.items()}
-    for name, sec in sections.items():
-        img = log_display(sec, decades=4.0)
-        fig = px.imshow(img, origin="lower", color_continuous_scale="viridis", labels=dict(color="log10 I"))
-        fig.update_xaxes(showticklabels=False)
-        fig.update_yaxes(showticklabels=False)
-        fig.update_layout(height=220, margin=dict(l=5, r=5, t=30, b=5), title=f"{name} central section")
-        st.plotly_chart(fig, width="stretch", key=f"section_{name}")
+    st.plotly_chart(sec_fig, width="stretch", key="sections")
+    st.caption("Central sections through q = 0 perpendicular to each direction n; x along u, "
+               "y along v of the right-handed frame (u, v, n): " + frame_text() +
+               ". Grey: never observed (outside the measured q range or behind the beam stop).")
 
 st.subheader("Which averages made this volume")
 if zs.shape[1] == len(drill.latent_columns(table)):
@@ -189,15 +245,9 @@ phased_meta = safe(lambda: read_h5(PHASED, ["phased/z"]), PHASED)
 if phased_meta is None:
     missing("phase", PHASED)
 else:
-    dens = safe(lambda: read_h5(PHASED, ["phased/density"], index=[pick]), PHASED)["phased/density"][0]
-    cols = st.columns(3)
-    for col, (name, d) in zip(cols, DIRECTIONS.items()):
-        proj = projection(dens, d)
-        fig = px.imshow(proj, origin="lower", color_continuous_scale="gray", labels=dict(color="density"))
-        fig.update_xaxes(showticklabels=False)
-        fig.update_yaxes(showticklabels=False)
-        fig.update_layout(height=260, margin=dict(l=5, r=5, t=30, b=5), title=f"projection along {name}")
-        col.plotly_chart(fig, width="stretch", key=f"projection_{name}")
+    proj_fig = safe(lambda: projection_figure(file_key(path(PHASED)), pick,
+                                              grid_step(PHASED, "phased", "dx_nm")), PHASED)
+    st.plotly_chart(proj_fig, width="stretch", key="projections")
     vt = safe(lambda: read_table("results/volumes.parquet"), "results/volumes.parquet")
     if vt is not None and "particle_volume_nm3" in vt.columns and "z_1" in vt.columns:
         truth_rows = safe(lambda: read_table("results/volumes_truth.parquet"), "results/volumes_truth.parquet")
@@ -207,14 +257,65 @@ else:
     if shapes2d is not None and "averages2d/density" in shapes2d:
         st.subheader("2D phasing of class averages (Fig. 1B)")
         dens2d, ids2d = shapes2d["averages2d/density"], shapes2d["averages2d/average_id"]
-        cols = st.columns(min(6, len(ids2d)) or 1)
-        for k, col in enumerate(cols):
-            fig = px.imshow(dens2d[k], origin="lower", color_continuous_scale="gray")
-            fig.update_xaxes(showticklabels=False)
-            fig.update_yaxes(showticklabels=False)
-            fig.update_layout(height=200, margin=dict(l=5, r=5, t=30, b=5), coloraxis_showscale=False,
-                              title=f"average {int(ids2d[k])}")
-            col.plotly_chart(fig, width="stretch", key=f"phased2d_{k}")
+        n2d = min(6, len(ids2d))
+        fig = image_grid(np.asarray(dens2d[:n2d]), [f"average {int(i)}" for i in ids2d[:n2d]],
+                         grid_step(PHASED, "averages2d", "dx_nm"), space="real", cols=6,
+                         colorscale="gray", colorbar=None, axis_names=("x", "y"),
+                         shared_scale=False, panel_height=200)
+        st.plotly_chart(fig, width="stretch", key="phased2d")
+
+st.subheader("Export for ChimeraX and slides")
+if current_rev() != "workspace":
+    st.info("Exports are written into the workspace: switch the run to `workspace`.")
+else:
+    with st.form("export_volumes"):
+        export_name = st.text_input("export folder name (exports/<name>/)", value="volumes",
+                                    key="export_name")
+        do_export = st.form_submit_button("Export MRC + ChimeraX + GIF")
+    if do_export:
+        ok, out = attempt(actions.export_volumes, workspace(), export_name,
+                          doing="Cannot export the volumes")
+        if ok:
+            files = sorted(p.name for p in out.iterdir())
+            st.success(f"Wrote {len(files)} files to `exports/{out.name}/`: MRC volumes (voxel "
+                       "size in Å in the header), `series.cxc` (open it in ChimeraX: "
+                       f"`open exports/{out.name}/series.cxc`), `series.gif`, `index.csv`.")
+
+    st.subheader("Trajectory between two points of the latent")
+    d_latent = zs.shape[1]
+    with st.form("trajectory"):
+        t_name = st.text_input("name (trajectories/<name>.h5)", value="path", key="traj_name")
+        by = st.radio("ends", ["two averages", "two latent points"], horizontal=True, key="traj_by")
+        e1, e2 = st.columns(2)
+        ids_sorted = sorted(int(i) for i in table["average_id"])
+        a_start = e1.selectbox("start average", ids_sorted, index=0, key="traj_a0")
+        a_end = e2.selectbox("end average", ids_sorted, index=len(ids_sorted) - 1, key="traj_a1")
+        z_start = e1.text_input("start z (comma-separated)", value=", ".join(f"{v:.3f}" for v in zs[0]),
+                                key="traj_z0")
+        z_end = e2.text_input("end z (comma-separated)", value=", ".join(f"{v:.3f}" for v in zs[-1]),
+                              key="traj_z1")
+        n_points = st.slider("volumes along the path", 2, 60, 12, key="traj_n")
+        path_kind = st.radio("path", ["straight", "graph"] if d_latent >= 2 else ["straight"],
+                             horizontal=True, key="traj_path",
+                             help="graph: through the trained averages' nearest-neighbour graph "
+                                  "(stays where data are; d >= 2)")
+        also_export = st.checkbox("also export it (MRC + ChimeraX + GIF)", value=True,
+                                  key="traj_export")
+        do_traj = st.form_submit_button("Decode trajectory")
+    if do_traj:
+        ends = dict(start_average=a_start, end_average=a_end) if by == "two averages" else \
+            dict(start=z_start, end=z_end)
+        ok, out = attempt(actions.trajectory, workspace(), t_name, n_points=n_points,
+                          path=path_kind, doing="Cannot decode the trajectory", **ends)
+        if ok:
+            msg = f"Wrote `trajectories/{out.name}` ({n_points} volumes)"
+            if also_export:
+                ok2, folder = attempt(actions.export_volumes, workspace(), f"trajectory_{out.stem}",
+                                      volumes=f"trajectories/{out.name}", phased="",
+                                      doing="Cannot export the trajectory")
+                if ok2:
+                    msg += f" and `exports/{folder.name}/` (MRC, series.cxc, series.gif)"
+            st.success(msg + ".")
 
 st.subheader("Mark a latent point for the volumes stage")
 with st.form("latent_point"):
