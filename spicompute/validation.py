@@ -234,3 +234,54 @@ def true_particle_volume(truth_volumes: np.ndarray, truth_t: np.ndarray, t: np.n
     v = np.sqrt(np.asarray(truth_volumes[:, c, c, c], np.float64))
     order = np.argsort(truth_t)
     return np.interp(np.asarray(t, np.float64), np.asarray(truth_t, np.float64)[order], v[order])
+
+
+MELT_BANDS = ((0.0, 0.1), (0.1, 0.4), (0.4, 0.7), (0.7, 0.9), (0.9, 1.0))
+
+
+def truth_fit_of_averages(model, prep, averages, quaternions: np.ndarray, gain: np.ndarray,
+                          train_index: np.ndarray, mu: np.ndarray, melt_t: np.ndarray,
+                          truth_volumes: np.ndarray, truth_t: np.ndarray, truth_dq_nm: float,
+                          loss: str = "mse_log", batch: int = 64) -> dict:
+    """How well the class averages are explained by the VAE's volumes and by the true shapes.
+
+    Scores, with the VAE's own loss at the fitted per-average scale
+    (:func:`spicompute.vae.train.slice_loss`) and the averages' fitted orientations, each
+    average of ``train_index`` against (a) the decoder's volume at its latent mean ``mu``
+    (M, d) and (b) the true melt level nearest its members' mean melt ``melt_t`` (M,).
+    If the true shapes fit the averages worse than the reconstruction does, the distance
+    between the reconstruction and the truth is in the averages (and their orientations),
+    not in the VAE.  Returns per melt band (``MELT_BANDS``) the median of each score and
+    the number of averages.
+    """
+    import torch
+
+    from spicompute.vae.data import model_inputs
+    from spicompute.vae.train import TensorData, slice_loss
+
+    inputs = model_inputs(averages, prep, quaternions, gain, train_index)
+    data = TensorData(inputs, prep, torch.device("cpu"))
+    size = prep.volume_size
+    profile3 = prep.profile_at(prep.volume_q_norm())
+    order = np.argsort(truth_t)
+    levels = np.stack([resample_volume(v, truth_dq_nm, size, prep.dq3_nm) for v in truth_volumes[order]])
+    levels = np.nan_to_num(levels) / profile3
+    level_t = np.asarray(truth_t, np.float64)[order]
+    use = np.asarray(train_index)[np.isfinite(melt_t[train_index])]
+    nearest = np.abs(level_t[None] - melt_t[use][:, None]).argmin(1)
+    scores = np.empty((2, len(use)))
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(use), batch):
+            idx = torch.as_tensor(use[s:s + batch])
+            vae = model.decoder(torch.as_tensor(np.asarray(mu)[use[s:s + batch]], dtype=torch.float32))
+            scores[0, s:s + batch] = slice_loss(vae, data, idx, loss)[0].numpy()
+            true = torch.as_tensor(levels[nearest[s:s + batch]], dtype=torch.float32)
+            scores[1, s:s + batch] = slice_loss(true, data, idx, loss)[0].numpy()
+    out = {}
+    for lo, hi in MELT_BANDS:
+        inside = (melt_t[use] >= lo) & ((melt_t[use] < hi) | (hi >= 1.0))
+        if inside.any():
+            out[f"{lo:g}-{hi:g}"] = {"n": int(inside.sum()), "vae": round(float(np.median(scores[0, inside])), 4),
+                                     "truth": round(float(np.median(scores[1, inside])), 4)}
+    return out

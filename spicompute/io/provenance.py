@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -35,25 +34,13 @@ FAULT_ENV = "SPICOMPUTE_FAULT_KILL_BEFORE_RENAME"
 
 
 def code_version() -> str:
-    """Package version plus the git commit of the source tree, when known."""
-    here = Path(__file__).resolve().parent
-    # read-only git: a stage that fails to write (full disk, file size limit) must not leave
-    # a stale index.lock in the source checkout
-    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=here, capture_output=True, text=True, timeout=5, env=env,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", str(here)],
-            cwd=here, capture_output=True, text=True, timeout=5, env=env,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha, dirty = "", ""
-    if not sha:
-        return __version__
-    return f"{__version__}+g{sha}" + (".dirty" if dirty else "")
+    """The package version stamped into outputs.
+
+    Not the git commit: a commit that leaves a stage's science unchanged must leave its
+    outputs byte-identical, so that DVC skips the stages downstream.  Which code made
+    an output is recorded by DVC (the md5 of every code dependency in ``dvc.lock``).
+    """
+    return __version__
 
 
 def _jsonable(value):

@@ -14,7 +14,10 @@ independent of the VAE: the truth intensities of the melt family
 Per run (``metrics/validate.json``): Spearman(z, t_hat) along the line, t_hat
 at both ends, |Spearman|(z_1, members' mean melt) over the trained family
 averages, the worst particle volume error and how many phased volumes
-converged.  (The training set's family purity and recall are the select
+converged; and ``fit_of_averages``: per melt band, how well the class
+averages are explained by the VAE's volumes and by the true shapes (the VAE's
+own loss at the fitted orientations: when the truth fits the data worse than
+the reconstruction does, the gap to the truth lies in the averages).  (The training set's family purity and recall are the select
 stage's metrics.)  For ingested data (no
 truth) the metrics say ``"truth": false`` and the table is empty.
 """
@@ -40,6 +43,9 @@ def add_arguments(parser):
     parser.add_argument("--phased-table", default="results/volumes.parquet", help="phase stage table")
     parser.add_argument("--latents", default="results/parts/vae.parquet", help="encoded averages (vae)")
     parser.add_argument("--frames-table", default="results/frames.parquet", help="frame -> average")
+    parser.add_argument("--model", default="models/vae.pt", help="VAE weights ('' skips the fit comparison)")
+    parser.add_argument("--averages", default="data/averages.h5", help="class averages (classify2d)")
+    parser.add_argument("--orient", default="results/parts/orient.parquet", help="fitted orientations")
     parser.add_argument("--out", default="results/volumes_truth.parquet", help="one row per volume point")
     parser.add_argument("--metrics", default="metrics/validate.json")
 
@@ -126,6 +132,9 @@ def run(args) -> int:
     if "converged" in table:
         metrics["n_converged"] = int(table["converged"].sum())
     metrics.update(latent_follows_melt(latents, per_average))
+    if args.model:
+        metrics["fit_of_averages"] = _fit_of_averages(args, latents, per_average, truth_volumes, truth_t,
+                                                      truth["volume_dq_nm"])
     write_table(args.out, table, stage=COMMAND)
     write_json_atomic(args.metrics, metrics)
     log.info("validated %d volumes: line Spearman(z, t_hat) %s, t_hat ends %s, volume error max %s, "
@@ -133,6 +142,32 @@ def run(args) -> int:
              metrics.get("line_spearman_z_t_hat"), metrics.get("line_t_hat_ends"), metrics["volume_error_max"],
              metrics["rho_z_melt"])
     return 0
+
+
+def _fit_of_averages(args, latents, per_average, truth_volumes, truth_t, truth_dq_nm) -> dict:
+    """:func:`spicompute.validation.truth_fit_of_averages` on the pipeline's files."""
+    import json
+    from pathlib import Path
+
+    from spicompute.io.averages import read_averages
+    from spicompute.io.tables import read_table
+    from spicompute.stages.volumes import load_vae
+    from spicompute.validation import truth_fit_of_averages
+
+    model, arch, prep = load_vae(args.model)
+    avg = read_averages(args.averages)
+    orient = read_table(args.orient).set_index("average_id").reindex(avg.average_id)
+    if orient[["qw", "qx", "qy", "qz", "gain"]].isna().any().any():
+        raise InputError(args.orient, "average_id", "some averages have no orientation")
+    lat = latents.set_index("average_id").reindex(avg.average_id)
+    cols = [f"z_{i + 1}" for i in range(arch.latent_dim)]
+    trained = lat["vae_trained"].fillna(False).to_numpy(bool) if "vae_trained" in lat else np.ones(len(lat), bool)
+    melt = per_average.set_index("average_id")["melt_t"].reindex(avg.average_id).to_numpy(np.float64)
+    side = json.loads(Path(args.model).with_suffix(".json").read_text())
+    return truth_fit_of_averages(model, prep, avg, orient[["qw", "qx", "qy", "qz"]].to_numpy(np.float64),
+                                 orient["gain"].to_numpy(np.float64), np.flatnonzero(trained),
+                                 lat[cols].to_numpy(np.float64), melt, truth_volumes, truth_t, truth_dq_nm,
+                                 loss=(side.get("train") or {}).get("loss", "mse_log"))
 
 
 def _sources(path, n: int) -> list[str]:
