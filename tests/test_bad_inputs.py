@@ -907,7 +907,7 @@ _selections = {
     "bad-rule": (json.dumps({"name": "bad", "rule": {"pc_1": "high"}}), ["bad.json", "rule.pc_1"]),
     "latent-points-kind": (json.dumps({"name": "bad", "kind": "latent_points", "points": [[0.1]]}),
                            ["bad.json", "kind"]),
-    "ids-match-nothing": (json.dumps({"name": "bad", "average_ids": [99, 100]}), ["select.file", "keeps 0 of", "select.min_selected"]),
+    "ids-match-nothing": (json.dumps({"name": "bad", "average_ids": [99, 100]}), ["bad.json: average_ids", "keeps no average"]),
     "binary": (b"\x89HDF\r\n\x1a\n\x00\x00\xff\xfe", ["bad.json"]),
 }
 for _name, (_text, _needles) in _selections.items():

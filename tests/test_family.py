@@ -141,7 +141,7 @@ def test_too_few_selected_names_the_parameter_and_writes_nothing(tmp_path, capsy
     assert main(argv) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "select.gain" in err[0] and "select.min_selected" in err[0]
-    assert "the VAE needs >= 16" in err[0]
+    assert "the VAE needs >= 8" in err[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     with pytest.raises(ParameterError, match="select.family_shared_fraction"):
         options({"family_shared_fraction": 1.5})

@@ -40,7 +40,7 @@ COMMAND = "select"
 HELP = "choose the averages that train the VAE (rules in params.yaml or a selection file)"
 MODES = ("family", "all", "clusters", "box", "gain", "file")
 DEFAULTS = {"mode": "family", "min_frames": "auto", "min_selected": "auto", "family_k": "auto",
-            "family_shared_fraction": 0.5, "family_seed_fraction": 0.05,
+            "family_shared_fraction": 0.5, "family_seed_fraction": 0.05, "family_min_fraction": 0.2,
             "family_components": ["pc_1", "pc_2", "pc_3"], "clusters": [], "box": {}, "gain": [None, None],
             "file": ""}
 
@@ -71,7 +71,7 @@ def options(raw: dict) -> dict:
         p["min_selected"] = positive("select.min_selected", p["min_selected"], integer=True)
     if p["family_k"] != "auto":
         p["family_k"] = positive("select.family_k", p["family_k"], integer=True)
-    for name in ("family_shared_fraction", "family_seed_fraction"):
+    for name in ("family_shared_fraction", "family_seed_fraction", "family_min_fraction"):
         value = positive(f"select.{name}", p[name])
         if value > 1:
             raise ParameterError(f"select.{name}", f"must be in (0, 1], got {value}")
@@ -175,6 +175,17 @@ def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
             family_out["family"] = fam
         inside = fam.keep
         why = "not in the cube-end family"
+        usable = int((fam.component >= 0).sum())
+        if fam.keep.sum() < p["family_min_fraction"] * usable:
+            # no chain from the cube end through the landscape (too noisy a landscape, e.g. a
+            # short EMC run): the family would be a fragment; train on all usable averages
+            log.warning("select: the cube-end family holds %d of %d usable averages (< family_min_fraction "
+                        "%.2g): the landscape shows no chain; keeping all usable averages instead",
+                        int(fam.keep.sum()), usable, p["family_min_fraction"])
+            inside = np.ones(len(table), bool)
+            why = ""
+            if family_out is not None:
+                family_out["fallback"] = True
     elif mode == "clusters":
         if "cluster" not in table.columns:
             raise InputError("results/parts/embed.parquet", "cluster", "column missing (mode clusters)")
@@ -237,8 +248,8 @@ def _min_selected(args, p: dict) -> int:
     from spicompute.stages._common import all_params
 
     batch = (all_params(args).get("vae") or {}).get("batch_size", 2)
-    try:
-        return max(2, int(batch))
+    try:  # one training batch, but no more than 8: a small data set still trains (in smaller batches)
+        return max(2, min(8, int(batch)))
     except (TypeError, ValueError):
         return 2
 
@@ -285,7 +296,8 @@ def run(args) -> int:
     if fam is not None:
         columns["family"] = fam.keep
         columns["family_seed"] = fam.seed
-        metrics.update(family_k=fam.k, family_min_shared=fam.min_shared, n_family=int(fam.keep.sum()))
+        metrics.update(family_k=fam.k, family_min_shared=fam.min_shared, n_family=int(fam.keep.sum()),
+                       family_fallback=bool(extra.get("fallback", False)))
     if args.truth:
         from spicompute.io.truth import read_truth
 
