@@ -48,6 +48,11 @@ def _project(root: Path) -> Path:
     params["classify2d"].update(n_models=3, n_runs=2, max_iter=3, min_iter=2, n_rot=8, device="cpu")
     params["embed"].update(methods=["pc", "spectral"], cluster_max_k=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return init_git_dvc(root)
+
+
+def init_git_dvc(root: Path) -> Path:
+    """git + DVC (analytics off) in ``root``, everything committed."""
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)
     _run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import yaml
 
 from tests.conftest import small_simulation_params
-from tests.test_determinism import BIN, _outs_md5, _run
+from tests.test_determinism import BIN, _outs_md5, _run, init_git_dvc
 
 import pytest
 
@@ -40,12 +40,7 @@ def _project(root):
     params["volumes"].update(n_points=3)
     params["phase"].update(n_starts=2, n_dm=6, n_er=4, averages_2d=[], threads=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    _run(["git", "init", "-q"], root)
-    _run([str(BIN / "dvc"), "init", "-q"], root)
-    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "commit", "-qm", "init"], root)
-    return root
+    return init_git_dvc(root)
 
 
 def test_forced_rerun_of_every_stage_is_byte_identical(tmp_path):
