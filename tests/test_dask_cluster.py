@@ -103,7 +103,17 @@ def test_ccmatrix_stage_on_two_worker_processes(cluster, tmp_path):
     assert out["local"].cc.shape == (m, m) and np.ptp(out["local"].cc[np.triu_indices(m, 1)]) > 0.05
 
 
-def test_orient_stage_on_two_worker_processes(cluster, tmp_path):
+@pytest.fixture()
+def keep_torch_threads():
+    """orient.threads sets torch's (process-wide) thread count: restore it for later tests."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_orient_stage_on_two_worker_processes(cluster, tmp_path, keep_torch_threads):
     from spicompute.slicing import random_quaternions
 
     rng = np.random.default_rng(9)
@@ -111,9 +121,11 @@ def test_orient_stage_on_two_worker_processes(cluster, tmp_path):
     write_averages(tmp_path / "averages.h5", avg)
     res = {}
     for name, sched in (("local", ""), ("dask", cluster.scheduler_address)):
+        # the same torch threads per task as the single-threaded workers: float32 matrix products
+        # split over more threads sum in another order
         (tmp_path / "params.yaml").write_text(json.dumps(
             {"orient": {"num_div": 6, "refine": True, "refine_iterations": 1, "average_chunk": 3,
-                        "scheduler": sched}}))
+                        "scheduler": sched, "threads": 1}}))
         t = str(tmp_path)
         assert main(["orient", "--params", f"{t}/params.yaml", "--averages", f"{t}/averages.h5",
                      "--out", f"{t}/{name}.parquet", "--h5", f"{t}/{name}.h5",
