@@ -22,6 +22,9 @@ from spicompute.geometry import Detector
 
 log = logging.getLogger("spicompute.particle_size")
 
+# first zero of the sphere form factor: tan(x) = x
+FIRST_SPHERE_ZERO = 4.4934
+
 
 def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: float,
                            q_end_nm: float | None = None) -> float | None:
@@ -35,7 +38,10 @@ def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: fl
     q-range ``q_start..q_end``.  This is the paper's sphere-fit size, used here
     only to bound q_max (Nyquist).  None when fewer than 8 profile points are
     usable, when the best fit sits at the largest radius (fringes unresolved),
-    or when the profile is a featureless power law.
+    or when the profile is a featureless power law, or when the first minimum
+    of the best sphere (q R = 4.49) lies beyond the fitted range: a profile that
+    never reaches a fringe constrains only the slope, and a background floor
+    then fits as a tiny sphere.
     """
     ok = np.isfinite(profile) & (profile > 0) & (q_nm >= q_start_nm)
     if q_end_nm is not None:
@@ -56,6 +62,8 @@ def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: fl
     # a profile within ~3 % of a power law has no fringes to size (Porod-like decay)
     power_law = np.var(logp - np.polyval(np.polyfit(np.log(q), logp, 1), np.log(q)))
     if best_r is None or best_r >= radii[-2] or power_law < 1e-3:
+        return None
+    if best_r * q[-1] < FIRST_SPHERE_ZERO:
         return None
     return float(2 * best_r)
 

@@ -12,8 +12,21 @@ grid point.  So ``auto`` resolves, from the averages themselves:
 - ``q_max``: the smallest of the grid radius (the inscribed circle), the last
   radius observed in at least ``outer_coverage`` of its pixels, and the signal
   limit -- the last radius where a typical average (median occupancy) still
-  holds ``min_counts`` expected photons per grid point (mean radial intensity,
-  in mean photons per pixel per frame, times ``n_frames``).
+  holds ``min_counts`` expected photons per grid point *above the floor*
+  (mean radial intensity, in mean photons per pixel per frame, times
+  ``n_frames``): where the particle's Porod tail ``K q^-4``, fitted past the
+  central speckle, falls to ``min_counts`` (:func:`porod_counts_limit`), or
+  where the signal first falls below it when there is no tail to fit.
+
+The floor is what the averages hold where the particle no longer scatters:
+background the 2D EMC did not model away (at 50 background photons per frame
+it holds ~5 photons per grid point per average, far more than a typical
+average's particle signal at high q).  Counted as signal it pushes q_max to
+the detector edge and every stage downstream fits noise.  It is estimated as
+the median of the profile over the outer third of the covered radii: a
+particle's orientation-averaged intensity falls as q^-4 there, so the median
+is dominated by whatever is flat.  When the particle does scatter to the
+edge, subtracting it moves the limit in by at most that outer third.
 
 Stages record the resolved values and each limit in their metrics.
 """
@@ -51,13 +64,57 @@ def radial_profile(averages: AverageSet, dq_bin_nm: float | None = None,
     return np.arange(nb) * dq_bin_nm, mean, sw / np.maximum(npix, 1)
 
 
+def porod_counts_limit(q_axis: np.ndarray, signal_counts: np.ndarray, q_lo_nm: float, q_hi_nm: float,
+                       min_counts: float) -> float | None:
+    """Radius (rad/nm) where the particle's Porod tail falls to ``min_counts``.
+
+    Past the central speckle the orientation-averaged intensity of a compact
+    particle falls as ``K q^-4`` with fringes on top; ``K`` is the median of
+    ``signal q^4`` over the radii of ``q_lo_nm..q_hi_nm`` where the signal is
+    below 1 % of its peak, so neither one fringe minimum nor a slowly decaying
+    background residual sets the limit.  ``signal_counts`` (B,) is expected
+    photons per grid point of a typical average above the floor.  None when
+    fewer than 4 radii lie in the tail.
+    """
+    ok = np.isfinite(signal_counts) & (q_axis > q_lo_nm)
+    if not ok.any():
+        return None
+    peak = float(np.nanmax(np.where(ok, signal_counts, np.nan)))
+    tail = ok & (q_axis <= q_hi_nm) & (signal_counts <= 0.01 * peak) & (signal_counts > 0)
+    if np.count_nonzero(tail) < 4:
+        return None
+    k = float(np.median(signal_counts[tail] * q_axis[tail] ** 4))
+    return float((k / min_counts) ** 0.25)
+
+
+def signal_floor(q_axis: np.ndarray, profile: np.ndarray, coverage: np.ndarray, q_lo_nm: float,
+                 outer_coverage: float = 0.5) -> float:
+    """Flat intensity floor under the particle's signal (same units as ``profile``).
+
+    The median of the radial profile over the outer third of the radii beyond
+    ``q_lo_nm`` observed in at least ``outer_coverage`` of their pixels; 0 when
+    fewer than 6 radii are covered.  Shapes (B,) for the three arrays.
+    """
+    covered = (q_axis > q_lo_nm) & (coverage >= outer_coverage) & np.isfinite(profile)
+    if np.count_nonzero(covered) < 6:
+        return 0.0
+    q_top = float(q_axis[covered].max())
+    outer = covered & (q_axis >= q_lo_nm + (q_top - q_lo_nm) * 2.0 / 3.0)
+    return max(float(np.median(profile[outer])), 0.0)
+
+
 @dataclass
 class QRange:
-    """Resolved q-range (rad/nm) and the limits it was chosen from."""
+    """Resolved q-range (rad/nm), the limits it was chosen from and the signal floor.
+
+    ``floor`` is in mean photons per pixel per frame (:func:`signal_floor`); 0
+    when the bounds were given.
+    """
 
     q_min_nm: float
     q_max_nm: float
     limits: dict = field(default_factory=dict)
+    floor: float = 0.0
 
     def radii(self, dq_nm: float) -> tuple[float, float]:
         """The range in grid steps of ``dq_nm``."""
@@ -65,7 +122,8 @@ class QRange:
 
     def to_dict(self) -> dict:
         return {"q_min_nm": self.q_min_nm, "q_max_nm": self.q_max_nm,
-                "q_max_limits": {k: float(v) for k, v in self.limits.items()}}
+                "q_max_limits": {k: float(v) for k, v in self.limits.items()},
+                "signal_floor": float(self.floor)}
 
 
 def resolve_q_range(averages: AverageSet, q_min_nm="auto", q_max_nm="auto", *, min_counts: float = 1.0,
@@ -86,16 +144,22 @@ def resolve_q_range(averages: AverageSet, q_min_nm="auto", q_max_nm="auto", *, m
         sel = np.arange(averages.n_averages) if index is None else np.asarray(index)
         n_typ = float(np.median(averages.n_frames[sel]))
         beyond = q_axis > q_lo
-        weak = np.flatnonzero(beyond & ~(prof * n_typ >= min_counts))
+        floor = signal_floor(q_axis, prof, coverage, q_lo, outer_coverage)
+        signal = (prof - floor) * n_typ
+        weak = np.flatnonzero(beyond & ~(signal >= min_counts))
         covered = np.flatnonzero(beyond & (coverage >= outer_coverage))
         limits = {"grid_radius_nm": grid_radius,
                   "coverage_nm": float(q_axis[covered[-1]]) if covered.size else q_lo,
                   "counts_nm": float(q_axis[weak[0] - 1]) if weak.size and weak[0] > 0 else float(q_axis[-1])}
+        porod = porod_counts_limit(q_axis, signal, q_lo, limits["counts_nm"], min_counts)
+        if porod is not None:
+            limits["counts_nm"] = porod
         limits.update(extra_limits or {})
         q_hi = float(min(limits.values()))
     else:
         q_hi = float(q_max_nm)
         limits = {"given_nm": q_hi}
+        floor = 0.0
         if q_hi > grid_radius + 1e-9:
             raise ParameterError(f"{section}.q_max_nm" if section else "q_max_nm",
                                  f"{q_hi:.4g} rad/nm exceeds the averages' grid radius {grid_radius:.4g} rad/nm")
@@ -103,7 +167,7 @@ def resolve_q_range(averages: AverageSet, q_min_nm="auto", q_max_nm="auto", *, m
         raise InputError(source, "averages/intensity",
                          f"usable q-range {q_lo:.3f}..{q_hi:.3f} rad/nm is too narrow "
                          f"(limits {', '.join(f'{k} {v:.3f}' for k, v in limits.items())})")
-    return QRange(q_lo, q_hi, limits)
+    return QRange(q_lo, q_hi, limits, floor)
 
 
 def auto_or_positive(name: str, value, *, allow_zero: bool = False):

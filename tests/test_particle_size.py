@@ -79,3 +79,19 @@ def test_bootstrap_uses_and_records_the_resolved_n_rot(small_simulation):
                                           n_runs=1, max_iter=2, min_iter=2, device="cpu"))
     assert res.grid.n_rot == res.resolved["n_rot"] == auto_n_rot(30.0, res.resolved["q_max_used_nm"])
     assert res.resolved["n_rot_source"] == "auto"
+
+
+@pytest.mark.parametrize("q_end, expected", [(1.2, None), (2.5, 6.0)])
+def test_size_needs_a_fringe_in_range(q_end, expected):
+    """A profile that never reaches the first zero of the fitted sphere gives no size:
+    a background floor would otherwise fit as a tiny sphere (low-photon data)."""
+    from spicompute.particle_size import estimate_particle_size
+
+    q = np.linspace(0.03, q_end, 90)
+    x = q * 3.0
+    form = (3 * (np.sin(x) - x * np.cos(x)) / x**3) ** 2
+    size = estimate_particle_size(q, form, 0.03, q_end)
+    if expected is None:
+        assert size is None
+    else:
+        assert size == pytest.approx(expected, rel=0.05)

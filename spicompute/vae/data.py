@@ -136,7 +136,8 @@ def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_s
                          section="vae", source=source)
     q_axis, prof, _ = radial_profile(averages, index=train_index)
     if particle_size_nm == "auto":
-        size = estimate_particle_size(q_axis, prof, qr.q_min_nm, qr.q_max_nm)
+        # the flat floor is not the particle's: its fringes are sized above it
+        size = estimate_particle_size(q_axis, prof - qr.floor, qr.q_min_nm, qr.q_max_nm)
     else:
         size = float(particle_size_nm)
         if not size > 0:
