@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from spicompute.landscape import commonlines as cl
 
-from spicompute import commonlines as cl  # noqa: E402
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 

@@ -6,7 +6,7 @@
 Builds an extra-data mock proc run (``--sequences`` sequence files x ``--trains`` trains x
 ``--pulses`` pulses x 16 modules, every frame written: Poisson background of 1e-3
 photons/pixel ~ 1,000 lit pixels, 7 % cube hits of ~3,000 photons, keV with 0.05-photon
-Gaussian noise), then times :func:`spicompute.io.euxfel_ingest.ingest_run` — the frames
+Gaussian noise), then times :func:`spicompute.ingest.euxfel.ingest_run` — the frames
 stage's EuXFEL path: read by module and train chunk, photon conversion, masks, lit-pixel
 counts, hits written photon-sparse — in-process and with ``--scheduler`` (whose cluster
 start-up and shutdown, timed alone, is included in each Dask run).  Reported:
@@ -45,7 +45,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from spicompute.io.euxfel import agipd_q, load_agipd_geometry
-    from spicompute.io.euxfel_ingest import ingest_run, scheduler_client
+    from spicompute.ingest.euxfel import ingest_run, scheduler_client
     from tests.euxfel_mock import inject, make_proc_run
 
     load_start = os.getloadavg()[0]

@@ -21,10 +21,10 @@ import torch
 
 from spicompute.geometry import grid_q, wavenumber
 from spicompute.io.averages import AverageSet
-from spicompute.orient import cube_reference, fit_orientations, refine_orientations
-from spicompute.orientations import fundamental_orientations, misorientation_deg, sampling_step_deg
-from spicompute.shapes import cube_intensity
-from spicompute.slicing import model_coordinates, random_quaternions
+from spicompute.orient.fit import cube_reference, fit_orientations, refine_orientations
+from spicompute.orient.sampling import fundamental_orientations, misorientation_deg, sampling_step_deg
+from spicompute.simulation.shapes import cube_intensity
+from spicompute.orient.slicing import model_coordinates, random_quaternions
 
 
 def make_averages(m: int, size: int, seed: int = 0):

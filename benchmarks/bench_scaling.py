@@ -36,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_stream import peak_rss_mb  # noqa: E402  (VmHWM of this process)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_stream import peak_rss_mb  # noqa: E402  (VmHWM of this process)
 
 
 PAPER_FRAMES = 2_450_000
@@ -54,8 +55,8 @@ NODES = (4, 16, 64)
 def m_classify2d(n: int, o: dict) -> dict:
     from bench_emc2d import _generate
 
-    from spicompute.cluster import dask_client
-    from spicompute.emc2d_run import EMCConfig, run_bootstrap
+    from spicompute.execution import dask_client
+    from spicompute.emc2d.run import EMCConfig, run_bootstrap
 
     frames = _generate(n, o["side"], o["photons"], seed=3)
     # the client comes from the scheduler option, cfg.scheduler stays "": workers keep Dask's 1 thread,
@@ -72,7 +73,7 @@ def m_classify2d(n: int, o: dict) -> dict:
 
 
 def m_ccmatrix(m: int, o: dict) -> dict:
-    from spicompute.commonlines import cc_matrix, resolve_device
+    from spicompute.landscape.commonlines import cc_matrix, resolve_device
 
     resolve_device("auto")  # imports torch before the clock starts
     rng = np.random.default_rng(0)
@@ -85,13 +86,13 @@ def m_ccmatrix(m: int, o: dict) -> dict:
 
 
 def m_orient(m: int, o: dict) -> dict:
-    from spicompute.cluster import dask_client
+    from spicompute.execution import dask_client
     from spicompute.geometry import grid_q
     from spicompute.io.averages import AverageSet
-    from spicompute.orient import cube_reference, fit_orientations
-    from spicompute.orientations import fundamental_orientations
-    from spicompute.shapes import cube_intensity
-    from spicompute.slicing import model_coordinates, random_quaternions
+    from spicompute.orient.fit import cube_reference, fit_orientations
+    from spicompute.orient.sampling import fundamental_orientations
+    from spicompute.simulation.shapes import cube_intensity
+    from spicompute.orient.slicing import model_coordinates, random_quaternions
 
     size, dq, lam = 65, 0.0345, 0.2066
     rng = np.random.default_rng(1)

@@ -23,14 +23,14 @@ import time
 import numpy as np
 import torch
 
-from spicompute.simulate import SimulationParams, build_detector, simulate
+from spicompute.simulation.simulate import SimulationParams, build_detector, simulate
 
 TARGET_S = 120.0
 
 
 def _setup_seconds(p: SimulationParams) -> float:
     """Wall time of the shape library and truth volumes alone (what precedes the frames)."""
-    import spicompute.simulate as sim
+    import spicompute.simulation.simulate as sim
 
     t0 = time.perf_counter()
     det = build_detector(p, np.random.default_rng(0))

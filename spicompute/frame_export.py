@@ -34,7 +34,7 @@ def selection_frame_ids(selection: dict, averages: pd.DataFrame, frames: pd.Data
 
     averages : per-average table (rules are evaluated on it); frames : results/frames.parquet.
     """
-    from spicompute.selections import members
+    from spicompute.landscape.selections import members
 
     if selection["kind"] != "averages":
         raise InputError(selection.get("name", "selection"), "kind", "frames come from an averages selection")

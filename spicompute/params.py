@@ -141,7 +141,7 @@ _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc|ws|wss)://[^\s/]+(:\d+)?/?$|^[A-Za-
 
 def validate_scheduler(name: str, value) -> str:
     """A stage's ``scheduler``: ``""`` in-process | ``local:N`` | a Dask scheduler address
-    (:mod:`spicompute.cluster`); ``name`` is the dotted parameter.
+    (:mod:`spicompute.execution`); ``name`` is the dotted parameter.
 
     Returns the string ("" for None).  Raises :class:`ParameterError` for a
     non-string, ``local:`` without a positive integer, or something that is

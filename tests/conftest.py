@@ -42,7 +42,7 @@ def small_simulation_params(**overrides) -> dict:
 @pytest.fixture(scope="session")
 def small_simulation():
     """(FrameSet, Truth, SimulationParams) of a small simulated data set."""
-    from spicompute.simulate import SimulationParams, simulate
+    from spicompute.simulation.simulate import SimulationParams, simulate
 
     p = SimulationParams.from_dict(small_simulation_params())
     frames, truth = simulate(p, progress=False)
@@ -53,7 +53,7 @@ def small_simulation():
 def low_photon_simulation():
     """(FrameSet, Truth, SimulationParams): the paper's regime, ~400 particle photons
     plus ~50 background photons per frame (flat + gas term), on the small detector."""
-    from spicompute.simulate import SimulationParams, simulate
+    from spicompute.simulation.simulate import SimulationParams, simulate
 
     p = SimulationParams.from_dict(small_simulation_params(
         n_frames=600, photons_mean=400, background_photons=50, seed=2))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spicompute.background import estimate_background
-from spicompute.emc2d import (LEVELS_PER_OCTAVE, Shard, build_rotation_grid, fluence_level,
+from spicompute.emc2d.background import estimate_background
+from spicompute.emc2d.steps import (LEVELS_PER_OCTAVE, Shard, build_rotation_grid, fluence_level,
                               level_scale, m_step, shard_step)
 from tests.conftest import small_simulation_params
 from tests.test_emc2d_data import make_detector, make_frames
@@ -17,7 +17,7 @@ GEOMETRIES = {"33 binned": dict(detector_size=33, binning=4),
 
 
 def _simulate(background: float, geometry: dict, n_frames: int = 1200, seed: int = 5):
-    from spicompute.simulate import SimulationParams, simulate
+    from spicompute.simulation.simulate import SimulationParams, simulate
 
     p = SimulationParams.from_dict(small_simulation_params(
         n_frames=n_frames, photons_mean=400, background_photons=background, seed=seed,
@@ -147,7 +147,7 @@ def test_background_term_recovers_models_with_background(rng):
 def test_background_likelihood_does_not_depend_on_the_grouping_of_blocks(rng, monkeypatch):
     """Blocks are grouped so that each fluence level's log-model matrix is computed once per
     group: the numbers must not depend on how many groups there are."""
-    import spicompute.emc2d as emc
+    import spicompute.emc2d.steps as emc
 
     det, grid, models, counts = _small_problem(rng, n=300)
     n = counts.shape[0]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from spicompute.baseline2d import naive_classes, ring_features, shape_labels, shape_purity
+from spicompute.emc2d.baseline import naive_classes, ring_features, shape_labels, shape_purity
 
 
 def test_labels_and_purity_arithmetic():
@@ -18,7 +18,7 @@ def test_labels_and_purity_arithmetic():
 
 @pytest.mark.parametrize("photons,floor", [(400, 0.62), (2000, 0.8)])  # chance: 0.5
 def test_naive_clustering_separates_cubes_from_spheres(photons, floor):
-    from spicompute.simulate import SimulationParams, simulate
+    from spicompute.simulation.simulate import SimulationParams, simulate
     from tests.conftest import small_simulation_params
 
     p = SimulationParams.from_dict(small_simulation_params(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from spicompute.emc2d_run import EMCConfig
+from spicompute.emc2d.run import EMCConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
-
-sys.path.insert(0, str(Path(__file__).parent))
 from test_emc2d_data import make_frames  # noqa: E402
 
 from spicompute.cli import main
 from spicompute.io.averages import read_averages
 from spicompute.io.frames import FrameSet, write_frames
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 INTEROP = Path(__file__).resolve().parents[1].parent / "shared" / "interop" / "dragonfly"
 
@@ -105,7 +105,7 @@ def test_n_models_auto_follows_the_frames_per_run(frames_file, tmp_path):
 
 
 def test_models_for_rounds_and_bounds():
-    from spicompute.emc2d_run import EMCConfig
+    from spicompute.emc2d.run import EMCConfig
 
     assert EMCConfig(n_models=7).models_for(1000) == 7
     auto = EMCConfig(n_models="auto", frames_per_class=80)
@@ -159,7 +159,7 @@ def test_import_dragonfly2d(tmp_path, capsys):
 def test_dragonfly_grid_and_angle_convention_fit_the_photons():
     """Frames are explained best by the imported averages under our convention
     (transpose of intens, angle negated) than under the alternatives."""
-    from spicompute.emc2d import bilinear_matrix
+    from spicompute.emc2d.steps import bilinear_matrix
     from spicompute.io.dragonfly import read_dragonfly_photons
     from spicompute.io.dragonfly2d import read_dragonfly2d
 

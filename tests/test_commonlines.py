@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from spicompute.commonlines import (
+from spicompute.landscape.commonlines import (
     auto_radius_range,
     cc_matrix,
     cc_matrix_dense,

@@ -15,8 +15,8 @@ from scipy.spatial.transform import Rotation
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from spicompute.commonlines import cc_matrix
-from spicompute.embedding import clpca
+from spicompute.landscape.commonlines import cc_matrix
+from spicompute.landscape.embedding import clpca
 
 from test_commonlines import SIZE, beamstop_valid, lines_of, make_object, slices
 

@@ -11,7 +11,7 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from spicompute.cli import main
-from spicompute.commonlines import cc_matrix, read_ccmatrix
+from spicompute.landscape.commonlines import cc_matrix, read_ccmatrix
 from spicompute.io.averages import AverageSet, write_averages
 
 from test_commonlines import SIZE, beamstop_valid, lines_of, make_object, slices
@@ -124,11 +124,11 @@ def test_landscape_of_simulated_shapes_tracks_melt_and_flags_contaminants():
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    from spicompute.commonlines import auto_radius_range, normalise_lines, polar_lines
-    from spicompute.embedding import clpca
+    from spicompute.landscape.commonlines import auto_radius_range, normalise_lines, polar_lines
+    from spicompute.landscape.embedding import clpca
     from spicompute.geometry import grid_q
-    from spicompute.simulate import SimulationParams, build_detector, shape_volumes
-    from spicompute.slicing import VolumeSampler, random_quaternions
+    from spicompute.simulation.simulate import SimulationParams, build_detector, shape_volumes
+    from spicompute.orient.slicing import VolumeSampler, random_quaternions
 
     size = 65
     p = SimulationParams.from_dict(dict(detector_size=size, binning=3, volume_size=96,
@@ -211,7 +211,7 @@ def test_empty_and_underoccupied_averages_are_flagged_not_fatal(averages_file, t
     assert np.isfinite(table.pc_1).all()                       # projected into CLPCA space
     assert table.isomap_1.isna().tolist() == (~ccf.usable).tolist() and (table.cluster[~ccf.usable] == -1).all()
     # the fit ignores the flagged averages: same pcs for the rest as a fit without them
-    from spicompute.embedding import clpca
+    from spicompute.landscape.embedding import clpca
 
     u = np.flatnonzero(ccf.usable)
     ref = clpca(ccf.cc[np.ix_(u, u)], 3, seed=0).coords

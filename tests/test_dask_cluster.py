@@ -20,15 +20,15 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 from test_emc2d_data import make_frames  # noqa: E402
 from test_orient import cube_slices, make_averages, noisy  # noqa: E402
 
 from spicompute.cli import main  # noqa: E402
-from spicompute.emc2d_run import EMCConfig, run_bootstrap  # noqa: E402
+from spicompute.emc2d.run import EMCConfig, run_bootstrap  # noqa: E402
 from spicompute.errors import ParameterError  # noqa: E402
 from spicompute.io.averages import write_averages  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 distributed = pytest.importorskip("distributed")
 
@@ -80,7 +80,7 @@ def test_ccmatrix_stage_on_two_worker_processes(cluster, tmp_path):
     from test_commonlines import beamstop_valid, make_object, slices
     from scipy.spatial.transform import Rotation
 
-    from spicompute.commonlines import read_ccmatrix
+    from spicompute.landscape.commonlines import read_ccmatrix
     from spicompute.io.averages import AverageSet
 
     rng = np.random.default_rng(11)
@@ -114,7 +114,7 @@ def keep_torch_threads():
 
 
 def test_orient_stage_on_two_worker_processes(cluster, tmp_path, keep_torch_threads):
-    from spicompute.slicing import random_quaternions
+    from spicompute.orient.slicing import random_quaternions
 
     rng = np.random.default_rng(9)
     avg = make_averages(noisy(cube_slices(random_quaternions(10, rng)), 1e5, rng))
@@ -142,9 +142,9 @@ def test_orient_stage_on_two_worker_processes(cluster, tmp_path, keep_torch_thre
 def test_orient_average_chunks_do_not_change_the_result():
     """In-process, any ``average_chunk`` gives the same numbers to float32 rounding (and the default
     one bitwise what a cluster gives, above)."""
-    from spicompute.orient import cube_reference, fit_orientations
-    from spicompute.orientations import fundamental_orientations
-    from spicompute.slicing import random_quaternions
+    from spicompute.orient.fit import cube_reference, fit_orientations
+    from spicompute.orient.sampling import fundamental_orientations
+    from spicompute.orient.slicing import random_quaternions
 
     rng = np.random.default_rng(2)
     avg = make_averages(noisy(cube_slices(random_quaternions(20, rng)), 1e5, rng))
@@ -173,7 +173,7 @@ def test_bad_scheduler_is_a_parameter_error(tmp_path, capsys, section, value):
 # ----------------------------------------------------------------------------- SLURM (dry run)
 def test_slurm_job_script_from_settings():
     pytest.importorskip("dask_jobqueue")
-    from spicompute.cluster import SlurmSettings, slurm_cluster
+    from spicompute.execution import SlurmSettings, slurm_cluster
 
     settings = SlurmSettings.from_dict({
         "queue": "maxcpu", "cores": 32, "memory": "128GB", "walltime": "12:00:00", "processes": 2,
@@ -204,7 +204,7 @@ def test_slurm_job_script_from_settings():
                                        ({"cores": 2, "processes": 4}, "processes"),
                                        ({"job_extra": "--exclusive"}, "job_extra")])
 def test_slurm_settings_are_validated(bad, name):
-    from spicompute.cluster import SlurmSettings
+    from spicompute.execution import SlurmSettings
 
     with pytest.raises(ParameterError, match=f"slurm.{name}"):
         SlurmSettings.from_dict(bad)
@@ -212,7 +212,7 @@ def test_slurm_settings_are_validated(bad, name):
 
 def test_slurm_cli_dry_run_prints_the_job_script(capsys):
     pytest.importorskip("dask_jobqueue")
-    from spicompute.cluster import main as cluster_main
+    from spicompute.execution import main as cluster_main
 
     assert cluster_main(["slurm", "--queue", "upex", "--cores", "8", "--memory", "16GB", "--walltime",
                          "01:00:00", "--job-extra=--gres=gpu:1", "--dry-run"]) == 0
@@ -222,7 +222,7 @@ def test_slurm_cli_dry_run_prints_the_job_script(capsys):
 
 
 def test_localhost_is_an_address_not_a_local_cluster():
-    from spicompute.cluster import local_workers
+    from spicompute.execution import local_workers
     from spicompute.params import validate_scheduler
 
     assert validate_scheduler("ccmatrix.scheduler", "localhost:8786") == "localhost:8786"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from spicompute.embedding import (
+from spicompute.landscape.embedding import (
     auto_cluster,
     cc_distance,
     clpca,
@@ -131,7 +131,7 @@ def test_cc_matrix_of_two_objects_clusters_them():
 
     from test_commonlines import lines_of, make_object, slices
 
-    from spicompute.commonlines import cc_matrix
+    from spicompute.landscape.commonlines import cc_matrix
 
     rng = np.random.default_rng(21)
     imgs = np.concatenate([slices(make_object(rng), Rotation.random(25, random_state=s))

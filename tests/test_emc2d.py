@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from test_emc2d_data import best_rotation_cc, make_detector, make_frames, pixel_xy  # noqa: E402
 
-from spicompute.emc2d import Shard, bilinear_matrix, build_rotation_grid, rotated_models, shard_step
-from spicompute.emc2d_run import EMCConfig, initial_models, run_bootstrap, usable_counts
+from spicompute.emc2d.steps import Shard, bilinear_matrix, build_rotation_grid, rotated_models, shard_step
+from spicompute.emc2d.run import EMCConfig, initial_models, run_bootstrap, usable_counts
 from spicompute.errors import ParameterError
 from spicompute.io.frames import FrameSet
+
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_shard_partial_sums_add_up(data):
     cut = [0, 120, 300]
     parts = [shard_step(Shard.from_counts(counts[a:b]), grid, models, phi[a:b], beta[a:b])
              for a, b in zip(cut[:-1], cut[1:])]
-    from spicompute.emc2d import PartialSums
+    from spicompute.emc2d.steps import PartialSums
 
     tot = PartialSums.combine(parts)
     np.testing.assert_allclose(tot.num, whole.num, rtol=1e-4, atol=1e-7 * whole.num.max())
@@ -227,7 +228,7 @@ def test_gpu_matches_cpu(data):
 
 
 def test_scheduler_strings():
-    from spicompute.emc2d_run import make_client, worker_threads_for
+    from spicompute.emc2d.run import make_client, worker_threads_for
 
     assert make_client("") is None
     with pytest.raises(ParameterError, match="scheduler"):
@@ -241,7 +242,7 @@ def test_sparse_posterior_m_step_equals_dense(data, monkeypatch):
     """With sharp posteriors (beta 1) only a few (frame, column) pairs survive prob_min; the
     M-step from the kept pairs equals the dense float64 reference with the same truncation and
     the dense-kernel numerator, and differs from the untruncated sums by very little."""
-    import spicompute.emc2d as emc
+    import spicompute.emc2d.steps as emc
 
     fs = data[0]
     grid = build_rotation_grid(fs.detector, 12)

@@ -10,14 +10,15 @@ import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
-sys.path.insert(0, str(Path(__file__).parent))
 from test_emc2d_data import make_frames  # noqa: E402
 
-from spicompute.emc2d_run import EMCConfig, run_bootstrap  # noqa: E402
+from spicompute.emc2d.run import EMCConfig, run_bootstrap  # noqa: E402
 from spicompute.errors import InputError, ParameterError  # noqa: E402
 from spicompute.io.frames import read_frames, write_frames  # noqa: E402
 from spicompute.io.stream import FrameFile, write_sparse_frames_stream  # noqa: E402
+
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module", params=[(41, 300.0), (33, 60.0)], ids=["41px-300ph", "33px-60ph"])
@@ -104,7 +105,7 @@ def test_stream_parameter(tmp_path):
         EMCConfig.from_params({"stream": "yes"})
     with pytest.raises(ParameterError, match="classify2d.engine"):
         EMCConfig.from_params({"stream": True, "engine": "dense"})
-    from spicompute.emc2d_run import STREAM_AUTO_FRAMES, use_stream
+    from spicompute.emc2d.run import STREAM_AUTO_FRAMES, use_stream
 
     assert not use_stream(EMCConfig(), STREAM_AUTO_FRAMES) and use_stream(EMCConfig(), STREAM_AUTO_FRAMES + 1)
     assert use_stream(EMCConfig(stream=True), 10) and not use_stream(EMCConfig(stream=False), 10**7)

@@ -1,10 +1,10 @@
-"""Photon conversion and lit-pixel hit finding (spicompute.hitfinding)."""
+"""Photon conversion and lit-pixel hit finding (spicompute.ingest.hitfinding)."""
 
 import numpy as np
 import pytest
 
 from spicompute.errors import ParameterError
-from spicompute.hitfinding import (auto_threshold, lit_histogram, lit_pixels,
+from spicompute.ingest.hitfinding import (auto_threshold, lit_histogram, lit_pixels,
                                    resolve_threshold, to_photons)
 
 

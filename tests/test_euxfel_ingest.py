@@ -14,16 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 
-pytest.importorskip("extra_data")
-
 from spicompute.errors import InputError, ParameterError  # noqa: E402
 from spicompute.io.euxfel import agipd_q, load_agipd_geometry, static_mask  # noqa: E402
-from spicompute.io.euxfel_ingest import (ingest_run, parse_slice, sparse_photons,  # noqa: E402
+from spicompute.ingest.euxfel import (ingest_run, parse_slice, sparse_photons,  # noqa: E402
                                          threshold_sample)
 from spicompute.io.frames import read_frames  # noqa: E402
-from spicompute.hitfinding import to_photons  # noqa: E402
+from spicompute.ingest.hitfinding import to_photons  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from tests.euxfel_mock import inject, make_proc_run  # noqa: E402
+
+pytest.importorskip("extra_data")
 
 E_KEV = 6.0
 DIST = 705.0
@@ -258,7 +258,7 @@ def test_raw_spb_run_in_adu(tmp_path, q_default):
 
 PEAK_SCRIPT = """
 import re, sys, json
-from spicompute.io.euxfel_ingest import ingest_run
+from spicompute.ingest.euxfel import ingest_run
 m = ingest_run(dict(input=sys.argv[1], distance_mm=705.0, photon_energy_kev=6.0, trains=sys.argv[2],
                     trains_per_chunk=1), sys.argv[3] + "/f.h5", sys.argv[3] + "/h.parquet")
 # VmHWM: this process's peak resident memory (ru_maxrss may carry the forking parent's peak)
@@ -330,7 +330,7 @@ def test_photon_energy_from_the_run_or_its_raw_sibling(tmp_path, two_sequence_ru
     from extra_data import RunDirectory
     from extra_data.tests.make_examples import make_spb_run
 
-    from spicompute.io.euxfel_ingest import EuxfelConfig, photon_energy
+    from spicompute.ingest.euxfel import EuxfelConfig, photon_energy
 
     raw = tmp_path / "p002601" / "raw" / "r0034"
     raw.mkdir(parents=True)
@@ -349,7 +349,7 @@ def test_photon_energy_from_the_run_or_its_raw_sibling(tmp_path, two_sequence_ru
 
 
 def test_histogram_edges_put_the_threshold_between_bins():
-    from spicompute.io.euxfel_ingest import histogram_edges
+    from spicompute.ingest.euxfel import histogram_edges
 
     for thr, top in ((5.0, 0.0), (312.7, 2000.0), (0.0, 10.0), (1e4, 10.0)):
         edges = histogram_edges(thr, top)

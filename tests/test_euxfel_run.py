@@ -4,12 +4,12 @@ import h5py
 import scipy.sparse as sp
 import numpy as np
 import pytest
-
-pytest.importorskip("extra_data")
 from extra_data.tests.make_examples import make_modern_spb_proc_run  # noqa: E402
 
-from spicompute.hitfinding import lit_pixels, resolve_threshold  # noqa: E402
+from spicompute.ingest.hitfinding import lit_pixels, resolve_threshold  # noqa: E402
 from spicompute.io.euxfel import iter_run_photons, static_mask  # noqa: E402
+
+pytest.importorskip("extra_data")
 
 E_KEV = 6.0
 

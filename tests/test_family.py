@@ -1,4 +1,4 @@
-"""The cube-end family found without truth (spicompute.family, select.mode family)."""
+"""The cube-end family found without truth (spicompute.landscape.family, select.mode family)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 
 from spicompute.cli import main
 from spicompute.errors import ParameterError
-from spicompute.family import clpca_similarity, find_family
+from spicompute.landscape.family import clpca_similarity, find_family
 from spicompute.io.tables import read_table, write_table
 from spicompute.stages.select import options, select_averages, truth_scores
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from spicompute.errors import ParameterError
-from spicompute.features import (
+from spicompute.landscape.features import (
     FeatureParams,
     Standardizer,
     feature_index,

@@ -6,7 +6,7 @@ import pytest
 
 from spicompute.cli import main
 from spicompute.errors import InputError, ParameterError
-from spicompute.ingest import detect_format, ingest
+from spicompute.ingest.files import detect_format, ingest
 from spicompute.io.cxi import write_cxi
 from spicompute.io.dragonfly import (read_dragonfly_photons, write_dragonfly_detector,
                                      write_dragonfly_photons)

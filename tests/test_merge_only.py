@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from spicompute.emc2d import Shard, build_rotation_grid, m_step, shard_step
-from spicompute.emc2d_run import EMCConfig, initial_models, run_bootstrap, usable_counts
+from spicompute.emc2d.steps import Shard, build_rotation_grid, m_step, shard_step
+from spicompute.emc2d.run import EMCConfig, initial_models, run_bootstrap, usable_counts
 from spicompute.io.dragonfly import read_dragonfly_detector, write_dragonfly_detector
 from spicompute.io.frames import FrameSet, read_frames, write_frames
 from tests.conftest import INTEROP

@@ -12,7 +12,7 @@ import pytest
 from spicompute.errors import InputError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet, write_averages
-from spicompute.orient import (
+from spicompute.orient.fit import (
     cube_reference,
     fit_orientations,
     fit_region,
@@ -22,9 +22,9 @@ from spicompute.orient import (
     scan_sizes,
     volume_reference,
 )
-from spicompute.orientations import fundamental_orientations, misorientation_deg, sampling_step_deg
-from spicompute.shapes import cube_intensity, sphere_intensity
-from spicompute.slicing import model_coordinates, random_quaternions
+from spicompute.orient.sampling import fundamental_orientations, misorientation_deg, sampling_step_deg
+from spicompute.simulation.shapes import cube_intensity, sphere_intensity
+from spicompute.orient.slicing import model_coordinates, random_quaternions
 
 SIZE, DQ, LAM = 65, 0.0345, 0.2066  # 6 keV; a 42 nm cube's fringes every ~4.3 grid steps
 EDGE = 42.0
@@ -187,8 +187,8 @@ def test_orient_stage_cli(tmp_path):
 
 def test_gain_falls_along_the_simulated_melt_family(zone12):
     """The embedded default's shapes: cube (t=0) > rounded cube (t=0.5) > sphere (t=1)."""
-    from spicompute.simulate import SimulationParams, build_detector, shape_volumes
-    from spicompute.slicing import slice_volume
+    from spicompute.simulation.simulate import SimulationParams, build_detector, shape_volumes
+    from spicompute.orient.slicing import slice_volume
 
     p = SimulationParams.from_dict({"detector_size": SIZE, "binning": 4, "volume_size": 96,
                                     "rod_length_nm": 50.0,
@@ -246,7 +246,7 @@ def test_voxelised_cube_fitted_against_the_closed_form(zone12):
     """Averages sliced from the FFT intensity of a voxelised cube (21 voxels of
     2 nm, 128^3 box: not the generating formula of the reference) are oriented
     by the closed-form cube reference, within the sampling step, before refinement."""
-    from spicompute.slicing import VolumeSampler
+    from spicompute.orient.slicing import VolumeSampler
 
     n, a = 128, 2.0
     box = np.zeros((n, n, n), np.float32)

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from spicompute.errors import ParameterError
-from spicompute.orientations import (
+from spicompute.orient.sampling import (
     canonical,
     cube_group,
     fundamental_orientations,

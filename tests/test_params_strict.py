@@ -3,7 +3,7 @@
 import pytest
 
 from spicompute.cli import main
-from spicompute.emc2d_run import EMCConfig
+from spicompute.emc2d.run import EMCConfig
 from spicompute.errors import ParameterError
 
 

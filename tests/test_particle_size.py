@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import small_simulation_params
-from spicompute.emc2d_run import EMCConfig, resolve_n_rot
+from spicompute.emc2d.run import EMCConfig, resolve_n_rot
 from spicompute.errors import ParameterError
-from spicompute.particle_size import auto_n_rot, estimate_particle_size_nm
+from spicompute.emc2d.particle_size import auto_n_rot, estimate_particle_size_nm
 
 # the simulated cubes (edge 42 nm) have the volume of a sphere of this diameter
 CUBE_EQUIVALENT_D = 42.0 * (6 / math.pi) ** (1 / 3)
@@ -34,7 +34,7 @@ def test_particle_size_from_the_data(which, small_simulation, low_photon_simulat
     elif which == "low_photon_background":
         frames = low_photon_simulation[0]
     else:
-        from spicompute.simulate import SimulationParams, simulate
+        from spicompute.simulation.simulate import SimulationParams, simulate
 
         frames, _ = simulate(SimulationParams.from_dict(small_simulation_params(
             n_frames=150, detector_size=65, binning=2, seed=3)), progress=False)
@@ -72,7 +72,7 @@ def test_bad_rotation_parameters_are_named(kw):
 
 
 def test_bootstrap_uses_and_records_the_resolved_n_rot(small_simulation):
-    from spicompute.emc2d_run import run_bootstrap
+    from spicompute.emc2d.run import run_bootstrap
 
     frames = small_simulation[0]
     res = run_bootstrap(frames, EMCConfig(n_models=2, n_rot="auto", particle_size_nm=30.0,
@@ -85,7 +85,7 @@ def test_bootstrap_uses_and_records_the_resolved_n_rot(small_simulation):
 def test_size_needs_a_fringe_in_range(q_end, expected):
     """A profile that never reaches the first zero of the fitted sphere gives no size:
     a background floor would otherwise fit as a tiny sphere (low-photon data)."""
-    from spicompute.particle_size import estimate_particle_size
+    from spicompute.emc2d.particle_size import estimate_particle_size
 
     q = np.linspace(0.03, q_end, 90)
     x = q * 3.0

@@ -111,7 +111,7 @@ def test_cube_averages_have_higher_gain_than_sphere_averages(pipeline):
 def test_cube_averages_streak_and_sphere_averages_ring(pipeline):
     root, table = pipeline
     averages = read_averages(root / "data" / "averages.h5")
-    from spicompute.polar import polar_resample
+    from spicompute.landscape.polar import polar_resample
 
     polar, valid = polar_resample(averages.intensity, averages.valid, np.arange(6, 24), 72)
     sector = np.where(valid, polar, np.nan)

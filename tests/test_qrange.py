@@ -5,7 +5,7 @@ import pytest
 
 from spicompute.errors import InputError, ParameterError
 from spicompute.qrange import radial_profile, resolve_q_range
-from spicompute.regressor import split_by_runs
+from spicompute.landscape.regressor import split_by_runs
 from tests.melt_series import melt_averages
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from spicompute.errors import InputError
-from spicompute.features import FeatureParams, rotation_invariant_features
+from spicompute.landscape.features import FeatureParams, rotation_invariant_features
 from spicompute.io.averages import AverageSet, write_averages
-from spicompute.regressor import (
+from spicompute.landscape.regressor import (
     TrainConfig,
     load_regressor,
     regression_metrics,

@@ -165,7 +165,7 @@ def test_temporaries_of_killed_runs_are_removed_at_the_next_start(vae_project, t
 
 def _ccmatrix(path: Path, m: int = 230) -> None:
     """A CC matrix of ``m`` averages on a noisy curved 1-D manifold (Isomap takes ARPACK above 200)."""
-    from spicompute.commonlines import CCResult, write_ccmatrix
+    from spicompute.landscape.commonlines import CCResult, write_ccmatrix
 
     rng = np.random.default_rng(4)
     t = rng.uniform(0, 3, m)
@@ -339,7 +339,7 @@ def test_one_malformed_selection_file_does_not_block_volumes(vae_project, tmp_pa
 
 def test_selection_names_and_ids_are_validated_in_full(tmp_path):
     from spicompute.errors import InputError
-    from spicompute.selections import validate_name, write_selection
+    from spicompute.landscape.selections import validate_name, write_selection
 
     for bad in ("abc\n", "abc\n.json", "a/b", "../x", "a" * 65, ""):
         with pytest.raises(ValueError):

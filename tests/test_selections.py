@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from spicompute.errors import InputError, ParameterError
-from spicompute.selections import (apply_rule, list_selections, members, read_selection, selection_path,
+from spicompute.landscape.selections import (apply_rule, list_selections, members, read_selection, selection_path,
                                    validate_name, write_selection)
 from spicompute.stages.select import options, select_averages
 

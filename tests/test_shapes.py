@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from scipy.signal import argrelmin
 
-from spicompute.shapes import (box_amplitude, cube_amplitude, cube_intensity, melt_half_size,
+from spicompute.simulation.shapes import (box_amplitude, cube_amplitude, cube_intensity, melt_half_size,
                                sphere_amplitude, sphere_intensity, superellipsoid_amplitude_grid,
                                superellipsoid_diameter, superellipsoid_exponent,
                                superellipsoid_intensity_volume, superellipsoid_volume_factor)
-from spicompute.slicing import VolumeSampler, random_quaternions, rotation_matrices
+from spicompute.orient.slicing import VolumeSampler, random_quaternions, rotation_matrices
 
 
 def _first_minima(profile, q, count):

@@ -5,12 +5,10 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from spicompute.errors import ParameterError
-from spicompute.shapes import (cube_amplitude, melt_half_size, sphere_amplitude,
+from spicompute.simulation.shapes import (cube_amplitude, melt_half_size, sphere_amplitude,
                                superellipsoid_amplitude_grid, superellipsoid_exponent)
-from spicompute.simulate import (ShapeLibrary, SimulationParams, background_profile,
-                                 background_sparse, build_detector, expected_patterns,
-                                 make_library, poisson_sparse, simulate)
-from spicompute.slicing import random_quaternions, rotation_matrices
+from spicompute.simulation.simulate import ShapeLibrary, SimulationParams, background_profile, background_sparse, build_detector, expected_patterns, make_library, poisson_sparse, simulate
+from spicompute.orient.slicing import random_quaternions, rotation_matrices
 from tests.conftest import small_simulation_params
 
 
@@ -113,7 +111,7 @@ def test_truth_grid_box_is_at_least_twice_the_largest_particle():
 
 
 def test_aggregate_forward_scattering_is_total_volume_squared_and_anisotropic():
-    from spicompute.simulate import aggregate_intensity
+    from spicompute.simulation.simulate import aggregate_intensity
 
     q = np.zeros((1, 3))
     a = 42.0

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from spicompute.cli import main
-from spicompute.trajectory import graph_path, resample_polyline, straight_path
+from spicompute.landscape.trajectory import graph_path, resample_polyline, straight_path
 
 
 def u_shaped_cloud(rng, n=300):

@@ -13,8 +13,8 @@ from scipy.stats import spearmanr
 from spicompute.errors import InputError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
-from spicompute.orient import best_slices, volume_reference
-from spicompute.slicing import random_quaternions, rotation_matrices
+from spicompute.orient.fit import best_slices, volume_reference
+from spicompute.orient.slicing import random_quaternions, rotation_matrices
 from spicompute.vae.data import model_inputs, plan_preprocessing
 from spicompute.vae.model import PRESETS, VAE, architecture
 from spicompute.vae.slicer import slice_volumes
@@ -153,7 +153,7 @@ def test_fitted_scale_minimises_mse_log():
 def _slices_at_random_orientations(volume, dq3, n, dq, lam, m, rng):
     """Noiseless averages (photons/pixel/frame) of ``volume`` on an n x n grid of step dq, with
     different fluences and member counts, a 2-pixel beamstop; and their quaternions."""
-    from spicompute.slicing import VolumeSampler
+    from spicompute.orient.slicing import VolumeSampler
 
     quats = random_quaternions(m, rng)
     q = grid_q(n, dq, lam).reshape(-1, 3)
@@ -167,7 +167,7 @@ def _slices_at_random_orientations(volume, dq3, n, dq, lam, m, rng):
 
 
 def test_the_exact_cube_volume_fits_its_own_slices_and_a_sphere_does_not(rng):
-    from spicompute.shapes import cube_intensity, sphere_intensity
+    from spicompute.simulation.shapes import cube_intensity, sphere_intensity
     from spicompute.vae.train import slice_loss
 
     n, dq, lam, edge, m = 27, 0.045, 0.2066, 42.0, 48
@@ -203,7 +203,7 @@ def test_the_exact_cube_volume_fits_its_own_slices_and_a_sphere_does_not(rng):
 
 
 def test_poisson_loss_is_the_likelihood_of_the_members_photons(rng):
-    from spicompute.shapes import cube_intensity, sphere_intensity
+    from spicompute.simulation.shapes import cube_intensity, sphere_intensity
     from spicompute.vae.train import slice_loss
 
     n, dq, lam, edge, m = 27, 0.045, 0.2066, 42.0, 16
@@ -330,7 +330,7 @@ def _check_melt_latent():
     # generated volumes at the two ends of z vs the true cube and sphere intensities
     z_cube, z_sphere = (mu[:, 0].min(), mu[:, 0].max()) if rho > 0 else (mu[:, 0].max(), mu[:, 0].min())
     gen = decode_volumes(model, np.array([[z_cube], [z_sphere]]), prep)
-    from spicompute.slicing import VolumeSampler
+    from spicompute.orient.slicing import VolumeSampler
 
     c = prep.volume_size // 2
     axis = (np.arange(prep.volume_size) - c) * prep.dq3_nm
@@ -365,7 +365,7 @@ def test_cuda_training_matches_cpu_at_the_first_step(amp):
 
 def test_particle_size_from_the_radial_profile():
     from spicompute.qrange import radial_profile
-    from spicompute.particle_size import estimate_particle_size
+    from spicompute.emc2d.particle_size import estimate_particle_size
 
     q = np.linspace(0.02, 1.0, 200)
     x = q * 25.0

@@ -75,7 +75,7 @@ def test_select_vae_volumes_end_to_end(tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert (root / "dvclive/vae/metrics.json").exists()
     # a dashboard-made latent point joins the line
-    from spicompute.selections import write_selection
+    from spicompute.landscape.selections import write_selection
 
     write_selection(root / "selections", "probe", kind="latent_points", points=[[0.25]])
     assert _run(root, "volumes") == 0

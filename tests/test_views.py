@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spicompute.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display, projection,
+from dashboard.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display, projection,
                               quantize_uint8)
 
 
@@ -22,7 +22,7 @@ def test_central_section_along_100_is_the_middle_plane(rng):
 
 
 def test_sections_of_a_cube_intensity_show_its_symmetry():
-    from spicompute.shapes import cube_intensity
+    from spicompute.simulation.shapes import cube_intensity
 
     size, dq = 33, 0.03
     a = (np.arange(size) - 16) * dq

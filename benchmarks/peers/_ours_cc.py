@@ -21,7 +21,7 @@ def main(argv) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    from spicompute import commonlines as cl
+    from spicompute.landscape import commonlines as cl
 
     with h5py.File(path, "r") as h5:
         intens = np.asarray(h5["intens"][()], np.float32)

@@ -21,8 +21,8 @@ def main(argv) -> int:
 
     torch.set_num_threads(int(threads))
     import spicompute
-    from spicompute.emc2d import build_rotation_grid
-    from spicompute.emc2d_run import EMCConfig, initial_models, run_emc, usable_counts
+    from spicompute.emc2d.steps import build_rotation_grid
+    from spicompute.emc2d.run import EMCConfig, initial_models, run_emc, usable_counts
     from spicompute.io.dragonfly import read_dragonfly_photons
 
     t0 = time.perf_counter()

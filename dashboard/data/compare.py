@@ -1,6 +1,6 @@
 """Comparing two runs: Procrustes-aligned landscapes, matched averages, clusters.
 
-The alignment itself is :func:`spicompute.embedding.procrustes_align` (the
+The alignment itself is :func:`spicompute.landscape.embedding.procrustes_align` (the
 pipeline's implementation, used here unchanged).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from spicompute.embedding import procrustes_align
+from spicompute.landscape.embedding import procrustes_align
 
 __all__ = ["procrustes_align", "align_landscapes", "cluster_correspondence"]
 

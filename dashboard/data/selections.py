@@ -1,8 +1,8 @@
-"""Selections written back into the pipeline (format: :mod:`spicompute.selections`).
+"""Selections written back into the pipeline (format: :mod:`spicompute.landscape.selections`).
 
 The dashboard turns a box/lasso selection on a scatter into a list of
 ``average_id`` and writes ``selections/<name>.json`` with
-:func:`spicompute.selections.write_selection`; the ``select`` stage depends on
+:func:`spicompute.landscape.selections.write_selection`; the ``select`` stage depends on
 ``selections/``, so ``dvc status`` reports it changed and ``dvc repro`` picks
 it up.  Names are validated by the same module (never joined blindly).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spicompute.selections import (list_selections, read_selection, selection_path,
+from spicompute.landscape.selections import (list_selections, read_selection, selection_path,
                                    validate_name, write_selection)
 
 __all__ = ["ids_from_event", "save", "rename", "delete", "frame_ids", "frame_ids_csv",
@@ -86,7 +86,7 @@ def frame_ids(selection: dict, averages: pd.DataFrame, frames: pd.DataFrame) -> 
     naming averages this run does not have raises InputError (as the export does).
     """
     from spicompute.errors import InputError
-    from spicompute.selections import members
+    from spicompute.landscape.selections import members
 
     if "average_ids" in selection:
         unknown = np.setdiff1d(np.asarray(selection["average_ids"], np.int64),

@@ -19,7 +19,7 @@ from dashboard.common import (attempt, averages_table, current_rev, file_key, gr
 from dashboard.data import density, drill, loaders, selections
 from dashboard.figures import energy_contours, image_grid
 
-from spicompute.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display,
+from dashboard.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display,
                               projection, quantize_uint8)
 
 st.set_page_config(page_title="Volumes · SPI Landscape", layout="wide")
@@ -324,7 +324,7 @@ with st.form("latent_point"):
                            value=", ".join(f"{v:.3f}" for v in zs[pick]), key="latent_z")
     note = st.text_input("note", key="latent_note")
     if st.form_submit_button("Save selection"):
-        from spicompute.selections import write_selection
+        from spicompute.landscape.selections import write_selection
 
         def save_point():
             point = [float(v) for v in z_text.split(",")]

@@ -100,7 +100,7 @@ def iter_run_photons(run_dir, photon_energy_kev: float, threshold: float = 0.5,
 
     Reads ``trains_per_chunk`` trains at a time (memory per chunk:
     16 x 512 x 128 x 4 B x frames-in-chunk, x2 for the mask), converts to
-    photons (:func:`spicompute.hitfinding.to_photons`, keV unless
+    photons (:func:`spicompute.ingest.hitfinding.to_photons`, keV unless
     ``adu_per_photon`` is given) and masks pixels flagged in the proc
     ``image.mask`` (non-zero = bad) or False in ``good`` ((16, 512, 128) bool).
 
@@ -110,7 +110,7 @@ def iter_run_photons(run_dir, photon_energy_kev: float, threshold: float = 0.5,
     from extra_data import RunDirectory
     from extra_data.components import AGIPD1M
 
-    from spicompute.hitfinding import to_photons
+    from spicompute.ingest.hitfinding import to_photons
 
     try:
         run = RunDirectory(str(run_dir))

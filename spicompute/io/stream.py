@@ -196,7 +196,7 @@ def streams_on_ingest(data: dict) -> bool:
     """Whether the frames stage should copy ``data.input`` block by block: it is a frames file in our
     layout (format auto or frames) with more than ``STREAM_INGEST_FRAMES`` frames, and the layout
     asked for is auto or sparse."""
-    from spicompute.ingest import detect_format
+    from spicompute.ingest.files import detect_format
 
     fmt = data.get("format", "auto") or "auto"
     if fmt not in ("auto", "frames") or (data.get("layout", "auto") or "auto") not in ("auto", "sparse"):

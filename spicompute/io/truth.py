@@ -34,7 +34,7 @@ OPTIONAL = ("background_photons",)  # files written before it existed lack it
 
 
 def write_truth(path: str | Path, truth, params: dict | None = None) -> None:
-    """Write a :class:`spicompute.simulate.Truth` atomically."""
+    """Write a :class:`spicompute.simulation.simulate.Truth` atomically."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         stamp(h5, "frames", params)
         g = h5.create_group("truth")

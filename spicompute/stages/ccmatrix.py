@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-from spicompute import commonlines as cl
 from spicompute.errors import InputError, ParameterError
 from spicompute.io.averages import read_averages
 from spicompute.io.provenance import write_json_atomic
 from spicompute.params import choice, in_range, positive, with_defaults
 from spicompute.stages._common import progress_disabled, stage_params
+from spicompute.landscape import commonlines as cl
 
 COMMAND = "ccmatrix"
 HELP = "common-line CC matrix of the class averages (blocked BLAS, best angle pairs)"

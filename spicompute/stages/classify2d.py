@@ -174,7 +174,7 @@ def read_truth_or_none(truth_path: str) -> dict | None:
 
 def purity_against_baseline(truth: dict, frames, result, n_models: int, seed: int) -> dict:
     """Shape purity of each run's EMC classes and of the naive baseline on the same frames."""
-    from spicompute.baseline2d import naive_classes, shape_labels, shape_purity
+    from spicompute.emc2d.baseline import naive_classes, shape_labels, shape_purity
 
     by_id = pd.Series(np.arange(len(truth["frame_id"])), index=truth["frame_id"])
     labels_all = shape_labels(truth["class_name"], truth["melt_t"])
@@ -196,7 +196,7 @@ def purity_against_baseline(truth: dict, frames, result, n_models: int, seed: in
 
 
 def run(args) -> int:
-    from spicompute.emc2d_run import (EMCConfig, make_client, run_bootstrap,  # torch: not at CLI start
+    from spicompute.emc2d.run import (EMCConfig, make_client, run_bootstrap,  # torch: not at CLI start
                                       use_stream)
 
     params = stage_params(args, "classify2d")

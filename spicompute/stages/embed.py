@@ -19,14 +19,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from spicompute import embedding as em
-from spicompute.commonlines import read_ccmatrix
+from spicompute.landscape.commonlines import read_ccmatrix
 from spicompute.errors import InputError, ParameterError
 from spicompute.io.provenance import stamp, write_json_atomic
 from spicompute.io.storage import memory_output
 from spicompute.io.tables import write_table
 from spicompute.params import choice, positive, with_defaults
 from spicompute.stages._common import stage_params
+from spicompute.landscape import embedding as em
 
 COMMAND = "embed"
 HELP = "CLPCA (PCA of the CC matrix), Isomap, spectral, t-SNE embeddings and clusters"

@@ -112,7 +112,7 @@ def animation_frames(log_volumes: np.ndarray, densities: np.ndarray | None, labe
     """
     from PIL import Image, ImageDraw
 
-    from spicompute.views import DIRECTIONS, central_section, projection
+    from dashboard.views import DIRECTIONS, central_section, projection
 
     frames = []
     for k, label in enumerate(labels):

@@ -3,9 +3,9 @@
 Writes the frames file (photon counts + detector geometry, layout in
 spicompute/io/frames.py) and, for simulations only, a separate truth file.
 A directory as ``data.input`` is a EuXFEL run (AGIPD 1M), streamed with photon
-conversion and hit finding; only hits are written (spicompute/io/euxfel_ingest.py,
+conversion and hit finding; only hits are written (spicompute/ingest/euxfel.py,
 docs/euxfel.md).  For every input the stage also writes the per-frame table
-(``--hits``), ``--metrics`` and the lit-pixel histogram (spicompute/io/frames_report.py).
+(``--hits``), ``--metrics`` and the lit-pixel histogram (spicompute/ingest/report.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import contextlib
 import time
 from pathlib import Path
 
-from spicompute.io.euxfel_ingest import EUXFEL_KEYS
+from spicompute.ingest.euxfel import EUXFEL_KEYS
 from spicompute.io.frames import write_frames
 from spicompute.errors import InputError
-from spicompute.io.frames_report import frameset_report, write_json, write_lit_histogram
+from spicompute.ingest.report import frameset_report, write_json, write_lit_histogram
 from spicompute.io.truth import write_truth
 from spicompute.stages._common import all_params, get_logger, progress_disabled
 
@@ -74,7 +74,7 @@ def run(args) -> int:
         raise InputError(data["input"], "data.input", f"is a directory, but data.format {fmt!r} "
                          "reads a file (format auto takes a directory as a EuXFEL run)")
     if data.get("input") and Path(data["input"]).is_dir():  # a EuXFEL run: stream, hits only
-        from spicompute.io.euxfel_ingest import ingest_run
+        from spicompute.ingest.euxfel import ingest_run
 
         metrics = ingest_run(data, args.out, args.hits, stage=COMMAND,
                              progress=not progress_disabled(args))
@@ -87,7 +87,7 @@ def run(args) -> int:
                  metrics["hit_threshold"], time.perf_counter() - start, args.out)
         return 0
     if data.get("input"):
-        from spicompute.ingest import ingest
+        from spicompute.ingest.files import ingest
         from spicompute.io.stream import copy_frames_stream, streams_on_ingest
 
         if streams_on_ingest(data):  # a large file in our layout: validated and copied block by block
@@ -108,7 +108,7 @@ def run(args) -> int:
             h5.attrs["simulated"] = False
         source = "file"
     else:
-        from spicompute.simulate import SimulationParams, simulate
+        from spicompute.simulation.simulate import SimulationParams, simulate
 
         sim = SimulationParams.from_dict(section(params, "simulate", args.params))
         frames, truth = simulate(sim, progress=not progress_disabled(args))

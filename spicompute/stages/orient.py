@@ -32,8 +32,8 @@ def add_arguments(parser):
 
 
 def _options(p: dict) -> dict:
-    from spicompute.cluster import validate_scheduler
-    from spicompute.orient import NORMALISATIONS
+    from spicompute.execution import validate_scheduler
+    from spicompute.orient.fit import NORMALISATIONS
     from spicompute.params import boolean, choice, integer, positive, with_defaults
     from spicompute.qrange import auto_or_positive
 
@@ -99,12 +99,12 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from spicompute import orient as fit
-    from spicompute.cluster import dask_client, n_workers, worker_threads
+    from spicompute.orient.fit import fit
+    from spicompute.execution import dask_client, n_workers, worker_threads
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
     from spicompute.io.tables import write_table
-    from spicompute.orientations import fundamental_orientations, sampling_step_deg
+    from spicompute.orient.sampling import fundamental_orientations, sampling_step_deg
 
     p = stage_params(args, "orient")
     o = _options(p)

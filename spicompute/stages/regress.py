@@ -1,7 +1,7 @@
 """regress: train the absolute-embedding regressor (features -> CLPCA coordinates).
 
-Rotation-invariant features of every average (spicompute/features.py) are
-mapped by an MLP (spicompute/regressor.py) to the embedding coordinates
+Rotation-invariant features of every average (spicompute/landscape/features.py) are
+mapped by an MLP (spicompute/landscape/regressor.py) to the embedding coordinates
 (default pc_1..pc_3 of the embed stage).  Writes the model (state dict +
 JSON side file), per-average predictions with their split, validation
 metrics, and per-epoch losses with dvclive.
@@ -47,7 +47,7 @@ def feature_params_from(p: dict, averages, source: str = "averages"):
     """
     import math
 
-    from spicompute.features import FeatureParams
+    from spicompute.landscape.features import FeatureParams
     from spicompute.params import boolean, integer, positive, with_defaults
     from spicompute.qrange import auto_or_positive, resolve_q_range
 
@@ -70,7 +70,7 @@ def feature_params_from(p: dict, averages, source: str = "averages"):
 
 def train_config_from(p: dict):
     from spicompute.params import in_range, integer, positive, with_defaults
-    from spicompute.regressor import TrainConfig
+    from spicompute.landscape.regressor import TrainConfig
 
     with_defaults("regress", p, KNOWN)  # a typo is an error before any work
     hidden = p.get("hidden", [512, 128, 64, 32])
@@ -107,12 +107,12 @@ def _targets(path: str, ids: np.ndarray, names: list[str]) -> np.ndarray:
 def run(args) -> int:
     import torch
 
-    from spicompute.features import rotation_invariant_features
+    from spicompute.landscape.features import rotation_invariant_features
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import write_json_atomic
     from spicompute.io.tables import write_table
     from spicompute.params import integer
-    from spicompute.regressor import regression_metrics, save_regressor, train_regressor
+    from spicompute.landscape.regressor import regression_metrics, save_regressor, train_regressor
 
     p = stage_params(args, "regress")
     config = train_config_from(p)
@@ -131,7 +131,7 @@ def run(args) -> int:
     log.info("%d averages -> %d features (radii %d..%d = q %.3f..%.3f rad/nm)", len(x), x.shape[1],
              fparams.r_min, fparams.r_max, fparams.r_min * avg.dq_nm, fparams.r_max * avg.dq_nm)
 
-    from spicompute.regressor import split_by_runs
+    from spicompute.landscape.regressor import split_by_runs
 
     try:
         split = split_by_runs(avg.run, config.seed)

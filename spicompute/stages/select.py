@@ -5,7 +5,7 @@ Always drops averages with too few member frames (``select.min_frames``;
 noise).  Then ``select.mode``:
 
 - ``family``     (default) keep the particle family connected to the cube end,
-                 found without truth (:mod:`spicompute.family`: shared-nearest-
+                 found without truth (:mod:`spicompute.landscape.family`: shared-nearest-
                  neighbour graph in CLPCA space, seeded by the highest
                  orientation-fit gain); contaminant groups (rods, aggregates)
                  are dropped, the sphere end is kept through the chain;
@@ -96,7 +96,7 @@ def options(raw: dict) -> dict:
     if p["mode"] == "file" and not p["file"]:
         raise ParameterError("select.file", "mode file needs a selection file, e.g. selections/<name>.json")
     if p["mode"] == "file":
-        from spicompute.selections import confined_file
+        from spicompute.landscape.selections import confined_file
 
         p["file"] = str(confined_file(p["file"], "select.file"))
     return p
@@ -127,14 +127,14 @@ def _range_rule(bounds) -> dict:
 
 
 def family_mask(table: pd.DataFrame, keep: np.ndarray, p: dict):
-    """The :class:`spicompute.family.Family` of the averages in ``keep`` (N,) bool.
+    """The :class:`spicompute.landscape.family.Family` of the averages in ``keep`` (N,) bool.
 
     Uses the CLPCA columns ``select.family_components`` and the
     orientation-fit ``gain``; averages the embed stage left out of the
     landscape (``landscape_usable`` false) or with non-finite values are
     never in the family.
     """
-    from spicompute.family import clpca_similarity, find_family
+    from spicompute.landscape.family import clpca_similarity, find_family
 
     cols = list(p["family_components"])
     needed = [(c, "results/parts/embed.parquet") for c in cols] + [("gain", "results/parts/orient.parquet")]
@@ -159,9 +159,9 @@ def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
     """(selected (N,) bool, reason (N,) str, min_frames used) for a per-average table.
 
     In mode family, ``family_out`` (a dict, when given) receives the
-    :class:`spicompute.family.Family` under ``"family"``.
+    :class:`spicompute.landscape.family.Family` under ``"family"``.
     """
-    from spicompute.selections import apply_rule, members, read_selection
+    from spicompute.landscape.selections import apply_rule, members, read_selection
 
     n_frames = table["n_frames"].to_numpy(float)
     min_frames = 0.2 * float(np.median(n_frames)) if p["min_frames"] == "auto" else float(p["min_frames"])

@@ -4,7 +4,7 @@ The ends are latent points (``--start 0.1,-0.4``) or averages (``--start-average
 its encoded latent mean).  ``--path straight`` decodes evenly spaced points on the
 segment; ``--path graph`` (d >= 2) follows the shortest path through the
 nearest-neighbour graph of the trained averages' latents, so it stays where data
-are (:mod:`spicompute.trajectory`).  The output has the layout of
+are (:mod:`spicompute.landscape.trajectory`).  The output has the layout of
 ``data/volumes.h5`` (``volumes/source`` = ``trajectory``), so ``spicompute phase
 --volumes`` and ``spicompute export --volumes`` take it as it is::
 
@@ -67,7 +67,7 @@ def run(args) -> int:
     from spicompute.io.storage import memory_output
     from spicompute.io.tables import read_table
     from spicompute.stages.volumes import load_vae
-    from spicompute.trajectory import graph_path, straight_path
+    from spicompute.landscape.trajectory import graph_path, straight_path
     from spicompute.vae.train import decode_volumes
 
     if not 2 <= args.n_points <= 200:

@@ -54,7 +54,7 @@ def add_arguments(parser):
 
 def options(raw: dict) -> dict:
     from spicompute.params import ParameterError, positive, with_defaults
-    from spicompute.selections import confined_folder
+    from spicompute.landscape.selections import confined_folder
 
     p = with_defaults("volumes", raw, DEFAULTS)
     p["n_points"] = positive("volumes.n_points", p["n_points"], integer=True)
@@ -158,7 +158,7 @@ def run(args) -> int:
     from spicompute.io.provenance import stamp
     from spicompute.io.storage import memory_output
     from spicompute.io.tables import read_table
-    from spicompute.selections import list_selections
+    from spicompute.landscape.selections import list_selections
     from spicompute.vae.train import decode_volumes
 
     p = options(stage_params(args, "volumes"))

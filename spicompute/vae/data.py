@@ -28,7 +28,7 @@ below ``min_counts``: beyond it the pattern is shot noise) and the Nyquist
 limit of the volume grid for the particle size ``D`` (``q_max <= c * pi / D``
 with ``c = L // 2``: a real-space box of at least twice the particle).  ``D``
 (``auto``) is the diameter of the sphere whose (size-smeared) form factor best
-fits the mean radial profile (:func:`spicompute.particle_size.estimate_particle_size`).
+fits the mean radial profile (:func:`spicompute.emc2d.particle_size.estimate_particle_size`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from scipy import ndimage
 from spicompute.errors import InputError, ParameterError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
-from spicompute.particle_size import estimate_particle_size
+from spicompute.emc2d.particle_size import estimate_particle_size
 from spicompute.qrange import radial_profile, resolve_q_range
 
 @dataclass
@@ -193,7 +193,7 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     The data-set-wide constant is the median, over the averages of ``train_index``
     (default: all), of each average's mean of ``I / p`` over its observed pixels.
     """
-    from spicompute.slicing import rotation_matrices
+    from spicompute.orient.slicing import rotation_matrices
 
     intensity, observed = resample_averages(averages, prep)
     n, c = prep.input_size, prep.input_size // 2

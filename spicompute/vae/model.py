@@ -7,7 +7,7 @@ two fully connected layers to the latent mean and log variance.
 
 Decoder: latent -> fully connected -> a small 3D block -> 3D transposed
 convolutions (3x3x3) up to the volume edge L -> softplus (non-negative) ->
-mean over the 48 elements of Oh (:func:`spicompute.symmetry.symmetrize_oh`).
+mean over the 48 elements of Oh (:func:`spicompute.orient.symmetry.symmetrize_oh`).
 
 Presets (``volume_size`` = L, ``input_size`` = n of the 2D input):
 
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from spicompute.symmetry import symmetrize_oh
+from spicompute.orient.symmetry import symmetrize_oh
 
 SOFTPLUS_INV_ONE = 0.5413248546129181  # softplus^-1(1): the untrained decoder outputs ~1
 

@@ -1,6 +1,6 @@
 """Differentiable Ewald-sphere slicing of a batch of 3D volumes (torch).
 
-Same convention as :class:`spicompute.slicing.VolumeSampler` (and so as the
+Same convention as :class:`spicompute.orient.slicing.VolumeSampler` (and so as the
 orientation fit): volumes are ``(L, L, L)`` grids indexed (x, y, z) with
 q = 0 at index ``L // 2`` and step ``dq_nm``; a pattern taken at rotation R
 (model -> lab) samples ``I(R^T q)`` at its lab-frame q-points; trilinear

@@ -47,7 +47,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from spicompute.errors import ParameterError
-from spicompute.slicing import quat_to_rotation, rotation_to_quat
+from spicompute.orient.slicing import quat_to_rotation, rotation_to_quat
 
 TAU = (1.0 + np.sqrt(5.0)) / 2.0
 TIE_TOL = 1e-9

@@ -34,7 +34,7 @@ Pipeline (all vectorised):
    the CPU; Dask over bands of block rows for large ``M``.
 
 Units: radii in grid steps of the averages' (qx, qy) grid, ``q = r * dq_nm``
-rad/nm; angles in radians from +qx towards +qy (see :mod:`spicompute.polar`).
+rad/nm; angles in radians from +qx towards +qy (see :mod:`spicompute.landscape.polar`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spicompute.errors import ParameterError
-from spicompute.polar import friedel_fold, mean_radial_profile, polar_resample
+from spicompute.landscape.polar import friedel_fold, mean_radial_profile, polar_resample
 
 log = logging.getLogger("spicompute.commonlines")
 

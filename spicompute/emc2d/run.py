@@ -1,7 +1,7 @@
 """Driving 2D EMC: initialisation, β schedule, iterations, bootstrap runs,
 checkpoints and Dask execution.
 
-The science of one iteration is in :mod:`spicompute.emc2d`; this module
+The science of one iteration is in :mod:`spicompute.emc2d.steps`; this module
 decides which frames go into which run, splits them into shards (one per Dask
 worker, or one in-process), sums the shards' partial sums, normalises the
 fluence scales and keeps a resumable checkpoint per run.
@@ -23,8 +23,8 @@ import scipy.sparse as sp
 from scipy.ndimage import gaussian_filter
 from threadpoolctl import threadpool_limits
 
-from spicompute.background import BackgroundEstimate, estimate_background
-from spicompute.emc2d import (PartialSums, RotationGrid, Shard, build_rotation_grid, m_step,
+from spicompute.emc2d.background import BackgroundEstimate, estimate_background
+from spicompute.emc2d.steps import (PartialSums, RotationGrid, Shard, build_rotation_grid, m_step,
                               shard_step)
 from spicompute.errors import ParameterError
 from spicompute.io.frames import FrameSet
@@ -239,7 +239,7 @@ def initial_models(grid: RotationGrid, counts: sp.csr_matrix, photons: np.ndarra
     """
     R, P, L = grid.n_rot, grid.n_pix, grid.size
     mean_photons = max(float(photons.mean()), 1e-12)
-    streamed = not sp.issparse(counts)   # a StreamCounts (spicompute.emc2d_stream)
+    streamed = not sp.issparse(counts)   # a StreamCounts (spicompute.emc2d.stream)
     # column sums of integer counts in float64 are exact: the same whatever the block order
     col = counts.column_sums() if streamed else np.asarray(counts.sum(axis=0, dtype=np.float64))
     mean_frame = col.reshape(P) / counts.shape[0] / mean_photons
@@ -438,7 +438,7 @@ def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_mode
     on_iteration : called with each iteration's metrics (also those replayed
         from a checkpoint, flagged ``resumed``).
     background : the expected background per pixel
-        (:func:`spicompute.background.estimate_background` on the grid's
+        (:func:`spicompute.emc2d.background.estimate_background` on the grid's
         pixels); None: no background term.
     """
     executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine,
@@ -574,12 +574,12 @@ def use_stream(cfg: EMCConfig, n_frames: int) -> bool:
 def resolve_n_rot(frames: FrameSet, cfg: EMCConfig) -> tuple[int, dict]:
     """The rotation count to use and how it was chosen.
 
-    ``n_rot: auto`` -> :func:`spicompute.particle_size.auto_n_rot` with the
+    ``n_rot: auto`` -> :func:`spicompute.emc2d.particle_size.auto_n_rot` with the
     particle size (given, or estimated from the frames' radial profile) and
     the largest transverse |q| of the used pixels.  When no size can be
     estimated, ``DEFAULT_N_ROT`` with a warning.
     """
-    from spicompute.particle_size import auto_n_rot, estimate_particle_size_nm
+    from spicompute.emc2d.particle_size import auto_n_rot, estimate_particle_size_nm
 
     radius = np.linalg.norm(frames.detector.q_perp, axis=1)[frames.detector.mask]
     q_max = float(radius.max()) if radius.size else 0.0
@@ -636,7 +636,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
                                friedel=cfg.friedel, merge_only=cfg.merge_only)
     streamed = not isinstance(frames, FrameSet)   # a FrameFile (spicompute.io.stream)
     if streamed:
-        from spicompute.emc2d_stream import StreamCounts, stream_digest, used_photons
+        from spicompute.emc2d.stream import StreamCounts, stream_digest, used_photons
 
         fitted = grid.pixels if grid.fit is None else grid.pixels[grid.fit]
         counts, photons = None, used_photons(frames, fitted)

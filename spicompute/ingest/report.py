@@ -48,7 +48,7 @@ def frameset_report(frames, hits_path, source: str) -> tuple[dict, tuple]:
     frames file, read block by block); returns (metrics, histogram)."""
     import pyarrow.parquet as pq
 
-    from spicompute.io.euxfel_ingest import hits_batch
+    from spicompute.ingest.euxfel import hits_batch
 
     n = frames.n_frames
     if hasattr(frames, "iter_blocks"):   # spicompute.io.stream.FrameFile: never all in memory

@@ -615,7 +615,7 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         computed only for these (frame, model) pairs, every rotation of a
         candidate model included; the others get probability 0 (the models a
         frame had no posterior mass on at the last iteration; see
-        :func:`spicompute.emc2d_run.use_pruning`).
+        :func:`spicompute.emc2d.run.use_pruning`).
     prune_mass : > 0: also return each frame's candidates for the next
         iteration, the models holding at least this posterior mass.
     """

@@ -12,12 +12,12 @@ is streamed, never loaded whole:
 2. Inside a partition, ``data.trains_per_chunk`` trains at a time and **one module at a time**
    are read (float32 module-frames of 256 KB: memory per task ~ trains_per_chunk x pulses x
    256 KB x a few temporaries, independent of the run length), converted to photons
-   (:func:`spicompute.hitfinding.to_photons`: keV with the photon energy, or ADU with
+   (:func:`spicompute.ingest.hitfinding.to_photons`: keV with the photon energy, or ADU with
    ``data.adu_per_photon``), masked (proc ``image.mask`` != 0, module edges and ASIC
    borders, the user's ``data.mask``) and reduced to lit-pixel counts per frame plus a
    photon-sparse CSR of the hits.
 3. **Hit threshold.**  ``data.hit_threshold: auto`` applies the documented rule of
-   :func:`spicompute.hitfinding.auto_threshold` (median + ``hit_sigma`` robust sigmas of the
+   :func:`spicompute.ingest.hitfinding.auto_threshold` (median + ``hit_sigma`` robust sigmas of the
    lit-pixel count) to a first, lit-count-only pass over ``data.threshold_trains`` trains
    spread evenly over the selection (all of them when the selection is that short); a number
    is used as given.  A frame is a hit when ``lit_pixels > threshold``.
@@ -373,7 +373,7 @@ def sparse_photons(values: np.ndarray, unit: float, threshold: float, good: np.n
     the k non-zero pixels.  Only the pixels at or above the threshold (a small share of a
     photon-sparse frame) are converted, so the cost is ~2 passes over the module data.
     """
-    from spicompute.hitfinding import to_photons
+    from spicompute.ingest.hitfinding import to_photons
 
     values = np.asarray(values)
     lo = threshold * unit * (1.0 - 1e-6)  # a superset; the exact rule runs on the candidates
@@ -484,7 +484,7 @@ def scheduler_client(scheduler: str):
     if not scheduler:
         yield None
         return
-    from spicompute.emc2d_run import make_client
+    from spicompute.emc2d.run import make_client
 
     try:
         client = make_client(scheduler)
@@ -672,7 +672,7 @@ def _stream(cfg, data, out, hits_path, stage, progress, run_no, parts, n_trains,
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from spicompute.hitfinding import MAD_TO_SIGMA, resolve_threshold
+    from spicompute.ingest.hitfinding import MAD_TO_SIGMA, resolve_threshold
     from spicompute.io.frames import _write_detector
     from spicompute.io.provenance import atomic_path, stamp
 

@@ -11,7 +11,7 @@ Physics, in order:
    ``1/p = t/2`` (t = 0 cube, t = 1 sphere) and volume ``a^3 (1 + g t)``;
    its interior levels have no closed form, so their real amplitude is
    integrated semi-analytically on a fine positive-octant q-grid
-   (:func:`spicompute.shapes.superellipsoid_amplitude_grid`; step
+   (:func:`spicompute.simulation.shapes.superellipsoid_amplitude_grid`; step
    ``pi / (melt_grid_oversample * D)``, i.e. an equivalent real-space box of
    ``2 * melt_grid_oversample`` times the largest extent D) and read
    trilinearly.  A frame at continuous t takes the *amplitude* interpolated
@@ -50,12 +50,12 @@ from spicompute.geometry import Detector, regular_detector, standard_mask, \
     wavelength_from_energy_kev
 from spicompute.io.frames import FrameSet
 from spicompute.params import in_range, integer, positive, with_defaults
+from spicompute.simulation.shapes import melt_half_size, superellipsoid_amplitude_grid, \
+    superellipsoid_diameter, superellipsoid_exponent
+from spicompute.orient.slicing import random_quaternions, rotation_matrices
 
 MAX_FRAMES = 50_000_000        # simulate.n_frames sanity bound (the paper's run: 2.45 M)
 MAX_DETECTOR_SIZE = 4096       # simulate.detector_size sanity bound (pixels per side after binning)
-from spicompute.shapes import melt_half_size, superellipsoid_amplitude_grid, \
-    superellipsoid_diameter, superellipsoid_exponent
-from spicompute.slicing import random_quaternions, rotation_matrices
 
 log = logging.getLogger("spicompute.simulate")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from spicompute.emc2d import _bag
+from spicompute.emc2d.steps import _bag
 from spicompute.io.stream import FrameFile
 
 READ_FRAMES = 16384  # frames read from the file at once in whole-file passes (a fixed transient)

@@ -1,7 +1,7 @@
 """Absolute-embedding regressor: rotation-invariant features -> CLPCA coordinates.
 
 A fully connected network (default hidden layers 512-128-64-32, ReLU) maps
-standardised features (:mod:`spicompute.features`) to standardised
+standardised features (:mod:`spicompute.landscape.features`) to standardised
 targets; Adam, MSE loss, a seeded train/validation split and early stopping
 on the validation loss (the weights of the best epoch are kept).
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from spicompute.errors import InputError, ParameterError
-from spicompute.features import FeatureParams, Standardizer
+from spicompute.landscape.features import FeatureParams, Standardizer
 from spicompute.io.provenance import write_json_atomic
 from spicompute.io.storage import load_torch, save_torch
 

@@ -4,7 +4,7 @@ Recipe (paper section 2.2.3, Fig. 3 A-C):
 
 1. resample each average on a polar grid (``n_theta`` azimuthal bins over
    2 pi, radii ``r_min .. r_max`` in grid steps) with
-   :func:`spicompute.polar.polar_resample`; masked bins are filled with the
+   :func:`spicompute.landscape.polar.polar_resample`; masked bins are filled with the
    mean of the valid bins at the same radius (so a gap does not inject
    spurious harmonics);
 2. divide by the pattern's mean intensity over the valid polar bins (the
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from spicompute.errors import ParameterError
-from spicompute.polar import polar_resample
+from spicompute.landscape.polar import polar_resample
 
 
 @dataclass(frozen=True)

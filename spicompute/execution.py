@@ -8,7 +8,7 @@ Every data-parallel stage (``classify2d``, ``ccmatrix``, ``orient``) takes a
   each), started and stopped by the stage;
 * anything else -- the address of a running Dask scheduler
   (``tcp://host:8786``, ``tls://...``), e.g. one started on a SLURM cluster by
-  :func:`slurm_cluster` / ``python -m spicompute.cluster slurm`` (docs/scaling.md).
+  :func:`slurm_cluster` / ``python -m spicompute.execution slurm`` (docs/scaling.md).
 
 The results do not depend on where the work runs (see each stage's docs for
 bitwise vs. float-tolerance equality).
@@ -162,13 +162,13 @@ def slurm_cluster(settings: SlurmSettings, **extra):
 
 
 def main(argv=None) -> int:
-    """``python -m spicompute.cluster slurm ...``: start workers on SLURM, print the address, wait.
+    """``python -m spicompute.execution slurm ...``: start workers on SLURM, print the address, wait.
 
     Keep it running (tmux/screen or a small SLURM job of its own) while the
     stages run; Ctrl-C cancels the worker jobs.  ``--dry-run`` prints the
     job script and exits.
     """
-    ap = argparse.ArgumentParser(prog="python -m spicompute.cluster",
+    ap = argparse.ArgumentParser(prog="python -m spicompute.execution",
                                  description="start Dask workers on SLURM for the spicompute stages")
     sub = ap.add_subparsers(dest="kind", required=True)
     sl = sub.add_parser("slurm", help="SLURMCluster via dask-jobqueue")

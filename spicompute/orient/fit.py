@@ -1,7 +1,7 @@
 """Orientation fit of 2D averages against a 3D reference intensity, and gain.
 
 For every average and every orientation R of a sampling of the fundamental
-zone (:mod:`spicompute.orientations`), the reference is sliced on the
+zone (:mod:`spicompute.orient.sampling`), the reference is sliced on the
 averages' Ewald-sphere grid at model coordinates ``R^T q`` and compared by a
 masked Pearson correlation.  Per average: the best orientation, its CC, and
 the **gain** ``G = best CC / mean CC over all orientations`` ("cubicness":
@@ -44,9 +44,9 @@ import torch
 
 from spicompute.errors import InputError, ParameterError
 from spicompute.io.averages import AverageSet
-from spicompute.orientations import local_grid
-from spicompute.shapes import cube_intensity
-from spicompute.slicing import VolumeSampler, model_coordinates
+from spicompute.orient.sampling import local_grid
+from spicompute.simulation.shapes import cube_intensity
+from spicompute.orient.slicing import VolumeSampler, model_coordinates
 
 
 # --------------------------------------------------------------------------- references
@@ -65,7 +65,7 @@ class Reference:
 
 
 def cube_reference(edge_nm: float) -> Reference:
-    """Ideal cube of edge ``edge_nm`` in closed form (:func:`spicompute.shapes.cube_intensity`)."""
+    """Ideal cube of edge ``edge_nm`` in closed form (:func:`spicompute.simulation.shapes.cube_intensity`)."""
     if not edge_nm > 0:
         raise ParameterError("orient.edge_nm", f"must be > 0, got {edge_nm!r}")
     return Reference(lambda q: cube_intensity(q, float(edge_nm)).astype(np.float32),
@@ -428,7 +428,7 @@ def refine_orientations(averages: AverageSet, reference: Reference, result: FitR
     """Local search around each average's best orientation.
 
     Each iteration evaluates candidate rotations around the current best
-    (:func:`spicompute.orientations.local_grid`: ``pattern="axes"``, the
+    (:func:`spicompute.orient.sampling.local_grid`: ``pattern="axes"``, the
     centre and +-radius about each axis, 7 slices; ``"grid"``, a
     ``(2 steps + 1)^3`` grid), keeps the best, and halves the radius.
     Gains keep the global mean CC.  Work: ``M * iterations * S`` slices, in
