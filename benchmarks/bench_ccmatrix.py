@@ -31,8 +31,6 @@ import numpy as np
 
 from spicompute.landscape import commonlines as cl
 
-
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 

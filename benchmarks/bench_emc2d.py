@@ -127,8 +127,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from spicompute.emc2d.steps import build_rotation_grid
     from spicompute.emc2d.run import EMCConfig, initial_models, run_emc, usable_counts
+    from spicompute.emc2d.steps import build_rotation_grid
 
     if args.threads:
         torch.set_num_threads(args.threads)

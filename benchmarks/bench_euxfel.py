@@ -44,8 +44,9 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from spicompute.execution import dask_client
+    from spicompute.ingest.euxfel import ingest_run
     from spicompute.io.euxfel import agipd_q, load_agipd_geometry
-    from spicompute.ingest.euxfel import ingest_run, scheduler_client
     from tests.euxfel_mock import inject, make_proc_run
 
     load_start = os.getloadavg()[0]
@@ -64,7 +65,7 @@ def main() -> None:
                     trains_per_chunk=args.trains_per_chunk)
         results = {}
         t0 = time.perf_counter()
-        with scheduler_client(args.scheduler):  # start-up + shutdown alone, part of each Dask run below
+        with dask_client(args.scheduler, "data.scheduler"):  # start-up + shutdown alone, part of each Dask run below
             pass
         cluster_s = time.perf_counter() - t0
         for label, extra in (("in_process_given", dict(hit_threshold=1300)),

@@ -22,9 +22,10 @@ import torch
 from spicompute.geometry import grid_q, wavenumber
 from spicompute.io.averages import AverageSet
 from spicompute.orient.fit import cube_reference, fit_orientations, refine_orientations
+from spicompute.orient.quaternions import random_quaternions
 from spicompute.orient.sampling import fundamental_orientations, misorientation_deg, sampling_step_deg
+from spicompute.orient.slicing import model_coordinates
 from spicompute.simulation.shapes import cube_intensity
-from spicompute.orient.slicing import model_coordinates, random_quaternions
 
 
 def make_averages(m: int, size: int, seed: int = 0):

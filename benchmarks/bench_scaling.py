@@ -35,9 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_stream import peak_rss_mb  # noqa: E402  (VmHWM of this process)
-
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,8 +53,8 @@ NODES = (4, 16, 64)
 def m_classify2d(n: int, o: dict) -> dict:
     from bench_emc2d import _generate
 
-    from spicompute.execution import dask_client
     from spicompute.emc2d.run import EMCConfig, run_bootstrap
+    from spicompute.execution import dask_client
 
     frames = _generate(n, o["side"], o["photons"], seed=3)
     # the client comes from the scheduler option, cfg.scheduler stays "": workers keep Dask's 1 thread,
@@ -90,9 +88,10 @@ def m_orient(m: int, o: dict) -> dict:
     from spicompute.geometry import grid_q
     from spicompute.io.averages import AverageSet
     from spicompute.orient.fit import cube_reference, fit_orientations
+    from spicompute.orient.quaternions import random_quaternions
     from spicompute.orient.sampling import fundamental_orientations
+    from spicompute.orient.slicing import model_coordinates
     from spicompute.simulation.shapes import cube_intensity
-    from spicompute.orient.slicing import model_coordinates, random_quaternions
 
     size, dq, lam = 65, 0.0345, 0.2066
     rng = np.random.default_rng(1)

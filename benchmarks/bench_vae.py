@@ -41,7 +41,7 @@ def _fake_data(arch, m: int, dev):
     import torch
 
     from spicompute.geometry import grid_q
-    from spicompute.orient.slicing import random_quaternions, rotation_matrices
+    from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 
     n, size = arch.input_size, arch.volume_size
     quats = random_quaternions(m, np.random.default_rng(0))

@@ -24,7 +24,7 @@ from scipy.stats import spearmanr
 
 from spicompute.cli import main
 from spicompute.io.truth import read_truth
-from spicompute.stages.embed import nuisance_table
+from spicompute.landscape.nuisance import nuisance_table
 from spicompute.validation import landscape_excess
 
 REPO = Path(__file__).resolve().parents[1]

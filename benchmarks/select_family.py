@@ -20,7 +20,8 @@ import yaml
 
 from spicompute.io.tables import merge_parts, read_table
 from spicompute.io.truth import read_truth
-from spicompute.stages.select import options, select_averages, truth_scores
+from spicompute.landscape.training_set import select_averages, truth_scores
+from spicompute.stages.select import options
 
 
 def scores(root: Path, overrides: dict) -> dict:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from spicompute import __version__
-from spicompute.errors import OutputError, SpiError
+from spicompute.errors import OutputError, SpiError, one_line
 
 log = logging.getLogger("spicompute")
 
@@ -101,11 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run, _outputs=getattr(module, "OUTPUTS", OUTPUTS))
     return parser
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (HDF5 and OS messages may span several)."""
-    return " ".join(str(exc).split())
 
 
 class _Below(logging.Filter):

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int = 0) -> str:
+    """The exception's message on one line (HDF5, OS and Dask messages may span several),
+    cut to ``limit`` characters when ``limit`` > 0."""
+    text = " ".join(str(exc).split())
+    return text if not limit or len(text) <= limit else text[:limit] + " ..."
+
+
 class SpiError(Exception):
     """Base class for all errors the CLI reports as a one-line message."""
 

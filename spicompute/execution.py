@@ -28,8 +28,9 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
-from spicompute.errors import ParameterError
+from spicompute.errors import ParameterError, one_line
 from spicompute.params import validate_scheduler  # noqa: F401  (re-exported)
+
 
 def local_workers(scheduler: str) -> int:
     """N of ``local:N``; 0 for "" or an address."""
@@ -64,13 +65,29 @@ def dask_client(scheduler: str, name: str = "scheduler"):
                                dashboard_address=None)
         client = Client(cluster)
     else:
-        client = Client(scheduler, timeout="60s")
+        try:
+            client = Client(scheduler, timeout="60s")
+        except Exception as exc:  # unreachable address, timeout, refused
+            raise ParameterError(name, f"cannot reach the Dask scheduler {scheduler!r} ({one_line(exc, 200)})") from None
     try:
         yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def resolve_device(device, name: str = "device") -> str:
+    """The torch device of a stage: ``auto`` (or empty) -> ``cuda`` when torch sees a GPU, else ``cpu``;
+    ``cuda``/``cuda:N`` without a GPU is a :class:`ParameterError` naming ``name`` (the stage's
+    ``<stage>.device``)."""
+    import torch
+
+    if device in ("", "auto", None):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ParameterError(name, f"{device!r} requested but no CUDA device is present")
+    return str(device)
 
 
 def n_workers(client) -> int:

@@ -15,7 +15,6 @@ import yaml
 
 from spicompute.errors import InputError, ParameterError
 
-
 #: the sections of params.yaml, one per stage (a typo in a section name must not be ignored)
 SECTIONS = ("data", "simulate", "classify2d", "ccmatrix", "embed", "regress", "orient", "select", "vae",
             "volumes", "phase")

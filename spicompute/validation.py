@@ -15,7 +15,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.stats import rankdata
+
+
+def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dict:
+    """|Spearman|(z_k, members' mean melt) over the trained averages of the family."""
+    t = latents.merge(per_average, on="average_id", how="inner")
+    trained = t["vae_trained"].astype(bool) if "vae_trained" in t else pd.Series(True, index=t.index)
+    fam = t[trained & t["family"].astype(bool) & t["melt_t"].notna()]
+    out = {}
+    for col in sorted(c for c in latents.columns if c.startswith("z_") and not c.startswith("z_logvar")):
+        rho = spearman(fam[col], fam["melt_t"])
+        out[col] = None if rho is None else round(abs(rho), 4)
+    return {"rho_z_melt": out, "n_family_trained": int(len(fam))}
+
+
+def spearman(x, y) -> float | None:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None
+    return float(spearmanr(x[ok], y[ok])[0])
 
 
 def _abs_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:

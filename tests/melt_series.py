@@ -12,7 +12,8 @@ import numpy as np
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
 from spicompute.simulation.shapes import melt_half_size, superellipsoid_exponent, superellipsoid_intensity_volume
-from spicompute.orient.slicing import VolumeSampler, random_quaternions
+from spicompute.orient.slicing import VolumeSampler
+from spicompute.orient.quaternions import random_quaternions
 
 EDGE_NM = 42.0
 

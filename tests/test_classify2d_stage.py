@@ -186,7 +186,7 @@ def test_dragonfly_grid_and_angle_convention_fit_the_photons():
 
 
 def test_class_sorting_is_one_at_random_and_large_for_brightness_classes():
-    from spicompute.stages.classify2d import class_sorting_f, photon_sorting
+    from spicompute.emc2d.sorting import class_sorting_f, photon_sorting
 
     rng = np.random.default_rng(0)
     photons = rng.poisson(rng.lognormal(np.log(400), 0.4, 6000)) + 1
@@ -208,7 +208,7 @@ def test_class_sorting_is_one_at_random_and_large_for_brightness_classes():
 def test_truth_sorting_separates_fluence_from_scattering_strength():
     """Photons = fluence x strength: classes sorted by strength (views, sizes) are not
     sorted by fluence, though their photon counts differ."""
-    from spicompute.stages.classify2d import photon_sorting, truth_sorting
+    from spicompute.emc2d.sorting import photon_sorting, truth_sorting
 
     rng = np.random.default_rng(1)
     n = 6000

@@ -128,7 +128,8 @@ def test_landscape_of_simulated_shapes_tracks_melt_and_flags_contaminants():
     from spicompute.landscape.embedding import clpca
     from spicompute.geometry import grid_q
     from spicompute.simulation.simulate import SimulationParams, build_detector, shape_volumes
-    from spicompute.orient.slicing import VolumeSampler, random_quaternions
+    from spicompute.orient.slicing import VolumeSampler
+    from spicompute.orient.quaternions import random_quaternions
 
     size = 65
     p = SimulationParams.from_dict(dict(detector_size=size, binning=3, volume_size=96,

@@ -114,7 +114,7 @@ def keep_torch_threads():
 
 
 def test_orient_stage_on_two_worker_processes(cluster, tmp_path, keep_torch_threads):
-    from spicompute.orient.slicing import random_quaternions
+    from spicompute.orient.quaternions import random_quaternions
 
     rng = np.random.default_rng(9)
     avg = make_averages(noisy(cube_slices(random_quaternions(10, rng)), 1e5, rng))
@@ -144,7 +144,7 @@ def test_orient_average_chunks_do_not_change_the_result():
     one bitwise what a cluster gives, above)."""
     from spicompute.orient.fit import cube_reference, fit_orientations
     from spicompute.orient.sampling import fundamental_orientations
-    from spicompute.orient.slicing import random_quaternions
+    from spicompute.orient.quaternions import random_quaternions
 
     rng = np.random.default_rng(2)
     avg = make_averages(noisy(cube_slices(random_quaternions(20, rng)), 1e5, rng))

@@ -228,14 +228,15 @@ def test_gpu_matches_cpu(data):
 
 
 def test_scheduler_strings():
-    from spicompute.emc2d.run import make_client, worker_threads_for
+    from spicompute.execution import dask_client, worker_threads
 
-    assert make_client("") is None
-    with pytest.raises(ParameterError, match="scheduler"):
-        make_client("local:many")
-    with pytest.raises(ParameterError, match="scheduler"):
-        make_client("local:0")
-    assert worker_threads_for("local:1") >= 1 and worker_threads_for("tcp://x:8786") == 0
+    with dask_client("", "classify2d.scheduler") as client:
+        assert client is None
+    for bad in ("local:many", "local:0", "local:", "not an address"):
+        with pytest.raises(ParameterError, match="classify2d.scheduler"):
+            with dask_client(bad, "classify2d.scheduler"):
+                pass
+    assert worker_threads("local:1") >= 1 and worker_threads("tcp://x:8786") == 0
 
 
 def test_sparse_posterior_m_step_equals_dense(data, monkeypatch):

@@ -14,7 +14,8 @@ from spicompute.cli import main
 from spicompute.errors import ParameterError
 from spicompute.landscape.family import clpca_similarity, find_family
 from spicompute.io.tables import read_table, write_table
-from spicompute.stages.select import options, select_averages, truth_scores
+from spicompute.stages.select import options
+from spicompute.landscape.training_set import select_averages, truth_scores
 
 
 def landscape(seed: int = 0, n_family: int = 150, bridge: bool = True):

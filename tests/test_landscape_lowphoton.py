@@ -29,9 +29,9 @@ import yaml
 from scipy.stats import spearmanr
 
 from spicompute.io.truth import read_truth
-from spicompute.stages.embed import nuisance_table
 from spicompute.validation import landscape_excess
 from tests.conftest import REPO, run_stages
+from spicompute.landscape.nuisance import nuisance_table
 
 pytestmark = pytest.mark.slow
 CONTAMINANTS = ("dimer", "rod", "aggregate")

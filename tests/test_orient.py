@@ -24,7 +24,8 @@ from spicompute.orient.fit import (
 )
 from spicompute.orient.sampling import fundamental_orientations, misorientation_deg, sampling_step_deg
 from spicompute.simulation.shapes import cube_intensity, sphere_intensity
-from spicompute.orient.slicing import model_coordinates, random_quaternions
+from spicompute.orient.slicing import model_coordinates
+from spicompute.orient.quaternions import random_quaternions
 
 SIZE, DQ, LAM = 65, 0.0345, 0.2066  # 6 keV; a 42 nm cube's fringes every ~4.3 grid steps
 EDGE = 42.0

@@ -7,20 +7,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from spicompute.errors import ParameterError
-from spicompute.orient.sampling import (
-    canonical,
-    cube_group,
-    fundamental_orientations,
-    fundamental_zone_mask,
-    local_grid,
-    misorientation_deg,
-    nearest_misorientation_deg,
-    octahedral_matrices,
-    quat_multiply,
-    reduce_to_zone,
-    sample_orientations,
-    sampling_step_deg,
-)
+from spicompute.orient.sampling import fundamental_orientations, fundamental_zone_mask, local_grid, misorientation_deg, nearest_misorientation_deg, reduce_to_zone, sample_orientations, sampling_step_deg
+from spicompute.orient.quaternions import canonical, quat_multiply
+from spicompute.orient.symmetry import cube_group, octahedral_matrices
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])

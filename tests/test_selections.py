@@ -9,7 +9,8 @@ import pytest
 from spicompute.errors import InputError, ParameterError
 from spicompute.landscape.selections import (apply_rule, list_selections, members, read_selection, selection_path,
                                    validate_name, write_selection)
-from spicompute.stages.select import options, select_averages
+from spicompute.stages.select import options
+from spicompute.landscape.training_set import select_averages
 
 
 @pytest.fixture()

@@ -8,7 +8,8 @@ from spicompute.simulation.shapes import (box_amplitude, cube_amplitude, cube_in
                                sphere_amplitude, sphere_intensity, superellipsoid_amplitude_grid,
                                superellipsoid_diameter, superellipsoid_exponent,
                                superellipsoid_intensity_volume, superellipsoid_volume_factor)
-from spicompute.orient.slicing import VolumeSampler, random_quaternions, rotation_matrices
+from spicompute.orient.slicing import VolumeSampler
+from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 
 
 def _first_minima(profile, q, count):

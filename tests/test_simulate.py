@@ -8,8 +8,8 @@ from spicompute.errors import ParameterError
 from spicompute.simulation.shapes import (cube_amplitude, melt_half_size, sphere_amplitude,
                                superellipsoid_amplitude_grid, superellipsoid_exponent)
 from spicompute.simulation.simulate import ShapeLibrary, SimulationParams, background_profile, background_sparse, build_detector, expected_patterns, make_library, poisson_sparse, simulate
-from spicompute.orient.slicing import random_quaternions, rotation_matrices
 from tests.conftest import small_simulation_params
+from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 
 
 def test_mean_photons_per_frame_within_2_percent(small_simulation):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from spicompute.orient.sampling import octahedral_matrices
-from spicompute.orient.symmetry import apply_operation, oh_matrices, oh_operations, symmetrize_oh
+from spicompute.orient.symmetry import apply_operation, oh_matrices, oh_operations, symmetrize_oh, octahedral_matrices
 
 
 def test_48_distinct_operations_form_a_group():

@@ -14,13 +14,13 @@ from spicompute.errors import InputError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
 from spicompute.orient.fit import best_slices, volume_reference
-from spicompute.orient.slicing import random_quaternions, rotation_matrices
 from spicompute.vae.data import model_inputs, plan_preprocessing
 from spicompute.vae.model import PRESETS, VAE, architecture
 from spicompute.vae.slicer import slice_volumes
 from spicompute.vae.train import (TensorData, TrainConfig, decode_volumes, encode, kl_beta,
                                   reconstruction_loss, train_vae)
 from tests.melt_series import melt_averages, melt_volumes
+from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 
 
 def test_slicer_matches_the_orientation_fit(rng):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from spicompute.errors import ParameterError
-from spicompute.stages.volumes import latent_points, latent_span, options
+from spicompute.stages.volumes import options
+from spicompute.vae.line import latent_points, latent_span
 
 
 def family_z(seed=0, n=300):

@@ -8,7 +8,6 @@ one JSON object (per-iteration seconds, load average, final log-likelihood per f
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -21,8 +20,8 @@ def main(argv) -> int:
 
     torch.set_num_threads(int(threads))
     import spicompute
-    from spicompute.emc2d.steps import build_rotation_grid
     from spicompute.emc2d.run import EMCConfig, initial_models, run_emc, usable_counts
+    from spicompute.emc2d.steps import build_rotation_grid
     from spicompute.io.dragonfly import read_dragonfly_photons
 
     t0 = time.perf_counter()
@@ -42,6 +41,7 @@ def main(argv) -> int:
     models = getattr(state, "models", None)
     if models is not None:
         import h5py
+
         from spicompute.geometry import wavenumber
 
         with h5py.File(detector, "r") as h5:        # Dragonfly voxel -> rad/nm, as the reader

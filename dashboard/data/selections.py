@@ -16,8 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spicompute.landscape.selections import (list_selections, read_selection, selection_path,
-                                   validate_name, write_selection)
+from spicompute.landscape.selections import (
+    list_selections,
+    read_selection,
+    selection_path,
+    validate_name,
+    write_selection,
+)
 
 __all__ = ["ids_from_event", "save", "rename", "delete", "frame_ids", "frame_ids_csv",
            "list_selections", "read_selection", "validate_name", "folder"]

@@ -6,7 +6,6 @@ and, when the phase stage has run, data/phased.h5 and results/volumes.parquet.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -14,13 +13,22 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import actions
-from dashboard.common import (attempt, averages_table, current_rev, file_key, grid_step, missing,
-                              path, read_h5, read_table, run_picker, workspace)
+from dashboard.common import (
+    attempt,
+    averages_table,
+    current_rev,
+    file_key,
+    grid_step,
+    missing,
+    path,
+    read_h5,
+    read_table,
+    run_picker,
+    workspace,
+)
 from dashboard.data import density, drill, loaders, selections
 from dashboard.figures import energy_contours, image_grid
-
-from dashboard.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display,
-                              projection, quantize_uint8)
+from dashboard.views import DIRECTIONS, block_mean, central_section, frame_for, log_display, projection, quantize_uint8
 
 st.set_page_config(page_title="Volumes · SPI Landscape", layout="wide")
 st.title("VAE latent and volumes")

@@ -24,9 +24,9 @@ from scipy.ndimage import gaussian_filter
 from threadpoolctl import threadpool_limits
 
 from spicompute.emc2d.background import BackgroundEstimate, estimate_background
-from spicompute.emc2d.steps import (PartialSums, RotationGrid, Shard, build_rotation_grid, m_step,
-                              shard_step)
+from spicompute.emc2d.steps import PartialSums, RotationGrid, Shard, build_rotation_grid, m_step, shard_step
 from spicompute.errors import ParameterError
+from spicompute.execution import resolve_device, worker_threads
 from spicompute.io.frames import FrameSet
 from spicompute.io.provenance import atomic_path
 from spicompute.params import choice, in_range, integer, positive, validate_scheduler, with_defaults
@@ -157,17 +157,6 @@ class EMCConfig:
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("classify2d.device", "cuda requested but no CUDA device is present")
-    return device
-
-
-# ----------------------------------------------------------------------------- pieces
 def beta_schedule(beta0: np.ndarray, iteration: int, cfg: EMCConfig) -> np.ndarray:
     """Per-frame β at ``iteration`` (0-based).
 
@@ -341,37 +330,6 @@ def _worker_shard_step(shard, grid, models, phi, beta, update_scale, engine, thr
                       background, candidates, prune_mass)
 
 
-def worker_threads_for(scheduler: str) -> int:
-    """torch threads per worker: cores / N for "local:N" (no oversubscription), else 0."""
-    if scheduler.startswith("local:"):
-        import os
-
-        n = max(1, int(scheduler.split(":", 1)[1]))
-        return max(1, (os.cpu_count() or 1) // n)
-    return 0
-
-
-def make_client(scheduler: str):
-    """Dask client for ``scheduler``: None for "", a LocalCluster for "local:N",
-    else a connection to that address."""
-    if not scheduler:
-        return None
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler.startswith("local:"):
-        try:
-            n = int(scheduler.split(":", 1)[1])
-        except ValueError:
-            raise ParameterError("classify2d.scheduler",
-                                 f"'local:N' needs an integer N, got {scheduler!r}") from None
-        if n < 1:
-            raise ParameterError("classify2d.scheduler", f"N must be >= 1, got {n}")
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        return Client(cluster)
-    return Client(scheduler)
-
-
 # ----------------------------------------------------------------------------- one run
 @dataclass
 class RunState:
@@ -441,7 +399,7 @@ def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_mode
         (:func:`spicompute.emc2d.background.estimate_background` on the grid's
         pixels); None: no background term.
     """
-    executor = executor or ShardExecutor(device=resolve_device(cfg.device), engine=cfg.engine,
+    executor = executor or ShardExecutor(device=resolve_device(cfg.device, "classify2d.device"), engine=cfg.engine,
                                          prob_min=cfg.prob_min)
     if sp.issparse(counts):
         fitted = counts if grid.fit is None else counts[:, np.flatnonzero(grid.fit)]
@@ -667,9 +625,9 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         resolved.update(background.to_dict())
         log.info("classify2d: background %.1f photons per frame (%.1f %% of the photons)",
                  background.photons_per_frame, 100 * resolved["background_share"])
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "classify2d.device")
     executor = ShardExecutor(client, cfg.n_shards, device=device, engine=cfg.engine,
-                             worker_threads=worker_threads_for(cfg.scheduler),
+                             worker_threads=worker_threads(cfg.scheduler),
                              prob_min=cfg.prob_min)
     digest = stream_digest(frames, grid.pixels) if streamed else data_digest(counts)
     L = grid.size

@@ -46,7 +46,8 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from spicompute.errors import InputError, ParameterError
+from spicompute.errors import InputError, ParameterError, one_line
+from spicompute.execution import dask_client
 from spicompute.io.euxfel import AGIPD_SHAPE, HC_KEV_NM, agipd_q, load_agipd_geometry, static_mask
 
 log = logging.getLogger("spicompute.euxfel")
@@ -59,11 +60,6 @@ RUN_FILE_PATTERNS = ("RAW-*.h5", "CORR-*.h5")
 MODULE_PIXELS = AGIPD_SHAPE[1] * AGIPD_SHAPE[2]
 N_PIXELS = AGIPD_SHAPE[0] * MODULE_PIXELS
 HIST_BINS = 64
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def is_run_directory(path) -> bool:
@@ -192,7 +188,7 @@ def open_run(cfg: EuxfelConfig):
         det = AGIPD1M(run, raw=is_raw_run(path))
     except Exception as exc:
         raise InputError(path, "data.input", "no AGIPD 1M detector source (SPB_DET_AGIPD1M-1/DET or "
-                         f"/CORR ...CH0) in the run ({_one_line(exc)})") from exc
+                         f"/CORR ...CH0) in the run ({one_line(exc, 200)})") from exc
     return run, det
 
 
@@ -213,7 +209,7 @@ def open_run_directory(path: Path, **kwargs):
         skipped = _skipped_files(said.getvalue())
         if skipped:
             raise InputError(path / skipped[0][0], "data.input", f"unreadable run file ({skipped[0][1]})") from exc
-        raise InputError(path, "data.input", f"not a readable EuXFEL run ({_one_line(exc)})") from exc
+        raise InputError(path, "data.input", f"not a readable EuXFEL run ({one_line(exc, 200)})") from exc
     skipped = _skipped_files(said.getvalue())
     if skipped:
         more = f"; {len(skipped) - 1} more unreadable file(s)" if len(skipped) > 1 else ""
@@ -225,7 +221,7 @@ def open_run_directory(path: Path, **kwargs):
 def _skipped_files(text: str) -> list[tuple[str, str]]:
     """(file name, reason) of each 'Skipping file' report of extra-data."""
     found = re.findall(r"Skipping file (\S+)\s*\n\s*\(error was: (.*)\)", text)
-    return [(Path(name).name, _one_line(reason)[:160]) for name, reason in found]
+    return [(Path(name).name, one_line(reason, 200)[:160]) for name, reason in found]
 
 
 def run_number(path: Path) -> int:
@@ -289,7 +285,7 @@ def photon_energy(run, cfg: EuxfelConfig) -> tuple[float, str]:
             found = _xgm_energy(RunDirectory(str(raw), include="*-DA*.h5").select_trains(
                 by_id[[int(t) for t in run.train_ids]]))
         except Exception as exc:  # no DA files, unreadable: fall back to the parameter
-            log.info("no photon energy from %s (%s)", raw, _one_line(exc))
+            log.info("no photon energy from %s (%s)", raw, one_line(exc, 200))
             found = None
         if found is not None:
             return found[0], f"raw run {raw} ({found[1]})"
@@ -314,7 +310,7 @@ def load_user_mask(path: str) -> np.ndarray | None:
         try:
             arr = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise InputError(p, "data.mask", f"not a readable .npy file ({_one_line(exc)})") from exc
+            raise InputError(p, "data.mask", f"not a readable .npy file ({one_line(exc, 200)})") from exc
         field_name = "data.mask"
     else:
         from spicompute.io.frames import open_h5
@@ -347,9 +343,9 @@ def _frame_keys(tid, pid) -> np.ndarray:
 
 def _module_frames(det_m, key: str, tids, pulses, raw: bool):
     """(values (n, 512, 128), train ids, pulse ids) of one module for trains ``tids``."""
-    from extra_data import by_id, by_index
-
     import warnings
+
+    from extra_data import by_id, by_index
 
     with warnings.catch_warnings():  # a module without some of the trains: aligned by the caller
         warnings.filterwarnings("ignore", message="Given train IDs not found")
@@ -477,31 +473,6 @@ def process_partition(run_dir: str, train_ids, settings: dict, good: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- scheduling
-@contextlib.contextmanager
-def scheduler_client(scheduler: str):
-    """Dask client for ``data.scheduler`` (None for in-process), closed (and a ``local:N``
-    cluster shut down) on exit."""
-    if not scheduler:
-        yield None
-        return
-    from spicompute.emc2d.run import make_client
-
-    try:
-        client = make_client(scheduler)
-    except ParameterError as exc:
-        raise ParameterError("data.scheduler", exc.problem) from None
-    except Exception as exc:  # unreachable address, timeout
-        raise ParameterError("data.scheduler", f"cannot reach the Dask scheduler {scheduler!r} "
-                             f"({_one_line(exc)})") from None
-    try:
-        yield client
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None and scheduler.startswith("local:"):
-            cluster.close()
-
-
 def _map_partitions(run_dir, parts, settings, good, threshold, client, bar):
     """Yield PartResult per partition, in partition order, in-process (client None) or on
     Dask with at most 2 x workers partitions in flight."""
@@ -661,7 +632,7 @@ def ingest_run(data: dict, out: str | Path, hits_path: str | Path, *, stage: str
              cfg.run_dir, run_no, n_trains, len(parts), energy, energy_source,
              f"{cfg.adu_per_photon} ADU/photon" if cfg.adu_per_photon else "keV input")
 
-    with scheduler_client(cfg.scheduler) as client:
+    with dask_client(cfg.scheduler, "data.scheduler") as client:
         return _stream(cfg, data, out, hits_path, stage, progress, run_no, parts, n_trains, settings,
                        good, geom, energy, energy_source, unit, client)
 

@@ -27,8 +27,9 @@ import scipy.sparse as sp
 
 from spicompute.errors import InputError, ParameterError
 from spicompute.geometry import Detector, regular_detector
+from spicompute.ingest.formats import detect_format
 from spicompute.io.cxi import DATA as CXI_DATA, is_cxi, read_cxi_geometry
-from spicompute.io.dragonfly import is_dragonfly_photons, read_dragonfly_photons
+from spicompute.io.dragonfly import read_dragonfly_photons
 from spicompute.io.frames import FrameSet, open_h5, read_detector_group
 from spicompute.io.h5check import check_stored
 
@@ -36,24 +37,6 @@ log = logging.getLogger("spicompute.ingest")
 
 FORMATS = ("auto", "cxi", "dragonfly", "hdf5")
 CHUNK_ELEMENTS = 20_000_000  # frames are read in blocks of about this many pixels
-
-
-def detect_format(path: str | Path, dataset: str = "") -> str:
-    """'cxi', 'dragonfly' or 'hdf5' from the file's content."""
-    with open_h5(path) as h5:
-        if is_cxi(h5):
-            return "cxi"
-        if is_dragonfly_photons(h5):
-            return "dragonfly"
-        if dataset and dataset in h5:
-            return "hdf5"
-        if dataset:
-            raise InputError(path, dataset, "dataset missing (data.dataset)")
-        if "frames" in h5 and "detector" in h5:
-            return "frames"
-    raise InputError(path, dataset or None,
-                     "unrecognised content: no entry_1/data_1/data (CXI), no place_ones/"
-                     "place_multi/count_multi (Dragonfly), and data.dataset not given or absent")
 
 
 def counts_to_csr(dataset, path, field: str) -> sp.csr_matrix:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spicompute.errors import ParameterError
+from spicompute.execution import dask_client, resolve_device
 from spicompute.landscape.polar import friedel_fold, mean_radial_profile, polar_resample
 
 log = logging.getLogger("spicompute.commonlines")
@@ -244,17 +245,6 @@ def default_block(n_lines: int, device: str = "cpu") -> int:
     return max(1, rows // max(1, n_lines))
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
-    import torch
-
-    if device in ("", "auto", None):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ParameterError("ccmatrix.device", f"{device!r} requested but no CUDA device")
-    return str(device)
-
-
 class _BlockKernel:
     """Max/argmax over both line axes of ``X_A X_B^T`` for one block pair.
 
@@ -411,7 +401,7 @@ def cc_matrix(lines: np.ndarray, *, block: int | None = None, backend: str = "au
     if backend not in BACKENDS:
         raise ParameterError("ccmatrix.backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
     m = lines.shape[0]
-    dev = resolve_device(device) if backend in ("torch", "auto") else "cpu"
+    dev = resolve_device(device, "ccmatrix.device") if backend in ("torch", "auto") else "cpu"
     if backend == "auto":
         backend = "torch" if dev != "cpu" else "numpy"
     block = int(block) if block else default_block(lines.shape[1], dev)
@@ -508,24 +498,6 @@ class _single_threaded_numpy_blas:
         return False
 
 
-def dask_client(scheduler: str):
-    """A Dask client for ``local:N`` (N local worker processes) or an address."""
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler.startswith("local:"):  # not "localhost:8786", an address
-        _, _, n = scheduler.partition(":")
-        try:
-            n_workers = int(n) if n else 2
-        except ValueError:
-            raise ParameterError("ccmatrix.scheduler", f"bad worker count in {scheduler!r}") from None
-        if n_workers < 1:
-            raise ParameterError("ccmatrix.scheduler", f"needs >= 1 worker, got {scheduler!r}")
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        return Client(cluster), cluster
-    return Client(scheduler), None
-
-
 def _dask_band(lines, row0, row1, block, backend):
     import torch
 
@@ -536,8 +508,7 @@ def _dask_band(lines, row0, row1, block, backend):
 def _cc_matrix_dask(lines, result, bands, block, backend, scheduler, progress) -> None:
     from dask.distributed import as_completed
 
-    client, cluster = dask_client(scheduler)
-    try:
+    with dask_client(scheduler, "ccmatrix.scheduler") as client:
         remote = client.scatter(lines, broadcast=True)
         futures = [client.submit(_dask_band, remote, r0, r1, block, backend, pure=False)
                    for r0, r1 in bands]
@@ -546,10 +517,6 @@ def _cc_matrix_dask(lines, result, bands, block, backend, scheduler, progress) -
             row0, row1, band = fut.result()
             _place_band(result, row0, row1, band)
             fut.release()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def cc_matrix_dense(lines: np.ndarray) -> CCResult:

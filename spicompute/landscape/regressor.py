@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from spicompute.errors import InputError, ParameterError
-from spicompute.landscape.features import FeatureParams, Standardizer
 from spicompute.io.provenance import write_json_atomic
 from spicompute.io.storage import load_torch, save_torch
+from spicompute.landscape.features import FeatureParams, Standardizer
 
 FORMAT = "spicompute-regressor-1"
 

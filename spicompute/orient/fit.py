@@ -45,9 +45,8 @@ import torch
 from spicompute.errors import InputError, ParameterError
 from spicompute.io.averages import AverageSet
 from spicompute.orient.sampling import local_grid
-from spicompute.simulation.shapes import cube_intensity
 from spicompute.orient.slicing import VolumeSampler, model_coordinates
-
+from spicompute.simulation.shapes import cube_intensity
 
 # --------------------------------------------------------------------------- references
 

@@ -47,7 +47,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from spicompute.errors import ParameterError
-from spicompute.orient.slicing import quat_to_rotation, rotation_to_quat
+from spicompute.orient.quaternions import canonical, quat_conjugate, quat_multiply, quat_to_rotation, rotation_to_quat
+from spicompute.orient.symmetry import cube_group
 
 TAU = (1.0 + np.sqrt(5.0)) / 2.0
 TIE_TOL = 1e-9
@@ -55,62 +56,12 @@ TIE_TOL = 1e-9
 
 # --------------------------------------------------------------------------- quaternion algebra
 
-def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product ``a b`` of scalar-first quaternions, broadcasting (..., 4)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], axis=-1)
-
-
-def quat_conjugate(q: np.ndarray) -> np.ndarray:
-    """Inverse of unit quaternions (..., 4)."""
-    q = np.array(q, dtype=np.float64, copy=True)
-    q[..., 1:] *= -1.0
-    return q
-
-
-def canonical(q: np.ndarray) -> np.ndarray:
-    """Unit quaternions with ``w >= 0`` (q and -q are the same rotation), (..., 4)."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return q * np.where(q[..., :1] < 0, -1.0, 1.0)
-
-
 # scalar-first <-> scipy conversions live with the slicing code, shared by every stage
 to_rotation = quat_to_rotation
 from_rotation = rotation_to_quat
 
 
 # --------------------------------------------------------------------------- groups
-
-def cube_group() -> np.ndarray:
-    """The 24 proper rotations of the cube (group O), (24, 4) scalar first.
-
-    Order is scipy's ``Rotation.create_group("O")`` (identity at index 3);
-    the fundamental-zone tie rule refers to this order.
-    """
-    return from_rotation(Rotation.create_group("O"))
-
-
-def octahedral_matrices(proper_only: bool = False) -> np.ndarray:
-    """Signed 3x3 permutation matrices of Oh (48) or O (24, det +1), (G, 3, 3)."""
-    mats = []
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((1.0, -1.0), repeat=3):
-            m = np.zeros((3, 3))
-            m[np.arange(3), perm] = signs
-            if proper_only and np.linalg.det(m) < 0:
-                continue
-            mats.append(m)
-    return np.asarray(mats)
-
 
 def _scalar_with_group(q: np.ndarray, group: np.ndarray) -> np.ndarray:
     """``w(q g)`` for every q and every g: (N, 4), (G, 4) -> (N, G).

@@ -11,33 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation
 
-
-def quat_to_rotation(quaternions: np.ndarray) -> Rotation:
-    """scipy Rotation from (N, 4) scalar-first quaternions."""
-    q = np.asarray(quaternions, dtype=np.float64).reshape(-1, 4)
-    return Rotation.from_quat(q[:, [1, 2, 3, 0]])
-
-
-def rotation_to_quat(rotation: Rotation) -> np.ndarray:
-    """(N, 4) scalar-first quaternions with w >= 0 from a scipy Rotation."""
-    q = np.atleast_2d(rotation.as_quat())[:, [3, 0, 1, 2]]
-    q *= np.where(q[:, :1] < 0, -1.0, 1.0)
-    return q
-
-
-def random_quaternions(n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 4) uniformly distributed random orientations (Haar measure on SO(3))."""
-    g = rng.standard_normal((n, 4))
-    g /= np.linalg.norm(g, axis=1, keepdims=True)
-    g *= np.where(g[:, :1] < 0, -1.0, 1.0)
-    return g
-
-
-def rotation_matrices(quaternions: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) rotation matrices of scalar-first quaternions."""
-    return quat_to_rotation(quaternions).as_matrix()
+from spicompute.orient.quaternions import rotation_matrices
 
 
 def model_coordinates(q_lab: np.ndarray, quaternions: np.ndarray) -> np.ndarray:

@@ -21,6 +21,19 @@ import itertools
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
+
+from spicompute.orient.quaternions import rotation_to_quat
+
+
+def cube_group() -> np.ndarray:
+    """The 24 proper rotations of the cube (group O), (24, 4) scalar first.
+
+    Order is scipy's ``Rotation.create_group("O")`` (identity at index 3);
+    the fundamental-zone tie rule refers to this order.
+    """
+    return rotation_to_quat(Rotation.create_group("O"))
+
 
 #: the 6 permutations of the axes (x, y, z) -> (x, y, z)[perm]
 AXIS_PERMUTATIONS: tuple[tuple[int, int, int], ...] = tuple(itertools.permutations(range(3)))
@@ -46,6 +59,13 @@ def operation_matrix(perm, signs) -> np.ndarray:
 def oh_matrices() -> np.ndarray:
     """(48, 3, 3) matrices of Oh in :func:`oh_operations` order."""
     return np.stack([operation_matrix(p, s) for p, s in oh_operations()])
+
+
+def octahedral_matrices(proper_only: bool = False) -> np.ndarray:
+    """Signed 3x3 permutation matrices of Oh (48) or of O (the 24 with det +1), (G, 3, 3), in
+    :func:`oh_operations` order."""
+    mats = oh_matrices()
+    return mats[np.linalg.det(mats) > 0] if proper_only else mats
 
 
 def apply_operation(volume, perm, signs):

@@ -46,13 +46,16 @@ import torch
 from tqdm import tqdm
 
 from spicompute.errors import ParameterError
-from spicompute.geometry import Detector, regular_detector, standard_mask, \
-    wavelength_from_energy_kev
+from spicompute.geometry import Detector, regular_detector, standard_mask, wavelength_from_energy_kev
 from spicompute.io.frames import FrameSet
+from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 from spicompute.params import in_range, integer, positive, with_defaults
-from spicompute.simulation.shapes import melt_half_size, superellipsoid_amplitude_grid, \
-    superellipsoid_diameter, superellipsoid_exponent
-from spicompute.orient.slicing import random_quaternions, rotation_matrices
+from spicompute.simulation.shapes import (
+    melt_half_size,
+    superellipsoid_amplitude_grid,
+    superellipsoid_diameter,
+    superellipsoid_exponent,
+)
 
 MAX_FRAMES = 50_000_000        # simulate.n_frames sanity bound (the paper's run: 2.45 M)
 MAX_DETECTOR_SIZE = 4096       # simulate.detector_size sanity bound (pixels per side after binning)

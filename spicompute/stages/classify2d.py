@@ -102,64 +102,6 @@ def frames_table(result, frame_id: np.ndarray, n_models: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def class_sorting_f(values: np.ndarray, labels: np.ndarray) -> float | None:
-    """One-way ANOVA F of ``log(values)`` between the frames' classes.
-
-    values : (n,) a positive per-frame quantity (photons, fluence, size);
-    labels : (n,) the frame's class.  About 1 when the classes ignore the
-    quantity (F(k-1, n-k) has mean ~1), well above 1 when EMC grouped frames
-    by it.  None with fewer than two classes holding two frames.
-    """
-    x = np.log(np.maximum(np.asarray(values, np.float64), 1e-12))
-    labels = np.asarray(labels)
-    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    ok = counts[inv] >= 2
-    x, inv = x[ok], np.unique(inv[ok], return_inverse=True)[1]
-    counts = np.bincount(inv)
-    k, n = counts.size, x.size
-    if k < 2 or n <= k:
-        return None
-    means = np.bincount(inv, weights=x) / counts
-    between = float((counts * (means - x.mean()) ** 2).sum()) / (k - 1)
-    within = float(((x - means[inv]) ** 2).sum()) / (n - k)
-    return between / within if within > 0 else None
-
-
-def photon_sorting(photons: np.ndarray, labels: np.ndarray) -> float | None:
-    """:func:`class_sorting_f` of the frames' photon counts (floored at 1).
-
-    Photons per frame are fluence x the particle's scattering power in that
-    view (size, shape, orientation), so a high F is expected from classes that
-    separate views and sizes -- as they should.  With simulation truth,
-    :func:`truth_sorting` separates the two: measured on the 65^2 low-photon
-    set, F(photons) 44-49 came with F(true fluence) 1.7 (chance) and
-    F(photons / fluence) 216.  (Not the fitted fluence scales: a class's scales
-    and its model trade a common factor freely.)
-    """
-    return class_sorting_f(np.maximum(np.asarray(photons, np.float64), 1.0), labels)
-
-
-def truth_sorting(truth: dict, frame_id: np.ndarray, labels: np.ndarray) -> dict:
-    """F of :func:`class_sorting_f` for the simulation's nuisance and structure per frame.
-
-    ``fluence`` (a nuisance: ~1 wanted), ``scattering_strength`` (expected
-    particle photons / fluence: view, shape, size -- structure), ``size_nm``.
-    frame_id, labels : (n,) the run's frames and their classes.
-    """
-    by_id = pd.Series(np.arange(len(truth["frame_id"])), index=truth["frame_id"])
-    rows = by_id.reindex(frame_id).to_numpy()
-    fluence = np.asarray(truth["fluence"], np.float64)[rows]
-    strength = np.asarray(truth["photons_expected"], np.float64)[rows] / np.maximum(fluence, 1e-12)
-    return {"fluence": class_sorting_f(fluence, labels),
-            "scattering_strength": class_sorting_f(strength, labels),
-            "size_nm": class_sorting_f(np.asarray(truth["size_nm"], np.float64)[rows], labels)}
-
-
-def _mean_or_none(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
 def read_truth_or_none(truth_path: str) -> dict | None:
     """The simulation truth, or None (logged) when the file holds none (ingested data)."""
     from spicompute.errors import InputError
@@ -172,32 +114,10 @@ def read_truth_or_none(truth_path: str) -> dict | None:
         return None
 
 
-def purity_against_baseline(truth: dict, frames, result, n_models: int, seed: int) -> dict:
-    """Shape purity of each run's EMC classes and of the naive baseline on the same frames."""
-    from spicompute.emc2d.baseline import naive_classes, shape_labels, shape_purity
-
-    by_id = pd.Series(np.arange(len(truth["frame_id"])), index=truth["frame_id"])
-    labels_all = shape_labels(truth["class_name"], truth["melt_t"])
-    per_run, base = [], []
-    for run_i, fr in enumerate(result.frames):
-        ids = frames.frame_id[fr["index"]]
-        labels = labels_all[by_id.reindex(ids).to_numpy()]
-        per_run.append(shape_purity(fr["model"], labels))
-        if run_i == 0:  # the baseline on run 0's frames (the runs share ~80 % of them)
-            naive = naive_classes(frames.counts[fr["index"]], frames.detector, n_models, seed=seed)
-            base.append(shape_purity(naive, labels))
-    out = {"labels": "cube-like (t <= 0.2) | intermediate | sphere-like (t >= 0.8) | contaminant",
-           "emc_per_run": [round(v, 4) for v in per_run], "emc_mean": round(float(np.mean(per_run)), 4),
-           "naive_baseline": round(base[0], 4), "n_classes": n_models}
-    out["emc_minus_baseline"] = round(out["emc_mean"] - out["naive_baseline"], 4)
-    log.info("shape purity: EMC %.3f (mean of %d runs) vs naive radial-profile clustering %.3f",
-             out["emc_mean"], len(per_run), out["naive_baseline"])
-    return out
-
-
 def run(args) -> int:
-    from spicompute.emc2d.run import (EMCConfig, make_client, run_bootstrap,  # torch: not at CLI start
-                                      use_stream)
+    from spicompute.emc2d.run import EMCConfig, run_bootstrap, use_stream
+    from spicompute.emc2d.sorting import mean_or_none, photon_sorting, purity_against_baseline, truth_sorting
+    from spicompute.execution import dask_client  # torch: not at CLI start
 
     params = stage_params(args, "classify2d")
     cfg = EMCConfig.from_params(params)
@@ -216,15 +136,13 @@ def run(args) -> int:
     if args.checkpoints:
         Path(args.checkpoints).mkdir(parents=True, exist_ok=True)
     live = _LiveLogger(args.live)
-    client = make_client(cfg.scheduler)
     t0 = time.perf_counter()
     try:
-        result = run_bootstrap(frames, cfg, client=client,
-                               checkpoint_dir=args.checkpoints or None, on_iteration=live)
+        with dask_client(cfg.scheduler, "classify2d.scheduler") as client:
+            result = run_bootstrap(frames, cfg, client=client,
+                                   checkpoint_dir=args.checkpoints or None, on_iteration=live)
     finally:
         live.close()
-        if client is not None:
-            client.close()
     elapsed = time.perf_counter() - t0
     B, K = cfg.n_runs, result.models.shape[1]   # n_models may be auto
     L = result.grid.size
@@ -260,7 +178,7 @@ def run(args) -> int:
         "loglik_mean": float(np.mean([r["loglik"] for r in runs if r["loglik"] is not None])),
         "mutual_info_mean": float(np.mean([r["mutual_info"] for r in runs
                                            if r["mutual_info"] is not None])),
-        "photon_sorting_f": _mean_or_none([r["photon_sorting_f"] for r in runs]),
+        "photon_sorting_f": mean_or_none([r["photon_sorting_f"] for r in runs]),
         "runs": runs,
         **{f"resolved_{k}": v for k, v in result.resolved.items()},
     }
@@ -270,7 +188,7 @@ def run(args) -> int:
     elif args.truth and (truth := read_truth_or_none(args.truth)) is not None:
         metrics["shape_purity"] = purity_against_baseline(truth, frames, result, K, cfg.seed)
         per_run = [truth_sorting(truth, frames.frame_id[fr["index"]], fr["model"]) for fr in result.frames]
-        metrics["truth_sorting_f"] = {key: _mean_or_none([r[key] for r in per_run]) for key in per_run[0]}
+        metrics["truth_sorting_f"] = {key: mean_or_none([r[key] for r in per_run]) for key in per_run[0]}
     write_json_atomic(args.metrics, metrics)
     log.info("classify2d: wrote %d averages (%dx%d grid) to %s in %.1f s", B * K, L, L,
              args.out, elapsed)

@@ -14,19 +14,17 @@ See docs/ccmatrix_embed.md.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pandas as pd
 
-from spicompute.landscape.commonlines import read_ccmatrix
 from spicompute.errors import InputError, ParameterError
 from spicompute.io.provenance import stamp, write_json_atomic
 from spicompute.io.storage import memory_output
 from spicompute.io.tables import write_table
+from spicompute.landscape.commonlines import read_ccmatrix
 from spicompute.params import choice, positive, with_defaults
 from spicompute.stages._common import stage_params
-from spicompute.landscape import embedding as em
 
 COMMAND = "embed"
 HELP = "CLPCA (PCA of the CC matrix), Isomap, spectral, t-SNE embeddings and clusters"
@@ -66,91 +64,6 @@ def check_params(p: dict) -> dict:
     return q
 
 
-def compute(cc: np.ndarray, p: dict, usable: np.ndarray | None = None) -> dict:
-    """All embeddings and the clustering of one CC matrix (dict of results).
-
-    Only ``usable`` averages (default: all) shape the embeddings; the others
-    are projected into the CLPCA space through the fitted PCA (their CC rows
-    against the usable averages), get NaN in the non-linear embeddings and
-    cluster -1.
-    """
-    k, seed = p["n_components"], p["seed"]
-    m = cc.shape[0]
-    usable = np.ones(m, bool) if usable is None else np.asarray(usable, bool)
-    u = np.flatnonzero(usable)
-    out, seconds = {}, {}
-    t = time.perf_counter()
-    pca = em.clpca(cc[np.ix_(u, u)], k, seed=seed)
-    pc_all = (np.asarray(cc, np.float64)[:, u] - pca.mean) @ pca.components.T
-    pca.coords = pc_all
-    out["pc"] = pc_all
-    seconds["pc"] = time.perf_counter() - t
-    dist = em.cc_distance(cc[np.ix_(u, u)])
-    for method in p["methods"]:
-        t = time.perf_counter()
-        if method == "isomap":
-            out[method] = em.isomap_embedding(dist, k, p["isomap_neighbors"])
-        elif method == "spectral":
-            out[method] = em.spectral_embedding(dist, k, seed=seed)
-        elif method == "tsne":
-            out[method] = em.tsne_embedding(dist, k, p["tsne_perplexity"], seed=seed)
-        if method != "pc":
-            full = np.full((m, out[method].shape[1]), np.nan)
-            full[u] = out[method]
-            out[method] = full
-            seconds[method] = time.perf_counter() - t
-    clus = em.auto_cluster(out[p["cluster_on"]][u], max_k=p["cluster_max_k"], seed=seed)
-    labels = np.full(m, -1, np.int64)
-    labels[u] = clus.labels
-    prob = np.zeros(m)
-    prob[u] = clus.probability
-    clus.labels, clus.probability = labels, prob
-    return {"coords": out, "pca": pca, "cluster": clus, "seconds": seconds, "usable": usable}
-
-
-NUISANCES = ("n_frames", "mean_photons", "run")
-
-
-def nuisance_table(frames_table: str, frames_h5: str, average_id: np.ndarray) -> pd.DataFrame:
-    """Per average: member frames, mean photons per member frame, bootstrap run.
-
-    These carry no shape information; a landscape axis that follows them maps
-    noise or fluence, not structure (issue: at low photon counts one did).
-    """
-    from spicompute.io.frames import open_h5
-    from spicompute.io.tables import read_table
-
-    ft = read_table(frames_table)
-    for col in ("frame_id", "run", "average_id"):
-        if col not in ft.columns:
-            raise InputError(frames_table, col, "column missing")
-    ft = ft[ft["average_id"] >= 0]
-    with open_h5(frames_h5) as h5:
-        if "frames/photons" not in h5 or "frames/frame_id" not in h5:
-            raise InputError(frames_h5, "frames/photons", "dataset missing")
-        photons = pd.Series(h5["frames/photons"][()], index=h5["frames/frame_id"][()])
-    ft = ft.assign(photons=photons.reindex(ft["frame_id"].to_numpy()).to_numpy())
-    agg = ft.groupby("average_id").agg(n_frames=("frame_id", "size"), mean_photons=("photons", "mean"),
-                                       run=("run", "first"))
-    return agg.reindex(average_id).reset_index().rename(columns={"index": "average_id"})
-
-
-def nuisance_correlations(coords: np.ndarray, nuisance: pd.DataFrame, usable: np.ndarray) -> dict:
-    """Spearman rho of every pc with every nuisance variable, over the usable averages."""
-    from scipy.stats import spearmanr
-
-    out = {}
-    for j in range(coords.shape[1]):
-        row = {}
-        for name in NUISANCES:
-            v = nuisance[name].to_numpy(np.float64)
-            ok = usable & np.isfinite(v) & np.isfinite(coords[:, j])
-            rho = spearmanr(coords[ok, j], v[ok])[0] if ok.sum() > 3 and np.ptp(v[ok]) > 0 else float("nan")
-            row[name] = None if not np.isfinite(rho) else float(rho)
-        out[f"pc_{j + 1}"] = row
-    return out
-
-
 def table(average_id: np.ndarray, res: dict) -> pd.DataFrame:
     cols = {"average_id": np.asarray(average_id, np.int64)}
     for method, x in res["coords"].items():
@@ -186,7 +99,9 @@ def run(args) -> int:
     if m < 5:
         raise InputError(args.ccmatrix, "cc", f"needs at least 5 averages to embed, got {m}")
     log.info("embed: %d averages, methods %s", m, ", ".join(p["methods"]))
-    res = compute(ccf.cc, p, ccf.usable)
+    from spicompute.landscape.embedding import compute_embeddings
+
+    res = compute_embeddings(ccf.cc, p, ccf.usable)
     part = table(ccf.average_id, res)
     part["landscape_usable"] = ccf.usable
     write_table(args.part, part, stage=COMMAND)
@@ -202,6 +117,8 @@ def run(args) -> int:
         "n_unusable": int((~ccf.usable).sum()),
     }
     if args.frames_table and args.frames:
+        from spicompute.landscape.nuisance import nuisance_correlations, nuisance_table
+
         nuisance = nuisance_table(args.frames_table, args.frames, ccf.average_id)
         corr = nuisance_correlations(res["coords"]["pc"], nuisance, ccf.usable)
         metrics["nuisance_spearman"] = corr

@@ -144,7 +144,7 @@ def _writable_folder(path: Path) -> None:
 def run(args) -> int:
     from spicompute.io.mrc import ANGSTROM_PER_NM, write_mrc
     from spicompute.io.provenance import atomic_path
-    from spicompute.stages.phase import read_volumes
+    from spicompute.io.volumes import read_volumes
 
     if not (np.isfinite(args.decades) and args.decades > 0):
         raise ParameterError("--decades", f"must be > 0, got {args.decades}")

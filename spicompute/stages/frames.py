@@ -14,10 +14,10 @@ import contextlib
 import time
 from pathlib import Path
 
-from spicompute.ingest.euxfel import EUXFEL_KEYS
-from spicompute.io.frames import write_frames
 from spicompute.errors import InputError
+from spicompute.ingest.euxfel import EUXFEL_KEYS
 from spicompute.ingest.report import frameset_report, write_json, write_lit_histogram
+from spicompute.io.frames import write_frames
 from spicompute.io.truth import write_truth
 from spicompute.stages._common import all_params, get_logger, progress_disabled
 
@@ -87,8 +87,8 @@ def run(args) -> int:
                  metrics["hit_threshold"], time.perf_counter() - start, args.out)
         return 0
     if data.get("input"):
+        from spicompute.ingest.blockwise import copy_frames_stream, streams_on_ingest
         from spicompute.ingest.files import ingest
-        from spicompute.io.stream import copy_frames_stream, streams_on_ingest
 
         if streams_on_ingest(data):  # a large file in our layout: validated and copied block by block
             frames = copy_frames_stream(data["input"], args.out, empty_frames=data.get("empty_frames") or "error",

@@ -120,117 +120,6 @@ def settings_for(o: dict, seed):
                            seed=seed, workers=o["threads"] if o["threads"] > 0 else -1)
 
 
-def read_volumes(path) -> dict:
-    """Validated contents of a volumes file: intensity (P,L,L,L), z (P,d), observed (L,L,L) bool, dq_nm."""
-    from spicompute.io.frames import open_h5
-
-    with open_h5(path) as h5:
-        for name in ("volumes/intensity", "volumes/z", "volumes/observed"):
-            if name not in h5:
-                raise InputError(path, name, "dataset missing")
-        inten = h5["volumes/intensity"][()]
-        z = h5["volumes/z"][()]
-        observed = h5["volumes/observed"][()]
-        attrs = dict(h5.attrs)
-        attrs.update({k: v for k, v in h5["volumes"].attrs.items() if k not in attrs})
-    if inten.ndim != 4 or not inten.shape[1] == inten.shape[2] == inten.shape[3] or inten.shape[0] < 1:
-        raise InputError(path, "volumes/intensity", f"must be (P, L, L, L) with P >= 1, got {inten.shape}")
-    p, size = inten.shape[0], inten.shape[1]
-    if size % 2 == 0 or size < 5:
-        raise InputError(path, "volumes/intensity",
-                         f"grid edge L must be odd and >= 5 (q = 0 at L // 2), got {size}")
-    if not np.all(np.isfinite(inten)):
-        raise InputError(path, "volumes/intensity", "contains NaN or Inf")
-    if inten.min() < 0:
-        raise InputError(path, "volumes/intensity", f"negative intensity ({float(inten.min()):.3g})")
-    z = np.asarray(z, dtype=np.float64)
-    if z.ndim == 1:
-        z = z[:, None]
-    if z.ndim != 2 or z.shape[0] != p:
-        raise InputError(path, "volumes/z", f"must be ({p}, d), got {z.shape}")
-    if not np.all(np.isfinite(z)):
-        raise InputError(path, "volumes/z", "contains NaN or Inf")
-    if observed.shape != (size,) * 3:
-        raise InputError(path, "volumes/observed", f"must be {(size,) * 3}, got {observed.shape}")
-    observed = np.asarray(observed) != 0
-    if not observed.any():
-        raise InputError(path, "volumes/observed", "no observed voxel")
-    if "dq_nm" not in attrs:
-        raise InputError(path, "@dq_nm", "attribute missing")
-    try:
-        dq = float(np.asarray(attrs["dq_nm"]).reshape(-1)[0])
-    except (TypeError, ValueError, IndexError):
-        dq = float("nan")
-    if not np.isfinite(dq) or dq <= 0:
-        raise InputError(path, "@dq_nm", f"must be a positive number, got {attrs['dq_nm']!r}")
-    try:
-        center = int(np.asarray(attrs["center"]).reshape(-1)[0]) if "center" in attrs else size // 2
-    except (TypeError, ValueError, IndexError):
-        center = None
-    if center != size // 2:
-        raise InputError(path, "@center", f"must be L // 2 = {size // 2}, got {attrs['center']}")
-    size_nm = None
-    if "particle_size_nm" in attrs:
-        try:
-            size_nm = float(np.asarray(attrs["particle_size_nm"]).reshape(-1)[0])
-        except (TypeError, ValueError):
-            raise InputError(path, "@particle_size_nm", f"must be a number, got {attrs['particle_size_nm']!r}") \
-                from None
-        if not (np.isfinite(size_nm) and size_nm > 0):
-            size_nm = None
-    return {"intensity": inten, "z": z, "observed": observed, "dq_nm": dq, "size": size,
-            "particle_size_nm": size_nm}
-
-
-def check_sampling(vol: dict, path) -> list[int]:
-    """Refuse volumes whose grid holds less than twice the particle (no 2x oversampling).
-
-    With the particle size the VAE measured (``@particle_size_nm`` of the volumes file)
-    the box ``2 pi / dq`` must hold twice it; volumes whose autocorrelation still fills
-    the box are then speckled, not too large: a warning, and their indices are returned.
-    Without a size the autocorrelation alone decides.
-
-    The autocorrelation of each intensity volume spans twice the particle; when
-    it does not fall off before the faces of the ``2 pi / dq`` box
-    (:func:`spicompute.phasing.autocorrelation_extent`) the particle is about
-    half the box or more, phase retrieval has too few constraints and the
-    support wraps.  One line naming the parameters that set the box; nothing
-    is written.
-    """
-    from spicompute import phasing
-
-    box = 2 * np.pi / vol["dq_nm"]
-    size_nm = vol.get("particle_size_nm")
-    if size_nm is not None and box < 2 * size_nm * (1 - 1e-3):  # the VAE's Nyquist bound gives exactly 2x
-        raise ParameterError(
-            "vae.preset / vae.q_max_nm",
-            f"the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds less than twice the "
-            f"{size_nm:.0f} nm particle; phasing needs a box >= 2x the particle: use a larger vae.preset or "
-            f"a smaller vae.q_max_nm", source=str(path))
-    unclear = []
-    for i in range(vol["intensity"].shape[0]):
-        extent, fits = phasing.autocorrelation_extent(vol["intensity"][i], vol["observed"],
-                                                      vol["dq_nm"])
-        if fits:
-            continue
-        if size_nm is None:
-            raise ParameterError(
-                "vae.preset / vae.q_max_nm",
-                f"volume {i}: the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds "
-                f"less than twice the particle (its autocorrelation fills the box: particle extent "
-                f">= {extent:.0f} nm); phasing needs a box >= 2x the particle: use a larger "
-                f"vae.preset or a smaller vae.q_max_nm (or, if the particle is small, the volume "
-                f"is speckled by noise: check the vae training)", source=str(path))
-        unclear.append(i)
-    if unclear:
-        # the grid holds twice the particle size the VAE measured on the data, so an autocorrelation
-        # that fills the box says the volume is speckled (an under-trained decoder), not too big
-        log.warning("volumes %s: the autocorrelation fills the %.0f nm box although the particle (%.0f nm) "
-                    "fits twice: the volumes look speckled by noise; check the vae training", unclear, box,
-                    size_nm)
-    return unclear
-
-
 def choose_averages(avg, selection, count: int, source: str) -> np.ndarray:
     """Indices (into ``avg``) of the averages to phase in 2D.
 
@@ -265,6 +154,8 @@ def run(args) -> int:
     from spicompute.io.provenance import stamp, write_json_atomic
     from spicompute.io.storage import memory_output
     from spicompute.io.tables import write_table
+    from spicompute.io.volumes import read_volumes
+    from spicompute.phasing import check_sampling
 
     p = stage_params(args, "phase")
     o = options(p)

@@ -31,8 +31,8 @@ def add_arguments(parser):
 def place(model_path, averages_path) -> pd.DataFrame:
     """Table of predicted coordinates for every average of a file."""
     from spicompute.errors import InputError
-    from spicompute.landscape.features import rotation_invariant_features
     from spicompute.io.averages import read_averages
+    from spicompute.landscape.features import rotation_invariant_features
     from spicompute.landscape.regressor import load_regressor
 
     reg = load_regressor(model_path)

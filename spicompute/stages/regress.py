@@ -69,8 +69,8 @@ def feature_params_from(p: dict, averages, source: str = "averages"):
 
 
 def train_config_from(p: dict):
-    from spicompute.params import in_range, integer, positive, with_defaults
     from spicompute.landscape.regressor import TrainConfig
+    from spicompute.params import in_range, integer, positive, with_defaults
 
     with_defaults("regress", p, KNOWN)  # a typo is an error before any work
     hidden = p.get("hidden", [512, 128, 64, 32])
@@ -107,12 +107,12 @@ def _targets(path: str, ids: np.ndarray, names: list[str]) -> np.ndarray:
 def run(args) -> int:
     import torch
 
-    from spicompute.landscape.features import rotation_invariant_features
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import write_json_atomic
     from spicompute.io.tables import write_table
-    from spicompute.params import integer
+    from spicompute.landscape.features import rotation_invariant_features
     from spicompute.landscape.regressor import regression_metrics, save_regressor, train_regressor
+    from spicompute.params import integer
 
     p = stage_params(args, "regress")
     config = train_config_from(p)

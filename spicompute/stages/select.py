@@ -61,6 +61,7 @@ def add_arguments(parser):
 
 
 def options(raw: dict) -> dict:
+    from spicompute.landscape.training_set import bounds
     from spicompute.params import choice, integer, positive, with_defaults
 
     p = with_defaults("select", raw, DEFAULTS)
@@ -88,11 +89,11 @@ def options(raw: dict) -> dict:
         box = p["box"]
         if not isinstance(box, dict) or not box or not all(isinstance(v, list) and len(v) == 2 for v in box.values()):
             raise ParameterError("select.box", "mode box needs {column: [lo, hi], ...}")
-        p["box"] = {str(col): _bounds(f"select.box.{col}", v) for col, v in box.items()}
+        p["box"] = {str(col): bounds(f"select.box.{col}", v) for col, v in box.items()}
     if p["mode"] == "gain" and not (isinstance(p["gain"], list) and len(p["gain"]) == 2):
         raise ParameterError("select.gain", "must be [lo, hi] (null for an open end)")
     if p["mode"] == "gain":
-        p["gain"] = _bounds("select.gain", p["gain"])
+        p["gain"] = bounds("select.gain", p["gain"])
     if p["mode"] == "file" and not p["file"]:
         raise ParameterError("select.file", "mode file needs a selection file, e.g. selections/<name>.json")
     if p["mode"] == "file":
@@ -100,146 +101,6 @@ def options(raw: dict) -> dict:
 
         p["file"] = str(confined_file(p["file"], "select.file"))
     return p
-
-
-def _bounds(name: str, value: list) -> list:
-    """[lo, hi] with numbers or null (open end), lo < hi when both are given."""
-    out = []
-    for v in value:
-        if v is None:
-            out.append(None)
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-            raise ParameterError(name, f"must be [lo, hi] with numbers or null (open end), got {value!r}")
-        out.append(float(v))
-    if None not in out and out[0] > out[1]:
-        raise ParameterError(name, f"lo must not exceed hi, got {value!r}")
-    return out
-
-
-def _range_rule(bounds) -> dict:
-    rule = {}
-    if bounds[0] is not None:
-        rule["min"] = float(bounds[0])
-    if bounds[1] is not None:
-        rule["max"] = float(bounds[1])
-    return rule
-
-
-def family_mask(table: pd.DataFrame, keep: np.ndarray, p: dict):
-    """The :class:`spicompute.landscape.family.Family` of the averages in ``keep`` (N,) bool.
-
-    Uses the CLPCA columns ``select.family_components`` and the
-    orientation-fit ``gain``; averages the embed stage left out of the
-    landscape (``landscape_usable`` false) or with non-finite values are
-    never in the family.
-    """
-    from spicompute.landscape.family import clpca_similarity, find_family
-
-    cols = list(p["family_components"])
-    needed = [(c, "results/parts/embed.parquet") for c in cols] + [("gain", "results/parts/orient.parquet")]
-    for col, source in needed:
-        if col not in table.columns:
-            raise InputError(source, col, "column missing (select.mode family)")
-    coords = table[cols].to_numpy(np.float64)
-    gain = table["gain"].to_numpy(np.float64)
-    usable = keep & np.isfinite(coords).all(1) & np.isfinite(gain)
-    if "landscape_usable" in table.columns:
-        usable &= table["landscape_usable"].to_numpy(bool)
-    if usable.sum() < 2:
-        raise ParameterError("select.mode", f"family needs >= 2 averages with CLPCA coordinates and a gain, "
-                             f"got {int(usable.sum())}")
-    k = None if p["family_k"] == "auto" else p["family_k"]
-    return find_family(clpca_similarity(np.where(usable[:, None], coords, 0.0)), gain, usable, k=k,
-                       shared_fraction=p["family_shared_fraction"], seed_fraction=p["family_seed_fraction"])
-
-
-def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(selected (N,) bool, reason (N,) str, min_frames used) for a per-average table.
-
-    In mode family, ``family_out`` (a dict, when given) receives the
-    :class:`spicompute.landscape.family.Family` under ``"family"``.
-    """
-    from spicompute.landscape.selections import apply_rule, members, read_selection
-
-    n_frames = table["n_frames"].to_numpy(float)
-    min_frames = 0.2 * float(np.median(n_frames)) if p["min_frames"] == "auto" else float(p["min_frames"])
-    reason = np.full(len(table), "selected", dtype=object)
-    keep = n_frames >= min_frames
-    reason[~keep] = f"n_frames < {min_frames:.3g}"
-    mode = p["mode"]
-    if mode == "family":
-        fam = family_mask(table, keep, p)
-        if family_out is not None:
-            family_out["family"] = fam
-        inside = fam.keep
-        why = "not in the cube-end family"
-        usable = int((fam.component >= 0).sum())
-        if fam.keep.sum() < p["family_min_fraction"] * usable:
-            # no chain from the cube end through the landscape (too noisy a landscape, e.g. a
-            # short EMC run): the family would be a fragment; train on all usable averages
-            log.warning("select: the cube-end family holds %d of %d usable averages (< family_min_fraction "
-                        "%.2g): the landscape shows no chain; keeping all usable averages instead",
-                        int(fam.keep.sum()), usable, p["family_min_fraction"])
-            inside = np.ones(len(table), bool)
-            why = ""
-            if family_out is not None:
-                family_out["fallback"] = True
-    elif mode == "clusters":
-        if "cluster" not in table.columns:
-            raise InputError("results/parts/embed.parquet", "cluster", "column missing (mode clusters)")
-        inside = np.isin(table["cluster"].to_numpy(), p["clusters"])
-        why = f"cluster not in {p['clusters']}"
-    elif mode == "box":
-        inside = apply_rule(table, {c: _range_rule(v) for c, v in p["box"].items()}, "select.box")
-        why = "outside box"
-    elif mode == "gain":
-        if "gain" not in table.columns:
-            raise InputError("results/parts/orient.parquet", "gain", "column missing (mode gain)")
-        inside = apply_rule(table, {"gain": _range_rule(p["gain"])}, "select.gain")
-        why = "gain outside range"
-    elif mode == "file":
-        sel = read_selection(p["file"])
-        if sel["kind"] != "averages":
-            raise InputError(p["file"], "kind", "select needs an averages selection")
-        inside = members(table, sel)
-        why = f"not in selection {sel['name']}"
-    else:
-        inside = np.ones(len(table), bool)
-        why = ""
-    reason[keep & ~inside] = why
-    return keep & inside, reason, min_frames
-
-
-def truth_scores(average_id: np.ndarray, selected: np.ndarray, usable: np.ndarray, frames: pd.DataFrame,
-                 truth: dict, source: str = "truth") -> dict:
-    """Family purity and recall of a selection against simulation truth.
-
-    An average is labelled by the majority true class of its member frames
-    (``frames``: frame_id, average_id); it is *family* when that class is
-    cube, melt or sphere.  purity = family share of the selected averages;
-    recall = selected share of the family averages that are ``usable`` (N,)
-    bool (enough member frames: the ones a selection may keep at all).
-    """
-    from spicompute.validation import average_truth
-
-    members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]]
-    unknown = np.setdiff1d(members["frame_id"].to_numpy(), np.asarray(truth["frame_id"]))
-    if unknown.size:
-        raise InputError(source, "truth/frame_id", "some member frames have no truth row")
-    per_average = average_truth(members, truth).set_index("average_id").reindex(average_id)
-    majority = per_average["majority_class"]
-    family = per_average["family"].fillna(False).to_numpy(bool)
-    n_sel = int(selected.sum())
-    n_fam = int((family & usable).sum())
-    return {"family_purity": float(family[selected].mean()) if n_sel else None,
-            "family_recall": float(selected[family & usable].mean()) if n_fam else None,
-            "family_label": "majority true class of the member frames; family = cube, melt or sphere",
-            "n_family_usable": n_fam,
-            "n_selected_family": int((family & selected).sum()),
-            "selected_classes": {str(c): int(n) for c, n in
-                                 majority[selected].value_counts().sort_index().items()}}
 
 
 def _min_selected(args, p: dict) -> int:
@@ -268,6 +129,7 @@ def _nothing_selected(p: dict, reason: np.ndarray, n: int, min_frames: float) ->
 def run(args) -> int:
     from spicompute.io.provenance import write_json_atomic
     from spicompute.io.tables import merge_parts, read_table, write_table
+    from spicompute.landscape.training_set import select_averages, truth_scores
 
     p = options(stage_params(args, "select"))
     min_selected = _min_selected(args, p)

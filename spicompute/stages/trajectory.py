@@ -66,8 +66,8 @@ def run(args) -> int:
     from spicompute.io.provenance import stamp
     from spicompute.io.storage import memory_output
     from spicompute.io.tables import read_table
-    from spicompute.stages.volumes import load_vae
     from spicompute.landscape.trajectory import graph_path, straight_path
+    from spicompute.vae.model import load_vae
     from spicompute.vae.train import decode_volumes
 
     if not 2 <= args.n_points <= 200:

@@ -83,11 +83,9 @@ def options(raw: dict) -> dict:
 def _device(name: str):
     import torch
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("vae.device", "cuda requested but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    from spicompute.execution import resolve_device
+
+    return torch.device(resolve_device(name, "vae.device"))
 
 
 def _orientations(path: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,8 +180,7 @@ def run(args) -> int:
     from spicompute.io.tables import write_table
     from spicompute.vae.data import model_inputs, plan_preprocessing
     from spicompute.vae.model import VAE, architecture
-    from spicompute.vae.train import (TensorData, TrainConfig, encode, fingerprint, init_distributed,
-                                      train_vae)
+    from spicompute.vae.train import TensorData, TrainConfig, encode, fingerprint, init_distributed, train_vae
 
     p = options(stage_params(args, "vae"))
     if p["threads"] > 0:

@@ -50,34 +50,12 @@ def add_arguments(parser):
     parser.add_argument("--metrics", default="metrics/validate.json")
 
 
-def _spearman(x, y) -> float | None:
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return None
-    return float(spearmanr(x[ok], y[ok])[0])
-
-
-def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dict:
-    """|Spearman|(z_k, members' mean melt) over the trained averages of the family."""
-    t = latents.merge(per_average, on="average_id", how="inner")
-    trained = t["vae_trained"].astype(bool) if "vae_trained" in t else pd.Series(True, index=t.index)
-    fam = t[trained & t["family"].astype(bool) & t["melt_t"].notna()]
-    out = {}
-    for col in sorted(c for c in latents.columns if c.startswith("z_") and not c.startswith("z_logvar")):
-        rho = _spearman(fam[col], fam["melt_t"])
-        out[col] = None if rho is None else round(abs(rho), 4)
-    return {"rho_z_melt": out, "n_family_trained": int(len(fam))}
-
-
 def run(args) -> int:
     from spicompute.io.provenance import write_json_atomic
     from spicompute.io.tables import read_table, write_table
     from spicompute.io.truth import read_truth
-    from spicompute.stages.phase import read_volumes
-    from spicompute.validation import average_truth, melt_match, true_particle_volume
+    from spicompute.io.volumes import read_volumes
+    from spicompute.validation import average_truth, latent_follows_melt, melt_match, spearman, true_particle_volume
 
     try:
         truth = read_truth(args.truth, volumes=True)
@@ -118,7 +96,7 @@ def run(args) -> int:
     ends = line.sort_values("z_1")["t_hat"].to_numpy() if "z_1" in line else np.zeros(0)
     metrics = {"truth": True, "n_points": int(len(table))}
     if vol["z"].shape[1] == 1 and len(line) >= 3:
-        rho = _spearman(line["z_1"], line["t_hat"])
+        rho = spearman(line["z_1"], line["t_hat"])
         metrics["line_spearman_z_t_hat"] = None if rho is None else round(rho, 4)
         metrics["line_t_hat_ends"] = [round(float(ends[0]), 4), round(float(ends[-1]), 4)]
         metrics["line_t_hat_span"] = [round(float(min(ends[0], ends[-1])), 4),
@@ -151,7 +129,7 @@ def _fit_of_averages(args, latents, per_average, truth_volumes, truth_t, truth_d
 
     from spicompute.io.averages import read_averages
     from spicompute.io.tables import read_table
-    from spicompute.stages.volumes import load_vae
+    from spicompute.vae.model import load_vae
     from spicompute.validation import truth_fit_of_averages
 
     model, arch, prep = load_vae(args.model)

@@ -28,8 +28,6 @@ Writes ``data/volumes.h5``::
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 from pathlib import Path
 
@@ -53,8 +51,8 @@ def add_arguments(parser):
 
 
 def options(raw: dict) -> dict:
-    from spicompute.params import ParameterError, positive, with_defaults
     from spicompute.landscape.selections import confined_folder
+    from spicompute.params import ParameterError, positive, with_defaults
 
     p = with_defaults("volumes", raw, DEFAULTS)
     p["n_points"] = positive("volumes.n_points", p["n_points"], integer=True)
@@ -69,22 +67,6 @@ def options(raw: dict) -> dict:
         raise ParameterError("volumes.percentiles", f"must be auto or [lo, hi] with 0 <= lo < hi <= 100, got {pct!r}")
     p["percentiles"] = [float(v) for v in pct]
     return p
-
-
-def latent_span(z: np.ndarray, percentiles="auto") -> tuple[np.ndarray, np.ndarray]:
-    """(lo (d,), hi (d,)) of the encoded z (N, d) of the trained averages.
-
-    auto: the m-th smallest and m-th largest value per axis, m = max(2,
-    ceil(0.005 N)) (bounded by N); else ``percentiles`` [lo, hi] in percent.
-    """
-    z = np.asarray(z, np.float64)
-    if percentiles != "auto":
-        lo, hi = np.percentile(z, percentiles, axis=0)
-        return lo, hi
-    n = len(z)
-    m = min(max(2, int(np.ceil(0.005 * n))), n)
-    ordered = np.sort(z, axis=0)
-    return ordered[m - 1], ordered[n - m]
 
 
 def check_memory(n_volumes: int, size: int, param: str) -> None:
@@ -112,46 +94,6 @@ def _available_memory() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def latent_points(z: np.ndarray, p: dict) -> np.ndarray:
-    """Line (d = 1) or grid (d > 1) over :func:`latent_span` of encoded z (N, d) -> (P, d)."""
-    lo, hi = latent_span(z, p["percentiles"])
-    d = z.shape[1]
-    if d == 1:
-        return np.linspace(lo[0], hi[0], p["n_points"])[:, None]
-    axes = [np.linspace(lo[i], hi[i], p["grid_per_axis"]) for i in range(d)]
-    return np.asarray(list(itertools.product(*axes)))
-
-
-def load_vae(model_path):
-    """(model, Architecture, Preprocessing) of a trained VAE: weights plus the .json side file.
-
-    Weights are loaded with ``weights_only=True``; one-line errors name the file.
-    """
-    from spicompute.io.storage import load_torch
-    from spicompute.vae.data import Preprocessing
-    from spicompute.vae.model import VAE, Architecture
-
-    model_path = Path(model_path)
-    side_path = model_path.with_suffix(".json")
-    try:
-        side = json.loads(side_path.read_text())
-        arch = Architecture.from_dict(side["architecture"])
-        prep = Preprocessing.from_dict(side["preprocessing"])
-    except FileNotFoundError:
-        raise InputError(side_path, None, "model description not found (run the vae stage)") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(side_path, "architecture", f"not a VAE description ({exc})") from None
-    model = VAE(arch)
-    if not model_path.exists():
-        raise InputError(model_path, None, "weights not found (run the vae stage)")
-    state = load_torch(model_path, "VAE weights file")
-    try:
-        model.load_state_dict(state)
-    except Exception as exc:
-        raise InputError(model_path, None, f"not VAE weights matching {side_path.name} ({exc})") from None
-    return model, arch, prep
-
-
 def run(args) -> int:
     import h5py
 
@@ -159,6 +101,8 @@ def run(args) -> int:
     from spicompute.io.storage import memory_output
     from spicompute.io.tables import read_table
     from spicompute.landscape.selections import list_selections
+    from spicompute.vae.line import latent_points
+    from spicompute.vae.model import load_vae
     from spicompute.vae.train import decode_volumes
 
     p = options(stage_params(args, "volumes"))
@@ -190,7 +134,7 @@ def run(args) -> int:
         source += [f"selection:{sel['name']}"] * len(pts)
     volumes = decode_volumes(model, points, prep)
     if not np.all(np.isfinite(volumes)):  # never a NaN volume with exit 0
-        raise InputError(model_path, None, "the decoded volumes contain NaN or Inf (re-train the vae stage)")
+        raise InputError(args.model, None, "the decoded volumes contain NaN or Inf (re-train the vae stage)")
     with memory_output(args.out) as tmp:  # HDF5 never writes to disk itself: see io.storage
         with h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, p)

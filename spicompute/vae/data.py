@@ -38,11 +38,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from spicompute.emc2d.particle_size import estimate_particle_size
 from spicompute.errors import InputError, ParameterError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
-from spicompute.emc2d.particle_size import estimate_particle_size
 from spicompute.qrange import radial_profile, resolve_q_range
+
 
 @dataclass
 class Preprocessing:
@@ -193,7 +194,7 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     The data-set-wide constant is the median, over the averages of ``train_index``
     (default: all), of each average's mean of ``I / p`` over its observed pixels.
     """
-    from spicompute.orient.slicing import rotation_matrices
+    from spicompute.orient.quaternions import rotation_matrices
 
     intensity, observed = resample_averages(averages, prep)
     n, c = prep.input_size, prep.input_size // 2

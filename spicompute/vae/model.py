@@ -27,11 +27,14 @@ ends on an odd edge with the origin at the centre voxel, where Oh acts exactly.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from spicompute.errors import InputError
 from spicompute.orient.symmetry import symmetrize_oh
 
 SOFTPLUS_INV_ONE = 0.5413248546129181  # softplus^-1(1): the untrained decoder outputs ~1
@@ -156,3 +159,32 @@ class VAE(nn.Module):
         mu, logvar = self.encoder(image, condition)
         z = mu + torch.exp(0.5 * logvar) * noise
         return self.decoder(z), mu, logvar
+
+
+def load_vae(model_path):
+    """(model, Architecture, Preprocessing) of a trained VAE: weights plus the .json side file.
+
+    Weights are loaded with ``weights_only=True``; one-line errors name the file.
+    """
+    from spicompute.io.storage import load_torch
+    from spicompute.vae.data import Preprocessing
+
+    model_path = Path(model_path)
+    side_path = model_path.with_suffix(".json")
+    try:
+        side = json.loads(side_path.read_text())
+        arch = Architecture.from_dict(side["architecture"])
+        prep = Preprocessing.from_dict(side["preprocessing"])
+    except FileNotFoundError:
+        raise InputError(side_path, None, "model description not found (run the vae stage)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(side_path, "architecture", f"not a VAE description ({exc})") from None
+    model = VAE(arch)
+    if not model_path.exists():
+        raise InputError(model_path, None, "weights not found (run the vae stage)")
+    state = load_torch(model_path, "VAE weights file")
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise InputError(model_path, None, f"not VAE weights matching {side_path.name} ({exc})") from None
+    return model, arch, prep
