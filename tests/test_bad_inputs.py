@@ -2,7 +2,7 @@
 
 Each case builds a small broken input in its own folder, runs the real command
 line (``python -m spicompute <stage> ...`` in a subprocess, as ``dvc.yaml``
-does) and asserts what the README promises: exit status 2, exactly one
+does) and asserts what docs/reliability.md promises: exit status 2, exactly one
 non-empty line on stderr naming the file and/or field, no traceback, and no
 output file nor temporary file left in the output folder.
 
@@ -1028,8 +1028,9 @@ def test_bad_input_fails_cleanly(base, tmp_path, name):
 
 
 def test_corpus_size():
-    """The README quotes this number (169 cases); keep it in step."""
+    """docs/reliability.md quotes the number of cases; keep it in step."""
     assert len(CASES) == 169
+    assert f"**{len(CASES)} cases**" in (REPO / "docs" / "reliability.md").read_text()
 
 
 # --------------------------------------------------------------------------- positive controls

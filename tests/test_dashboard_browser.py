@@ -59,7 +59,7 @@ SHOT_PAGES = [("", "SPI Landscape", "home"), ("Landscape", "Structural landscape
 @pytest.mark.skipif(not os.environ.get("SPI_SCREENSHOT_WORKSPACE"),
                     reason="set SPI_SCREENSHOT_WORKSPACE to a workspace with real `dvc repro` outputs")
 def test_screenshots_of_real_outputs(tmp_path):
-    """Every main page renders on real pipeline outputs; small PNGs for the README.
+    """Every main page renders on real pipeline outputs; small PNGs for docs/dashboard.md.
 
     SPI_SCREENSHOT_WORKSPACE: outputs of a real `dvc repro` (data/, results/, metrics/,
     dvclive/); SPI_SCREENSHOT_DIR: where the PNGs go (default: a temporary folder).

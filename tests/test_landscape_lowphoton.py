@@ -15,7 +15,7 @@ runs and iterations), then against the simulator's truth, which no stage reads:
 component followed how *mixed* the classes were (the members' melt spread,
 Spearman 0.79), and through it photons per frame; over four EMC seeds the
 largest point excess of photons/occupancy over shape was +0.20 on average at
-30 models and -0.04 at 60 (README, "low-photon landscape").
+30 models and -0.04 at 60 (docs/low_photon.md, "Frames per class").
 """
 
 from __future__ import annotations

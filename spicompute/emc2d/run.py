@@ -41,7 +41,7 @@ class EMCConfig:
     """Parameters of 2D EMC (section ``classify2d`` of params.yaml)."""
 
     n_models: int | str = 30      # K models per run, or "auto": the run's frames / frames_per_class
-    frames_per_class: float = 80.0  # n_models auto: target frames per class (README, low photon counts)
+    frames_per_class: float = 80.0  # n_models auto: target frames per class (docs/low_photon.md)
     n_rot: int | str = 36         # R in-plane rotations, or "auto": 2 D q_max (arc at q_max = half a speckle)
     friedel: bool = False         # Friedel symmetry: n_rot over 180 deg, centrosymmetric models (Dragonfly)
     particle_size_nm: float | str = "auto"  # D for n_rot auto: nm, or auto (first minimum of the radial profile)
