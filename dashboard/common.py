@@ -243,11 +243,10 @@ def log_image(images: np.ndarray, valid: np.ndarray, decades: float = 4.0) -> np
     the observed values: EMC models carry values down to 1e-40 in unvisited
     corners, which would otherwise stretch the colour scale over 40 decades.
     """
-    images = np.asarray(images, dtype=np.float64)
-    observed = images[valid & (images > 0)]
-    top = np.percentile(observed, 99.9) if observed.size else 1.0
-    out = np.log10(np.maximum(images, top * 10.0**-decades))
-    return np.where(valid, out, np.nan)
+    from dashboard.views import log_display
+
+    images = np.where(valid, np.asarray(images, dtype=np.float64), 0.0)
+    return np.where(valid, log_display(images, decades), np.nan)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -104,24 +104,31 @@ def read_h5(path: str | Path, datasets: list[str] | tuple[str, ...], index=None,
     return out
 
 
-def read_dvclive(folder: str | Path) -> dict[str, pd.DataFrame]:
+def read_dvclive(folder: str | Path, pattern: str = "*.tsv", skip_partial: bool = False
+                 ) -> dict[str, pd.DataFrame]:
     """dvclive scalar curves of ``<dir>/plots/metrics``: ``{name: DataFrame(step, name)}``.
 
-    Each ``<name>.tsv`` has columns ``step`` and ``<name>`` (dvclive also writes
-    ``timestamp``).  A file without them raises OutputCorrupt.
+    Each ``<name>.tsv`` (``pattern`` below ``folder``, recursively; ``name`` is its
+    path without suffix) has columns ``step`` and ``<name>`` (dvclive also writes
+    ``timestamp``).  A file without them raises OutputCorrupt, or is skipped with
+    ``skip_partial`` (a log the stage is still writing).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise OutputMissing(folder, "not produced yet")
     out = {}
-    for tsv in sorted(folder.rglob("*.tsv")):
+    for tsv in sorted(folder.rglob(pattern)):
         name = tsv.relative_to(folder).with_suffix("").as_posix()
+        value = tsv.stem
         try:
             frame = pd.read_csv(tsv, sep="\t")
+            if "step" not in frame.columns or value not in frame.columns:
+                raise OutputCorrupt(tsv, f"expected columns step and {value}")
         except Exception as exc:
+            if skip_partial:
+                continue
+            if isinstance(exc, OutputCorrupt):
+                raise
             raise OutputCorrupt(tsv, f"unreadable TSV ({exc.__class__.__name__})") from None
-        value = tsv.stem
-        if "step" not in frame.columns or value not in frame.columns:
-            raise OutputCorrupt(tsv, f"expected columns step and {value}")
         out[name] = frame[["step", value]].rename(columns={value: name})
     return out

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.common import file_key, grid_step, log_image, missing, path, read_h5, read_json, run_picker
+from dashboard.data import loaders
 from dashboard.figures import image_grid
 
 st.set_page_config(page_title="Averages · SPI Landscape", layout="wide")
@@ -29,18 +30,9 @@ META = ["averages/average_id", "averages/run", "averages/model", "averages/n_fra
 @st.cache_data(max_entries=8, show_spinner=False)
 def _live_series(key: tuple) -> pd.DataFrame:
     """All dvclive TSVs under the folder as one long table (run, metric, step, value)."""
-    rows = []
-    for tsv in sorted(Path(key[0]).glob("run_*/*.tsv")):
-        try:
-            frame = pd.read_csv(tsv, sep="\t")
-        except (ValueError, OSError):  # a truncated log while the stage writes it: skip
-            continue
-        metric = tsv.stem
-        if "step" not in frame or metric not in frame:
-            continue
-        rows.append(pd.DataFrame({"run": tsv.parent.name.removeprefix("run_"),
-                                  "metric": metric, "step": frame["step"],
-                                  "value": frame[metric]}))
+    series = loaders.read_dvclive(key[0], "run_*/*.tsv", skip_partial=True) if Path(key[0]).is_dir() else {}
+    rows = [pd.DataFrame({"run": name.split("/")[0].removeprefix("run_"), "metric": name.split("/")[1],
+                          "step": frame["step"], "value": frame[name]}) for name, frame in series.items()]
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         columns=["run", "metric", "step", "value"])
 

@@ -51,7 +51,10 @@ from spicompute.io.frames import FrameSet
 from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 from spicompute.params import in_range, integer, positive, with_defaults
 from spicompute.simulation.shapes import (
+    box_amplitude_torch,
     melt_half_size,
+    sphere_amplitude_torch,
+    sphere_form_torch,
     superellipsoid_amplitude_grid,
     superellipsoid_diameter,
     superellipsoid_exponent,
@@ -258,34 +261,6 @@ def aggregate_intensity(q: np.ndarray, cube_edge_nm: float, rng: np.random.Gener
 
 # --- amplitudes evaluated at model-frame points (torch, batched) -----------------------------
 
-def _box_amp(q: torch.Tensor, half) -> torch.Tensor:
-    """Real amplitude of a centred box of half-sizes ``half`` (nm) at q (..., 3)."""
-    amp = torch.sinc(q[..., 0] * (half[0] / np.pi))  # torch.sinc(x) = sin(pi x) / (pi x)
-    amp *= torch.sinc(q[..., 1] * (half[1] / np.pi))
-    amp *= torch.sinc(q[..., 2] * (half[2] / np.pi))
-    return amp * float(8.0 * half[0] * half[1] * half[2])
-
-
-def _sphere_form(x: torch.Tensor) -> torch.Tensor:
-    """3 (sin x - x cos x) / x^3 in the dtype of x, with its series below x = 0.3.
-
-    (In float32 the closed form's cancellation costs ~1e-6 relative at x = 0.3;
-    the 4-term series is exact to 5e-11 there.)
-    """
-    xs = torch.clamp(x, min=0.3)
-    out = torch.sin(xs).sub_(xs * torch.cos(xs)).mul_(3.0).div_(xs * xs * xs)
-    small = x < 0.3  # a few pixels near the beam: the series only there
-    if bool(small.any()):
-        x2 = x[small] ** 2
-        out[small] = 1.0 + x2 * (-1.0 / 10.0 + x2 * (1.0 / 280.0 - x2 / 15120.0))
-    return out
-
-
-def _sphere_amp(q: torch.Tensor, radius: float) -> torch.Tensor:
-    x = torch.linalg.vector_norm(q, dim=-1) * radius
-    return _sphere_form(x) * float(4.0 / 3.0 * np.pi * radius**3)
-
-
 def _aggregate_intensity(q: torch.Tensor, radii, centres) -> torch.Tensor:
     """|sum_j V_j f(|q| r_j) exp(-i q . x_j)|^2 at q (..., 3), in q's dtype."""
     qn = torch.linalg.vector_norm(q, dim=-1)
@@ -293,7 +268,7 @@ def _aggregate_intensity(q: torch.Tensor, radii, centres) -> torch.Tensor:
     im = torch.zeros_like(re)
     phases = q @ torch.as_tensor(np.asarray(centres).T, dtype=q.dtype)  # (..., k)
     for j, r in enumerate(radii):  # 3-6 spheres, each a whole-array expression
-        amp = _sphere_form(qn * float(r)) * float(4.0 / 3.0 * np.pi * r**3)
+        amp = sphere_form_torch(qn * float(r)) * float(4.0 / 3.0 * np.pi * r**3)
         re += amp * torch.cos(phases[..., j])
         im -= amp * torch.sin(phases[..., j])
     return re * re + im * im
@@ -348,9 +323,9 @@ class ShapeLibrary:
     def level_amplitude(self, level: int, q: torch.Tensor) -> torch.Tensor:
         """Real amplitude (nm^3) of melt level ``level`` at q (..., 3) float32."""
         if level == 0:
-            return _box_amp(q, (0.5 * self.edge_nm,) * 3)
+            return box_amplitude_torch(q, (0.5 * self.edge_nm,) * 3)
         if level == len(self.melt_t) - 1:
-            return _sphere_amp(q, float(self.melt_half[-1]))
+            return sphere_amplitude_torch(q, float(self.melt_half[-1]))
         grid = self._grids[level]
         n = grid.shape[-1]
         pts = q.reshape(-1, 3).abs() * (2.0 / ((n - 1) * self.melt_dq_nm)) - 1.0
@@ -386,9 +361,9 @@ class ShapeLibrary:
         if kind in ("cube", "melt", "sphere"):
             amp = self.family_amplitude(q, t)
         elif kind == "dimer":  # two cubes touching along x: F_cube * 2 cos(qx a / 2)
-            amp = _box_amp(q, (0.5 * a,) * 3) * (2.0 * torch.cos(q[..., 0] * (0.5 * a)))
+            amp = box_amplitude_torch(q, (0.5 * a,) * 3) * (2.0 * torch.cos(q[..., 0] * (0.5 * a)))
         elif kind == "rod":
-            amp = _box_amp(q, self.rod_half)
+            amp = box_amplitude_torch(q, self.rod_half)
         elif kind == "aggregate":
             out = torch.zeros(q.shape[:-1], dtype=q.dtype)
             for v, (radii, centres) in enumerate(self.aggregates):
