@@ -1,4 +1,4 @@
-"""Benchmark of the common-line CC matrix (issue 4 speed targets).
+"""Benchmark of the common-line CC matrix against its speed targets.
 
 Measures
 1. the machine's float32 matmul peak (plain numpy ``a @ b``, 2048^2);

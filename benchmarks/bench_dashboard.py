@@ -18,8 +18,8 @@ its lazily loaded plotly.js bundle.
 ``reference`` is the Training page with one 20-point curve: the fixed cost
 of any page with a plot on this machine.
 
-Targets (issue 10): Landscape first render <= 3 s; a 64^3 volume render <= 5 s,
-on 2 cores.  Slider steps on the Volumes page (issue 18): <= 1 s at 27^3, <= 2 s at
+Targets: Landscape first render <= 3 s; a 64^3 volume render <= 5 s,
+on 2 cores.  Slider steps on the Volumes page: <= 1 s at 27^3, <= 2 s at
 64^3 (median of --repeats steps; the load average is recorded beside each timing).
 """
 

@@ -1,4 +1,4 @@
-"""Benchmark of 2D EMC iterations (issue 3's speed target).
+"""Benchmark of 2D EMC iterations against the speed target.
 
 Workload: 30,000 frames of 150 x 150 pixels, ~900 photons/frame, 50 models x
 36 rotations, 2 threads (the size of the Dragonfly comparison; the ratio to

@@ -165,7 +165,7 @@ def test_resume_after_interruption_equals_uninterrupted(data, tmp_path):
     run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6), checkpoint_dir=ck,
                   on_iteration=again.append)
     assert all(r.get("resumed") for r in again) and len(again) == 6
-    # a lower max_iter never resumes from a longer run's checkpoint (issue: it used to)
+    # a lower max_iter never resumes from a longer run's checkpoint
     fresh3 = run_bootstrap(fs, small_cfg(max_iter=3, min_iter=3))
     short = run_bootstrap(fs, small_cfg(max_iter=3, min_iter=3), checkpoint_dir=ck)
     np.testing.assert_array_equal(short.models, fresh3.models)

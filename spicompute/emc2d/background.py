@@ -20,8 +20,7 @@ at the first outer bin's level per unit efficiency.  The bin totals are
 spread over their pixels in proportion to solid angle x polarisation.
 
 Measured on simulated 129^2 sets (8,000 frames, 400 particle photons): 49.1
-estimated for 50 background photons per frame, 3.6 for none (the
-single-proxy fit of an earlier version gave 69 and 21).
+estimated for 50 background photons per frame, 3.6 for none.
 
 The estimate is held fixed during EMC: an EM update of the background (each
 photon's background share at its frame's best orientation) drifted to 7 of

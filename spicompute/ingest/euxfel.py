@@ -1,4 +1,4 @@
-"""European XFEL run directory -> hits in our frames file (issue 12, the frames stage path).
+"""European XFEL run directory -> hits in our frames file (the frames stage path).
 
 ``data.input`` pointing at a run directory (``RAW-*.h5`` / ``CORR-*.h5`` files readable
 by ``extra_data.RunDirectory``, e.g. ``/gpfs/exfel/exp/SPB/<cycle>/<proposal>/proc/r<run>``)

@@ -1,6 +1,6 @@
 """Photon conversion and lit-pixel hit finding for pixel-detector frames.
 
-These are the detector-agnostic pieces of the EuXFEL ingest (issue 12): they
+These are the detector-agnostic pieces of the EuXFEL ingest: they
 work on any stack of calibrated frames, e.g. AGIPD module data of shape
 (n_frames, 16, 512, 128) or flattened (n_frames, P).
 

@@ -1,4 +1,4 @@
-"""European XFEL AGIPD 1M geometry -> per-pixel q-vectors (issue 12, first part).
+"""European XFEL AGIPD 1M geometry -> per-pixel q-vectors.
 
 The unassembled AGIPD 1M layout is (16 modules, 512 slow-scan, 128 fast-scan)
 pixels; frames keep this layout flattened to P = 16*512*128 pixels in module

@@ -28,7 +28,7 @@ def nuisance_table(frames_table: str, frames_h5: str, average_id: np.ndarray) ->
     """Per average: member frames, mean photons per member frame, bootstrap run.
 
     These carry no shape information; a landscape axis that follows them maps
-    noise or fluence, not structure (issue: at low photon counts one did).
+    noise or fluence, not structure (at low photon counts one can).
     """
     from spicompute.io.frames import open_h5
     from spicompute.io.tables import read_table
