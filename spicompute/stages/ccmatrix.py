@@ -24,7 +24,7 @@ from spicompute.io.averages import read_averages
 from spicompute.io.provenance import write_json_atomic
 from spicompute.landscape import ccmatrix, commonlines as cl
 from spicompute.params import choice, in_range, positive, with_defaults
-from spicompute.stages._common import progress_disabled, stage_params
+from spicompute.stages._common import add_inputs, add_outputs, progress_disabled, stage_params
 
 COMMAND = "ccmatrix"
 HELP = "common-line CC matrix of the class averages (blocked BLAS, best angle pairs)"
@@ -41,9 +41,8 @@ DEFAULTS = {
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--averages", default="data/averages.h5", help="averages file (input)")
-    parser.add_argument("--out", default="data/ccmatrix.h5", help="CC matrix file (output)")
-    parser.add_argument("--metrics", default="metrics/ccmatrix.json", help="metrics JSON")
+    add_inputs(parser, "averages")
+    add_outputs(parser, COMMAND, "data/ccmatrix.h5", "CC matrix file (output)")
 
 
 def check_params(p: dict) -> dict:

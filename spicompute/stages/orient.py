@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from spicompute.errors import InputError, ParameterError
-from spicompute.stages._common import get_logger, progress_disabled, stage_params
+from spicompute.stages._common import add_inputs, add_outputs, get_logger, progress_disabled, stage_params
 
 COMMAND = "orient"
 HELP = "fit every average's orientation against a cube (or volume) reference; gain = best/mean CC"
@@ -25,10 +25,9 @@ log = get_logger("orient")
 
 
 def add_arguments(parser):
-    parser.add_argument("--averages", default="data/averages.h5", help="averages file (classify2d)")
-    parser.add_argument("--out", default="results/parts/orient.parquet", help="per-average table")
+    add_inputs(parser, "averages")
+    add_outputs(parser, COMMAND, "results/parts/orient.parquet", "per-average table")
     parser.add_argument("--h5", default="data/orient.h5", help="best-fit slices, orientation set, CC stats")
-    parser.add_argument("--metrics", default="metrics/orient.json", help="metrics JSON")
 
 
 def _options(p: dict) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from spicompute.errors import InputError, ParameterError
-from spicompute.stages._common import get_logger, progress_disabled, stage_params
+from spicompute.stages._common import add_inputs, add_outputs, get_logger, progress_disabled, stage_params
 
 COMMAND = "phase"
 HELP = "phase retrieval of the VAE volumes (DM+ER, shrink-wrap, PRTF) and of chosen 2D averages"
@@ -39,11 +39,9 @@ DEFAULTS = {
 
 
 def add_arguments(parser):
-    parser.add_argument("--volumes", default="data/volumes.h5", help="intensity volumes (volumes stage)")
-    parser.add_argument("--averages", default="data/averages.h5", help="2D class averages (classify2d)")
-    parser.add_argument("--out", default="data/phased.h5", help="densities, supports, PRTFs")
+    add_inputs(parser, "volumes", "averages")
+    add_outputs(parser, COMMAND, "data/phased.h5", "densities, supports, PRTFs")
     parser.add_argument("--table", default="results/volumes.parquet", help="one row per volume point")
-    parser.add_argument("--metrics", default="metrics/phase.json", help="metrics JSON")
 
 
 def _sigma(name: str, value):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from spicompute.errors import InputError, ParameterError
-from spicompute.stages._common import get_logger, stage_params
+from spicompute.stages._common import add_inputs, add_outputs, get_logger, stage_params
 
 COMMAND = "regress"
 HELP = "train the MLP that places averages in the CLPCA landscape (rotation-invariant features)"
@@ -25,14 +25,10 @@ log = get_logger("regress")
 
 
 def add_arguments(parser):
-    parser.add_argument("--averages", default="data/averages.h5", help="averages file (classify2d)")
-    parser.add_argument("--embedding", default="results/parts/embed.parquet",
-                        help="table with average_id and the target columns (embed)")
+    add_inputs(parser, "averages", "embedding")
     parser.add_argument("--model", default="models/regressor.pt",
                         help="weights to write (a .json side file is written beside it)")
-    parser.add_argument("--out", default="results/parts/regress.parquet", help="predictions table")
-    parser.add_argument("--metrics", default="metrics/regress.json", help="metrics JSON")
-    parser.add_argument("--live", default="dvclive/regress", help="dvclive folder for per-epoch losses")
+    add_outputs(parser, COMMAND, "results/parts/regress.parquet", "predictions table", live=True)
 
 
 KNOWN = ("targets", "q_min_nm", "q_max_nm", "min_counts", "n_theta", "order_a", "order_b", "log", "log_floor",

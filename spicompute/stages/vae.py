@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from spicompute.errors import InputError, ParameterError
-from spicompute.stages._common import get_logger, stage_params
+from spicompute.stages._common import add_inputs, add_outputs, get_logger, stage_params
 
 COMMAND = "vae"
 HELP = "train the VAE (2D averages + orientations -> latent -> Oh-symmetric 3D volumes)"
@@ -39,15 +39,9 @@ log = get_logger("vae")
 
 
 def add_arguments(parser):
-    parser.add_argument("--averages", default="data/averages.h5")
-    parser.add_argument("--orient", default="results/parts/orient.parquet",
-                        help="orientation table (average_id, qw, qx, qy, qz, gain)")
-    parser.add_argument("--select", default="results/parts/select.parquet",
-                        help="selection table (average_id, selected); absent file: all averages")
-    parser.add_argument("--model", default="models/vae.pt", help="state dict; a .json side file beside it")
-    parser.add_argument("--out", default="results/parts/vae.parquet", help="latents of every average")
-    parser.add_argument("--metrics", default="metrics/vae.json")
-    parser.add_argument("--live", default="dvclive/vae", help="dvclive folder ('' to skip)")
+    add_inputs(parser, "averages", "orient", "select")
+    parser.add_argument("--model", default="models/vae.pt", help="weights to write (a .json side file beside it)")
+    add_outputs(parser, COMMAND, "results/parts/vae.parquet", "latents of every average", live=True)
     parser.add_argument("--checkpoints", default="checkpoints/vae", help="checkpoint folder ('' to skip)")
     # tests only: SIGKILL the process after this epoch's checkpoint (fault injection)
     parser.add_argument("--kill-after-epoch", type=int, default=None, help=argparse.SUPPRESS)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from spicompute.errors import InputError
-from spicompute.stages._common import get_logger
+from spicompute.stages._common import add_inputs, add_outputs, get_logger
 
 COMMAND = "validate"
 HELP = "check the volumes, phased shapes and latent against the simulation truth (simulated input only)"
@@ -38,16 +38,10 @@ log = get_logger("validate")
 
 
 def add_arguments(parser):
-    parser.add_argument("--truth", default="data/truth.h5", help="simulation truth (frames stage)")
-    parser.add_argument("--volumes", default="data/volumes.h5", help="generated intensity volumes")
+    add_inputs(parser, "truth", "volumes", "latents", "frames-table", "model", "averages", "orient",
+               model=("models/vae.pt", "VAE weights ('' skips the fit comparison)"))
     parser.add_argument("--phased-table", default="results/volumes.parquet", help="phase stage table")
-    parser.add_argument("--latents", default="results/parts/vae.parquet", help="encoded averages (vae)")
-    parser.add_argument("--frames-table", default="results/frames.parquet", help="frame -> average")
-    parser.add_argument("--model", default="models/vae.pt", help="VAE weights ('' skips the fit comparison)")
-    parser.add_argument("--averages", default="data/averages.h5", help="class averages (classify2d)")
-    parser.add_argument("--orient", default="results/parts/orient.parquet", help="fitted orientations")
-    parser.add_argument("--out", default="results/volumes_truth.parquet", help="one row per volume point")
-    parser.add_argument("--metrics", default="metrics/validate.json")
+    add_outputs(parser, COMMAND, "results/volumes_truth.parquet", "one row per volume point")
 
 
 def run(args) -> int:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from spicompute.errors import InputError
-from spicompute.stages._common import get_logger, stage_params
+from spicompute.stages._common import add_inputs, get_logger, stage_params
 
 COMMAND = "volumes"
 HELP = "decode 3D intensity volumes along the VAE latent coordinate (and at selected points)"
@@ -45,8 +45,7 @@ log = get_logger("volumes")
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", default="models/vae.pt", help="VAE weights (the .json side file beside it)")
-    parser.add_argument("--latents", default="results/parts/vae.parquet", help="encoded averages (vae stage)")
+    add_inputs(parser, "model", "latents")
     parser.add_argument("--out", default="data/volumes.h5")
 
 
