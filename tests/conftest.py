@@ -61,6 +61,24 @@ def low_photon_simulation():
     return frames, truth, p
 
 
+CONTAMINANTS = ("dimer", "rod", "aggregate")
+
+
+def members_with_truth(root: Path, columns=("class_name", "melt_t")):
+    """Frames placed in an average (results/frames.parquet under ``root``) with the simulation
+    truth's ``columns`` and a ``contaminant`` flag (dimer, rod or aggregate)."""
+    import pandas as pd
+
+    from spicompute.io.truth import read_truth
+
+    frames = pd.read_parquet(root / "results" / "frames.parquet")
+    truth = read_truth(root / "data" / "truth.h5")
+    members = frames[frames["average_id"] >= 0].merge(
+        pd.DataFrame({"frame_id": truth["frame_id"], **{c: truth[c] for c in columns}}), on="frame_id")
+    members["contaminant"] = members["class_name"].isin(CONTAMINANTS)
+    return members
+
+
 def run_stages(root: Path, params: dict, names) -> None:
     """Run pipeline stages in-process exactly as dvc.yaml's commands do, with ``params``
     (written to ``root/params.yaml``) and every output under ``root``."""

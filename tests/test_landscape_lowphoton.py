@@ -28,13 +28,11 @@ import pytest
 import yaml
 from scipy.stats import spearmanr
 
-from spicompute.io.truth import read_truth
 from spicompute.validation import landscape_excess
-from tests.conftest import REPO, run_stages
+from tests.conftest import REPO, members_with_truth, run_stages
 from spicompute.landscape.nuisance import nuisance_table
 
 pytestmark = pytest.mark.slow
-CONTAMINANTS = ("dimer", "rod", "aggregate")
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +44,7 @@ def landscape(tmp_path_factory):
     params["classify2d"].update(n_runs=2, n_models="auto", max_iter=14, min_iter=8)   # 4,800 / 80 = 60
     params["embed"].update(methods=["pc"])
     run_stages(root, params, ("frames", "classify2d", "ccmatrix", "embed"))
-    frames = pd.read_parquet(root / "results" / "frames.parquet")
-    truth = read_truth(root / "data" / "truth.h5")
-    members = frames[frames["average_id"] >= 0].merge(
-        pd.DataFrame({"frame_id": truth["frame_id"], "class_name": truth["class_name"],
-                      "melt_t": truth["melt_t"], "size_nm": truth["size_nm"]}), on="frame_id")
-    members["contaminant"] = members["class_name"].isin(CONTAMINANTS)
+    members = members_with_truth(root, ("class_name", "melt_t", "size_nm"))
     per = members.groupby("average_id").agg(melt_t=("melt_t", "mean"),
                                             contaminant=("contaminant", "mean"),
                                             size_nm=("size_nm", "mean"), members=("frame_id", "size"))

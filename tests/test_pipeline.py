@@ -21,11 +21,9 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from spicompute.io.averages import read_averages
-from spicompute.io.truth import read_truth
-from tests.conftest import REPO, run_stages
+from tests.conftest import REPO, members_with_truth, run_stages
 
 pytestmark = pytest.mark.slow
-CONTAMINANTS = ("dimer", "rod", "aggregate")
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +40,7 @@ def pipeline(tmp_path_factory):
     run_stages(root, params, ("frames", "classify2d", "ccmatrix", "embed", "regress", "orient",
                               "select", "vae", "tables"))
     table = pd.read_parquet(root / "results" / "averages.parquet")
-    frames = pd.read_parquet(root / "results" / "frames.parquet")
-    truth = read_truth(root / "data" / "truth.h5")
-    members = frames[frames["average_id"] >= 0].merge(
-        pd.DataFrame({"frame_id": truth["frame_id"], "class_name": truth["class_name"],
-                      "melt_t": truth["melt_t"]}), on="frame_id")
-    members["contaminant"] = members["class_name"].isin(CONTAMINANTS)
+    members = members_with_truth(root)
     members["irregular"] = members["class_name"].isin(("rod", "aggregate"))
     per_average = members.groupby("average_id").agg(
         contaminant=("contaminant", "mean"), irregular=("irregular", "mean"), melt_t=("melt_t", "mean"), members=("frame_id", "size"))

@@ -55,6 +55,26 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise InputError(path, None, f"not a readable Parquet table ({exc})") from exc
 
 
+def rows_for(path: str | Path, ids, columns) -> pd.DataFrame:
+    """The rows of ``ids`` (average_id values, (M,)) of a table, columns ``columns``, in ``ids`` order.
+
+    One-line InputErrors name the file and the missing column, or the averages without a row.
+    """
+    import numpy as np
+
+    from spicompute.errors import InputError
+
+    table = read_table(path)
+    for col in ("average_id", *columns):
+        if col not in table.columns:
+            raise InputError(path, col, "column missing")
+    table = table.set_index("average_id")
+    missing = np.setdiff1d(ids, table.index.to_numpy())
+    if missing.size:
+        raise InputError(path, "average_id", f"{missing.size} averages have no row (e.g. {int(missing[0])})")
+    return table.loc[ids, list(columns)]
+
+
 def merge_parts(base: pd.DataFrame, parts: list[pd.DataFrame]) -> pd.DataFrame:
     """Left-join part tables on ``average_id``; a column may come from one part only."""
     if KEY not in base.columns:

@@ -84,17 +84,9 @@ def train_config_from(p: dict):
 
 
 def _targets(path: str, ids: np.ndarray, names: list[str]) -> np.ndarray:
-    from spicompute.io.tables import read_table
+    from spicompute.io.tables import rows_for
 
-    table = read_table(path)
-    for col in ["average_id", *names]:
-        if col not in table.columns:
-            raise InputError(path, col, "column missing")
-    table = table.set_index("average_id")
-    missing = np.setdiff1d(ids, table.index.to_numpy())
-    if missing.size:
-        raise InputError(path, "average_id", f"{missing.size} averages have no row (e.g. {int(missing[0])})")
-    y = table.loc[ids, names].to_numpy(dtype=np.float64)
+    y = rows_for(path, ids, names).to_numpy(dtype=np.float64)
     if not np.all(np.isfinite(y)):
         raise InputError(path, ",".join(names), "contains NaN or Inf")
     return y

@@ -83,20 +83,13 @@ def _device(name: str):
 
 
 def _orientations(path: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from spicompute.io.tables import read_table
+    from spicompute.io.tables import rows_for
 
-    t = read_table(path)
-    for col in ("average_id", "qw", "qx", "qy", "qz", "gain"):
-        if col not in t.columns:
-            raise InputError(path, col, "column missing")
-    t = t.set_index("average_id")
-    missing = np.setdiff1d(ids, t.index.to_numpy())
-    if missing.size:
-        raise InputError(path, "average_id", f"{missing.size} averages have no orientation (e.g. {int(missing[0])})")
-    q = t.loc[ids, ["qw", "qx", "qy", "qz"]].to_numpy(np.float64)
+    t = rows_for(path, ids, ("qw", "qx", "qy", "qz", "gain"))
+    q = t[["qw", "qx", "qy", "qz"]].to_numpy(np.float64)
     if not np.all(np.isfinite(q)) or np.any(np.abs(np.linalg.norm(q, axis=1) - 1) > 1e-3):
         raise InputError(path, "qw,qx,qy,qz", "orientations must be finite unit quaternions")
-    return q, t.loc[ids, "gain"].to_numpy(np.float64)
+    return q, t["gain"].to_numpy(np.float64)
 
 
 def _selected(path: str, ids: np.ndarray) -> np.ndarray:
