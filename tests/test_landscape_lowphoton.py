@@ -30,6 +30,7 @@ from scipy.stats import spearmanr
 
 from spicompute.validation import landscape_excess
 from tests.conftest import REPO, members_with_truth, run_stages
+from spicompute.io.truth import read_truth
 from spicompute.landscape.nuisance import nuisance_table
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def landscape(tmp_path_factory):
                         on="average_id", suffixes=("", "_nuisance"))
     embed = json.loads((root / "metrics" / "embed.json").read_text())
     classify = json.loads((root / "metrics" / "classify2d.json").read_text())
-    return table, embed, classify, truth
+    return table, embed, classify, read_truth(root / "data" / "truth.h5")
 
 
 def _rho(a, b) -> float:
