@@ -39,7 +39,7 @@ check-baseline: setup
 	$(VENV)/bin/python -m spicompute.check_baseline --rev HEAD
 
 test-dashboard: setup browser
-	$(VENV)/bin/python -m pytest -q tests/test_dashboard_*.py
+	$(VENV)/bin/python -m pytest -q tests/dashboard
 
 bench-dashboard: setup browser
 	$(VENV)/bin/python benchmarks/bench_dashboard.py

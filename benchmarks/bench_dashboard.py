@@ -41,7 +41,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.browser_util import chromium, streamlit_server  # noqa: E402
+from tests.dashboard.browser_util import chromium, streamlit_server  # noqa: E402
 
 DRAWN = """(kind) => {
   const plots = Array.from(document.querySelectorAll('.js-plotly-plot'));

@@ -47,7 +47,7 @@ def main() -> None:
     from spicompute.execution import dask_client
     from spicompute.ingest.euxfel import ingest_run
     from spicompute.io.euxfel import agipd_q, load_agipd_geometry
-    from tests.euxfel_mock import inject, make_proc_run
+    from tests.ingest.euxfel_mock import inject, make_proc_run
 
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from test_emc2d_data import make_frames  # noqa: E402
-from test_orient import cube_slices, make_averages, noisy  # noqa: E402
+from tests.emc2d.test_emc2d_data import make_frames  # noqa: E402
+from tests.orient.test_orient import cube_slices, make_averages, noisy  # noqa: E402
 
 from spicompute.cli import main  # noqa: E402
 from spicompute.emc2d.run import EMCConfig, run_bootstrap  # noqa: E402
@@ -77,7 +77,7 @@ def test_streamed_classify2d_shards_are_read_by_the_workers(cluster, tmp_path):
 
 
 def test_ccmatrix_stage_on_two_worker_processes(cluster, tmp_path):
-    from test_commonlines import beamstop_valid, make_object, slices
+    from tests.landscape.test_commonlines import beamstop_valid, make_object, slices
     from scipy.spatial.transform import Rotation
 
     from spicompute.landscape.commonlines import read_ccmatrix

@@ -75,7 +75,7 @@ def _dead_pid() -> int:
 
 def test_phase_under_a_file_size_limit_is_a_clean_error_not_a_segfault(tmp_path):
     """HDF5 used to crash (SIGSEGV) at File.close() after a failed flush of the chunked datasets."""
-    from tests.volume_workspace import write_volumes
+    from tests.dashboard.volume_workspace import write_volumes
 
     write_volumes(tmp_path / "volumes.h5")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
@@ -97,7 +97,7 @@ def test_phase_under_a_file_size_limit_is_a_clean_error_not_a_segfault(tmp_path)
 
 @pytest.fixture(scope="module")
 def vae_project(tmp_path_factory):
-    from tests.test_vae_stages import _project
+    from tests.vae.test_vae_stages import _project
 
     root = _project(tmp_path_factory.mktemp("vae_rel"))
     assert _cli(root, "select", "--params", "params.yaml").returncode == 0
@@ -245,7 +245,7 @@ def _selection(root: Path, name: str, payload) -> None:
 def _volumes_h5(root: Path, **attrs) -> None:
     import h5py
 
-    from tests.volume_workspace import write_volumes
+    from tests.dashboard.volume_workspace import write_volumes
 
     write_volumes(root / "data/volumes.h5")
     with h5py.File(root / "data/volumes.h5", "a") as h5:
@@ -382,7 +382,7 @@ def test_malformed_vae_checkpoint_is_ignored_with_a_warning(vae_project, tmp_pat
 def test_nan_training_is_an_error_not_nan_latents(tmp_path):
     """A loss that is NaN from the first epoch (here: the poisson loss, see test_vae_stages) used to
     write all-NaN latents with exit 0; now the vae stage names the parameter and writes nothing."""
-    from tests.test_vae_stages import _project
+    from tests.vae.test_vae_stages import _project
 
     root = _project(tmp_path, vae={"loss": "poisson", "epochs": 1})
     assert _cli(root, "select", "--params", "params.yaml").returncode == 0

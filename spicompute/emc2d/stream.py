@@ -12,7 +12,7 @@ A shard pickles to (file path, rows): Dask workers read their frames from a
 shared file system themselves.
 
 The numbers are the in-memory path's: the same rows, pixels, blocks and
-float32 counts go through the same kernels (tests/test_emc2d_stream.py
+float32 counts go through the same kernels (tests/emc2d/test_emc2d_stream.py
 checks bitwise equality), at the cost of reading and re-indexing the photons
 once per iteration.
 """

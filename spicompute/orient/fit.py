@@ -17,7 +17,7 @@ profile, the averages' for averages and the reference's orientation average
 for slices): the log compresses the fall-off so fringes count, the floor
 relative to p keeps empty high-q pixels from dominating, and mean CCs stay
 clearly positive.  On simulated 42 nm cube vs equal-volume sphere averages
-(tests/test_orient.py) this gives gains 1.5-1.8 for cubes and ~1.1 for
+(tests/orient/test_orient.py) this gives gains 1.5-1.8 for cubes and ~1.1 for
 spheres, with the same orientation recovery as the alternatives
 (:func:`transform` lists them).
 

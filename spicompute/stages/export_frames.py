@@ -29,7 +29,7 @@ log = get_logger("export-frames")
 
 
 def add_arguments(parser):
-    from spicompute.frame_export import FORMATS
+    from spicompute.landscape.frame_export import FORMATS
 
     parser.add_argument("--selection", required=True, help="selection name (in --selections) or its .json path")
     parser.add_argument("--selections", default="selections", help="the selections folder")
@@ -45,7 +45,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from spicompute.frame_export import export_frames, selection_frame_ids
+    from spicompute.landscape.frame_export import export_frames, selection_frame_ids
     from spicompute.io.tables import merge_parts, read_table
     from spicompute.landscape.selections import read_selection, selection_path
 

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from spicompute.io.frames import write_frames
-from tests.browser_util import chromium, need_chromium, streamlit_server
-from tests.volume_workspace import make_volume_workspace
+from tests.dashboard.browser_util import chromium, need_chromium, streamlit_server
+from tests.dashboard.volume_workspace import make_volume_workspace
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ import yaml
 
 from spicompute.emc2d.run import EMCConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _doc_defaults() -> dict:

@@ -10,7 +10,7 @@ from spicompute.emc2d.background import estimate_background
 from spicompute.emc2d.steps import (LEVELS_PER_OCTAVE, Shard, build_rotation_grid, fluence_level,
                               level_scale, m_step, shard_step)
 from tests.conftest import small_simulation_params
-from tests.test_emc2d_data import make_detector, make_frames
+from tests.emc2d.test_emc2d_data import make_detector, make_frames
 
 GEOMETRIES = {"33 binned": dict(detector_size=33, binning=4),
               "51 off-centre": dict(detector_size=51, binning=2, beam_center_px=[20, 28])}

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from spicompute.emc2d.steps import Shard, build_rotation_grid, m_step, shard_step
 from spicompute.emc2d.run import (EMCConfig, beta_is_final, beta_schedule, initial_models,
                                   reseed_empty_models, run_bootstrap, run_emc, usable_counts)
-from tests.test_emc2d_data import make_detector, make_frames
+from tests.emc2d.test_emc2d_data import make_detector, make_frames
 
 
 def test_m_step_is_unbiased_by_the_pixel_correction():

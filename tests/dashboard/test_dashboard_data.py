@@ -15,7 +15,7 @@ import pytest
 from dashboard.data import OutputCorrupt, OutputMissing, read_h5, read_json, read_table
 from dashboard.data import compare, diagnostics, drill, runs, selections, tables
 from tests.conftest import REPO
-from tests.dashboard_project import dvc, make_project
+from tests.dashboard.dashboard_project import dvc, make_project
 
 
 def test_data_layer_imports_no_streamlit():

@@ -21,7 +21,7 @@ from spicompute.ingest.euxfel import (ingest_run, parse_slice, sparse_photons,  
 from spicompute.io.frames import read_frames  # noqa: E402
 from spicompute.ingest.hitfinding import to_photons  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
-from tests.euxfel_mock import inject, make_proc_run  # noqa: E402
+from tests.ingest.euxfel_mock import inject, make_proc_run  # noqa: E402
 
 pytest.importorskip("extra_data")
 

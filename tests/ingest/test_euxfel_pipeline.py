@@ -20,7 +20,7 @@ pytest.importorskip("extra_data")
 
 from spicompute.io.euxfel import agipd_q, load_agipd_geometry  # noqa: E402
 from spicompute.io.frames import read_frames  # noqa: E402
-from tests.euxfel_mock import inject, make_proc_run  # noqa: E402
+from tests.ingest.euxfel_mock import inject, make_proc_run  # noqa: E402
 from tests.test_dvc_project import BIN, _run, copy_project, init_repo  # noqa: E402
 
 pytestmark = pytest.mark.slow

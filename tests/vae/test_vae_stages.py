@@ -54,7 +54,7 @@ def _run(root: Path, stage: str, *extra: str) -> int:
 
 
 def _cli(root: Path, *args: str, prefix=()) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
     return subprocess.run([*prefix, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -20,7 +20,7 @@ from spicompute.io.frames import FrameSet, write_frames
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-INTEROP = Path(__file__).resolve().parents[1].parent / "shared" / "interop" / "dragonfly"
+INTEROP = Path(__file__).resolve().parents[2].parent / "shared" / "interop" / "dragonfly"
 
 SECTION = dict(n_models=3, n_rot=16, n_runs=2, subset_fraction=0.8, seed=0, max_iter=4,
                min_iter=2, tol=1e-3, device="cpu")

@@ -12,7 +12,7 @@ from spicompute.emc2d.run import EMCConfig, initial_models, run_bootstrap, usabl
 from spicompute.io.dragonfly import read_dragonfly_detector, write_dragonfly_detector
 from spicompute.io.frames import FrameSet, read_frames, write_frames
 from tests.conftest import INTEROP
-from tests.test_emc2d_data import make_frames
+from tests.emc2d.test_emc2d_data import make_frames
 
 
 @pytest.fixture(scope="module")

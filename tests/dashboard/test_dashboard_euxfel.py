@@ -56,7 +56,7 @@ def euxfel_workspace(tmp_path_factory):
     """A workspace whose frames stage ran on a tiny mock run (2 trains x 32 pulses, 6 hits)."""
     from spicompute.cli import main
     from spicompute.io.euxfel import agipd_q, load_agipd_geometry
-    from tests.euxfel_mock import inject, make_proc_run
+    from tests.ingest.euxfel_mock import inject, make_proc_run
 
     root = tmp_path_factory.mktemp("eux_ws")
     run = root / "run"

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.browser_util import chromium, need_chromium, streamlit_server
-from tests.dashboard_project import dvc, make_project
+from tests.dashboard.browser_util import chromium, need_chromium, streamlit_server
+from tests.dashboard.dashboard_project import dvc, make_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

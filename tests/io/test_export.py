@@ -10,7 +10,7 @@ import pytest
 from spicompute.cli import main
 from spicompute.errors import InputError
 from spicompute.io.mrc import read_mrc, write_mrc
-from tests.volume_workspace import L, P, make_volume_workspace
+from tests.dashboard.volume_workspace import L, P, make_volume_workspace
 
 
 def test_mrc_round_trip_keeps_axes_voxel_size_and_origin(tmp_path, rng):

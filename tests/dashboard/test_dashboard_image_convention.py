@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from spicompute.io.averages import AverageSet, write_averages
 from conftest import REPO, decode_plotly_array  # tests/ is on sys.path (rootdir conftest)
-from tests.volume_workspace import L as VL, make_volume_workspace
+from tests.dashboard.volume_workspace import L as VL, make_volume_workspace
 
 PAGES = REPO / "dashboard" / "pages"
 M, L, DQ = 4, 15, 0.05

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO
-from tests.volume_workspace import make_volume_workspace
+from tests.dashboard.volume_workspace import make_volume_workspace
 
 VOLUMES = str(REPO / "dashboard" / "pages" / "8_Volumes.py")
 SELECTIONS = str(REPO / "dashboard" / "pages" / "6_Selections.py")

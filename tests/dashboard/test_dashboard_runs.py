@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO, decode_plotly_array
-from tests.dashboard_project import dvc, make_project
+from tests.dashboard.dashboard_project import dvc, make_project
 
 pytestmark = pytest.mark.slow
 RUNS = str(REPO / "dashboard" / "pages" / "7_Experiments.py")

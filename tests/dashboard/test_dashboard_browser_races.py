@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from tests.browser_util import chromium, need_chromium, streamlit_server
-from tests.dashboard_project import make_project
+from tests.dashboard.browser_util import chromium, need_chromium, streamlit_server
+from tests.dashboard.dashboard_project import make_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

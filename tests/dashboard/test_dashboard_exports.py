@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from spicompute.io.frames import write_frames
 from conftest import REPO  # tests/ is on sys.path (rootdir conftest)
-from tests.volume_workspace import make_volume_workspace
+from tests.dashboard.volume_workspace import make_volume_workspace
 
 PAGES = REPO / "dashboard" / "pages"
 PARAMS = """# the project's parameters (a comment that must survive)

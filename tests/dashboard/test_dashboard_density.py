@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.data.density import weighted_density
 from conftest import REPO, decode_plotly_array  # tests/ is on sys.path (rootdir conftest)
-from tests.volume_workspace import make_volume_workspace
+from tests.dashboard.volume_workspace import make_volume_workspace
 
 PAGES = REPO / "dashboard" / "pages"
 

@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO
-from tests.volume_workspace import make_volume_workspace, write_volumes
+from tests.dashboard.volume_workspace import make_volume_workspace, write_volumes
 
 PAGE = str(REPO / "dashboard" / "pages" / "8_Volumes.py")
 
