@@ -25,7 +25,7 @@ from spicompute.orient.fit import cube_reference, fit_orientations, refine_orien
 from spicompute.orient.quaternions import random_quaternions
 from spicompute.orient.sampling import fundamental_orientations, misorientation_deg, sampling_step_deg
 from spicompute.orient.slicing import model_coordinates
-from spicompute.simulation.shapes import cube_intensity
+from spicompute.shapes import cube_intensity
 
 
 def make_averages(m: int, size: int, seed: int = 0):

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from spicompute.phasing import PhasingSettings, invariant_volume, particle_volume, phase_retrieval
-from spicompute.simulation.shapes import cube_intensity
+from spicompute.shapes import cube_intensity
 
 
 def cube_volume(size: int, edge_nm: float = 42.0):

@@ -91,7 +91,7 @@ def m_orient(m: int, o: dict) -> dict:
     from spicompute.orient.quaternions import random_quaternions
     from spicompute.orient.sampling import fundamental_orientations
     from spicompute.orient.slicing import model_coordinates
-    from spicompute.simulation.shapes import cube_intensity
+    from spicompute.shapes import cube_intensity
 
     size, dq, lam = 65, 0.0345, 0.2066
     rng = np.random.default_rng(1)

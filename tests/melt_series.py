@@ -1,6 +1,6 @@
 """A small simulated melt series of 2D averages at known orientations (for VAE/volume tests).
 
-Cube (t = 0) -> sphere (t = 1) superellipsoids (spicompute.simulation.shapes), each
+Cube (t = 0) -> sphere (t = 1) superellipsoids (spicompute.shapes), each
 average the Ewald slice of its shape's intensity at a random orientation,
 Poisson-sampled at a given number of photons per average.
 """
@@ -11,7 +11,7 @@ import numpy as np
 
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
-from spicompute.simulation.shapes import melt_half_size, superellipsoid_exponent, superellipsoid_intensity_volume
+from spicompute.shapes import melt_half_size, superellipsoid_exponent, superellipsoid_intensity_volume
 from spicompute.orient.slicing import VolumeSampler
 from spicompute.orient.quaternions import random_quaternions
 

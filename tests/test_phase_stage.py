@@ -13,7 +13,7 @@ import yaml
 
 from spicompute.cli import main
 from spicompute.io.averages import AverageSet, write_averages
-from spicompute.simulation.shapes import cube_intensity, sphere_intensity
+from spicompute.shapes import cube_intensity, sphere_intensity
 
 SECTION = dict(n_starts=3, n_dm=150, n_er=50, seed=0, averages_2d="auto", averages_2d_count=2)
 SIZE, EDGES = 25, (21.0, 27.0)   # cube edges (nm); dx = 3 nm

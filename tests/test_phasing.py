@@ -8,7 +8,7 @@ from spicompute.phasing import (INV_E, PhasingSettings, align_to, autocorrelatio
                                 intensity_volume, invariant_volume, invert, particle_volume,
                                 phase_retrieval, prtf_at_data_limit, prtf_resolution, prtf_shells,
                                 radial_index, real_space_step, to_centred, to_fft_order)
-from spicompute.simulation.shapes import cube_intensity, sphere_intensity
+from spicompute.shapes import cube_intensity, sphere_intensity
 
 
 def _grid(size, step, ndim):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spicompute.simulation.shapes import melt_half_size, superellipsoid_exponent, superellipsoid_intensity_volume
+from spicompute.shapes import melt_half_size, superellipsoid_exponent, superellipsoid_intensity_volume
 from spicompute.validation import average_truth, melt_match, resample_volume, true_particle_volume
 
 EDGE, GROWTH = 42.0, 0.1

@@ -50,6 +50,47 @@ from spicompute.errors import InputError, ParameterError, one_line
 from spicompute.execution import dask_client
 from spicompute.io.euxfel import AGIPD_SHAPE, HC_KEV_NM, agipd_q, load_agipd_geometry, static_mask
 
+
+def iter_run_photons(run_dir, photon_energy_kev: float, threshold: float = 0.5,
+                     adu_per_photon: float | None = None, trains_per_chunk: int = 4,
+                     train_slice: slice | None = None, good=None):
+    """Stream a corrected (proc) AGIPD 1M run as photon-sparse chunks.
+
+    Reads ``trains_per_chunk`` trains at a time (memory per chunk:
+    16 x 512 x 128 x 4 B x frames-in-chunk, x2 for the mask), converts to
+    photons (:func:`spicompute.ingest.hitfinding.to_photons`, keV unless
+    ``adu_per_photon`` is given) and masks pixels flagged in the proc
+    ``image.mask`` (non-zero = bad) or False in ``good`` ((16, 512, 128) bool).
+
+    Yields (train_id (n,) uint64, pulse_id (n,) uint64, counts csr (n, P) int32).
+    """
+    import scipy.sparse as sp
+    from extra_data import RunDirectory
+    from extra_data.components import AGIPD1M
+
+    from spicompute.ingest.hitfinding import to_photons
+
+    try:
+        run = RunDirectory(str(run_dir))
+        if train_slice is not None:
+            run = run.select_trains(train_slice)
+        det = AGIPD1M(run)
+    except Exception as exc:
+        raise InputError(run_dir, "data.input", f"not a readable AGIPD 1M run ({exc})") from exc
+    unit = adu_per_photon if adu_per_photon else photon_energy_kev
+    P = int(np.prod(AGIPD_SHAPE))
+    for part in det.split_trains(trains_per_part=trains_per_chunk):
+        data = part.get_array("image.data")  # (module, train, pulse, ss, fs)
+        ok = part.get_array("image.mask").values == 0
+        if good is not None:
+            ok &= np.asarray(good, dtype=bool)[:, None, None]
+        n = to_photons(data.values, unit, threshold, mask=ok)
+        nt, npulse = n.shape[1], n.shape[2]
+        n = np.moveaxis(n, 0, 2).reshape(nt * npulse, P)  # frames in (train, pulse) order
+        tid = np.repeat(data.coords["train"].values.astype(np.uint64), npulse)
+        pid = np.tile(data.coords["pulse"].values.astype(np.uint64), nt)
+        yield tid, pid, sp.csr_matrix(n)
+
 log = logging.getLogger("spicompute.euxfel")
 
 #: keys of the ``data`` section that only the EuXFEL path reads

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from spicompute.errors import InputError
 from spicompute.geometry import Detector
-from spicompute.io.frames import _write_detector, open_h5, read_detector_group
+from spicompute.io.frames import FrameSet, _write_detector, open_h5, read_detector_group
 from spicompute.io.provenance import atomic_path, stamp
 
 
@@ -144,9 +144,8 @@ class FrameFile:
             return sp.vstack([self.read_rows(int(r), int(r) + 1) for r in rows], format="csr")
         return self.read_rows(lo, hi)[rows - lo]
 
-    def head(self, n: int) -> "FrameSet":
+    def head(self, n: int) -> FrameSet:
         """The first ``n`` frames as an in-memory FrameSet (e.g. to estimate the particle size)."""
-        from spicompute.io.frames import FrameSet
 
         n = min(int(n), self.n_frames)
         return FrameSet(self.read_rows(0, n), self.frame_id[:n], self.detector)

@@ -46,7 +46,7 @@ from spicompute.errors import InputError, ParameterError
 from spicompute.io.averages import AverageSet
 from spicompute.orient.sampling import local_grid
 from spicompute.orient.slicing import VolumeSampler, model_coordinates
-from spicompute.simulation.shapes import cube_intensity
+from spicompute.shapes import cube_intensity
 
 # --------------------------------------------------------------------------- references
 
@@ -64,7 +64,7 @@ class Reference:
 
 
 def cube_reference(edge_nm: float) -> Reference:
-    """Ideal cube of edge ``edge_nm`` in closed form (:func:`spicompute.simulation.shapes.cube_intensity`)."""
+    """Ideal cube of edge ``edge_nm`` in closed form (:func:`spicompute.shapes.cube_intensity`)."""
     if not edge_nm > 0:
         raise ParameterError("orient.edge_nm", f"must be > 0, got {edge_nm!r}")
     return Reference(lambda q: cube_intensity(q, float(edge_nm)).astype(np.float32),

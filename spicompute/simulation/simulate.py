@@ -11,7 +11,7 @@ Physics, in order:
    ``1/p = t/2`` (t = 0 cube, t = 1 sphere) and volume ``a^3 (1 + g t)``;
    its interior levels have no closed form, so their real amplitude is
    integrated semi-analytically on a fine positive-octant q-grid
-   (:func:`spicompute.simulation.shapes.superellipsoid_amplitude_grid`; step
+   (:func:`spicompute.shapes.superellipsoid_amplitude_grid`; step
    ``pi / (melt_grid_oversample * D)``, i.e. an equivalent real-space box of
    ``2 * melt_grid_oversample`` times the largest extent D) and read
    trilinearly.  A frame at continuous t takes the *amplitude* interpolated
@@ -50,7 +50,7 @@ from spicompute.geometry import Detector, regular_detector, standard_mask, wavel
 from spicompute.io.frames import FrameSet
 from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 from spicompute.params import in_range, integer, positive, with_defaults
-from spicompute.simulation.shapes import (
+from spicompute.shapes import (
     box_amplitude_torch,
     melt_half_size,
     sphere_amplitude_torch,

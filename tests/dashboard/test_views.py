@@ -22,7 +22,7 @@ def test_central_section_along_100_is_the_middle_plane(rng):
 
 
 def test_sections_of_a_cube_intensity_show_its_symmetry():
-    from spicompute.simulation.shapes import cube_intensity
+    from spicompute.shapes import cube_intensity
 
     size, dq = 33, 0.03
     a = (np.arange(size) - 16) * dq

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from spicompute.errors import InputError, ParameterError  # noqa: E402
+from spicompute.errors import ParameterError  # noqa: E402
 from spicompute.io.euxfel import agipd_q, load_agipd_geometry, static_mask  # noqa: E402
 from spicompute.ingest.euxfel import (ingest_run, parse_slice, sparse_photons,  # noqa: E402
                                          threshold_sample)

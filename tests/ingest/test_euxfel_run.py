@@ -7,7 +7,8 @@ import pytest
 from extra_data.tests.make_examples import make_modern_spb_proc_run  # noqa: E402
 
 from spicompute.ingest.hitfinding import lit_pixels, resolve_threshold  # noqa: E402
-from spicompute.io.euxfel import iter_run_photons, static_mask  # noqa: E402
+from spicompute.io.euxfel import static_mask
+from spicompute.ingest.euxfel import iter_run_photons
 
 pytest.importorskip("extra_data")
 

@@ -45,7 +45,7 @@ def write_file(path: Path, n_frames: int, photons: float, seed: int) -> float:
     detector; returns stored non-zeros per frame."""
     from spicompute.geometry import regular_detector, standard_mask
     from spicompute.io.stream import write_sparse_frames_stream
-    from spicompute.simulation.shapes import sphere_intensity
+    from spicompute.shapes import sphere_intensity
 
     side = 48
     c = (side - 1) / 2

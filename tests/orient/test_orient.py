@@ -23,7 +23,7 @@ from spicompute.orient.fit import (
     volume_reference,
 )
 from spicompute.orient.sampling import fundamental_orientations, misorientation_deg, sampling_step_deg
-from spicompute.simulation.shapes import cube_intensity, sphere_intensity
+from spicompute.shapes import cube_intensity, sphere_intensity
 from spicompute.orient.slicing import model_coordinates
 from spicompute.orient.quaternions import random_quaternions
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.signal import argrelmin
 
-from spicompute.simulation.shapes import (box_amplitude, cube_amplitude, cube_intensity, melt_half_size,
+from spicompute.shapes import (box_amplitude, cube_amplitude, cube_intensity, melt_half_size,
                                sphere_amplitude, sphere_intensity, superellipsoid_amplitude_grid,
                                superellipsoid_diameter, superellipsoid_exponent,
                                superellipsoid_intensity_volume, superellipsoid_volume_factor)

@@ -5,7 +5,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from spicompute.errors import ParameterError
-from spicompute.simulation.shapes import (cube_amplitude, melt_half_size, sphere_amplitude,
+from spicompute.shapes import (cube_amplitude, melt_half_size, sphere_amplitude,
                                superellipsoid_amplitude_grid, superellipsoid_exponent)
 from spicompute.simulation.simulate import ShapeLibrary, SimulationParams, background_profile, background_sparse, build_detector, expected_patterns, make_library, poisson_sparse, simulate
 from tests.conftest import small_simulation_params

@@ -167,7 +167,7 @@ def _slices_at_random_orientations(volume, dq3, n, dq, lam, m, rng):
 
 
 def test_the_exact_cube_volume_fits_its_own_slices_and_a_sphere_does_not(rng):
-    from spicompute.simulation.shapes import cube_intensity, sphere_intensity
+    from spicompute.shapes import cube_intensity, sphere_intensity
     from spicompute.vae.train import slice_loss
 
     n, dq, lam, edge, m = 27, 0.045, 0.2066, 42.0, 48
@@ -203,7 +203,7 @@ def test_the_exact_cube_volume_fits_its_own_slices_and_a_sphere_does_not(rng):
 
 
 def test_poisson_loss_is_the_likelihood_of_the_members_photons(rng):
-    from spicompute.simulation.shapes import cube_intensity, sphere_intensity
+    from spicompute.shapes import cube_intensity, sphere_intensity
     from spicompute.vae.train import slice_loss
 
     n, dq, lam, edge, m = 27, 0.045, 0.2066, 42.0, 16
