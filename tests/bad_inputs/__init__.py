@@ -7,7 +7,8 @@ and/or field or the parameter, no traceback, and no output file nor temporary fi
 output folder (``corpus.check_fails_cleanly``).
 
 One module per input family, all drawing on ``corpus`` (the intact inputs, the broken-file table,
-the stage command lines):
+the stage command lines). Every HDF5 input is crossed with every file-level defect of
+``corpus.FILE_DEFECTS``; field-level defects are the family's own:
 
 - ``test_plain_hdf5``, ``test_cxi``, ``test_dragonfly``: the ``frames`` stage's input file in each
   format (with its ``data.geometry`` file, the Dragonfly detector file);

@@ -328,17 +328,15 @@ COVERAGE: dict[str, frozenset[str]] = {
                       "nothing-left"}),
     "dragonfly": frozenset({*FILE_DEFECTS, "missing-field", "wrong-shape", "non-finite", "negative",
                             "out-of-range", "too-large", "nothing-left"}),
-    "frames_file": frozenset({*FILE_DEFECTS} - {"empty-file"}
-                             | {"missing-field", "wrong-shape", "non-finite", "negative", "nothing-left"}),
-    "averages": frozenset({"not-hdf5", "truncated-tail", "directory", "missing", "missing-field",
-                           "wrong-shape", "non-finite", "nothing-left"}),
-    "reference": frozenset({"not-hdf5", "truncated-tail", "directory", "missing", "missing-field",
-                            "wrong-shape", "wrong-dtype", "non-finite", "out-of-range"}),
+    "frames_file": frozenset({*FILE_DEFECTS, "missing-field", "wrong-shape", "non-finite", "negative",
+                              "nothing-left"}),
+    "averages": frozenset({*FILE_DEFECTS, "missing-field", "wrong-shape", "non-finite", "nothing-left"}),
+    "reference": frozenset({*FILE_DEFECTS, "missing-field", "wrong-shape", "wrong-dtype", "non-finite",
+                            "out-of-range"}),
     "selections": frozenset({"missing", "directory", "not-parsable", "bad-value", "wrong-dtype",
                              "missing-field", "nothing-left"}),
-    "dragonfly2d": frozenset({*FILE_DEFECTS} - {"empty-file"}
-                             | {"missing-field", "wrong-shape", "wrong-dtype", "non-finite", "negative",
-                                "out-of-range"}),
+    "dragonfly2d": frozenset({*FILE_DEFECTS, "missing-field", "wrong-shape", "wrong-dtype", "non-finite",
+                              "negative", "out-of-range"}),
     "params": frozenset({"missing", "directory", "not-parsable", "unknown-key", "bad-value", "wrong-dtype",
                          "negative", "too-large", "out-of-range"}),
 }
@@ -371,11 +369,11 @@ class Cases(dict):
             return build
         return register
 
-    def add_file_defects(self, family: str, source: str, command, defects=tuple(FILE_DEFECTS)):
-        """Register ``<family>-<defect>`` for each file-level ``defect``: the intact ``source``
-        (a name in the base folder) broken that way, given to ``command(base, folder, path)``;
-        the error must name the broken file."""
-        for defect in defects:
+    def add_file_defects(self, family: str, source: str, command):
+        """Register ``<family>-<defect>`` for each file-level defect of ``FILE_DEFECTS``: the intact
+        ``source`` (a name in the base folder) broken that way, given to ``command(base, folder,
+        path)``; the error must name the broken file."""
+        for defect in FILE_DEFECTS:
             self.add(f"{family}-{defect}", defect, _FileDefectCase(defect, source, command))
 
     def params(self):

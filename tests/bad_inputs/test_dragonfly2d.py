@@ -20,8 +20,7 @@ def import_output(base, d, path):
     return import_cmd(d, path, base / "det.h5")
 
 
-CASES.add_file_defects("dragonfly2d", "output_010.h5", import_output,
-                       defects=("not-hdf5", "truncated-head", "truncated-tail", "directory", "missing"))
+CASES.add_file_defects("dragonfly2d", "output_010.h5", import_output)
 
 
 def edited_output(base, d, *, edits, needles):

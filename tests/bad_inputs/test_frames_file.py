@@ -17,8 +17,7 @@ def classify_input(base, d, path):
     return classify_cmd(d, path)
 
 
-CASES.add_file_defects("frames-file", "frames.h5", classify_input,
-                       defects=("not-hdf5", "truncated-head", "truncated-tail", "directory", "missing"))
+CASES.add_file_defects("frames-file", "frames.h5", classify_input)
 
 
 def edited_frames(base, d, *, edits, needles):
