@@ -1,6 +1,7 @@
 # SPI Landscape — the two commands of the README:
 #   make demo   set up, run the whole pipeline on the embedded simulated data, open the dashboard
 #   make test   set up (venv, packages, Debian chromium for the browser test) and run every test
+#   make test-fast   the same without the tests marked slow (whole stages end to end), for development
 VENV      ?= .venv
 PYTHON    ?= python3
 PORT      ?= 8501
@@ -8,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo pipeline dashboard baseline check-baseline test test-dashboard browser bench bench-dashboard bench-peers \
+.PHONY: setup demo pipeline dashboard baseline check-baseline test test-fast test-dashboard browser bench bench-dashboard bench-peers \
         clean-outputs
 
 setup: $(VENV)/.installed
@@ -56,6 +57,9 @@ browser:
 
 test: setup browser
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup browser
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run_all.py

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
-from tests.test_bad_inputs import _averages, _params, leftovers
+from tests.bad_inputs.corpus import intact_averages as _averages, leftovers, write_params as _params
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +173,7 @@ def _classify_argv(d: Path, frames: Path, out: Path, checkpoints: bool = True) -
 
 @pytest.fixture(scope="module")
 def small_frames(tmp_path_factory):
-    from tests.test_bad_inputs import _frames
+    from tests.bad_inputs.corpus import intact_frames as _frames
     from spicompute.io.frames import write_frames
 
     root = tmp_path_factory.mktemp("storage")

@@ -194,7 +194,7 @@ def test_embed_rerun_is_byte_identical_with_isomap(tmp_path):
 
 def test_regress_rerun_is_byte_identical(tmp_path):
     from spicompute.io.averages import write_averages
-    from tests.test_bad_inputs import _averages
+    from tests.bad_inputs.corpus import intact_averages as _averages
 
     avg = _averages(m=40, size=21)
     avg.run[:] = np.arange(40) % 4
