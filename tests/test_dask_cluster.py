@@ -41,6 +41,7 @@ def cluster():
         yield c
 
 
+@pytest.mark.slow
 def test_classify2d_on_two_worker_processes(cluster):
     fs = make_frames(n_frames=240, photons=300.0, seed=3)[0]
     cfg = dict(n_models=3, n_rot=16, n_runs=2, subset_fraction=0.8, max_iter=3, min_iter=3,

@@ -80,6 +80,7 @@ def _outputs(ws: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_stage_writes_the_contract_outputs_deterministically(inputs, tmp_path):
     args = _args(tmp_path, inputs / "volumes.h5", inputs / "averages.h5")
     assert main(args) == 0

@@ -57,6 +57,7 @@ def _observed(size, dq, beamstop_dq, ndim=3):
     (33, 30.0, 11, 2.0),   # another grid and particle size
     (51, 51.0, 17, 2.0),   # > coarse_size: multiscale start from the central 25^3 of q
 ])
+@pytest.mark.slow
 def test_noiseless_cube_is_retrieved(size, edge_nm, edge_vox, beamstop):
     dq, dx = _geometry(size, edge_nm, edge_vox)
     inten = cube_intensity(_grid(size, dq, 3), edge_nm).astype(np.float64)
@@ -80,6 +81,7 @@ def test_noiseless_cube_is_retrieved(size, edge_nm, edge_vox, beamstop):
     assert r.support.sum() < 3 * edge_vox**3
 
 
+@pytest.mark.slow
 def test_noiseless_sphere_is_retrieved_with_a_beamstop():
     size, diameter = 41, 42.0
     dq, dx = _geometry(size, diameter, 13)
@@ -91,6 +93,7 @@ def test_noiseless_sphere_is_retrieved_with_a_beamstop():
     assert particle_volume(r.density, dx) == pytest.approx(particle_volume(truth, dx), rel=0.05)
 
 
+@pytest.mark.slow
 def test_cube_and_sphere_are_told_apart():
     """A retrieval is specific: the cube's density correlates worse with the sphere's truth."""
     size = 41
@@ -312,6 +315,7 @@ CUBE_V = 42.0**3  # 74,088 nm^3
 @pytest.mark.parametrize("size,dq", [(27, 0.0411), (41, 0.045)])
 @pytest.mark.parametrize("shape,volume", [("cube", CUBE_V), ("sphere", CUBE_V),
                                           ("sphere", 1.1 * CUBE_V)])
+@pytest.mark.slow
 def test_invariant_volume_is_right_on_noisy_cubes_and_spheres(size, dq, shape, volume):
     """Sub-voxel volume estimate, stage defaults, Poisson noise: +-5 % of the true volume."""
     observed = _observed_band(size, dq)
@@ -327,6 +331,7 @@ def test_invariant_volume_is_right_on_noisy_cubes_and_spheres(size, dq, shape, v
     assert intensity_volume(inten, observed, dq) == pytest.approx(volume, rel=0.1)
 
 
+@pytest.mark.slow
 def test_wrong_size_object_gives_a_proportionally_wrong_volume():
     """Negative control: a 25 % larger cube (1.95x the volume) is measured as such."""
     size, dq = 27, 0.0411

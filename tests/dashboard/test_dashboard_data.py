@@ -191,6 +191,7 @@ def test_revision_folders_are_a_bounded_cache(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_runs_from_git_and_experiments(tmp_path):
     root = make_project(tmp_path / "proj")
     dvc(["exp", "run", "-q", "-S", "toy.shift=1", "-S", "toy.angle=40", "--name", "triple"], root)

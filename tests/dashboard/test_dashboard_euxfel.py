@@ -15,6 +15,8 @@ from dashboard.data import OutputCorrupt, OutputMissing  # noqa: E402
 from dashboard.data import euxfel as eux  # noqa: E402
 from tests.conftest import REPO, decode_plotly_array  # noqa: E402
 
+pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
+
 
 def test_hit_rate_by_train_and_pooling():
     table = pd.DataFrame({"train_id": np.repeat([5, 6, 7, 8], 4),

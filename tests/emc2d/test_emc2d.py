@@ -59,6 +59,7 @@ def test_rotated_models_turn_the_model_counter_clockwise():
         assert np.hypot(x[p] - 8 * np.cos(ang), y[p] - 8 * np.sin(ang)) < 1.5
 
 
+@pytest.mark.slow
 def test_recovers_templates_and_assignments(data):
     fs, labels, angles, fluence = data
     res = run_bootstrap(fs, small_cfg())
@@ -138,6 +139,7 @@ def test_dask_equals_in_process(data):
         assert np.mean(a["model"] == b["model"]) > 0.99
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted(data, tmp_path):
     fs = data[0]
     full = run_bootstrap(fs, small_cfg(max_iter=6, min_iter=6))
@@ -239,6 +241,7 @@ def test_scheduler_strings():
     assert worker_threads("local:1") >= 1 and worker_threads("tcp://x:8786") == 0
 
 
+@pytest.mark.slow
 def test_sparse_posterior_m_step_equals_dense(data, monkeypatch):
     """With sharp posteriors (beta 1) only a few (frame, column) pairs survive prob_min; the
     M-step from the kept pairs equals the dense float64 reference with the same truncation and
@@ -269,6 +272,7 @@ def test_sparse_posterior_m_step_equals_dense(data, monkeypatch):
     np.testing.assert_allclose(sparse_.loglik, full.loglik, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sparsity_does_not_worsen_the_fit(data):
     fs = data[0]
     a = run_bootstrap(fs, small_cfg(prob_min=0.0, max_iter=12, min_iter=12))
@@ -329,6 +333,7 @@ def test_pruned_e_step_equals_the_dense_reference_with_the_same_candidates(data,
     np.testing.assert_array_equal(allc.num, full.num)
 
 
+@pytest.mark.slow
 def test_pruned_run_keeps_the_fit_and_skips_most_pairs(data):
     """Pruning with full refreshes: the same classes, a likelihood not worse, and most
     (frame, model) likelihoods skipped in the pruned iterations."""

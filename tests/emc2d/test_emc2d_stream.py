@@ -82,6 +82,7 @@ def test_sizes_claimed_but_not_stored_fail_at_open(frames_file, tmp_path):
         FrameFile(bad).validate(64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_shards, block", [(1, 64), (3, 50)])
 def test_streamed_emc_is_bitwise_the_in_memory_one(frames_file, n_shards, block):
     fs, path = frames_file

@@ -12,6 +12,8 @@ from spicompute.emc2d.run import EMCConfig, resolve_n_rot
 from spicompute.errors import ParameterError
 from spicompute.emc2d.particle_size import auto_n_rot, estimate_particle_size_nm
 
+pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
+
 # the simulated cubes (edge 42 nm) have the volume of a sphere of this diameter
 CUBE_EQUIVALENT_D = 42.0 * (6 / math.pi) ** (1 / 3)
 

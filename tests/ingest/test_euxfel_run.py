@@ -10,6 +10,8 @@ from spicompute.ingest.hitfinding import lit_pixels, resolve_threshold  # noqa: 
 from spicompute.io.euxfel import static_mask
 from spicompute.ingest.euxfel import iter_run_photons
 
+pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
+
 pytest.importorskip("extra_data")
 
 E_KEV = 6.0

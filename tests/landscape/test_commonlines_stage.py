@@ -107,6 +107,7 @@ def test_stage_errors_leave_no_output(averages_file, tmp_path, capsys):
     assert "cc" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dask_scheduler_equals_in_process(averages_file):
     _, avg = averages_file
     lines = lines_of(avg.intensity, avg.valid, n_lines=60)[0]
@@ -117,6 +118,7 @@ def test_dask_scheduler_equals_in_process(averages_file):
     assert np.array_equal(res.angle_b, ref.angle_b)
 
 
+@pytest.mark.slow
 def test_landscape_of_simulated_shapes_tracks_melt_and_flags_contaminants():
     """Noise-free slices of the simulator's shapes: cube->sphere melt family
     (t uniform) plus dimers/rods; CLPCA with the default normalisation has a

@@ -20,6 +20,8 @@ from spicompute.landscape.regressor import (
     train_regressor,
 )
 
+pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
+
 SIZE = 41
 FP = FeatureParams(r_min=2, r_max=18, n_theta=180, order_a=10, order_b=0.25)
 CFG = TrainConfig(hidden=(128, 64, 32), learning_rate=2e-3, batch_size=32, max_epochs=60,

@@ -127,6 +127,7 @@ def test_masked_averages_match_common_mask_and_stay_exact(zone12):
     assert np.median(misorientation_deg(fine.quaternion, truth)) < np.median(coarse)
 
 
+@pytest.mark.slow
 def test_volume_file_reference_and_size_scan(tmp_path, zone12):
     n, dqv = 64, 0.05
     axis = (np.arange(n) - n // 2) * dqv
@@ -186,6 +187,7 @@ def test_orient_stage_cli(tmp_path):
     assert main(args) == 2
 
 
+@pytest.mark.slow
 def test_gain_falls_along_the_simulated_melt_family(zone12):
     """The embedded default's shapes: cube (t=0) > rounded cube (t=0.5) > sphere (t=1)."""
     from spicompute.simulation.simulate import SimulationParams, build_detector, shape_volumes

@@ -74,6 +74,7 @@ def test_cubes_streak_and_spheres_ring():
     assert anisotropy("cube") > 1.3 * anisotropy("sphere")
 
 
+@pytest.mark.slow
 def test_simulation_is_deterministic():
     p = SimulationParams.from_dict(small_simulation_params(n_frames=40))
     a, ta = simulate(p, progress=False)
@@ -184,6 +185,7 @@ def test_sphere_zeros_at_qr_4_493_and_7_725_in_the_simulated_pattern(rng):
                                atol=1e-9 * inten[0])
 
 
+@pytest.mark.slow
 def test_friedel_symmetry_without_ewald_curvature_for_every_shape(rng):
     """I(q) = I(-q) on a flat (q_z = 0) slice, also for the non-centrosymmetric
     aggregates; their 3D intensity is not symmetric under q -> (qx, qy, -qz)."""
@@ -310,6 +312,7 @@ def test_background_counts_are_poisson_with_the_profile(rng):
     assert background_sparse(10, 0.0, prof, rng).nnz == 0
 
 
+@pytest.mark.slow
 def test_simulated_background_is_recorded_and_follows_its_profile(tmp_path):
     from spicompute.io.truth import read_truth, write_truth
 
@@ -342,6 +345,7 @@ GEOMETRIES = {  # (detector_size, binning, beam_center_px)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
 def test_other_detectors_simulate_correctly(name):
     """Odd/even sizes, binning 1 and an off-centre beam: the beam pixel has the

@@ -166,6 +166,7 @@ def _slices_at_random_orientations(volume, dq3, n, dq, lam, m, rng):
     return avg, quats
 
 
+@pytest.mark.slow
 def test_the_exact_cube_volume_fits_its_own_slices_and_a_sphere_does_not(rng):
     from spicompute.shapes import cube_intensity, sphere_intensity
     from spicompute.vae.train import slice_loss
@@ -244,6 +245,7 @@ def test_poisson_loss_is_the_likelihood_of_the_members_photons(rng):
     assert (slice_loss(sphere, data, idx, "poisson")[0] > 3 * loss).all()
 
 
+@pytest.mark.slow
 def test_encode_and_decode_in_batches_sized_for_the_memory():
     from spicompute.vae.train import decoder_bytes_per_volume, volume_batch
 
@@ -306,11 +308,13 @@ def _train_melt(shuffle_orientations: bool = False):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_latent_follows_the_melt_and_volumes_match_the_ends():
     # measured (seed 0, 40 epochs, one thread): recon 0.70 -> 0.070, Spearman 0.978 over 0.1 < t < 0.9
     _one_thread(_check_melt_latent)
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_shuffled_orientations_fit_worse_and_lose_the_melt():
     # negative control of the test above: the same patterns at the wrong orientations

@@ -21,6 +21,8 @@ from spicompute.io.averages import write_averages
 from spicompute.io.tables import read_table, write_table
 from tests.melt_series import melt_averages
 
+pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
+
 N = 24
 VAE_PARAMS = {"epochs": 3, "batch_size": 8, "kl_warmup_epochs": 1, "threads": 1, "seed": 3}
 
