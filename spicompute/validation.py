@@ -31,16 +31,6 @@ def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dic
     return {"rho_z_melt": out, "n_family_trained": int(len(fam))}
 
 
-def spearman(x, y) -> float | None:
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return None
-    return float(spearmanr(x[ok], y[ok])[0])
-
-
 def _abs_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """|Spearman rho| of the columns of x (n, k) with y (n,) -> (k,); 0 where undefined."""
     rx = rankdata(x, axis=0)
@@ -308,3 +298,13 @@ def truth_fit_of_averages(model, prep, averages, quaternions: np.ndarray, gain: 
             out[f"{lo:g}-{hi:g}"] = {"n": int(inside.sum()), "vae": round(float(np.median(scores[0, inside])), 4),
                                      "truth": round(float(np.median(scores[1, inside])), 4)}
     return out
+
+
+def spearman(x, y) -> float | None:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None
+    return float(spearmanr(x[ok], y[ok])[0])

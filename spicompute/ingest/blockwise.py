@@ -12,6 +12,23 @@ from spicompute.io.frames import open_h5
 from spicompute.io.stream import STREAM_INGEST_FRAMES, FrameFile, write_sparse_frames_stream
 
 
+def streams_on_ingest(data: dict) -> bool:
+    """Whether the frames stage should copy ``data.input`` block by block: it is a frames file in our
+    layout (format auto or frames) with more than ``STREAM_INGEST_FRAMES`` frames, and the layout
+    asked for is auto or sparse."""
+    from spicompute.ingest.formats import detect_format
+
+    fmt = data.get("format", "auto") or "auto"
+    if fmt not in ("auto", "frames") or (data.get("layout", "auto") or "auto") not in ("auto", "sparse"):
+        return False
+    path = Path(data["input"])
+    if fmt == "auto" and detect_format(path, data.get("dataset") or "") != "frames":
+        return False
+    with open_h5(path) as h5:
+        fid = h5.get("frames/frame_id")
+        return isinstance(fid, h5py.Dataset) and fid.ndim == 1 and fid.shape[0] > STREAM_INGEST_FRAMES
+
+
 def copy_frames_stream(src_path: str | Path, out: str | Path, *, empty_frames: str = "error",
                        block_frames: int = 65536, stage: str = "frames", params: dict | None = None) -> "FrameFile":
     """The frames stage for a large frames file: validate it in blocks, then write it (photon-sparse)
@@ -52,20 +69,3 @@ def copy_frames_stream(src_path: str | Path, out: str | Path, *, empty_frames: s
                                stage=stage, params=params)
     src.close()
     return FrameFile(out)
-
-
-def streams_on_ingest(data: dict) -> bool:
-    """Whether the frames stage should copy ``data.input`` block by block: it is a frames file in our
-    layout (format auto or frames) with more than ``STREAM_INGEST_FRAMES`` frames, and the layout
-    asked for is auto or sparse."""
-    from spicompute.ingest.formats import detect_format
-
-    fmt = data.get("format", "auto") or "auto"
-    if fmt not in ("auto", "frames") or (data.get("layout", "auto") or "auto") not in ("auto", "sparse"):
-        return False
-    path = Path(data["input"])
-    if fmt == "auto" and detect_format(path, data.get("dataset") or "") != "frames":
-        return False
-    with open_h5(path) as h5:
-        fid = h5.get("frames/frame_id")
-        return isinstance(fid, h5py.Dataset) and fid.ndim == 1 and fid.shape[0] > STREAM_INGEST_FRAMES

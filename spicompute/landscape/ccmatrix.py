@@ -14,6 +14,45 @@ from spicompute.landscape import commonlines as cl
 log = logging.getLogger("spicompute.ccmatrix")
 
 
+def usable_averages(averages, p: dict) -> tuple[np.ndarray, float]:
+    """(M,) bool: averages that carry signal -- observed, not all zero, >= min_frames members.
+
+    ``min_frames: auto`` is a fifth of the median occupancy: classes that EMC
+    left (nearly) empty are shot noise and must not become landscape points.
+    """
+    n_frames = averages.n_frames
+    min_frames = 0.2 * float(np.median(n_frames)) if p["min_frames"] == "auto" else float(p["min_frames"])
+    signal = (averages.intensity * averages.valid).reshape(averages.n_averages, -1).sum(1) > 0
+    return signal & averages.valid.any(axis=(1, 2)) & (n_frames >= min_frames), min_frames
+
+
+def radius_grid(averages, p: dict, usable: np.ndarray, source: str = "averages") -> tuple[np.ndarray, dict]:
+    """Radii (grid steps) of the line samples, and the resolved q-range.
+
+    ``null`` bounds are resolved from the usable averages
+    (:func:`spicompute.qrange.resolve_q_range`): the beamstop edge by
+    ``inner_coverage``, and q_max where coverage falls below ``outer_coverage`` or
+    a typical average holds fewer than ``min_counts`` expected photons per grid
+    point -- beyond that the radially normalised lines are shot noise.
+    """
+    from spicompute.qrange import resolve_q_range
+
+    dq_nm, size = averages.dq_nm, averages.size
+    qr = resolve_q_range(averages, "auto" if p["q_min_nm"] is None else p["q_min_nm"],
+                         "auto" if p["q_max_nm"] is None else p["q_max_nm"], min_counts=p["min_counts"],
+                         inner_coverage=p["inner_coverage"], outer_coverage=p["outer_coverage"],
+                         index=np.flatnonzero(usable), section="ccmatrix", source=source)
+    r0, r1 = qr.radii(dq_nm)
+    r1 = min(r1, size // 2 - 1 + 0.5 * (size % 2))
+    if r1 <= r0:
+        raise ParameterError("ccmatrix.q_max_nm", f"q range [{r0 * dq_nm:.4g}, "
+                             f"{r1 * dq_nm:.4g}] rad/nm is empty on this grid")
+    radii = np.arange(r0, r1 + 1e-9, p["radial_step"])
+    if len(radii) < 3:
+        raise ParameterError("ccmatrix.radial_step", f"only {len(radii)} radii in the q range")
+    return radii, qr.to_dict()
+
+
 def compute_ccmatrix(averages, p: dict, progress: bool = False, source: str = "averages"):
     """All the science of the stage: returns (CCResult, radii, profile, info)."""
     t0 = time.perf_counter()
@@ -48,42 +87,3 @@ def compute_ccmatrix(averages, p: dict, progress: bool = False, source: str = "a
             "unusable_lines": dead, "valid_bin_fraction": float(rvalid.mean()), "usable": usable,
             "min_frames": min_frames, "q_range": qrange}
     return result, radii, profile, info
-
-
-def radius_grid(averages, p: dict, usable: np.ndarray, source: str = "averages") -> tuple[np.ndarray, dict]:
-    """Radii (grid steps) of the line samples, and the resolved q-range.
-
-    ``null`` bounds are resolved from the usable averages
-    (:func:`spicompute.qrange.resolve_q_range`): the beamstop edge by
-    ``inner_coverage``, and q_max where coverage falls below ``outer_coverage`` or
-    a typical average holds fewer than ``min_counts`` expected photons per grid
-    point -- beyond that the radially normalised lines are shot noise.
-    """
-    from spicompute.qrange import resolve_q_range
-
-    dq_nm, size = averages.dq_nm, averages.size
-    qr = resolve_q_range(averages, "auto" if p["q_min_nm"] is None else p["q_min_nm"],
-                         "auto" if p["q_max_nm"] is None else p["q_max_nm"], min_counts=p["min_counts"],
-                         inner_coverage=p["inner_coverage"], outer_coverage=p["outer_coverage"],
-                         index=np.flatnonzero(usable), section="ccmatrix", source=source)
-    r0, r1 = qr.radii(dq_nm)
-    r1 = min(r1, size // 2 - 1 + 0.5 * (size % 2))
-    if r1 <= r0:
-        raise ParameterError("ccmatrix.q_max_nm", f"q range [{r0 * dq_nm:.4g}, "
-                             f"{r1 * dq_nm:.4g}] rad/nm is empty on this grid")
-    radii = np.arange(r0, r1 + 1e-9, p["radial_step"])
-    if len(radii) < 3:
-        raise ParameterError("ccmatrix.radial_step", f"only {len(radii)} radii in the q range")
-    return radii, qr.to_dict()
-
-
-def usable_averages(averages, p: dict) -> tuple[np.ndarray, float]:
-    """(M,) bool: averages that carry signal -- observed, not all zero, >= min_frames members.
-
-    ``min_frames: auto`` is a fifth of the median occupancy: classes that EMC
-    left (nearly) empty are shot noise and must not become landscape points.
-    """
-    n_frames = averages.n_frames
-    min_frames = 0.2 * float(np.median(n_frames)) if p["min_frames"] == "auto" else float(p["min_frames"])
-    signal = (averages.intensity * averages.valid).reshape(averages.n_averages, -1).sum(1) > 0
-    return signal & averages.valid.any(axis=(1, 2)) & (n_frames >= min_frames), min_frames

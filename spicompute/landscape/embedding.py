@@ -26,48 +26,6 @@ import numpy as np
 from spicompute.errors import ParameterError
 
 
-def compute_embeddings(cc: np.ndarray, p: dict, usable: np.ndarray | None = None) -> dict:
-    """All embeddings and the clustering of one CC matrix (dict of results).
-
-    Only ``usable`` averages (default: all) shape the embeddings; the others
-    are projected into the CLPCA space through the fitted PCA (their CC rows
-    against the usable averages), get NaN in the non-linear embeddings and
-    cluster -1.
-    """
-    k, seed = p["n_components"], p["seed"]
-    m = cc.shape[0]
-    usable = np.ones(m, bool) if usable is None else np.asarray(usable, bool)
-    u = np.flatnonzero(usable)
-    out, seconds = {}, {}
-    t = time.perf_counter()
-    pca = clpca(cc[np.ix_(u, u)], k, seed=seed)
-    pc_all = (np.asarray(cc, np.float64)[:, u] - pca.mean) @ pca.components.T
-    pca.coords = pc_all
-    out["pc"] = pc_all
-    seconds["pc"] = time.perf_counter() - t
-    dist = cc_distance(cc[np.ix_(u, u)])
-    for method in p["methods"]:
-        t = time.perf_counter()
-        if method == "isomap":
-            out[method] = isomap_embedding(dist, k, p["isomap_neighbors"])
-        elif method == "spectral":
-            out[method] = spectral_embedding(dist, k, seed=seed)
-        elif method == "tsne":
-            out[method] = tsne_embedding(dist, k, p["tsne_perplexity"], seed=seed)
-        if method != "pc":
-            full = np.full((m, out[method].shape[1]), np.nan)
-            full[u] = out[method]
-            out[method] = full
-            seconds[method] = time.perf_counter() - t
-    clus = auto_cluster(out[p["cluster_on"]][u], max_k=p["cluster_max_k"], seed=seed)
-    labels = np.full(m, -1, np.int64)
-    labels[u] = clus.labels
-    prob = np.zeros(m)
-    prob[u] = clus.probability
-    clus.labels, clus.probability = labels, prob
-    return {"coords": out, "pca": pca, "cluster": clus, "seconds": seconds, "usable": usable}
-
-
 def cc_distance(cc: np.ndarray) -> np.ndarray:
     """Symmetric distance ``1 - CC`` with zero diagonal, (M, M) float64 >= 0."""
     cc = np.asarray(cc, dtype=np.float64)
@@ -265,3 +223,45 @@ def procrustes_align(reference: np.ndarray, other: np.ndarray, *, scale: bool = 
     rmsd = float(np.sqrt(resid.mean()))
     spread = float(np.sqrt((a0 ** 2).sum(axis=1).mean()))
     return aligned, rot, rmsd, (rmsd / spread if spread > 0 else float("nan"))
+
+
+def compute_embeddings(cc: np.ndarray, p: dict, usable: np.ndarray | None = None) -> dict:
+    """All embeddings and the clustering of one CC matrix (dict of results).
+
+    Only ``usable`` averages (default: all) shape the embeddings; the others
+    are projected into the CLPCA space through the fitted PCA (their CC rows
+    against the usable averages), get NaN in the non-linear embeddings and
+    cluster -1.
+    """
+    k, seed = p["n_components"], p["seed"]
+    m = cc.shape[0]
+    usable = np.ones(m, bool) if usable is None else np.asarray(usable, bool)
+    u = np.flatnonzero(usable)
+    out, seconds = {}, {}
+    t = time.perf_counter()
+    pca = clpca(cc[np.ix_(u, u)], k, seed=seed)
+    pc_all = (np.asarray(cc, np.float64)[:, u] - pca.mean) @ pca.components.T
+    pca.coords = pc_all
+    out["pc"] = pc_all
+    seconds["pc"] = time.perf_counter() - t
+    dist = cc_distance(cc[np.ix_(u, u)])
+    for method in p["methods"]:
+        t = time.perf_counter()
+        if method == "isomap":
+            out[method] = isomap_embedding(dist, k, p["isomap_neighbors"])
+        elif method == "spectral":
+            out[method] = spectral_embedding(dist, k, seed=seed)
+        elif method == "tsne":
+            out[method] = tsne_embedding(dist, k, p["tsne_perplexity"], seed=seed)
+        if method != "pc":
+            full = np.full((m, out[method].shape[1]), np.nan)
+            full[u] = out[method]
+            out[method] = full
+            seconds[method] = time.perf_counter() - t
+    clus = auto_cluster(out[p["cluster_on"]][u], max_k=p["cluster_max_k"], seed=seed)
+    labels = np.full(m, -1, np.int64)
+    labels[u] = clus.labels
+    prob = np.zeros(m)
+    prob[u] = clus.probability
+    clus.labels, clus.probability = labels, prob
+    return {"coords": out, "pca": pca, "cluster": clus, "seconds": seconds, "usable": usable}

@@ -8,22 +8,6 @@ import pandas as pd
 from spicompute.errors import InputError
 
 
-def nuisance_correlations(coords: np.ndarray, nuisance: pd.DataFrame, usable: np.ndarray) -> dict:
-    """Spearman rho of every pc with every nuisance variable, over the usable averages."""
-    from scipy.stats import spearmanr
-
-    out = {}
-    for j in range(coords.shape[1]):
-        row = {}
-        for name in nuisance.NUISANCES:
-            v = nuisance[name].to_numpy(np.float64)
-            ok = usable & np.isfinite(v) & np.isfinite(coords[:, j])
-            rho = spearmanr(coords[ok, j], v[ok])[0] if ok.sum() > 3 and np.ptp(v[ok]) > 0 else float("nan")
-            row[name] = None if not np.isfinite(rho) else float(rho)
-        out[f"pc_{j + 1}"] = row
-    return out
-
-
 def nuisance_table(frames_table: str, frames_h5: str, average_id: np.ndarray) -> pd.DataFrame:
     """Per average: member frames, mean photons per member frame, bootstrap run.
 
@@ -49,3 +33,19 @@ def nuisance_table(frames_table: str, frames_h5: str, average_id: np.ndarray) ->
 
 
 NUISANCES = ("n_frames", "mean_photons", "run")
+
+
+def nuisance_correlations(coords: np.ndarray, nuisance: pd.DataFrame, usable: np.ndarray) -> dict:
+    """Spearman rho of every pc with every nuisance variable, over the usable averages."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for j in range(coords.shape[1]):
+        row = {}
+        for name in nuisance.NUISANCES:
+            v = nuisance[name].to_numpy(np.float64)
+            ok = usable & np.isfinite(v) & np.isfinite(coords[:, j])
+            rho = spearmanr(coords[ok, j], v[ok])[0] if ok.sum() > 3 and np.ptp(v[ok]) > 0 else float("nan")
+            row[name] = None if not np.isfinite(rho) else float(rho)
+        out[f"pc_{j + 1}"] = row
+    return out

@@ -12,34 +12,41 @@ from spicompute.errors import InputError, ParameterError
 log = logging.getLogger("spicompute.select")
 
 
-def truth_scores(average_id: np.ndarray, selected: np.ndarray, usable: np.ndarray, frames: pd.DataFrame,
-                 truth: dict, source: str = "truth") -> dict:
-    """Family purity and recall of a selection against simulation truth.
+def _range_rule(bounds) -> dict:
+    rule = {}
+    if bounds[0] is not None:
+        rule["min"] = float(bounds[0])
+    if bounds[1] is not None:
+        rule["max"] = float(bounds[1])
+    return rule
 
-    An average is labelled by the majority true class of its member frames
-    (``frames``: frame_id, average_id); it is *family* when that class is
-    cube, melt or sphere.  purity = family share of the selected averages;
-    recall = selected share of the family averages that are ``usable`` (N,)
-    bool (enough member frames: the ones a selection may keep at all).
+
+def family_mask(table: pd.DataFrame, keep: np.ndarray, p: dict):
+    """The :class:`spicompute.landscape.family.Family` of the averages in ``keep`` (N,) bool.
+
+    Uses the CLPCA columns ``select.family_components`` and the
+    orientation-fit ``gain``; averages the embed stage left out of the
+    landscape (``landscape_usable`` false) or with non-finite values are
+    never in the family.
     """
-    from spicompute.validation import average_truth
+    from spicompute.landscape.family import clpca_similarity, find_family
 
-    members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]]
-    unknown = np.setdiff1d(members["frame_id"].to_numpy(), np.asarray(truth["frame_id"]))
-    if unknown.size:
-        raise InputError(source, "truth/frame_id", "some member frames have no truth row")
-    per_average = average_truth(members, truth).set_index("average_id").reindex(average_id)
-    majority = per_average["majority_class"]
-    family = per_average["family"].fillna(False).to_numpy(bool)
-    n_sel = int(selected.sum())
-    n_fam = int((family & usable).sum())
-    return {"family_purity": float(family[selected].mean()) if n_sel else None,
-            "family_recall": float(selected[family & usable].mean()) if n_fam else None,
-            "family_label": "majority true class of the member frames; family = cube, melt or sphere",
-            "n_family_usable": n_fam,
-            "n_selected_family": int((family & selected).sum()),
-            "selected_classes": {str(c): int(n) for c, n in
-                                 majority[selected].value_counts().sort_index().items()}}
+    cols = list(p["family_components"])
+    needed = [(c, "results/parts/embed.parquet") for c in cols] + [("gain", "results/parts/orient.parquet")]
+    for col, source in needed:
+        if col not in table.columns:
+            raise InputError(source, col, "column missing (select.mode family)")
+    coords = table[cols].to_numpy(np.float64)
+    gain = table["gain"].to_numpy(np.float64)
+    usable = keep & np.isfinite(coords).all(1) & np.isfinite(gain)
+    if "landscape_usable" in table.columns:
+        usable &= table["landscape_usable"].to_numpy(bool)
+    if usable.sum() < 2:
+        raise ParameterError("select.mode", f"family needs >= 2 averages with CLPCA coordinates and a gain, "
+                             f"got {int(usable.sum())}")
+    k = None if p["family_k"] == "auto" else p["family_k"]
+    return find_family(clpca_similarity(np.where(usable[:, None], coords, 0.0)), gain, usable, k=k,
+                       shared_fraction=p["family_shared_fraction"], seed_fraction=p["family_seed_fraction"])
 
 
 def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
@@ -100,41 +107,34 @@ def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
     return keep & inside, reason, min_frames
 
 
-def family_mask(table: pd.DataFrame, keep: np.ndarray, p: dict):
-    """The :class:`spicompute.landscape.family.Family` of the averages in ``keep`` (N,) bool.
+def truth_scores(average_id: np.ndarray, selected: np.ndarray, usable: np.ndarray, frames: pd.DataFrame,
+                 truth: dict, source: str = "truth") -> dict:
+    """Family purity and recall of a selection against simulation truth.
 
-    Uses the CLPCA columns ``select.family_components`` and the
-    orientation-fit ``gain``; averages the embed stage left out of the
-    landscape (``landscape_usable`` false) or with non-finite values are
-    never in the family.
+    An average is labelled by the majority true class of its member frames
+    (``frames``: frame_id, average_id); it is *family* when that class is
+    cube, melt or sphere.  purity = family share of the selected averages;
+    recall = selected share of the family averages that are ``usable`` (N,)
+    bool (enough member frames: the ones a selection may keep at all).
     """
-    from spicompute.landscape.family import clpca_similarity, find_family
+    from spicompute.validation import average_truth
 
-    cols = list(p["family_components"])
-    needed = [(c, "results/parts/embed.parquet") for c in cols] + [("gain", "results/parts/orient.parquet")]
-    for col, source in needed:
-        if col not in table.columns:
-            raise InputError(source, col, "column missing (select.mode family)")
-    coords = table[cols].to_numpy(np.float64)
-    gain = table["gain"].to_numpy(np.float64)
-    usable = keep & np.isfinite(coords).all(1) & np.isfinite(gain)
-    if "landscape_usable" in table.columns:
-        usable &= table["landscape_usable"].to_numpy(bool)
-    if usable.sum() < 2:
-        raise ParameterError("select.mode", f"family needs >= 2 averages with CLPCA coordinates and a gain, "
-                             f"got {int(usable.sum())}")
-    k = None if p["family_k"] == "auto" else p["family_k"]
-    return find_family(clpca_similarity(np.where(usable[:, None], coords, 0.0)), gain, usable, k=k,
-                       shared_fraction=p["family_shared_fraction"], seed_fraction=p["family_seed_fraction"])
-
-
-def _range_rule(bounds) -> dict:
-    rule = {}
-    if bounds[0] is not None:
-        rule["min"] = float(bounds[0])
-    if bounds[1] is not None:
-        rule["max"] = float(bounds[1])
-    return rule
+    members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]]
+    unknown = np.setdiff1d(members["frame_id"].to_numpy(), np.asarray(truth["frame_id"]))
+    if unknown.size:
+        raise InputError(source, "truth/frame_id", "some member frames have no truth row")
+    per_average = average_truth(members, truth).set_index("average_id").reindex(average_id)
+    majority = per_average["majority_class"]
+    family = per_average["family"].fillna(False).to_numpy(bool)
+    n_sel = int(selected.sum())
+    n_fam = int((family & usable).sum())
+    return {"family_purity": float(family[selected].mean()) if n_sel else None,
+            "family_recall": float(selected[family & usable].mean()) if n_fam else None,
+            "family_label": "majority true class of the member frames; family = cube, melt or sphere",
+            "n_family_usable": n_fam,
+            "n_selected_family": int((family & selected).sum()),
+            "selected_classes": {str(c): int(n) for c, n in
+                                 majority[selected].value_counts().sort_index().items()}}
 
 
 def bounds(name: str, value: list) -> list:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from spicompute.errors import InputError
-from spicompute.ingest.euxfel import EUXFEL_KEYS
+from spicompute.ingest.euxfel_run import EUXFEL_KEYS
 from spicompute.ingest.report import frameset_report, write_json, write_lit_histogram
 from spicompute.io.frames import write_frames
 from spicompute.io.truth import write_truth

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from spicompute.errors import ParameterError
-from spicompute.ingest.hitfinding import (auto_threshold, lit_histogram, lit_pixels,
-                                   resolve_threshold, to_photons)
+from spicompute.ingest.hitfinding import auto_threshold, lit_histogram, lit_pixels, resolve_threshold, to_photons
 
 
 @pytest.mark.parametrize("energy_kev", [6.0, 9.3])

@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 from spicompute.errors import ParameterError  # noqa: E402
-from spicompute.io.euxfel import agipd_q, load_agipd_geometry, static_mask  # noqa: E402
-from spicompute.ingest.euxfel import (ingest_run, parse_slice, sparse_photons,  # noqa: E402
-                                         threshold_sample)
-from spicompute.io.frames import read_frames  # noqa: E402
+from spicompute.ingest.euxfel import ingest_run
+from spicompute.ingest.euxfel_convert import sparse_photons, threshold_sample
+from spicompute.ingest.euxfel_run import parse_slice
 from spicompute.ingest.hitfinding import to_photons  # noqa: E402
+from spicompute.io.euxfel import agipd_q, load_agipd_geometry, static_mask  # noqa: E402
+from spicompute.io.frames import read_frames  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from tests.ingest.euxfel_mock import inject, make_proc_run  # noqa: E402
 

@@ -1,14 +1,14 @@
 """Streaming a mock EuXFEL proc run (extra-data's make_examples) to photons and hits."""
 
 import h5py
-import scipy.sparse as sp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from extra_data.tests.make_examples import make_modern_spb_proc_run  # noqa: E402
 
+from spicompute.ingest.euxfel_run import iter_run_photons
 from spicompute.ingest.hitfinding import lit_pixels, resolve_threshold  # noqa: E402
 from spicompute.io.euxfel import static_mask
-from spicompute.ingest.euxfel import iter_run_photons
 
 pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
 

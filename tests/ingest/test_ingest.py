@@ -7,12 +7,11 @@ import pytest
 from spicompute.cli import main
 from spicompute.errors import InputError, ParameterError
 from spicompute.ingest.files import ingest
+from spicompute.ingest.formats import detect_format
 from spicompute.io.cxi import write_cxi
-from spicompute.io.dragonfly import (read_dragonfly_photons, write_dragonfly_detector,
-                                     write_dragonfly_photons)
+from spicompute.io.dragonfly import read_dragonfly_photons, write_dragonfly_detector, write_dragonfly_photons
 from spicompute.io.frames import read_frames, write_frames
 from tests.conftest import INTEROP
-from spicompute.ingest.formats import detect_format
 
 DF = INTEROP / "dragonfly"
 
