@@ -102,7 +102,7 @@ def run(args) -> int:
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
     from spicompute.io.tables import write_table
-    from spicompute.orient.fit import fit
+    from spicompute.orient import fit
     from spicompute.orient.sampling import fundamental_orientations, sampling_step_deg
 
     p = stage_params(args, "orient")
