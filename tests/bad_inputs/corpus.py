@@ -474,6 +474,21 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def cases_test(cases):
+    """The parametrized test of a family module: every case of ``cases`` fails cleanly.
+
+    Called once the module has added all its cases (``test_bad_input_fails_cleanly =
+    cases_test(CASES)``), so the parameters are the whole table.
+    """
+    import pytest
+
+    @pytest.mark.parametrize("name", cases.params())
+    def test_bad_input_fails_cleanly(base, tmp_path, name):
+        check_fails_cleanly(cases, name, base, tmp_path)
+
+    return test_bad_input_fails_cleanly
+
+
 def check_fails_cleanly(cases: Cases, name: str, base: Path, folder: Path) -> None:
     """Build case ``name`` in ``folder``, run it and assert the clean failure (module docstring)."""
     argv, needles = cases[name].build(base, folder)

@@ -8,8 +8,18 @@ from functools import partial
 import numpy as np
 import pytest
 
-from .corpus import (Cases, cc_cmd, check_fails_cleanly, delete, edited_copy, intact_averages, orient_cmd,
-                     poke, replace, run_ok)
+from .corpus import (
+    Cases,
+    cases_test,
+    cc_cmd,
+    delete,
+    edited_copy,
+    intact_averages,
+    orient_cmd,
+    poke,
+    replace,
+    run_ok,
+)
 
 CASES = Cases()
 
@@ -54,9 +64,7 @@ def orient_averages_missing(base, d):
     return orient_cmd(d, d / "averages.h5"), ["averages.h5", "not found"]
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)
 
 
 @pytest.mark.slow

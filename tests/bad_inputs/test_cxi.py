@@ -9,8 +9,18 @@ import h5py
 import numpy as np
 import pytest
 
-from .corpus import (SIDE, Cases, check_fails_cleanly, check_ingests_intact, chunked_claim, delete,
-                     edited_copy, fill, frames_cmd, replace)
+from .corpus import (
+    SIDE,
+    Cases,
+    cases_test,
+    check_ingests_intact,
+    chunked_claim,
+    delete,
+    edited_copy,
+    fill,
+    frames_cmd,
+    replace,
+)
 
 CASES = Cases()
 DATA = "entry_1/data_1/data"
@@ -65,9 +75,7 @@ CASES.add("cxi-claims-1e6-frames", "too-large", partial(claims_frames, n=10**6))
 CASES.add("cxi-claims-1e8-frames", "too-large", partial(claims_frames, n=10**8))
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)
 
 
 @pytest.mark.slow

@@ -10,8 +10,20 @@ import h5py
 import numpy as np
 import pytest
 
-from .corpus import (DRAGONFLY, SIDE, Cases, check_fails_cleanly, check_ingests_intact, cut, delete,
-                     edit_vlen, edited_copy, frames_cmd, poke, replace)
+from .corpus import (
+    DRAGONFLY,
+    SIDE,
+    Cases,
+    cases_test,
+    check_ingests_intact,
+    cut,
+    delete,
+    edit_vlen,
+    edited_copy,
+    frames_cmd,
+    poke,
+    replace,
+)
 
 CASES = Cases()
 
@@ -118,9 +130,7 @@ CASES.add("dragonfly-claims-1e6-frames", "too-large", partial(claims_frames, n=1
 CASES.add("dragonfly-claims-1e8-frames", "too-large", partial(claims_frames, n=10**8))
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)
 
 
 @pytest.mark.slow

@@ -9,8 +9,19 @@ from functools import partial
 import numpy as np
 import pytest
 
-from .corpus import (DF2D_K, DF2D_L, N_FRAMES, Cases, check_fails_cleanly, delete, edited_copy, import_cmd,
-                     not_hdf5, replace, run_ok)
+from .corpus import (
+    DF2D_K,
+    DF2D_L,
+    N_FRAMES,
+    Cases,
+    cases_test,
+    delete,
+    edited_copy,
+    import_cmd,
+    not_hdf5,
+    replace,
+    run_ok,
+)
 
 CASES = Cases()
 K, L = DF2D_K, DF2D_L
@@ -62,9 +73,7 @@ def detector_no_ewald(base, d):
     return import_cmd(d, base / "output_010.h5", det), ["det.h5", "ewald_rad"]
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)
 
 
 @pytest.mark.slow

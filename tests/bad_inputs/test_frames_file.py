@@ -6,9 +6,8 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-import pytest
 
-from .corpus import Cases, check_fails_cleanly, classify_cmd, delete, edited_copy, poke, replace
+from .corpus import Cases, cases_test, classify_cmd, delete, edited_copy, poke, replace
 
 CASES = Cases()
 
@@ -54,6 +53,4 @@ CASES.add("frames-file-single-frame", "nothing-left",
           partial(frames_subset, keep=[0], needles=["classify2d.n_models", "frames"]))
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 
-import pytest
-
-from .corpus import (Cases, cc_cmd, check_fails_cleanly, classify_cmd, orient_cmd, regress_cmd,
-                     write_params)
+from .corpus import Cases, cases_test, cc_cmd, classify_cmd, orient_cmd, regress_cmd, write_params
 
 CASES = Cases()
 
@@ -116,6 +113,4 @@ for (_stage, _name), (_kind, _value, _needles) in BAD_VALUES.items():
     CASES.add(f"params-{_stage}-{_name}", _kind, partial(STAGES[_stage], key=_name.split(":")[0], value=_value, needles=_needles))
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)

@@ -10,8 +10,20 @@ import h5py
 import numpy as np
 import pytest
 
-from .corpus import (PLAIN, SIDE, N_FRAMES, Cases, check_fails_cleanly, check_ingests_intact,
-                     chunked_claim, frames_cmd, h5_file, intact_images, not_hdf5, run_ok)
+from .corpus import (
+    N_FRAMES,
+    PLAIN,
+    SIDE,
+    Cases,
+    cases_test,
+    check_ingests_intact,
+    chunked_claim,
+    frames_cmd,
+    h5_file,
+    intact_images,
+    not_hdf5,
+    run_ok,
+)
 
 CASES = Cases()
 
@@ -120,9 +132,7 @@ CASES.add("plain-claims-1e6-frames", "too-large", partial(claims_frames, n=10**6
 CASES.add("plain-claims-1e8-frames", "too-large", partial(claims_frames, n=10**8))
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)
 
 
 @pytest.mark.slow

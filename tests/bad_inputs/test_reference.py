@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from .corpus import Cases, check_fails_cleanly, h5_file, orient_cmd, run_ok
+from .corpus import Cases, cases_test, h5_file, orient_cmd, run_ok
 
 CASES = Cases()
 
@@ -49,9 +49,7 @@ def reference_index_out_of_range(base, d):
             ["volume.h5", "volumes", "index 5"])
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .corpus import Cases, check_fails_cleanly, copy_file, directory, missing, run_ok, select_cmd
+from .corpus import Cases, cases_test, copy_file, directory, missing, run_ok, select_cmd
 
 CASES = Cases()
 
@@ -54,9 +54,7 @@ def selection_directory(base, d):
     return select_cmd(base, d, directory(Path("sel.json"), d / "selections")), ["sel.json"]
 
 
-@pytest.mark.parametrize("name", CASES.params())
-def test_bad_input_fails_cleanly(base, tmp_path, name):
-    check_fails_cleanly(CASES, name, base, tmp_path)
+test_bad_input_fails_cleanly = cases_test(CASES)
 
 
 @pytest.mark.slow
