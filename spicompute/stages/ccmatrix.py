@@ -81,7 +81,7 @@ def run(args) -> int:
     m = averages.n_averages
     log.info("ccmatrix: %d averages of %dx%d, %d lines over pi, normalisation %s", m,
              averages.size, averages.size, p["n_angles"], p["normalisation"])
-    result, radii, profile, info = ccmatrix.compute(averages, p, progress=not progress_disabled(args),
+    result, radii, profile, info = ccmatrix.compute_ccmatrix(averages, p, progress=not progress_disabled(args),
                                             source=args.averages)
     n_lines, n_r = p["n_angles"], len(radii)
     angles = np.arange(n_lines) * np.pi / n_lines
