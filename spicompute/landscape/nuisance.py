@@ -42,7 +42,7 @@ def nuisance_correlations(coords: np.ndarray, nuisance: pd.DataFrame, usable: np
     out = {}
     for j in range(coords.shape[1]):
         row = {}
-        for name in nuisance.NUISANCES:
+        for name in NUISANCES:
             v = nuisance[name].to_numpy(np.float64)
             ok = usable & np.isfinite(v) & np.isfinite(coords[:, j])
             rho = spearmanr(coords[ok, j], v[ok])[0] if ok.sum() > 3 and np.ptp(v[ok]) > 0 else float("nan")

@@ -141,7 +141,7 @@ def test_classify2d_stage_streamed_equals_in_memory(frames_file, tmp_path):
 def test_frames_stage_copies_a_large_frames_file_block_by_block(frames_file, tmp_path, monkeypatch):
     """Above STREAM_INGEST_FRAMES the frames stage validates and copies our layout in blocks (lowered
     here to 100 frames); a frame without photons on good pixels is an error or dropped, as in ingest."""
-    import spicompute.io.stream as stream
+    import spicompute.ingest.blockwise as stream
     from spicompute.cli import main
 
     fs, _ = frames_file
