@@ -36,6 +36,57 @@ from spicompute.errors import ParameterError
 log = logging.getLogger("spicompute.phase")
 
 
+def check_sampling(vol: dict, path) -> list[int]:
+    """Refuse volumes whose grid holds less than twice the particle (no 2x oversampling).
+
+    With the particle size the VAE measured (``@particle_size_nm`` of the volumes file)
+    the box ``2 pi / dq`` must hold twice it; volumes whose autocorrelation still fills
+    the box are then speckled, not too large: a warning, and their indices are returned.
+    Without a size the autocorrelation alone decides.
+
+    The autocorrelation of each intensity volume spans twice the particle; when
+    it does not fall off before the faces of the ``2 pi / dq`` box
+    (:func:`spicompute.phasing.autocorrelation_extent`) the particle is about
+    half the box or more, phase retrieval has too few constraints and the
+    support wraps.  One line naming the parameters that set the box; nothing
+    is written.
+    """
+    box = 2 * np.pi / vol["dq_nm"]
+    size_nm = vol.get("particle_size_nm")
+    if size_nm is not None and box < 2 * size_nm * (1 - 1e-3):  # the VAE's Nyquist bound gives exactly 2x
+        raise ParameterError(
+            "vae.preset / vae.q_max_nm",
+            f"the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds less than twice the "
+            f"{size_nm:.0f} nm particle; phasing needs a box >= 2x the particle: use a larger vae.preset or "
+            f"a smaller vae.q_max_nm", source=str(path))
+    unclear = []
+    for i in range(vol["intensity"].shape[0]):
+        extent, fits = phasing.autocorrelation_extent(vol["intensity"][i], vol["observed"],
+                                                      vol["dq_nm"])
+        if fits:
+            continue
+        if size_nm is None:
+            raise ParameterError(
+                "vae.preset / vae.q_max_nm",
+                f"volume {i}: the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds "
+                f"less than twice the particle (its autocorrelation fills the box: particle extent "
+                f">= {extent:.0f} nm); phasing needs a box >= 2x the particle: use a larger "
+                f"vae.preset or a smaller vae.q_max_nm (or, if the particle is small, the volume "
+                f"is speckled by noise: check the vae training)", source=str(path))
+        unclear.append(i)
+    if unclear:
+        # the grid holds twice the particle size the VAE measured on the data, so an autocorrelation
+        # that fills the box says the volume is speckled (an under-trained decoder), not too big
+        log.warning("volumes %s: the autocorrelation fills the %.0f nm box although the particle (%.0f nm) "
+                    "fits twice: the volumes look speckled by noise; check the vae training", unclear, box,
+                    size_nm)
+    return unclear
+
+INV_E = float(np.exp(-1.0))
+
+
+# --------------------------------------------------------------------------- grids
+
 def real_space_step(size: int, dq_nm: float) -> float:
     """Voxel edge (nm) of the real-space grid conjugate to ``size`` q-steps of ``dq_nm``."""
     return 2.0 * np.pi / (size * dq_nm)
@@ -768,55 +819,3 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     return PhasingResult(density=to_centred(density, ndim), support=to_centred(supp, ndim),
                          errors=errors, prtf=prtf, prtf_q_nm=q_shell, resolution_nm=resolution,
                          dx_nm=dx, best=best, kept=kept, history=history)
-
-
-def check_sampling(vol: dict, path) -> list[int]:
-    """Refuse volumes whose grid holds less than twice the particle (no 2x oversampling).
-
-    With the particle size the VAE measured (``@particle_size_nm`` of the volumes file)
-    the box ``2 pi / dq`` must hold twice it; volumes whose autocorrelation still fills
-    the box are then speckled, not too large: a warning, and their indices are returned.
-    Without a size the autocorrelation alone decides.
-
-    The autocorrelation of each intensity volume spans twice the particle; when
-    it does not fall off before the faces of the ``2 pi / dq`` box
-    (:func:`spicompute.phasing.autocorrelation_extent`) the particle is about
-    half the box or more, phase retrieval has too few constraints and the
-    support wraps.  One line naming the parameters that set the box; nothing
-    is written.
-    """
-    box = 2 * np.pi / vol["dq_nm"]
-    size_nm = vol.get("particle_size_nm")
-    if size_nm is not None and box < 2 * size_nm * (1 - 1e-3):  # the VAE's Nyquist bound gives exactly 2x
-        raise ParameterError(
-            "vae.preset / vae.q_max_nm",
-            f"the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds less than twice the "
-            f"{size_nm:.0f} nm particle; phasing needs a box >= 2x the particle: use a larger vae.preset or "
-            f"a smaller vae.q_max_nm", source=str(path))
-    unclear = []
-    for i in range(vol["intensity"].shape[0]):
-        extent, fits = autocorrelation_extent(vol["intensity"][i], vol["observed"],
-                                                      vol["dq_nm"])
-        if fits:
-            continue
-        if size_nm is None:
-            raise ParameterError(
-                "vae.preset / vae.q_max_nm",
-                f"volume {i}: the {box:.0f} nm box (2 pi / dq, dq {vol['dq_nm']:.4g} rad/nm) holds "
-                f"less than twice the particle (its autocorrelation fills the box: particle extent "
-                f">= {extent:.0f} nm); phasing needs a box >= 2x the particle: use a larger "
-                f"vae.preset or a smaller vae.q_max_nm (or, if the particle is small, the volume "
-                f"is speckled by noise: check the vae training)", source=str(path))
-        unclear.append(i)
-    if unclear:
-        # the grid holds twice the particle size the VAE measured on the data, so an autocorrelation
-        # that fills the box says the volume is speckled (an under-trained decoder), not too big
-        log.warning("volumes %s: the autocorrelation fills the %.0f nm box although the particle (%.0f nm) "
-                    "fits twice: the volumes look speckled by noise; check the vae training", unclear, box,
-                    size_nm)
-    return unclear
-
-INV_E = float(np.exp(-1.0))
-
-
-# --------------------------------------------------------------------------- grids
