@@ -61,7 +61,7 @@ def check_sampling(vol: dict, path) -> list[int]:
             f"a smaller vae.q_max_nm", source=str(path))
     unclear = []
     for i in range(vol["intensity"].shape[0]):
-        extent, fits = phasing.autocorrelation_extent(vol["intensity"][i], vol["observed"],
+        extent, fits = autocorrelation_extent(vol["intensity"][i], vol["observed"],
                                                       vol["dq_nm"])
         if fits:
             continue
