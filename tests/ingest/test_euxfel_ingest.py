@@ -24,6 +24,8 @@ from spicompute.io.frames import read_frames  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from tests.ingest.euxfel_mock import inject, make_proc_run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
+
 pytest.importorskip("extra_data")
 
 E_KEV = 6.0
@@ -260,8 +262,6 @@ def test_raw_spb_run_in_adu(tmp_path, q_default):
 PEAK_SCRIPT = """
 import re, sys, json
 from spicompute.ingest.euxfel import ingest_run
-
-pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
 m = ingest_run(dict(input=sys.argv[1], distance_mm=705.0, photon_energy_kev=6.0, trains=sys.argv[2],
                     trains_per_chunk=1), sys.argv[3] + "/f.h5", sys.argv[3] + "/h.parquet")
 # VmHWM: this process's peak resident memory (ru_maxrss may carry the forking parent's peak)

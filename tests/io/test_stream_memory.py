@@ -25,11 +25,11 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[2]
 BOUND_BYTES_PER_FRAME = 600
 
+pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
+
 CHILD = r"""
 import json, sys
 from spicompute.cli import main
-
-pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
 w = sys.argv[1]
 rc = main(["classify2d", "--params", f"{w}/params.yaml", "-q", "--frames", f"{w}/frames.h5",
            "--out", f"{w}/averages.h5", "--frames-table", f"{w}/frames.parquet", "--part", f"{w}/part.parquet",
