@@ -12,21 +12,22 @@ grid point.  So ``auto`` resolves, from the averages themselves:
 - ``q_max``: the smallest of the grid radius (the inscribed circle), the last
   radius observed in at least ``outer_coverage`` of its pixels, and the signal
   limit -- the last radius where a typical average (median occupancy) still
-  holds ``min_counts`` expected photons per grid point *above the floor*
-  (mean radial intensity, in mean photons per pixel per frame, times
-  ``n_frames``): where the particle's Porod tail ``K q^-4``, fitted past the
-  central speckle, falls to ``min_counts`` (:func:`porod_counts_limit`), or
-  where the signal first falls below it when there is no tail to fit.
+  holds ``min_counts`` expected photons per grid point (mean radial intensity,
+  in mean photons per pixel per frame, times ``n_frames``) *and at least twice
+  its flat floor*.
 
 The floor is what the averages hold where the particle no longer scatters:
-background the 2D EMC did not model away (at 50 background photons per frame
-it holds ~5 photons per grid point per average, far more than a typical
-average's particle signal at high q).  Counted as signal it pushes q_max to
-the detector edge and every stage downstream fits noise.  It is estimated as
-the median of the profile over the outer third of the covered radii: a
-particle's orientation-averaged intensity falls as q^-4 there, so the median
-is dominated by whatever is flat.  When the particle does scatter to the
-edge, subtracting it moves the limit in by at most that outer third.
+background the 2D EMC did not model away (at 400 particle + 50 background
+photons per frame, ~4 photons per grid point per average, more than a typical
+average's particle signal at high q).  Were it counted as signal, the counts
+rule would never end and q_max would reach the detector edge, with every stage
+downstream fitting the floor.  Asking for twice the floor asks the particle to
+contribute at least as much as the floor; below ``min_counts / 2`` the floor
+changes nothing.  It is estimated as the median of the profile over the outer
+third of the covered radii (:func:`signal_floor`): a particle's
+orientation-averaged intensity falls as q^-4 there, so the median is dominated
+by whatever is flat; when the particle does scatter to the edge, the rule moves
+the limit in by at most that outer third.
 
 Stages record the resolved values and each limit in their metrics.
 """
@@ -62,29 +63,6 @@ def radial_profile(averages: AverageSet, dq_bin_nm: float | None = None,
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(sw > 0, si / sw, np.nan)
     return np.arange(nb) * dq_bin_nm, mean, sw / np.maximum(npix, 1)
-
-
-def porod_counts_limit(q_axis: np.ndarray, signal_counts: np.ndarray, q_lo_nm: float, q_hi_nm: float,
-                       min_counts: float) -> float | None:
-    """Radius (rad/nm) where the particle's Porod tail falls to ``min_counts``.
-
-    Past the central speckle the orientation-averaged intensity of a compact
-    particle falls as ``K q^-4`` with fringes on top; ``K`` is the median of
-    ``signal q^4`` over the radii of ``q_lo_nm..q_hi_nm`` where the signal is
-    below 1 % of its peak, so neither one fringe minimum nor a slowly decaying
-    background residual sets the limit.  ``signal_counts`` (B,) is expected
-    photons per grid point of a typical average above the floor.  None when
-    fewer than 4 radii lie in the tail.
-    """
-    ok = np.isfinite(signal_counts) & (q_axis > q_lo_nm)
-    if not ok.any():
-        return None
-    peak = float(np.nanmax(np.where(ok, signal_counts, np.nan)))
-    tail = ok & (q_axis <= q_hi_nm) & (signal_counts <= 0.01 * peak) & (signal_counts > 0)
-    if np.count_nonzero(tail) < 4:
-        return None
-    k = float(np.median(signal_counts[tail] * q_axis[tail] ** 4))
-    return float((k / min_counts) ** 0.25)
 
 
 def signal_floor(q_axis: np.ndarray, profile: np.ndarray, coverage: np.ndarray, q_lo_nm: float,
@@ -145,15 +123,12 @@ def resolve_q_range(averages: AverageSet, q_min_nm="auto", q_max_nm="auto", *, m
         n_typ = float(np.median(averages.n_frames[sel]))
         beyond = q_axis > q_lo
         floor = signal_floor(q_axis, prof, coverage, q_lo, outer_coverage)
-        signal = (prof - floor) * n_typ
-        weak = np.flatnonzero(beyond & ~(signal >= min_counts))
+        threshold = max(min_counts, 2.0 * floor * n_typ)   # expected photons per grid point
+        weak = np.flatnonzero(beyond & ~(prof * n_typ >= threshold))
         covered = np.flatnonzero(beyond & (coverage >= outer_coverage))
         limits = {"grid_radius_nm": grid_radius,
                   "coverage_nm": float(q_axis[covered[-1]]) if covered.size else q_lo,
                   "counts_nm": float(q_axis[weak[0] - 1]) if weak.size and weak[0] > 0 else float(q_axis[-1])}
-        porod = porod_counts_limit(q_axis, signal, q_lo, limits["counts_nm"], min_counts)
-        if porod is not None:
-            limits["counts_nm"] = porod
         limits.update(extra_limits or {})
         q_hi = float(min(limits.values()))
     else:
