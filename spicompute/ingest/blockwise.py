@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from spicompute.errors import InputError
+from spicompute.errors import InputError, ParameterError
+from spicompute.ingest.formats import detect_format
 from spicompute.io.frames import open_h5
 from spicompute.io.stream import STREAM_INGEST_FRAMES, FrameFile, write_sparse_frames_stream
+
+log = logging.getLogger("spicompute.ingest")
 
 
 def streams_on_ingest(data: dict) -> bool:
     """Whether the frames stage should copy ``data.input`` block by block: it is a frames file in our
     layout (format auto or frames) with more than ``STREAM_INGEST_FRAMES`` frames, and the layout
     asked for is auto or sparse."""
-    from spicompute.ingest.formats import detect_format
-
     fmt = data.get("format", "auto") or "auto"
     if fmt not in ("auto", "frames") or (data.get("layout", "auto") or "auto") not in ("auto", "sparse"):
         return False
@@ -30,16 +32,11 @@ def streams_on_ingest(data: dict) -> bool:
 
 
 def copy_frames_stream(src_path: str | Path, out: str | Path, *, empty_frames: str = "error",
-                       block_frames: int = 65536, stage: str = "frames", params: dict | None = None) -> "FrameFile":
+                       block_frames: int = 65536, stage: str = "frames", params: dict | None = None) -> FrameFile:
     """The frames stage for a large frames file: validate it in blocks, then write it (photon-sparse)
     block by block; frames without photons on good pixels raise (``empty_frames: error``) or are
-    dropped (``drop``), as :func:`spicompute.ingest.ingest` does.  Returns the written file, opened."""
-    import logging
-
-    log = logging.getLogger("spicompute.ingest")
+    dropped (``drop``), as :func:`spicompute.ingest.files.ingest` does.  Returns the written file, opened."""
     if empty_frames not in ("error", "drop"):
-        from spicompute.errors import ParameterError
-
         raise ParameterError("data.empty_frames", f"must be 'error' or 'drop', got {empty_frames!r}")
     src = FrameFile(src_path)
     field = "frames/counts"

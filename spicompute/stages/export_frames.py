@@ -45,8 +45,8 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from spicompute.landscape.frame_export import export_frames, selection_frame_ids
     from spicompute.io.tables import merge_parts, read_table
+    from spicompute.landscape.frame_export import export_frames, selection_frame_ids
     from spicompute.landscape.selections import read_selection, selection_path
 
     sel_arg = Path(args.selection)
