@@ -8,6 +8,10 @@ PORT      ?= 8501
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# one pytest worker per core (pytest-xdist); a test file runs on one worker, so its module
+# fixtures (a pipeline run, a simulated data set) are built once.  TEST_WORKERS=0: one process
+TEST_WORKERS ?= auto
+PYTEST    = $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: setup demo pipeline dashboard baseline check-baseline test test-fast test-dashboard browser bench bench-dashboard bench-peers \
         clean-outputs
@@ -40,7 +44,7 @@ check-baseline: setup
 	$(VENV)/bin/python -m spicompute.check_baseline --rev HEAD
 
 test-dashboard: setup browser
-	$(VENV)/bin/python -m pytest -q tests/dashboard
+	$(PYTEST) tests/dashboard
 
 bench-dashboard: setup browser
 	$(VENV)/bin/python benchmarks/bench_dashboard.py
@@ -56,10 +60,10 @@ browser:
 	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
 
 test: setup browser
-	$(VENV)/bin/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup browser
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run_all.py

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from dashboard.common import file_key, path, plain, read_json
 from dashboard.data import OutputError, OutputMissing, loaders
 from dashboard.data import euxfel as eux
+from dashboard.figures import image_grid
 
 HITS = "results/hits.parquet"
 HIST = "metrics/frames_lit_histogram.csv"
@@ -32,7 +32,8 @@ def _assembled(key: tuple, index: tuple, factor: int):
 
     counts, fid, det = read_frame_subset(key[0], list(index))
     geom, note = eux.load_geometry(eux.frames_geometry_path(key[0]))
-    return eux.assemble(counts, det.mask, geom, factor), fid, note
+    qx, qy = eux.assembled_q_axes(det.q, geom, factor)
+    return eux.assemble(counts, det.mask, geom, factor), fid, note, qx, qy
 
 
 def render(frames_path, n_frames: int) -> None:
@@ -83,16 +84,10 @@ def render(frames_path, n_frames: int) -> None:
     seed = st.number_input("sample (seed)", min_value=0, value=0, step=1, key="eux_seed")
     index = np.sort(np.random.default_rng(int(seed)).choice(n_frames, size=min(n_show, n_frames),
                                                             replace=False))
-    images, fid, note = _assembled(file_key(frames_path), tuple(int(i) for i in index), int(factor))
-    fig = make_subplots(rows=1, cols=len(index), subplot_titles=[f"frame {f}" for f in fid],
-                        horizontal_spacing=0.01)
-    vmax = float(np.log10(np.nanmax(images) + 1)) if np.isfinite(images).any() else 1.0
-    for k, img in enumerate(images):
-        fig.add_trace(go.Heatmap(z=np.log10(img + 1), zmin=0, zmax=vmax, colorscale="Viridis",
-                                 showscale=k == 0, colorbar=dict(title="log10(n+1)")), row=1, col=k + 1)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False, scaleanchor="x")
-    fig.update_layout(height=380, plot_bgcolor="#888888", margin=dict(l=10, r=10, t=40, b=10))
+    images, fid, note, qx, qy = _assembled(file_key(frames_path), tuple(int(i) for i in index),
+                                           int(factor))
+    fig = image_grid(np.log10(np.asarray(images, np.float64) + 1), [f"frame {f}" for f in fid],
+                     x=qx, y=qy, cols=len(fid), zmin=0, colorbar="log10(n+1)", panel_height=380)
     st.plotly_chart(fig, width="stretch", key="eux_assembled")
     st.caption(f"Photons per {factor}×{factor} block on the assembled AGIPD 1M ({note}); "
-               "grey: gaps and masked pixels.")
+               "q of the row and column through the beam; grey: gaps and masked pixels.")

@@ -49,6 +49,33 @@ def beam_centre(q: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
     return float(row), float(col)
 
 
+def detector_q_axes(q: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(qx per column (W,), qy per row (H,)) in nm^-1 of a regular detector's image.
+
+    q: the pixels' q-vectors (H * W, 3).  A flat detector's q is not separable, so the
+    columns take the qx of the row through the beam and the rows the qy of the column
+    through it (:func:`beam_centre`, clipped to the detector) -- the axes every page draws
+    a detector image on, with q = 0 at the beam.
+    """
+    h, w = shape
+    grid = np.asarray(q, dtype=np.float64).reshape(h, w, -1)
+    row, col = beam_centre(np.asarray(q, dtype=np.float64), shape)
+    r = int(np.clip(round(row), 0, h - 1))
+    c = int(np.clip(round(col), 0, w - 1))
+    return grid[r, :, 0], grid[:, c, 1]
+
+
+def frame_q_axes(frames_h5: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`detector_q_axes` of the detector in ``frames_h5`` (data/frames.h5).  Raises
+    ValueError for a detector that is not a regular image."""
+    from spicompute.io.frames import read_frame_subset
+
+    _, _, det = read_frame_subset(frames_h5, [0])
+    if det.shape is None:
+        raise ValueError("the detector is not a regular image")
+    return detector_q_axes(np.asarray(det.q), det.shape)
+
+
 def latent_columns(table: pd.DataFrame) -> list[str]:
     cols, k = [], 1
     while f"z_{k}" in table.columns:

@@ -7,6 +7,8 @@
   unassembled AGIPD 1M layout, and which ``.geom`` made it (from its provenance).
 * :func:`assemble` — module data (n, 16, 512, 128) -> images with extra-geom's
   ``position_modules``, block-reduced for display.
+* :func:`assembled_q_axes` — the q (rad/nm) of the assembled image's columns and rows, so
+  the hits are drawn in the one image convention (q axes, beam at q = 0).
 """
 
 from __future__ import annotations
@@ -118,3 +120,45 @@ def assemble(counts: np.ndarray, mask: np.ndarray, geom, factor: int = 4) -> np.
     data[:, ~np.asarray(mask, bool).reshape(AGIPD_SHAPE)] = np.nan
     images, _ = geom.position_modules(data)
     return np.stack([block_reduce(img, factor) for img in images])
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of the finite values of ``factor`` x ``factor`` blocks (NaN where none)."""
+    finite = np.isfinite(image)
+    total = block_reduce(np.where(finite, image, np.nan), factor)
+    count = block_reduce(np.where(finite, 1.0, np.nan), factor)
+    return total / count
+
+
+def _axis_from_image(values: np.ndarray, centre: float) -> np.ndarray:
+    """One coordinate per column of a 2D image of that coordinate (NaN in gaps): per column
+    the finite value in the row nearest ``centre``; columns without any are interpolated."""
+    rows = np.arange(values.shape[0], dtype=np.float64)[:, None]
+    dist = np.where(np.isfinite(values), np.abs(rows - centre), np.inf)
+    nearest = np.argmin(dist, axis=0)
+    axis = values[nearest, np.arange(values.shape[1])]
+    known = np.isfinite(axis)
+    if known.sum() < 2:
+        raise ValueError("the geometry places fewer than two columns of pixels")
+    index = np.arange(len(axis), dtype=np.float64)
+    return np.interp(index, index[known], axis[known])
+
+
+def assembled_q_axes(q: np.ndarray, geom, factor: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(qx per column (W',), qy per row (H',)) in rad/nm of :func:`assemble`'s images.
+
+    q : (P, 3) per-pixel q-vectors of the frames file (rad/nm), P = 16 * 512 * 128.
+    The per-pixel qx and qy are assembled with the same geometry and block factor as the
+    counts; a flat detector's q is not separable, so each column takes the qx of the row
+    nearest the beam (and each row the qy of the column nearest it), as the Frames page does
+    for regular detectors.  Gaps and the central hole get interpolated values.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    if q.shape != (int(np.prod(AGIPD_SHAPE)), 3):
+        raise ValueError(f"expected per-pixel q of shape ({int(np.prod(AGIPD_SHAPE))}, 3), got {q.shape}")
+    planes, _ = geom.position_modules(np.stack([q[:, 0], q[:, 1]]).reshape(2, *AGIPD_SHAPE))
+    qx, qy = (_block_mean(plane, factor) for plane in planes)
+    # the beam is where |q| is smallest among the placed pixels
+    qq = np.where(np.isfinite(qx) & np.isfinite(qy), qx ** 2 + qy ** 2, np.inf)
+    beam_row, beam_col = np.unravel_index(np.argmin(qq), qq.shape)
+    return _axis_from_image(qx, beam_row), _axis_from_image(qy.T, beam_col)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.common import file_key, missing, path, read_h5, run_picker
+from dashboard.data import drill
 from dashboard.figures import image_grid
 
 from spicompute.io.frames import read_frame_subset
@@ -63,9 +63,7 @@ else:
               for i, f in zip(index, fid)]
     img = np.log10(np.asarray(counts, dtype=np.float64).reshape(len(index), -1) + 1)
     img[:, ~np.asarray(mask, bool)] = np.nan  # masked pixels: not drawn (grey)
-    # a flat detector's q is not uniform: the axes are the q of the central row and column
-    q = np.asarray(det_q, dtype=np.float64).reshape(shape[0], shape[1], -1)
-    qx_axis, qy_axis = q[shape[0] // 2, :, 0], q[:, shape[1] // 2, 1]
+    qx_axis, qy_axis = drill.detector_q_axes(det_q, shape)
     fig = image_grid(img.reshape(len(index), *shape), titles, x=qx_axis, y=qy_axis, cols=6,
                      zmin=0, colorbar="log10(n+1)", panel_height=260)
     st.plotly_chart(fig, width="stretch", key="frames")

@@ -315,20 +315,21 @@ else:
     else:
         @st.cache_data(max_entries=16, show_spinner=False)
         def member_images(key: tuple, frame_ids: tuple, angles: tuple):
-            return drill.member_frame_images(key[0], pd.DataFrame(
+            images, fids = drill.member_frame_images(key[0], pd.DataFrame(
                 {"frame_id": list(frame_ids), "rotation_deg": list(angles)}))
+            return images, fids, drill.frame_q_axes(key[0])
 
         try:
-            images, fids = member_images(file_key(frames_file),
-                                         tuple(members["frame_id"].tolist()),
-                                         tuple(members["rotation_deg"].tolist()))
+            images, fids, (qx, qy) = member_images(file_key(frames_file),
+                                                   tuple(members["frame_id"].tolist()),
+                                                   tuple(members["rotation_deg"].tolist()))
         except (OutputError, ValueError) as exc:
             st.warning(f"Cannot draw member frames: {exc}")
         else:
             angle = dict(zip(members["frame_id"], members["rotation_deg"]))
             mf = image_grid(np.log10(1 + np.asarray(images, np.float64)),
-                            [f"frame {f} · {angle[f]:.0f}°" for f in fids], cols=6,
-                            colorbar="log10(1 + n)", show_ticks=False, panel_height=200)
+                            [f"frame {f} · {angle[f]:.0f}°" for f in fids], x=qx, y=qy, cols=6,
+                            colorbar="log10(1 + n)", panel_height=220)
             st.plotly_chart(mf, width="stretch", key="members")
             st.caption("Photon counts, log10(1 + n), each frame turned back by its in-plane "
                        "rotation into the average's orientation (most confident first).")

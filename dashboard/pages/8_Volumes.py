@@ -153,20 +153,6 @@ if meta is None:
 zs = np.asarray(meta["volumes/z"], dtype=np.float64)
 sources = [s.decode() if isinstance(s, bytes) else str(s) for s in meta["volumes/source"]]
 
-st.subheader("A volume along the latent coordinate")
-if zs.shape[1] == 1:
-    labels = [f"{i}: z = {z[0]:+.2f}" + ("" if s in ("line", "grid") else f" ({s})")
-              for i, (z, s) in enumerate(zip(zs, sources))]
-    pick = st.select_slider("latent point", options=list(range(len(zs))), format_func=lambda i: labels[i],
-                            key="volume_index")
-else:
-    a1, a2 = st.columns(2)
-    u1 = np.unique(zs[:, 0].round(6))
-    u2 = np.unique(zs[:, 1].round(6))
-    v1 = a1.select_slider("z_1", options=list(u1), format_func=lambda v: f"{v:+.2f}", key="pick_z1")
-    v2 = a2.select_slider("z_2", options=list(u2), format_func=lambda v: f"{v:+.2f}", key="pick_z2")
-    pick = int(np.argmin((zs[:, 0] - v1) ** 2 + (zs[:, 1] - v2) ** 2))
-pick = int(pick)
 @st.cache_data(max_entries=32, show_spinner=False)
 def volume_figures(key: tuple, index: int, dq3: float | None,
                    iso_edge: int = 32) -> tuple[go.Figure, go.Figure, int]:
@@ -210,52 +196,103 @@ def projection_figure(key: tuple, index: int, dx: float | None) -> go.Figure:
 
 
 ISO_DETAIL = {"fast (≤ 32³)": 32, "full (≤ 64³)": 64}
-detail = st.radio("3D view", list(ISO_DETAIL), horizontal=True, key="iso_detail",
-                  help="The isosurface is drawn on a block-mean grid of at most this many voxels; "
-                       "the sections always use every voxel. 'full' makes each slider step slower.")
-iso, sec_fig, size = safe(lambda: volume_figures(file_key(path(VOLUMES)), pick, grid_step(VOLUMES, "/"),
-                                                 ISO_DETAIL[detail]), VOLUMES)
-st.caption(f"volume {pick} of {len(zs)} at z = {np.array2string(zs[pick], precision=2)} — {size}³ voxels, "
-           f"source: {sources[pick]}")
 
-left, right = st.columns([3, 2])
-with left:
-    st.plotly_chart(iso, width="stretch", key="volume3d")
-with right:
-    st.plotly_chart(sec_fig, width="stretch", key="sections")
-    st.caption("Central sections through q = 0 perpendicular to each direction n; x along u, "
-               "y along v of the right-handed frame (u, v, n): " + frame_text() +
-               ". Grey: never observed (outside the measured q range or behind the beam stop).")
 
-st.subheader("Which averages made this volume")
-if zs.shape[1] == len(drill.latent_columns(table)):
-    k_near = st.slider("nearest averages in latent space", 1, 24, 8, key="k_near")
-    near = drill.nearest_in_latent(table, zs[pick], k_near)
-    show = [c for c in ("average_id", "latent_distance", "n_frames", "cluster", "pc_1", "pc_2",
-                        "gain") if c in near]
-    n1, n2 = st.columns([2, 3])
-    n1.dataframe(near[show].round(4), hide_index=True, width="stretch")
-    frames_table = read_table("results/frames.parquet")
-    if frames_table is None:
-        n2.info("No results/frames.parquet: member frames need `dvc repro classify2d`.")
+@st.fragment
+def volume_viewer():
+    """One volume of the series and what belongs to it: the latent slider, the 3D view and
+    central sections, the averages nearest to it, its phased shape, marking its point.
+    A fragment: moving the slider reruns only this part of the page, not the latent
+    plots and densities above it (the slider step is what a reviewer does most)."""
+    st.subheader("A volume along the latent coordinate")
+    if zs.shape[1] == 1:
+        labels = [f"{i}: z = {z[0]:+.2f}" + ("" if s in ("line", "grid") else f" ({s})")
+                  for i, (z, s) in enumerate(zip(zs, sources))]
+        pick = st.select_slider("latent point", options=list(range(len(zs))), format_func=lambda i: labels[i],
+                                key="volume_index")
     else:
-        members = frames_table[frames_table["average_id"].isin(near["average_id"])]
-        n2.metric("member frames of these averages", f"{len(members):,}")
-        sample = members.sort_values("posterior_max", ascending=False).head(200) \
-            if "posterior_max" in members else members.head(200)
-        n2.dataframe(sample[[c for c in ("frame_id", "average_id", "rotation_deg", "posterior_max")
-                             if c in sample]], hide_index=True, width="stretch", height=260)
-        n2.caption("Pick one of these averages on the Landscape page to see its frames, "
-                   "turned into the average's orientation.")
+        a1, a2 = st.columns(2)
+        u1 = np.unique(zs[:, 0].round(6))
+        u2 = np.unique(zs[:, 1].round(6))
+        v1 = a1.select_slider("z_1", options=list(u1), format_func=lambda v: f"{v:+.2f}", key="pick_z1")
+        v2 = a2.select_slider("z_2", options=list(u2), format_func=lambda v: f"{v:+.2f}", key="pick_z2")
+        pick = int(np.argmin((zs[:, 0] - v1) ** 2 + (zs[:, 1] - v2) ** 2))
+    pick = int(pick)
+    detail = st.radio("3D view", list(ISO_DETAIL), horizontal=True, key="iso_detail",
+                      help="The isosurface is drawn on a block-mean grid of at most this many voxels; "
+                           "the sections always use every voxel. 'full' makes each slider step slower.")
+    iso, sec_fig, size = safe(lambda: volume_figures(file_key(path(VOLUMES)), pick, grid_step(VOLUMES, "/"),
+                                                     ISO_DETAIL[detail]), VOLUMES)
+    st.caption(f"volume {pick} of {len(zs)} at z = {np.array2string(zs[pick], precision=2)} — {size}³ voxels, "
+               f"source: {sources[pick]}")
 
-st.subheader("Real-space shape (phase retrieval)")
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(iso, width="stretch", key="volume3d")
+    with right:
+        st.plotly_chart(sec_fig, width="stretch", key="sections")
+        st.caption("Central sections through q = 0 perpendicular to each direction n; x along u, "
+                   "y along v of the right-handed frame (u, v, n): " + frame_text() +
+                   ". Grey: never observed (outside the measured q range or behind the beam stop).")
+
+    st.subheader("Which averages made this volume")
+    if zs.shape[1] == len(drill.latent_columns(table)):
+        k_near = st.slider("nearest averages in latent space", 1, 24, 8, key="k_near")
+        near = drill.nearest_in_latent(table, zs[pick], k_near)
+        show = [c for c in ("average_id", "latent_distance", "n_frames", "cluster", "pc_1", "pc_2",
+                            "gain") if c in near]
+        n1, n2 = st.columns([2, 3])
+        n1.dataframe(near[show].round(4), hide_index=True, width="stretch")
+        frames_table = read_table("results/frames.parquet")
+        if frames_table is None:
+            n2.info("No results/frames.parquet: member frames need `dvc repro classify2d`.")
+        else:
+            members = frames_table[frames_table["average_id"].isin(near["average_id"])]
+            n2.metric("member frames of these averages", f"{len(members):,}")
+            sample = members.sort_values("posterior_max", ascending=False).head(200) \
+                if "posterior_max" in members else members.head(200)
+            n2.dataframe(sample[[c for c in ("frame_id", "average_id", "rotation_deg", "posterior_max")
+                                 if c in sample]], hide_index=True, width="stretch", height=260)
+            n2.caption("Pick one of these averages on the Landscape page to see its frames, "
+                       "turned into the average's orientation.")
+
+    st.subheader("Real-space shape of this volume (phase retrieval)")
+    phased_meta = safe(lambda: read_h5(PHASED, ["phased/z"]), PHASED)
+    if phased_meta is None:
+        missing("phase", PHASED)
+    elif pick < len(phased_meta["phased/z"]):
+        proj_fig = safe(lambda: projection_figure(file_key(path(PHASED)), pick,
+                                                  grid_step(PHASED, "phased", "dx_nm")), PHASED)
+        st.plotly_chart(proj_fig, width="stretch", key="projections")
+
+    st.subheader("Mark a latent point for the volumes stage")
+    with st.form("latent_point"):
+        name = st.text_input("selection name (letters, digits, . _ -)", key="latent_name")
+        z_text = st.text_input("z (comma-separated, one value per latent dimension)",
+                               value=", ".join(f"{v:.3f}" for v in zs[pick]), key="latent_z")
+        note = st.text_input("note", key="latent_note")
+        if st.form_submit_button("Save selection"):
+            from spicompute.landscape.selections import write_selection
+
+            def save_point():
+                point = [float(v) for v in z_text.split(",")]
+                if len(point) != zs.shape[1]:
+                    raise ValueError(f"need {zs.shape[1]} values, got {len(point)}")
+                if not np.all(np.isfinite(point)):
+                    raise ValueError(f"z must be finite numbers, got {z_text!r}")
+                return write_selection(selections.folder(workspace()), name, kind="latent_points",
+                                       points=[point], note=note)
+
+            ok, saved = attempt(save_point, doing="Cannot save the latent point")
+            if ok:
+                st.success(f"Saved selections/{saved.name} — `dvc repro volumes` adds its volume.")
+
+
+volume_viewer()
+
+st.subheader("Real-space shapes along the latent")
 phased_meta = safe(lambda: read_h5(PHASED, ["phased/z"]), PHASED)
-if phased_meta is None:
-    missing("phase", PHASED)
-else:
-    proj_fig = safe(lambda: projection_figure(file_key(path(PHASED)), pick,
-                                              grid_step(PHASED, "phased", "dx_nm")), PHASED)
-    st.plotly_chart(proj_fig, width="stretch", key="projections")
+if phased_meta is not None:
     vt = safe(lambda: read_table("results/volumes.parquet"), "results/volumes.parquet")
     if vt is not None and "particle_volume_nm3" in vt.columns and "z_1" in vt.columns:
         truth_rows = safe(lambda: read_table("results/volumes_truth.parquet"), "results/volumes_truth.parquet")
@@ -324,25 +361,3 @@ else:
                 if ok2:
                     msg += f" and `exports/{folder.name}/` (MRC, series.cxc, series.gif)"
             st.success(msg + ".")
-
-st.subheader("Mark a latent point for the volumes stage")
-with st.form("latent_point"):
-    name = st.text_input("selection name (letters, digits, . _ -)", key="latent_name")
-    z_text = st.text_input("z (comma-separated, one value per latent dimension)",
-                           value=", ".join(f"{v:.3f}" for v in zs[pick]), key="latent_z")
-    note = st.text_input("note", key="latent_note")
-    if st.form_submit_button("Save selection"):
-        from spicompute.landscape.selections import write_selection
-
-        def save_point():
-            point = [float(v) for v in z_text.split(",")]
-            if len(point) != zs.shape[1]:
-                raise ValueError(f"need {zs.shape[1]} values, got {len(point)}")
-            if not np.all(np.isfinite(point)):
-                raise ValueError(f"z must be finite numbers, got {z_text!r}")
-            return write_selection(selections.folder(workspace()), name, kind="latent_points",
-                                   points=[point], note=note)
-
-        ok, saved = attempt(save_point, doing="Cannot save the latent point")
-        if ok:
-            st.success(f"Saved selections/{saved.name} — `dvc repro volumes` adds its volume.")

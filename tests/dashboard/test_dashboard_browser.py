@@ -11,9 +11,7 @@ from spicompute.io.frames import write_frames
 from tests.dashboard.browser_util import chromium, need_chromium, streamlit_server
 from tests.dashboard.volume_workspace import make_volume_workspace
 
-pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
-
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.slow, pytest.mark.browser]  # `make test-fast` skips them
 
 
 @pytest.fixture()

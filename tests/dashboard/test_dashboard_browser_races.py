@@ -16,8 +16,6 @@ import pytest
 from tests.dashboard.browser_util import chromium, need_chromium, streamlit_server
 from tests.dashboard.dashboard_project import make_project
 
-pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
-
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 

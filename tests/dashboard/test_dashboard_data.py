@@ -154,6 +154,11 @@ def test_derotate_undoes_emc_rotation_and_nearest_latent():
     rows, cols = np.divmod(np.arange(21 * 21), 21)
     q[:, 0], q[:, 1] = 0.02 * (cols - 9.5), 0.02 * (rows - 11.0)
     assert drill.beam_centre(q, (21, 21)) == pytest.approx((11.0, 9.5))
+    # axes through the beam (an off-centre beam is not the array's middle row/column)
+    q[:, 0] *= 1 + 0.01 * (rows - 11.0) ** 2       # flat-detector-like: qx depends on the row
+    qx_axis, qy_axis = drill.detector_q_axes(q, (21, 21))
+    np.testing.assert_allclose(qx_axis, 0.02 * (np.arange(21) - 9.5))
+    np.testing.assert_allclose(qy_axis, 0.02 * (np.arange(21) - 11.0))
     t = pd.DataFrame({"average_id": [1, 2, 3, 4], "z_1": [0.0, 1.0, 2.0, np.nan]})
     near = drill.nearest_in_latent(t, [1.2], k=2)
     assert near["average_id"].tolist() == [2, 3]

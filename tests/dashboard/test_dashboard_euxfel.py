@@ -53,6 +53,34 @@ def test_block_reduce_and_assemble_conserve_photons():
     np.testing.assert_allclose(np.nansum(images, axis=(1, 2)), counts.sum(axis=1))  # every pixel placed once
 
 
+def test_assembled_hits_are_drawn_at_their_q():
+    """A lit pixel of known q (the frames file's per-pixel q) lands, on the assembled image's
+    axes, at that q: same sign on both axes (no flip), within a block and the flat detector's
+    non-separability (q of the row through the beam)."""
+    from spicompute.io.euxfel import agipd_q
+
+    geom, _ = eux.load_geometry("")
+    q = agipd_q(geom, 705.0, 6.0)
+    factor = 4
+    qx_axis, qy_axis = eux.assembled_q_axes(q, geom, factor)
+    for axis in (qx_axis, qy_axis):
+        steps = np.diff(axis)
+        assert np.all(steps > 0) or np.all(steps < 0)
+    step = np.abs(np.diff(qx_axis)).mean()
+    rng = np.random.default_rng(1)
+    mask = np.ones(len(q), bool)
+    for pixel in rng.choice(len(q), size=6, replace=False):
+        counts = np.zeros((1, len(q)))
+        counts[0, pixel] = 1
+        image = eux.assemble(counts, mask, geom, factor)[0]
+        i, j = np.unravel_index(np.nanargmax(image), image.shape)
+        qx, qy = q[pixel, :2]
+        tol = 1.5 * step + 0.02 * np.hypot(qx, qy)
+        assert abs(qx_axis[j] - qx) <= tol and abs(qy_axis[i] - qy) <= tol, (pixel, qx, qy)
+    with pytest.raises(ValueError, match="per-pixel q"):
+        eux.assembled_q_axes(q[:10], geom, factor)
+
+
 @pytest.fixture(scope="module")
 def euxfel_workspace(tmp_path_factory):
     """A workspace whose frames stage ran on a tiny mock run (2 trains x 32 pulses, 6 hits)."""
@@ -96,3 +124,7 @@ def test_frames_page_euxfel_panel(euxfel_workspace, monkeypatch):
     assert len(assembled["data"]) == 3  # default: three hits on the assembled detector
     z = decode_plotly_array(assembled["data"][0]["z"]).astype(float)
     assert z.ndim == 2 and np.isnan(z).any() and np.nanmax(z) > 0
+    # the one image convention: q axes in nm⁻¹ through the beam, drawn by image_grid
+    qx = decode_plotly_array(assembled["data"][0]["x"])
+    assert len(qx) == z.shape[1] and qx.min() < 0 < qx.max()
+    assert assembled["layout"]["xaxis"]["title"]["text"] == "qx (nm⁻¹)"

@@ -10,19 +10,14 @@ import json
 
 import h5py
 import numpy as np
-import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from spicompute.io.averages import AverageSet, write_averages
 from conftest import REPO, decode_plotly_array  # tests/ is on sys.path (rootdir conftest)
+from tests.dashboard.convention_workspace import C, DQ, HOLE, L, SPOT, make_convention_workspace
 from tests.dashboard.volume_workspace import L as VL, make_volume_workspace
 
 PAGES = REPO / "dashboard" / "pages"
-M, L, DQ = 4, 15, 0.05
-C = L // 2
-SPOT = (3, 11)     # (row, column): qy = -0.2, qx = +0.2 nm⁻¹; off both diagonals
-HOLE = (12, 2)     # never observed
 
 
 def heatmaps(at) -> list[tuple[dict, dict]]:
@@ -49,26 +44,7 @@ def axis_of(layout: dict, trace: dict, letter: str) -> dict:
 
 @pytest.fixture()
 def workspace(tmp_path, monkeypatch):
-    img = np.ones((L, L), np.float32)
-    img[SPOT] = 100.0
-    img[SPOT[0], SPOT[1] - 1] = 30.0  # a streak, to make the orientation unmistakable
-    stack = np.stack([img * (k + 1) for k in range(M)])
-    weight = np.ones_like(stack)
-    weight[:, HOLE[0], HOLE[1]] = 0
-    ids = np.arange(M) + 7
-    write_averages(tmp_path / "data" / "averages.h5",
-                   AverageSet(stack, weight, ids, np.zeros(M), np.arange(M),
-                              np.full(M, 10.0), DQ, 0.2))
-    parts = tmp_path / "results" / "parts"
-    parts.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    pd.DataFrame({"average_id": ids, "pc_1": rng.normal(size=M), "pc_2": rng.normal(size=M),
-                  "pc_3": rng.normal(size=M)}).to_parquet(parts / "embed.parquet")
-    pd.DataFrame({"average_id": ids, "qw": 1.0, "qx": 0.0, "qy": 0.0, "qz": 0.0,
-                  "best_cc": 0.8, "gain": np.linspace(1.1, 1.5, M)}).to_parquet(parts / "orient.parquet")
-    with h5py.File(tmp_path / "data" / "orient.h5", "w") as h5:
-        h5["average_id"] = ids
-        h5["best_slice"] = stack
+    make_convention_workspace(tmp_path)
     monkeypatch.setenv("SPI_WORKSPACE", str(tmp_path))
     return tmp_path
 
