@@ -3,7 +3,8 @@
 Sizes and radii in params.yaml are physical or `auto`; this is the check that no default is
 tuned to the embedded 129x129 detector: 101x101 with the beam off-centre, the embedded
 129x129, and 255x255 unbinned.  Only workload sizes are reduced (frames, bootstrap runs,
-training epochs) -- no geometry-dependent parameter is touched.
+training epochs, volumes along the line, phasing starts) -- no geometry-dependent parameter
+is touched.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ GEOMETRIES = {
 }
 
 
-@pytest.mark.parametrize("name", list(GEOMETRIES))
+# each geometry is a work unit of its own for make test's workers (xdist_group), heaviest first
+SECONDS = {"101-off-centre": 80, "129-embedded": 90, "255-unbinned": 210}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.xdist_group(f"geometry-{name}"),
+                                                            pytest.mark.heavy(SECONDS[name])])
+                                  for name in GEOMETRIES])
 def test_default_parameters_complete_dvc_repro(tmp_path, name):
     root = tmp_path / "project"
     params = copy_project(root)
@@ -35,6 +42,8 @@ def test_default_parameters_complete_dvc_repro(tmp_path, name):
     params["classify2d"].update(n_runs=3, max_iter=4, min_iter=4)
     params["regress"].update(max_epochs=40, patience=10)
     params["vae"].update(epochs=2)
+    params["volumes"].update(n_points=4)
+    params["phase"].update(n_starts=2, averages_2d_count=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     init_repo(root)
     _run([str(BIN / "dvc"), "repro"], root)

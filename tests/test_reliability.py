@@ -27,7 +27,7 @@ import yaml
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(90)]
 
 
 def _cli(root: Path, *argv: str, max_bytes: int | None = None) -> subprocess.CompletedProcess:
