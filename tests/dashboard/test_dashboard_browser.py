@@ -84,9 +84,15 @@ def test_screenshots_of_real_outputs(tmp_path):
             shots = [name]
             if name == "landscape" and page.get_by_text("Member frames of average").count():
                 shots.append("landscape_drilldown")
+            if name == "volumes" and page.get_by_text("Export for ChimeraX and slides").count():
+                shots.append("volumes_export")
             for shot in shots:
                 if shot == "landscape_drilldown":  # the average, its reference, member frames
                     page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()
+                    page.wait_for_timeout(1500)
+                elif shot == "volumes_export":  # the 3D view and sections above the export form
+                    page.get_by_text("Export for ChimeraX and slides").first.evaluate(
+                        "e => e.scrollIntoView({block: 'start'})")
                     page.wait_for_timeout(1500)
                 png = os.path.join(out, f"{shot}.png")
                 page.screenshot(path=png)

@@ -13,39 +13,15 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from spicompute.io.frames import write_frames
 from conftest import REPO  # tests/ is on sys.path (rootdir conftest)
-from tests.dashboard.volume_workspace import make_volume_workspace
+from tests.dashboard.export_workspace import make_selection_workspace, make_vae_workspace
 
 PAGES = REPO / "dashboard" / "pages"
-PARAMS = """# the project's parameters (a comment that must survive)
-select:                      # which averages train the VAE
-  mode: family               # family | all | file
-  file: ""                   # mode file: a selection under selections/
-vae:
-  latent_dim: 1
-"""
-
-
 @pytest.fixture()
 def selection_workspace(tmp_path, monkeypatch, small_simulation):
-    frames, _, _ = small_simulation
-    (tmp_path / "data").mkdir()
-    write_frames(tmp_path / "data" / "frames.h5", frames)
-    fid = frames.frame_id
-    parts = tmp_path / "results" / "parts"
-    parts.mkdir(parents=True)
-    pd.DataFrame({"frame_id": fid, "run": 0, "average_id": fid % 6}).to_parquet(
-        tmp_path / "results" / "frames.parquet", index=False)
-    pd.DataFrame({"average_id": np.arange(6), "run": 0, "model": np.arange(6), "n_frames": 10.0,
-                  "pc_1": np.linspace(-1, 1, 6)}).to_parquet(parts / "classify2d.parquet")
-    (tmp_path / "selections").mkdir()
-    (tmp_path / "selections" / "pick.json").write_text(json.dumps(
-        {"name": "pick", "kind": "averages", "average_ids": [1, 4], "created_at": "2026-01-01",
-         "note": ""}))
-    (tmp_path / "params.yaml").write_text(PARAMS)
+    expected = make_selection_workspace(tmp_path, small_simulation[0])
     monkeypatch.setenv("SPI_WORKSPACE", str(tmp_path))
-    return tmp_path, fid[(fid % 6 == 1) | (fid % 6 == 4)]
+    return tmp_path, expected
 
 
 def _submit(at, key_part: str):
@@ -96,24 +72,7 @@ def test_use_selection_sets_params_and_shows_the_command(selection_workspace):
 
 @pytest.fixture()
 def volume_workspace(tmp_path, monkeypatch):
-    import torch
-
-    from spicompute.vae.data import Preprocessing
-    from spicompute.vae.model import VAE, architecture
-
-    make_volume_workspace(tmp_path)
-    arch = architecture("demo", 1)
-    torch.manual_seed(0)
-    models = tmp_path / "models"
-    models.mkdir()
-    torch.save(VAE(arch).state_dict(), models / "vae.pt")
-    q = np.linspace(0.0, 0.6, 30)
-    prep = Preprocessing(input_size=27, volume_size=27, q_max_nm=0.5, q_min_nm=0.04, dq2_nm=0.5 / 13,
-                         dq3_nm=0.5 / 13, wavelength_nm=0.2066, profile_q_nm=q.tolist(),
-                         profile=(1.0 / (1 + (q / 0.1) ** 4)).tolist(), particle_size_nm=50.0,
-                         log_floor=0.1, q_max_limits={})
-    (models / "vae.json").write_text(json.dumps({"architecture": arch.to_dict(),
-                                                 "preprocessing": prep.to_dict()}))
+    make_vae_workspace(tmp_path)
     monkeypatch.setenv("SPI_WORKSPACE", str(tmp_path))
     return tmp_path
 
