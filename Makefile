@@ -8,11 +8,11 @@ PORT      ?= 8501
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# one pytest worker per core (pytest-xdist); a test file runs on one worker, so its module
-# fixtures (a pipeline run, a simulated data set) are built once; the heaviest files start
-# first (tests/conftest.py).  TEST_WORKERS=0: one process
+# one pytest worker per core (pytest-xdist), one compute thread each (tests/conftest.py); a
+# test file runs on one worker, so its module fixtures (a pipeline run, a simulated data set)
+# are built once.  TEST_WORKERS=0: one process
 TEST_WORKERS ?= auto
-PYTEST    = $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST    = $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: setup demo pipeline dashboard baseline check-baseline test test-fast test-dashboard browser bench bench-dashboard bench-peers \
         clean-outputs

@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import REPO, small_simulation_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(35)]
+pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 STAGES = ("frames", "classify2d", "ccmatrix", "embed")
 

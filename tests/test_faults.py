@@ -28,7 +28,7 @@ import pytest
 from tests.conftest import REPO
 from tests.bad_inputs.corpus import intact_averages as _averages, leftovers, write_params as _params
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(50)]
+pytestmark = pytest.mark.slow
 
 
 def _start(argv, cwd, **env):

@@ -27,13 +27,7 @@ GEOMETRIES = {
 }
 
 
-# each geometry is a work unit of its own for make test's workers (xdist_group), heaviest first
-SECONDS = {"101-off-centre": 80, "129-embedded": 90, "255-unbinned": 210}
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.xdist_group(f"geometry-{name}"),
-                                                            pytest.mark.heavy(SECONDS[name])])
-                                  for name in GEOMETRIES])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_default_parameters_complete_dvc_repro(tmp_path, name):
     root = tmp_path / "project"
     params = copy_project(root)

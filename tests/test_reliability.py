@@ -27,7 +27,7 @@ import yaml
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(90)]
+pytestmark = pytest.mark.slow
 
 
 def _cli(root: Path, *argv: str, max_bytes: int | None = None) -> subprocess.CompletedProcess:

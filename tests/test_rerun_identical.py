@@ -15,7 +15,7 @@ from tests.test_determinism import BIN, _outs_md5, _run, init_git_dvc
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(60)]
+pytestmark = pytest.mark.slow
 
 
 def _project(root):

@@ -47,6 +47,7 @@ def test_selection_exported_as_cxi_from_the_page_ingests_to_exactly_its_frames(
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(input=str(exported))
     back_dir = tmp_path / "ingest"
+    back_dir.mkdir()
     run_stages(back_dir, params, ("frames",))
     back = read_frames(back_dir / "data" / "frames.h5")
     assert back.n_frames == len(expected)
@@ -68,7 +69,7 @@ def test_volumes_exported_from_the_page_read_back_as_mrc(tmp_path):
     out = root / "exports" / "volumes"
     with h5py.File(root / "data" / "phased.h5", "r") as h5:
         density = h5["phased/density"][()]
-        dx_nm = float(h5["phased"].attrs["dx_nm"])
+        dx_nm = float(h5.attrs["dx_nm"])
     with h5py.File(root / "data" / "volumes.h5", "r") as h5:
         n_volumes, edge = h5["volumes/intensity"].shape[:2]
         dq_nm = float(h5.attrs["dq_nm"])

@@ -24,7 +24,7 @@ from spicompute.io.frames import read_frames  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from tests.ingest.euxfel_mock import inject, make_proc_run  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(95)]  # whole-stage or whole-pipeline runs: `make test-fast` skips them
+pytestmark = pytest.mark.slow  # whole-stage or whole-pipeline runs: `make test-fast` skips them
 
 pytest.importorskip("extra_data")
 

@@ -23,7 +23,7 @@ from spicompute.io.frames import read_frames  # noqa: E402
 from tests.ingest.euxfel_mock import inject, make_proc_run  # noqa: E402
 from tests.test_dvc_project import BIN, _run, copy_project, init_repo  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(55)]
+pytestmark = pytest.mark.slow
 
 
 def test_dvc_repro_on_a_euxfel_run(tmp_path):

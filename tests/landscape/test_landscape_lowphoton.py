@@ -33,7 +33,7 @@ from tests.conftest import REPO, members_with_truth, run_stages
 from spicompute.io.truth import read_truth
 from spicompute.landscape.nuisance import nuisance_table
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(45)]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import REPO, run_stages
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(85)]
+pytestmark = pytest.mark.slow
 
 UPSTREAM = ("frames", "classify2d", "ccmatrix", "embed", "orient", "select")
 DOWNSTREAM = ("vae", "volumes", "phase", "validate")

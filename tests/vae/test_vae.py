@@ -22,8 +22,6 @@ from spicompute.vae.train import (TensorData, TrainConfig, decode_volumes, encod
 from tests.melt_series import melt_averages, melt_volumes
 from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 
-pytestmark = pytest.mark.heavy(80)  # scheduling only: the file's time on one quiet core
-
 
 def test_slicer_matches_the_orientation_fit(rng):
     vols = melt_volumes(np.array([0.0, 0.6]), size=33, dq_nm=0.06)
