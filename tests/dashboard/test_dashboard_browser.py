@@ -51,9 +51,13 @@ def test_pages_render_in_headless_chromium(server, tmp_path):
         assert (tmp_path / "volumes.png").stat().st_size > 10_000
 
 
-SHOT_PAGES = [("", "SPI Landscape", "home"), ("Landscape", "Structural landscape", "landscape"),
-              ("Averages", None, "averages"), ("Volumes", "VAE latent and volumes", "volumes"),
-              ("Training", "Training curves", "training"), ("Selections", "Selections", "selections")]
+# (url slug, heading, shot name, a text drawn last: the page is complete once it is shown)
+SHOT_PAGES = [("", "SPI Landscape", "home", "Pipeline outputs"),
+              ("Landscape", "Structural landscape", "landscape", "Member frames of average"),
+              ("Averages", None, "averages", None),
+              ("Volumes", "VAE latent and volumes", "volumes", "Export for ChimeraX and slides"),
+              ("Training", "Training curves", "training", None),
+              ("Selections", "Selections", "selections", None)]
 
 
 @pytest.mark.skipif(not os.environ.get("SPI_SCREENSHOT_WORKSPACE"),
@@ -71,10 +75,12 @@ def test_screenshots_of_real_outputs(tmp_path):
     os.makedirs(out, exist_ok=True)
     with streamlit_server(os.environ["SPI_SCREENSHOT_WORKSPACE"]) as url, chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 1300})
-        for slug, heading, name in SHOT_PAGES:
+        for slug, heading, name, last in SHOT_PAGES:
             page.goto(f"{url}/{slug}")
             if heading:
                 page.get_by_role("heading", name=heading).first.wait_for(timeout=120_000)
+            if last:
+                page.get_by_text(last).first.wait_for(timeout=120_000)
             page.locator("[data-testid='stStatusWidget']").wait_for(state="detached",
                                                                    timeout=120_000)
             if page.locator(".js-plotly-plot").count():
@@ -84,7 +90,7 @@ def test_screenshots_of_real_outputs(tmp_path):
             shots = [name]
             if name == "landscape" and page.get_by_text("Member frames of average").count():
                 shots.append("landscape_drilldown")
-            if name == "volumes" and page.get_by_text("Export for ChimeraX and slides").count():
+            if name == "volumes":
                 shots.append("volumes_export")
             for shot in shots:
                 if shot == "landscape_drilldown":  # the average, its reference, member frames
