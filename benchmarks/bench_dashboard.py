@@ -20,8 +20,9 @@ of any page with a plot on this machine.
 
 Targets: Landscape first render <= 3 s in a fresh browser (of which ~2 s is any plotted
 page's fixed cost: Streamlit's frontend and plotly.js, see ``reference``) and <= 2 s when
-reached from the sidebar of the open app; a 64^3 volume render <= 5 s, on 2 cores.  Slider steps on the Volumes page: <= 1 s at 27^3, <= 2 s at
-64^3 (median of --repeats steps; the load average is recorded beside each timing).
+reached from the sidebar of the open app; a 64^3 volume render <= 5 s, on 2 cores.  Slider
+steps on the Volumes page: <= 1 s at 27^3, <= 2 s at 64^3 (median of --repeats steps; the
+load average is recorded beside each timing).
 """
 
 from __future__ import annotations
@@ -124,16 +125,22 @@ def time_page(workspace: Path, slug: str, heading: str, kind: str, repeats: int)
         return [_time_once(browser, url, slug, heading, kind) for _ in range(repeats)]
 
 
+def _wait_drawn(page, heading: str, kind: str) -> None:
+    """Until the page's heading is shown, its ``kind`` plot drawn (two animation frames
+    later) and Streamlit idle: what "page ready" means in every timing here."""
+    page.get_by_role("heading", name=heading).wait_for(timeout=120_000)
+    page.wait_for_function(DRAWN, arg=kind, timeout=120_000, polling=50)
+    page.evaluate(TWO_FRAMES)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=120_000)
+
+
 def _time_once(browser, url: str, slug: str, heading: str, kind: str) -> float:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         page = context.new_page()
         t0 = time.perf_counter()
         page.goto(f"{url}/{slug}")
-        page.get_by_role("heading", name=heading).wait_for(timeout=120_000)
-        page.wait_for_function(DRAWN, arg=kind, timeout=120_000, polling=50)
-        page.evaluate(TWO_FRAMES)
-        page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=120_000)
+        _wait_drawn(page, heading, kind)
         elapsed = time.perf_counter() - t0
         assert page.locator("[data-testid='stException']").count() == 0
     finally:
@@ -157,10 +164,7 @@ def time_navigation(workspace: Path, slug: str, heading: str, kind: str, repeats
             page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=120_000)
             t0 = time.perf_counter()
             nav.filter(has_text=slug).first.click()
-            page.get_by_role("heading", name=heading).wait_for(timeout=120_000)
-            page.wait_for_function(DRAWN, arg=kind, timeout=120_000, polling=50)
-            page.evaluate(TWO_FRAMES)
-            page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=120_000)
+            _wait_drawn(page, heading, kind)
             if k:  # the first visit loads plotly.js and fills the caches
                 times.append(time.perf_counter() - t0)
             assert page.locator("[data-testid='stException']").count() == 0

@@ -49,31 +49,21 @@ def beam_centre(q: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
     return float(row), float(col)
 
 
-def detector_q_axes(q: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def detector_q_axes(q: np.ndarray, shape: tuple[int, int],
+                    centre: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(qx per column (W,), qy per row (H,)) in nm^-1 of a regular detector's image.
 
     q: the pixels' q-vectors (H * W, 3).  A flat detector's q is not separable, so the
     columns take the qx of the row through the beam and the rows the qy of the column
-    through it (:func:`beam_centre`, clipped to the detector) -- the axes every page draws
-    a detector image on, with q = 0 at the beam.
+    through it (``centre`` (row, col), default :func:`beam_centre`; clipped to the detector)
+    -- the axes every page draws a detector image on, with q = 0 at the beam.
     """
     h, w = shape
     grid = np.asarray(q, dtype=np.float64).reshape(h, w, -1)
-    row, col = beam_centre(np.asarray(q, dtype=np.float64), shape)
+    row, col = centre if centre is not None else beam_centre(np.asarray(q, dtype=np.float64), shape)
     r = int(np.clip(round(row), 0, h - 1))
     c = int(np.clip(round(col), 0, w - 1))
     return grid[r, :, 0], grid[:, c, 1]
-
-
-def frame_q_axes(frames_h5: str) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`detector_q_axes` of the detector in ``frames_h5`` (data/frames.h5).  Raises
-    ValueError for a detector that is not a regular image."""
-    from spicompute.io.frames import read_frame_subset
-
-    _, _, det = read_frame_subset(frames_h5, [0])
-    if det.shape is None:
-        raise ValueError("the detector is not a regular image")
-    return detector_q_axes(np.asarray(det.q), det.shape)
 
 
 def latent_columns(table: pd.DataFrame) -> list[str]:
@@ -100,13 +90,13 @@ def nearest_in_latent(table: pd.DataFrame, point, k: int = 8) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def member_frame_images(frames_h5: str, members: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def member_frame_images(frames_h5: str, members: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Member frames as images in their average's orientation.
 
     frames_h5: data/frames.h5; members: rows of results/frames.parquet
     (``frame_id``, ``rotation_deg``).  Returns (images (n, H, W) float64 photon
     counts, NaN on masked pixels, de-rotated by :func:`derotate`; frame_ids
-    (n,)) in the order of ``members``.  Raises ValueError for a detector that
+    (n,) in the order of ``members``; (qx (W,), qy (H,)) axes from :func:`detector_q_axes`).  Raises ValueError for a detector that
     is not a regular image.
     """
     from spicompute.io.frames import read_frame_subset
@@ -118,7 +108,7 @@ def member_frame_images(frames_h5: str, members: pd.DataFrame) -> tuple[np.ndarr
     wanted = members["frame_id"].to_numpy()
     rows = lookup.reindex(wanted).dropna().astype(np.int64).to_numpy()
     if len(rows) == 0:
-        return np.zeros((0, 1, 1)), np.zeros(0, np.int64)
+        return np.zeros((0, 1, 1)), np.zeros(0, np.int64), (np.zeros(1), np.zeros(1))
     counts, fid, det = read_frame_subset(frames_h5, rows)
     if det.shape is None:
         raise ValueError("the detector is not a regular image")
@@ -138,4 +128,4 @@ def member_frame_images(frames_h5: str, members: pd.DataFrame) -> tuple[np.ndarr
         a = angle.get(f, 0.0)
         images.append(derotate(img, a if np.isfinite(a) else 0.0, centre))
         out_ids.append(int(f))
-    return np.stack(images), np.asarray(out_ids)
+    return np.stack(images), np.asarray(out_ids), detector_q_axes(det.q, (h, w), centre)

@@ -124,10 +124,7 @@ def assemble(counts: np.ndarray, mask: np.ndarray, geom, factor: int = 4) -> np.
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     """Mean of the finite values of ``factor`` x ``factor`` blocks (NaN where none)."""
-    finite = np.isfinite(image)
-    total = block_reduce(np.where(finite, image, np.nan), factor)
-    count = block_reduce(np.where(finite, 1.0, np.nan), factor)
-    return total / count
+    return block_reduce(image, factor) / block_reduce(np.where(np.isfinite(image), 1.0, np.nan), factor)
 
 
 def _axis_from_image(values: np.ndarray, centre: float) -> np.ndarray:

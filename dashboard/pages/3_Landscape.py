@@ -315,9 +315,8 @@ else:
     else:
         @st.cache_data(max_entries=16, show_spinner=False)
         def member_images(key: tuple, frame_ids: tuple, angles: tuple):
-            images, fids = drill.member_frame_images(key[0], pd.DataFrame(
+            return drill.member_frame_images(key[0], pd.DataFrame(
                 {"frame_id": list(frame_ids), "rotation_deg": list(angles)}))
-            return images, fids, drill.frame_q_axes(key[0])
 
         try:
             images, fids, (qx, qy) = member_images(file_key(frames_file),

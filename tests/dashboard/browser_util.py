@@ -79,3 +79,10 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+def open_page(page, url: str, heading: str, timeout_ms: int = 90_000) -> None:
+    """Go to ``url`` and wait until the page's ``heading`` is shown and Streamlit is idle."""
+    page.goto(url)
+    page.get_by_role("heading", name=heading).first.wait_for(timeout=timeout_ms)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=timeout_ms)

@@ -16,7 +16,7 @@ import io
 import numpy as np
 import pytest
 
-from tests.dashboard.browser_util import chromium, need_chromium, streamlit_server
+from tests.dashboard.browser_util import chromium, need_chromium, open_page, streamlit_server
 from tests.dashboard.convention_workspace import C, HOLE, SPOT, make_convention_workspace
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -60,9 +60,7 @@ def test_the_same_pixel_is_drawn_in_the_same_place_on_every_page(server):
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         for slug, heading in PAGES.items():
-            page.goto(f"{server}/{slug}")
-            page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
-            page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=90_000)
+            open_page(page, f"{server}/{slug}", heading)
             page.locator(".js-plotly-plot .heatmaplayer image").first.wait_for(timeout=90_000)
             assert page.locator("[data-testid='stException']").count() == 0, slug
             plots = page.locator(".js-plotly-plot")

@@ -17,16 +17,10 @@ import yaml
 from spicompute.io.frames import read_frames
 from spicompute.io.mrc import read_mrc
 from tests.conftest import REPO, run_stages
-from tests.dashboard.browser_util import chromium, need_chromium, streamlit_server
+from tests.dashboard.browser_util import chromium, need_chromium, open_page, streamlit_server
 from tests.dashboard.export_workspace import make_selection_workspace, make_vae_workspace
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def _open(page, url: str, heading: str) -> None:
-    page.goto(url)
-    page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
-    page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=90_000)
 
 
 def test_selection_exported_as_cxi_from_the_page_ingests_to_exactly_its_frames(
@@ -37,7 +31,7 @@ def test_selection_exported_as_cxi_from_the_page_ingests_to_exactly_its_frames(
     expected = make_selection_workspace(root, frames)
     with streamlit_server(root) as url, chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        _open(page, f"{url}/Selections", "Selections")
+        open_page(page, f"{url}/Selections", "Selections")
         page.get_by_text("CXI (spicompute frames reads it)").first.click()
         page.get_by_role("button", name="Export frames").click()
         page.get_by_text("Wrote", exact=False).first.wait_for(timeout=90_000)
@@ -62,7 +56,7 @@ def test_volumes_exported_from_the_page_read_back_as_mrc(tmp_path):
     make_vae_workspace(root)
     with streamlit_server(root) as url, chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        _open(page, f"{url}/Volumes", "VAE latent and volumes")
+        open_page(page, f"{url}/Volumes", "VAE latent and volumes")
         page.get_by_role("button", name="Export MRC + ChimeraX + GIF").click()
         page.get_by_text("series.cxc", exact=False).first.wait_for(timeout=90_000)
         assert page.locator("[data-testid='stException']").count() == 0
