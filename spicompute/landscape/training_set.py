@@ -46,7 +46,8 @@ def family_mask(table: pd.DataFrame, keep: np.ndarray, p: dict):
                              f"got {int(usable.sum())}")
     k = None if p["family_k"] == "auto" else p["family_k"]
     return find_family(clpca_similarity(np.where(usable[:, None], coords, 0.0)), gain, usable, k=k,
-                       shared_fraction=p["family_shared_fraction"], seed_fraction=p["family_seed_fraction"])
+                       shared_fraction=p["family_shared_fraction"], seed_fraction=p["family_seed_fraction"],
+                       density_mads=p.get("family_density_mads", 2.0))
 
 
 def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
@@ -104,6 +105,8 @@ def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
         inside = np.ones(len(table), bool)
         why = ""
     reason[keep & ~inside] = why
+    if mode == "family" and why:
+        reason[keep & fam.sparse] = "sparse in CLPCA space (select.family_density_mads)"
     return keep & inside, reason, min_frames
 
 

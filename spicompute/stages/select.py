@@ -41,6 +41,7 @@ HELP = "choose the averages that train the VAE (rules in params.yaml or a select
 MODES = ("family", "all", "clusters", "box", "gain", "file")
 DEFAULTS = {"mode": "family", "min_frames": "auto", "min_selected": "auto", "family_k": "auto",
             "family_shared_fraction": 0.5, "family_seed_fraction": 0.05, "family_min_fraction": 0.2,
+            "family_density_mads": 2.0,
             "family_components": ["pc_1", "pc_2", "pc_3"], "clusters": [], "box": {}, "gain": [None, None],
             "file": ""}
 
@@ -77,6 +78,8 @@ def options(raw: dict) -> dict:
         if value > 1:
             raise ParameterError(f"select.{name}", f"must be in (0, 1], got {value}")
         p[name] = value
+    if p["family_density_mads"] is not None:
+        p["family_density_mads"] = positive("select.family_density_mads", p["family_density_mads"])
     comps = p["family_components"]
     if not (isinstance(comps, list) and comps and all(isinstance(c, str) for c in comps)):
         raise ParameterError("select.family_components",
@@ -159,6 +162,7 @@ def run(args) -> int:
         columns["family"] = fam.keep
         columns["family_seed"] = fam.seed
         metrics.update(family_k=fam.k, family_min_shared=fam.min_shared, n_family=int(fam.keep.sum()),
+                       n_family_sparse=int(fam.sparse.sum()),
                        family_fallback=bool(extra.get("fallback", False)))
     if args.truth:
         from spicompute.io.truth import read_truth

@@ -94,6 +94,59 @@ def test_select_mode_family_and_unusable_rows():
     assert set(reason[~sel & ~family]) == {"not in the cube-end family"}
 
 
+def sprayed_landscape(seed: int, n_family: int = 300, n_spray: int = 60):
+    """A heavy-tailed melt chain with noisy contaminants spread thinly 1-3 units off it.
+
+    What a 400-photon landscape looks like: the contaminant averages do not
+    form compact groups but a sparse spray around the chain, through which the
+    SNN graph links some of them in.  Returns (coords (N, 3), gain (N,), is_family (N,)).
+    """
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(0, 1, n_family))
+
+    def curve(u):
+        return np.c_[3.0 * u - 1.5, 0.6 * np.sin(np.pi * u), 0.2 * u]
+
+    chain = curve(t) + 0.08 * rng.standard_t(3, (n_family, 3))
+    direction = rng.normal(size=(n_spray, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    spray = curve(rng.uniform(0, 1, n_spray)) + direction * rng.uniform(1.0, 3.0, (n_spray, 1))
+    gain = np.r_[1.7 - 0.55 * t + rng.normal(0, 0.03, n_family), 1.2 + rng.normal(0, 0.05, n_spray)]
+    return np.r_[chain, spray], gain, np.r_[np.ones(n_family, bool), np.zeros(n_spray, bool)]
+
+
+def test_sparse_contaminants_dropped_by_density_not_by_snn_alone():
+    snn_purity = []
+    for seed in range(5):
+        coords, gain, family = sprayed_landscape(seed)
+        sim = clpca_similarity(coords)
+        usable = np.ones(len(coords), bool)
+        fam = find_family(sim, gain, usable)
+        purity, recall = purity_recall(fam.keep, family)
+        assert purity >= 0.95 and recall >= 0.95, (seed, purity, recall)
+        assert fam.keep[:10].mean() >= 0.9 and fam.keep[family][-10:].all()  # both ends of the chain
+        assert not (fam.sparse & family).any() or (fam.sparse & family).sum() <= 0.05 * family.sum()
+        snn_purity.append(purity_recall(find_family(sim, gain, usable, density_mads=None).keep, family)[0])
+    # negative control: the SNN graph alone lets the spray in on most of these landscapes
+    assert sum(p < 0.95 for p in snn_purity) >= 3, snn_purity
+
+
+def test_chain_ends_are_not_sparse():
+    """An evenly sampled chain (tiny spread of neighbour distances): its one-sided ends stay."""
+    from spicompute.landscape.family import sparse_members
+
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 200)
+    coords = np.c_[4 * t, np.zeros_like(t), np.zeros_like(t)] + rng.normal(0, 0.01, (200, 3))
+    sim = clpca_similarity(coords)
+    everyone = np.ones(200, bool)
+    assert not sparse_members(sim, everyone, everyone, k=20, n_mads=2.0).any()
+    far = np.r_[coords, [[2.0, 1.5, 0.0]]]  # one average well off the chain is sparse
+    sim = clpca_similarity(far)
+    everyone = np.ones(201, bool)
+    assert np.flatnonzero(sparse_members(sim, everyone, everyone, k=20, n_mads=2.0)).tolist() == [200]
+
+
 def test_truth_scores_majority_label():
     frames = pd.DataFrame({"frame_id": np.arange(9), "average_id": [0, 0, 0, 1, 1, 1, 2, 2, -1]})
     truth = {"frame_id": np.arange(9), "class_name": np.array(
@@ -146,3 +199,16 @@ def test_too_few_selected_names_the_parameter_and_writes_nothing(tmp_path, capsy
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     with pytest.raises(ParameterError, match="select.family_shared_fraction"):
         options({"family_shared_fraction": 1.5})
+    with pytest.raises(ParameterError, match="select.family_density_mads"):
+        options({"family_density_mads": -1})
+
+
+def test_select_reason_names_sparse_averages():
+    coords, gain, family = sprayed_landscape(0)
+    table = pd.DataFrame({"average_id": np.arange(len(coords)), "n_frames": 100.0,
+                          "pc_1": coords[:, 0], "pc_2": coords[:, 1], "pc_3": coords[:, 2], "gain": gain})
+    sel, reason, _ = select_averages(table, options({}))
+    sparse = reason == "sparse in CLPCA space (select.family_density_mads)"
+    assert sparse.sum() >= 5 and not sel[sparse].any() and (~family[sparse]).mean() >= 0.9
+    off, _, _ = select_averages(table, options({"family_density_mads": None}))
+    assert off.sum() > sel.sum() and off[sel].all()
