@@ -81,16 +81,43 @@ def nuisance_correlations(table: pd.DataFrame, components: list[str],
     return pd.DataFrame(rows)
 
 
+def with_stability(diag: pd.DataFrame, stability: dict | None) -> pd.DataFrame:
+    """Add the run-half reproducibility of each component (``metrics/embed.json`` →
+    ``component_stability``, spicompute.landscape.stability) to the diagnostics.
+
+    Columns ``stability`` (|r| between the component as recomputed on two disjoint
+    halves of the bootstrap runs), ``null 95%`` (the same on structureless, column-
+    permuted CC matrices) and ``reproduced``.  Without the metric (older runs) the
+    table is returned unchanged.
+    """
+    comps = (stability or {}).get("components") or {}
+    if not comps or not len(diag):
+        return diag
+    out = diag.copy()
+    get = lambda c, k: (comps.get(c) or {}).get(k)  # noqa: E731
+    out["stability"] = [get(c, "stability") for c in out["component"]]
+    out["null 95%"] = [get(c, "null_q95") for c in out["component"]]
+    out["reproduced"] = [get(c, "reproduced") for c in out["component"]]
+    out.attrs["split"] = stability.get("split", "runs")
+    return out
+
+
 def banner(diag: pd.DataFrame) -> str | None:
-    """A one-line warning naming flagged components, or None."""
-    bad = diag[diag["flag"]] if len(diag) else diag
-    if not len(bad):
-        return None
+    """A one-line warning naming flagged and unreproduced components, or None."""
     parts = []
+    bad = diag[diag["flag"]] if len(diag) else diag
     for _, r in bad.iterrows():
         key = {"n_frames": "rho n_frames", "photons/frame": "rho photons/frame",
                "run": "eta run"}[r["follows"]]
         parts.append(f"{r['component']} follows {r['follows']} ({key.split()[0]} = {r[key]:+.2f})")
+    if "reproduced" in diag:
+        halves = "run" if diag.attrs.get("split", "runs") == "runs" else "average"
+        for _, r in diag[diag["reproduced"] == False].iterrows():  # noqa: E712 (None: not computed)
+            parts.append(f"{r['component']} is not reproduced by disjoint {halves} halves "
+                         f"(|r| {r['stability']:.2f}, null {r['null 95%']:.2f})")
+    if not parts:
+        return None
     return ("Check before trusting this landscape: " + "; ".join(parts)
             + ". A component that tracks occupancy, signal level or the bootstrap run more "
-              "than structure may be a nuisance axis.")
+              "than structure, or that independent halves of the data do not reproduce, "
+              "may be a nuisance or noise axis.")

@@ -77,14 +77,20 @@ if pcs:
     diag = nuisance_table(file_key(path("results/frames.parquet")),
                           file_key(path("data/frames.h5")), file_key(path("data/truth.h5")),
                           tuple(pcs), table)
+    diag = diagnostics.with_stability(diag, metrics.get("component_stability"))
     warning = diagnostics.banner(diag)
     if warning:
         st.warning(warning, icon="⚠️")
-    with st.expander("Diagnostics: components against occupancy, photons per frame, bootstrap run"):
+    with st.expander("Diagnostics: components against occupancy, photons per frame, bootstrap run, "
+                     "and their reproducibility"):
         st.markdown(markdown_table(diag))
         st.caption("Spearman rho with n_frames and with the mean photons per frame of the members; "
                    "eta (correlation ratio) with the bootstrap run. Flagged when |value| > 0.5 "
-                   "and larger than the correlation with any shape reference.")
+                   "and larger than the correlation with any shape reference. "
+                   "stability: |r| between the component as recomputed from two disjoint halves of "
+                   "the bootstrap runs (alternate averages when there is one run); null 95%: the same "
+                   "on structureless CC matrices. A shape axis is reproduced (near 1), a noise axis "
+                   "is not (docs/ccmatrix_embed.md).")
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("averages", f"{len(table):,}")

@@ -33,7 +33,7 @@ log = logging.getLogger("spicompute.embed")
 
 METHODS = ("pc", "isomap", "spectral", "tsne")
 DEFAULTS = {"seed": 0, "n_components": 3, "methods": list(METHODS), "isomap_neighbors": 10,
-            "tsne_perplexity": 30.0, "cluster_on": "pc", "cluster_max_k": 8}
+            "tsne_perplexity": 30.0, "cluster_on": "pc", "cluster_max_k": 8, "stability_null": 20}
 
 
 def add_arguments(parser) -> None:
@@ -61,6 +61,7 @@ def check_params(p: dict) -> dict:
     q["tsne_perplexity"] = positive("embed.tsne_perplexity", q["tsne_perplexity"])
     choice("embed.cluster_on", q["cluster_on"], q["methods"])
     q["cluster_max_k"] = positive("embed.cluster_max_k", q["cluster_max_k"], integer=True)
+    q["stability_null"] = positive("embed.stability_null", q["stability_null"], integer=True, allow_zero=True)
     return q
 
 
@@ -92,6 +93,23 @@ def write_embedding(path, average_id, res: dict, params: dict) -> None:
         h5["cluster"].attrs["method"] = f"GaussianMixture on {params['cluster_on']}, k by BIC"
 
 
+def _stability(ccf, res: dict, runs, p: dict) -> dict | None:
+    """Reproducibility of pc_1..n across disjoint run halves (spicompute.landscape.stability)."""
+    from spicompute.landscape.stability import component_stability
+
+    try:
+        out = component_stability(ccf.cc, ccf.usable, res["coords"]["pc"], runs,
+                                  n_null=p["stability_null"], seed=p["seed"])
+    except ValueError as exc:  # too few averages for two halves: say so, do not fail the stage
+        log.warning("embed: no component stability: %s", exc)
+        return None
+    for j in np.flatnonzero(out.flagged):
+        log.warning("landscape axis pc_%d is not reproduced by disjoint %s halves (|r| %.2f, null 95%% %.2f): "
+                    "it may be noise", j + 1, "run" if out.split == "runs" else "average",
+                    out.stability[j], out.null_q95[j])
+    return out.as_dict()
+
+
 def run(args) -> int:
     p = check_params(stage_params(args, COMMAND))
     ccf = read_ccmatrix(args.ccmatrix)
@@ -116,10 +134,12 @@ def run(args) -> int:
         "cluster_on": p["cluster_on"], "seconds": res["seconds"],
         "n_unusable": int((~ccf.usable).sum()),
     }
+    runs = None
     if args.frames_table and args.frames:
         from spicompute.landscape.nuisance import nuisance_correlations, nuisance_table
 
         nuisance = nuisance_table(args.frames_table, args.frames, ccf.average_id)
+        runs = nuisance["run"].to_numpy()
         corr = nuisance_correlations(res["coords"]["pc"], nuisance, ccf.usable)
         metrics["nuisance_spearman"] = corr
         metrics["nuisance_warnings"] = [f"{pc} follows {name} (Spearman {rho:+.2f})"
@@ -127,6 +147,7 @@ def run(args) -> int:
                                         if rho is not None and abs(rho) > 0.5]
         for w in metrics["nuisance_warnings"]:
             log.warning("landscape axis %s: it may map noise or fluence rather than shape", w)
+    metrics["component_stability"] = _stability(ccf, res, runs, p)
     write_json_atomic(args.metrics, metrics)
     log.info("embed: explained variance %s, %d clusters (silhouette %.3f) -> %s",
              np.round(res["pca"].explained_variance_ratio, 3).tolist(), clus.k,

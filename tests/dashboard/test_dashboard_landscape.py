@@ -194,3 +194,26 @@ def test_a_component_that_follows_true_size_is_not_flagged(workspace, small_simu
         del h5["truth/size_nm"]
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert any("pc_1 follows n_frames" in w.value for w in at.warning)
+
+
+def test_unreproduced_component_is_named_next_to_the_nuisances(workspace, small_simulation):
+    """metrics/embed.json component_stability -> stability column and a banner for the noise axis."""
+    _write_member_frames(workspace, small_simulation[0], np.random.default_rng(5))
+    stability = {"split": "runs", "n_half": [6, 6], "min_stability": 0.5, "components": {
+        "pc_1": {"stability": 0.99, "null_q95": 0.4, "reproduced": True, "level_rho": 0.3, "flagged": False},
+        "pc_2": {"stability": 0.93, "null_q95": 0.4, "reproduced": True, "level_rho": 0.6, "flagged": False},
+        "pc_3": {"stability": 0.21, "null_q95": 0.38, "reproduced": False, "level_rho": 0.1, "flagged": True}}}
+    (workspace / "metrics" / "embed.json").write_text(json.dumps(
+        {"explained_variance_ratio": [0.5, 0.2, 0.1], "component_stability": stability}))
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    banner = [w.value for w in at.warning if "not reproduced" in w.value]
+    assert len(banner) == 1 and "pc_3 is not reproduced by disjoint run halves (|r| 0.21, null 0.38)" in banner[0]
+    assert "pc_1 is not" not in banner[0] and "pc_2 is not" not in banner[0]
+    table = at.expander[0].markdown[0].value
+    assert "stability" in table and "0.21" in table and "0.99" in table
+    # an older run without the metric: the table as before, no stability banner
+    (workspace / "metrics" / "embed.json").write_text(json.dumps({"explained_variance_ratio": [0.5, 0.2, 0.1]}))
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not any("not reproduced" in w.value for w in at.warning)
+    assert "stability" not in at.expander[0].markdown[0].value

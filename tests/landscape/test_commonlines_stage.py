@@ -222,3 +222,7 @@ def test_empty_and_underoccupied_averages_are_flagged_not_fatal(averages_file, t
     metrics = json.loads((tmp_path / "embed.json").read_text())
     assert set(metrics["nuisance_spearman"]["pc_1"]) == {"n_frames", "mean_photons", "run"}
     assert metrics["n_unusable"] == 2 and isinstance(metrics["nuisance_warnings"], list)
+    # one bootstrap run: the stability halves are alternate averages, and say so
+    stability = metrics["component_stability"]
+    assert stability["split"] == "averages" and sum(stability["n_half"]) == int(ccf.usable.sum())
+    assert set(stability["components"]) == {"pc_1", "pc_2", "pc_3"}

@@ -80,6 +80,10 @@ def test_the_melt_axis_follows_shape_not_photons_or_occupancy(landscape):
     nuisance = embed["nuisance_spearman"][f"pc_{k + 1}"]
     for name in ("mean_photons", "n_frames"):
         assert abs(nuisance[name] or 0.0) <= melt[k], (k + 1, name, nuisance, melt)
+    # without truth, the run halves say the same: the melt axis is reproduced (issue 22)
+    stability = embed["component_stability"]
+    assert stability["split"] == "runs"
+    assert stability["components"][f"pc_{k + 1}"]["reproduced"], stability
 
 
 def test_no_component_follows_photons_or_occupancy_significantly_more_than_shape(landscape):
