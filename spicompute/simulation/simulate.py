@@ -90,6 +90,8 @@ class SimulationParams:
     polarization: str = "x"
     photons_mean: float = 1500.0
     fluence_min: float = 0.3
+    fluence_tail_fraction: float = 0.0
+    fluence_tail_decades: float = 1.0
     background_photons: float = 0.0
     background_flat_fraction: float = 0.5
     background_q_nm: float = 0.3
@@ -99,6 +101,7 @@ class SimulationParams:
     size_jitter: float = 0.03
     melt_volume_growth: float = 0.10
     melt_levels: int = 9
+    melt_beta_shape: float = 1.0
     rod_length_nm: float = 110.0
     rod_width_nm: float = 20.0
     aggregate_shapes: int = 3
@@ -135,6 +138,9 @@ class SimulationParams:
                                    high_open=True)
         p.photons_mean = positive("simulate.photons_mean", p.photons_mean)
         p.fluence_min = in_range("simulate.fluence_min", p.fluence_min, 0.0, 1.0, low_open=True)
+        p.fluence_tail_fraction = in_range("simulate.fluence_tail_fraction", p.fluence_tail_fraction, 0.0, 1.0)
+        p.fluence_tail_decades = in_range("simulate.fluence_tail_decades", p.fluence_tail_decades, 0.0, 3.0,
+                                          low_open=True)
         p.background_photons = positive("simulate.background_photons", p.background_photons,
                                         allow_zero=True)
         p.background_flat_fraction = in_range("simulate.background_flat_fraction",
@@ -152,6 +158,7 @@ class SimulationParams:
         p.melt_levels = positive("simulate.melt_levels", p.melt_levels, integer=True)
         if p.melt_levels < 2:
             raise ParameterError("simulate.melt_levels", f"must be >= 2, got {p.melt_levels}")
+        p.melt_beta_shape = in_range("simulate.melt_beta_shape", p.melt_beta_shape, 0.05, 20.0)
         p.rod_length_nm = positive("simulate.rod_length_nm", p.rod_length_nm)
         p.rod_width_nm = positive("simulate.rod_width_nm", p.rod_width_nm)
         p.aggregate_shapes = positive("simulate.aggregate_shapes", p.aggregate_shapes,
@@ -494,10 +501,16 @@ def draw_frame_parameters(p: SimulationParams, rng: np.random.Generator) -> dict
     melt_t[class_name == "cube"] = 0.0
     melt_t[class_name == "sphere"] = 1.0
     is_melt = class_name == "melt"
-    melt_t[is_melt] = rng.uniform(0.0, 1.0, is_melt.sum())
+    a = p.melt_beta_shape  # Beta(a, a): 1 uniform, < 1 mostly near the cube and sphere ends
+    melt_t[is_melt] = rng.uniform(0.0, 1.0, is_melt.sum()) if a == 1.0 else rng.beta(a, a, is_melt.sum())
     # Gaussian beam, particle uniform over the disc where fluence >= fluence_min:
     # r^2 uniform -> log(fluence) uniform.
     fluence = np.exp(rng.uniform(np.log(p.fluence_min), 0.0, p.n_frames))
+    if p.fluence_tail_fraction > 0:
+        # the beam's halo: a share of weak hits, log-uniform over fluence_tail_decades below fluence_min
+        tail = rng.random(p.n_frames) < p.fluence_tail_fraction
+        lo = np.log(p.fluence_min) - p.fluence_tail_decades * np.log(10.0)
+        fluence[tail] = np.exp(rng.uniform(lo, np.log(p.fluence_min), tail.sum()))
     size_scale = np.clip(1.0 + p.size_jitter * rng.standard_normal(p.n_frames),
                          *p.size_scale_range)
     quats = random_quaternions(p.n_frames, rng)

@@ -429,3 +429,30 @@ def test_orientations_are_uniform_on_so3(rng, low_photon_simulation):
         assert kstest(omega, lambda w: (w - np.sin(w)) / np.pi).pvalue > 1e-3
     # and the test can fail: a rotation angle uniform in [0, pi] is rejected
     assert kstest(rng.uniform(0, np.pi, 20000), lambda w: (w - np.sin(w)) / np.pi).pvalue < 1e-6
+
+
+def test_fluence_tail_and_bimodal_melt_distribution():
+    """The matrix factors of issue 22: a halo of weak hits, a melt sequence mostly at its ends."""
+    from spicompute.simulation.simulate import draw_frame_parameters
+
+    base = SimulationParams.from_dict({"n_frames": 20000, "fractions": {"melt": 1.0}})
+    plain = draw_frame_parameters(base, np.random.default_rng(0))
+    assert plain["fluence"].min() >= base.fluence_min
+    tail = SimulationParams.from_dict({"n_frames": 20000, "fractions": {"melt": 1.0},
+                                       "fluence_tail_fraction": 0.3, "fluence_tail_decades": 1.0})
+    f = draw_frame_parameters(tail, np.random.default_rng(0))["fluence"]
+    weak = f < tail.fluence_min
+    assert weak.mean() == pytest.approx(0.3, abs=0.015)
+    assert f[weak].min() >= tail.fluence_min / 10 - 1e-12
+    # log-uniform over the decade below fluence_min: its median in log is half a decade down
+    assert np.median(np.log10(f[weak] / tail.fluence_min)) == pytest.approx(-0.5, abs=0.03)
+    t_uniform = plain["melt_t"]
+    assert np.histogram(t_uniform, bins=5, range=(0, 1))[0].std() / len(t_uniform) < 0.01
+    bimodal = SimulationParams.from_dict({"n_frames": 20000, "fractions": {"melt": 1.0}, "melt_beta_shape": 0.3})
+    t = draw_frame_parameters(bimodal, np.random.default_rng(0))["melt_t"]
+    ends = ((t < 0.1) | (t > 0.9)).mean()
+    assert ends > 0.5 and ((t > 0.4) & (t < 0.6)).mean() < 0.1
+    with pytest.raises(ParameterError, match="simulate.melt_beta_shape"):
+        SimulationParams.from_dict({"melt_beta_shape": 0})
+    with pytest.raises(ParameterError, match="simulate.fluence_tail_fraction"):
+        SimulationParams.from_dict({"fluence_tail_fraction": 1.5})
