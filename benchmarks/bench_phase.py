@@ -8,7 +8,10 @@ table and writes JSON (--out): seconds, final error, particle volume / true
 volume (the invariant estimate, and the paper's 1e-4-of-mass voxel count),
 PRTF resolution, peak RSS.
 
-    python benchmarks/bench_phase.py --sizes 31 41 81 --out bench_phase.json
+    python benchmarks/bench_phase.py --sizes 31 41 81 --out bench_phase.json [--backends numpy torch]
+
+``--backends numpy torch`` times both FFT backends on the same volume in the
+same run (torch on ``--device``, default cpu; ``cuda`` on a GPU machine).
 """
 
 from __future__ import annotations
@@ -43,26 +46,29 @@ def main(argv=None):
     ap.add_argument("--n-dm", type=int, default=150)
     ap.add_argument("--n-er", type=int, default=50)
     ap.add_argument("--threads", type=int, default=-1)
+    ap.add_argument("--backends", nargs="+", default=["numpy"], choices=["numpy", "torch"])
+    ap.add_argument("--device", default="cpu", help="torch device for --backends torch")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     rows = []
-    print(f"{'L':>5} {'s/volume':>9} {'error':>7} {'V/V_true':>8} {'thr/V':>7} {'res_nm':>7} "
+    print(f"{'L':>5} {'backend':>8} {'s/volume':>9} {'error':>7} {'V/V_true':>8} {'thr/V':>7} {'res_nm':>7} "
           f"{'rss_MiB':>8}")
-    for size in args.sizes:
+    for size, backend in ((s, b) for s in args.sizes for b in args.backends):
         inten, obs, dq, dx = cube_volume(size)
         settings = PhasingSettings(n_starts=args.n_starts, n_dm=args.n_dm, n_er=args.n_er,
-                                   workers=args.threads)
+                                   workers=args.threads, backend=backend,
+                                   device=args.device if backend == "torch" else "cpu")
         t = time.perf_counter()
         r = phase_retrieval(inten, obs, dq, settings)
         sec = time.perf_counter() - t
         ratio = invariant_volume(r.density, inten, obs, dq)[0] / 42.0**3
         ratio_thr = particle_volume(r.density, dx) / 42.0**3
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        rows.append({"size": size, "seconds": round(sec, 2), "final_error": r.final_error,
+        rows.append({"size": size, "backend": backend, "device": settings.device, "seconds": round(sec, 2), "final_error": r.final_error,
                      "volume_ratio": ratio, "volume_ratio_threshold": ratio_thr,
                      "prtf_resolution_nm": r.resolution_nm, "peak_rss_mib": round(rss), "n_starts": args.n_starts,
                      "n_dm": args.n_dm, "n_er": args.n_er})
-        print(f"{size:>5} {sec:>9.2f} {r.final_error:>7.4f} {ratio:>8.3f} {ratio_thr:>7.3f} "
+        print(f"{size:>5} {backend:>8} {sec:>9.2f} {r.final_error:>7.4f} {ratio:>8.3f} {ratio_thr:>7.3f} "
               f"{r.resolution_nm:>7.2f} {rss:>8.0f}", flush=True)
     with open(args.out, "w") as fh:
         json.dump(rows, fh, indent=2)

@@ -151,6 +151,9 @@ class PhasingSettings:
         are left out of the average and the PRTF
     seed : random starts
     workers : scipy.fft threads (-1: all)
+    backend : ``numpy`` (scipy.fft) or ``torch`` (torch.fft on ``device``: the same
+        iterations, for GPUs; on the CPU it matches numpy to float32 rounding)
+    device : torch device (``cpu``, ``cuda``, ``cuda:1``) for ``backend: torch``
     """
 
     n_dm: int = 150
@@ -169,6 +172,8 @@ class PhasingSettings:
     keep_factor: float = 2.0
     seed: int = 0
     workers: int = -1
+    backend: str = "numpy"
+    device: str = "cpu"
 
 
 @dataclass
@@ -206,7 +211,8 @@ class PhasingResult:
 # --------------------------------------------------------------------------- building blocks
 
 class _Fourier:
-    """Real FFTs over the last ``ndim`` axes of an ``(S, L, ..., L)`` batch."""
+    """Real FFTs over the last ``ndim`` axes of an ``(S, L, ..., L)`` batch, and the few
+    array operations the iterations need, so that one loop runs on numpy or torch."""
 
     def __init__(self, size: int, ndim: int, workers: int):
         self.shape = (size,) * ndim
@@ -219,22 +225,103 @@ class _Fourier:
     def inverse(self, f):
         return scipy.fft.irfftn(f, s=self.shape, axes=self.axes, workers=self.workers)
 
+    # array operations (numpy)
+    def asarray(self, x):
+        return x
+
+    def numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def abs(self, x):
+        return np.abs(x)
+
+    def where(self, cond, a, b: float):
+        return np.where(cond, a, np.float32(b))
+
+    def clamp_min(self, x, value: float):
+        return np.maximum(x, np.float32(value))
+
+    def batch_sum(self, x):
+        return np.sum(x, axis=self.axes)
+
+    def batch_max(self, x):
+        return x.reshape(x.shape[0], -1).max(axis=1)
+
+    def real32(self, x):
+        return x.astype(np.float32)
+
+
+class _TorchFourier(_Fourier):
+    """:class:`_Fourier` on torch tensors (``torch.fft``, any device)."""
+
+    def __init__(self, size: int, ndim: int, device: str):
+        import torch
+
+        super().__init__(size, ndim, -1)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dim = tuple(range(-ndim, 0))
+
+    def forward(self, x):
+        return self.torch.fft.rfftn(x, dim=self.dim)
+
+    def inverse(self, f):
+        return self.torch.fft.irfftn(f, s=self.shape, dim=self.dim)
+
+    def asarray(self, x):
+        return self.torch.as_tensor(np.ascontiguousarray(x), device=self.device)
+
+    def numpy(self, x) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def abs(self, x):
+        return self.torch.abs(x)
+
+    def where(self, cond, a, b: float):
+        return self.torch.where(cond, a, self.torch.tensor(b, dtype=a.dtype, device=a.device))
+
+    def clamp_min(self, x, value: float):
+        return self.torch.clamp_min(x, value)
+
+    def batch_sum(self, x):
+        return x.sum(dim=self.dim)
+
+    def batch_max(self, x):
+        return x.reshape(x.shape[0], -1).amax(dim=1)
+
+    def real32(self, x):
+        return x.to(self.torch.float32)
+
+
+def make_fourier(size: int, ndim: int, settings: "PhasingSettings") -> _Fourier:
+    """The FFT/array backend of ``settings`` (``numpy`` or ``torch`` on ``device``)."""
+    if settings.backend == "torch":
+        return _TorchFourier(size, ndim, settings.device)
+    if settings.backend != "numpy":
+        raise ParameterError("phase.backend", f"must be numpy or torch, got {settings.backend!r}")
+    return _Fourier(size, ndim, settings.workers)
+
 
 def _half(x: np.ndarray) -> np.ndarray:
     """The rfft half (last axis 0..L//2) of an FFT-ordered full grid."""
     return x[..., : x.shape[-1] // 2 + 1]
 
 
-def gaussian_blur(x: np.ndarray, sigma_vox: float, ndim: int, workers: int = -1) -> np.ndarray:
-    """Periodic Gaussian blur (std ``sigma_vox`` voxels) of the last ``ndim`` axes, via FFT."""
-    size = x.shape[-1]
-    fourier = _Fourier(size, ndim, workers)
+def blur_transfer(size: int, sigma_vox: float, ndim: int) -> np.ndarray:
+    """rfft half-grid transfer function of a periodic Gaussian blur (std ``sigma_vox`` voxels)."""
     f = scipy.fft.fftfreq(size)
     rf = scipy.fft.rfftfreq(size)
     grids = np.meshgrid(*([f] * (ndim - 1) + [rf]), indexing="ij")
     f2 = sum(g * g for g in grids)
-    transfer = np.exp(-2.0 * np.pi**2 * sigma_vox**2 * f2).astype(np.float32)
-    return fourier.inverse(fourier.forward(x) * transfer).astype(np.float32)
+    return np.exp(-2.0 * np.pi**2 * sigma_vox**2 * f2).astype(np.float32)
+
+
+def gaussian_blur(x, sigma_vox: float, ndim: int, workers: int = -1, fourier: _Fourier | None = None):
+    """Periodic Gaussian blur (std ``sigma_vox`` voxels) of the last ``ndim`` axes, via FFT."""
+    size = x.shape[-1]
+    fourier = fourier or _Fourier(size, ndim, workers)
+    transfer = fourier.asarray(blur_transfer(size, sigma_vox, ndim))
+    return fourier.real32(fourier.inverse(fourier.forward(x) * transfer))
 
 
 def symmetrise(intensity: np.ndarray, observed: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,14 +334,19 @@ def symmetrise(intensity: np.ndarray, observed: np.ndarray, ndim: int) -> tuple[
 def modulus_projection(x, amplitude_h, observed_h, fourier: _Fourier):
     """P_M: impose |F| = amplitude where observed, keep F elsewhere.  Returns (x', F of x)."""
     f = fourier.forward(x)
-    mag = np.abs(f)
-    scale = np.where(observed_h, amplitude_h / np.maximum(mag, 1e-30), np.float32(1.0))
-    return fourier.inverse(f * scale).astype(np.float32), f
+    mag = fourier.abs(f)
+    scale = fourier.where(observed_h, amplitude_h / fourier.clamp_min(mag, 1e-30), 1.0)
+    return fourier.real32(fourier.inverse(f * scale)), f
 
 
-def support_projection(x: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """P_S: zero outside the support and where negative (real, non-negative density)."""
-    return np.where(support & (x > 0), x, np.float32(0.0))
+def support_projection(x, support):
+    """P_S: zero outside the support and where negative (real, non-negative density).
+
+    Works on numpy arrays and torch tensors alike.
+    """
+    if isinstance(x, np.ndarray):
+        return np.where(support & (x > 0), x, np.float32(0.0))
+    return x * (support & (x > 0))
 
 
 def fourier_error(x, amplitude_h, observed_h, fourier: _Fourier) -> np.ndarray:
@@ -264,10 +356,9 @@ def fourier_error(x, amplitude_h, observed_h, fourier: _Fourier) -> np.ndarray:
     sums taken over the same voxels.
     """
     f = fourier.forward(x)
-    diff = (np.abs(f) - amplitude_h) * observed_h
-    axes = fourier.axes
-    num = np.sqrt(np.sum(diff * diff, axis=axes))
-    den = np.sqrt(np.sum((amplitude_h * observed_h) ** 2))
+    diff = (fourier.abs(f) - amplitude_h) * observed_h
+    num = np.sqrt(fourier.numpy(fourier.batch_sum(diff * diff)))
+    den = np.sqrt(fourier.numpy(((amplitude_h * observed_h) ** 2).sum()))
     return (num / max(den, 1e-30)).astype(np.float64)
 
 
@@ -354,12 +445,12 @@ def upsample_support(coarse: np.ndarray, size: int, ndim: int, dilate_vox: float
     return blurred > 0.1
 
 
-def shrinkwrap(x: np.ndarray, sigma_vox: float, threshold: float, ndim: int,
-               workers: int = -1) -> np.ndarray:
+def shrinkwrap(x, sigma_vox: float, threshold: float, ndim: int, workers: int = -1,
+               fourier: _Fourier | None = None):
     """New support per start: Gaussian-blurred density above ``threshold`` x its maximum."""
-    blurred = gaussian_blur(np.maximum(x, 0), sigma_vox, ndim, workers)
-    peak = blurred.reshape(blurred.shape[0], -1).max(axis=1)
-    peak = peak.reshape((-1,) + (1,) * ndim)
+    fourier = fourier or _Fourier(x.shape[-1], ndim, workers)
+    blurred = gaussian_blur(fourier.clamp_min(x, 0.0), sigma_vox, ndim, fourier=fourier)
+    peak = fourier.batch_max(blurred).reshape((-1,) + (1,) * ndim)
     return blurred > threshold * peak
 
 
@@ -700,6 +791,52 @@ def _sigmas(settings: PhasingSettings, size: int, dq_nm: float) -> tuple[float, 
     return float(s0), float(s1)
 
 
+def _iterate(x, support, amp_h, obs_h, fourier: _Fourier, s: "PhasingSettings", ndim: int,
+             sig0: float, sig1: float):
+    """Difference map with shrink-wrap, then error reduction, on ``fourier``'s backend.
+
+    x, support: (S, L, ...) FFT-ordered starts and supports; amp_h, obs_h: rfft
+    half-grid amplitudes and observed mask.  Returns (x, support, history).
+    Python-float coefficients keep float32 on both backends (numpy >= 2 scalars are weak).
+    """
+    history = []
+    beta = s.beta
+    g_s, g_m = -1.0 / s.beta, 1.0 / s.beta
+    n_updates = max(1, (s.n_dm - s.shrinkwrap_start) // max(s.shrinkwrap_every, 1))
+    update = 0
+    estimate = x
+    for it in range(s.n_dm):
+        pm_x, _ = modulus_projection(x, amp_h, obs_h, fourier)
+        f_m = (1 + g_m) * pm_x - g_m * x
+        ps_fm = support_projection(f_m, support)
+        if s.beta == 1.0:
+            pm_fs = pm_x  # f_S(x) = x when gamma_S = -1
+        else:
+            f_s = (1 + g_s) * support_projection(x, support) - g_s * x
+            pm_fs, _ = modulus_projection(f_s, amp_h, obs_h, fourier)
+        x = x + beta * (ps_fm - pm_fs)
+        estimate = ps_fm
+        if (s.shrinkwrap_every > 0 and it + 1 > s.shrinkwrap_start
+                and (it + 1 - s.shrinkwrap_start) % s.shrinkwrap_every == 0):
+            # a few ER steps settle the estimate before the support is recomputed from it;
+            # the difference map then restarts from the settled estimate
+            for _ in range(s.er_per_update):
+                pm_e, _ = modulus_projection(estimate, amp_h, obs_h, fourier)
+                estimate = support_projection(pm_e, support)
+            if s.er_per_update:
+                x = estimate
+            t = min(update / max(n_updates - 1, 1), 1.0)
+            sigma = sig0 * (sig1 / sig0) ** t
+            support = shrinkwrap(estimate, sigma, s.shrinkwrap_threshold, ndim, fourier=fourier)
+            update += 1
+            history.append(fourier_error(estimate, amp_h, obs_h, fourier).tolist())
+    x = support_projection(estimate, support) if s.n_dm else x
+    for _ in range(s.n_er):
+        pm_x, _ = modulus_projection(x, amp_h, obs_h, fourier)
+        x = support_projection(pm_x, support)
+    return x, support, history
+
+
 def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
                     settings: PhasingSettings | None = None) -> PhasingResult:
     """Retrieve a real, non-negative density from a centred 2D or 3D intensity.
@@ -760,41 +897,11 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
         np.sum((np.abs(f0) * obs_h) ** 2, axis=fourier.axes), 1e-30))
     x *= ratio.reshape((-1,) + (1,) * ndim).astype(np.float32)
 
-    history = []
-    beta = np.float32(s.beta)
-    g_s, g_m = -1.0 / s.beta, 1.0 / s.beta
-    n_updates = max(1, (s.n_dm - s.shrinkwrap_start) // max(s.shrinkwrap_every, 1))
-    update = 0
-    estimate = x
-    for it in range(s.n_dm):
-        pm_x, _ = modulus_projection(x, amp_h, obs_h, fourier)
-        f_m = np.float32(1 + g_m) * pm_x - np.float32(g_m) * x
-        ps_fm = support_projection(f_m, support)
-        if s.beta == 1.0:
-            pm_fs = pm_x  # f_S(x) = x when gamma_S = -1
-        else:
-            f_s = np.float32(1 + g_s) * support_projection(x, support) - np.float32(g_s) * x
-            pm_fs, _ = modulus_projection(f_s, amp_h, obs_h, fourier)
-        x = x + beta * (ps_fm - pm_fs)
-        estimate = ps_fm
-        if (s.shrinkwrap_every > 0 and it + 1 > s.shrinkwrap_start
-                and (it + 1 - s.shrinkwrap_start) % s.shrinkwrap_every == 0):
-            # a few ER steps settle the estimate before the support is recomputed from it;
-            # the difference map then restarts from the settled estimate
-            for _ in range(s.er_per_update):
-                pm_e, _ = modulus_projection(estimate, amp_h, obs_h, fourier)
-                estimate = support_projection(pm_e, support)
-            if s.er_per_update:
-                x = estimate
-            t = min(update / max(n_updates - 1, 1), 1.0)
-            sigma = sig0 * (sig1 / sig0) ** t
-            support = shrinkwrap(estimate, sigma, s.shrinkwrap_threshold, ndim, s.workers)
-            update += 1
-            history.append(fourier_error(estimate, amp_h, obs_h, fourier).tolist())
-    x = support_projection(estimate, support) if s.n_dm else x
-    for _ in range(s.n_er):
-        pm_x, _ = modulus_projection(x, amp_h, obs_h, fourier)
-        x = support_projection(pm_x, support)
+    # the iterations run on the chosen backend (numpy, or torch on a GPU); the rest stays numpy
+    ops = make_fourier(size, ndim, s)
+    x, support, history = _iterate(ops.asarray(x), ops.asarray(support), ops.asarray(amp_h),
+                                   ops.asarray(obs_h), ops, s, ndim, sig0, sig1)
+    x, support = ops.numpy(x), ops.numpy(support)
     errors = fourier_error(x, amp_h, obs_h, fourier)
     best = int(np.argmin(errors))
 

@@ -35,6 +35,7 @@ DEFAULTS = {
     "autocorrelation_threshold": 0.04, "support_scale": 1.0, "coarse_size": 45,
     "keep_factor": 2.0, "volume_threshold": 1.0e-4, "max_error": 0.15, "porod_from": 0.7,
     "averages_2d": "auto", "averages_2d_count": 6, "seed": 0, "threads": 0,
+    "backend": "auto", "device": "auto",
 }
 
 
@@ -90,6 +91,7 @@ def options(p: dict) -> dict:
     }
     if out["n_dm"] + out["n_er"] == 0:
         raise ParameterError("phase.n_er", "n_dm + n_er must be > 0")
+    out["backend"], out["device"] = _backend(o["backend"], o["device"])
     sel = o["averages_2d"]
     if sel is None:
         sel = []
@@ -104,6 +106,20 @@ def options(p: dict) -> dict:
     return out
 
 
+def _backend(backend, device) -> tuple[str, str]:
+    """(backend, device): auto = torch on a CUDA device when one is present, numpy on the CPU."""
+    from spicompute.execution import resolve_device
+    from spicompute.params import choice
+
+    backend = choice("phase.backend", backend, ("auto", "numpy", "torch"))
+    dev = resolve_device(device, "phase.device")
+    if backend == "auto":
+        backend = "torch" if dev != "cpu" else "numpy"
+    if backend == "numpy" and dev != "cpu":
+        raise ParameterError("phase.backend", f"numpy runs on the CPU; device {dev!r} needs backend torch")
+    return backend, dev
+
+
 def settings_for(o: dict, seed):
     from spicompute.phasing import PhasingSettings
 
@@ -115,7 +131,8 @@ def settings_for(o: dict, seed):
                            sigma_start_nm=o["sigma_start_nm"], sigma_end_nm=o["sigma_end_nm"],
                            autocorrelation_threshold=o["autocorrelation_threshold"],
                            keep_factor=o["keep_factor"],
-                           seed=seed, workers=o["threads"] if o["threads"] > 0 else -1)
+                           seed=seed, workers=o["threads"] if o["threads"] > 0 else -1,
+                           backend=o["backend"], device=o["device"])
 
 
 def choose_averages(avg, selection, count: int, source: str) -> np.ndarray:
