@@ -1,0 +1,35 @@
+"""benchmarks/run_all.py: every figure next to its reference, as a ratio (>= 1: better)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_all():
+    spec = importlib.util.spec_from_file_location("run_all", REPO / "benchmarks" / "run_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ratios_point_the_right_way_for_times_and_rates():
+    m = run_all()
+    dash = json.loads((REPO / "benchmarks/measured/bench_dashboard_2026-12-03.json").read_text())
+    rows = {r[0]: r for r in m.summary_rows("dashboard", dash)}
+    slider = rows["dashboard volume_step_27"]
+    assert slider[3] == 1.0 and slider[5] == pytest.approx(1.0 / dash["volume_step_27"]["median_s"])
+    cc = m.summary_rows("ccmatrix", {"numpy_sgemm_peak_gflops": 50.0, "cases": [
+        {"case": "M=1000", "backend": "numpy", "gflops": 40.0, "seconds": 20.0}]})
+    assert cc[0][5] == pytest.approx(0.8)          # a rate: measured / peak
+    assert cc[1][5] == pytest.approx(0.5)          # a time: target 10 s / measured 20 s
+    phase = m.summary_rows("phase", [{"size": 41, "backend": "numpy", "seconds": 6.0},
+                                     {"size": 41, "backend": "torch", "device": "cpu", "seconds": 30.0}])
+    assert phase[1][3] == 6.0 and phase[1][5] == pytest.approx(0.2)
+    table = m.format_summary([("phase", *phase[1], 1.0, 2.0)])
+    assert "6 s/volume (numpy, same run)" in table and "| 0.2 |" in table and "1.0 → 2.0" in table
+    assert m.summary_rows("stream", {})[0][0] == "(see the JSON)"
