@@ -164,6 +164,9 @@ def component_stability(cc: np.ndarray, usable: np.ndarray, shown: np.ndarray, r
     landscape was fitted on; shown: (M, n) their scores (``pc_1..pc_n``);
     runs: (M,) bootstrap run of each average (None: split by alternate
     average); n_null: column-permuted CC matrices for the null.
+
+    Cost: 3 (n_null + 1) PCAs of an (M, M) matrix (randomized above 600 averages) and two
+    (M, M) float64 copies: ~1 s for 400 averages with 20 null matrices.
     """
     usable = np.asarray(usable, bool)
     idx = np.flatnonzero(usable)
@@ -179,9 +182,10 @@ def component_stability(cc: np.ndarray, usable: np.ndarray, shown: np.ndarray, r
     stability = half_agreement(sub, half_a, n, seed, shown=scores)
     rng = np.random.default_rng(seed)
     null = np.empty((n_null, n))
+    permuted = np.empty_like(sub)
     for i in range(n_null):
-        permuted = np.take_along_axis(sub, rng.permuted(np.tile(np.arange(len(idx)), (len(idx), 1)).T,
-                                                        axis=0), axis=0)
+        for j in range(sub.shape[1]):  # one column at a time: no (M, M) index array
+            permuted[:, j] = sub[rng.permutation(sub.shape[0]), j]
         null[i] = half_agreement(permuted, half_a, n, seed)
     q95 = np.quantile(null, 0.95, axis=0) if n_null else np.zeros(n)
     reproduced = (stability > q95) & (stability >= MIN_STABILITY)
