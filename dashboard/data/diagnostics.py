@@ -86,8 +86,8 @@ def with_stability(diag: pd.DataFrame, stability: dict | None) -> pd.DataFrame:
     ``component_stability``, spicompute.landscape.stability) to the diagnostics.
 
     Columns ``stability`` (|r| between the component as recomputed on two disjoint
-    halves of the bootstrap runs), ``null 95%`` (the same on structureless, column-
-    permuted CC matrices) and ``reproduced``.  Without the metric (older runs) the
+    halves of the bootstrap runs), ``null 95%`` (the same on shuffled, structureless
+    CC matrices) and ``reproduced``.  Without the metric (older runs) the
     table is returned unchanged.
     """
     comps = (stability or {}).get("components") or {}

@@ -89,7 +89,7 @@ if pcs:
                    "and larger than the correlation with any shape reference. "
                    "stability: |r| between the component as recomputed from two disjoint halves of "
                    "the bootstrap runs (alternate averages when there is one run); null 95%: the same "
-                   "on structureless CC matrices. A shape axis is reproduced (near 1), a noise axis "
+                   "on shuffled, structureless CC matrices. A shape axis is reproduced (near 1), a noise axis "
                    "is not (docs/ccmatrix_embed.md).")
 
 c1, c2, c3, c4 = st.columns(4)

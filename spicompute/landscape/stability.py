@@ -12,18 +12,20 @@ estimates of every component.
 1. splits the usable averages into two disjoint halves by bootstrap run
    (alternate runs; by alternate average when there is a single run, which
    is then stated);
-2. fits the PCA of the (double-centred, below) CC rows on each half alone (rows of that half, the
-   columns of all usable averages, so both halves live in the same space) and
-   projects every usable average with both;
+2. fits the PCA of the (double-centred, below) CC matrix on each half alone:
+   on the block of that half's averages against each other, and scores every
+   average by its CCs with that half's averages only.  The two estimates of an
+   average's coordinate thus come from its CCs with two disjoint sets of
+   averages, classified in disjoint EMC runs;
 3. takes each half's estimate of the shown component (its projection onto
    the span of that half's top n + 2 component scores, so a swap of order or
    a mixing between halves does not read as instability) and reports
    ``stability`` = |Pearson r| between the two halves' estimates over all
    usable averages;
 4. calibrates that number against a null: the same procedure on CC matrices
-   whose columns are permuted independently (no row structure left, the
-   value distribution kept).  An axis is *reproduced* when its stability
-   exceeds the null's 95th percentile and ``MIN_STABILITY``.
+   whose off-diagonal entries are shuffled (no structure left, the values
+   kept).  An axis is *reproduced* when its stability exceeds the null's 95th
+   percentile and ``MIN_STABILITY``.
 
 A shape axis is reproduced by both halves (|r| near 1); a noise axis is a
 different direction in each (|r| near the null).
@@ -132,11 +134,14 @@ def half_agreement(cc: np.ndarray, half_a: np.ndarray, n_components: int, seed: 
                    shown: np.ndarray | None = None) -> np.ndarray:
     """(n_components,) |r| between the two halves' estimates of each shown component.
 
-    cc: (m, m) CC matrix of the usable averages; half_a: (m,) bool.  ``shown``:
-    (m, n) scores of the components to judge (default: the PCA of all rows).
-    Each half's estimate of ``shown[:, j]`` is its projection onto the span of
-    that half's top n + 2 component scores (so components that swap order or
-    mix between halves still count as reproduced).
+    cc: (m, m) (double-centred) CC matrix of the usable averages; half_a: (m,) bool.
+    ``shown``: (m, n) scores of the components to judge (default: the PCA of all
+    rows).  Half H fits its PCA on its own block ``cc[H][:, H]`` and scores every
+    average by its CCs with the averages of H only (``cc[:, H]``), so the two
+    estimates of an average come from its CCs with two disjoint sets of averages.
+    Each half's estimate of ``shown[:, j]`` is its projection onto the span of that
+    half's top n + 2 scores (components that swap order or mix between halves
+    still count as reproduced).
     """
     cc = np.asarray(cc, np.float64)
     k = n_components + 2
@@ -145,9 +150,22 @@ def half_agreement(cc: np.ndarray, half_a: np.ndarray, n_components: int, seed: 
         shown = (cc - mean) @ comps.T
     est = []
     for rows in (half_a, ~half_a):
-        mean, comps = _top_components(cc[rows], k, seed)
-        est.append(_in_subspace(shown, (cc - mean) @ comps.T))
+        mean, comps = _top_components(cc[np.ix_(rows, rows)], k, seed)
+        est.append(_in_subspace(shown, (cc[:, rows] - mean) @ comps.T))
     return np.array([_abs_corr(est[0][:, [j]], est[1][:, [j]])[0, 0] for j in range(shown.shape[1])])
+
+
+def shuffled(cc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The off-diagonal entries of a symmetric matrix shuffled (kept symmetric), double-centred again."""
+    m = len(cc)
+    iu = np.triu_indices(m, 1)
+    values = cc[iu].copy()
+    rng.shuffle(values)
+    out = np.zeros_like(cc)
+    out[iu] = values
+    out.T[iu] = values
+    np.fill_diagonal(out, np.diag(cc))
+    return double_centred(out)
 
 
 def double_centred(cc: np.ndarray) -> np.ndarray:
@@ -163,10 +181,11 @@ def component_stability(cc: np.ndarray, usable: np.ndarray, shown: np.ndarray, r
     cc: (M, M) common-line CC matrix; usable: (M,) bool, the averages the
     landscape was fitted on; shown: (M, n) their scores (``pc_1..pc_n``);
     runs: (M,) bootstrap run of each average (None: split by alternate
-    average); n_null: column-permuted CC matrices for the null.
+    average); n_null: shuffled CC matrices for the null.
 
-    Cost: 3 (n_null + 1) PCAs of an (M, M) matrix (randomized above 600 averages) and two
-    (M, M) float64 copies: ~1 s for 400 averages with 20 null matrices.
+    Cost: n_null + 1 PCAs of an (M, M) matrix and 2 (n_null + 1) of an (M/2, M/2) one
+    (randomized above 600 averages), a few (M, M) float64 copies: ~1 s for 400 averages
+    with 20 null matrices.
     """
     usable = np.asarray(usable, bool)
     idx = np.flatnonzero(usable)
@@ -182,11 +201,8 @@ def component_stability(cc: np.ndarray, usable: np.ndarray, shown: np.ndarray, r
     stability = half_agreement(sub, half_a, n, seed, shown=scores)
     rng = np.random.default_rng(seed)
     null = np.empty((n_null, n))
-    permuted = np.empty_like(sub)
     for i in range(n_null):
-        for j in range(sub.shape[1]):  # one column at a time: no (M, M) index array
-            permuted[:, j] = sub[rng.permutation(sub.shape[0]), j]
-        null[i] = half_agreement(permuted, half_a, n, seed)
+        null[i] = half_agreement(shuffled(sub, rng), half_a, n, seed)
     q95 = np.quantile(null, 0.95, axis=0) if n_null else np.zeros(n)
     reproduced = (stability > q95) & (stability >= MIN_STABILITY)
     return Stability(stability, q95, reproduced, level, split, (int(half_a.sum()), int((~half_a).sum())))

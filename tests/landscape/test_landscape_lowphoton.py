@@ -36,12 +36,17 @@ from spicompute.landscape.nuisance import nuisance_table
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def landscape(tmp_path_factory):
+# the embedded simulator's distributions, and a cell of issue 22's matrix that differs from
+# them in size spread (6 %) and fluence law (30 % weak hits from the beam's halo)
+CELLS = {"embedded": {}, "size6_halo": {"size_jitter": 0.06, "fluence_tail_fraction": 0.3}}
+
+
+@pytest.fixture(scope="module", params=list(CELLS))
+def landscape(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("lowphoton")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["simulate"].update(n_frames=6000, detector_size=65, binning=4, photons_mean=400,
-                              background_photons=50, seed=3)
+                              background_photons=50, seed=3, **CELLS[request.param])
     params["classify2d"].update(n_runs=2, n_models="auto", max_iter=14, min_iter=8)   # 4,800 / 80 = 60
     params["embed"].update(methods=["pc"])
     run_stages(root, params, ("frames", "classify2d", "ccmatrix", "embed"))
