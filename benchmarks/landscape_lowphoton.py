@@ -25,7 +25,7 @@ from scipy.stats import spearmanr
 from spicompute.cli import main
 from spicompute.io.truth import read_truth
 from spicompute.landscape.nuisance import nuisance_table
-from spicompute.validation import landscape_excess
+from spicompute.validation import average_truth, landscape_excess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,14 +52,7 @@ def main_(args):
     pfile.write_text(yaml.safe_dump(params))
     for name in ("frames", "classify2d"):
         stage(root, name, stages, pfile)
-    frames = pd.read_parquet(root / "results" / "frames.parquet")
-    truth = read_truth(root / "data" / "truth.h5")
-    members = frames[frames["average_id"] >= 0].merge(
-        pd.DataFrame({"frame_id": truth["frame_id"], "class_name": truth["class_name"],
-                      "melt_t": truth["melt_t"], "size_nm": truth["size_nm"]}), on="frame_id")
-    members["contaminant"] = members["class_name"].isin(("dimer", "rod", "aggregate"))
-    per = members.groupby("average_id").agg(melt_t=("melt_t", "mean"), contaminant=("contaminant", "mean"),
-                                            size_nm=("size_nm", "mean"), members=("frame_id", "size"))
+    per = average_truth(pd.read_parquet(root / "results" / "frames.parquet"), read_truth(root / "data" / "truth.h5"))
     out = {}
     for label, min_counts in (("signal", params["ccmatrix"].get("min_counts", 1.0)), ("coverage", 1e-12)):
         params["ccmatrix"]["min_counts"] = min_counts

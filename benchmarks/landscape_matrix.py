@@ -115,16 +115,12 @@ def run_stage(root: Path, name: str, stages: dict, pfile: Path) -> float:
 
 
 def per_average_truth(root: Path) -> pd.DataFrame:
+    """Members' mean melt, contaminant share, size and count per average (:func:`average_truth`)."""
     from spicompute.io.truth import read_truth
+    from spicompute.validation import average_truth
 
     frames = pd.read_parquet(root / "results" / "frames.parquet")
-    truth = read_truth(root / "data" / "truth.h5")
-    members = frames[frames["average_id"] >= 0].merge(
-        pd.DataFrame({"frame_id": truth["frame_id"], "class_name": truth["class_name"],
-                      "melt_t": truth["melt_t"], "size_nm": truth["size_nm"]}), on="frame_id")
-    members["contaminant"] = members["class_name"].isin(("dimer", "rod", "aggregate"))
-    return members.groupby("average_id").agg(melt_t=("melt_t", "mean"), contaminant=("contaminant", "mean"),
-                                             size_nm=("size_nm", "mean"), members=("frame_id", "size"))
+    return average_truth(frames, read_truth(root / "data" / "truth.h5"))
 
 
 def cell_stability(root: Path) -> dict:

@@ -94,8 +94,8 @@ def summary_rows(name: str, r) -> list[tuple]:
                 rows.append((f"dashboard {key}", val["median_s"], "s", target, "target" if target else "",
                              _ratio(val["median_s"], target, False)))
     elif name == "vae":
-        for row in (r.get("train", r) if isinstance(r, dict) else r) or []:
-            if isinstance(row, dict) and "seconds_per_batch" in row:
+        for row in r.get("rows", []):
+            if "seconds_per_batch" in row:
                 rows.append((f"VAE {row.get('preset')} batch ({row.get('device')})", row["seconds_per_batch"],
                              "s", None, "", None))
     elif name == "euxfel":

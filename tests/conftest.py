@@ -104,6 +104,16 @@ def run_stages(root: Path, params: dict, names) -> None:
         assert main(argv + ["-q"]) == 0, name
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) as a module, e.g. ``load_benchmark("run_all")``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)

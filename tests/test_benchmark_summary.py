@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.conftest import REPO
-
-
-def run_all():
-    spec = importlib.util.spec_from_file_location("run_all", REPO / "benchmarks" / "run_all.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import REPO, load_benchmark
 
 
 def test_ratios_point_the_right_way_for_times_and_rates():
-    m = run_all()
+    m = load_benchmark("run_all")
     dash = json.loads((REPO / "benchmarks/measured/bench_dashboard_2026-12-03.json").read_text())
     rows = {r[0]: r for r in m.summary_rows("dashboard", dash)}
     slider = rows["dashboard volume_step_27"]
@@ -33,3 +25,6 @@ def test_ratios_point_the_right_way_for_times_and_rates():
     table = m.format_summary([("phase", *phase[1], 1.0, 2.0)])
     assert "6 s/volume (numpy, same run)" in table and "| 0.2 |" in table and "1.0 → 2.0" in table
     assert m.summary_rows("stream", {})[0][0] == "(see the JSON)"
+    vae = m.summary_rows("vae", {"rows": [{"preset": "demo", "device": "cpu", "seconds_per_batch": 0.5},
+                                          {"preset": "high", "error": "failed (out of memory?)"}]})
+    assert [r[0] for r in vae] == ["VAE demo batch (cpu)"] and vae[0][1] == 0.5

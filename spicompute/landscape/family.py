@@ -82,14 +82,19 @@ def auto_k(n_usable: int) -> int:
     return int(np.clip(round(2.0 * np.sqrt(max(n_usable, 1))), 10, 60))
 
 
-def snn_adjacency(similarity: np.ndarray, usable: np.ndarray, k: int, min_shared: int) -> np.ndarray:
-    """(N, N) bool SNN links: i, j among each other's k nearest and sharing >= min_shared of them."""
+def _candidates(similarity: np.ndarray, usable: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """(similarity with non-usable columns and self at -inf, k clipped to the usable count - 1)."""
     s = np.array(similarity, np.float64)
-    usable = np.asarray(usable, bool)
-    n = len(s)
     s[:, ~usable] = -np.inf
     np.fill_diagonal(s, -np.inf)
-    k = int(min(k, max(int(usable.sum()) - 1, 1)))
+    return s, int(min(k, max(int(usable.sum()) - 1, 1)))
+
+
+def snn_adjacency(similarity: np.ndarray, usable: np.ndarray, k: int, min_shared: int) -> np.ndarray:
+    """(N, N) bool SNN links: i, j among each other's k nearest and sharing >= min_shared of them."""
+    usable = np.asarray(usable, bool)
+    s, k = _candidates(similarity, usable, k)
+    n = len(s)
     nn = np.argpartition(-s, k - 1, axis=1)[:, :k]
     member = np.zeros((n, n), bool)
     member[np.repeat(np.arange(n), k), nn.ravel()] = True
@@ -107,10 +112,7 @@ def kth_neighbour_distance(similarity: np.ndarray, usable: np.ndarray, k: int) -
 
     similarity: (N, N) :func:`clpca_similarity` (minus squared distance).
     """
-    s = np.array(similarity, np.float64)
-    s[:, ~np.asarray(usable, bool)] = -np.inf
-    np.fill_diagonal(s, -np.inf)
-    k = int(min(k, max(int(np.asarray(usable).sum()) - 1, 1)))
+    s, k = _candidates(similarity, np.asarray(usable, bool), k)
     kth = -np.partition(-s, k - 1, axis=1)[:, k - 1]
     return np.sqrt(np.maximum(-kth, 0.0))
 

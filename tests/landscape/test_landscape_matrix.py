@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 
 from spicompute.simulation.simulate import SimulationParams
-from tests.conftest import REPO
-
-
-def matrix_module():
-    spec = importlib.util.spec_from_file_location("landscape_matrix", REPO / "benchmarks" / "landscape_matrix.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import REPO, load_benchmark
 
 
 def test_every_cell_simulates_and_differs_from_the_base_in_its_factor():
-    m = matrix_module()
+    m = load_benchmark("landscape_matrix")
     base = m.cell_params("base", 6000, 4, 0)["simulate"]
     for name in m.CELLS:
         sim = m.cell_params(name, 6000, 4, 0)["simulate"]
