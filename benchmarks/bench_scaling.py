@@ -79,7 +79,7 @@ def m_ccmatrix(m: int, o: dict) -> dict:
     lines -= lines.mean(axis=2, keepdims=True)
     lines /= np.linalg.norm(lines, axis=2, keepdims=True)
     t0 = time.perf_counter()
-    cc_matrix(lines, scheduler=o.get("scheduler", ""), band_blocks=2, workers=1)
+    cc_matrix(lines, scheduler=o.get("scheduler", ""), band_blocks=4, workers=1)
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -129,11 +129,35 @@ def child(stage: str, size, opts: dict) -> dict:
 
         torch.set_num_threads(1)
         threadpool_limits(1)
-    row = MEASURE[stage](size, opts)
+    if opts.get("scheduler", "").startswith("local:"):
+        row = dask_measure(stage, size, opts)
+    else:
+        row = MEASURE[stage](size, opts)
     row.update(stage=stage, size=size, scheduler=opts.get("scheduler", ""),
                peak_rss_mb=peak_rss_mb(),
                loadavg_1min=os.getloadavg()[0])
     return row
+
+
+def dask_measure(stage: str, size, opts: dict) -> dict:
+    """A ``local:N`` row: the cluster started first (timed apart), then the stage's work twice on it,
+    reached by its address as a stage reaches any scheduler.  ``seconds`` is the second run (workers
+    warm: what every stage after the first sees on a standing cluster); ``seconds_cold`` the first,
+    which also pays the workers' imports and first data transfer; ``cluster_start_s`` the
+    ``LocalCluster`` start that a ``local:N`` stage adds once."""
+    from dask.distributed import LocalCluster
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=int(opts["scheduler"].partition(":")[2]), threads_per_worker=1,
+                           processes=True, dashboard_address=None)
+    start = time.perf_counter() - t0
+    try:
+        o = {**opts, "scheduler": cluster.scheduler_address}
+        cold = MEASURE[stage](size, o)
+        warm = MEASURE[stage](size, o)
+    finally:
+        cluster.close()
+    return {**warm, "seconds_cold": cold["seconds"], "cluster_start_s": start}
 
 
 def run_child(stage: str, size, opts: dict) -> dict:
@@ -167,15 +191,48 @@ def memory_fit(x, y_mb, p: int) -> tuple[float, float]:
     return float(a), float(max(b, 0.0))
 
 
+def _dask_row(rows: list[dict], stage: str, scheduler: str) -> dict | None:
+    return next((r for r in rows if r["stage"] == stage and r["scheduler"] == scheduler), None)
+
+
+def _in_process(rows: list[dict], stage: str, size) -> float | None:
+    return next((r["seconds"] for r in rows if r["stage"] == stage and not r["scheduler"] and r["size"] == size),
+                None)
+
+
 def dask_overhead(rows: list[dict], stage: str) -> float | None:
-    """Seconds a Dask run costs beyond the in-process single-thread run at the same size (one
-    single-threaded worker): shipping, scheduling, per-task repeated work.  None if not measured."""
-    sizes = [r["size"] for r in rows if r["stage"] == stage and r["scheduler"] == "local:1"]
-    if not sizes:
+    """Seconds a Dask run on warm workers costs beyond the in-process single-thread run at the same size
+    (one single-threaded worker): shipping, scheduling, per-task repeated work.  None if not measured."""
+    r = _dask_row(rows, stage, "local:1")
+    t0 = None if r is None else _in_process(rows, stage, r["size"])
+    return None if t0 is None else max(0.0, r["seconds"] - t0)
+
+
+def dask_first_run(rows: list[dict], stage: str) -> float | None:
+    """Seconds the first stage on fresh workers pays once on top (imports, first transfers): cold - warm."""
+    r = _dask_row(rows, stage, "local:1")
+    if r is None or "seconds_cold" not in r:
         return None
-    t1 = next(r["seconds"] for r in rows if r["stage"] == stage and r["scheduler"] == "local:1")
-    t0 = [r["seconds"] for r in rows if r["stage"] == stage and not r["scheduler"] and r["size"] == sizes[0]]
-    return max(0.0, t1 - t0[0]) if t0 else None
+    return max(0.0, r["seconds_cold"] - r["seconds"])
+
+
+def dask_table(rows: list[dict]) -> list[str]:
+    """Markdown rows: in-process single thread vs. ``local:1`` / ``local:2`` (warm and cold) per stage."""
+    out = ["| stage | size | in-process, 1 thread (s) | local:1 warm / cold (s) | local:2 warm / cold (s) | "
+           "local:1 / in-process | local:2 / in-process | cluster start (s) |", "|---|---|---|---|---|---|---|---|"]
+    for stage in MEASURE:
+        r1, r2 = _dask_row(rows, stage, "local:1"), _dask_row(rows, stage, "local:2")
+        if r1 is None or r2 is None:
+            continue
+        t0 = _in_process(rows, stage, r1["size"])
+        if t0 is None:
+            continue
+        unit = " per iteration" if stage == "classify2d" else ""
+        out.append(f"| {stage}{unit} | {r1['size']} | {t0:.2f} | {r1['seconds']:.2f} / {r1.get('seconds_cold', float('nan')):.2f} | "
+                   f"{r2['seconds']:.2f} / {r2.get('seconds_cold', float('nan')):.2f} | {r1['seconds'] / t0:.2f} | "
+                   f"{r2['seconds'] / t0:.2f} | {r1.get('cluster_start_s', float('nan')):.1f}, "
+                   f"{r2.get('cluster_start_s', float('nan')):.1f} |")
+    return out
 
 
 def efficiency(rows: list[dict], stage: str) -> float | None:
@@ -210,6 +267,7 @@ def model(rows: list[dict], opts: dict) -> dict:
                       "memory_base_mb": ma, "memory_per_unit_mb": mb,
                       "dask_efficiency_2_workers": efficiency(rows, stage),
                       "dask_overhead_s": dask_overhead(rows, stage),
+                      "dask_first_run_s": dask_first_run(rows, stage),
                       "loadavg": [r["loadavg_1min"] for r in pts]}
     return out
 
@@ -222,6 +280,13 @@ def machine(f: dict) -> float:
 def mem(f: dict, size) -> float:
     """Projected peak RSS (MB) from :func:`memory_fit`."""
     return f["memory_base_mb"] + f["memory_per_unit_mb"] * float(size) ** f["memory_power"]
+
+
+def _once(f: dict, per_use: float | None) -> float | None:
+    """Overhead of a stage on the cluster: the recurring part plus, once, what fresh workers pay."""
+    if per_use is None:
+        return None
+    return per_use + (f.get("dask_first_run_s") or 0.0)
 
 
 def projections(fit: dict, rows: list[dict], opts: dict) -> list[dict]:
@@ -238,10 +303,11 @@ def projections(fit: dict, rows: list[dict], opts: dict) -> list[dict]:
             sf = json.loads(stream.read_text())["fits"]["classify2d"]
             memory = sf["rss_intercept_mb"] + sf["rss_bytes_per_frame"] * PAPER_FRAMES / 1e6
         proj.append({"stage": "classify2d", "case": f"2.45 M frames, 1 iteration, bench K={opts['K']} R={opts['R']}",
-                     "this_machine": per_it, "overhead": f["dask_overhead_s"], "memory_mb": memory})
+                     "this_machine": per_it, "overhead": _once(f, f["dask_overhead_s"]), "memory_mb": memory})
         proj.append({"stage": "classify2d", "case": f"paper run: 5 runs x 0.8 x 2.45 M, K={PAPER_K} R={PAPER_R}, "
                      f"{PAPER_ITER} iterations (x R K / {opts['R']*opts['K']})", "this_machine": whole,
-                     "overhead": None if f["dask_overhead_s"] is None else f["dask_overhead_s"] * PAPER_RUNS * PAPER_ITER,
+                     "overhead": None if f["dask_overhead_s"] is None
+                     else _once(f, f["dask_overhead_s"] * PAPER_RUNS * PAPER_ITER),
                      "memory_mb": None})
     for stage, label in (("ccmatrix", "CC matrix"), ("orient", "orientation fit")):
         if stage not in fit:
@@ -253,7 +319,7 @@ def projections(fit: dict, rows: list[dict], opts: dict) -> list[dict]:
                 n_or = next(r["n_orientations"] for r in rows if r["stage"] == "orient")
                 t *= PAPER_ORIENTATIONS / n_or
             proj.append({"stage": stage, "case": f"{m:,} averages" + (" x 16,407 orientations" if stage == "orient" else ""),
-                         "this_machine": t, "overhead": f["dask_overhead_s"],
+                         "this_machine": t, "overhead": _once(f, f["dask_overhead_s"]),
                          "memory_mb": mem(f, m)})
     if "vae" in fit:
         f = fit["vae"]
@@ -265,7 +331,7 @@ def projections(fit: dict, rows: list[dict], opts: dict) -> list[dict]:
     return proj
 
 
-def markdown(fit: dict, proj: list[dict], opts: dict, load: tuple) -> str:
+def markdown(fit: dict, proj: list[dict], opts: dict, load: tuple, rows: list[dict] = ()) -> str:
     lines = ["| stage | sizes measured | time (s) | time exponent | peak RSS (MB) | memory model (MB) | "
              "2-worker Dask efficiency | Dask overhead (s) | load (1 min) |", "|---|---|---|---|---|---|---|---|---|"]
     for stage, f in fit.items():
@@ -278,6 +344,8 @@ def markdown(fit: dict, proj: list[dict], opts: dict, load: tuple) -> str:
                      f"{', '.join(f'{s:.0f}' for s in f['peak_rss_mb'])} | "
                      f"{f['memory_base_mb']:.0f} + {f['memory_per_unit_mb']:.3g} x^{f['memory_power']} | "
                      f"{eff_s} | {', '.join(f'{v:.1f}' for v in f['loadavg'])} |")
+    lines += ["", "Dask on this machine (warm: a second run on the same workers; cold: the first, with the "
+              "workers' imports; the local cluster's start is timed apart):", ""] + dask_table(rows)
     lines += ["", "| stage | paper case | (a) this 2-core machine | (b) one GPU | "
               + " | ".join(f"(c) {n} nodes" for n in NODES) + " | memory (a) |",
               "|---|---|---|---|" + "---|" * len(NODES) + "---|"]
@@ -296,8 +364,8 @@ def markdown(fit: dict, proj: list[dict], opts: dict, load: tuple) -> str:
               "Times are fitted (t = c size^alpha) on single-thread in-process runs: the per-core rate. "
               "(a) = per-core time / 2 (both cores of an otherwise idle machine; the VAE row: its own torch "
               "threads, as measured). (c) = per-core time / (N x " + f"{opts['cores_per_node']}" + " cores) + the "
-              "measured Dask overhead (local:1 minus in-process at the largest size; per iteration for classify2d, "
-              "x 100 iterations for the paper run): each core as fast as here, perfect division of the "
+              "measured Dask overhead (warm local:1 minus in-process at the largest size; per iteration for classify2d, "
+              "x 100 iterations for the paper run; plus, once, what fresh workers pay: cold minus warm): each core as fast as here, perfect division of the "
               "compute, no further loss to the network, the scheduler or the file system as N grows. "
               "The measured 2-worker efficiency on this shared 2-core machine is listed above; it is "
               "overhead-dominated at these small sizes. The VAE is not on Dask (torch DDP): not measured."]
@@ -324,10 +392,10 @@ def main(argv=None) -> int:
         return 0
     quick = args.quick
     opts = {"side": 64, "photons": 60.0, "K": 20, "R": 32, "q_max_nm": 0.3, "n_lines": 180, "n_r": 40,
-            "num_div": 6 if quick else 10, "average_chunk": 32, "vae_batch": 4, "vae_batches": 1,
+            "num_div": 6 if quick else 20, "average_chunk": 256, "vae_batch": 4, "vae_batches": 1,
             "cores_per_node": args.cores_per_node, "stream_json": args.stream_json}
     sizes = {"classify2d": [2000, 4000, 8000] if quick else [25000, 50000, 100000],
-             "ccmatrix": [50, 100, 200] if quick else [200, 400, 800],
+             "ccmatrix": [50, 100, 200] if quick else [250, 500, 1000],
              "orient": [8, 16, 32] if quick else [256, 512, 1024],
              "vae": ["demo", "low"] if quick else ["demo", "low", "intermediate"]}
     rows = []
@@ -346,7 +414,7 @@ def main(argv=None) -> int:
     fit = model(rows, opts)
     proj = projections(fit, rows, opts)
     load = tuple(saved["loadavg_end"]) if args.from_json else os.getloadavg()
-    md = markdown(fit, proj, opts, load)
+    md = markdown(fit, proj, opts, load, rows)
     json_path = Path(args.out) if args.out else Path(args.out_dir) / "scaling.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     md_path = json_path.with_suffix(".md")

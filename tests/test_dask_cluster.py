@@ -3,8 +3,9 @@ the SLURM recipe (dask-jobqueue) builds the job script it documents.
 
 Equality, and why:
 * ccmatrix and orient: **bitwise**.  Both cut the work into the same blocks whichever way they run
-  (ccmatrix: bands of block rows; orient: chunks of ``average_chunk`` averages, the in-process path
-  correlating every chunk separately too), and each block is the same float computation.
+  (ccmatrix: bands of block rows; orient: chunks of ``chunk`` orientations x ``average_chunk``
+  averages, a task being a run of orientation chunks whose weighted sums the client adds chunk by
+  chunk in the in-process order), and each block is the same float computation.
 * classify2d: **bitwise for the same frame shards** (the in-process executor with ``n_shards=2`` sums
   the same two partial sums in the same order as the two Dask tasks), and to float tolerance
   (rtol 1e-4) against one unsharded pass, whose E/M sums add the frames in another order.
@@ -157,6 +158,45 @@ def test_orient_average_chunks_do_not_change_the_result():
     assert np.mean(a.best_index == b.best_index) >= 0.95
     with pytest.raises(ParameterError, match="average_chunk"):
         fit_orientations(avg, cube_reference(42.0), quats, r_min=3, r_max=20, average_chunk=0)
+
+
+def test_orient_split_over_orientations_is_bitwise_for_any_task_count(cluster, keep_torch_threads, monkeypatch):
+    """Tasks are runs of orientation chunks (no slice computed twice); however many, the merged
+    best / mean / spread equal the in-process scan bit for bit."""
+    import torch
+
+    from spicompute.orient import fit as orient_fit
+    from spicompute.orient.quaternions import random_quaternions
+    from spicompute.orient.sampling import fundamental_orientations
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(5)
+    avg = make_averages(noisy(cube_slices(random_quaternions(12, rng)), 1e5, rng))
+    quats, weights = fundamental_orientations(6)
+    kw = dict(r_min=3, r_max=20, chunk=37, average_chunk=5, weights=weights)
+    ref = orient_fit.fit_orientations(avg, orient_fit.cube_reference(42.0), quats, **kw)
+    spans = orient_fit._orientation_tasks(len(quats), 37, 3)
+    assert spans[0][0] == 0 and spans[-1][1] == len(quats) and len(spans) == 3
+    assert all(a[1] == b[0] and a[0] % 37 == 0 for a, b in zip(spans, spans[1:]))
+    with distributed.Client(cluster.scheduler_address) as client:
+        for per_worker in (1, 4, 50):
+            monkeypatch.setattr(orient_fit, "DASK_TASKS_PER_WORKER", per_worker)
+            got = orient_fit.fit_orientations(avg, orient_fit.cube_reference(42.0), quats, client=client,
+                                              worker_threads=1, **kw)
+            for key in ("best_cc", "mean_cc", "std_cc", "best_index", "gain"):
+                assert np.array_equal(getattr(got, key), getattr(ref, key), equal_nan=True), (per_worker, key)
+    assert np.all(ref.gain > 1.2)
+
+
+def test_workers_get_the_allocator_settings(cluster):
+    """dask_client registers a plugin that sets glibc's mmap/trim thresholds on every worker (Dask's
+    nanny exports MALLOC_TRIM_THRESHOLD_, which makes glibc mmap every array over 128 KiB)."""
+    from spicompute.execution import dask_client, tune_malloc
+
+    assert tune_malloc() in (True, False)
+    with dask_client(cluster.scheduler_address) as client:
+        plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    assert plugins and all("spicompute-tune-malloc" in p for p in plugins.values())
 
 
 @pytest.mark.parametrize("section", ["classify2d", "ccmatrix", "orient"])

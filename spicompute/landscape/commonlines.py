@@ -499,10 +499,14 @@ class _single_threaded_numpy_blas:
 
 
 def _dask_band(lines, row0, row1, block, backend):
-    import torch
+    """One Dask task: a band with single-threaded BLAS (torch is imported only by the torch backend:
+    its import costs a worker about a second)."""
+    if backend == "torch":
+        import torch
 
-    torch.set_num_threads(1)
-    return row0, row1, cc_band(lines, row0, row1, block=block, backend=backend, device="cpu")
+        torch.set_num_threads(1)
+    with _single_threaded_numpy_blas(backend):
+        return row0, row1, cc_band(lines, row0, row1, block=block, backend=backend, device="cpu")
 
 
 def _cc_matrix_dask(lines, result, bands, block, backend, scheduler, progress) -> None:

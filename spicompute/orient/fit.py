@@ -312,12 +312,13 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
         each represents; default equal): the mean and spread of the CC over
         orientations -- hence the gain -- are averages over rotations, not over
         sample points, which the 600-cell sampling does not space evenly.
-    average_chunk : averages per unit of work (one Dask task each when
-        ``client`` is given).  In-process, the slices of each orientation chunk
-        are computed once and correlated with every chunk of averages in turn;
-        on Dask each task computes the slices itself for its chunk of averages.
-        Both do the same float operations on the same blocks, so the result is
-        bitwise the same whichever way (and on however many workers) it runs.
+    average_chunk : averages per matrix product (bounds the (averages, ``chunk``) CC block held).
+        The orientation set is cut into chunks of ``chunk``; the slices of each chunk are computed
+        once and correlated with every chunk of averages in turn.  On Dask a task is a run of
+        consecutive orientation chunks against all averages (the prepared averages are shipped
+        once to every worker), so no slice is computed twice; the running best is merged in
+        orientation order and the weighted sums chunk by chunk in the same order as in-process,
+        so the result is bitwise the same whichever way (and on however many workers) it runs.
     client : a ``dask.distributed.Client`` or None (in-process).
     worker_threads : torch threads per Dask task (0: leave the worker's setting).
     CCs are computed as chunked matrix products (``chunk`` orientations at a
@@ -352,13 +353,8 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
                 progress(min(int(chunk), len(quats) - start))
         out = [scan.result() for scan in scans]
     else:
-        from dask.distributed import wait
-
-        shared = client.scatter([reference, region, quats, prof, w_all], broadcast=True, hash=False)
-        futures = [client.submit(_scan_rows, prep.rows(s, e), *shared, int(chunk), normalise, log_floor,
-                                 int(worker_threads), pure=False) for s, e in groups]
-        wait(futures)
-        out = client.gather(futures)
+        out = _fit_on_dask(client, prep, groups, reference, region, quats, prof, w_all, int(chunk),
+                           normalise, log_floor, int(worker_threads))
         if progress is not None:
             progress(len(quats))
     best_np = np.concatenate([o[0] for o in out])
@@ -380,16 +376,19 @@ class _Scan:
         self.total = torch.zeros(m, dtype=torch.float64)
         self.total2 = torch.zeros(m, dtype=torch.float64)
 
-    def update(self, cc: torch.Tensor, start: int, w: np.ndarray) -> None:
-        """Fold in ``cc`` (m, n) of orientations ``start .. start + n`` with weights ``w`` (n,)."""
+    def update(self, cc: torch.Tensor, start: int, w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold in ``cc`` (m, n) of orientations ``start .. start + n`` with weights ``w`` (n,); returns
+        this chunk's weighted sums of CC and CC^2, (m,) float64 each."""
         val, idx = cc.max(dim=1)
         better = val > self.best
         self.best = torch.where(better, val, self.best)
         self.arg = torch.where(better, idx + start, self.arg)
         wt = _owned(w)
         cc64 = cc.double()
-        self.total += cc64 @ wt
-        self.total2 += (cc64 * cc64) @ wt
+        s1, s2 = cc64 @ wt, (cc64 * cc64) @ wt
+        self.total += s1
+        self.total2 += s2
+        return s1, s2
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(best CC float64, best index, weighted mean CC, weighted mean CC^2), each (m,)."""
@@ -397,17 +396,68 @@ class _Scan:
                 self.total2.numpy())
 
 
-def _scan_rows(prep: PreparedAverages, reference: Reference, region: FitRegion, quats: np.ndarray,
-               profile: np.ndarray, w_all: np.ndarray, chunk: int, normalise: str, log_floor: float,
-               threads: int = 0):
-    """One Dask task: the orientation scan of one chunk of averages (see :func:`fit_orientations`)."""
+def _orientation_tasks(n_orientations: int, chunk: int, n_tasks: int) -> list[tuple[int, int]]:
+    """Runs of consecutive orientation chunks, about equal in size: (start, stop) orientation indices
+    on chunk edges (the chunks are those of the in-process scan)."""
+    n_chunks = -(-n_orientations // chunk)
+    cuts = np.linspace(0, n_chunks, min(max(1, n_tasks), n_chunks) + 1).round().astype(int)
+    return [(int(a) * chunk, min(int(b) * chunk, n_orientations)) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+#: Dask tasks per worker in the orientation fit: a few, so that a slow worker does not hold up the end
+DASK_TASKS_PER_WORKER = 4
+
+
+def _fit_on_dask(client, prep: PreparedAverages, groups, reference, region, quats, prof, w_all, chunk: int,
+                 normalise: str, log_floor: float, threads: int):
+    """The orientation scan on Dask, split over orientations (see :func:`fit_orientations`)."""
+    from spicompute.execution import n_workers
+
+    shared = client.scatter([prep, reference, region, quats, prof, w_all], broadcast=True, hash=False)
+    spans = _orientation_tasks(len(quats), chunk, DASK_TASKS_PER_WORKER * n_workers(client))
+    futures = [client.submit(_scan_orientations, *shared, list(groups), start, stop, chunk, normalise,
+                             log_floor, threads, pure=False) for start, stop in spans]
+    parts = client.gather(futures)  # in orientation order
+    out = []
+    for g, (s, e) in enumerate(groups):
+        best = np.full(e - s, -np.inf)
+        arg = np.zeros(e - s, np.int64)
+        total = np.zeros(e - s)
+        total2 = np.zeros(e - s)
+        for part in parts:
+            b, a, sums, sums2 = part[g]
+            better = b > best  # strict: the first orientation of equal CCs wins, as in-process
+            best = np.where(better, b, best)
+            arg = np.where(better, a, arg)
+            for k in range(len(sums)):  # chunk by chunk: the in-process order of float64 additions
+                total += sums[k]
+                total2 += sums2[k]
+        out.append((best, arg, total, total2))
+    return out
+
+
+def _scan_orientations(prep: PreparedAverages, reference: Reference, region: FitRegion, quats: np.ndarray,
+                       profile: np.ndarray, w_all: np.ndarray, groups, start: int, stop: int, chunk: int,
+                       normalise: str, log_floor: float, threads: int = 0):
+    """One Dask task: orientations ``start .. stop`` against every group of averages.
+
+    Returns per group (best CC float64, best index, per-chunk weighted CC sums (n_chunks, m),
+    per-chunk weighted CC^2 sums (n_chunks, m))."""
     if threads:
         torch.set_num_threads(threads)
-    scan = _Scan(prep.values.shape[0])
-    for start in range(0, len(quats), chunk):
-        slices = _slices(reference, region, quats[start:start + chunk], profile, normalise, log_floor)
-        scan.update(_cc_block(prep, slices), start, w_all[start:start + chunk])
-    return scan.result()
+    parts = [prep.rows(s, e) for s, e in groups]
+    scans = [_Scan(e - s) for s, e in groups]
+    sums = [[] for _ in groups]
+    sums2 = [[] for _ in groups]
+    for c0 in range(start, stop, chunk):
+        slices = _slices(reference, region, quats[c0:min(c0 + chunk, stop)], profile, normalise, log_floor)
+        w = w_all[c0:min(c0 + chunk, stop)]
+        for g, (scan, part) in enumerate(zip(scans, parts)):
+            s1, s2 = scan.update(_cc_block(part, slices), c0, w)
+            sums[g].append(s1.numpy())
+            sums2[g].append(s2.numpy())
+    return [(sc.best.numpy().astype(np.float64), sc.arg.numpy(), np.array(s1), np.array(s2))
+            for sc, s1, s2 in zip(scans, sums, sums2)]
 
 
 def gain(best_cc: np.ndarray, mean_cc: np.ndarray) -> np.ndarray:

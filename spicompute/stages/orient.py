@@ -145,9 +145,8 @@ def run(args) -> int:
     size_nm = None
     with dask_client(o["scheduler"], "orient.scheduler") as client:
         if client is not None:
-            log.info("orientation scan on Dask (%s): %d workers, %d tasks of <= %d averages per reference",
-                     o["scheduler"], n_workers(client), -(-avg.n_averages // o["average_chunk"]),
-                     o["average_chunk"])
+            log.info("orientation scan on Dask (%s): %d workers, runs of %d-orientation chunks per task",
+                     o["scheduler"], n_workers(client), o["chunk"])
         kw["client"] = client
         if sizes:
             result, size_nm, _ = fit.scan_sizes(avg, make, sizes, quats, **kw)
