@@ -25,6 +25,7 @@ import argparse
 import os
 import re
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
@@ -85,6 +86,95 @@ def _malloc_plugin():
     return TuneMalloc()
 
 
+#: seconds to reach a scheduler before the stage gives up (a one-line error naming ``<stage>.scheduler``)
+CONNECT_TIMEOUT_S = 60.0
+#: seconds a stage waits with work pending and no worker connected before it fails; workers that died
+#: (or SLURM jobs that have not started yet) otherwise leave it waiting for ever.  Environment override:
+#: ``SPICOMPUTE_DASK_NO_WORKER_TIMEOUT`` (seconds).
+NO_WORKER_TIMEOUT_S = 300.0
+
+
+def _no_worker_timeout() -> float:
+    raw = os.environ.get("SPICOMPUTE_DASK_NO_WORKER_TIMEOUT", "")
+    try:
+        return float(raw) if raw else NO_WORKER_TIMEOUT_S
+    except ValueError:
+        raise ParameterError("SPICOMPUTE_DASK_NO_WORKER_TIMEOUT", f"must be a number of seconds, got {raw!r}") from None
+
+
+def completed_results(client, futures, name: str = "scheduler", poll_s: float = 1.0):
+    """Yield ``(index, result)`` for each of ``futures`` as it finishes, releasing it, with the ways a
+    cluster fails turned into one-line :class:`ParameterError` errors naming ``name``:
+
+    * the scheduler goes away mid-stage (its futures are cancelled);
+    * a task brought down several workers in turn (Dask's ``KilledWorker``: it is retried on another
+      worker up to ``distributed.scheduler.allowed-failures`` times first -- a single killed worker
+      costs only the re-run of its tasks);
+    * no worker is connected for :data:`NO_WORKER_TIMEOUT_S` while work is pending.
+
+    An exception raised by the task itself propagates unchanged.  The caller writes its outputs only
+    after the last result, so a failure leaves nothing half-written.
+    """
+    from distributed import wait
+    from distributed.client import FutureCancelledError
+
+    try:
+        from distributed.client import FuturesCancelledError
+    except ImportError:  # pragma: no cover - older distributed
+        FuturesCancelledError = FutureCancelledError
+
+    try:
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - older distributed
+        from distributed import KilledWorker
+
+    address = getattr(client, "scheduler", None)
+    address = getattr(address, "address", "") or "the scheduler"
+    limit = _no_worker_timeout()
+    lost = ParameterError(name, f"lost the Dask scheduler {address} mid-stage (it stopped or the network "
+                                "failed); nothing was written, re-run the stage")
+    pending = dict(enumerate(futures))
+    idle_since = None
+    while pending:
+        try:
+            done, _ = wait(list(pending.values()), timeout=poll_s, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        except (FutureCancelledError, FuturesCancelledError):
+            raise lost from None
+        for i in [i for i, f in pending.items() if f in done]:
+            fut = pending.pop(i)
+            try:
+                result = fut.result()
+            except (FutureCancelledError, FuturesCancelledError):
+                raise lost from None
+            except KilledWorker as exc:
+                raise ParameterError(name, f"a task died with {one_line(exc, 160)} on several workers in turn "
+                                           "(out of memory? see the worker logs); nothing was written") from None
+            fut.release()
+            yield i, result
+        if done or not pending:
+            idle_since = None
+            continue
+        if client.status not in ("running", "connecting", "newly-created"):
+            raise lost
+        if client.scheduler_info().get("workers"):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > limit:
+            raise ParameterError(name, f"no Dask worker connected to {address} for {limit:.0f} s with work "
+                                       "pending (workers died or never started); nothing was written")
+
+
+def gather(client, futures, name: str = "scheduler") -> list:
+    """The results of ``futures`` in order (:func:`completed_results` for the failures)."""
+    out = [None] * len(futures)
+    for i, result in completed_results(client, futures, name):
+        out[i] = result
+    return out
+
+
 @contextmanager
 def dask_client(scheduler: str, name: str = "scheduler"):
     """Context manager yielding a ``dask.distributed.Client`` for ``scheduler`` (None for "").
@@ -107,16 +197,43 @@ def dask_client(scheduler: str, name: str = "scheduler"):
         client = Client(cluster)
     else:
         try:
-            client = Client(scheduler, timeout="60s")
+            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
         except Exception as exc:  # unreachable address, timeout, refused
             raise ParameterError(name, f"cannot reach the Dask scheduler {scheduler!r} ({one_line(exc, 200)})") from None
     try:
         client.register_plugin(_malloc_plugin())
         yield client
+    except ParameterError:
+        raise
+    except Exception as exc:
+        if _lost(client, exc):  # any call (scatter, submit, gather) after the scheduler went away
+            raise ParameterError(name, f"lost the Dask scheduler {scheduler!r} mid-stage ({one_line(exc, 120)}); "
+                                       "nothing was written, re-run the stage") from None
+        raise
     finally:
-        client.close()
+        try:
+            client.close(timeout=5)
+        except Exception:  # a dead scheduler: nothing to close politely
+            pass
         if cluster is not None:
             cluster.close()
+
+
+def _lost(client, exc: Exception) -> bool:
+    """Did ``exc`` come from losing the scheduler (not from the stage's own work)?"""
+    from distributed.comm.core import CommClosedError
+    from distributed.client import FutureCancelledError
+
+    if isinstance(exc, (CommClosedError, FutureCancelledError)):
+        return True
+    try:
+        from distributed.client import FuturesCancelledError
+
+        if isinstance(exc, FuturesCancelledError):
+            return True
+    except ImportError:  # pragma: no cover - older distributed
+        pass
+    return isinstance(exc, OSError) and client.status != "running"
 
 
 def resolve_device(device, name: str = "device") -> str:
@@ -262,8 +379,6 @@ def main(argv=None) -> int:
     print(f"# {args.jobs} SLURM jobs submitted; pass the address above as <stage>.scheduler. Ctrl-C stops.",
           file=sys.stderr, flush=True)
     try:
-        import time
-
         while True:
             time.sleep(60)
     except KeyboardInterrupt:

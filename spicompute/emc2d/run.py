@@ -310,12 +310,14 @@ class ShardExecutor:
                                 self.engine, self.prob_min, background, ca, prune_mass)
                      for s, (ph, be, ca) in zip(self.shards, args)]
         else:
+            from spicompute.execution import gather
+
             mfut = self.client.scatter(models, broadcast=True)
             futures = [self.client.submit(_worker_shard_step, s, self.grid, mfut, ph, be,
                                           update_scale, self.engine, self.worker_threads,
                                           self.prob_min, background, ca, prune_mass, pure=False)
                        for s, (ph, be, ca) in zip(self.shards, args)]
-            parts = self.client.gather(futures)
+            parts = gather(self.client, futures, "classify2d.scheduler")
         return PartialSums.combine(parts)
 
 

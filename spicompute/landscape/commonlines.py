@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spicompute.errors import ParameterError
-from spicompute.execution import dask_client, resolve_device
+from spicompute.execution import completed_results, dask_client, resolve_device
 from spicompute.landscape.polar import friedel_fold, mean_radial_profile, polar_resample
 
 log = logging.getLogger("spicompute.commonlines")
@@ -510,17 +510,13 @@ def _dask_band(lines, row0, row1, block, backend):
 
 
 def _cc_matrix_dask(lines, result, bands, block, backend, scheduler, progress) -> None:
-    from dask.distributed import as_completed
-
     with dask_client(scheduler, "ccmatrix.scheduler") as client:
         remote = client.scatter(lines, broadcast=True)
         futures = [client.submit(_dask_band, remote, r0, r1, block, backend, pure=False)
                    for r0, r1 in bands]
         log.info("ccmatrix: %d bands on %s", len(futures), scheduler)
-        for fut in as_completed(futures):
-            row0, row1, band = fut.result()
+        for _, (row0, row1, band) in completed_results(client, futures, "ccmatrix.scheduler"):
             _place_band(result, row0, row1, band)
-            fut.release()
 
 
 def cc_matrix_dense(lines: np.ndarray) -> CCResult:

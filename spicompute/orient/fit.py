@@ -411,13 +411,13 @@ DASK_TASKS_PER_WORKER = 4
 def _fit_on_dask(client, prep: PreparedAverages, groups, reference, region, quats, prof, w_all, chunk: int,
                  normalise: str, log_floor: float, threads: int):
     """The orientation scan on Dask, split over orientations (see :func:`fit_orientations`)."""
-    from spicompute.execution import n_workers
+    from spicompute.execution import gather, n_workers
 
     shared = client.scatter([prep, reference, region, quats, prof, w_all], broadcast=True, hash=False)
     spans = _orientation_tasks(len(quats), chunk, DASK_TASKS_PER_WORKER * n_workers(client))
     futures = [client.submit(_scan_orientations, *shared, list(groups), start, stop, chunk, normalise,
                              log_floor, threads, pure=False) for start, stop in spans]
-    parts = client.gather(futures)  # in orientation order
+    parts = gather(client, futures, "orient.scheduler")  # in orientation order
     out = []
     for g, (s, e) in enumerate(groups):
         best = np.full(e - s, -np.inf)
