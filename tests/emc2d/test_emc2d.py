@@ -303,15 +303,18 @@ def _with_background(grid, level=0.02):
 
 
 @pytest.mark.parametrize("background", [False, True])
-@pytest.mark.parametrize("density", [0.05, 0.6])
+@pytest.mark.parametrize("density", [0.05, 0.6, "mixed"])
 def test_pruned_e_step_equals_the_dense_reference_with_the_same_candidates(data, background, density):
-    """The sparse kernel computes exactly the candidate pairs -- by the pruned product when they
-    are few (density 0.05), by the full product masked when they are many (0.6): both equal the
-    dense float64 reference given the same candidates, with and without the background term."""
+    """The sparse kernel computes exactly the candidate pairs -- by the compact posterior over the
+    candidates when they are few (density 0.05), by the full product masked when they are many
+    (0.6), block by block when both occur (mixed): all equal the dense float64 reference given the
+    same candidates, with and without the background term."""
     grid, counts, models, phi, beta = _one_step_inputs(data, n_models=4, n_rot=12)
     bg = _with_background(grid) if background else None
     rng = np.random.default_rng(5)
-    cand = rng.random((counts.shape[0], 4)) < density
+    n = counts.shape[0]
+    share = np.where(np.arange(n) // 70 % 2 == 0, 0.05, 0.6) if density == "mixed" else density
+    cand = rng.random((n, 4)) < np.reshape(share, (-1, 1))
     cand[np.arange(counts.shape[0]), rng.integers(0, 4, counts.shape[0])] = True   # >= 1 per frame
     shard = Shard.from_counts(counts, block_frames=70)
     a = shard_step(shard, grid, models, phi, beta, True, engine="sparse", background=bg,
@@ -321,7 +324,12 @@ def test_pruned_e_step_equals_the_dense_reference_with_the_same_candidates(data,
     np.testing.assert_allclose(a.num, b.num, rtol=2e-4, atol=1e-6 * np.abs(b.num).max())
     np.testing.assert_allclose(a.phi, b.phi, rtol=2e-4)
     np.testing.assert_allclose(a.loglik, b.loglik, rtol=1e-4)
+    np.testing.assert_allclose(a.mutual_info, b.mutual_info, rtol=1e-3, atol=1e-3 * n)
+    np.testing.assert_allclose(a.wsum, b.wsum, rtol=2e-4, atol=1e-6 * b.wsum.max())
+    np.testing.assert_allclose(a.occupancy, b.occupancy, rtol=2e-4, atol=1e-6 * n)
+    np.testing.assert_allclose(a.pmax, b.pmax, rtol=2e-3, atol=1e-4)
     assert np.mean(a.best == b.best) > 0.98
+    assert np.mean(a.candidates == b.candidates) > 0.98
     # no probability outside the candidates, and the returned candidates are a subset of them
     assert np.all(cand[np.arange(cand.shape[0]), a.best % 4])
     assert not np.any(a.candidates & ~cand)
