@@ -16,6 +16,14 @@ Over a whole run (``--iterations 10``) the per-iteration times, beta, the
 share of (frame, rotation, model) posteriors kept above ``--prob-min`` and
 the expected log-likelihood per frame are reported; ``--prob-min 0`` gives
 the dense run to compare with (same data, same seed).
+
+E-step pruning (``--prune-mass``, default the stage's 1e-6): each iteration's
+``e_step_share`` (share of (frame, model) likelihoods computed) is reported;
+``--prune-compare`` runs the same iterations a second time with pruning off and
+reports, per iteration, pruned / unpruned seconds (issue 20's target: <= 0.3 for a
+late pruned iteration):
+
+    .venv/bin/python benchmarks/bench_emc2d.py --frames 10000 --iterations 10 --prune-compare
 """
 
 from __future__ import annotations
@@ -98,6 +106,22 @@ def _generate(n_frames: int, side: int, photons: float, n_patterns: int = 5, see
     return FrameSet(counts, np.arange(n_frames), det)
 
 
+#: an iteration counts as "late pruned" when it computed fewer than this share of the pairs
+LATE_SHARE = 0.1
+
+
+def pruning_table(pruned: list[dict], unpruned: list[dict]) -> dict:
+    """Per iteration: pruned and unpruned seconds, their ratio and the pruned run's E-step share;
+    the median ratio over the late pruned iterations (share < :data:`LATE_SHARE`)."""
+    rows = [{"iteration": i + 1, "pruned_s": a["seconds"], "unpruned_s": b["seconds"],
+             "ratio": a["seconds"] / b["seconds"], "e_step_share": a.get("e_step_share", 1.0)}
+            for i, (a, b) in enumerate(zip(pruned, unpruned))]
+    late = [r["ratio"] for r in rows if r["e_step_share"] < LATE_SHARE]
+    return {"iterations": rows, "late_ratio_median": float(np.median(late)) if late else float("nan"),
+            "late_iterations": len(late),
+            "total_ratio": sum(r["pruned_s"] for r in rows) / sum(r["unpruned_s"] for r in rows)}
+
+
 def _cpu_seconds() -> float:
     """User + system CPU time of this process (all threads), s: unlike wall time it does
     not grow when other processes share the cores."""
@@ -121,6 +145,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prob-min", type=float, default=1e-6,
                     help="posterior sparsity threshold (classify2d.prob_min; 0: dense)")
     ap.add_argument("--block-frames", type=int, default=4096)
+    ap.add_argument("--prune-mass", type=float, default=1e-6, help="classify2d.prune_mass (0: off)")
+    ap.add_argument("--prune-compare", action="store_true",
+                    help="run again with pruning off; report pruned / unpruned seconds per iteration")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--out", default="bench_emc2d.json", help="JSON results file")
     args = ap.parse_args(argv)
@@ -146,7 +173,8 @@ def main(argv=None) -> int:
     t_load = time.perf_counter() - t0
     cfg = EMCConfig(n_models=args.models, n_rot=args.rotations, n_runs=1, subset_fraction=1.0,
                     max_iter=args.iterations, min_iter=args.iterations, tol=0.0,
-                    block_frames=args.block_frames, device="cpu", prob_min=args.prob_min)
+                    block_frames=args.block_frames, device="cpu", prob_min=args.prob_min,
+                    prune_mass=args.prune_mass)
     t0 = time.perf_counter()
     grid = build_rotation_grid(frames.detector, cfg.n_rot)
     counts, photons = usable_counts(frames, grid)
@@ -162,6 +190,13 @@ def main(argv=None) -> int:
 
     state = run_emc(counts, grid, cfg, init, on_iteration=on_iteration)
     per_iter = [r["seconds"] for r in records]
+    compare = None
+    if args.prune_compare:
+        import dataclasses
+
+        unpruned = []
+        run_emc(counts, grid, dataclasses.replace(cfg, prune_mass=0.0), init, on_iteration=unpruned.append)
+        compare = pruning_table(records, unpruned)
     cpu_per_iter = np.diff(cpu).tolist()
     steady = float(np.median(per_iter))
     n_photons = float(counts.sum())
@@ -187,6 +222,9 @@ def main(argv=None) -> int:
         "total_seconds": float(np.sum(per_iter)),
         "seconds_iterations_1_2": float(np.sum(per_iter[:2])),
         "seconds_iterations_6_10": float(np.sum(per_iter[5:10])),
+        "prune_mass": cfg.prune_mass,
+        "e_step_share": [r.get("e_step_share", 1.0) for r in records],
+        "pruning": compare,
     }
     print(f"{'quantity':32s} value")
     for key in ("source", "frames", "pixels_used", "photons_per_frame", "models", "rotations",
@@ -197,6 +235,10 @@ def main(argv=None) -> int:
         print(f"{key:32s} {val:.4g}" if isinstance(val, float) else f"{key:32s} {val}")
     print("seconds per iteration:", " ".join(f"{s:.2f}" for s in per_iter))
     print("loglik per frame:", " ".join(f"{v:.2f}" for v in result["loglik_per_frame"]))
+    print("E-step share:", " ".join(f"{v:.3f}" for v in result["e_step_share"]))
+    if compare:
+        print("pruned / unpruned seconds:", " ".join(f"{r['ratio']:.2f}" for r in compare["iterations"]),
+              f"| late pruned iterations (share < {LATE_SHARE}): median {compare['late_ratio_median']:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     del state
