@@ -76,6 +76,21 @@ def summary_rows(name: str, r) -> list[tuple]:
     elif name == "emc2d":
         rows.append((f"2D EMC iteration, {r.get('frames')} frames", r.get("median_seconds_per_iteration"), "s",
                      None, "Dragonfly: make bench-peers", None))
+        late = (r.get("pruning") or {}).get("late_ratio_median")
+        if late is not None:   # a time ratio: the target over the measured one
+            rows.append(("late pruned / unpruned E-step iteration", late, "x", 0.3, "issue 20 target",
+                         _ratio(late, 0.3, False)))
+    elif name == "scaling":
+        for stage in ("classify2d", "ccmatrix", "orient"):
+            t0 = next((x["seconds"] for x in r.get("rows", []) if x["stage"] == stage and not x["scheduler"]
+                       and x["size"] == max((y["size"] for y in r["rows"] if y["stage"] == stage), default=None)),
+                      None)
+            for sched, target in (("local:1", 1.10), ("local:2", 0.65)):
+                t = next((x["seconds"] for x in r.get("rows", []) if x["stage"] == stage and x["scheduler"] == sched),
+                         None)
+                if t and t0:
+                    rows.append((f"Dask {sched} / in-process, {stage}", t / t0, "x", target, "issue 20 target",
+                                 _ratio(t / t0, target, False)))
     elif name == "orient":
         for row in r.get("rows", []):
             rows.append((f"orient {row.get('averages')} averages × {row.get('orientations')} (r_max "

@@ -29,3 +29,18 @@ def test_ratios_point_the_right_way_for_times_and_rates():
     vae = m.summary_rows("vae", {"rows": [{"preset": "demo", "device": "cpu", "seconds_per_batch": 0.5},
                                           {"preset": "high", "error": "failed (out of memory?)"}]})
     assert [r[0] for r in vae] == ["VAE demo batch (cpu)"] and vae[0][1] == 0.5
+
+
+def test_dask_and_pruning_ratios_are_read_against_their_targets():
+    m = load_benchmark("run_all")
+    rows = [{"stage": "ccmatrix", "size": 1000, "scheduler": "", "seconds": 16.0},
+            {"stage": "ccmatrix", "size": 500, "scheduler": "", "seconds": 4.0},
+            {"stage": "ccmatrix", "size": 1000, "scheduler": "local:1", "seconds": 17.6},
+            {"stage": "ccmatrix", "size": 1000, "scheduler": "local:2", "seconds": 13.0}]
+    got = {r[0]: r for r in m.summary_rows("scaling", {"rows": rows})}
+    one, two = got["Dask local:1 / in-process, ccmatrix"], got["Dask local:2 / in-process, ccmatrix"]
+    assert one[1] == pytest.approx(1.1) and one[5] == pytest.approx(1.0)       # at the target
+    assert two[1] == pytest.approx(13 / 16) and two[5] < 1                      # misses 0.65
+    emc = m.summary_rows("emc2d", {"frames": 10, "median_seconds_per_iteration": 1.0,
+                                   "pruning": {"late_ratio_median": 0.6}})
+    assert emc[1][0].startswith("late pruned") and emc[1][5] == pytest.approx(0.5)

@@ -627,7 +627,6 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
             yield start, stop, bag_t, None, L
         return
     nb = -(-W.shape[1] // width)
-    P = W.shape[0]
     offset = torch.from_numpy(np.asarray(background, np.float32)).to(device)[None, :, None]
     Wb = to_blocks(W, width) if not all(prunes) else None   # once; each level: log(Wb + b / phi)
     Wkm = model_major(W, n_models, n_rot) if any(prunes) else None
