@@ -341,6 +341,27 @@ def test_pruned_e_step_equals_the_dense_reference_with_the_same_candidates(data,
     np.testing.assert_array_equal(allc.num, full.num)
 
 
+@pytest.mark.parametrize("update_scale, prob_min", [(False, 0.0), (True, 0.0), (False, 1e-3)])
+def test_compact_pruned_step_without_scale_update_or_truncation(data, update_scale, prob_min):
+    """The compact path with fixed scales and with the full (untruncated) or a coarse truncation of
+    the posterior: still the dense reference, and the scales untouched when not updated."""
+    grid, counts, models, phi, beta = _one_step_inputs(data, n_models=5, n_rot=12)
+    rng = np.random.default_rng(8)
+    n = counts.shape[0]
+    cand = rng.random((n, 5)) < 0.1
+    cand[np.arange(n), rng.integers(0, 5, n)] = True
+    shard = Shard.from_counts(counts, block_frames=50)
+    kw = dict(candidates=cand, prune_mass=1e-6, prob_min=prob_min)
+    a = shard_step(shard, grid, models, phi, beta, update_scale, engine="sparse", **kw)
+    b = shard_step(shard, grid, models, phi, beta, update_scale, engine="dense", **kw)
+    np.testing.assert_allclose(a.num, b.num, rtol=2e-4, atol=1e-6 * np.abs(b.num).max())
+    np.testing.assert_allclose(a.wsum, b.wsum, rtol=2e-4, atol=1e-6 * b.wsum.max())
+    np.testing.assert_allclose(a.loglik, b.loglik, rtol=1e-4)
+    if not update_scale:
+        np.testing.assert_array_equal(a.phi, phi)
+    assert np.mean(a.best == b.best) > 0.98
+
+
 @pytest.mark.slow
 def test_pruned_run_keeps_the_fit_and_skips_most_pairs(data):
     """Pruning with full refreshes: the same classes, a likelihood not worse, and most
