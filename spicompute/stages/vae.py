@@ -33,7 +33,7 @@ HELP = "train the VAE (2D averages + orientations -> latent -> Oh-symmetric 3D v
 DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_size_nm": "auto",
             "min_counts": 1.0, "loss": "mse_log", "log_floor": 0.01, "epochs": 60, "batch_size": 32,
             "learning_rate": 0.001, "kl_weight": 0.01, "kl_warmup_epochs": 10, "seed": 0,
-            "device": "auto", "amp": False, "threads": 0}
+            "device": "auto", "amp": False, "threads": 0, "class_blur_deg": 0.0}
 
 log = get_logger("vae")
 
@@ -48,7 +48,7 @@ def add_arguments(parser):
 
 
 def options(raw: dict) -> dict:
-    from spicompute.params import choice, positive, with_defaults
+    from spicompute.params import choice, in_range, positive, with_defaults
     from spicompute.vae.model import PRESETS
     from spicompute.vae.train import LOSSES
 
@@ -69,6 +69,7 @@ def options(raw: dict) -> dict:
     p["seed"] = positive("vae.seed", p["seed"], integer=True, allow_zero=True)
     p["device"] = choice("vae.device", p["device"], ("auto", "cpu", "cuda"))
     p["threads"] = positive("vae.threads", p["threads"], integer=True, allow_zero=True)
+    p["class_blur_deg"] = in_range("vae.class_blur_deg", p["class_blur_deg"], 0.0, 30.0)
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -196,7 +197,7 @@ def run(args) -> int:
              arch.latent_dim, device, dist.world)
     config = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
                          kl_weight=p["kl_weight"], kl_warmup_epochs=p["kl_warmup_epochs"], loss=p["loss"],
-                         seed=p["seed"], amp=p["amp"])
+                         seed=p["seed"], amp=p["amp"], class_blur_deg=p["class_blur_deg"])
     torch.manual_seed(p["seed"])
     model = VAE(arch).to(device)
     data = TensorData(inputs, prep, device)

@@ -47,10 +47,13 @@ class TrainConfig:
     loss: str = "mse_log"
     seed: int = 0
     amp: bool = False
+    class_blur_deg: float = 0.0
 
     def fingerprint_fields(self) -> dict:
         d = asdict(self)
         d.pop("epochs")  # more epochs continue the same trajectory
+        if not d["class_blur_deg"]:
+            d.pop("class_blur_deg")  # checkpoints of runs before the parameter existed stay valid
         return d
 
 
@@ -132,8 +135,27 @@ def _reconstruction_loss(pred, target, observed, count_scale, kind, log_floor, p
     return (2.0 * (m.double() * dev).sum(1) / n.double()).to(pred.dtype), s
 
 
+def class_blur_rotations(blur_deg: float) -> torch.Tensor | None:
+    """(7, 3, 3) lab-frame rotations -- the identity and +-``blur_deg`` about the detector x, y and
+    the beam (z) axis -- or None for 0.
+
+    A class average is the mean of its members' patterns, whose orientations spread around the
+    average's fitted one (the in-plane step of the 2D EMC, the out-of-plane patch a class
+    covers).  Slicing the volume at these 7 orientations and averaging renders that spread, so the
+    decoder is fitted to the averages as they were made (a forward model of the class average),
+    instead of being asked for a volume whose sharp slices look blurred.  The rms angle of the
+    pattern is ``blur_deg * sqrt(6 / 7)``.
+    """
+    if not blur_deg:
+        return None
+    from scipy.spatial.transform import Rotation
+
+    vecs = np.vstack([np.zeros(3), np.repeat(np.eye(3), 2, axis=0) * np.tile([1.0, -1.0], 3)[:, None]])
+    return torch.from_numpy(Rotation.from_rotvec(vecs * np.deg2rad(blur_deg)).as_matrix())
+
+
 def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
-               kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+               kind: str, blur: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (B,) and fitted scale (B,) of volumes (B, L, L, L) against the averages ``idx`` (B,).
 
     The volumes are in normalised units (I / p).  They are sliced as intensities (times the
@@ -142,7 +164,13 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
     not where the profile has fringe minima, so interpolating I / p directly would misplace
     a slice of the exact volume by factors of 2 between voxels.
     """
-    pred = slice_volumes(volumes * data.profile3, data.dq3, data.q_lab, data.rotations[idx]) / data.profile
+    rot = data.rotations[idx]
+    if blur is None:
+        pred = slice_volumes(volumes * data.profile3, data.dq3, data.q_lab, rot) / data.profile
+    else:   # ``blur`` (n, 3, 3) lab-frame turns: the mean slice over a class's spread of orientations
+        scaled = volumes * data.profile3
+        pred = torch.stack([slice_volumes(scaled, data.dq3, data.q_lab, torch.matmul(b.to(rot), rot))
+                            for b in blur]).mean(0) / data.profile
     return reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx], kind,
                                data.floor, data.profile)
 
@@ -184,7 +212,7 @@ def batch_loss(model, data: TensorData, idx: torch.Tensor, noise: torch.Tensor, 
                beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of total losses, sum of reconstruction losses, sum of KL) over the batch ``idx``."""
     volumes, mu, logvar = model(data.image[idx], data.condition[idx], noise)
-    rec, _ = slice_loss(volumes, data, idx, config.loss)
+    rec, _ = slice_loss(volumes, data, idx, config.loss, class_blur_rotations(config.class_blur_deg))
     kl = kl_divergence(mu, logvar)
     return (rec + beta * kl).sum(), rec.detach().sum(), kl.detach().sum()
 

@@ -382,3 +382,43 @@ def test_particle_size_from_the_radial_profile():
         assert estimate_particle_size(qa, prof, 2 * dq) == pytest.approx(52.0, rel=0.15)
     # a featureless Porod decay has no size
     assert estimate_particle_size(q, q**-4.0, 0.05) is None
+
+
+@pytest.mark.slow
+def test_class_blur_forward_model_explains_blurred_averages_and_not_sharp_ones(rng):
+    """``vae.class_blur_deg``: averages made (by the orient stage's sampler, an independent path) as
+    the mean of a cube's slices over +-8 deg turns about the detector axes are fitted far better by
+    the exact cube when the loss renders the same spread; sharp averages (negative control) are
+    fitted worse with it than without."""
+    from scipy.spatial.transform import Rotation
+
+    from spicompute.orient.slicing import VolumeSampler
+    from spicompute.shapes import cube_intensity
+    from spicompute.vae.train import class_blur_rotations, slice_loss
+
+    n, dq, lam, edge, m, blur = 27, 0.045, 0.2066, 42.0, 24, 8.0
+    axis = (np.arange(n) - n // 2) * dq
+    cube = cube_intensity(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1), edge)
+    sharp, quats = _slices_at_random_orientations(cube, dq, n, dq, lam, m, rng)
+    # the same averages, each the mean over the 7 lab-frame turns (scalar-first quaternions)
+    q = grid_q(n, dq, lam).reshape(-1, 3)
+    base = Rotation.from_quat(np.roll(quats, -1, axis=1))
+    turns = [np.zeros(3)] + [s * np.deg2rad(blur) * e for e in np.eye(3) for s in (1, -1)]
+    fluence = sharp.intensity.reshape(m, -1).sum(1) / VolumeSampler(cube, dq).slices(q, quats).sum(1)
+    mean = np.mean([VolumeSampler(cube, dq).slices(q, np.roll((Rotation.from_rotvec(t) * base).as_quat(), 1, axis=1))
+                    for t in turns], axis=0) * fluence[:, None]
+    blurred = AverageSet(mean.reshape(m, n, n).astype(np.float32), sharp.weight, sharp.average_id, sharp.run,
+                         sharp.model, sharp.n_frames, dq, lam)
+    scores = {}
+    for name, avg in (("sharp", sharp), ("blurred", blurred)):
+        prep = plan_preprocessing(avg, np.arange(m), input_size=n, volume_size=n, q_max_nm=(n // 2) * dq,
+                                  particle_size_nm=52.0, log_floor=0.1)
+        data = TensorData(model_inputs(avg, prep, quats, np.ones(m)), prep, torch.device("cpu"))
+        vol = torch.from_numpy(np.repeat((cube / prep.profile_at(prep.volume_q_norm()))[None], m, 0)
+                               .astype(np.float32))
+        for model_blur in (0.0, blur):
+            scores[name, model_blur] = slice_loss(vol, data, torch.arange(m), "mse_log",
+                                                  class_blur_rotations(model_blur))[0].mean().item()
+    assert class_blur_rotations(0.0) is None and class_blur_rotations(blur).shape == (7, 3, 3)
+    assert scores["blurred", blur] < 0.2 * scores["blurred", 0.0]
+    assert scores["sharp", 0.0] < 0.2 * scores["sharp", blur]
