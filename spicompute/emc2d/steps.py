@@ -308,12 +308,8 @@ class Shard:
     def n_frames(self) -> int:
         return int(self.counts.shape[0])
 
-    def block(self, start: int, stop: int) -> sp.csr_matrix:
-        """Counts of frames ``start .. stop`` (a block of ``blocks``)."""
-        return self.counts[start:stop]
-
     def fit_block(self, start: int, stop: int) -> sp.csr_matrix:
-        """The same on the fitted pixels only."""
+        """Counts of frames ``start .. stop`` (a block of ``blocks``) on the fitted pixels."""
         return self.fit_counts[start:stop]
 
 
@@ -544,26 +540,22 @@ def fill_pieces(pieces: list[CompactLikelihood], rows: np.ndarray, fitted: sp.cs
 
 
 def _log_rows(Wkm: torch.Tensor, need: np.ndarray, floor: float, alpha: float = 0.0,
-              offset: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """log(max(Wkm + alpha offset, floor)) for the models ``need`` of a (K, P, R) model-major matrix;
-    the other models' rows of ``out`` (default: a new tensor) are left as they are."""
+              offset: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
+    """log(max(Wkm + alpha offset, floor)) for the models ``need`` of a (K, P, R) model-major matrix,
+    in ``Wkm`` itself (``inplace``) or in a new tensor; the other models' rows are not computed."""
     need = np.asarray(need, np.int64)
-    if len(need) == Wkm.shape[0]:   # every model: no gather / scatter of rows
-        if offset is not None:
-            full = torch.add(Wkm, offset.reshape(1, -1, 1), alpha=alpha)
-        else:
-            full = Wkm if out is Wkm else Wkm.clone()
-        full.clamp_(min=floor).log_()
-        if out is not None and out is not full:
-            out.copy_(full)
-            return out
-        return full
-    out = torch.empty_like(Wkm) if out is None else out
-    rows = torch.from_numpy(need).to(Wkm.device)
-    part = Wkm[rows]
+    every = len(need) == Wkm.shape[0]
+    rows = None if every else torch.from_numpy(need).to(Wkm.device)
+    part = Wkm if every else Wkm[rows]                    # (a copy unless every model)
     if offset is not None:
         part = torch.add(part, offset.reshape(1, -1, 1), alpha=alpha)
-    out[rows] = part.clamp_(min=floor).log_()
+    elif every and not inplace:
+        part = part.clone()
+    part.clamp_(min=floor).log_()
+    if every:
+        return part
+    out = Wkm if inplace else torch.empty_like(Wkm)
+    out[rows] = part
     return out
 
 
@@ -589,7 +581,7 @@ GROUP_BYTES = 1 << 30   # background term: likelihoods of consecutive blocks hel
 def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.ndarray | None, floor: float,
                        width: int, device: str, candidates: np.ndarray | None = None, n_models: int = 0,
                        n_rot: int = 0):
-    """Yield (start, stop, bag_t, counts of the block, L) for every block of a shard, with ``L``
+    """Yield (start, stop, bag_t, L) for every block of a shard, with ``L``
     ``sum_p K_np log(model)`` on the fitted pixels: column blocks (n_blocks, n, width) of all R*K
     columns, or a :class:`CompactLikelihood` over the candidates of a pruned block.
 
@@ -606,14 +598,12 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
     """
     spans = [(start, stop) for start, stop, *_ in shard.blocks]
     prunes = [candidates is not None and _prunes(candidates[a:b]) for a, b in spans]
-    need = (np.flatnonzero(np.any([candidates[a:b].any(axis=0) for (a, b), p in zip(spans, prunes) if p],
-                                  axis=0)) if any(prunes) else np.zeros(0, np.int64))
     if background is None:
         logW = log_blocks(W, floor) if not all(prunes) else None
         log_km = None
         if any(prunes) and logW is None:   # every block pruned: the log of the needed models only
-            Wkm = model_major(W, n_models, n_rot)
-            log_km = _log_rows(Wkm, need, floor, out=Wkm)
+            need = np.flatnonzero(np.any([candidates[a:b].any(axis=0) for a, b in spans], axis=0))
+            log_km = _log_rows(model_major(W, n_models, n_rot), need, floor, inplace=True)
         elif any(prunes):
             log_km = model_major(from_blocks(logW, n_models * n_rot), n_models, n_rot)
         del W
@@ -624,7 +614,7 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
                 fill_pieces(L, np.arange(stop - start), shard.fit_block(start, stop), log_km, cand)
             else:
                 L = _full_likelihood(bag, logW, cand, n_rot)
-            yield start, stop, bag_t, None, L
+            yield start, stop, bag_t, L
         return
     nb = -(-W.shape[1] // width)
     offset = torch.from_numpy(np.asarray(background, np.float32)).to(device)[None, :, None]
@@ -635,16 +625,13 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
 
     def flush():
         levels = [fluence_level(phi[start:stop]) for start, stop, *_ in group]
-        outs = []
-        for start, stop, *_, pruned in group:
-            if pruned:
-                outs.append((compact_pieces(candidates[start:stop], n_rot, device), True))
-            else:
-                outs.append((torch.empty((nb, stop - start, width), dtype=torch.float32, device=device), None))
+        outs = [compact_pieces(candidates[start:stop], n_rot, device) if pruned
+                else torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
+                for start, stop, *_, pruned in group]
         for v in np.unique(np.concatenate(levels)):
             alpha = 1.0 / level_scale(int(v))
             work = []                      # (rows, candidates, fitted, out, pruned) of this level's blocks
-            for (start, stop, _, _, fitted, pruned), lev, (out, _) in zip(group, levels, outs):
+            for (start, stop, _, fitted, pruned), lev, out in zip(group, levels, outs):
                 rows = np.flatnonzero(lev == v)
                 if rows.size:
                     work.append((rows, None if candidates is None else candidates[start:stop][rows],
@@ -663,12 +650,12 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
                     out[:, torch.from_numpy(rows).to(device), :] = _full_likelihood(_bag(fitted[rows]), logv,
                                                                                    cand, n_rot)
             del logv, log_km
-        for (start, stop, bag_t, counts, _, _), (out, _) in zip(group, outs):
-            yield start, stop, bag_t, counts, out
+        for (start, stop, bag_t, _, _), out in zip(group, outs):
+            yield start, stop, bag_t, out
 
     held = 0
     for (start, stop, bag, bag_t), pruned in zip(shard.blocks, prunes):
-        group.append((start, stop, bag_t, shard.block(start, stop), shard.fit_block(start, stop), pruned))
+        group.append((start, stop, bag_t, shard.fit_block(start, stop), pruned))
         held += stop - start
         if held >= group_frames:
             yield from flush()
@@ -682,6 +669,13 @@ def _csr_from_bag(bag: tuple) -> sp.csr_matrix:
     indices, offsets, weights, shape = bag
     indptr = np.append(offsets.numpy(), np.int32(indices.shape[0]))
     return sp.csr_matrix((weights.numpy(), indices.numpy(), indptr), shape=shape)
+
+
+def _sparse_numerator(bag_t: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int,
+                      n_cols: int) -> sp.csr_matrix:
+    """K^T P of a block from its kept posterior entries (block row, column j, probability): a sparse
+    (P, C) product, cost ~ kept pairs x photons per frame (``bag_t``: the block's counts, transposed)."""
+    return _csr_from_bag(bag_t) @ sp.csr_matrix((vals, (rows, cols)), shape=(n_rows, n_cols))
 
 
 def _compact_posterior(lk: CompactLikelihood, ph: torch.Tensor, be: torch.Tensor, photons: torch.Tensor,
@@ -798,11 +792,18 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     phi_new = np.array(phi, dtype=np.float64, copy=True)
     best = np.empty(n, np.int64)
     pmax = np.empty(n)
-    num_sp = []                                                   # sparse numerator parts (COO)
+    num_sp = []                                                   # sparse numerator parts, (P, C) each
     cand_out = np.zeros((n, K), bool) if prune_mass > 0 else None
+
+    def dense_numerator(bag_t, Pn_blocks):   # += K^T P, (nb, P, b): the gather over all columns
+        nonlocal num_pix
+        if num_pix is None:
+            num_pix = torch.zeros((nb, P, width), dtype=torch.float32, device=device)
+        sparse_dense_product(bag_t, Pn_blocks, out=num_pix)
+
     blocks = _likelihood_blocks(shard, W, np.asarray(phi), background, floor, width, device, candidates, K, R)
     del W   # the generator holds it until the log-model matrices are made
-    for start, stop, bag_t, block_counts, L in blocks:
+    for start, stop, bag_t, L in blocks:
         ph = torch.from_numpy(np.asarray(phi[start:stop], np.float64)).to(device)
         be = torch.from_numpy(np.asarray(beta[start:stop], np.float32)).to(device)
         photons = torch.from_numpy(shard.photons[start:stop]).to(device)
@@ -815,16 +816,12 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
                     bg_total, start, phi_new, best, pmax, cand_out, wsum.view(-1), occ.view(-1), acc))
             fr, col, val = (np.concatenate(x) for x in zip(*kept))
             if len(val) < SPARSE_FRAC * (stop - start) * C:       # sharp: sparse x sparse
-                Psp = sp.csr_matrix((val, (fr, col)), shape=(stop - start, C))
-                num_sp.append(_csr_from_bag(bag_t) @ Psp)           # K^T P of the block, (P, C)
+                num_sp.append(_sparse_numerator(bag_t, fr, col, val, stop - start, C))
             else:                                                 # many kept pairs: the dense gather
                 dense = torch.zeros((stop - start, nb * width), dtype=torch.float32, device=device)
                 dense[torch.from_numpy(fr).to(device), torch.from_numpy(col).to(device)] = \
                     torch.from_numpy(val).to(device)
-                if num_pix is None:
-                    num_pix = torch.zeros((nb, P, width), dtype=torch.float32, device=device)
-                sparse_dense_product(bag_t, to_blocks(dense, width), out=num_pix)
-                del dense
+                dense_numerator(bag_t, to_blocks(dense, width))
             continue
         L -= ph.float()[None, :, None] * sumW_b[:, None, :]       # (nb, n_b, b)
         # posterior: softmax over all (block, column) of beta * L, per frame
@@ -857,16 +854,11 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         kept = int(torch.count_nonzero(Pn)) if prob_min > 0 else Pn.numel()
         if kept < SPARSE_FRAC * Pn.numel():
             # sharp posteriors: K^T P from the kept pairs only (sparse x sparse)
-            ib, fr, w = torch.nonzero(Pn, as_tuple=True)
-            vals = Pn[ib, fr, w].cpu().numpy()
-            Psp = sp.csr_matrix((vals, (fr.cpu().numpy(), (ib * width + w).cpu().numpy())),
-                                shape=(stop - start, nb * width))
-            counts = block_counts if block_counts is not None else shard.block(start, stop)
-            num_sp.append(counts.T.tocsr() @ Psp)
+            ib, fr, w = torch.nonzero(Pn, as_tuple=True)          # padding columns hold P = 0
+            num_sp.append(_sparse_numerator(bag_t, fr.cpu().numpy(), (ib * width + w).cpu().numpy(),
+                                            Pn[ib, fr, w].cpu().numpy(), stop - start, C))
         else:
-            if num_pix is None:
-                num_pix = torch.zeros((nb, P, width), dtype=torch.float32, device=device)
-            sparse_dense_product(bag_t, Pn, out=num_pix)          # += K^T P, (nb, P, b)
+            dense_numerator(bag_t, Pn)
         del L, Pn
     # numerator: photons interpolated back with the plain bilinear weights (S holds weight x
     # correction; the correction belongs to the prediction, i.e. the denominator, only).  The
@@ -878,11 +870,8 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         dense = from_blocks(num_pix, C).cpu().numpy() * inv_corr[:, None]
         num += np.asarray(grid.ST @ dense.reshape(P * R, K)).T
         del dense
-    sparse_total = None
-    for part in num_sp:   # summed as sparse matrices: duplicates added, O(nnz)
-        part = part.tocsr()[:, :C] if part.shape[1] > C else part.tocsr()
-        sparse_total = part if sparse_total is None else sparse_total + part
-    if sparse_total is not None:
+    if num_sp:
+        sparse_total = sum(num_sp[1:], num_sp[0])   # sparse sums: duplicates added, O(nnz)
         sc = (sp.diags(inv_corr) @ sparse_total).tocoo()
         # (P, R*K) -> (P*R, K): entry (p, r K + k) -> (p R + r, k)
         sr = sp.csr_matrix((sc.data, (sc.row * R + sc.col // K, sc.col % K)), shape=(P * R, K))

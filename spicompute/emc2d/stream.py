@@ -127,17 +127,14 @@ class StreamShard:
             stop = min(self.n_frames, start + self.block_frames)
             blk = crop(self.source.take(self.rows[start:stop]), self.pixels)
             fitted = blk if self.fit is None else fit_only(blk, self.fit)
-            self._current = (start, stop, blk, fitted)
+            self._current = (start, stop, fitted)
             yield start, stop, _bag(fitted), _bag(blk.T.tocsr())
         self._current = ()
 
     def _block(self, start: int, stop: int) -> tuple:
         if not self._current or self._current[:2] != (start, stop):
-            raise RuntimeError("StreamShard.block: only the block being iterated is available")
+            raise RuntimeError("StreamShard.fit_block: only the block being iterated is available")
         return self._current
 
-    def block(self, start: int, stop: int) -> sp.csr_matrix:
-        return self._block(start, stop)[2]
-
     def fit_block(self, start: int, stop: int) -> sp.csr_matrix:
-        return self._block(start, stop)[3]
+        return self._block(start, stop)[2]
