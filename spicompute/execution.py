@@ -116,23 +116,17 @@ def completed_results(client, futures, name: str = "scheduler", poll_s: float = 
     after the last result, so a failure leaves nothing half-written.
     """
     from distributed import wait
-    from distributed.client import FutureCancelledError
-
-    try:
-        from distributed.client import FuturesCancelledError
-    except ImportError:  # pragma: no cover - older distributed
-        FuturesCancelledError = FutureCancelledError
 
     try:
         from distributed.scheduler import KilledWorker
     except ImportError:  # pragma: no cover - older distributed
         from distributed import KilledWorker
 
+    cancelled = _cancelled_errors()
     address = getattr(client, "scheduler", None)
     address = getattr(address, "address", "") or "the scheduler"
     limit = _no_worker_timeout()
-    lost = ParameterError(name, f"lost the Dask scheduler {address} mid-stage (it stopped or the network "
-                                "failed); nothing was written, re-run the stage")
+    lost = _lost_scheduler(name, address, "it stopped or the network failed")
     pending = dict(enumerate(futures))
     idle_since = None
     while pending:
@@ -140,13 +134,13 @@ def completed_results(client, futures, name: str = "scheduler", poll_s: float = 
             done, _ = wait(list(pending.values()), timeout=poll_s, return_when="FIRST_COMPLETED")
         except TimeoutError:
             done = set()
-        except (FutureCancelledError, FuturesCancelledError):
+        except cancelled:
             raise lost from None
         for i in [i for i, f in pending.items() if f in done]:
             fut = pending.pop(i)
             try:
                 result = fut.result()
-            except (FutureCancelledError, FuturesCancelledError):
+            except cancelled:
                 raise lost from None
             except KilledWorker as exc:
                 raise ParameterError(name, f"a task died with {one_line(exc, 160)} on several workers in turn "
@@ -207,8 +201,7 @@ def dask_client(scheduler: str, name: str = "scheduler"):
         raise
     except Exception as exc:
         if _lost(client, exc):  # any call (scatter, submit, gather) after the scheduler went away
-            raise ParameterError(name, f"lost the Dask scheduler {scheduler!r} mid-stage ({one_line(exc, 120)}); "
-                                       "nothing was written, re-run the stage") from None
+            raise _lost_scheduler(name, repr(scheduler), one_line(exc, 120)) from None
         raise
     finally:
         try:
@@ -219,20 +212,28 @@ def dask_client(scheduler: str, name: str = "scheduler"):
             cluster.close()
 
 
+def _cancelled_errors() -> tuple[type, ...]:
+    """The exceptions of futures cancelled because the scheduler went away."""
+    from distributed.client import FutureCancelledError
+
+    try:
+        from distributed.client import FuturesCancelledError
+    except ImportError:  # pragma: no cover - older distributed
+        return (FutureCancelledError,)
+    return FutureCancelledError, FuturesCancelledError
+
+
+def _lost_scheduler(name: str, address: str, detail: str) -> ParameterError:
+    return ParameterError(name, f"lost the Dask scheduler {address} mid-stage ({detail}); nothing was "
+                                "written, re-run the stage")
+
+
 def _lost(client, exc: Exception) -> bool:
     """Did ``exc`` come from losing the scheduler (not from the stage's own work)?"""
     from distributed.comm.core import CommClosedError
-    from distributed.client import FutureCancelledError
 
-    if isinstance(exc, (CommClosedError, FutureCancelledError)):
+    if isinstance(exc, (CommClosedError, *_cancelled_errors())):
         return True
-    try:
-        from distributed.client import FuturesCancelledError
-
-        if isinstance(exc, FuturesCancelledError):
-            return True
-    except ImportError:  # pragma: no cover - older distributed
-        pass
     return isinstance(exc, OSError) and client.status != "running"
 
 

@@ -341,17 +341,9 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
     w_all = w_all / w_all.sum()
     edges = list(range(0, m, int(average_chunk))) + [m]
     groups = list(zip(edges[:-1], edges[1:]))
-    if client is None:
-        scans = [_Scan(e - s) for s, e in groups]
-        parts = [prep.rows(s, e) for s, e in groups]
-        for start in range(0, len(quats), int(chunk)):
-            slices = _slices(reference, region, quats[start:start + int(chunk)], prof, normalise, log_floor)
-            w = w_all[start:start + int(chunk)]
-            for scan, part in zip(scans, parts):
-                scan.update(_cc_block(part, slices), start, w)
-            if progress is not None:
-                progress(min(int(chunk), len(quats) - start))
-        out = [scan.result() for scan in scans]
+    if client is None:   # one run over every orientation chunk, merged as the Dask runs are
+        out = _merge_scans([_scan_orientations(prep, reference, region, quats, prof, w_all, groups, 0, len(quats),
+                                               int(chunk), normalise, log_floor, progress=progress)], groups)
     else:
         out = _fit_on_dask(client, prep, groups, reference, region, quats, prof, w_all, int(chunk),
                            normalise, log_floor, int(worker_threads))
@@ -368,32 +360,23 @@ def fit_orientations(averages: AverageSet, reference: Reference, quats: np.ndarr
 
 
 class _Scan:
-    """Running best / argbest / weighted sums of CC and CC^2 over orientation chunks, for some averages."""
+    """Running best / argbest over orientation chunks, for some averages."""
 
     def __init__(self, m: int):
         self.best = torch.full((m,), -np.inf, dtype=torch.float32)
         self.arg = torch.zeros(m, dtype=torch.int64)
-        self.total = torch.zeros(m, dtype=torch.float64)
-        self.total2 = torch.zeros(m, dtype=torch.float64)
 
-    def update(self, cc: torch.Tensor, start: int, w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, cc: torch.Tensor, start: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fold in ``cc`` (m, n) of orientations ``start .. start + n`` with weights ``w`` (n,); returns
-        this chunk's weighted sums of CC and CC^2, (m,) float64 each."""
+        this chunk's weighted sums of CC and CC^2, (m,) float64 each (added up by :func:`_merge_scans`
+        chunk by chunk, in one order whatever ran them)."""
         val, idx = cc.max(dim=1)
         better = val > self.best
         self.best = torch.where(better, val, self.best)
         self.arg = torch.where(better, idx + start, self.arg)
         wt = _owned(w)
         cc64 = cc.double()
-        s1, s2 = cc64 @ wt, (cc64 * cc64) @ wt
-        self.total += s1
-        self.total2 += s2
-        return s1, s2
-
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(best CC float64, best index, weighted mean CC, weighted mean CC^2), each (m,)."""
-        return (self.best.numpy().astype(np.float64), self.arg.numpy(), self.total.numpy(),
-                self.total2.numpy())
+        return (cc64 @ wt).numpy(), ((cc64 * cc64) @ wt).numpy()
 
 
 def _orientation_tasks(n_orientations: int, chunk: int, n_tasks: int) -> list[tuple[int, int]]:
@@ -417,7 +400,14 @@ def _fit_on_dask(client, prep: PreparedAverages, groups, reference, region, quat
     spans = _orientation_tasks(len(quats), chunk, DASK_TASKS_PER_WORKER * n_workers(client))
     futures = [client.submit(_scan_orientations, *shared, list(groups), start, stop, chunk, normalise,
                              log_floor, threads, pure=False) for start, stop in spans]
-    parts = gather(client, futures, "orient.scheduler")  # in orientation order
+    return _merge_scans(gather(client, futures, "orient.scheduler"), groups)  # in orientation order
+
+
+def _merge_scans(parts: list, groups) -> list[tuple]:
+    """Per group of averages: (best CC, best index, weighted mean CC, weighted mean CC^2) from the
+    results of :func:`_scan_orientations` over consecutive orientation ranges, in orientation order.
+    The best is merged strictly (the first orientation of equal CCs wins) and the weighted sums are
+    added chunk by chunk: the same float64 additions in the same order however the range was cut."""
     out = []
     for g, (s, e) in enumerate(groups):
         best = np.full(e - s, -np.inf)
@@ -426,20 +416,22 @@ def _fit_on_dask(client, prep: PreparedAverages, groups, reference, region, quat
         total2 = np.zeros(e - s)
         for part in parts:
             b, a, sums, sums2 = part[g]
-            better = b > best  # strict: the first orientation of equal CCs wins, as in-process
+            better = b > best
             best = np.where(better, b, best)
             arg = np.where(better, a, arg)
-            for k in range(len(sums)):  # chunk by chunk: the in-process order of float64 additions
-                total += sums[k]
-                total2 += sums2[k]
+            for s1, s2 in zip(sums, sums2):
+                total += s1
+                total2 += s2
         out.append((best, arg, total, total2))
     return out
 
 
 def _scan_orientations(prep: PreparedAverages, reference: Reference, region: FitRegion, quats: np.ndarray,
                        profile: np.ndarray, w_all: np.ndarray, groups, start: int, stop: int, chunk: int,
-                       normalise: str, log_floor: float, threads: int = 0):
-    """One Dask task: orientations ``start .. stop`` against every group of averages.
+                       normalise: str, log_floor: float, threads: int = 0,
+                       progress: Callable[[int], None] | None = None):
+    """Orientations ``start .. stop`` against every group of averages (a Dask task, or the whole
+    in-process scan): the slices of each chunk computed once, correlated with each group in turn.
 
     Returns per group (best CC float64, best index, per-chunk weighted CC sums (n_chunks, m),
     per-chunk weighted CC^2 sums (n_chunks, m))."""
@@ -454,8 +446,10 @@ def _scan_orientations(prep: PreparedAverages, reference: Reference, region: Fit
         w = w_all[c0:min(c0 + chunk, stop)]
         for g, (scan, part) in enumerate(zip(scans, parts)):
             s1, s2 = scan.update(_cc_block(part, slices), c0, w)
-            sums[g].append(s1.numpy())
-            sums2[g].append(s2.numpy())
+            sums[g].append(s1)
+            sums2[g].append(s2)
+        if progress is not None:
+            progress(len(w))
     return [(sc.best.numpy().astype(np.float64), sc.arg.numpy(), np.array(s1), np.array(s2))
             for sc, s1, s2 in zip(scans, sums, sums2)]
 
