@@ -16,6 +16,7 @@ equals the single-process gradient of the same batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -135,6 +136,7 @@ def _reconstruction_loss(pred, target, observed, count_scale, kind, log_floor, p
     return (2.0 * (m.double() * dev).sum(1) / n.double()).to(pred.dtype), s
 
 
+@functools.lru_cache(maxsize=8)   # called every batch: made once per angle
 def class_blur_rotations(blur_deg: float) -> torch.Tensor | None:
     """(7, 3, 3) lab-frame rotations -- the identity and +-``blur_deg`` about the detector x, y and
     the beam (z) axis -- or None for 0.
