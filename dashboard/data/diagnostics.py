@@ -68,6 +68,8 @@ def nuisance_correlations(table: pd.DataFrame, components: list[str],
                "rho photons/frame": _rho(x, ph) if ph is not None else np.nan,
                "eta run": correlation_ratio(x, table["run"].to_numpy()) if "run" in table
                and table["run"].nunique() > 1 else np.nan}
+        if "size_scale" in table:   # relative particle size from the fringe spacing: structure, not noise
+            row["rho size scale"] = _rho(x, table["size_scale"])
         refs = [abs(_rho(x, table[s])) for s in shape_columns if s in table]
         refs = [r for r in refs if np.isfinite(r)]
         row["max |rho| shape"] = max(refs) if refs else np.nan
@@ -79,6 +81,15 @@ def nuisance_correlations(table: pd.DataFrame, components: list[str],
         row["flag"] = bool(worst and nuis[worst] > THRESHOLD and nuis[worst] > shape_best)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def size_axes(diag: pd.DataFrame, threshold: float = 0.8) -> list[str]:
+    """Components that follow the averages' size scale with |rho| > ``threshold``: a size
+    axis, not a shape axis (``ccmatrix.size_normalise: true`` compares shape at a common size)."""
+    if "rho size scale" not in diag:
+        return []
+    return [r["component"] for _, r in diag.iterrows()
+            if np.isfinite(r["rho size scale"]) and abs(r["rho size scale"]) > threshold]
 
 
 def with_stability(diag: pd.DataFrame, stability: dict | None) -> pd.DataFrame:

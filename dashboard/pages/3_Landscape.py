@@ -81,6 +81,13 @@ if pcs:
     warning = diagnostics.banner(diag)
     if warning:
         st.warning(warning, icon="⚠️")
+    sized = diagnostics.size_axes(diag)
+    if sized:
+        st.info(f"{', '.join(sized)} follows the averages' particle size (the fringe spacing, "
+                "column `size_scale`): that axis is size, not shape. If the sample has a size spread "
+                "that is not part of the structural change, rerun with `ccmatrix.size_normalise: true` "
+                "(the common lines then compare shape at a common size; docs/ccmatrix_embed.md).",
+                icon="📏")
     with st.expander("Diagnostics: components against occupancy, photons per frame, bootstrap run, "
                      "and their reproducibility"):
         st.markdown(markdown_table(diag))
@@ -90,7 +97,8 @@ if pcs:
                    "stability: |r| between the component as recomputed from two disjoint halves of "
                    "the bootstrap runs (alternate averages when there is one run); null 95%: the same "
                    "on shuffled, structureless CC matrices. A shape axis is reproduced (near 1), a noise axis "
-                   "is not (docs/ccmatrix_embed.md).")
+                   "is not. rho size scale: Spearman with the averages' relative particle size from the "
+                   "fringe spacing of their radial profiles (docs/ccmatrix_embed.md).")
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("averages", f"{len(table):,}")

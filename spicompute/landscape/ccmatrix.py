@@ -10,6 +10,7 @@ import numpy as np
 from spicompute.errors import InputError, ParameterError
 from spicompute.execution import resolve_device
 from spicompute.landscape import commonlines as cl
+from spicompute.landscape.size_scale import scaled_polar_lines, size_scales
 
 log = logging.getLogger("spicompute.ccmatrix")
 
@@ -68,6 +69,12 @@ def compute_ccmatrix(averages, p: dict, progress: bool = False, source: str = "a
     radii, qrange = radius_grid(averages, p, usable, source)
     raw, rvalid = cl.polar_lines(averages.intensity, valid, radii, p["n_angles"],
                                  min_coverage=p["min_coverage"])
+    scales = size_scales(raw, rvalid, radii, usable)
+    if p["size_normalise"]:   # every average brought to the common size: the CC compares shape only
+        raw, rvalid = scaled_polar_lines(averages.intensity, valid, radii, scales, p["n_angles"],
+                                         min_coverage=p["min_coverage"])
+        log.info("ccmatrix: lines resampled at r / size scale (5-95 %% of the scales: %.3f-%.3f)",
+                 *np.percentile(scales[usable], [5, 95]))
     profile = cl.line_profile(raw, rvalid)
     lines = cl.normalise_lines(raw, rvalid, p["normalisation"], profile=profile, radii=radii,
                                q_power=p["q_power"])
@@ -85,5 +92,5 @@ def compute_ccmatrix(averages, p: dict, progress: bool = False, source: str = "a
     result.cc[np.flatnonzero(~usable), np.flatnonzero(~usable)] = 1.0
     info = {"seconds_lines": t1 - t0, "seconds_cc": t2 - t1, "device": device, "backend": backend,
             "unusable_lines": dead, "valid_bin_fraction": float(rvalid.mean()), "usable": usable,
-            "min_frames": min_frames, "q_range": qrange}
+            "min_frames": min_frames, "q_range": qrange, "size_scale": scales}
     return result, radii, profile, info

@@ -546,7 +546,8 @@ def cc_flops(m: int, n_lines: int, n_r: int) -> float:
 def write_ccmatrix(path, result: CCResult, *, average_id: np.ndarray, angles_rad: np.ndarray,
                    radii: np.ndarray, dq_nm: float, profile: np.ndarray, normalisation: str,
                    params: dict | None = None, attrs: dict | None = None,
-                   usable: np.ndarray | None = None, n_frames: np.ndarray | None = None) -> None:
+                   usable: np.ndarray | None = None, n_frames: np.ndarray | None = None,
+                   size_scale: np.ndarray | None = None) -> None:
     """Write the CC matrix file atomically (layout in docs/ccmatrix_embed.md)."""
     import h5py
 
@@ -568,6 +569,11 @@ def write_ccmatrix(path, result: CCResult, *, average_id: np.ndarray, angles_rad
         h5["usable"].attrs["description"] = "1: the average carries signal (observed, not empty, enough frames)"
         if n_frames is not None:
             h5.create_dataset("n_frames", data=np.asarray(n_frames, np.float64))
+        if size_scale is not None:
+            h5.create_dataset("size_scale", data=np.asarray(size_scale, np.float64))
+            h5["size_scale"].attrs["description"] = ("relative particle size from the fringe spacing of the "
+                                                     "average's radial profile (median 1; "
+                                                     "spicompute.landscape.size_scale)")
         h5.create_dataset("angles_rad", data=np.asarray(angles_rad, np.float64))
         h5["angles_rad"].attrs["units"] = "rad from +qx towards +qy; a line is folded over pi"
         h5.create_dataset("radii", data=np.asarray(radii, np.float64))
@@ -598,6 +604,7 @@ class CCFile:
     attrs: dict
     usable: np.ndarray | None = None
     n_frames: np.ndarray | None = None
+    size_scale: np.ndarray | None = None
 
     def __post_init__(self):
         if self.usable is None:
@@ -615,7 +622,7 @@ def read_ccmatrix(path) -> CCFile:
             if name not in h5:
                 raise InputError(path, name, "dataset missing (not a ccmatrix file?)")
             data[name] = h5[name][()]
-        for name in ("usable", "n_frames"):  # absent in files of older versions
+        for name in ("usable", "n_frames", "size_scale"):  # absent in files of older versions
             data[name] = h5[name][()] if name in h5 else None
         attrs = dict(h5.attrs)
     if data["usable"] is not None:

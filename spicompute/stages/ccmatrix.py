@@ -36,7 +36,7 @@ DEFAULTS = {
     "inner_coverage": 0.9, "outer_coverage": 0.5, "min_coverage": 0.5,
     "normalisation": "radial", "q_power": 0.0, "block": 0, "backend": "auto",
     "min_counts": 1.0, "min_frames": "auto",
-    "device": "auto", "scheduler": "", "band_blocks": 4,
+    "device": "auto", "scheduler": "", "band_blocks": 4, "size_normalise": False,
 }
 
 
@@ -69,6 +69,8 @@ def check_params(p: dict) -> dict:
 
     q["scheduler"] = validate_scheduler("ccmatrix.scheduler", q["scheduler"])
     q["band_blocks"] = positive("ccmatrix.band_blocks", q["band_blocks"], integer=True)
+    if not isinstance(q["size_normalise"], bool):
+        raise ParameterError("ccmatrix.size_normalise", f"must be true or false, got {q['size_normalise']!r}")
     q["min_counts"] = positive("ccmatrix.min_counts", q["min_counts"])
     if q["min_frames"] != "auto":
         q["min_frames"] = positive("ccmatrix.min_frames", q["min_frames"], allow_zero=True)
@@ -90,7 +92,7 @@ def run(args) -> int:
                       radii=radii, dq_nm=averages.dq_nm, profile=profile,
                       normalisation=p["normalisation"], params=p,
                       attrs={"device": info["device"], "backend": info["backend"]},
-                      usable=info["usable"], n_frames=averages.n_frames)
+                      usable=info["usable"], n_frames=averages.n_frames, size_scale=info["size_scale"])
     off = result.cc[~np.eye(m, dtype=bool)] if m > 1 else np.zeros(1)
     metrics = {
         "n_averages": m, "n_angles": n_lines, "n_radii": n_r,
@@ -105,6 +107,8 @@ def run(args) -> int:
         "n_unusable_averages": int((~info["usable"]).sum()), "min_frames": info["min_frames"],
         "q_max_limits": info["q_range"]["q_max_limits"],
         "valid_bin_fraction": info["valid_bin_fraction"],
+        "size_normalise": p["size_normalise"],
+        "size_scale_p05_p95": [float(x) for x in np.percentile(info["size_scale"][info["usable"]], [5, 95])],
     }
     write_json_atomic(args.metrics, metrics)
     log.info("ccmatrix: %d pairs in %.1f s (%.1f GFLOP/s), CC 5-95%% [%.3f, %.3f] -> %s",

@@ -110,6 +110,20 @@ def _stability(ccf, res: dict, runs, p: dict) -> dict | None:
     return out.as_dict()
 
 
+def size_correlations(coords: np.ndarray, size_scale: np.ndarray, usable: np.ndarray) -> dict:
+    """{pc_j: Spearman rho with the averages' size scale} over the usable averages: an axis that
+    follows it maps particle size, which is not shape (docs/ccmatrix_embed.md, "Size spread")."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for j in range(coords.shape[1]):
+        x, y = coords[usable, j], np.asarray(size_scale)[usable]
+        ok = np.isfinite(x) & np.isfinite(y)
+        rho = spearmanr(x[ok], y[ok])[0] if ok.sum() >= 3 and np.ptp(y[ok]) > 0 else np.nan
+        out[f"pc_{j + 1}"] = None if not np.isfinite(rho) else round(float(rho), 4)
+    return out
+
+
 def run(args) -> int:
     p = check_params(stage_params(args, COMMAND))
     ccf = read_ccmatrix(args.ccmatrix)
@@ -122,6 +136,8 @@ def run(args) -> int:
     res = compute_embeddings(ccf.cc, p, ccf.usable)
     part = table(ccf.average_id, res)
     part["landscape_usable"] = ccf.usable
+    if ccf.size_scale is not None:   # relative particle size (fringe spacing), from ccmatrix
+        part["size_scale"] = ccf.size_scale
     write_table(args.part, part, stage=COMMAND)
     write_embedding(args.out, ccf.average_id, res, p)
     clus = res["cluster"]
@@ -147,6 +163,12 @@ def run(args) -> int:
                                         if rho is not None and abs(rho) > 0.5]
         for w in metrics["nuisance_warnings"]:
             log.warning("landscape axis %s: it may map noise or fluence rather than shape", w)
+    if ccf.size_scale is not None:
+        metrics["size_spearman"] = size_correlations(res["coords"]["pc"], ccf.size_scale, ccf.usable)
+        for pc, rho in metrics["size_spearman"].items():
+            if rho is not None and abs(rho) > 0.8:
+                log.info("landscape axis %s follows the averages' size scale (Spearman %+.2f): a size axis; "
+                         "ccmatrix.size_normalise: true compares shape at a common size", pc, rho)
     metrics["component_stability"] = _stability(ccf, res, runs, p)
     write_json_atomic(args.metrics, metrics)
     log.info("embed: explained variance %s, %d clusters (silhouette %.3f) -> %s",

@@ -140,6 +140,13 @@ def test_diagnostics_flag_an_occupancy_axis(rng):
     shifted = table.assign(pc_2=table["pc_2"] + 5 * table["run"])
     assert diagnostics.nuisance_correlations(shifted, ["pc_2"]).loc[0, "eta run"] > 0.9
     assert diagnostics.banner(diagnostics.nuisance_correlations(table, ["pc_2"])) is None
+    # the size scale is reported (not flagged as a nuisance): pc_2 here is a size axis
+    sized = table.assign(size_scale=np.exp(0.05 * shape))
+    diag = diagnostics.nuisance_correlations(sized, ["pc_1", "pc_2"], per, shape_columns=("truth",))
+    assert diag.set_index("component").loc["pc_2", "rho size scale"] > 0.95
+    assert diagnostics.size_axes(diag) == ["pc_2"] and diagnostics.size_axes(
+        diagnostics.nuisance_correlations(table, ["pc_2"])) == []
+    assert "pc_2" not in diagnostics.banner(diag)
 
 
 def test_derotate_undoes_emc_rotation_and_nearest_latent():

@@ -70,7 +70,7 @@ def test_ccmatrix_and_embed_stages(averages_file):
     assert rc == 0
     table = pd.read_parquet(folder / "embed.parquet")
     expected = ["average_id"] + [f"{m_}_{k}" for m_ in ("pc", "isomap", "spectral", "tsne")
-                                 for k in (1, 2, 3)] + ["cluster", "cluster_prob", "landscape_usable"]
+                                 for k in (1, 2, 3)] + ["cluster", "cluster_prob", "landscape_usable", "size_scale"]
     assert list(table.columns) == expected
     assert np.array_equal(table["average_id"], avg.average_id)
     assert table.notna().all().all()
