@@ -172,6 +172,39 @@ def score_cell(root: Path) -> dict:
             "q_max_nm": json.loads((root / "metrics" / "ccmatrix.json").read_text()).get("q_max_nm")}
 
 
+LANDSCAPE_INPUTS = ("data/frames.h5", "data/truth.h5", "data/averages.h5", "results/frames.parquet",
+                    "results/parts/classify2d.parquet", "metrics/classify2d.json")
+
+
+def parse_sets(sets: list[str]) -> dict:
+    """``["ccmatrix.size_normalise=true", ...]`` -> {("ccmatrix", "size_normalise"): True, ...}."""
+    out = {}
+    for item in sets or []:
+        key, eq, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not eq or not dot or section not in ("ccmatrix", "embed"):
+            raise SystemExit(f"landscape_matrix: --set {item!r}: expected ccmatrix.KEY=VALUE or embed.KEY=VALUE")
+        out[(section, name)] = yaml.safe_load(value)
+    return out
+
+
+def variant_cell(top: Path, name: str, variant: str, sets: dict, stages: dict) -> tuple[Path, dict]:
+    """Rerun ``ccmatrix`` and ``embed`` of a finished cell with landscape parameters changed, in
+    ``<cell>@<variant>`` next to it (the cell's frames, averages and truth linked, not copied):
+    what a landscape setting does on the same classifications."""
+    src, dst = top / name, top / f"{name}@{variant}"
+    for rel in LANDSCAPE_INPUTS:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not (dst / rel).exists():
+            (dst / rel).symlink_to((src / rel).resolve())
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    for (section, key), value in sets.items():
+        params[section][key] = value
+    pfile = dst / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    return dst, {s: round(run_stage(dst, s, stages, pfile), 1) for s in ("ccmatrix", "embed")}
+
+
 def main_(args) -> dict:
     names = args.cells or list(CELLS)
     unknown = [n for n in names if n not in CELLS]
@@ -189,6 +222,22 @@ def main_(args) -> dict:
     out_path = Path(args.out) if args.out else None
     if out_path and out_path.exists() and args.resume:
         results = json.loads(out_path.read_text()).get("cells", {})
+    if getattr(args, "variant", ""):
+        sets = parse_sets(getattr(args, "set", []))
+        if not sets:
+            raise SystemExit("landscape_matrix: --variant needs at least one --set ccmatrix.KEY=VALUE")
+        for n in names:
+            if not (top / n / "data" / "averages.h5").exists():
+                print(f"{n}: no finished cell in {top}, skipped", flush=True)
+                continue
+            root, seconds = variant_cell(top, n, args.variant, sets, stages)
+            key = f"{n}@{args.variant}"
+            results[key] = {**score_cell(root), "seconds": seconds, "overrides": {**BASE, **CELLS[n]},
+                            "landscape_set": {f"{a}.{b}": v for (a, b), v in sets.items()}}
+            if out_path:
+                out_path.write_text(json.dumps(_document(args, results), indent=1) + "\n")
+        print(format_table(results))
+        return _document(args, results)
     if args.rescore:
         for n in names:
             if (top / n / "metrics" / "embed.json").exists():
@@ -223,7 +272,8 @@ def format_table(results: dict) -> str:
     """The matrix as a markdown table (docs/low_photon.md)."""
     lines = ["| cell | changed | best pc \\|ρ\\| with melt | spectral | worst nuisance excess [5–95 %] | "
              "purity (baseline) | best pc reproduced | s |", "|---|---|---|---|---|---|---|---|"]
-    for n, r in results.items():
+    for key, r in results.items():
+        n = key.split("@")[0]
         changed = ", ".join(f"{k} {v}" for k, v in CELLS[n].items() if k != "fractions") or "—"
         if "fractions" in CELLS[n]:
             con = sum(CELLS[n]["fractions"][k] for k in ("dimer", "rod", "aggregate"))
@@ -231,7 +281,7 @@ def format_table(results: dict) -> str:
         stab = (r.get("stability") or {}).get(r["best_pc"])
         rep = (r.get("reproduced") or {}).get(r["best_pc"])
         secs = sum((r.get("seconds") or {}).values()) if r.get("seconds") else None
-        lines.append(f"| {n} | {changed} | {r['best_pc']} {r['best_rho']:.2f} | {r['best_rho_spectral']:.2f} | "
+        lines.append(f"| {key} | {changed} | {r['best_pc']} {r['best_rho']:.2f} | {r['best_rho_spectral']:.2f} | "
                      f"{r['worst_excess']:+.2f} [{r['worst_excess_band'][0]:+.2f}, {r['worst_excess_band'][1]:+.2f}] | "
                      f"{r['purity']:.2f} ({r['purity_baseline']:.2f}) | {'yes' if rep else 'no'} ({stab:.2f}) | "
                      f"{'' if secs is None else f'{secs:.0f}'} |")
@@ -254,6 +304,10 @@ if __name__ == "__main__":
     ap.add_argument("--workdir", default="", help="keep the cells' folders here")
     ap.add_argument("--out", default="", help="write the table as JSON (rewritten after every cell)")
     ap.add_argument("--resume", action="store_true", help="skip cells already in --out")
+    ap.add_argument("--variant", default="",
+                    help="rerun ccmatrix + embed of the finished cells in --workdir with --set changes, "
+                         "into <cell>@<variant> (for example --variant sizenorm --set ccmatrix.size_normalise=true)")
+    ap.add_argument("--set", action="append", default=[], help="ccmatrix.KEY=VALUE or embed.KEY=VALUE (with --variant)")
     ap.add_argument("--rescore", action="store_true",
                     help="only recompute the scores of the cells' finished folders in --workdir (no runs)")
     main_(ap.parse_args())

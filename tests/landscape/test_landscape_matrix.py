@@ -38,3 +38,35 @@ def test_a_cell_that_cannot_be_simulated_is_one_line_naming_cell_and_parameter(t
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "simulate.size_jitter (cell size_6pct)" in lines[0], out.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_landscape_variant_parses_its_settings_and_rejects_others():
+    m = load_benchmark("landscape_matrix")
+    assert m.parse_sets(["ccmatrix.size_normalise=true", "embed.n_components=4"]) == {
+        ("ccmatrix", "size_normalise"): True, ("embed", "n_components"): 4}
+    for bad in ("size_normalise=true", "simulate.seed=3", "ccmatrix.size_normalise"):
+        with pytest.raises(SystemExit, match="--set"):
+            m.parse_sets([bad])
+
+
+def test_a_variant_reruns_the_landscape_on_the_cells_classifications(tmp_path):
+    """A finished cell's frames, averages and truth are linked, not copied, into <cell>@<variant>;
+    the parameters differ only in the --set keys."""
+    import yaml
+
+    m = load_benchmark("landscape_matrix")
+    src = tmp_path / "base"
+    for rel in m.LANDSCAPE_INPUTS:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    (src / "params.yaml").write_text(yaml.safe_dump(m.cell_params("base", 600, 2, 0)))
+    ran = []
+    m.run_stage = lambda root, name, stages, pfile: ran.append((root.name, name)) or 0.0
+    dst, seconds = m.variant_cell(tmp_path, "base", "sizenorm", {("ccmatrix", "size_normalise"): True}, {})
+    assert dst.name == "base@sizenorm" and ran == [("base@sizenorm", "ccmatrix"), ("base@sizenorm", "embed")]
+    for rel in m.LANDSCAPE_INPUTS:
+        assert (dst / rel).is_symlink() and (dst / rel).read_text() == rel
+    a, b = (yaml.safe_load((d / "params.yaml").read_text()) for d in (src, dst))
+    assert b["ccmatrix"].pop("size_normalise") is True
+    a["ccmatrix"].pop("size_normalise")
+    assert a == b
