@@ -182,18 +182,23 @@ def parse_sets(sets: list[str]) -> dict:
     for item in sets or []:
         key, eq, value = item.partition("=")
         section, dot, name = key.partition(".")
-        if not eq or not dot or section not in ("ccmatrix", "embed"):
-            raise SystemExit(f"landscape_matrix: --set {item!r}: expected ccmatrix.KEY=VALUE or embed.KEY=VALUE")
+        if not eq or not dot or section not in ("classify2d", "ccmatrix", "embed"):
+            raise SystemExit(f"landscape_matrix: --set {item!r}: expected classify2d.KEY=VALUE, "
+                             "ccmatrix.KEY=VALUE or embed.KEY=VALUE")
         out[(section, name)] = yaml.safe_load(value)
     return out
 
 
+CLASSIFY_INPUTS = ("data/frames.h5", "data/truth.h5")
+
+
 def variant_cell(top: Path, name: str, variant: str, sets: dict, stages: dict) -> tuple[Path, dict]:
-    """Rerun ``ccmatrix`` and ``embed`` of a finished cell with landscape parameters changed, in
-    ``<cell>@<variant>`` next to it (the cell's frames, averages and truth linked, not copied):
-    what a landscape setting does on the same classifications."""
+    """Rerun a finished cell with parameters changed, in ``<cell>@<variant>`` next to it (its
+    inputs linked, not copied): ``ccmatrix`` and ``embed`` on the same classifications when only
+    landscape settings change, from ``classify2d`` on the same frames when a classify2d setting does."""
     src, dst = top / name, top / f"{name}@{variant}"
-    for rel in LANDSCAPE_INPUTS:
+    reclassify = any(section == "classify2d" for section, _ in sets)
+    for rel in CLASSIFY_INPUTS if reclassify else LANDSCAPE_INPUTS:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         if not (dst / rel).exists():
             (dst / rel).symlink_to((src / rel).resolve())
@@ -202,7 +207,8 @@ def variant_cell(top: Path, name: str, variant: str, sets: dict, stages: dict) -
         params[section][key] = value
     pfile = dst / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
-    return dst, {s: round(run_stage(dst, s, stages, pfile), 1) for s in ("ccmatrix", "embed")}
+    names = ("classify2d", "ccmatrix", "embed") if reclassify else ("ccmatrix", "embed")
+    return dst, {s: round(run_stage(dst, s, stages, pfile), 1) for s in names}
 
 
 def main_(args) -> dict:
@@ -307,7 +313,8 @@ if __name__ == "__main__":
     ap.add_argument("--variant", default="",
                     help="rerun ccmatrix + embed of the finished cells in --workdir with --set changes, "
                          "into <cell>@<variant> (for example --variant sizenorm --set ccmatrix.size_normalise=true)")
-    ap.add_argument("--set", action="append", default=[], help="ccmatrix.KEY=VALUE or embed.KEY=VALUE (with --variant)")
+    ap.add_argument("--set", action="append", default=[],
+                    help="classify2d.KEY=VALUE (reruns from classify2d), ccmatrix.KEY=VALUE or embed.KEY=VALUE (with --variant)")
     ap.add_argument("--rescore", action="store_true",
                     help="only recompute the scores of the cells' finished folders in --workdir (no runs)")
     main_(ap.parse_args())

@@ -54,6 +54,7 @@ class EMCConfig:
     tol: float = 1e-3             # stop when relative model change < tol (after min_iter)
     beta: float | str = "auto"    # likelihood temperature; "auto": beta_photons / photons
     beta_photons: float = 100.0   # auto beta: frames of this many photons start at beta 1
+    beta_scope: str = "frame"     # auto beta per frame (photons_n) | one for the run (its median photons)
     beta_schedule: str = "ramp"   # ramp: geometric from beta0 to beta_max over beta_ramp of max_iter
     beta_ramp: float = 0.6        #   (then held: the convergence stop may fire only once beta is final)
     beta_jump: float = 2.0        # dragonfly: beta *= beta_jump every beta_period iterations ...
@@ -111,6 +112,7 @@ class EMCConfig:
         if self.beta != "auto":
             self.beta = positive(p + "beta", self.beta)
         self.beta_photons = positive(p + "beta_photons", self.beta_photons)
+        choice(p + "beta_scope", self.beta_scope, {"frame", "dataset"})
         self.beta_jump = positive(p + "beta_jump", self.beta_jump)
         self.beta_period = positive(p + "beta_period", self.beta_period, integer=True)
         self.beta_max = positive(p + "beta_max", self.beta_max)
@@ -155,6 +157,8 @@ class EMCConfig:
         checkpoint must never be used past the requested end.
         """
         skip = {"min_iter", "tol", "scheduler", "n_shards", "block_frames", "device", "engine", "stream"}
+        if self.beta_scope == "frame":   # the behaviour before the parameter existed: old checkpoints stay valid
+            skip.add("beta_scope")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -213,6 +217,9 @@ def initial_beta(photons: np.ndarray, cfg: EMCConfig) -> np.ndarray:
     a random model), the schedule then sharpens them.
     """
     if cfg.beta == "auto":
+        if cfg.beta_scope == "dataset":
+            typical = float(np.median(photons)) if len(photons) else 1.0
+            return np.full(photons.shape, min(1.0, cfg.beta_photons / max(typical, 1.0)))
         return np.minimum(1.0, cfg.beta_photons / np.maximum(photons, 1.0))
     return np.full(photons.shape, float(cfg.beta))
 

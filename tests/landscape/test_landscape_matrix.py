@@ -44,9 +44,21 @@ def test_a_landscape_variant_parses_its_settings_and_rejects_others():
     m = load_benchmark("landscape_matrix")
     assert m.parse_sets(["ccmatrix.size_normalise=true", "embed.n_components=4"]) == {
         ("ccmatrix", "size_normalise"): True, ("embed", "n_components"): 4}
-    for bad in ("size_normalise=true", "simulate.seed=3", "ccmatrix.size_normalise"):
+    for bad in ("size_normalise=true", "simulate.seed=3", "ccmatrix.size_normalise", "frames.x=1"):
         with pytest.raises(SystemExit, match="--set"):
             m.parse_sets([bad])
+
+
+def _finished_cell(m, top, name):
+    """A cell folder as a finished run leaves it (each input file holding its own path)."""
+    import yaml
+
+    src = top / name
+    for rel in m.LANDSCAPE_INPUTS:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    (src / "params.yaml").write_text(yaml.safe_dump(m.cell_params(name, 600, 2, 0)))
+    return src
 
 
 def test_a_variant_reruns_the_landscape_on_the_cells_classifications(tmp_path):
@@ -55,11 +67,7 @@ def test_a_variant_reruns_the_landscape_on_the_cells_classifications(tmp_path):
     import yaml
 
     m = load_benchmark("landscape_matrix")
-    src = tmp_path / "base"
-    for rel in m.LANDSCAPE_INPUTS:
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text(rel)
-    (src / "params.yaml").write_text(yaml.safe_dump(m.cell_params("base", 600, 2, 0)))
+    src = _finished_cell(m, tmp_path, "base")
     ran = []
     m.run_stage = lambda root, name, stages, pfile: ran.append((root.name, name)) or 0.0
     dst, seconds = m.variant_cell(tmp_path, "base", "sizenorm", {("ccmatrix", "size_normalise"): True}, {})
@@ -70,3 +78,17 @@ def test_a_variant_reruns_the_landscape_on_the_cells_classifications(tmp_path):
     assert b["ccmatrix"].pop("size_normalise") is True
     a["ccmatrix"].pop("size_normalise")
     assert a == b
+
+
+def test_a_classify2d_variant_reclassifies_the_same_frames(tmp_path):
+    import yaml
+
+    m = load_benchmark("landscape_matrix")
+    _finished_cell(m, tmp_path, "fluence_halo")
+    ran = []
+    m.run_stage = lambda root, name, stages, pfile: ran.append(name) or 0.0
+    dst, seconds = m.variant_cell(tmp_path, "fluence_halo", "beta", {("classify2d", "beta_scope"): "dataset"}, {})
+    assert ran == ["classify2d", "ccmatrix", "embed"] and set(seconds) == set(ran)
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_symlink()) == \
+        sorted(m.CLASSIFY_INPUTS)          # the frames and the truth, not the old classification
+    assert yaml.safe_load((dst / "params.yaml").read_text())["classify2d"]["beta_scope"] == "dataset"
