@@ -10,7 +10,7 @@ import numpy as np
 from spicompute.errors import InputError, ParameterError
 from spicompute.execution import resolve_device
 from spicompute.landscape import commonlines as cl
-from spicompute.landscape.size_scale import scaled_polar_lines, size_scales
+from spicompute.landscape.size_scale import MIN_BINS, scaled_polar_lines, size_scales
 
 log = logging.getLogger("spicompute.ccmatrix")
 
@@ -69,7 +69,14 @@ def compute_ccmatrix(averages, p: dict, progress: bool = False, source: str = "a
     radii, qrange = radius_grid(averages, p, usable, source)
     raw, rvalid = cl.polar_lines(averages.intensity, valid, radii, p["n_angles"],
                                  min_coverage=p["min_coverage"])
-    scales = size_scales(raw, rvalid, radii, usable)
+    if len(radii) >= MIN_BINS:
+        scales = size_scales(raw, rvalid, radii, usable)
+    elif p["size_normalise"]:
+        raise ParameterError("ccmatrix.size_normalise", f"a size scale needs >= {MIN_BINS} radii in the q range, "
+                             f"got {len(radii)} (widen ccmatrix.q_min_nm / q_max_nm or lower radial_step)")
+    else:   # too few radii for a fringe spacing: no size information, say so and carry on
+        log.warning("ccmatrix: only %d radii: no size scale (set to 1)", len(radii))
+        scales = np.ones(averages.n_averages)
     if p["size_normalise"]:   # every average brought to the common size: the CC compares shape only
         raw, rvalid = scaled_polar_lines(averages.intensity, valid, radii, scales, p["n_angles"],
                                          min_coverage=p["min_coverage"])

@@ -116,11 +116,11 @@ def fit_size_scales(profiles: np.ndarray, profiles_ok: np.ndarray, radii: np.nda
         raise ParameterError("ccmatrix.q_min_nm", f"a size fit needs >= {MIN_BINS} increasing radii > 0, "
                              f"got {len(radii)} from {radii[:1]}")
     if not max_factor > 1:
-        raise ParameterError("ccmatrix.size_max_factor", f"must be > 1, got {max_factor}")
+        raise ValueError(f"max_factor must be > 1, got {max_factor}")
     prof = np.asarray(profiles, np.float64)
     ok = np.asarray(profiles_ok, bool) & (prof > 0)
     m = prof.shape[0]
-    usable = np.ones(m, bool) if usable is None else np.asarray(usable, bool)
+    usable = np.ones(m, bool) if usable is None or not np.any(usable) else np.asarray(usable, bool)
     log_r = np.log(radii)
     log_prof = fringe_pattern(prof, ok, log_r)
     grid = np.exp(np.linspace(-np.log(max_factor), np.log(max_factor), n_grid))
@@ -156,6 +156,8 @@ def fit_size_scales(profiles: np.ndarray, profiles_ok: np.ndarray, radii: np.nda
         log_s = np.log(grid[k])
         inner = (k > 0) & (k < n_grid - 1)
         rows = np.flatnonzero(inner)
+        # refine only where both neighbours were searched (not outside the window or unscored)
+        rows = rows[(scores[rows, k[rows] - 1] > -2) & (scores[rows, k[rows] + 1] > -2)]
         y0, y1, y2 = scores[rows, k[rows] - 1], scores[rows, k[rows]], scores[rows, k[rows] + 1]
         den = y0 - 2 * y1 + y2
         off = np.where(den < 0, 0.5 * (y0 - y2) / np.where(den < 0, den, -1.0), 0.0)

@@ -142,7 +142,7 @@ def test_bad_inputs_name_the_parameter():
     prof = np.ones((3, 4))
     with pytest.raises(ParameterError, match="ccmatrix.q_min_nm"):
         fit_size_scales(prof, prof > 0, np.arange(1.0, 5.0))                 # too few radii
-    with pytest.raises(ParameterError, match="ccmatrix.size_max_factor"):
+    with pytest.raises(ValueError, match="max_factor"):
         fit_size_scales(np.ones((3, 10)), np.ones((3, 10), bool), np.arange(1.0, 11.0), max_factor=1.0)
     with pytest.raises(ValueError, match="scales"):
         scaled_polar_lines(np.ones((2, 9, 9)), None, np.arange(1.0, 4.0), np.array([1.0, -1.0]), 8)
@@ -210,3 +210,31 @@ def test_the_stage_writes_the_scales_and_embed_reports_a_size_axis(tmp_path):
         if not normalise:   # plain CC: some axis is size
             assert max(abs(v) for v in rho.values()) > 0.8, rho
     assert gap[True] > gap[False] + 0.05, gap
+
+
+def test_a_narrow_q_range_gives_no_scale_unless_normalising_asks_for_one(tmp_path, capsys):
+    """Four radii: the stage carries on with scales of 1 (and says so); size_normalise is one
+    line naming the parameter."""
+    import yaml
+
+    from spicompute.cli import main
+    from spicompute.io.averages import AverageSet, write_averages
+    from spicompute.landscape.commonlines import read_ccmatrix
+
+    side, dq = GEOMETRIES["65px_0.05"]
+    inten, valid = _set([("sphere", a) for a in (38.0, 42.0, 46.0, 40.0, 44.0, 48.0)], side, dq, 3e5)
+    w = valid.astype(np.float32)
+    avg = AverageSet(inten * w, w, np.arange(6), np.zeros(6, int), np.arange(6), np.full(6, 50.0), dq, 0.2066)
+    write_averages(tmp_path / "averages.h5", avg)
+    for normalise in (False, True):
+        params = tmp_path / f"p{normalise}.yaml"
+        params.write_text(yaml.safe_dump({"ccmatrix": {"n_angles": 30, "q_min_nm": 0.5, "q_max_nm": 0.65,
+                                                       "size_normalise": normalise}}))
+        rc = main(["ccmatrix", "--params", str(params), "-q", "--averages", str(tmp_path / "averages.h5"),
+                   "--out", str(tmp_path / f"cc{normalise}.h5"), "--metrics", str(tmp_path / f"cc{normalise}.json")])
+        if normalise:
+            assert rc != 0 and not (tmp_path / "ccTrue.h5").exists()
+            assert "ccmatrix.size_normalise" in capsys.readouterr().err
+        else:
+            assert rc == 0
+            np.testing.assert_array_equal(read_ccmatrix(tmp_path / "ccFalse.h5").size_scale, np.ones(6))
