@@ -102,7 +102,7 @@ def run(args) -> int:
     from spicompute.io.averages import read_averages
     from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
     from spicompute.io.tables import write_table
-    from spicompute.orient import fit
+    from spicompute.orient import class_blur, fit
     from spicompute.orient.sampling import fundamental_orientations, sampling_step_deg
 
     p = stage_params(args, "orient")
@@ -174,12 +174,21 @@ def run(args) -> int:
             refined.best_cc[sel] = r.best_cc
             refined.gain[sel] = r.gain
         result = refined
+    # each average's orientation spread (the class-average blur), for the VAE's forward model
+    blur = np.empty((avg.n_averages, 2))
+    for s in np.unique(ref_sizes):
+        sel = np.flatnonzero(ref_sizes == s)
+        # (the blur fit correlates I / p whatever orient.normalise says: a log CC reads noisy averages as sharp)
+        blur[sel], _ = class_blur.fit_class_blur(avg.subset(sel), make(float(s)), result.quaternion[sel],
+                                                 r_min=o["r_min"], r_max=o["r_max"], stride=o["stride"],
+                                                 log_floor=o["log_floor"], profile_quats=quats)
     elapsed = time.perf_counter() - start
 
     table = pd.DataFrame({"average_id": avg.average_id,
                           "qw": result.quaternion[:, 0], "qx": result.quaternion[:, 1],
                           "qy": result.quaternion[:, 2], "qz": result.quaternion[:, 3],
-                          "best_cc": result.best_cc, "gain": result.gain})
+                          "best_cc": result.best_cc, "gain": result.gain,
+                          "blur_out_deg": blur[:, 0], "blur_in_deg": blur[:, 1]})
     if size_nm is not None:
         table["size_nm"] = size_nm
     slices = np.empty((avg.n_averages, avg.size, avg.size), dtype=np.float32)
@@ -196,6 +205,10 @@ def run(args) -> int:
             h5.create_dataset("quaternion", data=result.quaternion)
             for name in ("best_cc", "mean_cc", "std_cc", "gain", "best_index"):
                 h5.create_dataset(name, data=getattr(result, name))
+            h5.create_dataset("blur_deg", data=blur)
+            h5["blur_deg"].attrs["meaning"] = ("orientation spread of the class average, (M, 2) = (out of plane, "
+                                               "in plane): the 7-slice kernel's +-b (degrees) that fits it best "
+                                               "against the reference")
             if size_nm is not None:
                 h5.create_dataset("size_nm", data=size_nm)
             g = h5.create_group("orientations")
@@ -216,7 +229,9 @@ def run(args) -> int:
                "best_cc_mean": float(np.mean(result.best_cc)),
                "gain_median": float(np.median(result.gain[finite])) if finite.any() else None,
                "gain_p90": float(np.percentile(result.gain[finite], 90)) if finite.any() else None,
-               "gain_undefined": int((~finite).sum()), **resolved}
+               "gain_undefined": int((~finite).sum()),
+               "blur_out_deg_median": float(np.median(blur[:, 0])),
+               "blur_in_deg_median": float(np.median(blur[:, 1])), **resolved}
     write_json_atomic(args.metrics, metrics)
     log.info("median gain %.2f, mean best CC %.3f in %.1f s -> %s", metrics["gain_median"] or float("nan"),
              metrics["best_cc_mean"], elapsed, args.out)

@@ -33,7 +33,7 @@ HELP = "train the VAE (2D averages + orientations -> latent -> Oh-symmetric 3D v
 DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_size_nm": "auto",
             "min_counts": 1.0, "loss": "mse_log", "log_floor": 0.01, "epochs": 60, "batch_size": 32,
             "learning_rate": 0.001, "kl_weight": 0.01, "kl_warmup_epochs": 10, "seed": 0,
-            "device": "auto", "amp": False, "threads": 0, "class_blur_deg": 0.0}
+            "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto"}
 
 log = get_logger("vae")
 
@@ -69,7 +69,13 @@ def options(raw: dict) -> dict:
     p["seed"] = positive("vae.seed", p["seed"], integer=True, allow_zero=True)
     p["device"] = choice("vae.device", p["device"], ("auto", "cpu", "cuda"))
     p["threads"] = positive("vae.threads", p["threads"], integer=True, allow_zero=True)
-    p["class_blur_deg"] = in_range("vae.class_blur_deg", p["class_blur_deg"], 0.0, 30.0)
+    if p["class_blur_deg"] != "auto":   # auto: measured by the orient stage (spicompute.orient.class_blur)
+        blur = p["class_blur_deg"]
+        pair = list(blur) if isinstance(blur, (list, tuple)) else [blur, blur]
+        if len(pair) != 2:
+            raise ParameterError("vae.class_blur_deg",
+                                 f"must be auto, a number or [out_of_plane, in_plane], got {blur!r}")
+        p["class_blur_deg"] = [in_range("vae.class_blur_deg", v, 0.0, 30.0) for v in pair]
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -91,6 +97,24 @@ def _orientations(path: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(q)) or np.any(np.abs(np.linalg.norm(q, axis=1) - 1) > 1e-3):
         raise InputError(path, "qw,qx,qy,qz", "orientations must be finite unit quaternions")
     return q, t["gain"].to_numpy(np.float64)
+
+
+def resolve_class_blur(value, orient_path: str, ids: np.ndarray, gain: np.ndarray,
+                       selected: np.ndarray) -> tuple[tuple[float, float], dict]:
+    """``vae.class_blur_deg`` as (out of plane, in plane) degrees: the numbers given, or (``auto``) the data
+    set's class blur measured by the orient stage (:func:`spicompute.orient.class_blur.dataset_blur`),
+    to 0.1 degree."""
+    if value != "auto":
+        return (float(value[0]), float(value[1])), {"source": "parameter"}
+    from spicompute.io.tables import rows_for
+    from spicompute.orient.class_blur import dataset_blur
+
+    cols = ("blur_out_deg", "blur_in_deg")
+    blur = rows_for(orient_path, ids, cols)[list(cols)].to_numpy(np.float64)
+    (b_out, b_in), info = dataset_blur(blur, gain, selected)
+    return (round(b_out, 1), round(b_in, 1)), {
+        "source": "auto: medians of the orient stage's blur_out_deg, blur_in_deg over the selected averages "
+                  "with the top quarter of gains", **info}
 
 
 def _selected(path: str, ids: np.ndarray) -> np.ndarray:
@@ -192,12 +216,16 @@ def run(args) -> int:
                               q_max_nm=p["q_max_nm"], particle_size_nm=p["particle_size_nm"],
                               min_counts=p["min_counts"], log_floor=p["log_floor"], source=args.averages)
     inputs = model_inputs(avg, prep, quats, gain, train_index)
+    blur_deg, blur_info = resolve_class_blur(p["class_blur_deg"], args.orient, avg.average_id, gain, selected)
+    if p["class_blur_deg"] == "auto":
+        log.info("class blur %.1f deg out of plane, %.1f in plane (auto, from %d averages)", *blur_deg,
+                 blur_info["n_used"])
     log.info("%d of %d averages train a %s VAE (volume %d^3, q %.3f..%.3f rad/nm, latent %d) on %s x%d",
              train_index.size, avg.n_averages, p["preset"], arch.volume_size, prep.q_min_nm, prep.q_max_nm,
              arch.latent_dim, device, dist.world)
     config = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
                          kl_weight=p["kl_weight"], kl_warmup_epochs=p["kl_warmup_epochs"], loss=p["loss"],
-                         seed=p["seed"], amp=p["amp"], class_blur_deg=p["class_blur_deg"])
+                         seed=p["seed"], amp=p["amp"], class_blur_deg=blur_deg)
     torch.manual_seed(p["seed"])
     model = VAE(arch).to(device)
     data = TensorData(inputs, prep, device)
@@ -242,6 +270,7 @@ def run(args) -> int:
     table["vae_trained"] = selected
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
             "fingerprint": fp, "n_train": int(train_index.size), "target_norm": inputs.norm,
+            "class_blur_deg": list(blur_deg), "class_blur": blur_info,
             # per-epoch seconds go to the dvclive curves, not into the science output
             "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
             "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
@@ -260,7 +289,7 @@ def run(args) -> int:
                "recon_unselected_median": float(np.median(recon[~selected])) if (~selected).any() else None,
                "q_max_nm": prep.q_max_nm, "q_min_nm": prep.q_min_nm, "q_max_limits": prep.q_max_limits,
                "particle_size_nm": prep.particle_size_nm, "volume_size": arch.volume_size,
-               "dq3_nm": prep.dq3_nm, "device": str(device), "processes": dist.world,
+               "dq3_nm": prep.dq3_nm, "class_blur_deg": list(blur_deg), "device": str(device), "processes": dist.world,
                "seconds": round(elapsed, 1)}
     write_json_atomic(args.metrics, metrics)
     log.info("trained %d epochs in %.1f s, final recon %.4f -> %s", len(history), elapsed,

@@ -48,13 +48,15 @@ class TrainConfig:
     loss: str = "mse_log"
     seed: int = 0
     amp: bool = False
-    class_blur_deg: float = 0.0
+    class_blur_deg: tuple[float, float] = (0.0, 0.0)   # (out of plane, in plane)
 
     def fingerprint_fields(self) -> dict:
         d = asdict(self)
         d.pop("epochs")  # more epochs continue the same trajectory
-        if not d["class_blur_deg"]:
+        if not any(d["class_blur_deg"]):
             d.pop("class_blur_deg")  # checkpoints of runs before the parameter existed stay valid
+        else:
+            d["class_blur_deg"] = [float(v) for v in d["class_blur_deg"]]
         return d
 
 
@@ -136,24 +138,26 @@ def _reconstruction_loss(pred, target, observed, count_scale, kind, log_floor, p
     return (2.0 * (m.double() * dev).sum(1) / n.double()).to(pred.dtype), s
 
 
-@functools.lru_cache(maxsize=8)   # called every batch: made once per angle
-def class_blur_rotations(blur_deg: float) -> torch.Tensor | None:
-    """(7, 3, 3) lab-frame rotations -- the identity and +-``blur_deg`` about the detector x, y and
-    the beam (z) axis -- or None for 0.
+@functools.lru_cache(maxsize=8)   # called every batch: made once per angle pair
+def class_blur_rotations(out_deg: float, in_deg: float | None = None) -> torch.Tensor | None:
+    """(7, 3, 3) lab-frame rotations -- the identity, +-``out_deg`` about the detector x and y axes and
+    +-``in_deg`` (default ``out_deg``) about the beam (z) axis -- or None when both are 0.
 
     A class average is the mean of its members' patterns, whose orientations spread around the
     average's fitted one (the in-plane step of the 2D EMC, the out-of-plane patch a class
     covers).  Slicing the volume at these 7 orientations and averaging renders that spread, so the
     decoder is fitted to the averages as they were made (a forward model of the class average),
-    instead of being asked for a volume whose sharp slices look blurred.  The rms angle of the
-    pattern is ``blur_deg * sqrt(6 / 7)``.
+    instead of being asked for a volume whose sharp slices look blurred.  The variance along each
+    axis is ``2 b^2 / 7``.
     """
-    if not blur_deg:
+    in_deg = out_deg if in_deg is None else in_deg
+    if not out_deg and not in_deg:
         return None
     from scipy.spatial.transform import Rotation
 
-    vecs = np.vstack([np.zeros(3), np.repeat(np.eye(3), 2, axis=0) * np.tile([1.0, -1.0], 3)[:, None]])
-    return torch.from_numpy(Rotation.from_rotvec(vecs * np.deg2rad(blur_deg)).as_matrix())
+    from spicompute.orient.class_blur import kernel_rotvecs   # the kernel the orient stage measures b with
+
+    return torch.from_numpy(Rotation.from_rotvec(kernel_rotvecs(out_deg, in_deg)).as_matrix())
 
 
 def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
@@ -214,7 +218,7 @@ def batch_loss(model, data: TensorData, idx: torch.Tensor, noise: torch.Tensor, 
                beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of total losses, sum of reconstruction losses, sum of KL) over the batch ``idx``."""
     volumes, mu, logvar = model(data.image[idx], data.condition[idx], noise)
-    rec, _ = slice_loss(volumes, data, idx, config.loss, class_blur_rotations(config.class_blur_deg))
+    rec, _ = slice_loss(volumes, data, idx, config.loss, class_blur_rotations(*config.class_blur_deg))
     kl = kl_divergence(mu, logvar)
     return (rec + beta * kl).sum(), rec.detach().sum(), kl.detach().sum()
 

@@ -166,7 +166,9 @@ def test_orient_stage_cli(tmp_path):
             "--out", f"{t}/orient.parquet", "--h5", f"{t}/orient.h5", "--metrics", f"{t}/m.json", "-q"]
     assert main(args) == 0
     table = pd.read_parquet(tmp_path / "orient.parquet")
-    assert list(table.columns) == ["average_id", "qw", "qx", "qy", "qz", "best_cc", "gain"]
+    assert list(table.columns) == ["average_id", "qw", "qx", "qy", "qz", "best_cc", "gain", "blur_out_deg",
+                                   "blur_in_deg"]
+    assert np.all(table[["blur_out_deg", "blur_in_deg"]] <= 2.0)  # sharp single slices: no orientation spread
     assert np.array_equal(table["average_id"], avg.average_id)
     assert np.median(misorientation_deg(table[["qw", "qx", "qy", "qz"]].to_numpy(), truth)) < 4.0
     with h5py.File(tmp_path / "orient.h5") as h5:

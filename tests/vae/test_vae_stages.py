@@ -38,7 +38,7 @@ def _project(root: Path, vae=None, grid=41, dq=0.045) -> Path:
                 pd.DataFrame({"average_id": ids, "pc_1": t - 0.5, "cluster": (t > 0.5).astype(int)}))
     write_table(root / "results/parts/orient.parquet",
                 pd.DataFrame({"average_id": ids, "qw": quats[:, 0], "qx": quats[:, 1], "qy": quats[:, 2],
-                              "qz": quats[:, 3], "best_cc": 0.9, "gain": 1.0 + (1 - t)}))
+                              "qz": quats[:, 3], "best_cc": 0.9, "gain": 1.0 + (1 - t), "blur_out_deg": 3.0, "blur_in_deg": 2.0}))
     params = {"select": {"mode": "all"}, "vae": dict(VAE_PARAMS, **(vae or {})),
               "volumes": {"n_points": 5, "selections": str(root / "selections")}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -113,6 +113,8 @@ def test_two_dimensional_latent_and_poisson_loss_on_another_geometry(tmp_path, l
 @pytest.mark.parametrize("change,field", [
     ({"preset": "huge"}, "vae.preset"), ({"latent_dim": 4}, "vae.latent_dim"), ({"epochs": 0}, "vae.epochs"),
     ({"learning_rate": "fast"}, "vae.learning_rate"), ({"lossy": 1}, "vae.lossy"), ({"q_max_nm": -1}, "vae.q_max_nm"),
+    ({"class_blur_deg": "wide"}, "vae.class_blur_deg"), ({"class_blur_deg": 45}, "vae.class_blur_deg"),
+    ({"class_blur_deg": [1, 2, 3]}, "vae.class_blur_deg"),
 ])
 def test_bad_vae_params_exit_2(tmp_path, capsys, change, field):
     root = _project(tmp_path, vae=change)
@@ -128,6 +130,33 @@ def test_missing_orientations_are_named(tmp_path, capsys):
     write_table(root / "results/parts/orient.parquet", t)
     assert _run(root, "vae") == 2
     assert "orient.parquet: gain: column missing" in capsys.readouterr().err
+
+
+def test_class_blur_auto_comes_from_the_orient_stage(tmp_path, capsys):
+    """``vae.class_blur_deg: auto`` takes the median orient ``blur_deg`` of the selected averages the reference
+    fits best (top quarter of gains) -- not of the others -- and records it; without the column it is a
+    one-line error naming the file and the column."""
+    root = _project(tmp_path, vae={"class_blur_deg": "auto", "epochs": 1})
+    t = read_table(root / "results/parts/orient.parquet")
+    top = t.gain >= t.gain.quantile(0.75)
+    t["blur_out_deg"] = np.where(top, 9.0, 19.0)
+    t["blur_in_deg"] = np.where(top, 4.0, 19.0)
+    write_table(root / "results/parts/orient.parquet", t)
+    assert _run(root, "select") == 0 and _run(root, "vae") == 0
+    metrics = json.loads((root / "metrics/vae.json").read_text())
+    side = json.loads((root / "models/vae.json").read_text())
+    assert metrics["class_blur_deg"] == [9.0, 4.0] and side["class_blur_deg"] == [9.0, 4.0]
+    assert side["class_blur"]["source"].startswith("auto") and side["class_blur"]["n_used"] >= 4
+    write_table(root / "results/parts/orient.parquet", t.drop(columns=["blur_in_deg"]))
+    assert _run(root, "vae") == 2
+    assert "orient.parquet: blur_in_deg: column missing" in capsys.readouterr().err
+    # a number is the same blur about every axis; a pair is (out of plane, in plane)
+    for value, expect in ((6, [6.0, 6.0]), ([8, 3.5], [8.0, 3.5])):
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["vae"]["class_blur_deg"] = value
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        assert _run(root, "vae") == 0
+        assert json.loads((root / "metrics/vae.json").read_text())["class_blur_deg"] == expect
 
 
 def _weights(path: Path) -> dict:
