@@ -22,6 +22,7 @@ from dashboard.common import (
     missing,
     path,
     read_h5,
+    read_json,
     read_table,
     run_picker,
     workspace,
@@ -83,10 +84,17 @@ if table is None:
 zcols = sorted([c for c in table.columns if c.startswith("z_") and not c.startswith("z_logvar")])
 trained = table["vae_trained"].astype(bool) if "vae_trained" in table else pd.Series(True, index=table.index)
 
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns(4)
 c1.metric("averages encoded", f"{len(table):,}")
 c2.metric("trained on", f"{int(trained.sum()):,}")
 c3.metric("latent dimension", len(zcols))
+blur = read_json("metrics/vae.json").get("class_blur_deg")
+if isinstance(blur, (int, float)):
+    blur = [blur, blur]
+c4.metric("class blur", "—" if not blur else f"{blur[0]:.1f}° / {blur[1]:.1f}°",
+          help="The orientation spread each class average was rendered with in the VAE's loss: the mean of "
+               "slices at ± the first turn about the detector axes (out of plane) and ± the second about the "
+               "beam (in plane); vae.class_blur_deg, auto = measured by the orient stage.")
 
 left, right = st.columns(2)
 if len(zcols) == 1:

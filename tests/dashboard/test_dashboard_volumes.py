@@ -37,10 +37,19 @@ def test_volumes_page_renders_every_view(workspace):
                       [a.get("text", "") for s in specs for a in s["layout"].get("annotations", [])])
     for name in ("<100>", "<110>", "<111>", "Fig. 5A", "Fig. 5D", "average 7"):
         assert name in titles
+    assert any(m.label == "class blur" and m.value == "—" for m in at.metric)  # no metrics/vae.json here
     # moving the slider shows another volume
     at.select_slider(key="volume_index").set_value(3).run()
     assert not at.exception
     assert any("volume 3 of 4" in c.value for c in at.caption)
+
+
+def test_class_blur_the_vae_used_is_shown(workspace):
+    (workspace / "metrics").mkdir(exist_ok=True)
+    (workspace / "metrics" / "vae.json").write_text(json.dumps({"class_blur_deg": [11.64, 7.27]}))
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert any(m.label == "class blur" and m.value == "11.6° / 7.3°" for m in at.metric)
 
 
 def test_saving_a_latent_point_writes_a_selection(workspace):
