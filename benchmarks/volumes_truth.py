@@ -14,6 +14,7 @@ and prints what ``spicompute validate`` measured (:mod:`spicompute.validation`):
     PYTHONPATH=. python benchmarks/volumes_truth.py --photons 400 --background 50 --seed 1
     PYTHONPATH=. python benchmarks/volumes_truth.py --workdir D --from select   # rerun from a stage
     PYTHONPATH=. python benchmarks/volumes_truth.py --workdir D --to orient     # only the upstream half
+    PYTHONPATH=. python benchmarks/volumes_truth.py --workdir D --from vae --set vae.class_blur_deg=auto --label blurauto
 
 Results (JSON, with the date, machine load and commit) go to
 ``benchmarks/measured/volumes_truth_<label>.json`` with ``--save``.
@@ -74,6 +75,15 @@ def main_(args) -> dict:
         if args.background is not None:
             params["simulate"]["background_photons"] = args.background
         pfile.write_text(yaml.safe_dump(params))
+    if args.set:   # a variant: SECTION.KEY=VALUE (YAML value) into the folder's params.yaml
+        params = yaml.safe_load(pfile.read_text())
+        for item in args.set:
+            key, _, value = item.partition("=")
+            section, _, name = key.partition(".")
+            if not name or section not in params:
+                raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with a section of params.yaml")
+            params[section][name] = yaml.safe_load(value)
+        pfile.write_text(yaml.safe_dump(params))
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     seconds = {}
     for name in STAGES[STAGES.index(args.start):STAGES.index(args.stop) + 1]:
@@ -100,6 +110,8 @@ def main_(args) -> dict:
         print(p)
     if args.save:
         label = f"p{int(settings['photons_mean'])}_b{int(settings['background_photons'])}_s{settings['seed']}"
+        label += f"_{args.label}" if args.label else ""
+        out["set"] = list(args.set or [])
         dest = REPO / "benchmarks" / "measured" / f"volumes_truth_{label}.json"
         dest.write_text(json.dumps(out, indent=1) + "\n")
         print("->", dest)
@@ -116,4 +128,7 @@ if __name__ == "__main__":
                     help="first stage to run (the folder must hold the earlier outputs)")
     ap.add_argument("--to", dest="stop", default="validate", choices=STAGES, help="last stage to run")
     ap.add_argument("--save", action="store_true", help="write benchmarks/measured/volumes_truth_<label>.json")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="change a parameter in the folder's params.yaml (repeatable), e.g. vae.class_blur_deg=auto")
+    ap.add_argument("--label", default="", help="suffix of the saved JSON's name (a variant)")
     main_(ap.parse_args())
