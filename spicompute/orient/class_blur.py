@@ -77,7 +77,7 @@ def fit_class_blur(averages, reference, quats: np.ndarray, *, r_min: float, r_ma
     sharp models (the log of few counts exaggerates fringe minima; measured in the tests).
     Returns ``blur`` (M, 2) = (out, in) degrees and the CC table (M, G, G).
     """
-    from spicompute.orient.fit import _cc_per_average, fit_region, prepare_averages, reference_profile
+    from spicompute.orient.fit import _cc_per_average, fit_region, prepare_averages, reference_profile, transform
 
     quats = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
     if len(quats) != averages.n_averages:
@@ -86,19 +86,34 @@ def fit_class_blur(averages, reference, quats: np.ndarray, *, r_min: float, r_ma
     prep = prepare_averages(averages, region, normalise, log_floor)
     prof = reference_profile(reference, region, quats if profile_quats is None else profile_quats)
     grid = np.asarray(grid_deg, dtype=np.float64)
-    pairs = [(b_out, b_in) for b_out in grid for b_in in grid]
-    cc = np.empty((averages.n_averages, len(pairs)))
+    n = grid.size
+    p_pix = prof[region.rbin].astype(np.float32)
+    cc = np.empty((averages.n_averages, n, n))
     for s in range(0, averages.n_averages, int(batch)):
         e = min(s + int(batch), averages.n_averages)
-        sl = np.stack([blurred_slices(reference, region, quats[s:e], pair, prof, normalise, log_floor)
-                       for pair in pairs], axis=1)  # (b, G*G, P)
-        cc[s:e] = _cc_per_average(prep, s, e, sl)
-    cc = cc.reshape(-1, grid.size, grid.size)
+        # the kernel's mean is (centre + 4 out-of-plane + 2 in-plane slices) / 7, so the sums over each
+        # group are sliced once per angle and combined for every (out, in) pair: 1 + 6 G slices, not 7 G^2
+        centre = _intensities(reference, region, kernel_quaternions(quats[s:e], 0.0)[:, :1])[:, 0]  # (b, P)
+        outer = np.stack([_intensities(reference, region, kernel_quaternions(quats[s:e], b, 0.0)[:, 1:5]).sum(1)
+                          for b in grid], axis=1)  # (b, G, P)
+        inner = np.stack([_intensities(reference, region, kernel_quaternions(quats[s:e], 0.0, b)[:, 5:]).sum(1)
+                          for b in grid], axis=1)  # (b, G, P)
+        mean = (centre[:, None, None] + outer[:, :, None] + inner[:, None, :]) / 7.0  # (b, G, G, P)
+        sl = transform(mean, p_pix, normalise, np.float32(log_floor)).astype(np.float32, copy=False)
+        cc[s:e] = _cc_per_average(prep, s, e, sl.reshape(e - s, n * n, -1)).reshape(e - s, n, n)
     best = np.argmax(cc.reshape(len(cc), -1), axis=1)
     i, j = np.divmod(best, grid.size)
     rows = np.arange(len(cc))
     blur = np.stack([refine_peak(grid, cc[rows, :, j]), refine_peak(grid, cc[rows, i, :])], axis=1)
     return blur, cc
+
+
+def _intensities(reference, region, quats: np.ndarray) -> np.ndarray:
+    """Reference intensities at orientations ``quats`` (b, k, 4) on the fit region: (b, k, P)."""
+    from spicompute.orient.slicing import model_coordinates
+
+    b, k = quats.shape[:2]
+    return reference.evaluate(model_coordinates(region.q, quats.reshape(-1, 4))).reshape(b, k, -1)
 
 
 def refine_peak(grid: np.ndarray, values: np.ndarray) -> np.ndarray:

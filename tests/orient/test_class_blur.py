@@ -9,7 +9,13 @@ from scipy.spatial.transform import Rotation
 from spicompute.errors import InputError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
-from spicompute.orient.class_blur import dataset_blur, fit_class_blur, kernel_quaternions, refine_peak
+from spicompute.orient.class_blur import (
+    blurred_slices,
+    dataset_blur,
+    fit_class_blur,
+    kernel_quaternions,
+    refine_peak,
+)
 from spicompute.orient.fit import cube_reference, fit_orientations, refine_orientations
 from spicompute.orient.quaternions import (
     canonical,
@@ -113,6 +119,25 @@ def test_blur_at_fitted_orientations_and_the_data_set_value():
     # -- the value is whatever the mismatch gives, and it is not the cubes'
     sphere_value, _ = dataset_blur(b, fit.gain, np.arange(m) >= n_cubes)
     assert max(abs(a - c) for a, c in zip(sphere_value, value)) > 2.0, (sphere_value, value)
+
+
+def test_the_grid_of_pairs_is_the_kernel_mean_slice():
+    """fit_class_blur combines per-angle slice sums for every (out, in) pair; each entry of its CC table is
+    the CC with the kernel's mean slice made directly (blurred_slices)."""
+    from spicompute.orient.fit import _cc_per_average, fit_region, prepare_averages, reference_profile
+
+    g = GEOMETRIES["49px_30nm"]
+    rng = np.random.default_rng(2)
+    quats = random_quaternions(5, rng)
+    avg = spread_averages(g, quats, 2.0, rng, 1e5, members=20)
+    ref = cube_reference(g["edge"])
+    _, cc = fit_class_blur(avg, ref, quats, grid_deg=(0.0, 3.0, 6.0, 9.0), **g["fit"])
+    region = fit_region(avg, g["fit"]["r_min"], g["fit"]["r_max"])
+    prep = prepare_averages(avg, region, "profile")
+    prof = reference_profile(ref, region, quats)
+    for i, j in ((0, 0), (1, 3), (3, 2)):
+        direct = blurred_slices(ref, region, quats, ((0.0, 3.0, 6.0, 9.0)[i], (0.0, 3.0, 6.0, 9.0)[j]), prof)
+        np.testing.assert_allclose(cc[:, i, j], _cc_per_average(prep, 0, 5, direct[:, None, :])[:, 0], atol=2e-6)
 
 
 def test_refine_peak_finds_a_parabola_vertex_and_keeps_the_ends():
