@@ -1,4 +1,4 @@
-"""Orientation: gain and best CC of every average vs the cube reference (Fig. 4C).
+"""Orientation: gain, best CC and class blur of every average vs the cube reference (Fig. 4C).
 
 Reads results/averages.parquet (or the orient/embed parts), data/orient.h5
 (best-fit reference slices) and data/averages.h5.
@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import averages_table, grid_step, log_image, missing, read_h5, run_picker
+from dashboard.common import averages_table, grid_step, log_image, missing, read_h5, read_json, run_picker
 from dashboard.figures import image_grid
 
 st.set_page_config(page_title="Orientation · SPI Landscape", layout="wide")
@@ -49,11 +49,35 @@ if "pc_2" in table.columns:
 else:
     right.info("No CLPCA coordinates yet — run `dvc repro embed` for the gain vs CLPCA-2 plot.")
 
+if {"blur_out_deg", "blur_in_deg"} <= set(table.columns):
+    st.subheader("Class blur: how far each class's members spread in orientation")
+    blur_fig = go.Figure()
+    for col, name, colour in (("blur_out_deg", "out of plane (detector axes)", "#4C78A8"),
+                              ("blur_in_deg", "in plane (beam axis)", "#F58518")):
+        blur_fig.add_trace(go.Scattergl(x=table["gain"], y=table[col], mode="markers", name=name,
+                                        marker=dict(size=5, color=colour, opacity=0.7),
+                                        text=[f"average {a}" for a in table["average_id"]]))
+    used = read_json("metrics/vae.json").get("class_blur_deg")
+    if isinstance(used, (int, float)):
+        used = [used, used]
+    if used:
+        for value, colour in zip(used, ("#4C78A8", "#F58518")):
+            blur_fig.add_hline(y=value, line_dash="dash", line_color=colour)
+    blur_fig.update_layout(title="Class blur against gain (dashed: what the VAE used)", xaxis_title="gain",
+                           yaxis_title="± turn of the kernel (degrees)", height=340, margin=dict(t=50, b=40),
+                           legend=dict(orientation="h", y=-0.25))
+    st.plotly_chart(blur_fig, width="stretch", key="orient_blur")
+    st.caption("Fitted against the reference with the VAE's 7-slice kernel (docs/regress_orient.md). Only the "
+               "high-gain averages (the reference's shape) measure a spread; `vae.class_blur_deg: auto` takes "
+               "the medians of the top quarter of gains among the selected averages.")
+
 st.subheader("An average and its best-fit reference slice")
 ids = table.sort_values("gain", ascending=False)["average_id"].to_numpy()
 chosen = st.selectbox("average (sorted by gain)", ids, index=0, key="orient_average")
 row = table[table["average_id"] == chosen].iloc[0]
-st.caption(f"average {chosen}: gain {row['gain']:.3f}, best CC {row['best_cc']:.3f}, "
+blur_text = (f", class blur {row['blur_out_deg']:.1f}° out of plane / {row['blur_in_deg']:.1f}° in plane"
+             if "blur_out_deg" in row and "blur_in_deg" in row else "")
+st.caption(f"average {chosen}: gain {row['gain']:.3f}, best CC {row['best_cc']:.3f}{blur_text}, "
            f"q = ({row['qw']:.3f}, {row['qx']:.3f}, {row['qy']:.3f}, {row['qz']:.3f}) "
            "(scalar first, model→lab)")
 

@@ -72,6 +72,25 @@ def test_orientation_page(workspace):
     assert np.allclose(decode_plotly_array(heat["z"]), 0.0)
 
 
+def test_orientation_page_shows_the_class_blur_and_what_the_vae_used(workspace):
+    parts = workspace / "results" / "parts"
+    t = pd.read_parquet(parts / "orient.parquet")
+    t["blur_out_deg"] = np.linspace(4.0, 15.0, M)
+    t["blur_in_deg"] = 6.5
+    t.to_parquet(parts / "orient.parquet")
+    (workspace / "metrics" / "vae.json").write_text(json.dumps({"class_blur_deg": [11.6, 7.3]}))
+    at = AppTest.from_file(str(PAGES / "4_Orientation.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 4
+    blur = charts[2]
+    assert [tr["name"] for tr in blur["data"]] == ["out of plane (detector axes)", "in plane (beam axis)"]
+    assert np.allclose(np.sort(decode_plotly_array(blur["data"][0]["y"])), np.linspace(4.0, 15.0, M))
+    assert sorted(sh["y0"] for sh in blur["layout"]["shapes"]) == [7.3, 11.6]
+    # the chosen (highest-gain) average's caption names its blur
+    assert any("class blur 15.0° out of plane / 6.5° in plane" in c.value for c in at.caption)
+
+
 def test_orientation_page_without_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("SPI_WORKSPACE", str(tmp_path))
     at = AppTest.from_file(str(PAGES / "4_Orientation.py"), default_timeout=60).run()
