@@ -196,6 +196,14 @@ def read_json(relative: str) -> dict:
         return {}
 
 
+def vae_class_blur() -> list[float] | None:
+    """[out of plane, in plane] degrees the VAE was trained with (metrics/vae.json), or None."""
+    blur = read_json("metrics/vae.json").get("class_blur_deg")
+    if isinstance(blur, (int, float)):   # one number: the same turn about every axis
+        return [float(blur), float(blur)]
+    return [float(v) for v in blur] if blur else None
+
+
 def missing(stage: str, output: str) -> None:
     """Friendly notice for a page whose stage has not produced its output yet (in the
     workspace), or whose output a browsed revision lacks or has not in the local cache."""

@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import averages_table, grid_step, log_image, missing, read_h5, read_json, run_picker
+from dashboard.common import averages_table, grid_step, log_image, missing, read_h5, run_picker, vae_class_blur
 from dashboard.figures import image_grid
 
 st.set_page_config(page_title="Orientation · SPI Landscape", layout="wide")
@@ -57,9 +57,7 @@ if {"blur_out_deg", "blur_in_deg"} <= set(table.columns):
         blur_fig.add_trace(go.Scattergl(x=table["gain"], y=table[col], mode="markers", name=name,
                                         marker=dict(size=5, color=colour, opacity=0.7),
                                         text=[f"average {a}" for a in table["average_id"]]))
-    used = read_json("metrics/vae.json").get("class_blur_deg")
-    if isinstance(used, (int, float)):
-        used = [used, used]
+    used = vae_class_blur()
     if used:
         for value, colour in zip(used, ("#4C78A8", "#F58518")):
             blur_fig.add_hline(y=value, line_dash="dash", line_color=colour)

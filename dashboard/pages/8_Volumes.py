@@ -22,9 +22,9 @@ from dashboard.common import (
     missing,
     path,
     read_h5,
-    read_json,
     read_table,
     run_picker,
+    vae_class_blur,
     workspace,
 )
 from dashboard.data import density, drill, loaders, selections
@@ -88,9 +88,7 @@ c1, c2, c3, c4 = st.columns(4)
 c1.metric("averages encoded", f"{len(table):,}")
 c2.metric("trained on", f"{int(trained.sum()):,}")
 c3.metric("latent dimension", len(zcols))
-blur = read_json("metrics/vae.json").get("class_blur_deg")
-if isinstance(blur, (int, float)):
-    blur = [blur, blur]
+blur = vae_class_blur()
 c4.metric("class blur", "—" if not blur else f"{blur[0]:.1f}° / {blur[1]:.1f}°",
           help="The orientation spread each class average was rendered with in the VAE's loss: the mean of "
                "slices at ± the first turn about the detector axes (out of plane) and ± the second about the "

@@ -49,21 +49,6 @@ def kernel_quaternions(quats: np.ndarray, out_deg: float, in_deg: float | None =
     return canonical(quat_multiply(delta[None, :, :], q[:, None, :]))
 
 
-def blurred_slices(reference, region, quats: np.ndarray, blur: tuple[float, float], profile: np.ndarray,
-                   normalise: str = "profile", log_floor: float = 0.01) -> np.ndarray:
-    """Normalised mean reference slice over the kernel (``blur`` = (out-of-plane, in-plane) degrees) at each
-    of ``quats`` (M, 4): (M, P) float32.  The intensities are averaged first and then normalised, as a
-    class average is."""
-    from spicompute.orient.fit import transform
-    from spicompute.orient.slicing import model_coordinates
-
-    kq = kernel_quaternions(quats, *blur)  # (M, 7, 4)
-    s = reference.evaluate(model_coordinates(region.q, kq.reshape(-1, 4)))
-    s = s.reshape(len(kq), kq.shape[1], -1).mean(axis=1)
-    p = profile[region.rbin].astype(np.float32)
-    return transform(s, p, normalise, np.float32(log_floor)).astype(np.float32, copy=False)
-
-
 def fit_class_blur(averages, reference, quats: np.ndarray, *, r_min: float, r_max: float, stride: int = 1,
                    normalise: str = "profile", log_floor: float = 0.01, profile_quats: np.ndarray | None = None,
                    grid_deg: tuple[float, ...] = BLUR_GRID_DEG, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +78,7 @@ def fit_class_blur(averages, reference, quats: np.ndarray, *, r_min: float, r_ma
         e = min(s + int(batch), averages.n_averages)
         # the kernel's mean is (centre + 4 out-of-plane + 2 in-plane slices) / 7, so the sums over each
         # group are sliced once per angle and combined for every (out, in) pair: 1 + 6 G slices, not 7 G^2
-        centre = _intensities(reference, region, kernel_quaternions(quats[s:e], 0.0)[:, :1])[:, 0]  # (b, P)
+        centre = _intensities(reference, region, quats[s:e, None])[:, 0]  # (b, P)
         outer = np.stack([_intensities(reference, region, kernel_quaternions(quats[s:e], b, 0.0)[:, 1:5]).sum(1)
                           for b in grid], axis=1)  # (b, G, P)
         inner = np.stack([_intensities(reference, region, kernel_quaternions(quats[s:e], 0.0, b)[:, 5:]).sum(1)

@@ -174,14 +174,18 @@ def run(args) -> int:
             refined.best_cc[sel] = r.best_cc
             refined.gain[sel] = r.gain
         result = refined
-    # each average's orientation spread (the class-average blur), for the VAE's forward model
+    # per reference size: each average's orientation spread (the class-average blur, for the VAE's
+    # forward model) and its best-fit slice on the full grid (for the dashboard)
     blur = np.empty((avg.n_averages, 2))
+    slices = np.empty((avg.n_averages, avg.size, avg.size), dtype=np.float32)
     for s in np.unique(ref_sizes):
         sel = np.flatnonzero(ref_sizes == s)
+        ref, sub = make(float(s)), avg.subset(sel)
         # (the blur fit correlates I / p whatever orient.normalise says: a log CC reads noisy averages as sharp)
-        blur[sel], _ = class_blur.fit_class_blur(avg.subset(sel), make(float(s)), result.quaternion[sel],
-                                                 r_min=o["r_min"], r_max=o["r_max"], stride=o["stride"],
-                                                 log_floor=o["log_floor"], profile_quats=quats)
+        blur[sel], _ = class_blur.fit_class_blur(sub, ref, result.quaternion[sel], r_min=o["r_min"],
+                                                 r_max=o["r_max"], stride=o["stride"], log_floor=o["log_floor"],
+                                                 profile_quats=quats)
+        slices[sel] = fit.best_slices(sub, ref, result.quaternion[sel])
     elapsed = time.perf_counter() - start
 
     table = pd.DataFrame({"average_id": avg.average_id,
@@ -191,10 +195,6 @@ def run(args) -> int:
                           "blur_out_deg": blur[:, 0], "blur_in_deg": blur[:, 1]})
     if size_nm is not None:
         table["size_nm"] = size_nm
-    slices = np.empty((avg.n_averages, avg.size, avg.size), dtype=np.float32)
-    for s in np.unique(ref_sizes):
-        sel = np.flatnonzero(ref_sizes == s)
-        slices[sel] = fit.best_slices(avg.subset(sel), make(float(s)), result.quaternion[sel])
     with atomic_path(args.h5) as tmp:
         with h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, p)

@@ -10,7 +10,6 @@ from spicompute.errors import InputError
 from spicompute.geometry import grid_q
 from spicompute.io.averages import AverageSet
 from spicompute.orient.class_blur import (
-    blurred_slices,
     dataset_blur,
     fit_class_blur,
     kernel_quaternions,
@@ -90,8 +89,8 @@ def test_log_intensity_would_read_noisy_averages_as_sharp():
 
 
 def test_blur_at_fitted_orientations_and_the_data_set_value():
-    """The whole path the stages take -- orientations fitted and refined, blur per average, one pair from the best-fitting
-    averages -- on blurred cubes mixed with sharp spheres: the spheres (low gain, a shape the reference does
+    """The whole path the stages take -- orientations fitted and refined, blur per average, one pair from the
+    best-fitting averages -- on blurred cubes mixed with sharp spheres: the spheres (low gain, a shape the reference does
     not have) do not drag the data-set value, which is the cubes' spread."""
     g = GEOMETRIES["65px_42nm"]
     rng = np.random.default_rng(5)
@@ -123,8 +122,14 @@ def test_blur_at_fitted_orientations_and_the_data_set_value():
 
 def test_the_grid_of_pairs_is_the_kernel_mean_slice():
     """fit_class_blur combines per-angle slice sums for every (out, in) pair; each entry of its CC table is
-    the CC with the kernel's mean slice made directly (blurred_slices)."""
-    from spicompute.orient.fit import _cc_per_average, fit_region, prepare_averages, reference_profile
+    the CC with the kernel's mean slice made directly: all 7 orientations sliced, intensities averaged,
+    then normalised as a class average is."""
+    from spicompute.orient.fit import _cc_per_average, fit_region, prepare_averages, reference_profile, transform
+
+    def blurred_slices(ref, region, quats, blur, prof):
+        kq = kernel_quaternions(quats, *blur)  # (M, 7, 4)
+        mean = ref.evaluate(model_coordinates(region.q, kq.reshape(-1, 4))).reshape(len(kq), 7, -1).mean(1)
+        return transform(mean, prof[region.rbin].astype(np.float32), "profile", np.float32(0.01)).astype(np.float32)
 
     g = GEOMETRIES["49px_30nm"]
     rng = np.random.default_rng(2)
