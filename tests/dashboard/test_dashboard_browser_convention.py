@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from tests.dashboard.browser_util import chromium, need_chromium, open_page, streamlit_server
-from tests.dashboard.convention_workspace import C, HOLE, SPOT, make_convention_workspace
+from tests.dashboard.convention_workspace import (
+    BLUR_IN,
+    BLUR_OUT,
+    C,
+    HOLE,
+    SPOT,
+    VAE_BLUR,
+    make_convention_workspace,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -94,3 +102,33 @@ def test_the_same_pixel_is_drawn_in_the_same_place_on_every_page(server):
     for key, offset in seen.items():
         # column 11 is 4 right of the centre; row 3 is qy = -0.2: 4 cells below it on screen
         assert offset == pytest.approx((SPOT[1] - C, C - SPOT[0]), abs=0.05), key
+
+
+BLUR_PLOT = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+  .filter(gd => String(((gd.layout || {}).title || {}).text || '').includes('Class blur against gain'))
+  .map(gd => ({traces: gd._fullData.map(t => ({name: t.name, y: Array.from(t.y)})),
+               dashed: gd._fullLayout.shapes.map(sh => sh.y0),
+               drawn: gd.querySelectorAll('.shapelayer path').length}))"""
+
+
+def test_orientation_page_draws_the_class_blur_and_a_click_shows_one_averages(server):
+    """In Chromium: the blur chart is drawn with both axes' values and the VAE's two dashed lines; picking
+    another average in the select box (a real click) puts that average's blur in its caption."""
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        open_page(page, f"{server}/Orientation", PAGES["Orientation"])
+        page.get_by_text("Class blur against gain").first.wait_for(timeout=90_000)
+        (blur,) = page.evaluate(BLUR_PLOT)
+        assert [t["name"] for t in blur["traces"]] == ["out of plane (detector axes)", "in plane (beam axis)"]
+        assert sorted(blur["traces"][0]["y"]) == BLUR_OUT and sorted(blur["traces"][1]["y"]) == BLUR_IN
+        assert sorted(blur["dashed"]) == sorted(VAE_BLUR) and blur["drawn"] == 2
+        # default: the highest-gain average (id 10); pick id 7, the lowest
+        caption = page.get_by_text("class blur 12.0° out of plane / 7.5° in plane")
+        caption.first.wait_for(timeout=30_000)
+        box = page.get_by_label("average (sorted by gain)")
+        box.click()
+        box.press("ArrowDown")   # this Streamlit's combobox opens its list from the keyboard, not on a click
+        page.get_by_role("option", name="7", exact=True).click()
+        page.get_by_text("average 7: gain 1.100").first.wait_for(timeout=30_000)
+        assert page.get_by_text("class blur 3.0° out of plane / 2.0° in plane").count() == 1
+        assert page.locator("[data-testid='stException']").count() == 0
