@@ -26,6 +26,13 @@ iterations), and reports:
     PYTHONPATH=. python benchmarks/landscape_matrix.py [--cells base photons_300 ...]
         [--frames 6000] [--runs 4] [--workdir DIR] [--out benchmarks/measured/landscape_matrix.json]
 
+``--oracle counts`` reruns ``ccmatrix`` + ``embed`` of finished cells on oracle averages
+(:mod:`spicompute.simulation.oracle`: each average replaced by one sharp view of its
+members' shape at their own photons; ``noisefree`` without the Poisson draw), at the cell's
+own resolved q range: the bound on what any classification into the same classes could give
+the landscape.  ``--seed`` then
+seeds the Poisson draw.
+
 Every cell's parameters are checked before anything runs: a cell that cannot
 be simulated stops the matrix with one line naming the cell and the parameter.
 """
@@ -211,6 +218,46 @@ def variant_cell(top: Path, name: str, variant: str, sets: dict, stages: dict) -
     return dst, {s: round(run_stage(dst, s, stages, pfile), 1) for s in names}
 
 
+ORACLES = ("counts", "noisefree")
+
+
+def oracle_cell(top: Path, name: str, mode: str, stages: dict, seed: int = 0) -> tuple[Path, dict]:
+    """Rerun ``ccmatrix`` + ``embed`` of a finished cell on its oracle averages
+    (:mod:`spicompute.simulation.oracle`: one sharp view of each average's members, at their
+    own photons for ``counts``, noise-free for ``noisefree``), in ``<cell>@oracle_<mode>``."""
+    from spicompute.io.averages import read_averages, write_averages
+    from spicompute.io.truth import read_truth
+    from spicompute.simulation.oracle import average_representatives, oracle_averages
+    from spicompute.simulation.simulate import SimulationParams, build_detector, make_library
+
+    src, dst = top / name, top / f"{name}@oracle_{mode}"
+    for rel in LANDSCAPE_INPUTS:
+        if rel == "data/averages.h5":
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not (dst / rel).exists():
+            (dst / rel).symlink_to((src / rel).resolve())
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    # the cell's own resolved q range: only the averages differ (the counts rule would read the
+    # sharp views' steeper fall-off and the Poisson pixels differently from EMC's smooth averages)
+    cell_q = json.loads((src / "metrics" / "ccmatrix.json").read_text())
+    params["ccmatrix"].update(q_min_nm=float(cell_q["q_min_nm"]), q_max_nm=float(cell_q["q_max_nm"]))
+    sim = SimulationParams.from_dict(params["simulate"])
+    library, _, _ = make_library(sim, build_detector(sim, np.random.default_rng(0)))
+    t = time.perf_counter()
+    reps = average_representatives(pd.read_parquet(src / "results" / "frames.parquet"),
+                                    read_truth(src / "data" / "truth.h5"))
+    ideal = oracle_averages(read_averages(src / "data" / "averages.h5"), reps, library, counts=mode == "counts",
+                            background_flat_fraction=sim.background_flat_fraction,
+                            background_q_nm=sim.background_q_nm, rng=np.random.default_rng(seed))
+    write_averages(dst / "data" / "averages.h5", ideal, stage="oracle")
+    seconds = {"oracle": round(time.perf_counter() - t, 1)}
+    pfile = dst / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    seconds.update({s: round(run_stage(dst, s, stages, pfile), 1) for s in ("ccmatrix", "embed")})
+    return dst, seconds
+
+
 def main_(args) -> dict:
     names = args.cells or list(CELLS)
     unknown = [n for n in names if n not in CELLS]
@@ -228,6 +275,18 @@ def main_(args) -> dict:
     out_path = Path(args.out) if args.out else None
     if out_path and out_path.exists() and args.resume:
         results = json.loads(out_path.read_text()).get("cells", {})
+    if getattr(args, "oracle", ""):
+        for n in names:
+            if not (top / n / "data" / "averages.h5").exists():
+                print(f"{n}: no finished cell in {top}, skipped", flush=True)
+                continue
+            root, seconds = oracle_cell(top, n, args.oracle, stages, args.seed)
+            results[f"{n}@oracle_{args.oracle}"] = {**score_cell(root), "seconds": seconds,
+                                                     "overrides": {**BASE, **CELLS[n]}, "oracle": args.oracle}
+            if out_path:
+                out_path.write_text(json.dumps(_document(args, results), indent=1) + "\n")
+        print(format_table(results))
+        return _document(args, results)
     if getattr(args, "variant", ""):
         sets = parse_sets(getattr(args, "set", []))
         if not sets:
@@ -315,6 +374,11 @@ if __name__ == "__main__":
                          "into <cell>@<variant> (for example --variant sizenorm --set ccmatrix.size_normalise=true)")
     ap.add_argument("--set", action="append", default=[],
                     help="classify2d.KEY=VALUE (reruns from classify2d), ccmatrix.KEY=VALUE or embed.KEY=VALUE (with --variant)")
+    ap.add_argument("--oracle", default="", choices=("",) + ORACLES,
+                    help="rerun ccmatrix + embed of the finished cells in --workdir on oracle averages "
+                         "(one sharp view per average at its members' photons: counts; or noise-free), "
+                         "into <cell>@oracle_<mode> at the cell's own q range: the bound on what any classification "
+                         "could give")
     ap.add_argument("--rescore", action="store_true",
                     help="only recompute the scores of the cells' finished folders in --workdir (no runs)")
     main_(ap.parse_args())

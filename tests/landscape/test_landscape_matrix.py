@@ -92,3 +92,54 @@ def test_a_classify2d_variant_reclassifies_the_same_frames(tmp_path):
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_symlink()) == \
         sorted(m.CLASSIFY_INPUTS)          # the frames and the truth, not the old classification
     assert yaml.safe_load((dst / "params.yaml").read_text())["classify2d"]["beta_scope"] == "dataset"
+
+
+def test_an_oracle_cell_rescores_the_landscape_on_ideal_averages_of_the_same_classes(tmp_path):
+    """--oracle: the cell's averages replaced by one sharp view of each class's members at
+    their photons, the other inputs linked, the landscape stages rerun with the cell's params."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from spicompute.io.averages import AverageSet, read_averages, write_averages
+    from spicompute.io.truth import write_truth
+    from spicompute.simulation.simulate import simulate
+    from tests.conftest import small_simulation_params
+
+    m = load_benchmark("landscape_matrix")
+    params = m.cell_params("photons_300", 600, 2, 0)
+    params["simulate"].update(small_simulation_params(n_frames=60, photons_mean=300, background_photons=50))
+    p = SimulationParams.from_dict(params["simulate"])
+    fs, truth = simulate(p, progress=False)
+    src = tmp_path / "photons_300"
+    for rel in m.LANDSCAPE_INPUTS:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not rel.endswith(("truth.h5", "averages.h5", "frames.parquet")):
+            (src / rel).write_text(rel)
+    (src / "params.yaml").write_text(yaml.safe_dump(params))
+    (src / "metrics" / "ccmatrix.json").write_text('{"q_min_nm": 0.05, "q_max_nm": 0.4}')
+    write_truth(src / "data" / "truth.h5", truth)
+    pd.DataFrame({"frame_id": np.arange(60), "average_id": np.arange(60) % 6}).to_parquet(
+        src / "results" / "frames.parquet")
+    size = p.detector_size
+    qg = fs.detector.q.reshape(size, size, 3)
+    dq = float(qg[size // 2, size // 2 + 1, 0] - qg[size // 2, size // 2, 0])
+    weight = np.broadcast_to(fs.detector.mask.reshape(size, size), (6, size, size)).astype(np.float32)
+    real = np.ones((6, size, size), np.float32)
+    write_averages(src / "data" / "averages.h5", AverageSet(real, weight, np.arange(6), np.zeros(6, np.int64),
+                                                            np.arange(6), np.full(6, 10.0), dq, p.wavelength_nm))
+    ran = []
+    m.run_stage = lambda root, name, stages, pfile: ran.append((root.name, name)) or 0.0
+    dst, seconds = m.oracle_cell(tmp_path, "photons_300", "counts", {}, seed=0)
+    assert dst.name == "photons_300@oracle_counts"
+    assert ran == [(dst.name, "ccmatrix"), (dst.name, "embed")] and "oracle" in seconds
+    ideal = read_averages(dst / "data" / "averages.h5")
+    np.testing.assert_array_equal(ideal.average_id, np.arange(6))
+    np.testing.assert_allclose(ideal.intensity.sum(axis=(1, 2)), (real * (weight > 0)).sum(axis=(1, 2)), rtol=1e-4)
+    assert ideal.intensity.std() > 0        # views, not the flat input
+    assert (dst / "data" / "truth.h5").is_symlink() and not (dst / "data" / "averages.h5").is_symlink()
+    used = yaml.safe_load((dst / "params.yaml").read_text())
+    assert (used["ccmatrix"].pop("q_min_nm"), used["ccmatrix"].pop("q_max_nm")) == (0.05, 0.4)  # the cell's range
+    for key in ("q_min_nm", "q_max_nm"):
+        params["ccmatrix"].pop(key)
+    assert used == params
