@@ -76,6 +76,8 @@ class EMCConfig:
     device: str = "auto"          # auto | cpu | cuda
     scheduler: str = ""           # "" in-process | "local:N" | scheduler address
     n_shards: int = 0             # frame shards for Dask (0: one per worker)
+    min_photons: float = 0.0      # hit-strength cut: frames with fewer photons on the fitted pixels are
+    #                               not classified (a beam halo's weak hits sort by fluence; docs/low_photon.md)
     stream: bool | str = "auto"   # read frames from the file block by block each iteration (bounded memory);
     #                               auto: when the file holds more than STREAM_AUTO_FRAMES frames
 
@@ -134,6 +136,7 @@ class EMCConfig:
         choice(p + "device", self.device, {"auto", "cpu", "cuda"})
         self.n_shards = positive(p + "n_shards", self.n_shards, integer=True, allow_zero=True)
         self.seed = integer(p + "seed", self.seed, minimum=0)
+        self.min_photons = positive(p + "min_photons", self.min_photons, allow_zero=True)
         for name in ("update_scale", "use_correction", "friedel", "merge_only"):  # "false" (a string) must not count as true
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(p + name, f"must be true or false, got {getattr(self, name)!r}")
@@ -159,6 +162,8 @@ class EMCConfig:
         skip = {"min_iter", "tol", "scheduler", "n_shards", "block_frames", "device", "engine", "stream"}
         if self.beta_scope == "frame":   # the behaviour before the parameter existed: old checkpoints stay valid
             skip.add("beta_scope")
+        if self.min_photons == 0:   # likewise
+            skip.add("min_photons")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -523,7 +528,7 @@ class BootstrapResult:
     weight: np.ndarray          # (B, K, L, L) float32
     occupancy: np.ndarray       # (B, K) float64
     frames: list                # per run: dict(index, best_model, rotation_deg, pmax, scale)
-    excluded: np.ndarray        # positions of frames excluded (no photons on used pixels)
+    excluded: np.ndarray        # positions of frames excluded (no photons on used pixels, or < min_photons)
     histories: list             # per run: list of iteration records
     resolved: dict = field(default_factory=dict)   # values resolved from the data (n_rot, size)
 
@@ -610,8 +615,13 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         counts, photons = None, used_photons(frames, fitted)
     else:
         counts, photons = usable_counts(frames, grid)
-    usable = np.flatnonzero(photons > 0)
-    excluded = np.flatnonzero(photons <= 0)
+    weak = (photons > 0) & (photons < cfg.min_photons)
+    usable = np.flatnonzero((photons > 0) & ~weak)
+    excluded = np.flatnonzero((photons <= 0) | weak)
+    if usable.size == 0:
+        raise ParameterError("classify2d.min_photons",
+                             f"no frame has >= {cfg.min_photons:g} photons on the used pixels "
+                             f"(the most any frame has is {photons.max(initial=0):g})")
     n_sub = int(round(cfg.subset_fraction * usable.size))
     K = cfg.models_for(n_sub)
     resolved.update(n_models=K, n_models_source="given" if cfg.n_models != "auto" else
@@ -620,9 +630,13 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
         raise ParameterError("classify2d.n_models",
                              f"{K} models need at least as many frames per run, but "
                              f"a run has {n_sub} (of {usable.size} usable frames)")
-    if excluded.size:
+    if (photons <= 0).any():
         log.warning("%d of %d frames have no photon on the used pixels: excluded",
-                    excluded.size, frames.n_frames)
+                    int((photons <= 0).sum()), frames.n_frames)
+    if weak.any():
+        log.info("classify2d: %d of %d frames have fewer than min_photons %g photons: not classified",
+                 int(weak.sum()), frames.n_frames, cfg.min_photons)
+    resolved.update(n_weak_frames=int(weak.sum()))
     background = None
     if cfg.background == "auto":
         radius = np.linalg.norm(frames.detector.q_perp[grid.pixels], axis=1)

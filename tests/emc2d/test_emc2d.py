@@ -201,7 +201,27 @@ def test_empty_and_fully_masked_frames_are_excluded(data, caplog):
     assert np.all(np.isfinite(res.models))
 
 
+def test_min_photons_leaves_weak_hits_out_and_records_them(data):
+    fs = data[0]
+    photons = np.asarray(fs.counts.sum(axis=1)).ravel()
+    cut = float(np.percentile(photons, 30))
+    res = run_bootstrap(fs, small_cfg(max_iter=1, min_iter=1, min_photons=cut))
+    weak = res.excluded
+    assert res.resolved["n_weak_frames"] == weak.size > 0.2 * len(photons)
+    # counted on the fitted pixels, so never more than the frame's total
+    assert np.all(photons[weak] < cut)
+    assert not np.isin(weak, res.frames[0]["index"]).any()
+    assert res.frames[0]["index"].size == len(photons) - weak.size   # small_cfg: subset_fraction 1
+    # the default cut (0) changes nothing and keeps the old trajectory key
+    plain = small_cfg(max_iter=1, min_iter=1)
+    assert "min_photons" not in plain.trajectory_key()
+    assert "min_photons" in small_cfg(min_photons=cut).trajectory_key()
+    with pytest.raises(ParameterError, match="classify2d.min_photons.*most any frame has"):
+        run_bootstrap(fs, small_cfg(max_iter=1, min_iter=1, min_photons=10 * photons.max()))
+
+
 @pytest.mark.parametrize("kw, name", [
+    (dict(min_photons=-1.0), "min_photons"),
     (dict(n_models=400), "n_models"),
     (dict(n_rot=0), "n_rot"),
     (dict(subset_fraction=0.0), "subset_fraction"),
