@@ -67,7 +67,10 @@ def compute_ccmatrix(averages, p: dict, progress: bool = False, source: str = "a
                     "(their CC rows are 0; embed leaves them out of the fit)", int((~usable).sum()),
                     len(usable), min_frames)
     radii, qrange = radius_grid(averages, p, usable, source)
-    raw, rvalid = cl.polar_lines(averages.intensity, valid, radii, p["n_angles"],
+    intensity, sigma_px = averages.intensity, p["smooth_q_nm"] / averages.dq_nm
+    if sigma_px > 0:   # after the q range: the counts rule reads the averages as they are
+        intensity = cl.smooth_averages(intensity, valid, sigma_px)
+    raw, rvalid = cl.polar_lines(intensity, valid, radii, p["n_angles"],
                                  min_coverage=p["min_coverage"])
     if len(radii) >= MIN_BINS:
         scales = size_scales(raw, rvalid, radii, usable)
@@ -78,7 +81,7 @@ def compute_ccmatrix(averages, p: dict, progress: bool = False, source: str = "a
         log.warning("ccmatrix: only %d radii: no size scale (set to 1)", len(radii))
         scales = np.ones(averages.n_averages)
     if p["size_normalise"]:   # every average brought to the common size: the CC compares shape only
-        raw, rvalid = scaled_polar_lines(averages.intensity, valid, radii, scales, p["n_angles"],
+        raw, rvalid = scaled_polar_lines(intensity, valid, radii, scales, p["n_angles"],
                                          min_coverage=p["min_coverage"])
         log.info("ccmatrix: lines resampled at r / size scale (5-95 %% of the scales: %.3f-%.3f)",
                  *np.percentile(scales[usable], [5, 95]))
@@ -99,5 +102,5 @@ def compute_ccmatrix(averages, p: dict, progress: bool = False, source: str = "a
     result.cc[np.flatnonzero(~usable), np.flatnonzero(~usable)] = 1.0
     info = {"seconds_lines": t1 - t0, "seconds_cc": t2 - t1, "device": device, "backend": backend,
             "unusable_lines": dead, "valid_bin_fraction": float(rvalid.mean()), "usable": usable,
-            "min_frames": min_frames, "q_range": qrange, "size_scale": scales}
+            "min_frames": min_frames, "q_range": qrange, "size_scale": scales, "smooth_px": sigma_px}
     return result, radii, profile, info

@@ -100,6 +100,28 @@ def auto_radius_range(valid: np.ndarray, *, inner_coverage: float = 0.9,
     return r_min, int(outer[-1])
 
 
+def smooth_averages(intensity: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Averages denoised by a Gaussian of ``sigma_px`` grid steps, over observed points only.
+
+    intensity, valid : (M, L, L); returns (M, L, L) float32, 0 where not observed.
+    Normalised convolution (G * (I v)) / (G * v): the beamstop, gaps and the unobserved
+    corners do not pull the observed points towards 0.  ``sigma_px`` 0 returns a copy.
+    A class average at a few hundred photons per frame is shot noise pixel to pixel
+    beyond the first fringes; a common line samples one pixel per radius, so its noise
+    is that pixel's, while the shape signal (fringe positions and depths) varies over
+    several pixels (docs/low_photon.md, the expected-count bound).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    valid_f = np.asarray(valid, np.float32)
+    if sigma_px <= 0:
+        return np.where(valid_f > 0, intensity, 0).astype(np.float32)
+    sig = (0.0, float(sigma_px), float(sigma_px))
+    num = gaussian_filter(np.asarray(intensity, np.float32) * valid_f, sig, mode="constant")
+    den = gaussian_filter(valid_f, sig, mode="constant")
+    return np.where(valid_f > 0, num / np.maximum(den, 1e-6), 0).astype(np.float32)
+
+
 def polar_lines(intensity: np.ndarray, valid: np.ndarray | None, radii: np.ndarray,
                 n_lines: int = 180, *, min_coverage: float = 0.5):
     """Folded common-line samples of every average.

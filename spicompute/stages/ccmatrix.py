@@ -36,7 +36,7 @@ DEFAULTS = {
     "inner_coverage": 0.9, "outer_coverage": 0.5, "min_coverage": 0.5,
     "normalisation": "radial", "q_power": 0.0, "block": 0, "backend": "auto",
     "min_counts": 1.0, "min_frames": "auto",
-    "device": "auto", "scheduler": "", "band_blocks": 4, "size_normalise": False,
+    "device": "auto", "scheduler": "", "band_blocks": 4, "size_normalise": False, "smooth_q_nm": 0.0,
 }
 
 
@@ -72,6 +72,7 @@ def check_params(p: dict) -> dict:
     if not isinstance(q["size_normalise"], bool):
         raise ParameterError("ccmatrix.size_normalise", f"must be true or false, got {q['size_normalise']!r}")
     q["min_counts"] = positive("ccmatrix.min_counts", q["min_counts"])
+    q["smooth_q_nm"] = positive("ccmatrix.smooth_q_nm", q["smooth_q_nm"], allow_zero=True)
     if q["min_frames"] != "auto":
         q["min_frames"] = positive("ccmatrix.min_frames", q["min_frames"], allow_zero=True)
     return q
@@ -107,7 +108,8 @@ def run(args) -> int:
         "n_unusable_averages": int((~info["usable"]).sum()), "min_frames": info["min_frames"],
         "q_max_limits": info["q_range"]["q_max_limits"],
         "valid_bin_fraction": info["valid_bin_fraction"],
-        "size_normalise": p["size_normalise"],
+        "size_normalise": p["size_normalise"], "smooth_q_nm": p["smooth_q_nm"],
+        "smooth_px": info["smooth_px"],
         "size_scale_p05_p95": [float(x) for x in np.percentile(info["size_scale"][info["usable"]], [5, 95])],
     }
     write_json_atomic(args.metrics, metrics)

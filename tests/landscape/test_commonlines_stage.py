@@ -226,3 +226,47 @@ def test_empty_and_underoccupied_averages_are_flagged_not_fatal(averages_file, t
     stability = metrics["component_stability"]
     assert stability["split"] == "averages" and sum(stability["n_half"]) == int(ccf.usable.sum())
     assert set(stability["components"]) == {"pc_1", "pc_2", "pc_3"}
+
+
+def test_smoothing_denoises_observed_points_without_bleeding_from_masked_ones():
+    from spicompute.landscape.commonlines import smooth_averages
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:SIZE, :SIZE] - SIZE // 2
+    r = np.hypot(yy, xx)
+    truth = (200.0 / (1 + (r / 4) ** 2) * (1.2 + np.cos(r / 2.0))).astype(np.float32)   # fringes every ~12 px
+    valid = np.broadcast_to(r > 3, (4, SIZE, SIZE)).copy()
+    valid[:, SIZE // 2 - 1:SIZE // 2 + 2, :] = False                                       # a panel gap
+    noisy = rng.poisson(np.broadcast_to(truth, (4, SIZE, SIZE))).astype(np.float32)
+    noisy[~valid] = 1e6                                                                    # what the gap must not leak
+    smooth = smooth_averages(noisy, valid, 1.0)
+    assert np.all(smooth[~valid] == 0)
+    assert smooth[valid].max() < 1e4
+    outer = valid[0] & (r > 12)   # a few photons per pixel: where the common lines are shot noise
+    err = lambda img: np.sqrt(np.mean((img - truth)[outer] ** 2))  # noqa: E731
+    assert err(smooth[0]) < 0.7 * err(noisy[0])
+    # a constant stays constant up to the mask's edge (normalised convolution)
+    flat = smooth_averages(np.full((1, SIZE, SIZE), 5.0, np.float32), valid[:1], 2.0)
+    np.testing.assert_allclose(flat[valid[:1]], 5.0, rtol=1e-5)
+    np.testing.assert_array_equal(smooth_averages(noisy, valid, 0.0)[valid], noisy[valid])
+
+
+def test_the_stage_smooths_in_physical_units_and_names_a_bad_width(averages_file, tmp_path, capsys):
+    import json
+
+    folder, avg = averages_file
+    runs = {}
+    for q in (0.0, 0.06):
+        params = write_params(tmp_path, ccmatrix__smooth_q_nm=q)
+        assert main(["ccmatrix", "--params", str(params), "-q", "--averages", str(folder / "averages.h5"),
+                     "--out", str(tmp_path / f"cc{q}.h5"), "--metrics", str(tmp_path / f"cc{q}.json")]) == 0
+        runs[q] = (read_ccmatrix(tmp_path / f"cc{q}.h5"), json.loads((tmp_path / f"cc{q}.json").read_text()))
+    assert runs[0.06][1]["smooth_px"] == pytest.approx(0.06 / 0.04)   # sigma in grid steps of this grid
+    assert runs[0.0][1]["smooth_px"] == 0.0
+    np.testing.assert_array_equal(runs[0.0][0].q_nm, runs[0.06][0].q_nm)   # the q range is read unsmoothed
+    assert not np.allclose(runs[0.0][0].cc, runs[0.06][0].cc)
+    params = write_params(tmp_path, ccmatrix__smooth_q_nm=-0.01)
+    rc = main(["ccmatrix", "--params", str(params), "-q", "--averages", str(folder / "averages.h5"),
+               "--out", str(tmp_path / "bad.h5"), "--metrics", str(tmp_path / "bad.json")])
+    assert rc == 2 and not (tmp_path / "bad.h5").exists()
+    assert "ccmatrix.smooth_q_nm" in capsys.readouterr().err
