@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import file_key, missing, path, read_h5, run_picker
+from dashboard.common import file_key, missing, path, read_h5, read_json, run_picker
 from dashboard.data import drill
 from dashboard.figures import image_grid
 
@@ -79,6 +79,14 @@ else:
     hist.add_trace(go.Histogram(x=photons, nbinsx=60, name="frames"))
 hist.update_layout(xaxis_title="photons per frame", yaxis_title="frames", height=340,
                    margin=dict(l=10, r=10, t=20, b=10))
+classify = read_json("metrics/classify2d.json")
+cut = float(classify.get("resolved_min_photons") or 0)
+if cut > 0:   # the hit-strength cut classify2d applied: a beam halo shows as a shelf below it
+    hist.add_vline(x=cut, line_dash="dash", line_color="#444444",
+                   annotation_text=f"classify2d.min_photons {cut:g}", annotation_position="top right")
 st.plotly_chart(hist, width="stretch", key="photon_hist")
+if cut > 0:
+    st.caption(f"{classify.get('resolved_n_weak_frames', 0):,} frames with fewer than {cut:g} photons on the "
+               "fitted pixels were not classified (classify2d.min_photons; dashed).")
 if labels is not None:
     st.caption("Simulated data: colours are the ground-truth classes from data/truth.h5.")

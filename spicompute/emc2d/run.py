@@ -636,7 +636,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     if weak.any():
         log.info("classify2d: %d of %d frames have fewer than min_photons %g photons: not classified",
                  int(weak.sum()), frames.n_frames, cfg.min_photons)
-    resolved.update(n_weak_frames=int(weak.sum()))
+    resolved.update(min_photons=float(cfg.min_photons), n_weak_frames=int(weak.sum()))
     background = None
     if cfg.background == "auto":
         radius = np.linalg.norm(frames.detector.q_perp[grid.pixels], axis=1)

@@ -68,6 +68,24 @@ def test_frames_page_shows_log_frames_with_grey_mask_and_histogram(workspace, sm
     assert len([t for t in spec["data"] if t["type"] == "heatmap"]) == 3
 
 
+def test_frames_page_marks_the_hit_strength_cut(workspace):
+    (workspace / "metrics" / "classify2d.json").write_text(json.dumps(
+        {"resolved_min_photons": 250.0, "resolved_n_weak_frames": 17}))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("pages/1_Frames.py").run()
+    assert not at.exception
+    hist = json.loads(at.get("plotly_chart")[1].proto.spec)
+    lines = [s for s in hist["layout"].get("shapes", []) if s.get("type") == "line"]
+    assert len(lines) == 1 and lines[0]["x0"] == lines[0]["x1"] == 250.0
+    assert any("17 frames with fewer than 250 photons" in c.value for c in at.caption)
+    # no cut: no line, no caption
+    (workspace / "metrics" / "classify2d.json").write_text(json.dumps({"resolved_min_photons": 0.0}))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("pages/1_Frames.py").run()
+    hist = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert not hist["layout"].get("shapes") and not any("min_photons" in c.value for c in at.caption)
+
+
 def test_frames_page_without_frames(tmp_path, monkeypatch):
     monkeypatch.setenv("SPI_WORKSPACE", str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=60).run()
