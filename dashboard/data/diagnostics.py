@@ -132,3 +132,15 @@ def banner(diag: pd.DataFrame) -> str | None:
             + ". A component that tracks occupancy, signal level or the bootstrap run more "
               "than structure, or that independent halves of the data do not reproduce, "
               "may be a nuisance or noise axis.")
+
+
+def landscape_settings_note(cc_metrics: dict) -> str:
+    """What the common lines were computed on: q range, size normalisation, denoising."""
+    parts = []
+    if cc_metrics.get("q_min_nm") is not None and cc_metrics.get("q_max_nm") is not None:
+        parts.append(f"q {cc_metrics['q_min_nm']:.3f}–{cc_metrics['q_max_nm']:.3f} rad/nm")
+    parts.append("averages at a common size (size_normalise)" if cc_metrics.get("size_normalise")
+                 else "averages at their own size")
+    sigma = float(cc_metrics.get("smooth_q_nm") or 0)
+    parts.append(f"denoised by a Gaussian of {sigma:g} rad/nm (smooth_q_nm)" if sigma > 0 else "not denoised")
+    return "Common lines: " + "; ".join(parts) + "."

@@ -42,6 +42,7 @@ available = [m for m in METHODS if tables.components(table, m)]
 metrics = read_json("metrics/embed.json")
 
 
+
 @st.cache_data(max_entries=4, show_spinner="Checking the landscape against nuisances…")
 def nuisance_table(key_frames: tuple, key_h5: tuple, key_truth: tuple, comps: tuple,
                    avg: pd.DataFrame) -> pd.DataFrame:
@@ -255,6 +256,7 @@ with left:
                "common lines (CC matrix). 2D: in the mouse mode *click* a point to drill down; "
                "in *box* or *lasso* mode drag around a region to select it and save it for "
                "the pipeline.")
+    st.caption(diagnostics.landscape_settings_note(read_json("metrics/ccmatrix.json")))
 
     if region:
         st.subheader(f"{len(region)} averages selected")

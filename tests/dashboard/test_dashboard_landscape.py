@@ -217,3 +217,18 @@ def test_unreproduced_component_is_named_next_to_the_nuisances(workspace, small_
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not any("not reproduced" in w.value for w in at.warning)
     assert "stability" not in at.expander[0].markdown[0].value
+
+
+def test_the_page_says_what_the_common_lines_were_computed_on(workspace):
+    from dashboard.data.diagnostics import landscape_settings_note
+
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert any(c.value == "Common lines: averages at their own size; not denoised." for c in at.caption)
+    (workspace / "metrics" / "ccmatrix.json").write_text(json.dumps(
+        {"q_min_nm": 0.0518, "q_max_nm": 0.5348, "size_normalise": False, "smooth_q_nm": 0.026}))
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    note = [c.value for c in at.caption if c.value.startswith("Common lines")]
+    assert note == ["Common lines: q 0.052–0.535 rad/nm; averages at their own size; "
+                    "denoised by a Gaussian of 0.026 rad/nm (smooth_q_nm)."]
+    assert "common size" in landscape_settings_note({"size_normalise": True})
