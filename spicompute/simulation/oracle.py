@@ -9,8 +9,9 @@ id, run, coverage and member frames -- and replaces its intensity with an ideal
 one made from the members' truth:
 
 * **one sharp view** of the members' majority shape (the family at the members'
-  mean melt t; a dimer, rod or aggregate otherwise), at the orientation of one
-  member of that shape and the members' mean size -- a perfect classification
+  mean melt t; a dimer, rod or aggregate otherwise -- the first of the simulator's
+  aggregate shapes, since the truth does not record which), at the orientation of
+  one member of that shape and the members' mean size -- a perfect classification
   of shape and view;
 * **the members' own counts** (``counts=True``): the members' summed expected
   particle photons spread over the observed grid points in proportion to that
