@@ -218,10 +218,18 @@ def test_min_photons_leaves_weak_hits_out_and_records_them(data):
     assert "min_photons" in small_cfg(min_photons=cut).trajectory_key()
     with pytest.raises(ParameterError, match="classify2d.min_photons.*most any frame has"):
         run_bootstrap(fs, small_cfg(max_iter=1, min_iter=1, min_photons=10 * photons.max()))
+    # auto: half the median photons per frame, resolved from the data and recorded
+    auto = run_bootstrap(fs, small_cfg(max_iter=1, min_iter=1, min_photons="auto"))
+    half = 0.5 * np.median(photons[photons > 0])
+    assert auto.resolved["min_photons"] == pytest.approx(half, rel=0.05)   # fitted pixels ~ all here
+    assert auto.resolved["min_photons_source"].startswith("auto")
+    np.testing.assert_array_equal(np.sort(auto.excluded), np.flatnonzero(
+        np.asarray(fs.counts[:, auto.grid.pixels].sum(axis=1)).ravel() < auto.resolved["min_photons"]))
 
 
 @pytest.mark.parametrize("kw, name", [
     (dict(min_photons=-1.0), "min_photons"),
+    (dict(min_photons="sometimes"), "min_photons"),
     (dict(n_models=400), "n_models"),
     (dict(n_rot=0), "n_rot"),
     (dict(subset_fraction=0.0), "subset_fraction"),
