@@ -30,8 +30,7 @@ iterations), and reports:
 (:mod:`spicompute.simulation.oracle`: each average replaced by one sharp view of its
 members' shape at their own photons; ``noisefree`` without the Poisson draw), at the cell's
 own resolved q range: the bound on what any classification into the same classes could give
-the landscape.  ``--seed`` then
-seeds the Poisson draw.
+the landscape.  ``--seed`` then seeds the Poisson draw.
 
 Every cell's parameters are checked before anything runs: a cell that cannot
 be simulated stops the matrix with one line naming the cell and the parameter.
@@ -199,16 +198,21 @@ def parse_sets(sets: list[str]) -> dict:
 CLASSIFY_INPUTS = ("data/frames.h5", "data/truth.h5")
 
 
+def link_inputs(src: Path, dst: Path, rels) -> None:
+    """Symlink a finished cell's input files ``rels`` into ``dst`` (not copied)."""
+    for rel in rels:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not (dst / rel).exists():
+            (dst / rel).symlink_to((src / rel).resolve())
+
+
 def variant_cell(top: Path, name: str, variant: str, sets: dict, stages: dict) -> tuple[Path, dict]:
     """Rerun a finished cell with parameters changed, in ``<cell>@<variant>`` next to it (its
     inputs linked, not copied): ``ccmatrix`` and ``embed`` on the same classifications when only
     landscape settings change, from ``classify2d`` on the same frames when a classify2d setting does."""
     src, dst = top / name, top / f"{name}@{variant}"
     reclassify = any(section == "classify2d" for section, _ in sets)
-    for rel in CLASSIFY_INPUTS if reclassify else LANDSCAPE_INPUTS:
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        if not (dst / rel).exists():
-            (dst / rel).symlink_to((src / rel).resolve())
+    link_inputs(src, dst, CLASSIFY_INPUTS if reclassify else LANDSCAPE_INPUTS)
     params = yaml.safe_load((src / "params.yaml").read_text())
     for (section, key), value in sets.items():
         params[section][key] = value
@@ -231,12 +235,7 @@ def oracle_cell(top: Path, name: str, mode: str, stages: dict, seed: int = 0) ->
     from spicompute.simulation.simulate import SimulationParams, build_detector, make_library
 
     src, dst = top / name, top / f"{name}@oracle_{mode}"
-    for rel in LANDSCAPE_INPUTS:
-        if rel == "data/averages.h5":
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        if not (dst / rel).exists():
-            (dst / rel).symlink_to((src / rel).resolve())
+    link_inputs(src, dst, [rel for rel in LANDSCAPE_INPUTS if rel != "data/averages.h5"])
     params = yaml.safe_load((src / "params.yaml").read_text())
     # the cell's own resolved q range: only the averages differ (the counts rule would read the
     # sharp views' steeper fall-off and the Poisson pixels differently from EMC's smooth averages)

@@ -42,7 +42,6 @@ available = [m for m in METHODS if tables.components(table, m)]
 metrics = read_json("metrics/embed.json")
 
 
-
 @st.cache_data(max_entries=4, show_spinner="Checking the landscape against nuisances…")
 def nuisance_table(key_frames: tuple, key_h5: tuple, key_truth: tuple, comps: tuple,
                    avg: pd.DataFrame) -> pd.DataFrame:

@@ -35,7 +35,7 @@ import pandas as pd
 from spicompute.io.averages import AverageSet
 from spicompute.validation import FAMILY_CLASSES
 
-CONTAMINANT_KINDS = ("dimer", "rod", "aggregate")
+RENDER_CHUNK = 32   # views rendered per torch call (chunk x L^2 x 3 float32 model-frame points)
 
 
 def average_representatives(frames: pd.DataFrame, truth: dict) -> pd.DataFrame:
@@ -91,41 +91,44 @@ def oracle_averages(averages: AverageSet, reps: pd.DataFrame, library, *, counts
     """
     import torch
 
-    from spicompute.simulation.simulate import model_q
+    from spicompute.simulation.simulate import background_shares, model_q
 
     rng = rng or np.random.default_rng(0)
     q = averages.q_grid(ewald=True).reshape(-1, 3).astype(np.float32)
     q_norm = np.linalg.norm(q, axis=1)
     qt = torch.from_numpy(np.ascontiguousarray(q))
+    observed = averages.weight.reshape(averages.n_averages, -1) > 0
     by_id = reps.set_index("average_id")
+    rows = np.array([m for m, aid in enumerate(averages.average_id)
+                     if aid in by_id.index and observed[m].any()], dtype=np.int64)
+    rep = by_id.loc[averages.average_id[rows]]
+    scale = rep["size_scale"].to_numpy(np.float64)
+    views = np.zeros((len(rows), q.shape[0]), np.float64)
+    kinds = rep["kind"].astype(str).to_numpy()
+    with torch.no_grad():
+        for kind in np.unique(kinds):   # one batched slice per kind and chunk, not per average
+            sel = np.flatnonzero(kinds == kind)
+            for c in range(0, len(sel), RENDER_CHUNK):
+                idx = sel[c:c + RENDER_CHUNK]
+                qm = model_q(qt, np.stack(rep["quaternion"].to_numpy()[idx]), scale[idx])
+                views[idx] = library.intensity(kind, qm, t=rep["melt_t"].to_numpy()[idx],
+                                               variant=np.zeros(len(idx), dtype=np.int64)).numpy()
+    views *= scale[:, None] ** 6 * observed[rows]
     out = averages.intensity.copy()
-    for m, aid in enumerate(averages.average_id):
-        if aid not in by_id.index:
-            continue
-        r = by_id.loc[aid]
-        observed = averages.weight[m].ravel() > 0
-        if not observed.any():
-            continue
-        with torch.no_grad():
-            qm = model_q(qt, np.asarray(r["quaternion"])[None], np.array([r["size_scale"]]))
-            kind = str(r["kind"])
-            view = library.intensity(kind, qm, t=np.array([r["melt_t"]]),
-                                     variant=np.zeros(1, dtype=np.int64))[0].numpy().astype(np.float64)
-        view = view * float(r["size_scale"]) ** 6 * observed
+    for i, m in enumerate(rows):   # in average order: the Poisson draws are the same for a seed
+        view, seen = views[i], observed[m]
         if view.sum() <= 0:
             continue
         if counts:
-            lam = view * (float(r["photons"]) / view.sum())
-            decay = np.exp(-q_norm / background_q_nm) * observed
-            profile = background_flat_fraction * observed / observed.sum() \
-                + (1.0 - background_flat_fraction) * decay / decay.sum()
-            lam_bg = float(r["background"]) * profile
+            lam = view * (float(rep["photons"].iloc[i]) / view.sum())
+            lam_bg = float(rep["background"].iloc[i]) * background_shares(
+                seen.astype(np.float64), q_norm, background_flat_fraction, background_q_nm)
             ideal = rng.poisson(lam + lam_bg) - lam_bg
         else:
             ideal = view
-        real_total = float(averages.intensity[m].ravel()[observed].sum())
-        ideal_total = float(ideal[observed].sum())
-        scale = real_total / ideal_total if ideal_total > 0 and real_total > 0 else 1.0
-        out[m] = (ideal * scale * observed).reshape(out[m].shape).astype(np.float32)
+        real_total = float(averages.intensity[m].ravel()[seen].sum())
+        ideal_total = float(ideal[seen].sum())
+        factor = real_total / ideal_total if ideal_total > 0 and real_total > 0 else 1.0
+        out[m] = (ideal * factor * seen).reshape(out[m].shape).astype(np.float32)
     return AverageSet(out, averages.weight, averages.average_id, averages.run, averages.model,
                       averages.n_frames, averages.dq_nm, averages.wavelength_nm, averages.source)

@@ -236,8 +236,15 @@ def background_profile(detector: Detector, flat_fraction: float, q_decay_nm: flo
     eff = detector.correction() * detector.mask
     if eff.sum() <= 0:
         raise ParameterError("simulate", "the detector has no good pixels")
-    decay = eff * np.exp(-detector.q_norm / q_decay_nm)
-    return flat_fraction * eff / eff.sum() + (1.0 - flat_fraction) * decay / decay.sum()
+    return background_shares(eff, detector.q_norm, flat_fraction, q_decay_nm)
+
+
+def background_shares(efficiency: np.ndarray, q_norm: np.ndarray, flat_fraction: float,
+                      q_decay_nm: float) -> np.ndarray:
+    """The two-term background profile of :func:`background_profile` on any points:
+    efficiency (P,) (0 where not observed, sum > 0), |q| (P,) rad/nm -> shares (P,) summing to 1."""
+    decay = efficiency * np.exp(-q_norm / q_decay_nm)
+    return flat_fraction * efficiency / efficiency.sum() + (1.0 - flat_fraction) * decay / decay.sum()
 
 
 def aggregate_geometry(cube_edge_nm: float, rng: np.random.Generator):

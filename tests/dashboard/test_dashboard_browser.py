@@ -19,6 +19,9 @@ def server(tmp_path, small_simulation):
     need_chromium()
     write_frames(tmp_path / "data" / "frames.h5", small_simulation[0])
     make_volume_workspace(tmp_path)
+    (tmp_path / "metrics").mkdir(exist_ok=True)
+    (tmp_path / "metrics" / "classify2d.json").write_text(
+        '{"resolved_min_photons": 250.0, "resolved_n_weak_frames": 17}')
     with streamlit_server(tmp_path) as url:
         yield url
 
@@ -34,6 +37,10 @@ def test_pages_render_in_headless_chromium(server, tmp_path):
         # plotly draws the heatmaps into the DOM once its JS has run
         page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
         assert page.locator(".js-plotly-plot").count() >= 2
+        # the hit-strength cut: plotly draws its annotation into the histogram's SVG
+        page.locator(".js-plotly-plot .annotation-text", has_text="classify2d.min_photons 250").wait_for(
+            timeout=30_000)
+        page.get_by_text("17 frames with fewer than 250 photons").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "frames.png"), full_page=True)
         if os.environ.get("SPI_SCREENSHOT"):
             shutil.copy(tmp_path / "frames.png", os.environ["SPI_SCREENSHOT"])
