@@ -6,8 +6,13 @@ Measures
    normalisation time, then the CC matrix for each backend / block size:
    seconds, GFLOP/s (useful flops: the upper-triangular product), % of peak
    (speed against Dragonfly's ``calc_cc``: ``benchmarks/peers/bench_peers.py``,
-   which runs both on the same models in the same run);
-3. with ``--large M`` (e.g. 10000): the same in bounded memory, optionally
+   which runs both on the same models in the same run); also the bf16-screened
+   backend (``--no-bf16`` skips it), checked against the float32 result of the same run
+   (max |dCC|, share of pairs with the same best angles, share re-scored);
+3. with ``--averages FILE [FILE ...]``: the ccmatrix stage itself (its q range,
+   normalisation and usable averages, from ``--params``) on real class averages,
+   float32 exhaustive against the bf16 screen: time and accuracy per file;
+4. with ``--large M`` (e.g. 10000): the same in bounded memory, optionally
    only a fraction ``--large-fraction`` of the work (first block-row bands,
    which are the widest) with the total extrapolated by flop count; peak RSS.
 
@@ -15,6 +20,7 @@ Usage::
 
     python benchmarks/bench_ccmatrix.py --out bench_ccmatrix.json
     python benchmarks/bench_ccmatrix.py --large 10000 --large-fraction 0.05 --skip-main --out big.json
+    python benchmarks/bench_ccmatrix.py --skip-main --averages data/averages.h5 --out real.json
 """
 
 from __future__ import annotations
@@ -101,6 +107,46 @@ def run_partial(lines: np.ndarray, block: int, fraction: float, backend: str = "
     return time.perf_counter() - t, done / total
 
 
+def stage_screen_case(path: str, params_path: str) -> dict:
+    """The ccmatrix stage on one averages file, numpy (float32 exhaustive) vs bf16."""
+    import yaml
+
+    from spicompute.io.averages import read_averages
+    from spicompute.landscape.ccmatrix import compute_ccmatrix
+    from spicompute.stages.ccmatrix import DEFAULTS
+
+    p = {**DEFAULTS, **(yaml.safe_load(Path(params_path).read_text()).get("ccmatrix") or {})}
+    averages = read_averages(path)
+    out = {}
+    for backend in ("numpy", "bf16"):
+        res, radii, _, info = compute_ccmatrix(averages, {**p, "backend": backend, "block": 0, "device": "cpu"})
+        out[backend] = (res, info["seconds_cc"])
+    (ref, t_ref), (res, t_bf16) = out["numpy"], out["bf16"]
+    m, nl = averages.n_averages, p["n_angles"]
+    flops = cl.cc_flops(m, nl, len(radii))
+    row = {"case": f"{path} (M={m}, n_r={len(radii)})", "backend": "bf16",
+           "block": cl.default_block(nl, "cpu", "bf16"), "seconds": t_bf16, "seconds_float32": t_ref,
+           "gflops": flops / t_bf16 / 1e9, "percent_of_peak": float("nan"), "ms_per_pair": 1e3 * t_bf16 / (m * (m - 1) / 2),
+           "rescored_fraction": res.rescored_fraction}
+    row.update(accuracy_against(res, ref, nl))
+    return row
+
+
+def accuracy_against(res, ref, n_lines: int) -> dict:
+    """How a result compares with the float32 exhaustive one, over the pairs i < j."""
+    iu = np.triu_indices(len(ref.cc), 1)
+    dcc = np.abs(res.cc[iu] - ref.cc[iu])
+
+    def steps(x, y):
+        d = np.abs(x.astype(int) - y.astype(int))
+        return np.minimum(d, n_lines - d)
+
+    same = (res.angle_a[iu] == ref.angle_a[iu]) & (res.angle_b[iu] == ref.angle_b[iu])
+    near = (steps(res.angle_a[iu], ref.angle_a[iu]) <= 1) & (steps(res.angle_b[iu], ref.angle_b[iu]) <= 1)
+    return {"max_abs_dcc": float(dcc.max()), "share_within_2e-3": float((dcc <= 2e-3).mean()),
+            "share_same_angles": float(same.mean()), "share_angles_within_one_step": float(near.mean())}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, default=1000, help="averages in the main case")
@@ -108,6 +154,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n-lines", type=int, default=180, help="lines over pi")
     ap.add_argument("--blocks", default="8,16,24", help="block sizes to try (torch)")
     ap.add_argument("--torch", action="store_true", help="also time the torch backend")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="skip the bf16-screened backend (timed at its default block against numpy's result)")
+    ap.add_argument("--averages", nargs="*", default=[],
+                    help="averages files: the stage's float32 result against its bf16 screen")
+    ap.add_argument("--params", default="params.yaml", help="params file for --averages (ccmatrix section)")
+    ap.add_argument("--large-backend", default="numpy", choices=["numpy", "bf16"],
+                    help="backend of the --large run")
     ap.add_argument("--skip-main", action="store_true")
     ap.add_argument("--large", type=int, default=0, help="also run this many averages")
     ap.add_argument("--large-fraction", type=float, default=1.0,
@@ -134,25 +187,37 @@ def main(argv=None) -> int:
         configs = [("numpy", int(b)) for b in args.blocks.split(",") if b]
         if args.torch:
             configs += [("torch", int(b)) for b in args.blocks.split(",") if b]
+        if args.bf16:
+            configs.append(("bf16", cl.default_block(nl, "cpu", "bf16")))
+        reference = None
         for backend, block in configs:
             t = time.perf_counter()
-            cl.cc_matrix(lines, block=block, backend=backend, device="cpu")
+            res = cl.cc_matrix(lines, block=block, backend=backend, device="cpu")
             sec = time.perf_counter() - t
             row = {"case": f"M={m}", "backend": backend, "block": block, "seconds": sec,
                    "gflops": flops / sec / 1e9, "percent_of_peak": 100 * flops / sec / 1e9 / peak,
                    "ms_per_pair": 1e3 * sec / pairs}
+            if backend == "numpy" and reference is None:
+                reference = res
+            elif backend == "bf16" and reference is not None:
+                row.update(accuracy_against(res, reference, nl))
+                row["rescored_fraction"] = res.rescored_fraction
             rows.append(row)
         del lines
+    for path in args.averages:
+        rows.append(stage_screen_case(path, args.params))
     if args.large:
         lines, t_prep, _ = prepare_lines(args.large, args.size, args.n_lines)
         m, nl, nr = lines.shape
         block = int(args.blocks.split(",")[1 if "," in args.blocks else 0])
-        sec, frac = run_partial(lines, block, args.large_fraction, backend="numpy")
+        if args.large_backend == "bf16":
+            block = cl.default_block(nl, "cpu", "bf16")
+        sec, frac = run_partial(lines, block, args.large_fraction, backend=args.large_backend)
         full = sec / frac
         flops = cl.cc_flops(m, nl, nr)
         pairs = m * (m - 1) / 2
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-        rows.append({"case": f"M={m}", "backend": "numpy", "block": block,
+        rows.append({"case": f"M={m}", "backend": args.large_backend, "block": block,
                      "seconds": full, "measured_seconds": sec, "measured_fraction": frac,
                      "gflops": flops / full / 1e9,
                      "percent_of_peak": 100 * flops / full / 1e9 / peak,
@@ -173,6 +238,9 @@ def main(argv=None) -> int:
     for r in rows:
         note = (f"  (measured {r['measured_fraction']:.1%} in {r['measured_seconds']:.1f} s, "
                 f"peak RSS {r['peak_rss_gib']:.2f} GiB)" if "measured_fraction" in r else "")
+        if "max_abs_dcc" in r:
+            note += (f"  (vs float32: max |dCC| {r['max_abs_dcc']:.1e}, same angles "
+                     f"{r['share_same_angles']:.5f}, re-scored {r['rescored_fraction']:.3f})")
         print(f"{r['case']:>8} {r['backend']:>7} {r['block']:>5} {r['seconds']:9.2f} "
               f"{r['gflops']:8.1f} {r['percent_of_peak']:7.1f} {r['ms_per_pair']:8.4f}{note}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

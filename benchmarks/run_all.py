@@ -71,8 +71,15 @@ def summary_rows(name: str, r) -> list[tuple]:
             rows.append((f"CC matrix {case.get('case')} ({case.get('backend')})", case.get("gflops"), "GFLOP/s",
                          peak, "sgemm peak, same run", _ratio(case.get("gflops"), peak, True)))
             if case.get("case") == "M=1000":
-                rows.append(("CC matrix of 1,000 averages", case.get("seconds"), "s", 10.0, "target (issue 20)",
+                rows.append((f"CC matrix of 1,000 averages ({case.get('backend')}, block {case.get('block')})",
+                             case.get("seconds"), "s", 10.0, "target (issue 20)",
                              _ratio(case.get("seconds"), 10.0, False)))
+            if "max_abs_dcc" in case:   # the bf16 screen against the float32 result of the same run
+                rows.append((f"CC matrix {case.get('case')} bf16 screen: max |dCC| vs float32", case["max_abs_dcc"],
+                             "", 2e-3, "tolerance (issue 20)", _ratio(case["max_abs_dcc"] or 1e-12, 2e-3, False)))
+                rows.append((f"CC matrix {case.get('case')} bf16 screen: pairs with the same best angles",
+                             case["share_same_angles"], "", 0.99, "target (issue 20)",
+                             _ratio(case["share_same_angles"], 0.99, True)))
     elif name == "emc2d":
         rows.append((f"2D EMC iteration, {r.get('frames')} frames", r.get("median_seconds_per_iteration"), "s",
                      None, "Dragonfly: make bench-peers", None))

@@ -20,6 +20,12 @@ def test_ratios_point_the_right_way_for_times_and_rates():
         {"case": "M=1000", "backend": "numpy", "gflops": 40.0, "seconds": 20.0}]})
     assert cc[0][5] == pytest.approx(0.8)          # a rate: measured / peak
     assert cc[1][5] == pytest.approx(0.5)          # a time: target 10 s / measured 20 s
+    bf16 = {r[0]: r for r in m.summary_rows("ccmatrix", {"numpy_sgemm_peak_gflops": 50.0, "cases": [
+        {"case": "M=1000", "backend": "bf16", "block": 16, "gflops": 100.0, "seconds": 8.0, "max_abs_dcc": 1e-3,
+         "share_same_angles": 0.999, "rescored_fraction": 0.02}]})}
+    assert bf16["CC matrix of 1,000 averages (bf16, block 16)"][5] == pytest.approx(1.25)
+    assert bf16["CC matrix M=1000 bf16 screen: max |dCC| vs float32"][5] == pytest.approx(2.0)   # half the tolerance
+    assert bf16["CC matrix M=1000 bf16 screen: pairs with the same best angles"][5] > 1
     phase = m.summary_rows("phase", [{"size": 41, "backend": "numpy", "seconds": 6.0},
                                      {"size": 41, "backend": "torch", "device": "cpu", "seconds": 30.0}])
     assert phase[1][3] == 6.0 and phase[1][5] == pytest.approx(0.2)

@@ -51,7 +51,8 @@ from spicompute.landscape.polar import friedel_fold, mean_radial_profile, polar_
 log = logging.getLogger("spicompute.commonlines")
 
 NORMALISATIONS = ("radial", "log", "line-ratio", "none")
-BACKENDS = ("auto", "torch", "numpy")
+#: ``bf16``: a bf16 screen with float32 re-scoring of the candidates (:mod:`.cc_screen`)
+BACKENDS = ("auto", "torch", "numpy", "bf16")
 
 
 # --------------------------------------------------------------------------- lines
@@ -253,17 +254,25 @@ class CCResult:
     angle_a : (M, M) int16, best line index in average ``i`` for pair (i, j)
     angle_b : (M, M) int16, best line index in average ``j``; equals
         ``angle_a.T``.  Diagonal entries are -1 (undefined).
+    rescored_fraction : ``bf16`` backend in-process: the share of the screened
+        lines re-scored in float32 (the float32 work left); otherwise None
     """
 
     cc: np.ndarray
     angle_a: np.ndarray
     angle_b: np.ndarray
+    rescored_fraction: float | None = None
 
 
-def default_block(n_lines: int, device: str = "cpu") -> int:
-    """Averages per block: ~1,440 line rows per side on CPU (an 8 MB output
-    block that stays in cache while it is reduced), ~23,000 on a GPU."""
-    rows = 23040 if str(device).startswith("cuda") else 1440
+def default_block(n_lines: int, device: str = "cpu", backend: str = "numpy") -> int:
+    """Averages per block: ~1,440 line rows per side on CPU (an 8 MB float32 output
+    block that stays in cache while it is reduced), ~2,880 for the bf16 screen on
+    CPU (a 16 MB bf16 block: its per-block work is mostly fixed costs, measured
+    best at 16 averages of 180 lines), ~23,000 on a GPU."""
+    if str(device).startswith("cuda"):
+        rows = 23040
+    else:
+        rows = 2880 if backend == "bf16" else 1440
     return max(1, rows // max(1, n_lines))
 
 
@@ -274,6 +283,8 @@ class _BlockKernel:
     """
 
     def __init__(self, lines: np.ndarray, backend: str, device: str):
+        if backend not in ("torch", "numpy"):
+            raise ValueError(f"_BlockKernel: backend must be torch or numpy, got {backend!r}")
         self.m, self.nl, self.nr = lines.shape
         self.backend = backend
         self.device = device
@@ -286,6 +297,13 @@ class _BlockKernel:
         else:
             self.X = flat
         self._buf = {}
+
+    def fork(self) -> "_BlockKernel":
+        """A kernel for another thread: shares the inputs, owns its buffers."""
+        k = _BlockKernel.__new__(_BlockKernel)
+        k.__dict__.update(self.__dict__)
+        k._buf = {}
+        return k
 
     def _buffer(self, rows: int, cols: int):
         key = (rows, cols)
@@ -327,12 +345,21 @@ class _BlockKernel:
         return v, ia.astype(np.int16), ib.astype(np.int16)
 
 
+def block_kernel(lines: np.ndarray, backend: str, device: str = "cpu"):
+    """The block kernel of ``backend`` (``torch``, ``numpy`` or ``bf16``)."""
+    if backend == "bf16":
+        from spicompute.landscape.cc_screen import ScreenedBlockKernel
+
+        return ScreenedBlockKernel(lines, device)
+    return _BlockKernel(lines, backend, device)
+
+
 def _block_edges(m: int, block: int) -> list[int]:
     return list(range(0, m, block)) + [m]
 
 
 def cc_band(lines: np.ndarray, row0: int, row1: int, *, block: int, backend: str = "torch",
-            device: str = "cpu", kernel: _BlockKernel | None = None):
+            device: str = "cpu", kernel=None):
     """CC of averages ``row0:row1`` against averages ``row0:M`` (upper band).
 
     ``row0`` and ``row1`` must lie on block edges (multiples of ``block`` or
@@ -343,7 +370,7 @@ def cc_band(lines: np.ndarray, row0: int, row1: int, *, block: int, backend: str
     meaningful.
     """
     m = lines.shape[0]
-    kern = kernel or _BlockKernel(lines, backend, device)
+    kern = kernel or block_kernel(lines, backend, device)
     width = m - row0
     cc = np.empty((row1 - row0, width), np.float32)
     ia = np.empty((row1 - row0, width), np.int16)
@@ -405,8 +432,11 @@ def cc_matrix(lines: np.ndarray, *, block: int | None = None, backend: str = "au
     lines : (M, n_lines, n_r) float32 from :func:`normalise_lines`
     block : averages per block (default :func:`default_block`)
     backend : ``auto`` (torch on a GPU, numpy on the CPU: measured ~10 % faster
-        there), ``torch`` (CPU or CUDA) or ``numpy``
-    device : ``auto`` | ``cpu`` | ``cuda[:k]`` (torch backend)
+        there), ``torch`` (CPU or CUDA), ``numpy``, or ``bf16``: a bfloat16
+        product screens the line pairs and the candidates are re-scored in
+        float32 (:mod:`spicompute.landscape.cc_screen`; the float32 result up to
+        summation order, faster where bf16 matrix units exist)
+    device : ``auto`` | ``cpu`` | ``cuda[:k]`` (torch and bf16 backends)
     scheduler : ``""`` in-process; ``local:N`` a local Dask cluster of N
         worker processes; otherwise a Dask scheduler address.  Results are
         identical to in-process (same blocks).
@@ -423,10 +453,10 @@ def cc_matrix(lines: np.ndarray, *, block: int | None = None, backend: str = "au
     if backend not in BACKENDS:
         raise ParameterError("ccmatrix.backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
     m = lines.shape[0]
-    dev = resolve_device(device, "ccmatrix.device") if backend in ("torch", "auto") else "cpu"
+    dev = resolve_device(device, "ccmatrix.device") if backend != "numpy" else "cpu"
     if backend == "auto":
         backend = "torch" if dev != "cpu" else "numpy"
-    block = int(block) if block else default_block(lines.shape[1], dev)
+    block = int(block) if block else default_block(lines.shape[1], dev, backend)
     if block < 1:
         raise ParameterError("ccmatrix.block", f"must be >= 1, got {block}")
     result = CCResult(np.zeros((m, m), np.float32), np.zeros((m, m), np.int16),
@@ -445,13 +475,16 @@ def cc_matrix(lines: np.ndarray, *, block: int | None = None, backend: str = "au
         bar = tqdm(total=len(bands), desc="ccmatrix", unit="band")
     n_workers = 1 if dev != "cpu" else max(1, int(workers or _cpu_threads()))
     if n_workers == 1:
-        kern = _BlockKernel(lines, backend, dev)
+        kernels = [block_kernel(lines, backend, dev)]
         for row0, row1 in bands:
-            _place_band(result, row0, row1, cc_band(lines, row0, row1, block=block, kernel=kern))
+            _place_band(result, row0, row1, cc_band(lines, row0, row1, block=block, kernel=kernels[0]))
             if bar is not None:
                 bar.update()
     else:
-        _cc_matrix_threads(lines, result, bands, block, backend, n_workers, bar)
+        kernels = _cc_matrix_threads(lines, result, bands, block, backend, n_workers, bar)
+    if backend == "bf16":
+        screened = sum(k.screened for k in kernels)
+        result.rescored_fraction = sum(k.rescored for k in kernels) / max(1, screened)
     if bar is not None:
         bar.close()
     return result
@@ -463,8 +496,9 @@ def _cpu_threads() -> int:
     return torch.get_num_threads()
 
 
-def _cc_matrix_threads(lines, result, bands, block, backend, n_workers, bar) -> None:
-    """Bands on ``n_workers`` Python threads, each with single-threaded BLAS.
+def _cc_matrix_threads(lines, result, bands, block, backend, n_workers, bar) -> list:
+    """Bands on ``n_workers`` Python threads, each with single-threaded BLAS; returns
+    the threads' kernels.
 
     Independent single-threaded block products (the GIL is released inside
     BLAS) avoid the per-operation fork/join of multi-threaded BLAS on these
@@ -476,14 +510,14 @@ def _cc_matrix_threads(lines, result, bands, block, backend, n_workers, bar) -> 
     import torch
 
     local = threading.local()
-    shared = _BlockKernel(lines, backend, "cpu")
+    shared = block_kernel(lines, backend, "cpu")
+    kernels = []
 
     def work(edges):
         kern = getattr(local, "kernel", None)
         if kern is None:
-            kern = local.kernel = _BlockKernel.__new__(_BlockKernel)
-            kern.__dict__.update(shared.__dict__)
-            kern._buf = {}
+            kern = local.kernel = shared.fork()
+            kernels.append(kern)
         return edges, cc_band(lines, edges[0], edges[1], block=block, kernel=kern)
 
     old_threads = torch.get_num_threads()
@@ -496,14 +530,16 @@ def _cc_matrix_threads(lines, result, bands, block, backend, n_workers, bar) -> 
                     bar.update()
     finally:
         torch.set_num_threads(old_threads)
+    return kernels
 
 
 class _single_threaded_numpy_blas:
-    """Limit numpy's BLAS to one thread (threadpoolctl when available)."""
+    """Limit numpy's BLAS to one thread (threadpoolctl when available); the bf16
+    screen falls back to numpy's float32 product on flat, noisy CCs."""
 
     def __init__(self, backend: str):
         self.ctx = None
-        if backend == "numpy":
+        if backend in ("numpy", "bf16"):
             try:
                 from threadpoolctl import threadpool_limits
 
@@ -523,7 +559,7 @@ class _single_threaded_numpy_blas:
 def _dask_band(lines, row0, row1, block, backend):
     """One Dask task: a band with single-threaded BLAS (torch is imported only by the torch backend:
     its import costs a worker about a second)."""
-    if backend == "torch":
+    if backend in ("torch", "bf16"):
         import torch
 
         torch.set_num_threads(1)

@@ -112,6 +112,8 @@ def run(args) -> int:
         "smooth_px": info["smooth_px"],
         "size_scale_p05_p95": [float(x) for x in np.percentile(info["size_scale"][info["usable"]], [5, 95])],
     }
+    if result.rescored_fraction is not None:   # bf16 screen: the float32 work that was left
+        metrics["rescored_fraction"] = result.rescored_fraction
     write_json_atomic(args.metrics, metrics)
     log.info("ccmatrix: %d pairs in %.1f s (%.1f GFLOP/s), CC 5-95%% [%.3f, %.3f] -> %s",
              m * (m - 1) // 2, info["seconds_cc"], metrics["gflops"],
