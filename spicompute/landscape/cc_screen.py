@@ -55,6 +55,17 @@ def screen_window(max_norm: float, max_rounding_norm: float, n_r: int) -> float:
     return 2.0 * delta
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16); elsewhere torch
+    emulates the bf16 product and the screen is slower than float32."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:   # a torch without the probes: assume not
+        return False
+
+
 class ScreenedBlockKernel:
     """Max/argmax over both line axes of ``X_A X_B^T`` via a bf16 screen (torch).
 
@@ -82,6 +93,9 @@ class ScreenedBlockKernel:
         self.window = screen_window(norms.max(initial=0.0) * (1 + BF16_UNIT_ROUNDOFF),
                                     rounding_norms.max(initial=0.0), self.nr)
         self.device = device
+        if str(device) == "cpu" and not cpu_has_bf16_units():
+            log.warning("ccmatrix.backend bf16: this CPU has no bf16 matrix units (AMX / AVX512-BF16): "
+                        "the screen is emulated and slower than backend numpy (same result)")
         self.rescored = 0
         self.screened = 0
         self.exhaustive = False

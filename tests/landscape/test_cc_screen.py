@@ -139,3 +139,13 @@ def test_a_screen_that_saves_nothing_turns_exhaustive():
     kern = ScreenedBlockKernel(unit_lines(rng, 60, 30, 24))
     cc_band(kern.X.numpy().reshape(60, 30, 24), 0, 60, block=4, kernel=kern)
     assert not kern.exhaustive
+
+
+def test_a_cpu_without_bf16_units_is_told(lines, monkeypatch, caplog):
+    from spicompute.landscape import cc_screen
+
+    monkeypatch.setattr(cc_screen, "cpu_has_bf16_units", lambda: False)
+    with caplog.at_level("WARNING", logger="spicompute.ccmatrix"):
+        res = cc_matrix(lines[:6], backend="bf16", block=3, workers=1)
+    assert "no bf16 matrix units" in caplog.text
+    np.testing.assert_allclose(res.cc, cc_matrix(lines[:6], backend="numpy", block=3).cc, atol=2e-6)
