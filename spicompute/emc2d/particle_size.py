@@ -27,20 +27,20 @@ FIRST_SPHERE_ZERO = 4.4934
 
 
 def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: float,
-                           q_end_nm: float | None = None) -> float | None:
+                           q_end_nm: float | None = None, *, flat_offset: bool = False) -> float | None:
     """Sphere-equivalent diameter (nm) by fitting a radial profile with a sphere form factor.
 
-    The radial profile is fitted as ``s |F_sphere(q; R)|^2 + c`` (free scale s > 0 and
-    flat offset 0 <= c <= the profile's minimum, least squares in relative residuals,
-    :func:`offset_fit_scores`: log scale for small residuals), with ``|F|^2`` averaged over +-10 % in R (size
-    spread and orientation averaging smear the minima of real particles), for R on a
-    log grid from 2 nm up to the largest radius whose fringes (period pi / R) the
-    profile still samples twice, all scored on the same q-range ``q_start..q_end``.
-    The offset takes up what is flat under the particle (background that the floor
-    estimate left, a q-dependent background over a narrow range): without it a flat
-    tail reads as the slow decay of a smaller sphere (measured: 27.5 nm instead of
-    ~50 nm for a 42 nm cube's class averages, docs/vae_volumes.md).  This is the
-    paper's sphere-fit size, used here to bound q_max (Nyquist) and for ``n_rot: auto``.
+    The radial profile is compared with ``|F_sphere(q; R)|^2`` averaged over +-10 % in R
+    (size spread and orientation averaging smear the minima of real particles), for R
+    on a log grid from 2 nm up to the largest radius whose fringes (period pi / R) the
+    profile still samples twice, all scored on the same q-range ``q_start..q_end``:
+    by default in log scale with a free scale factor; with ``flat_offset`` as
+    ``s |F|^2 + c`` (s > 0, flat offset 0 <= c <= the profile's minimum, least squares
+    in relative residuals, :func:`offset_fit_scores`).  The offset takes up what is
+    flat under the particle -- background in frames: without it a flat tail reads as
+    the slow decay of a smaller sphere, or as no size (docs/classify2d.md).  This is
+    the paper's sphere-fit size, used to bound the VAE's q_max (Nyquist; default fit)
+    and for ``n_rot: auto`` (frames, with the offset).
     None when fewer than 8 profile points are usable, when the best fit sits at the
     largest radius (fringes unresolved), when the profile is a featureless power law,
     or when the first minimum of the best sphere (q R = 4.49) lies beyond the fitted
@@ -55,13 +55,16 @@ def estimate_particle_size(q_nm: np.ndarray, profile: np.ndarray, q_start_nm: fl
         return None
     spread = np.linspace(0.9, 1.1, 7)
     radii = np.geomspace(2.0, max(np.pi / (2 * np.median(np.diff(q))), 2.5), 300)
-    x = q[None, :, None] * radii[:, None, None] * spread[None, None, :]        # (R, Q, 7)
+    x = q[None, :, None] * (radii[:, None] * spread[None, :])[:, None, :]      # (R, Q, 7)
     form = np.mean((3 * (np.sin(x) - x * np.cos(x)) / x**3) ** 2, axis=2)     # (R, Q)
-    score = offset_fit_scores(form, p)
+    logp = np.log(p)
+    if flat_offset:
+        score = offset_fit_scores(form, p)
+    else:
+        score = np.var(logp[None, :] - np.log(np.maximum(form, 1e-30)), axis=1)
     best = int(np.argmin(score))
     best_r = float(radii[best])
     # a profile within ~3 % of a power law has no fringes to size (Porod-like decay)
-    logp = np.log(p)
     power_law = np.var(logp - np.polyval(np.polyfit(np.log(q), logp, 1), np.log(q)))
     if not np.isfinite(score[best]) or best >= len(radii) - 2 or power_law < 1e-3:
         return None
@@ -149,7 +152,7 @@ def estimate_particle_size_nm(counts: sp.csr_matrix, detector: Detector) -> floa
     floor = float(np.median(prof[outer])) if outer.any() else 0.0
     strong = np.flatnonzero(beyond & (prof >= 2.0 * floor))
     q_end = float(q[strong.max()]) if len(strong) else None
-    return estimate_particle_size(q, prof - floor, q_start_nm=float(q[start]), q_end_nm=q_end)
+    return estimate_particle_size(q, prof - floor, q_start_nm=float(q[start]), q_end_nm=q_end, flat_offset=True)
 
 
 def auto_n_rot(size_nm: float, q_max_nm: float, *, half_turn: bool = False, minimum: int = 8
