@@ -46,12 +46,13 @@ import numpy as np
 
 from spicompute.errors import ParameterError
 from spicompute.execution import completed_results, dask_client, resolve_device
+from spicompute.landscape.cc_kernels import block_kernel
 from spicompute.landscape.polar import friedel_fold, mean_radial_profile, polar_resample
 
 log = logging.getLogger("spicompute.commonlines")
 
 NORMALISATIONS = ("radial", "log", "line-ratio", "none")
-#: ``bf16``: a bf16 screen with float32 re-scoring of the candidates (:mod:`.cc_screen`)
+#: ``bf16``: a bf16 screen with float32 re-scoring of the candidates (:mod:`.cc_kernels`)
 BACKENDS = ("auto", "torch", "numpy", "bf16")
 
 
@@ -276,84 +277,6 @@ def default_block(n_lines: int, device: str = "cpu", backend: str = "numpy") -> 
     return max(1, rows // max(1, n_lines))
 
 
-class _BlockKernel:
-    """Max/argmax over both line axes of ``X_A X_B^T`` for one block pair.
-
-    Keeps one output buffer per block shape (no allocation per block).
-    """
-
-    def __init__(self, lines: np.ndarray, backend: str, device: str):
-        if backend not in ("torch", "numpy"):
-            raise ValueError(f"_BlockKernel: backend must be torch or numpy, got {backend!r}")
-        self.m, self.nl, self.nr = lines.shape
-        self.backend = backend
-        self.device = device
-        flat = np.ascontiguousarray(lines.reshape(self.m * self.nl, self.nr), dtype=np.float32)
-        if backend == "torch":
-            import torch
-
-            self.torch = torch
-            self.X = torch.from_numpy(flat).to(device)
-        else:
-            self.X = flat
-        self._buf = {}
-
-    def fork(self) -> "_BlockKernel":
-        """A kernel for another thread: shares the inputs, owns its buffers."""
-        k = _BlockKernel.__new__(_BlockKernel)
-        k.__dict__.update(self.__dict__)
-        k._buf = {}
-        return k
-
-    def _buffer(self, rows: int, cols: int):
-        key = (rows, cols)
-        if key not in self._buf:
-            if len(self._buf) > 3:
-                self._buf.clear()
-            if self.backend == "torch":
-                self._buf[key] = self.torch.empty(key, dtype=self.torch.float32, device=self.device)
-            else:
-                self._buf[key] = np.empty(key, dtype=np.float32)
-        return self._buf[key]
-
-    def __call__(self, a0: int, a1: int, b0: int, b1: int):
-        """Returns (cc (a, b) float32, ia (a, b) int16, ib (a, b) int16) as numpy."""
-        nl = self.nl
-        na, nb = a1 - a0, b1 - b0
-        buf = self._buffer(na * nl, nb * nl)
-        xa = self.X[a0 * nl:a1 * nl]
-        xb = self.X[b0 * nl:b1 * nl]
-        if self.backend == "torch":
-            torch = self.torch
-            torch.matmul(xa, xb.T, out=buf)
-            view = buf.view(na, nl, nb, nl)
-            # value-only max over theta_b is a fast vectorised pass over the block;
-            # the argmax is then needed for one row per pair only
-            v1 = view.amax(dim=3)                               # (a, nl, b)
-            v, ia = v1.max(dim=1)                               # (a, b)
-            ar_a = torch.arange(na, device=buf.device)[:, None]
-            ar_b = torch.arange(nb, device=buf.device)[None, :]
-            ib = view[ar_a, ia, ar_b, :].argmax(dim=-1)         # (a, b)
-            return (v.cpu().numpy(), ia.to(torch.int16).cpu().numpy(),
-                    ib.to(torch.int16).cpu().numpy())
-        np.matmul(xa, xb.T, out=buf)
-        view = buf.reshape(na, nl, nb, nl)
-        v1 = view.max(axis=3)                                   # (a, nl, b)
-        ia = v1.argmax(axis=1)                                  # (a, b)
-        v = np.take_along_axis(v1, ia[:, None, :], axis=1)[:, 0, :]
-        ib = view[np.arange(na)[:, None], ia, np.arange(nb)[None, :], :].argmax(axis=-1)
-        return v, ia.astype(np.int16), ib.astype(np.int16)
-
-
-def block_kernel(lines: np.ndarray, backend: str, device: str = "cpu"):
-    """The block kernel of ``backend`` (``torch``, ``numpy`` or ``bf16``)."""
-    if backend == "bf16":
-        from spicompute.landscape.cc_screen import ScreenedBlockKernel
-
-        return ScreenedBlockKernel(lines, device)
-    return _BlockKernel(lines, backend, device)
-
-
 def _block_edges(m: int, block: int) -> list[int]:
     return list(range(0, m, block)) + [m]
 
@@ -434,7 +357,7 @@ def cc_matrix(lines: np.ndarray, *, block: int | None = None, backend: str = "au
     backend : ``auto`` (torch on a GPU, numpy on the CPU: measured ~10 % faster
         there), ``torch`` (CPU or CUDA), ``numpy``, or ``bf16``: a bfloat16
         product screens the line pairs and the candidates are re-scored in
-        float32 (:mod:`spicompute.landscape.cc_screen`; the float32 result up to
+        float32 (:mod:`spicompute.landscape.cc_kernels`; the float32 result up to
         summation order, faster where bf16 matrix units exist)
     device : ``auto`` | ``cpu`` | ``cuda[:k]`` (torch and bf16 backends)
     scheduler : ``""`` in-process; ``local:N`` a local Dask cluster of N

@@ -1,4 +1,4 @@
-"""The bf16-screened CC matrix: the float32 exhaustive result, from a bf16 screen."""
+"""The CC matrix block kernels: the bf16 screen gives the float32 exhaustive result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spicompute.cli import main
-from spicompute.landscape.cc_screen import BF16_UNIT_ROUNDOFF, ScreenedBlockKernel, screen_window
+from spicompute.landscape.cc_kernels import BF16_UNIT_ROUNDOFF, ScreenedBlockKernel, screen_window
 from spicompute.landscape.commonlines import cc_band, cc_matrix, centre_unit, read_ccmatrix
 
 
@@ -142,9 +142,9 @@ def test_a_screen_that_saves_nothing_turns_exhaustive():
 
 
 def test_a_cpu_without_bf16_units_is_told(lines, monkeypatch, caplog):
-    from spicompute.landscape import cc_screen
+    from spicompute.landscape import cc_kernels
 
-    monkeypatch.setattr(cc_screen, "cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(cc_kernels, "cpu_has_bf16_units", lambda: False)
     with caplog.at_level("WARNING", logger="spicompute.ccmatrix"):
         res = cc_matrix(lines[:6], backend="bf16", block=3, workers=1)
     assert "no bf16 matrix units" in caplog.text

@@ -1,4 +1,9 @@
-"""bfloat16-screened common-line CC block: the float32 maxima at bf16 GEMM speed.
+"""Block kernels of the common-line CC matrix: the best line pair of every average pair.
+
+A kernel takes two blocks of averages (A, B) and returns, for each pair, the largest
+product of their unit lines and the two line indices.  :class:`ExhaustiveBlockKernel`
+computes the float32 product of every line pair (numpy or torch);
+:class:`ScreenedBlockKernel` gets the same maxima at bf16 GEMM speed, as follows.
 
 The exhaustive CC matrix is one ``(M n_lines) x (M n_lines)`` product of unit
 lines followed by a max over both line axes of every average pair.  On CPUs with
@@ -55,6 +60,75 @@ def screen_window(max_norm: float, max_rounding_norm: float, n_r: int) -> float:
     return 2.0 * delta
 
 
+class ExhaustiveBlockKernel:
+    """Max/argmax over both line axes of ``X_A X_B^T`` for one block pair.
+
+    Keeps one output buffer per block shape (no allocation per block).
+    """
+
+    def __init__(self, lines: np.ndarray, backend: str, device: str):
+        if backend not in ("torch", "numpy"):
+            raise ValueError(f"ExhaustiveBlockKernel: backend must be torch or numpy, got {backend!r}")
+        self.m, self.nl, self.nr = lines.shape
+        self.backend = backend
+        self.device = device
+        flat = np.ascontiguousarray(lines.reshape(self.m * self.nl, self.nr), dtype=np.float32)
+        if backend == "torch":
+            import torch
+
+            self.torch = torch
+            self.X = torch.from_numpy(flat).to(device)
+        else:
+            self.X = flat
+        self._buf = {}
+
+    def fork(self) -> "ExhaustiveBlockKernel":
+        """A kernel for another thread: shares the inputs, owns its buffers."""
+        k = ExhaustiveBlockKernel.__new__(ExhaustiveBlockKernel)
+        k.__dict__.update(self.__dict__)
+        k._buf = {}
+        return k
+
+    def _buffer(self, rows: int, cols: int):
+        key = (rows, cols)
+        if key not in self._buf:
+            if len(self._buf) > 3:
+                self._buf.clear()
+            if self.backend == "torch":
+                self._buf[key] = self.torch.empty(key, dtype=self.torch.float32, device=self.device)
+            else:
+                self._buf[key] = np.empty(key, dtype=np.float32)
+        return self._buf[key]
+
+    def __call__(self, a0: int, a1: int, b0: int, b1: int):
+        """Returns (cc (a, b) float32, ia (a, b) int16, ib (a, b) int16) as numpy."""
+        nl = self.nl
+        na, nb = a1 - a0, b1 - b0
+        buf = self._buffer(na * nl, nb * nl)
+        xa = self.X[a0 * nl:a1 * nl]
+        xb = self.X[b0 * nl:b1 * nl]
+        if self.backend == "torch":
+            torch = self.torch
+            torch.matmul(xa, xb.T, out=buf)
+            view = buf.view(na, nl, nb, nl)
+            # value-only max over theta_b is a fast vectorised pass over the block;
+            # the argmax is then needed for one row per pair only
+            v1 = view.amax(dim=3)                               # (a, nl, b)
+            v, ia = v1.max(dim=1)                               # (a, b)
+            ar_a = torch.arange(na, device=buf.device)[:, None]
+            ar_b = torch.arange(nb, device=buf.device)[None, :]
+            ib = view[ar_a, ia, ar_b, :].argmax(dim=-1)         # (a, b)
+            return (v.cpu().numpy(), ia.to(torch.int16).cpu().numpy(),
+                    ib.to(torch.int16).cpu().numpy())
+        np.matmul(xa, xb.T, out=buf)
+        view = buf.reshape(na, nl, nb, nl)
+        v1 = view.max(axis=3)                                   # (a, nl, b)
+        ia = v1.argmax(axis=1)                                  # (a, b)
+        v = np.take_along_axis(v1, ia[:, None, :], axis=1)[:, 0, :]
+        ib = view[np.arange(na)[:, None], ia, np.arange(nb)[None, :], :].argmax(axis=-1)
+        return v, ia.astype(np.int16), ib.astype(np.int16)
+
+
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16); elsewhere torch
     emulates the bf16 product and the screen is slower than float32."""
@@ -69,8 +143,8 @@ def cpu_has_bf16_units() -> bool:
 class ScreenedBlockKernel:
     """Max/argmax over both line axes of ``X_A X_B^T`` via a bf16 screen (torch).
 
-    Same call signature and result as the exhaustive block kernel in
-    :mod:`spicompute.landscape.commonlines`; works on CPU and CUDA.
+    Same call signature and result as :class:`ExhaustiveBlockKernel`
+    (float32, every line pair); works on CPU and CUDA.
     ``rescored`` / ``screened`` count the (pair, line) rows re-scored in float32
     and those screened (their ratio is the float32 work left).  Where the screen
     re-scores more than ``FALLBACK_SHARE`` of the lines (noisy averages whose CC
@@ -202,11 +276,9 @@ class ScreenedBlockKernel:
     def _exhaustive_kernel(self):
         """The float32 exhaustive block kernel (numpy on the CPU, torch on a GPU)."""
         if self._fallback is None:
-            from spicompute.landscape.commonlines import _BlockKernel
-
             lines = self.X.cpu().numpy().reshape(self.m, self.nl, self.nr)
             cpu = str(self.device) == "cpu"
-            self._fallback = _BlockKernel(lines, "numpy" if cpu else "torch", self.device)
+            self._fallback = ExhaustiveBlockKernel(lines, "numpy" if cpu else "torch", self.device)
         return self._fallback
 
     def _finish(self, n_rescored: int, full, arg_a, na: int, nb: int):
@@ -218,3 +290,10 @@ class ScreenedBlockKernel:
         self.screened += dump * na
         return (value.cpu().numpy(), ia.to(torch.int16).cpu().numpy(),
                 ib.to(torch.int16).cpu().numpy())
+
+
+def block_kernel(lines: np.ndarray, backend: str, device: str = "cpu"):
+    """The block kernel of ``backend`` (``torch``, ``numpy`` or ``bf16``)."""
+    if backend == "bf16":
+        return ScreenedBlockKernel(lines, device)
+    return ExhaustiveBlockKernel(lines, backend, device)
