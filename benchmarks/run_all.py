@@ -75,8 +75,10 @@ def summary_rows(name: str, r) -> list[tuple]:
                              case.get("seconds"), "s", 10.0, "target (issue 20)",
                              _ratio(case.get("seconds"), 10.0, False)))
             if "max_abs_dcc" in case:   # the bf16 screen against the float32 result of the same run
-                rows.append((f"CC matrix {case.get('case')} bf16 screen: max |dCC| vs float32", case["max_abs_dcc"],
-                             "", 2e-3, "tolerance (issue 20)", _ratio(case["max_abs_dcc"] or 1e-12, 2e-3, False)))
+                exact = case["max_abs_dcc"] == 0   # identical CCs: no finite ratio to print
+                rows.append((f"CC matrix {case.get('case')} bf16 screen: max |dCC| vs float32"
+                             + (" (identical)" if exact else ""), case["max_abs_dcc"], "", 2e-3,
+                             "tolerance (issue 20)", None if exact else _ratio(case["max_abs_dcc"], 2e-3, False)))
                 rows.append((f"CC matrix {case.get('case')} bf16 screen: pairs with the same best angles",
                              case["share_same_angles"], "", 0.99, "target (issue 20)",
                              _ratio(case["share_same_angles"], 0.99, True)))

@@ -26,6 +26,10 @@ def test_ratios_point_the_right_way_for_times_and_rates():
     assert bf16["CC matrix of 1,000 averages (bf16, block 16)"][5] == pytest.approx(1.25)
     assert bf16["CC matrix M=1000 bf16 screen: max |dCC| vs float32"][5] == pytest.approx(2.0)   # half the tolerance
     assert bf16["CC matrix M=1000 bf16 screen: pairs with the same best angles"][5] > 1
+    same = m.summary_rows("ccmatrix", {"cases": [{"case": "M=1000", "backend": "bf16", "seconds": 5.0,
+                                                  "max_abs_dcc": 0.0, "share_same_angles": 1.0}]})
+    row = next(r for r in same if "max |dCC|" in r[0])
+    assert row[0].endswith("(identical)") and row[5] is None     # no 2e9 "ratio" for an exact result
     phase = m.summary_rows("phase", [{"size": 41, "backend": "numpy", "seconds": 6.0},
                                      {"size": 41, "backend": "torch", "device": "cpu", "seconds": 30.0}])
     assert phase[1][3] == 6.0 and phase[1][5] == pytest.approx(0.2)
