@@ -60,7 +60,33 @@ def screen_window(max_norm: float, max_rounding_norm: float, n_r: int) -> float:
     return 2.0 * delta
 
 
-class ExhaustiveBlockKernel:
+class _BufferedKernel:
+    """What every block kernel shares: one output buffer per block shape (no allocation
+    per block), and :meth:`fork` for another thread (the inputs shared, the buffers and
+    any per-thread state its own)."""
+
+    def fork(self):
+        k = type(self).__new__(type(self))
+        k.__dict__.update(self.__dict__)
+        k._reset_per_thread()
+        return k
+
+    def _reset_per_thread(self) -> None:
+        self._buf = {}
+
+    def _allocate(self, shape: tuple[int, int]):
+        raise NotImplementedError
+
+    def _buffer(self, rows: int, cols: int):
+        key = (rows, cols)
+        if key not in self._buf:
+            if len(self._buf) > 3:
+                self._buf.clear()
+            self._buf[key] = self._allocate(key)
+        return self._buf[key]
+
+
+class ExhaustiveBlockKernel(_BufferedKernel):
     """Max/argmax over both line axes of ``X_A X_B^T`` for one block pair.
 
     Keeps one output buffer per block shape (no allocation per block).
@@ -80,25 +106,12 @@ class ExhaustiveBlockKernel:
             self.X = torch.from_numpy(flat).to(device)
         else:
             self.X = flat
-        self._buf = {}
+        self._reset_per_thread()
 
-    def fork(self) -> "ExhaustiveBlockKernel":
-        """A kernel for another thread: shares the inputs, owns its buffers."""
-        k = ExhaustiveBlockKernel.__new__(ExhaustiveBlockKernel)
-        k.__dict__.update(self.__dict__)
-        k._buf = {}
-        return k
-
-    def _buffer(self, rows: int, cols: int):
-        key = (rows, cols)
-        if key not in self._buf:
-            if len(self._buf) > 3:
-                self._buf.clear()
-            if self.backend == "torch":
-                self._buf[key] = self.torch.empty(key, dtype=self.torch.float32, device=self.device)
-            else:
-                self._buf[key] = np.empty(key, dtype=np.float32)
-        return self._buf[key]
+    def _allocate(self, shape: tuple[int, int]):
+        if self.backend == "torch":
+            return self.torch.empty(shape, dtype=self.torch.float32, device=self.device)
+        return np.empty(shape, dtype=np.float32)
 
     def __call__(self, a0: int, a1: int, b0: int, b1: int):
         """Returns (cc (a, b) float32, ia (a, b) int16, ib (a, b) int16) as numpy."""
@@ -140,7 +153,7 @@ def cpu_has_bf16_units() -> bool:
         return False
 
 
-class ScreenedBlockKernel:
+class ScreenedBlockKernel(_BufferedKernel):
     """Max/argmax over both line axes of ``X_A X_B^T`` via a bf16 screen (torch).
 
     Same call signature and result as :class:`ExhaustiveBlockKernel`
@@ -170,26 +183,14 @@ class ScreenedBlockKernel:
         if str(device) == "cpu" and not cpu_has_bf16_units():
             log.warning("ccmatrix.backend bf16: this CPU has no bf16 matrix units (AMX / AVX512-BF16): "
                         "the screen is emulated and slower than backend numpy (same result)")
-        self.rescored = 0
-        self.screened = 0
-        self.exhaustive = False
-        self._fallback = None
-        self._buf = {}
+        self._reset_per_thread()
 
-    def fork(self) -> "ScreenedBlockKernel":
-        """A kernel for another thread: shares the inputs, owns its buffers and counts."""
-        k = ScreenedBlockKernel.__new__(ScreenedBlockKernel)
-        k.__dict__.update(self.__dict__)
-        k._buf, k.rescored, k.screened, k.exhaustive, k._fallback = {}, 0, 0, False, None
-        return k
+    def _reset_per_thread(self) -> None:
+        super()._reset_per_thread()
+        self.rescored, self.screened, self.exhaustive, self._fallback = 0, 0, False, None
 
-    def _buffer(self, rows: int, cols: int):
-        key = (rows, cols)
-        if key not in self._buf:
-            if len(self._buf) > 3:
-                self._buf.clear()
-            self._buf[key] = self.torch.empty(key, dtype=self.torch.bfloat16, device=self.device)
-        return self._buf[key]
+    def _allocate(self, shape: tuple[int, int]):
+        return self.torch.empty(shape, dtype=self.torch.bfloat16, device=self.device)
 
     @staticmethod
     def _dense_rows(counts, n_cols: int):
