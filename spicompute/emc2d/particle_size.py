@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from spicompute.geometry import Detector
+from spicompute.qrange import signal_floor
 
 log = logging.getLogger("spicompute.particle_size")
 
@@ -146,10 +147,9 @@ def estimate_particle_size_nm(counts: sp.csr_matrix, detector: Detector) -> floa
         return None
     start = int(np.nanargmax(np.where(ok, prof, np.nan)))
     # where the particle no longer scatters the profile is background: the fit stops where the
-    # profile falls below twice its flat floor (the median of the outer third, as for q_max)
+    # profile falls below twice its flat floor (the rule that also bounds q_max)
+    floor = signal_floor(q, np.where(ok, prof, np.nan), np.ones_like(q), float(q[start]))
     beyond = ok & (np.arange(len(q)) >= start)
-    outer = beyond & (q >= q[start] + (q[beyond].max() - q[start]) * 2.0 / 3.0)
-    floor = float(np.median(prof[outer])) if outer.any() else 0.0
     strong = np.flatnonzero(beyond & (prof >= 2.0 * floor))
     q_end = float(q[strong.max()]) if len(strong) else None
     return estimate_particle_size(q, prof - floor, q_start_nm=float(q[start]), q_end_nm=q_end, flat_offset=True)
