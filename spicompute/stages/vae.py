@@ -33,7 +33,8 @@ HELP = "train the VAE (2D averages + orientations -> latent -> Oh-symmetric 3D v
 DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_size_nm": "auto",
             "min_counts": 1.0, "loss": "mse_log", "log_floor": 0.01, "epochs": 60, "batch_size": 32,
             "learning_rate": 0.001, "kl_weight": 0.01, "kl_warmup_epochs": 10, "seed": 0,
-            "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto"}
+            "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto",
+            "size_spread": 0.0, "resample": "gauss", "prefilter_px": 0.5}
 
 log = get_logger("vae")
 
@@ -50,6 +51,7 @@ def add_arguments(parser):
 def options(raw: dict) -> dict:
     from spicompute.params import choice, in_range, positive, with_defaults
     from spicompute.vae.model import PRESETS
+    from spicompute.vae.data import RESAMPLING
     from spicompute.vae.train import LOSSES
 
     p = with_defaults("vae", raw, DEFAULTS)
@@ -76,6 +78,9 @@ def options(raw: dict) -> dict:
             raise ParameterError("vae.class_blur_deg",
                                  f"must be auto, a number or [out_of_plane, in_plane], got {blur!r}")
         p["class_blur_deg"] = [in_range("vae.class_blur_deg", v, 0.0, 30.0) for v in pair]
+    p["size_spread"] = in_range("vae.size_spread", p["size_spread"], 0.0, 0.2)
+    p["resample"] = choice("vae.resample", p["resample"], RESAMPLING)
+    p["prefilter_px"] = in_range("vae.prefilter_px", p["prefilter_px"], 0.0, 2.0)
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -214,7 +219,8 @@ def run(args) -> int:
     arch = architecture(p["preset"], p["latent_dim"])
     prep = plan_preprocessing(avg, train_index, input_size=arch.input_size, volume_size=arch.volume_size,
                               q_max_nm=p["q_max_nm"], particle_size_nm=p["particle_size_nm"],
-                              min_counts=p["min_counts"], log_floor=p["log_floor"], source=args.averages)
+                              min_counts=p["min_counts"], log_floor=p["log_floor"], source=args.averages,
+                              resample=p["resample"], prefilter_px=p["prefilter_px"])
     inputs = model_inputs(avg, prep, quats, gain, train_index)
     blur_deg, blur_info = resolve_class_blur(p["class_blur_deg"], args.orient, avg.average_id, gain, selected)
     if p["class_blur_deg"] == "auto":
@@ -225,7 +231,8 @@ def run(args) -> int:
              arch.latent_dim, device, dist.world)
     config = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
                          kl_weight=p["kl_weight"], kl_warmup_epochs=p["kl_warmup_epochs"], loss=p["loss"],
-                         seed=p["seed"], amp=p["amp"], class_blur_deg=blur_deg)
+                         seed=p["seed"], amp=p["amp"], class_blur_deg=blur_deg,
+                         size_spread=p["size_spread"])
     torch.manual_seed(p["seed"])
     model = VAE(arch).to(device)
     data = TensorData(inputs, prep, device)
@@ -289,7 +296,7 @@ def run(args) -> int:
                "recon_unselected_median": float(np.median(recon[~selected])) if (~selected).any() else None,
                "q_max_nm": prep.q_max_nm, "q_min_nm": prep.q_min_nm, "q_max_limits": prep.q_max_limits,
                "particle_size_nm": prep.particle_size_nm, "volume_size": arch.volume_size,
-               "dq3_nm": prep.dq3_nm, "class_blur_deg": list(blur_deg), "device": str(device), "processes": dist.world,
+               "dq3_nm": prep.dq3_nm, "class_blur_deg": list(blur_deg), "size_spread": p["size_spread"], "device": str(device), "processes": dist.world,
                "seconds": round(elapsed, 1)}
     write_json_atomic(args.metrics, metrics)
     log.info("trained %d epochs in %.1f s, final recon %.4f -> %s", len(history), elapsed,

@@ -3,8 +3,9 @@
 1. **Crop and resample.**  Every average (on its square (qx, qy) grid, step
    ``dq``) is resampled onto the model's ``n x n`` grid of step
    ``q_max / (n // 2)``: a normalised (masked) Gaussian pre-filter of width
-   half the new step against aliasing, then bilinear interpolation of
-   ``I * w`` and ``w`` (``w`` = observed 0/1), divided.  A model pixel is
+   half the new step against aliasing (``vae.prefilter_px``), then bilinear
+   interpolation of ``I * w`` and ``w`` (``w`` = observed 0/1), divided; or
+   (``vae.resample: bin``) the mean over each model pixel's area.  A model pixel is
    observed when at least half of its interpolation weight was observed and
    ``|q| <= q_max`` (the circle: the volume covers the sphere of radius q_max).
 2. **Radial normalisation.**  Divide by the data set's mean radial profile
@@ -57,6 +58,8 @@ class Preprocessing:
     profile_q_nm, profile : the mean radial profile p(|q|) (mean photons/pixel, unit fluence)
     particle_size_nm : D used for the Nyquist bound
     log_floor : floor added before the log in the loss and encoder input
+    resample : how averages reach the model grid (:data:`RESAMPLING`, :func:`resample_averages`)
+    prefilter_px : ``gauss`` pre-filter sigma in model pixels (0: bilinear only)
     """
 
     input_size: int
@@ -71,13 +74,20 @@ class Preprocessing:
     particle_size_nm: float | None
     log_floor: float
     q_max_limits: dict
+    resample: str = "gauss"
+    prefilter_px: float = 0.5
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # models (and checkpoints) of runs before these options stay valid
+        for key, default in (("resample", "gauss"), ("prefilter_px", 0.5)):
+            if d[key] == default:
+                d.pop(key)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def profile_at(self, q_nm: np.ndarray) -> np.ndarray:
         """p(|q|) by linear interpolation (constant beyond the ends)."""
@@ -128,7 +138,8 @@ class VaeInputs:
 
 def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
                        q_max_nm="auto", particle_size_nm="auto", min_counts: float = 1.0,
-                       log_floor: float = 0.01, source: str = "averages") -> Preprocessing:
+                       log_floor: float = 0.01, source: str = "averages", resample: str = "gauss",
+                       prefilter_px: float = 0.5) -> Preprocessing:
     """Choose the q-range and grids from the data (see the module docstring)."""
     for name, size in (("vae.input_size", input_size), ("vae.volume_size", volume_size)):
         if size < 5 or size % 2 == 0:
@@ -158,16 +169,39 @@ def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_s
                          q_min_nm=qr.q_min_nm, dq2_nm=float(q_max / (input_size // 2)),
                          dq3_nm=float(q_max / (volume_size // 2)), wavelength_nm=averages.wavelength_nm,
                          profile_q_nm=pq.tolist(), profile=pv.tolist(), particle_size_nm=size,
-                         log_floor=float(log_floor), q_max_limits={k: float(v) for k, v in limits.items()})
+                         log_floor=float(log_floor), q_max_limits={k: float(v) for k, v in limits.items()},
+                         resample=str(resample), prefilter_px=float(prefilter_px))
+
+
+RESAMPLING = ("gauss", "bin")
 
 
 def resample_averages(averages: AverageSet, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """Averages on the model grid: (intensity (M, n, n) float32, observed (M, n, n) bool)."""
+    """Averages on the model grid: (intensity (M, n, n) float32, observed (M, n, n) bool).
+
+    ``prep.resample``: ``gauss`` -- a masked Gaussian pre-filter of ``prep.prefilter_px`` model
+    pixels (default half a pixel), then bilinear interpolation (smooth, low noise); ``bin`` -- every source pixel to its nearest
+    model pixel, the mean over each model pixel's area (the detector's own integration: less
+    blur of fringe minima, a model pixel averages fewer source pixels).  A model pixel is
+    observed when at least half of its area was and ``|q| <= q_max``.
+    """
+    if prep.resample == "bin":
+        out, seen = _binned(averages, prep)
+    else:
+        out, seen = _gauss_bilinear(averages, prep)
+    n, c = prep.input_size, prep.input_size // 2
+    axis = (np.arange(n) - c) * prep.dq2_nm
+    qn = np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
+    observed = (seen >= 0.5) & (qn <= prep.q_max_nm)[None]
+    return np.where(observed, out, 0.0).astype(np.float32), observed
+
+
+def _gauss_bilinear(averages: AverageSet, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     n, c = prep.input_size, prep.input_size // 2
     step = prep.dq2_nm / averages.dq_nm  # source pixels per model pixel
     coords = (np.arange(n) - c) * step + averages.center
     rows, cols = np.meshgrid(coords, coords, indexing="ij")
-    sigma = 0.5 * step if step > 1 else 0.0
+    sigma = prep.prefilter_px * step if step > 1 + 1e-6 else 0.0   # not for a step of 1 that rounding made 1 + 1 ulp
     out = np.zeros((averages.n_averages, n, n), np.float32)
     seen = np.zeros((averages.n_averages, n, n), np.float32)
     for i in range(averages.n_averages):  # M is small (<= 10^4) and each call is a C loop over the grid
@@ -181,10 +215,26 @@ def resample_averages(averages: AverageSet, prep: Preprocessing) -> tuple[np.nda
         ivs = ndimage.map_coordinates(iw_f, [rows, cols], order=1, mode="constant", cval=0.0)
         out[i] = np.where(ws > 1e-6, ivs / np.maximum(ws, 1e-12), 0.0)
         seen[i] = ws
-    axis = (np.arange(n) - c) * prep.dq2_nm
-    qn = np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
-    observed = (seen >= 0.5) & (qn <= prep.q_max_nm)[None]
-    return np.where(observed, out, 0.0).astype(np.float32), observed
+    return out, seen
+
+
+def _binned(averages: AverageSet, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    n, c = prep.input_size, prep.input_size // 2
+    step = prep.dq2_nm / averages.dq_nm
+    # the model pixel of every source row / column; outside the model grid: dropped
+    j = np.rint((np.arange(averages.intensity.shape[1]) - averages.center) / step + c).astype(np.int64)
+    inside = (j >= 0) & (j < n)
+    keep = inside[:, None] & inside[None, :]
+    target = (j[:, None] * n + j[None, :])[keep]
+    area = np.bincount(target, minlength=n * n).astype(np.float64)
+    out = np.zeros((averages.n_averages, n * n), np.float32)
+    seen = np.zeros_like(out)
+    for i in range(averages.n_averages):
+        w = averages.valid[i][keep].astype(np.float64)
+        weight = np.bincount(target, w, n * n)
+        out[i] = np.bincount(target, w * averages.intensity[i][keep], n * n) / np.maximum(weight, 1e-12)
+        seen[i] = weight / np.maximum(area, 1.0)
+    return out.reshape(-1, n, n), seen.reshape(-1, n, n)
 
 
 def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndarray,

@@ -14,13 +14,14 @@ import torch
 
 
 def slice_volumes(volumes: torch.Tensor, dq_nm: float, q_lab: torch.Tensor,
-                  rotations: torch.Tensor) -> torch.Tensor:
+                  rotations: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """Slice volume b at rotation b: ``out[b, p] = V_b(R_b^T q_p)``.
 
     volumes : (B, L, L, L) float tensor
     dq_nm : voxel step, rad/nm
     q_lab : (P, 3) lab-frame q-points, rad/nm (the Ewald points of the 2D grid)
     rotations : (B, 3, 3) model->lab rotation matrices
+    padding : outside the grid, ``zeros`` or ``border`` (the nearest face value)
     Returns (B, P).
     """
     b, size = volumes.shape[0], volumes.shape[-1]
@@ -31,5 +32,5 @@ def slice_volumes(volumes: torch.Tensor, dq_nm: float, q_lab: torch.Tensor,
     mats = rotations.to(volumes.dtype)[:, :, [2, 1, 0]] * to_grid
     grid = torch.matmul(q_lab.to(volumes.dtype), mats) + offset  # (B, P, 3)
     out = torch.nn.functional.grid_sample(volumes[:, None], grid.view(b, -1, 1, 1, 3), mode="bilinear",
-                                          padding_mode="zeros", align_corners=True)
+                                          padding_mode=padding, align_corners=True)
     return out.view(b, -1)

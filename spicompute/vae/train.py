@@ -49,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     amp: bool = False
     class_blur_deg: tuple[float, float] = (0.0, 0.0)   # (out of plane, in plane)
+    size_spread: float = 0.0   # relative rms size spread of a class's members (0.03: 3 %)
 
     def fingerprint_fields(self) -> dict:
         d = asdict(self)
@@ -57,6 +58,8 @@ class TrainConfig:
             d.pop("class_blur_deg")  # checkpoints of runs before the parameter existed stay valid
         else:
             d["class_blur_deg"] = [float(v) for v in d["class_blur_deg"]]
+        if not d["size_spread"]:
+            d.pop("size_spread")
         return d
 
 
@@ -160,8 +163,24 @@ def class_blur_rotations(out_deg: float, in_deg: float | None = None) -> torch.T
     return torch.from_numpy(Rotation.from_rotvec(kernel_rotvecs(out_deg, in_deg)).as_matrix())
 
 
+@functools.lru_cache(maxsize=8)
+def size_spread_kernel(spread: float) -> tuple[tuple[float, float], ...]:
+    """((size factor a, weight), ...) of a class's members' relative size spread ``spread`` (rms), or ().
+
+    Three-point Gauss-Hermite rule (a = 1, 1 +- sqrt(3) spread; weights 2/3, 1/6, 1/6): exact for the
+    mean and the variance of a Gaussian spread.  A member a times larger scatters
+    ``I_a(q) = a^6 I(a q)`` (F scales with the volume a^3, and its features move to q / a), so the
+    class average of a size-dispersed population is the weighted mean of ``a^6 I(a q)``.
+    """
+    if not spread:
+        return ()
+    step = np.sqrt(3.0) * float(spread)
+    return ((1.0, 2.0 / 3.0), (1.0 - step, 1.0 / 6.0), (1.0 + step, 1.0 / 6.0))
+
+
 def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
-               kind: str, blur: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               kind: str, blur: torch.Tensor | None = None,
+               size_spread: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (B,) and fitted scale (B,) of volumes (B, L, L, L) against the averages ``idx`` (B,).
 
     The volumes are in normalised units (I / p).  They are sliced as intensities (times the
@@ -169,14 +188,26 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
     intensity is smooth on the grid (sampled at the particle's Nyquist step), while I / p is
     not where the profile has fringe minima, so interpolating I / p directly would misplace
     a slice of the exact volume by factors of 2 between voxels.
+
+    The forward model of a class average (both optional, both means over its members):
+    ``blur`` (n, 3, 3) lab-frame turns render the spread of the members' orientations
+    (``vae.class_blur_deg``); ``size_spread`` (relative rms) renders the spread of their
+    sizes (``vae.size_spread``, :func:`size_spread_kernel`), which fills a sphere's fringe
+    minima in the data -- without it the decoder has to return a volume with filled minima,
+    one that reads as a less melted shape.
     """
     rot = data.rotations[idx]
-    if blur is None:
-        pred = slice_volumes(volumes * data.profile3, data.dq3, data.q_lab, rot) / data.profile
-    else:   # ``blur`` (n, 3, 3) lab-frame turns: the mean slice over a class's spread of orientations
-        scaled = volumes * data.profile3
-        pred = torch.stack([slice_volumes(scaled, data.dq3, data.q_lab, torch.matmul(b.to(rot), rot))
-                            for b in blur]).mean(0) / data.profile
+    scaled = volumes * data.profile3
+    turns = [rot] if blur is None else [torch.matmul(b.to(rot), rot) for b in blur]
+    sizes = size_spread_kernel(size_spread) or ((1.0, 1.0),)
+    pred = 0.0
+    for factor, weight in sizes:
+        # a^6 I(a q): the lab points scaled by a; past the grid's faces (a > 1 at the rim) the border value
+        q = data.q_lab if factor == 1.0 else data.q_lab * factor
+        pad = "zeros" if factor <= 1.0 else "border"
+        for r in turns:
+            pred = pred + (weight * factor ** 6 / len(turns)) * slice_volumes(scaled, data.dq3, q, r, padding=pad)
+    pred = pred / data.profile
     return reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx], kind,
                                data.floor, data.profile)
 
@@ -218,7 +249,8 @@ def batch_loss(model, data: TensorData, idx: torch.Tensor, noise: torch.Tensor, 
                beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of total losses, sum of reconstruction losses, sum of KL) over the batch ``idx``."""
     volumes, mu, logvar = model(data.image[idx], data.condition[idx], noise)
-    rec, _ = slice_loss(volumes, data, idx, config.loss, class_blur_rotations(*config.class_blur_deg))
+    rec, _ = slice_loss(volumes, data, idx, config.loss, class_blur_rotations(*config.class_blur_deg),
+                        config.size_spread)
     kl = kl_divergence(mu, logvar)
     return (rec + beta * kl).sum(), rec.detach().sum(), kl.detach().sum()
 

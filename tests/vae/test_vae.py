@@ -109,6 +109,55 @@ def test_preprocessing_follows_the_geometry(grid, dq):
         plan_preprocessing(avg, idx, input_size=27, volume_size=27, min_counts=1e6)
 
 
+@pytest.mark.parametrize("grid,dq", [(185, 0.017), (129, 0.03)])
+def test_binned_resampling_keeps_photons_and_fringe_minima(grid, dq):
+    """``vae.resample: bin`` is the mean over each model pixel's area: a flat image stays flat, a
+    model pixel equals the mean of the source pixels whose q lies in its square (checked by q on a
+    random image), a half-masked image is observed only where at least half a model pixel was, and
+    a sphere's fringe minima stay deeper than after the default's Gaussian pre-filter (what the
+    option is for).  Two detector grids."""
+    from dataclasses import replace
+
+    from spicompute.shapes import sphere_intensity
+    from spicompute.vae.data import resample_averages
+
+    q = grid_q(grid, dq, 0.2066)
+    radius_nm = 26.9
+    sphere = sphere_intensity(q, radius_nm)
+    valid = (np.linalg.norm(q[..., :2], axis=-1) >= 2 * dq).astype(np.float32)
+    flat = np.ones_like(sphere)
+    half = valid.copy()
+    half[:, : grid // 2 + 5] = 0.0    # the left half (and a few columns more) unobserved
+    avg = AverageSet(np.stack([sphere * valid, flat * valid, flat * half]).astype(np.float32),
+                     np.stack([valid, valid, half]), np.arange(3), np.zeros(3), np.arange(3), np.full(3, 100.0), dq,
+                     0.2066)
+    prep = plan_preprocessing(avg, np.arange(2), input_size=27, volume_size=27, q_max_nm=0.5,
+                              particle_size_nm=2 * radius_nm)
+    binned, obs_b = resample_averages(avg, replace(prep, resample="bin"))
+    gauss, obs_g = resample_averages(avg, prep)
+    narrow, _ = resample_averages(avg, replace(prep, prefilter_px=0.25))
+    np.testing.assert_allclose(binned[1][obs_b[1]], 1.0, rtol=1e-6)
+    # half-masked: observed model pixels only right of the mask edge, never across it
+    n, c = 27, 13
+    edge_col = (np.arange(n) - c) * prep.dq2_nm / dq + avg.center
+    assert not obs_b[2][:, edge_col < grid // 2 + 5 - 1].any() and obs_b[2][:, edge_col > grid // 2 + 6].any()
+    # each model pixel is the mean of the source pixels whose q lies in its square (checked by q, not by index)
+    axis = (np.arange(n) - c) * prep.dq2_nm
+    noise = np.random.default_rng(0).random(sphere.shape).astype(np.float32)
+    rand = AverageSet(noise[None], valid[None], np.arange(1), np.zeros(1), np.arange(1), np.full(1, 100.0), dq, 0.2066)
+    binned_noise, obs_noise = resample_averages(rand, replace(prep, resample="bin"))
+    for k, m in [(13, 20), (5, 13), (20, 7), (9, 16)]:
+        inside = ((np.abs(q[..., 1] - axis[k]) < prep.dq2_nm / 2) & (np.abs(q[..., 0] - axis[m]) < prep.dq2_nm / 2)
+                  & (valid > 0))
+        assert obs_noise[0, k, m] and binned_noise[0, k, m] == pytest.approx(noise[inside].mean(), rel=1e-5)
+    # the first two fringe minima of the sphere (q R = 4.49, 7.73): deeper when binned
+    qn = np.hypot(axis[:, None], axis[None, :])
+    for x in (4.493, 7.725):
+        ring = obs_b[0] & obs_g[0] & (np.abs(qn * radius_nm - x) < 0.6 * prep.dq2_nm * radius_nm)
+        assert binned[0][ring].mean() < 0.8 * gauss[0][ring].mean()
+        assert narrow[0][ring].mean() < 0.9 * gauss[0][ring].mean()   # vae.prefilter_px: a narrower pre-filter
+
+
 def test_presets_end_on_odd_centred_grids():
     for name in PRESETS:
         arch = architecture(name, 2)
@@ -422,3 +471,45 @@ def test_class_blur_forward_model_explains_blurred_averages_and_not_sharp_ones(r
     assert class_blur_rotations(0.0) is None and class_blur_rotations(blur).shape == (7, 3, 3)
     assert scores["blurred", blur] < 0.2 * scores["blurred", 0.0]
     assert scores["sharp", 0.0] < 0.2 * scores["sharp", blur]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edge_nm, dq", [(42.0, 0.045), (60.0, 0.03)])
+def test_size_spread_forward_model_explains_size_dispersed_averages_and_not_sharp_ones(edge_nm, dq):
+    """``vae.size_spread``: cube averages made by the orient stage's sampler (an independent path) as
+    the mean of ``a^6 I(a q)`` over a Gaussian spread of sizes (4 % rms, 41 sizes) are fitted far
+    better by the exact one-size cube when the loss renders the spread with its 3-point rule;
+    sharp averages (negative control) are fitted worse with it than without.  Two particle sizes
+    and grid steps."""
+    from spicompute.orient.slicing import slice_volume
+    from spicompute.shapes import cube_intensity
+    from spicompute.vae.train import size_spread_kernel, slice_loss
+
+    n, lam, m, spread = 27, 0.2066, 24, 0.04
+    quats = random_quaternions(m, np.random.default_rng(3))
+    axis = (np.arange(n) - n // 2) * dq
+    exact = cube_intensity(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1), edge_nm)
+    q = grid_q(n, dq, lam).reshape(-1, 3)
+    sizes = 1 + spread * np.linspace(-3, 3, 41)
+    weights = np.exp(-0.5 * ((sizes - 1) / spread) ** 2)
+    dispersed = sum(w * slice_volume(exact, dq, q, quats, np.full(m, a)) for a, w in zip(sizes, weights))
+    dispersed /= weights.sum()
+    valid = np.broadcast_to((np.linalg.norm(q[:, :2], axis=1) >= 2 * dq).reshape(n, n), (m, n, n))
+    scores = {}
+    for name, image in (("sharp", slice_volume(exact, dq, q, quats)), ("dispersed", dispersed)):
+        avg = AverageSet(image.reshape(m, n, n) * valid, valid.astype(np.float32), np.arange(m), np.zeros(m),
+                         np.arange(m), np.full(m, 100.0), dq, lam)
+        prep = plan_preprocessing(avg, np.arange(m), input_size=n, volume_size=n, q_max_nm=(n // 2) * dq,
+                                  particle_size_nm=1.24 * edge_nm, log_floor=0.1)
+        data = TensorData(model_inputs(avg, prep, quats, np.ones(m)), prep, torch.device("cpu"))
+        vol = torch.from_numpy(np.repeat((exact / prep.profile_at(prep.volume_q_norm()))[None], m, 0)
+                               .astype(np.float32))
+        for model_spread in (0.0, spread):
+            scores[name, model_spread] = slice_loss(vol, data, torch.arange(m), "mse_log",
+                                                    size_spread=model_spread)[0].mean().item()
+    assert size_spread_kernel(0.0) == ()
+    (a0, w0), (a1, w1), (a2, w2) = size_spread_kernel(spread)
+    assert w0 + w1 + w2 == pytest.approx(1.0)
+    assert w1 * (a1 - 1) ** 2 + w2 * (a2 - 1) ** 2 == pytest.approx(spread ** 2)   # the spread's variance
+    assert scores["dispersed", spread] < 0.2 * scores["dispersed", 0.0]
+    assert scores["sharp", 0.0] < 0.2 * scores["sharp", spread]

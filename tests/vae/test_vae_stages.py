@@ -114,7 +114,9 @@ def test_two_dimensional_latent_and_poisson_loss_on_another_geometry(tmp_path, l
     ({"preset": "huge"}, "vae.preset"), ({"latent_dim": 4}, "vae.latent_dim"), ({"epochs": 0}, "vae.epochs"),
     ({"learning_rate": "fast"}, "vae.learning_rate"), ({"lossy": 1}, "vae.lossy"), ({"q_max_nm": -1}, "vae.q_max_nm"),
     ({"class_blur_deg": "wide"}, "vae.class_blur_deg"), ({"class_blur_deg": 45}, "vae.class_blur_deg"),
-    ({"class_blur_deg": [1, 2, 3]}, "vae.class_blur_deg"),
+    ({"class_blur_deg": [1, 2, 3]}, "vae.class_blur_deg"), ({"size_spread": 0.5}, "vae.size_spread"),
+    ({"size_spread": "some"}, "vae.size_spread"), ({"resample": "cubic"}, "vae.resample"),
+    ({"prefilter_px": -1}, "vae.prefilter_px"),
 ])
 def test_bad_vae_params_exit_2(tmp_path, capsys, change, field):
     root = _project(tmp_path, vae=change)
