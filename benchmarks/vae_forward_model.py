@@ -24,7 +24,9 @@ Data resampling: ``gauss`` (the pipeline's default), ``bin`` (``vae.resample: bi
 source pixel to its nearest model pixel, mean over the area), ``point`` (bilinear, no
 pre-filter; swapped in for the study only).
 Rendering: ``trilinear`` (the pipeline's), ``cubic2x_ss3`` (the grid upsampled 2x by
-Keys cubic interpolation, each model pixel the mean of 3x3 samples over its area).
+Keys cubic interpolation, :func:`spicompute.vae.train.upsample_cubic2`, each model pixel the
+mean of 3x3 samples over its area; the 2026-12-04 JSON was measured with a first, slower
+form of the same interpolation that replicated the edge voxel instead of zero beyond it).
 
     PYTHONPATH=. .venv/bin/python benchmarks/vae_forward_model.py                  # after make demo
     PYTHONPATH=. .venv/bin/python benchmarks/vae_forward_model.py --photons 0 1500 --save
@@ -75,22 +77,6 @@ def resample_point(averages, prep):
     return np.where(observed, out, 0.0).astype(np.float32), observed
 
 
-def upsample_cubic2(volume):
-    """(L, L, L) torch volume -> (2L-1)^3 by separable Keys cubic (a = -0.5) interpolation, clipped at 0."""
-    import torch
-
-    kernel = torch.tensor([-1 / 16, 9 / 16, 9 / 16, -1 / 16], dtype=volume.dtype).view(1, 1, 4)
-    v = volume
-    for axis in range(3):
-        x = v.movedim(axis, -1)
-        lead, size = x.shape[:-1], x.shape[-1]
-        rows = x.reshape(-1, 1, size)
-        mid = torch.nn.functional.conv1d(torch.nn.functional.pad(rows, (1, 2), mode="replicate"), kernel)[..., :size - 1]
-        both = torch.stack([rows[..., :-1], mid], -1).reshape(rows.shape[0], 1, -1)
-        v = torch.cat([both, rows[..., -1:]], -1).reshape(*lead, 2 * size - 1).movedim(-1, axis)
-    return v.clamp_min(0.0)
-
-
 def render(volume, data, prep, scheme: str, q_sub):
     """Slices (M, n*n) of one normalised volume (L, L, L) at every average's rotation, in units of I / p."""
     from spicompute.vae.slicer import slice_volumes
@@ -100,7 +86,10 @@ def render(volume, data, prep, scheme: str, q_sub):
     if scheme == "trilinear":
         q_points, dq, n_sub = data.q_lab, prep.dq3_nm, 1
     else:
-        intensity, dq, q_points, n_sub = upsample_cubic2(intensity), prep.dq3_nm / 2, q_sub, q_sub.shape[0] // data.q_lab.shape[0]
+        from spicompute.vae.train import upsample_cubic2
+
+        intensity = upsample_cubic2(intensity[None])[0]
+        dq, q_points, n_sub = prep.dq3_nm / 2, q_sub, q_sub.shape[0] // data.q_lab.shape[0]
     # one volume, every rotation's points in one call: (1, M * P, 3)
     points = (q_points[None] @ data.rotations.to(q_points.dtype)).reshape(1, -1, 3)
     flat = slice_volumes(intensity[None], dq, points[0], torch_eye())  # rotation already applied

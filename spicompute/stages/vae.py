@@ -34,7 +34,7 @@ DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_siz
             "min_counts": 1.0, "loss": "mse_log", "log_floor": 0.01, "epochs": 60, "batch_size": 32,
             "learning_rate": 0.001, "kl_weight": 0.01, "kl_warmup_epochs": 10, "seed": 0,
             "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto",
-            "size_spread": 0.0, "resample": "gauss", "prefilter_px": 0.5}
+            "size_spread": 0.0, "resample": "gauss", "prefilter_px": 0.5, "target_oversample": 1}
 
 log = get_logger("vae")
 
@@ -81,6 +81,7 @@ def options(raw: dict) -> dict:
     p["size_spread"] = in_range("vae.size_spread", p["size_spread"], 0.0, 0.2)
     p["resample"] = choice("vae.resample", p["resample"], RESAMPLING)
     p["prefilter_px"] = in_range("vae.prefilter_px", p["prefilter_px"], 0.0, 2.0)
+    p["target_oversample"] = int(choice("vae.target_oversample", p["target_oversample"], (1, 2)))
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -220,7 +221,8 @@ def run(args) -> int:
     prep = plan_preprocessing(avg, train_index, input_size=arch.input_size, volume_size=arch.volume_size,
                               q_max_nm=p["q_max_nm"], particle_size_nm=p["particle_size_nm"],
                               min_counts=p["min_counts"], log_floor=p["log_floor"], source=args.averages,
-                              resample=p["resample"], prefilter_px=p["prefilter_px"])
+                              resample=p["resample"], prefilter_px=p["prefilter_px"],
+                              target_oversample=p["target_oversample"])
     inputs = model_inputs(avg, prep, quats, gain, train_index)
     blur_deg, blur_info = resolve_class_blur(p["class_blur_deg"], args.orient, avg.average_id, gain, selected)
     if p["class_blur_deg"] == "auto":

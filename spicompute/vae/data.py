@@ -60,6 +60,8 @@ class Preprocessing:
     log_floor : floor added before the log in the loss and encoder input
     resample : how averages reach the model grid (:data:`RESAMPLING`, :func:`resample_averages`)
     prefilter_px : ``gauss`` pre-filter sigma in model pixels (0: bilinear only)
+    target_oversample : k = 1 or 2: the loss compares slices with the averages on a grid k times finer
+        than the encoder's (the pre-filter shrinks with it), the volume upsampled k times (cubic)
     """
 
     input_size: int
@@ -76,11 +78,12 @@ class Preprocessing:
     q_max_limits: dict
     resample: str = "gauss"
     prefilter_px: float = 0.5
+    target_oversample: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
         # models (and checkpoints) of runs before these options stay valid
-        for key, default in (("resample", "gauss"), ("prefilter_px", 0.5)):
+        for key, default in (("resample", "gauss"), ("prefilter_px", 0.5), ("target_oversample", 1)):
             if d[key] == default:
                 d.pop(key)
         return d
@@ -96,6 +99,20 @@ class Preprocessing:
     def q_lab(self) -> np.ndarray:
         """(n*n, 3) lab-frame Ewald q of the 2D model grid, rad/nm."""
         return grid_q(self.input_size, self.dq2_nm, self.wavelength_nm).reshape(-1, 3).astype(np.float32)
+
+    @property
+    def target_size(self) -> int:
+        """Edge of the loss target's 2D grid: ``(n - 1) k + 1`` for ``target_oversample`` k (same q range)."""
+        return (self.input_size - 1) * self.target_oversample + 1
+
+    @property
+    def dq_target_nm(self) -> float:
+        """Step of the loss target's 2D grid, rad/nm."""
+        return self.dq2_nm / self.target_oversample
+
+    def target_q_lab(self) -> np.ndarray:
+        """(n_t * n_t, 3) lab-frame Ewald q of the loss target's grid, rad/nm."""
+        return grid_q(self.target_size, self.dq_target_nm, self.wavelength_nm).reshape(-1, 3).astype(np.float32)
 
     def volume_q_norm(self) -> np.ndarray:
         """(L, L, L) |q| of the volume voxels, rad/nm."""
@@ -124,6 +141,8 @@ class VaeInputs:
     input_scale : (M,) float32 mean of ``x`` over the observed pixels: the encoder sees ``x / input_scale``
     average_id : (M,) int64
     norm : the data-set-wide constant, mean photons per detector pixel per frame per unit of p
+    target, target_observed : (M, n_t, n_t) the loss target on the finer grid (``target_oversample`` 2),
+        else None (the loss compares with ``x``); ``count_scale`` is then per target pixel
     """
 
     x: np.ndarray
@@ -134,12 +153,14 @@ class VaeInputs:
     input_scale: np.ndarray
     average_id: np.ndarray
     norm: float = 1.0
+    target: np.ndarray | None = None
+    target_observed: np.ndarray | None = None
 
 
 def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
                        q_max_nm="auto", particle_size_nm="auto", min_counts: float = 1.0,
                        log_floor: float = 0.01, source: str = "averages", resample: str = "gauss",
-                       prefilter_px: float = 0.5) -> Preprocessing:
+                       prefilter_px: float = 0.5, target_oversample: int = 1) -> Preprocessing:
     """Choose the q-range and grids from the data (see the module docstring)."""
     for name, size in (("vae.input_size", input_size), ("vae.volume_size", volume_size)):
         if size < 5 or size % 2 == 0:
@@ -170,14 +191,19 @@ def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_s
                          dq3_nm=float(q_max / (volume_size // 2)), wavelength_nm=averages.wavelength_nm,
                          profile_q_nm=pq.tolist(), profile=pv.tolist(), particle_size_nm=size,
                          log_floor=float(log_floor), q_max_limits={k: float(v) for k, v in limits.items()},
-                         resample=str(resample), prefilter_px=float(prefilter_px))
+                         resample=str(resample), prefilter_px=float(prefilter_px),
+                         target_oversample=int(target_oversample))
 
 
 RESAMPLING = ("gauss", "bin")
 
 
-def resample_averages(averages: AverageSet, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+def resample_averages(averages: AverageSet, prep: Preprocessing, *, target: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Averages on the model grid: (intensity (M, n, n) float32, observed (M, n, n) bool).
+
+    ``target``: on the loss target's grid instead (:attr:`Preprocessing.target_size`, step
+    :attr:`Preprocessing.dq_target_nm`; the same grid when ``target_oversample`` is 1).
 
     ``prep.resample``: ``gauss`` -- a masked Gaussian pre-filter of ``prep.prefilter_px`` model
     pixels (default half a pixel), then bilinear interpolation (smooth, low noise); ``bin`` -- every source pixel to its nearest
@@ -185,23 +211,24 @@ def resample_averages(averages: AverageSet, prep: Preprocessing) -> tuple[np.nda
     blur of fringe minima, a model pixel averages fewer source pixels).  A model pixel is
     observed when at least half of its area was and ``|q| <= q_max``.
     """
+    n, dq = (prep.target_size, prep.dq_target_nm) if target else (prep.input_size, prep.dq2_nm)
     if prep.resample == "bin":
-        out, seen = _binned(averages, prep)
+        out, seen = _binned(averages, n, dq)
     else:
-        out, seen = _gauss_bilinear(averages, prep)
-    n, c = prep.input_size, prep.input_size // 2
-    axis = (np.arange(n) - c) * prep.dq2_nm
+        out, seen = _gauss_bilinear(averages, n, dq, prep.prefilter_px)
+    c = n // 2
+    axis = (np.arange(n) - c) * dq
     qn = np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
     observed = (seen >= 0.5) & (qn <= prep.q_max_nm)[None]
     return np.where(observed, out, 0.0).astype(np.float32), observed
 
 
-def _gauss_bilinear(averages: AverageSet, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    n, c = prep.input_size, prep.input_size // 2
-    step = prep.dq2_nm / averages.dq_nm  # source pixels per model pixel
+def _gauss_bilinear(averages: AverageSet, n: int, dq: float, prefilter_px: float) -> tuple[np.ndarray, np.ndarray]:
+    c = n // 2
+    step = dq / averages.dq_nm  # source pixels per model pixel
     coords = (np.arange(n) - c) * step + averages.center
     rows, cols = np.meshgrid(coords, coords, indexing="ij")
-    sigma = prep.prefilter_px * step if step > 1 + 1e-6 else 0.0   # not for a step of 1 that rounding made 1 + 1 ulp
+    sigma = prefilter_px * step if step > 1 + 1e-6 else 0.0   # not for a step of 1 that rounding made 1 + 1 ulp
     out = np.zeros((averages.n_averages, n, n), np.float32)
     seen = np.zeros((averages.n_averages, n, n), np.float32)
     for i in range(averages.n_averages):  # M is small (<= 10^4) and each call is a C loop over the grid
@@ -218,9 +245,9 @@ def _gauss_bilinear(averages: AverageSet, prep: Preprocessing) -> tuple[np.ndarr
     return out, seen
 
 
-def _binned(averages: AverageSet, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    n, c = prep.input_size, prep.input_size // 2
-    step = prep.dq2_nm / averages.dq_nm
+def _binned(averages: AverageSet, n: int, dq: float) -> tuple[np.ndarray, np.ndarray]:
+    c = n // 2
+    step = dq / averages.dq_nm
     # the model pixel of every source row / column; outside the model grid: dropped
     j = np.rint((np.arange(averages.intensity.shape[1]) - averages.center) / step + c).astype(np.int64)
     inside = (j >= 0) & (j < n)
@@ -264,6 +291,15 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     log_gain = np.log(np.where(np.isfinite(g) & (g > 0), g, 1.0))
     quats = np.asarray(quaternions, np.float64)
     cond = np.concatenate([quats, log_gain[:, None]], axis=1).astype(np.float32)
+    target = target_observed = None
+    if prep.target_oversample > 1:   # the loss target on the finer grid, same data-set constant
+        t_int, target_observed = resample_averages(averages, prep, target=True)
+        nt, ct = prep.target_size, prep.target_size // 2
+        t_axis = (np.arange(nt) - ct) * prep.dq_target_nm
+        t_profile = prep.profile_at(np.sqrt(t_axis[:, None] ** 2 + t_axis[None, :] ** 2))
+        target = (np.where(target_observed, t_int / t_profile[None], 0.0) / norm).astype(np.float32)
+        area = (prep.dq_target_nm / averages.dq_nm) ** 2
     return VaeInputs(x=x, observed=observed, rotations=rotation_matrices(quats).astype(np.float32),
                      condition=cond, count_scale=(averages.n_frames * area * norm).astype(np.float32),
-                     input_scale=input_scale, average_id=averages.average_id.copy(), norm=norm)
+                     input_scale=input_scale, average_id=averages.average_id.copy(), norm=norm,
+                     target=target, target_observed=target_observed)

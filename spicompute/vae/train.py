@@ -163,6 +163,21 @@ def class_blur_rotations(out_deg: float, in_deg: float | None = None) -> torch.T
     return torch.from_numpy(Rotation.from_rotvec(kernel_rotvecs(out_deg, in_deg)).as_matrix())
 
 
+def upsample_cubic2(volumes: torch.Tensor) -> torch.Tensor:
+    """(B, L, L, L) -> (B, 2L - 1, 2L - 1, 2L - 1): the grid points kept, the midpoints by Keys cubic
+    interpolation (a = -0.5: weights -1/16, 9/16, 9/16, -1/16), one strided transposed convolution per
+    axis (differentiable, ~0.07 s forward + backward for 16 volumes of 27^3 on 2 CPU threads).
+    Zero beyond the grid; negative lobes next to deep minima clipped at 0 (an intensity)."""
+    kernel = torch.tensor([-1 / 16, 0.0, 9 / 16, 1.0, 9 / 16, 0.0, -1 / 16], dtype=volumes.dtype,
+                          device=volumes.device)
+    x = volumes[:, None]
+    for axis in range(3):
+        shape, stride, pad = [1, 1, 1, 1, 1], [1, 1, 1], [0, 0, 0]
+        shape[2 + axis], stride[axis], pad[axis] = 7, 2, 3
+        x = torch.nn.functional.conv_transpose3d(x, kernel.view(shape), stride=tuple(stride), padding=tuple(pad))
+    return x[:, 0].clamp_min(0.0)
+
+
 @functools.lru_cache(maxsize=8)
 def size_spread_kernel(spread: float) -> tuple[tuple[float, float], ...]:
     """((size factor a, weight), ...) of a class's members' relative size spread ``spread`` (rms), or ().
@@ -198,6 +213,9 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
     """
     rot = data.rotations[idx]
     scaled = volumes * data.profile3
+    dq3 = data.dq3
+    if getattr(data, "upsample", False):   # a target twice as fine: the volume too, by cubic interpolation
+        scaled, dq3 = upsample_cubic2(scaled), dq3 / 2
     turns = [rot] if blur is None else [torch.matmul(b.to(rot), rot) for b in blur]
     sizes = size_spread_kernel(size_spread) or ((1.0, 1.0),)
     pred = 0.0
@@ -206,7 +224,7 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
         q = data.q_lab if factor == 1.0 else data.q_lab * factor
         pad = "zeros" if factor <= 1.0 else "border"
         for r in turns:
-            pred = pred + (weight * factor ** 6 / len(turns)) * slice_volumes(scaled, data.dq3, q, r, padding=pad)
+            pred = pred + (weight * factor ** 6 / len(turns)) * slice_volumes(scaled, dq3, q, r, padding=pad)
     pred = pred / data.profile
     return reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx], kind,
                                data.floor, data.profile)
@@ -228,17 +246,22 @@ class TensorData:
         img = torch.stack([torch.where(obs, torch.log(x_in + floor) - np.log(1 + floor), torch.zeros_like(x)),
                            obs.float()], 1).view(len(x), 2, prep.input_size, prep.input_size)
         self.image = img.to(device)
-        self.target = x.to(device)
-        self.observed = obs.to(device)
+        # the loss target: the encoder's grid, or (target_oversample 2) a grid twice as fine
+        fine = inputs.target is not None
+        target = inputs.target if fine else inputs.x
+        target_obs = inputs.target_observed if fine else inputs.observed
+        self.target = torch.from_numpy(target.reshape(len(target), -1)).to(device)
+        self.observed = torch.from_numpy(target_obs.reshape(len(target), -1)).to(device)
         self.condition = torch.from_numpy(inputs.condition).to(device)
         self.rotations = torch.from_numpy(inputs.rotations).to(device)
         self.count_scale = torch.from_numpy(inputs.count_scale).to(device)
-        self.q_lab = torch.from_numpy(prep.q_lab()).to(device)
-        n, c = prep.input_size, prep.input_size // 2
-        axis = (np.arange(n) - c) * prep.dq2_nm
+        self.q_lab = torch.from_numpy(prep.target_q_lab() if fine else prep.q_lab()).to(device)
+        n, c = (prep.target_size, prep.target_size // 2) if fine else (prep.input_size, prep.input_size // 2)
+        axis = (np.arange(n) - c) * (prep.dq_target_nm if fine else prep.dq2_nm)
         self.profile = torch.from_numpy(prep.profile_at(np.hypot(axis[:, None], axis[None, :])).ravel()).to(device)
         self.profile3 = torch.from_numpy(prep.profile_at(prep.volume_q_norm())).to(device)
         self.dq3 = prep.dq3_nm
+        self.upsample = fine
         self.floor = floor
 
     def __len__(self):
@@ -260,8 +283,11 @@ def fingerprint(arch: Architecture, prep: Preprocessing, config: TrainConfig, in
     """Hash of everything that shapes the training trajectory."""
     h = hashlib.sha256()
     h.update(json.dumps([arch.to_dict(), prep.to_dict(), config.fingerprint_fields()], sort_keys=True).encode())
-    for arr in (inputs.x, inputs.observed, inputs.condition, inputs.rotations, inputs.count_scale,
-                inputs.input_scale, np.asarray(train_index)):
+    arrays = [inputs.x, inputs.observed, inputs.condition, inputs.rotations, inputs.count_scale,
+              inputs.input_scale, np.asarray(train_index)]
+    if inputs.target is not None:
+        arrays += [inputs.target, inputs.target_observed]
+    for arr in arrays:
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:16]
 
