@@ -22,7 +22,7 @@ independent of the slicer:
 
 Data resampling: ``gauss`` (the pipeline's default), ``bin`` (``vae.resample: bin``: each
 source pixel to its nearest model pixel, mean over the area), ``point`` (bilinear, no
-pre-filter; swapped in for the study only).
+pre-filter: ``vae.prefilter_px: 0``).
 Rendering: ``trilinear`` (the pipeline's), ``cubic2x_ss3`` (the grid upsampled 2x by
 Keys cubic interpolation, :func:`spicompute.vae.train.upsample_cubic2`, each model pixel the
 mean of 3x3 samples over its area; the 2026-12-04 JSON was measured with a first, slower
@@ -57,28 +57,10 @@ def closed_form(shape: str, q: np.ndarray, cube_edge_nm: float, sphere_volume_nm
     return (3 * (np.sin(x) - x * np.cos(x)) / x ** 3) ** 2
 
 
-def resample_point(averages, prep):
-    """Model-grid averages by bilinear interpolation without a pre-filter."""
-    from scipy import ndimage
-
-    n, c = prep.input_size, prep.input_size // 2
-    coords = (np.arange(n) - c) * (prep.dq2_nm / averages.dq_nm) + averages.center
-    rows, cols = np.meshgrid(coords, coords, indexing="ij")
-    out = np.zeros((averages.n_averages, n, n), np.float32)
-    seen = np.zeros_like(out)
-    for i in range(averages.n_averages):
-        w = averages.valid[i].astype(np.float64)
-        ws = ndimage.map_coordinates(w, [rows, cols], order=1)
-        iv = ndimage.map_coordinates(averages.intensity[i] * w, [rows, cols], order=1)
-        out[i] = np.where(ws > 1e-6, iv / np.maximum(ws, 1e-12), 0.0)
-        seen[i] = ws
-    axis = (np.arange(n) - c) * prep.dq2_nm
-    observed = (seen >= 0.5) & (np.hypot(axis[:, None], axis[None, :]) <= prep.q_max_nm)[None]
-    return np.where(observed, out, 0.0).astype(np.float32), observed
-
-
 def render(volume, data, prep, scheme: str, q_sub):
     """Slices (M, n*n) of one normalised volume (L, L, L) at every average's rotation, in units of I / p."""
+    import torch
+
     from spicompute.vae.slicer import slice_volumes
 
     intensity = volume * data.profile3
@@ -92,14 +74,8 @@ def render(volume, data, prep, scheme: str, q_sub):
         dq, q_points, n_sub = prep.dq3_nm / 2, q_sub, q_sub.shape[0] // data.q_lab.shape[0]
     # one volume, every rotation's points in one call: (1, M * P, 3)
     points = (q_points[None] @ data.rotations.to(q_points.dtype)).reshape(1, -1, 3)
-    flat = slice_volumes(intensity[None], dq, points[0], torch_eye())  # rotation already applied
+    flat = slice_volumes(intensity[None], dq, points[0], torch.eye(3)[None])  # rotation already applied
     return flat.view(m, -1, n_sub).mean(-1) / data.profile
-
-
-def torch_eye():
-    import torch
-
-    return torch.eye(3)[None]
 
 
 def sub_pixel_q(prep, n_sub: int = 3):
@@ -149,7 +125,6 @@ def study(args) -> dict:
     profile3 = prep.profile_at(prep.volume_q_norm())
     q_sub = sub_pixel_q(prep)
     rng = np.random.default_rng(args.seed)
-    pipeline_resample = vae_data.resample_averages
     rows = []
     for photons in args.photons:
         for shape in ("cube", "sphere"):
@@ -168,13 +143,9 @@ def study(args) -> dict:
                                  average_id=np.arange(args.n_averages), run=np.zeros(args.n_averages),
                                  model=np.arange(args.n_averages), n_frames=np.full(args.n_averages, float(args.members)),
                                  dq_nm=dq2, wavelength_nm=wavelength)
-                if data_name == "point":   # not a pipeline option: swapped in for the study
-                    vae_data.resample_averages = resample_point
-                try:
-                    inputs = vae_data.model_inputs(avg, replace(prep, resample="bin" if data_name == "bin" else "gauss"),
-                                                   qwxyz, np.ones(args.n_averages))
-                finally:
-                    vae_data.resample_averages = pipeline_resample
+                variant = replace(prep, resample="bin" if data_name == "bin" else "gauss",
+                                  prefilter_px=0.0 if data_name == "point" else prep.prefilter_px)
+                inputs = vae_data.model_inputs(avg, variant, qwxyz, np.ones(args.n_averages))
                 data = TensorData(inputs, prep, torch.device("cpu"))
 
                 def loss_of(volume, scheme):

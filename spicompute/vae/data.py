@@ -96,10 +96,6 @@ class Preprocessing:
         """p(|q|) by linear interpolation (constant beyond the ends)."""
         return np.interp(q_nm, self.profile_q_nm, self.profile).astype(np.float32)
 
-    def q_lab(self) -> np.ndarray:
-        """(n*n, 3) lab-frame Ewald q of the 2D model grid, rad/nm."""
-        return grid_q(self.input_size, self.dq2_nm, self.wavelength_nm).reshape(-1, 3).astype(np.float32)
-
     @property
     def target_size(self) -> int:
         """Edge of the loss target's 2D grid: ``(n - 1) k + 1`` for ``target_oversample`` k (same q range)."""
@@ -110,9 +106,20 @@ class Preprocessing:
         """Step of the loss target's 2D grid, rad/nm."""
         return self.dq2_nm / self.target_oversample
 
-    def target_q_lab(self) -> np.ndarray:
-        """(n_t * n_t, 3) lab-frame Ewald q of the loss target's grid, rad/nm."""
-        return grid_q(self.target_size, self.dq_target_nm, self.wavelength_nm).reshape(-1, 3).astype(np.float32)
+    def grid_shape(self, target: bool = False) -> tuple[int, float]:
+        """(edge, step rad/nm) of the encoder's 2D grid, or of the loss target's (``target``)."""
+        return (self.target_size, self.dq_target_nm) if target else (self.input_size, self.dq2_nm)
+
+    def q_lab(self, target: bool = False) -> np.ndarray:
+        """(n*n, 3) lab-frame Ewald q of the 2D model grid (or the loss target's), rad/nm."""
+        n, dq = self.grid_shape(target)
+        return grid_q(n, dq, self.wavelength_nm).reshape(-1, 3).astype(np.float32)
+
+    def grid_q_norm(self, target: bool = False) -> np.ndarray:
+        """(n, n) in-plane |q| of the 2D model grid (or the loss target's), rad/nm."""
+        n, dq = self.grid_shape(target)
+        axis = (np.arange(n) - n // 2) * dq
+        return np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
 
     def volume_q_norm(self) -> np.ndarray:
         """(L, L, L) |q| of the volume voxels, rad/nm."""
@@ -211,15 +218,12 @@ def resample_averages(averages: AverageSet, prep: Preprocessing, *, target: bool
     blur of fringe minima, a model pixel averages fewer source pixels).  A model pixel is
     observed when at least half of its area was and ``|q| <= q_max``.
     """
-    n, dq = (prep.target_size, prep.dq_target_nm) if target else (prep.input_size, prep.dq2_nm)
+    n, dq = prep.grid_shape(target)
     if prep.resample == "bin":
         out, seen = _binned(averages, n, dq)
     else:
         out, seen = _gauss_bilinear(averages, n, dq, prep.prefilter_px)
-    c = n // 2
-    axis = (np.arange(n) - c) * dq
-    qn = np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
-    observed = (seen >= 0.5) & (qn <= prep.q_max_nm)[None]
+    observed = (seen >= 0.5) & (prep.grid_q_norm(target) <= prep.q_max_nm)[None]
     return np.where(observed, out, 0.0).astype(np.float32), observed
 
 
@@ -274,10 +278,7 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     from spicompute.orient.quaternions import rotation_matrices
 
     intensity, observed = resample_averages(averages, prep)
-    n, c = prep.input_size, prep.input_size // 2
-    axis = (np.arange(n) - c) * prep.dq2_nm
-    profile = prep.profile_at(np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2))
-    x = np.where(observed, intensity / profile[None], 0.0)
+    x = np.where(observed, intensity / prep.profile_at(prep.grid_q_norm())[None], 0.0)
     n_obs = observed.sum(axis=(1, 2))
     mean = x.sum(axis=(1, 2)) / np.maximum(n_obs, 1)
     sel = np.arange(len(x)) if train_index is None else np.asarray(train_index)
@@ -294,9 +295,7 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     target = target_observed = None
     if prep.target_oversample > 1:   # the loss target on the finer grid, same data-set constant
         t_int, target_observed = resample_averages(averages, prep, target=True)
-        nt, ct = prep.target_size, prep.target_size // 2
-        t_axis = (np.arange(nt) - ct) * prep.dq_target_nm
-        t_profile = prep.profile_at(np.sqrt(t_axis[:, None] ** 2 + t_axis[None, :] ** 2))
+        t_profile = prep.profile_at(prep.grid_q_norm(target=True))
         target = (np.where(target_observed, t_int / t_profile[None], 0.0) / norm).astype(np.float32)
         area = (prep.dq_target_nm / averages.dq_nm) ** 2
     return VaeInputs(x=x, observed=observed, rotations=rotation_matrices(quats).astype(np.float32),

@@ -214,7 +214,7 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
     rot = data.rotations[idx]
     scaled = volumes * data.profile3
     dq3 = data.dq3
-    if getattr(data, "upsample", False):   # a target twice as fine: the volume too, by cubic interpolation
+    if data.upsample:   # a target twice as fine: the volume too, by cubic interpolation
         scaled, dq3 = upsample_cubic2(scaled), dq3 / 2
     turns = [rot] if blur is None else [torch.matmul(b.to(rot), rot) for b in blur]
     sizes = size_spread_kernel(size_spread) or ((1.0, 1.0),)
@@ -255,10 +255,8 @@ class TensorData:
         self.condition = torch.from_numpy(inputs.condition).to(device)
         self.rotations = torch.from_numpy(inputs.rotations).to(device)
         self.count_scale = torch.from_numpy(inputs.count_scale).to(device)
-        self.q_lab = torch.from_numpy(prep.target_q_lab() if fine else prep.q_lab()).to(device)
-        n, c = (prep.target_size, prep.target_size // 2) if fine else (prep.input_size, prep.input_size // 2)
-        axis = (np.arange(n) - c) * (prep.dq_target_nm if fine else prep.dq2_nm)
-        self.profile = torch.from_numpy(prep.profile_at(np.hypot(axis[:, None], axis[None, :])).ravel()).to(device)
+        self.q_lab = torch.from_numpy(prep.q_lab(target=fine)).to(device)
+        self.profile = torch.from_numpy(prep.profile_at(prep.grid_q_norm(target=fine)).ravel()).to(device)
         self.profile3 = torch.from_numpy(prep.profile_at(prep.volume_q_norm())).to(device)
         self.dq3 = prep.dq3_nm
         self.upsample = fine
