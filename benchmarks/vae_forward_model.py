@@ -22,11 +22,12 @@ independent of the slicer:
 
 Data resampling: ``gauss`` (the pipeline's default), ``bin`` (``vae.resample: bin``: each
 source pixel to its nearest model pixel, mean over the area), ``point`` (bilinear, no
-pre-filter: ``vae.prefilter_px: 0``).
-Rendering: ``trilinear`` (the pipeline's), ``cubic2x_ss3`` (the grid upsampled 2x by
-Keys cubic interpolation, :func:`spicompute.vae.train.upsample_cubic2`, each model pixel the
-mean of 3x3 samples over its area; the 2026-12-04 JSON was measured with a first, slower
-form of the same interpolation that replicated the edge voxel instead of zero beyond it).
+pre-filter: ``vae.prefilter_px: 0``), ``detector`` (``vae.loss_target: detector``: the
+averages' own pixels in the q range, no resampling).
+Rendering: ``trilinear`` (the volume grid as it is), ``fourier2x`` / ``fourier3x`` (the volume
+interpolated 2x / 3x finer by zero-padding its Fourier transform first: ``vae.volume_upsample``),
+``..._ss3`` (each model pixel the mean of 3x3 samples over its area).  The 2026-12-04 JSON has a
+``cubic2x_ss3`` rendering (Keys cubic midpoints), since replaced by the Fourier interpolation.
 
     PYTHONPATH=. .venv/bin/python benchmarks/vae_forward_model.py                  # after make demo
     PYTHONPATH=. .venv/bin/python benchmarks/vae_forward_model.py --photons 0 1500 --save
@@ -58,23 +59,28 @@ def closed_form(shape: str, q: np.ndarray, cube_edge_nm: float, sphere_volume_nm
 
 
 def render(volume, data, prep, scheme: str, q_sub):
-    """Slices (M, n*n) of one normalised volume (L, L, L) at every average's rotation, in units of I / p."""
+    """Slices (M, P) of one normalised volume (L, L, L) at every average's rotation, in units of I / p.
+
+    ``scheme``: ``trilinear`` (the volume grid as it is), ``fourier<f>x`` (the volume interpolated f
+    times finer by :func:`spicompute.vae.train.upsample_fourier` first), either with ``_ss3`` (each
+    model pixel the mean of 3 x 3 samples over its area; model-grid targets only)."""
     import torch
 
     from spicompute.vae.slicer import slice_volumes
+    from spicompute.vae.train import upsample_fourier
 
     intensity = volume * data.profile3
     m = len(data.rotations)
-    if scheme == "trilinear":
-        q_points, dq, n_sub = data.q_lab, prep.dq3_nm, 1
+    factor = int(scheme[len("fourier")]) if scheme.startswith("fourier") else 1
+    if factor > 1:
+        intensity = upsample_fourier(intensity[None], factor)[0]
+    if scheme.endswith("_ss3"):
+        q_points, n_sub = q_sub, q_sub.shape[0] // data.q_lab.shape[0]
     else:
-        from spicompute.vae.train import upsample_cubic2
-
-        intensity = upsample_cubic2(intensity[None])[0]
-        dq, q_points, n_sub = prep.dq3_nm / 2, q_sub, q_sub.shape[0] // data.q_lab.shape[0]
+        q_points, n_sub = data.q_lab, 1
     # one volume, every rotation's points in one call: (1, M * P, 3)
     points = (q_points[None] @ data.rotations.to(q_points.dtype)).reshape(1, -1, 3)
-    flat = slice_volumes(intensity[None], dq, points[0], torch.eye(3)[None])  # rotation already applied
+    flat = slice_volumes(intensity[None], prep.dq3_nm / factor, points[0], torch.eye(3)[None])  # rotation applied
     return flat.view(m, -1, n_sub).mean(-1) / data.profile
 
 
@@ -144,9 +150,10 @@ def study(args) -> dict:
                                  model=np.arange(args.n_averages), n_frames=np.full(args.n_averages, float(args.members)),
                                  dq_nm=dq2, wavelength_nm=wavelength)
                 variant = replace(prep, resample="bin" if data_name == "bin" else "gauss",
-                                  prefilter_px=0.0 if data_name == "point" else prep.prefilter_px)
+                                  prefilter_px=0.0 if data_name == "point" else prep.prefilter_px,
+                                  loss_target="detector" if data_name == "detector" else "grid")
                 inputs = vae_data.model_inputs(avg, variant, qwxyz, np.ones(args.n_averages))
-                data = TensorData(inputs, prep, torch.device("cpu"))
+                data = TensorData(inputs, variant, torch.device("cpu"))
 
                 def loss_of(volume, scheme):
                     pred = render(volume, data, prep, scheme, q_sub)
@@ -154,6 +161,8 @@ def study(args) -> dict:
                                                data.floor, data.profile)[0].mean()
 
                 for scheme in args.render:
+                    if data_name == "detector" and scheme.endswith("_ss3"):
+                        continue   # the detector's own pixels: point samples, no model pixel area
                     t0 = time.perf_counter()
                     exact_norm = torch.tensor(exact / profile3, dtype=torch.float32)
                     with torch.no_grad():
@@ -192,8 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-averages", type=int, default=64)
     ap.add_argument("--steps", type=int, default=300, help="Adam steps of the free-volume fit")
     ap.add_argument("--cube-edge-nm", type=float, default=42.0)
-    ap.add_argument("--resample", nargs="+", default=["gauss", "bin", "point"])
-    ap.add_argument("--render", nargs="+", default=["trilinear", "cubic2x_ss3"])
+    ap.add_argument("--resample", nargs="+", default=["gauss", "bin", "point", "detector"])
+    ap.add_argument("--render", nargs="+", default=["trilinear", "fourier2x", "fourier3x", "fourier2x_ss3"])
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args(argv)

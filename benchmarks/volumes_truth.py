@@ -57,6 +57,8 @@ def summary(root: Path) -> dict:
     line = table[table["source"] == "line"].sort_values("z_1")
     m["points"] = [{"z_1": round(float(r.z_1), 3), "t_hat": round(float(r.t_hat), 3),
                     "match_cc": round(float(r.match_cc), 3),
+                    "truth_cc_to_cube": round(float(r.truth_cc_to_cube), 4),
+                    "truth_cc_to_sphere": round(float(r.truth_cc_to_sphere), 4),
                     "particle_volume_nm3": round(float(r.particle_volume_nm3)),
                     "true_volume_nm3": round(float(r.true_volume_nm3)),
                     "converged": bool(getattr(r, "converged", True))} for r in line.itertuples()]

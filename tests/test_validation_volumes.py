@@ -61,6 +61,22 @@ def test_melt_match_places_intermediate_shapes_in_order(truth_levels):
     np.testing.assert_allclose(scaled["t_hat"], r["t_hat"])
 
 
+def test_truth_cc_to_ends_says_what_the_shell_resolves(truth_levels):
+    """The truth at t_hat against the true cube / sphere: 1 at the ends themselves; a slightly
+    melted cube is indistinguishable from the cube on a low-resolution shell (CC > 0.99) and
+    clearly apart on a wide one, and a half-melted shape is far from both ends either way."""
+    generated = np.stack([resample_volume(v, TRUTH_DQ, SIZE, DQ) for v in truth_levels])
+    wide = melt_match(generated, observed_shell(), DQ, truth_levels, LEVELS, TRUTH_DQ)["truth_cc_to_ends"]
+    np.testing.assert_allclose(wide[0, 0], 1.0, atol=1e-9)
+    np.testing.assert_allclose(wide[-1, 1], 1.0, atol=1e-9)
+    assert wide[2].max() < 0.9                               # t = 0.5: neither end
+    slightly = melt_volume(0.15, SIZE, DQ)[None]
+    low = melt_match(slightly, observed_shell(q_max=0.2), DQ, truth_levels, LEVELS, TRUTH_DQ)
+    high = melt_match(slightly, observed_shell(q_max=0.58), DQ, truth_levels, LEVELS, TRUTH_DQ)
+    assert abs(high["t_hat"][0] - 0.15) < 0.05 and high["truth_cc_to_ends"][0, 0] < 0.96
+    assert low["truth_cc_to_ends"][0, 0] > 0.99    # whatever t_hat says there, the shell cannot tell
+
+
 def test_melt_match_negative_control(truth_levels, rng):
     """A volume that is not of the family (voxels shuffled within shells, or a rod) matches poorly."""
     cube = melt_volume(0.0, SIZE, DQ)

@@ -34,7 +34,8 @@ DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_siz
             "min_counts": 1.0, "loss": "mse_log", "log_floor": 0.01, "epochs": 60, "batch_size": 32,
             "learning_rate": 0.001, "kl_weight": 0.01, "kl_warmup_epochs": 10, "seed": 0,
             "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto",
-            "size_spread": 0.0, "resample": "gauss", "prefilter_px": 0.5, "target_oversample": 1}
+            "size_spread": 0.0, "resample": "gauss", "prefilter_px": 0.5, "target_oversample": 1,
+            "loss_target": "grid", "volume_upsample": 1}
 
 log = get_logger("vae")
 
@@ -82,6 +83,11 @@ def options(raw: dict) -> dict:
     p["resample"] = choice("vae.resample", p["resample"], RESAMPLING)
     p["prefilter_px"] = in_range("vae.prefilter_px", p["prefilter_px"], 0.0, 2.0)
     p["target_oversample"] = int(choice("vae.target_oversample", p["target_oversample"], (1, 2)))
+    p["loss_target"] = choice("vae.loss_target", p["loss_target"], ("grid", "detector"))
+    if p["loss_target"] == "detector" and p["target_oversample"] != 1:
+        raise ParameterError("vae.target_oversample", "must be 1 with loss_target: detector (the target is "
+                                                     f"the detector's own pixels), got {p['target_oversample']}")
+    p["volume_upsample"] = int(choice("vae.volume_upsample", p["volume_upsample"], (1, 2, 3)))
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -222,7 +228,8 @@ def run(args) -> int:
                               q_max_nm=p["q_max_nm"], particle_size_nm=p["particle_size_nm"],
                               min_counts=p["min_counts"], log_floor=p["log_floor"], source=args.averages,
                               resample=p["resample"], prefilter_px=p["prefilter_px"],
-                              target_oversample=p["target_oversample"])
+                              target_oversample=p["target_oversample"], loss_target=p["loss_target"],
+                              volume_upsample=p["volume_upsample"])
     inputs = model_inputs(avg, prep, quats, gain, train_index)
     blur_deg, blur_info = resolve_class_blur(p["class_blur_deg"], args.orient, avg.average_id, gain, selected)
     if p["class_blur_deg"] == "auto":

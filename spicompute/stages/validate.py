@@ -73,6 +73,8 @@ def run(args) -> int:
         table[f"z_{k + 1}"] = vol["z"][:, k]
     table["t_hat"] = match["t_hat"]
     table["match_cc"] = match["cc_best"]
+    table["truth_cc_to_cube"] = match["truth_cc_to_ends"][:, 0]
+    table["truth_cc_to_sphere"] = match["truth_cc_to_ends"][:, 1]
     table["true_volume_nm3"] = true_particle_volume(truth_volumes, truth_t, match["t_hat"])
     phased = read_table(args.phased_table)
     if "particle_volume_nm3" not in phased.columns or len(phased) != len(table):
@@ -95,6 +97,11 @@ def run(args) -> int:
         metrics["line_t_hat_ends"] = [round(float(ends[0]), 4), round(float(ends[-1]), 4)]
         metrics["line_t_hat_span"] = [round(float(min(ends[0], ends[-1])), 4),
                                       round(float(max(ends[0], ends[-1])), 4)]
+        # what the shell resolves: the truth at the end points' t_hat against the true cube / sphere
+        by_z = line.sort_values("z_1")
+        low, high = (by_z.iloc[0], by_z.iloc[-1]) if ends[0] <= ends[-1] else (by_z.iloc[-1], by_z.iloc[0])
+        metrics["line_end_truth_cc"] = [round(float(low["truth_cc_to_cube"]), 4),
+                                        round(float(high["truth_cc_to_sphere"]), 4)]
     metrics["match_cc_min"] = round(float(table["match_cc"].min()), 4)
     err = np.abs(line["volume_ratio"].to_numpy() - 1.0)
     metrics["volume_error_max"] = round(float(err.max()), 4) if err.size else None

@@ -61,7 +61,13 @@ class Preprocessing:
     resample : how averages reach the model grid (:data:`RESAMPLING`, :func:`resample_averages`)
     prefilter_px : ``gauss`` pre-filter sigma in model pixels (0: bilinear only)
     target_oversample : k = 1 or 2: the loss compares slices with the averages on a grid k times finer
-        than the encoder's (the pre-filter shrinks with it), the volume upsampled k times (cubic)
+        than the encoder's (the pre-filter shrinks with it)
+    loss_target : ``grid`` (the loss compares slices with the averages resampled onto a 2D grid) or
+        ``detector`` (with each average's own pixels in the q range: no resampling, no pre-filter;
+        the slices are taken at those pixels' Ewald q)
+    volume_upsample : f = 1, 2 or 3: the volume is interpolated onto a grid f times finer by
+        zero-padding its Fourier transform (:func:`spicompute.vae.train.upsample_fourier`) before the
+        trilinear slicing
     """
 
     input_size: int
@@ -79,11 +85,14 @@ class Preprocessing:
     resample: str = "gauss"
     prefilter_px: float = 0.5
     target_oversample: int = 1
+    loss_target: str = "grid"
+    volume_upsample: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
         # models (and checkpoints) of runs before these options stay valid
-        for key, default in (("resample", "gauss"), ("prefilter_px", 0.5), ("target_oversample", 1)):
+        for key, default in (("resample", "gauss"), ("prefilter_px", 0.5), ("target_oversample", 1),
+                             ("loss_target", "grid"), ("volume_upsample", 1)):
             if d[key] == default:
                 d.pop(key)
         return d
@@ -148,8 +157,11 @@ class VaeInputs:
     input_scale : (M,) float32 mean of ``x`` over the observed pixels: the encoder sees ``x / input_scale``
     average_id : (M,) int64
     norm : the data-set-wide constant, mean photons per detector pixel per frame per unit of p
-    target, target_observed : (M, n_t, n_t) the loss target on the finer grid (``target_oversample`` 2),
-        else None (the loss compares with ``x``); ``count_scale`` is then per target pixel
+    target, target_observed : the loss target, else None (the loss compares with ``x``): (M, n_t, n_t)
+        on the finer grid (``target_oversample`` 2) or (M, P) at the averages' own pixels
+        (``loss_target: detector``); ``count_scale`` is then per target pixel
+    target_q_lab, target_profile : (P, 3) lab-frame Ewald q (rad/nm) and (P,) p(|q|) of the detector
+        pixels of a ``detector`` target, else None
     """
 
     x: np.ndarray
@@ -162,12 +174,15 @@ class VaeInputs:
     norm: float = 1.0
     target: np.ndarray | None = None
     target_observed: np.ndarray | None = None
+    target_q_lab: np.ndarray | None = None
+    target_profile: np.ndarray | None = None
 
 
 def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
                        q_max_nm="auto", particle_size_nm="auto", min_counts: float = 1.0,
                        log_floor: float = 0.01, source: str = "averages", resample: str = "gauss",
-                       prefilter_px: float = 0.5, target_oversample: int = 1) -> Preprocessing:
+                       prefilter_px: float = 0.5, target_oversample: int = 1, loss_target: str = "grid",
+                       volume_upsample: int = 1) -> Preprocessing:
     """Choose the q-range and grids from the data (see the module docstring)."""
     for name, size in (("vae.input_size", input_size), ("vae.volume_size", volume_size)):
         if size < 5 or size % 2 == 0:
@@ -199,7 +214,8 @@ def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_s
                          profile_q_nm=pq.tolist(), profile=pv.tolist(), particle_size_nm=size,
                          log_floor=float(log_floor), q_max_limits={k: float(v) for k, v in limits.items()},
                          resample=str(resample), prefilter_px=float(prefilter_px),
-                         target_oversample=int(target_oversample))
+                         target_oversample=int(target_oversample), loss_target=str(loss_target),
+                         volume_upsample=int(volume_upsample))
 
 
 RESAMPLING = ("gauss", "bin")
@@ -292,8 +308,18 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     log_gain = np.log(np.where(np.isfinite(g) & (g > 0), g, 1.0))
     quats = np.asarray(quaternions, np.float64)
     cond = np.concatenate([quats, log_gain[:, None]], axis=1).astype(np.float32)
-    target = target_observed = None
-    if prep.target_oversample > 1:   # the loss target on the finer grid, same data-set constant
+    target = target_observed = target_q_lab = target_profile = None
+    if prep.loss_target == "detector":   # the averages' own pixels in the q range, same data-set constant
+        q = averages.q_grid()
+        q_in = np.hypot(q[..., 0], q[..., 1])
+        pixels = (q_in >= prep.q_min_nm) & (q_in <= prep.q_max_nm)
+        target_observed = averages.valid[:, pixels]
+        target_profile = prep.profile_at(q_in[pixels])
+        target = (np.where(target_observed, averages.intensity[:, pixels] / target_profile[None], 0.0)
+                  / norm).astype(np.float32)
+        target_q_lab = q[pixels].astype(np.float32)
+        area = 1.0
+    elif prep.target_oversample > 1:   # the loss target on the finer grid, same data-set constant
         t_int, target_observed = resample_averages(averages, prep, target=True)
         t_profile = prep.profile_at(prep.grid_q_norm(target=True))
         target = (np.where(target_observed, t_int / t_profile[None], 0.0) / norm).astype(np.float32)
@@ -301,4 +327,5 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     return VaeInputs(x=x, observed=observed, rotations=rotation_matrices(quats).astype(np.float32),
                      condition=cond, count_scale=(averages.n_frames * area * norm).astype(np.float32),
                      input_scale=input_scale, average_id=averages.average_id.copy(), norm=norm,
-                     target=target, target_observed=target_observed)
+                     target=target, target_observed=target_observed, target_q_lab=target_q_lab,
+                     target_profile=target_profile)

@@ -163,19 +163,34 @@ def class_blur_rotations(out_deg: float, in_deg: float | None = None) -> torch.T
     return torch.from_numpy(Rotation.from_rotvec(kernel_rotvecs(out_deg, in_deg)).as_matrix())
 
 
-def upsample_cubic2(volumes: torch.Tensor) -> torch.Tensor:
-    """(B, L, L, L) -> (B, 2L - 1, 2L - 1, 2L - 1): the grid points kept, the midpoints by Keys cubic
-    interpolation (a = -0.5: weights -1/16, 9/16, 9/16, -1/16), one strided transposed convolution per
-    axis (differentiable, ~0.07 s forward + backward for 16 volumes of 27^3 on 2 CPU threads).
-    Zero beyond the grid; negative lobes next to deep minima clipped at 0 (an intensity)."""
-    kernel = torch.tensor([-1 / 16, 0.0, 9 / 16, 1.0, 9 / 16, 0.0, -1 / 16], dtype=volumes.dtype,
-                          device=volumes.device)
-    x = volumes[:, None]
-    for axis in range(3):
-        shape, stride, pad = [1, 1, 1, 1, 1], [1, 1, 1], [0, 0, 0]
-        shape[2 + axis], stride[axis], pad[axis] = 7, 2, 3
-        x = torch.nn.functional.conv_transpose3d(x, kernel.view(shape), stride=tuple(stride), padding=tuple(pad))
-    return x[:, 0].clamp_min(0.0)
+def upsample_fourier(volumes: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """(B, L, L, L) -> (B, f (L - 1) + 1, ...) for odd L and f = ``factor``: band-limited (Fourier)
+    interpolation onto a grid ``factor`` times finer over the same q range.
+
+    A particle's intensity is the Fourier transform of its autocorrelation, which vanishes beyond
+    the particle's diameter D: on a grid of step dq <= pi / D it is band-limited, and zero-padding
+    its discrete transform (the autocorrelation on the grid's real-space box 2 pi / dq) gives the
+    values between grid points exactly, up to the truncation at the grid's edge.  Cubic or
+    trilinear interpolation fill a sphere's fringe minima at 1.4x that sampling (mean |log error|
+    0.12 against 0.001 here, tests/vae).  The grid points are kept (to rounding); negative ringing
+    next to zeros is clipped (an intensity).
+    """
+    b, n = volumes.shape[0], volumes.shape[-1]
+    if n % 2 == 0:
+        raise ValueError(f"upsample_fourier: the volume edge must be odd (a centred grid), got {n}")
+    factor = int(factor)
+    if factor == 1:
+        return volumes
+    dims = (1, 2, 3)
+    auto = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volumes, dim=dims), dim=dims), dim=dims)
+    big = factor * n
+    lo = big // 2 - n // 2
+    padded = auto.new_zeros((b, big, big, big))
+    padded[:, lo:lo + n, lo:lo + n, lo:lo + n] = auto
+    fine = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(padded, dim=dims), dim=dims), dim=dims).real
+    first = big // 2 - factor * (n // 2)
+    keep = slice(first, first + factor * (n - 1) + 1)
+    return (fine[:, keep, keep, keep] * float(factor) ** 3).clamp_min(0.0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -214,8 +229,8 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
     rot = data.rotations[idx]
     scaled = volumes * data.profile3
     dq3 = data.dq3
-    if data.upsample:   # a target twice as fine: the volume too, by cubic interpolation
-        scaled, dq3 = upsample_cubic2(scaled), dq3 / 2
+    if data.volume_upsample > 1:   # band-limited interpolation before the trilinear slicing
+        scaled, dq3 = upsample_fourier(scaled, data.volume_upsample), dq3 / data.volume_upsample
     turns = [rot] if blur is None else [torch.matmul(b.to(rot), rot) for b in blur]
     sizes = size_spread_kernel(size_spread) or ((1.0, 1.0),)
     pred = 0.0
@@ -246,7 +261,8 @@ class TensorData:
         img = torch.stack([torch.where(obs, torch.log(x_in + floor) - np.log(1 + floor), torch.zeros_like(x)),
                            obs.float()], 1).view(len(x), 2, prep.input_size, prep.input_size)
         self.image = img.to(device)
-        # the loss target: the encoder's grid, or (target_oversample 2) a grid twice as fine
+        # the loss target: the encoder's grid, a grid twice as fine (target_oversample 2) or the
+        # averages' own detector pixels (loss_target detector)
         fine = inputs.target is not None
         target = inputs.target if fine else inputs.x
         target_obs = inputs.target_observed if fine else inputs.observed
@@ -255,11 +271,15 @@ class TensorData:
         self.condition = torch.from_numpy(inputs.condition).to(device)
         self.rotations = torch.from_numpy(inputs.rotations).to(device)
         self.count_scale = torch.from_numpy(inputs.count_scale).to(device)
-        self.q_lab = torch.from_numpy(prep.q_lab(target=fine)).to(device)
-        self.profile = torch.from_numpy(prep.profile_at(prep.grid_q_norm(target=fine)).ravel()).to(device)
+        if inputs.target_q_lab is not None:
+            q_lab, profile = inputs.target_q_lab, inputs.target_profile
+        else:
+            q_lab, profile = prep.q_lab(target=fine), prep.profile_at(prep.grid_q_norm(target=fine)).ravel()
+        self.q_lab = torch.from_numpy(np.ascontiguousarray(q_lab, np.float32)).to(device)
+        self.profile = torch.from_numpy(np.ascontiguousarray(profile, np.float32)).to(device)
         self.profile3 = torch.from_numpy(prep.profile_at(prep.volume_q_norm())).to(device)
         self.dq3 = prep.dq3_nm
-        self.upsample = fine
+        self.volume_upsample = prep.volume_upsample
         self.floor = floor
 
     def __len__(self):
