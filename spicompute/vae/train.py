@@ -434,7 +434,7 @@ CPU_MEMORY_BUDGET = 2 * 2**30  # bytes a CPU encode/decode may use for volumes
 _OVERHEAD = {False: 3.0, True: 2.0}
 
 
-def decoder_bytes_per_volume(arch: Architecture, training: bool) -> int:
+def decoder_bytes_per_volume(arch: Architecture, training: bool, upsample: int = 1) -> int:
     """Peak memory of the decoder per volume, bytes (an upper estimate, float32).
 
     The tensors counted: in inference (no graph) the input and output of the largest
@@ -443,6 +443,9 @@ def decoder_bytes_per_volume(arch: Architecture, training: bool) -> int:
     ~12 L^3), whichever is larger; in training every layer's output and its ReLU
     (kept for the backward pass) plus the same ~12 L^3.  Times a measured overhead
     (``_OVERHEAD``).  161^3 (``intermediate``): ~1.0 GB inference, ~1.1 GB training.
+    ``upsample`` f > 1 (``vae.volume_upsample``) adds the Fourier interpolation before the
+    slicing: three complex (f L)^3 arrays and three float ones, ~9 floats per fine voxel
+    (161^3 at f = 2: 1.2 GB before the overhead factor).
     """
     sizes = [arch.base_channels * arch.base_size ** 3]
     edge = arch.base_size
@@ -454,12 +457,15 @@ def decoder_bytes_per_volume(arch: Architecture, training: bool) -> int:
         floats = 2 * sum(sizes) + sym
     else:
         floats = max(max(a + b for a, b in zip(sizes[:-1], sizes[1:])), sizes[-2] + sym)
+    if upsample > 1:
+        floats += 9 * (upsample * arch.volume_size) ** 3
     return int(4 * floats * _OVERHEAD[training])
 
 
 def volume_batch(arch: Architecture, device: torch.device, *, training: bool = False,
-                 budget_bytes: int | None = None, max_batch: int = 256) -> int:
-    """Volumes to decode at once so that the decoder fits in memory, 1..max_batch.
+                 budget_bytes: int | None = None, max_batch: int = 256, upsample: int = 1) -> int:
+    """Volumes to decode (and, with ``upsample`` > 1, interpolate) at once so that they fit in memory,
+    1..max_batch.
 
     budget_bytes : memory the volumes may use; default: on CUDA half of the free
     memory (``torch.cuda.mem_get_info``: the rest for fragmentation, the slicer and
@@ -471,7 +477,7 @@ def volume_batch(arch: Architecture, device: torch.device, *, training: bool = F
             budget_bytes = free // 2
         else:
             budget_bytes = CPU_MEMORY_BUDGET
-    per_volume = decoder_bytes_per_volume(arch, training)
+    per_volume = decoder_bytes_per_volume(arch, training, upsample)
     return int(max(1, min(max_batch, budget_bytes // per_volume)))
 
 
@@ -485,7 +491,7 @@ def encode(model: VAE, data: TensorData, loss_kind: str = "mse_log",
     """
     model.eval()
     device = data.target.device
-    batch = batch or volume_batch(model.arch, device)
+    batch = batch or volume_batch(model.arch, device, upsample=data.volume_upsample)
     mus, lvs, recs = [], [], []
     for s in range(0, len(data), batch):
         idx = torch.arange(s, min(s + batch, len(data)), device=device)

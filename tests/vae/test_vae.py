@@ -306,6 +306,11 @@ def test_encode_and_decode_in_batches_sized_for_the_memory():
     assert volume_batch(inter, torch.device("cpu"), budget_bytes=per - 1) == 1
     assert volume_batch(architecture("demo", 1), torch.device("cpu")) == 256
     assert decoder_bytes_per_volume(inter, training=True) > per
+    # the Fourier interpolation before slicing (vae.volume_upsample) is counted: ~9 floats per fine voxel
+    extra = decoder_bytes_per_volume(inter, training=False, upsample=2) - per
+    assert 9 * 4 * 322 ** 3 <= extra <= 4 * 9 * 4 * 322 ** 3   # with the measured overhead factor
+    assert volume_batch(inter, torch.device("cpu"), budget_bytes=15 * 2**30, upsample=2) < \
+        volume_batch(inter, torch.device("cpu"), budget_bytes=15 * 2**30)
     # the batch changes nothing but the memory
     avg, t, quats, vols, levels, idx, arch, prep, inputs = _setup(n=10)
     torch.manual_seed(0)
