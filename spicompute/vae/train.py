@@ -163,6 +163,19 @@ def class_blur_rotations(out_deg: float, in_deg: float | None = None) -> torch.T
     return torch.from_numpy(Rotation.from_rotvec(kernel_rotvecs(out_deg, in_deg)).as_matrix())
 
 
+@functools.lru_cache(maxsize=16)
+def fourier_interpolation_matrix(n: int, factor: int) -> np.ndarray:
+    """(factor (n - 1) + 1, n) float64: the 1D band-limited interpolation of n samples (odd n) onto a grid
+    ``factor`` times finer, ``A[a, i] = D(a / factor - i)`` with the periodic Dirichlet kernel
+    ``D(x) = (1 / n) sum_k cos(2 pi k x / n)``, k = -(n - 1) / 2 ... (n - 1) / 2.
+
+    It is the map of zero-padding the centred discrete transform (frequencies kept symmetric, so the
+    interpolant is real); rows at integer positions are the identity."""
+    k = np.arange(n) - n // 2
+    offsets = np.arange(factor * (n - 1) + 1)[:, None] / factor - np.arange(n)[None, :]
+    return np.cos(2.0 * np.pi / n * offsets[..., None] * k).sum(-1) / n
+
+
 def upsample_fourier(volumes: torch.Tensor, factor: int = 2) -> torch.Tensor:
     """(B, L, L, L) -> (B, f (L - 1) + 1, ...) for odd L and f = ``factor``: band-limited (Fourier)
     interpolation onto a grid ``factor`` times finer over the same q range.
@@ -174,23 +187,22 @@ def upsample_fourier(volumes: torch.Tensor, factor: int = 2) -> torch.Tensor:
     trilinear interpolation fill a sphere's fringe minima at 1.4x that sampling (mean |log error|
     0.12 against 0.001 here, tests/vae).  The grid points are kept (to rounding); negative ringing
     next to zeros is clipped (an intensity).
+
+    The zero-padding is separable, so it runs as three small matrix products along the axes
+    (:func:`fourier_interpolation_matrix`): ~0.1 GFLOP for 16 volumes of 27^3 at f = 2, where the
+    padded 3D FFTs and their shifts took 3x the rest of a training step on a CPU.
     """
-    b, n = volumes.shape[0], volumes.shape[-1]
+    n = volumes.shape[-1]
     if n % 2 == 0:
         raise ValueError(f"upsample_fourier: the volume edge must be odd (a centred grid), got {n}")
     factor = int(factor)
     if factor == 1:
         return volumes
-    dims = (1, 2, 3)
-    auto = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volumes, dim=dims), dim=dims), dim=dims)
-    big = factor * n
-    lo = big // 2 - n // 2
-    padded = auto.new_zeros((b, big, big, big))
-    padded[:, lo:lo + n, lo:lo + n, lo:lo + n] = auto
-    fine = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(padded, dim=dims), dim=dims), dim=dims).real
-    first = big // 2 - factor * (n // 2)
-    keep = slice(first, first + factor * (n - 1) + 1)
-    return (fine[:, keep, keep, keep] * float(factor) ** 3).clamp_min(0.0)
+    a = torch.from_numpy(fourier_interpolation_matrix(n, factor)).to(volumes)
+    fine = torch.einsum("ck,bijk->bijc", a, volumes)
+    fine = torch.einsum("bj,nijc->nibc", a, fine)
+    fine = torch.einsum("ai,nibc->nabc", a, fine)
+    return fine.clamp_min(0.0)
 
 
 @functools.lru_cache(maxsize=8)

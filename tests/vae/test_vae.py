@@ -614,3 +614,27 @@ def test_fourier_upsampling_is_exact_for_a_band_limited_intensity(factor):
     assert log_error(26.0 * 2.5)[1] > 10 * err   # undersampled: the transform aliases
     with pytest.raises(ValueError, match="odd"):
         upsample_fourier(torch.zeros(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize("n,factor", [(9, 2), (11, 3)])
+def test_separable_fourier_upsampling_equals_zero_padding_the_3d_transform(n, factor):
+    """The three axis products of :func:`upsample_fourier` are the 3D zero-padding of the centred
+    transform (computed here with numpy's FFT, independently), including off-axis (mixed) terms."""
+    from spicompute.vae.train import upsample_fourier
+
+    rng = np.random.default_rng(3)
+    volume = rng.random((n, n, n)) ** 3     # no symmetry: the mixed frequencies are tested
+    spectrum = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(volume)))
+    big = factor * n
+    lo = big // 2 - n // 2
+    padded = np.zeros((big,) * 3, complex)
+    padded[lo:lo + n, lo:lo + n, lo:lo + n] = spectrum
+    fine = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(padded))) * factor ** 3
+    assert np.abs(fine.imag).max() < 1e-12 * np.abs(fine).max()     # symmetric band: a real interpolant
+    first = big // 2 - factor * (n // 2)
+    keep = slice(first, first + factor * (n - 1) + 1)
+    expected = np.clip(fine.real[keep, keep, keep], 0, None)
+    got = upsample_fourier(torch.from_numpy(volume)[None], factor)[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * expected.max())
+    assert not np.allclose(got[1::factor, 1::factor, 1::factor],   # not a trivial (nearest) copy
+                           volume[:-1, :-1, :-1], atol=1e-3)
