@@ -157,11 +157,12 @@ class VaeInputs:
     input_scale : (M,) float32 mean of ``x`` over the observed pixels: the encoder sees ``x / input_scale``
     average_id : (M,) int64
     norm : the data-set-wide constant, mean photons per detector pixel per frame per unit of p
-    target, target_observed : the loss target, else None (the loss compares with ``x``): (M, n_t, n_t)
-        on the finer grid (``target_oversample`` 2) or (M, P) at the averages' own pixels
-        (``loss_target: detector``); ``count_scale`` is then per target pixel
-    target_q_lab, target_profile : (P, 3) lab-frame Ewald q (rad/nm) and (P,) p(|q|) of the detector
-        pixels of a ``detector`` target, else None
+    target, target_observed : (M, P) float32 / bool, what the loss compares the slices with, in the
+        units of ``x``: the encoder's grid itself (P = n², a view of ``x``), the finer grid
+        (``target_oversample`` 2, P = n_t²) or the averages' own pixels in the q range
+        (``loss_target: detector``); ``count_scale`` is per target pixel
+    target_q_lab, target_profile : (P, 3) float32 lab-frame Ewald q (rad/nm) of the target's pixels and
+        (P,) float32 p(|q|) there: the loss target's geometry, one place for every kind of target
     """
 
     x: np.ndarray
@@ -171,11 +172,11 @@ class VaeInputs:
     count_scale: np.ndarray
     input_scale: np.ndarray
     average_id: np.ndarray
+    target: np.ndarray
+    target_observed: np.ndarray
+    target_q_lab: np.ndarray
+    target_profile: np.ndarray
     norm: float = 1.0
-    target: np.ndarray | None = None
-    target_observed: np.ndarray | None = None
-    target_q_lab: np.ndarray | None = None
-    target_profile: np.ndarray | None = None
 
 
 def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
@@ -308,7 +309,7 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     log_gain = np.log(np.where(np.isfinite(g) & (g > 0), g, 1.0))
     quats = np.asarray(quaternions, np.float64)
     cond = np.concatenate([quats, log_gain[:, None]], axis=1).astype(np.float32)
-    target = target_observed = target_q_lab = target_profile = None
+    m = len(x)
     if prep.loss_target == "detector":   # the averages' own pixels in the q range, same data-set constant
         q = averages.q_grid()
         q_in = np.hypot(q[..., 0], q[..., 1])
@@ -320,10 +321,15 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
         target_q_lab = q[pixels].astype(np.float32)
         area = 1.0
     elif prep.target_oversample > 1:   # the loss target on the finer grid, same data-set constant
-        t_int, target_observed = resample_averages(averages, prep, target=True)
+        t_int, t_observed = resample_averages(averages, prep, target=True)
         t_profile = prep.profile_at(prep.grid_q_norm(target=True))
-        target = (np.where(target_observed, t_int / t_profile[None], 0.0) / norm).astype(np.float32)
+        target = (np.where(t_observed, t_int / t_profile[None], 0.0) / norm).astype(np.float32).reshape(m, -1)
+        target_observed, target_q_lab = t_observed.reshape(m, -1), prep.q_lab(target=True)
+        target_profile = t_profile.ravel()
         area = (prep.dq_target_nm / averages.dq_nm) ** 2
+    else:   # the encoder's grid itself
+        target, target_observed = x.reshape(m, -1), observed.reshape(m, -1)
+        target_q_lab, target_profile = prep.q_lab(), prep.profile_at(prep.grid_q_norm()).ravel()
     return VaeInputs(x=x, observed=observed, rotations=rotation_matrices(quats).astype(np.float32),
                      condition=cond, count_scale=(averages.n_frames * area * norm).astype(np.float32),
                      input_scale=input_scale, average_id=averages.average_id.copy(), norm=norm,

@@ -273,22 +273,15 @@ class TensorData:
         img = torch.stack([torch.where(obs, torch.log(x_in + floor) - np.log(1 + floor), torch.zeros_like(x)),
                            obs.float()], 1).view(len(x), 2, prep.input_size, prep.input_size)
         self.image = img.to(device)
-        # the loss target: the encoder's grid, a grid twice as fine (target_oversample 2) or the
-        # averages' own detector pixels (loss_target detector)
-        fine = inputs.target is not None
-        target = inputs.target if fine else inputs.x
-        target_obs = inputs.target_observed if fine else inputs.observed
-        self.target = torch.from_numpy(target.reshape(len(target), -1)).to(device)
-        self.observed = torch.from_numpy(target_obs.reshape(len(target), -1)).to(device)
+        # the loss target and its geometry (model_inputs: the encoder's grid, a finer grid or the
+        # averages' own detector pixels)
+        self.target = torch.from_numpy(np.ascontiguousarray(inputs.target)).to(device)
+        self.observed = torch.from_numpy(np.ascontiguousarray(inputs.target_observed)).to(device)
         self.condition = torch.from_numpy(inputs.condition).to(device)
         self.rotations = torch.from_numpy(inputs.rotations).to(device)
         self.count_scale = torch.from_numpy(inputs.count_scale).to(device)
-        if inputs.target_q_lab is not None:
-            q_lab, profile = inputs.target_q_lab, inputs.target_profile
-        else:
-            q_lab, profile = prep.q_lab(target=fine), prep.profile_at(prep.grid_q_norm(target=fine)).ravel()
-        self.q_lab = torch.from_numpy(np.ascontiguousarray(q_lab, np.float32)).to(device)
-        self.profile = torch.from_numpy(np.ascontiguousarray(profile, np.float32)).to(device)
+        self.q_lab = torch.from_numpy(np.ascontiguousarray(inputs.target_q_lab, np.float32)).to(device)
+        self.profile = torch.from_numpy(np.ascontiguousarray(inputs.target_profile, np.float32)).to(device)
         self.profile3 = torch.from_numpy(prep.profile_at(prep.volume_q_norm())).to(device)
         self.dq3 = prep.dq3_nm
         self.volume_upsample = prep.volume_upsample
@@ -315,7 +308,7 @@ def fingerprint(arch: Architecture, prep: Preprocessing, config: TrainConfig, in
     h.update(json.dumps([arch.to_dict(), prep.to_dict(), config.fingerprint_fields()], sort_keys=True).encode())
     arrays = [inputs.x, inputs.observed, inputs.condition, inputs.rotations, inputs.count_scale,
               inputs.input_scale, np.asarray(train_index)]
-    if inputs.target is not None:
+    if prep.target_oversample > 1 or prep.loss_target == "detector":   # a target that is not x itself
         arrays += [inputs.target, inputs.target_observed]
     for arr in arrays:
         h.update(np.ascontiguousarray(arr).tobytes())

@@ -555,7 +555,12 @@ def test_detector_target_and_fourier_slicing_let_the_exact_volume_fit_its_closed
         inputs = model_inputs(avg, prep, quats, np.ones(m))
         assert inputs.x.shape == (m, n, n)   # the encoder keeps its grid
         if name == "finer grid":
-            assert inputs.target.shape == (m, 2 * n - 1, 2 * n - 1)
+            assert inputs.target.shape == (m, (2 * n - 1) ** 2)
+            np.testing.assert_allclose(inputs.target_q_lab, prep.q_lab(target=True))
+        if name == "default":   # the encoder's grid is the target, with its geometry
+            assert np.shares_memory(inputs.target, inputs.x) and inputs.target.shape == (m, n * n)
+            np.testing.assert_allclose(inputs.target_q_lab, grid_q(n, prep.dq2_nm, lam).reshape(-1, 3), rtol=1e-5,
+                                       atol=1e-6)
         if name.startswith("detector"):   # every source pixel in the q range, its own q
             q_in = np.hypot(*avg.q_grid()[..., :2].transpose(2, 0, 1))
             inside = (q_in >= prep.q_min_nm) & (q_in <= prep.q_max_nm)
