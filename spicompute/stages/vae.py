@@ -34,8 +34,8 @@ DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_siz
             "min_counts": 1.0, "loss": "mse_log", "log_floor": 0.01, "epochs": 60, "batch_size": 32,
             "learning_rate": 0.001, "kl_weight": 0.01, "kl_warmup_epochs": 10, "seed": 0,
             "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto",
-            "size_spread": 0.0, "resample": "gauss", "prefilter_px": 0.5, "target_oversample": 1,
-            "loss_target": "grid", "volume_upsample": 1}
+            "size_spread": 0.0, "resample": "gauss", "prefilter_px": 0.5, "target_oversample": "auto",
+            "loss_target": "grid", "volume_upsample": "auto"}
 
 log = get_logger("vae")
 
@@ -82,12 +82,16 @@ def options(raw: dict) -> dict:
     p["size_spread"] = in_range("vae.size_spread", p["size_spread"], 0.0, 0.2)
     p["resample"] = choice("vae.resample", p["resample"], RESAMPLING)
     p["prefilter_px"] = in_range("vae.prefilter_px", p["prefilter_px"], 0.0, 2.0)
-    p["target_oversample"] = int(choice("vae.target_oversample", p["target_oversample"], (1, 2)))
+    # auto: resolved from the grid step and the particle size (spicompute.vae.data.resolve_oversampling)
+    for key, allowed in (("target_oversample", (1, 2)), ("volume_upsample", (1, 2, 3))):
+        if p[key] != "auto":
+            if isinstance(p[key], bool) or p[key] not in allowed:
+                raise ParameterError(f"vae.{key}", f"must be auto or one of {list(allowed)}, got {p[key]!r}")
+            p[key] = int(p[key])
     p["loss_target"] = choice("vae.loss_target", p["loss_target"], ("grid", "detector"))
-    if p["loss_target"] == "detector" and p["target_oversample"] != 1:
-        raise ParameterError("vae.target_oversample", "must be 1 with loss_target: detector (the target is "
-                                                     f"the detector's own pixels), got {p['target_oversample']}")
-    p["volume_upsample"] = int(choice("vae.volume_upsample", p["volume_upsample"], (1, 2, 3)))
+    if p["loss_target"] == "detector" and p["target_oversample"] not in ("auto", 1):
+        raise ParameterError("vae.target_oversample", "must be auto or 1 with loss_target: detector (the target "
+                                                     f"is the detector's own pixels), got {p['target_oversample']}")
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -202,7 +206,7 @@ def run(args) -> int:
     from spicompute.io.provenance import atomic_path, write_json_atomic
     from spicompute.io.storage import save_torch
     from spicompute.io.tables import write_table
-    from spicompute.vae.data import model_inputs, plan_preprocessing
+    from spicompute.vae.data import model_inputs, plan_preprocessing, sampling_ratio
     from spicompute.vae.model import VAE, architecture
     from spicompute.vae.train import TensorData, TrainConfig, encode, fingerprint, init_distributed, train_vae
 
@@ -235,6 +239,10 @@ def run(args) -> int:
     if p["class_blur_deg"] == "auto":
         log.info("class blur %.1f deg out of plane, %.1f in plane (auto, from %d averages)", *blur_deg,
                  blur_info["n_used"])
+    log.info("grid steps %.4f rad/nm (2D) / %.4f (volume): %.1f x finer than the particle's Nyquist step; "
+             "loss target x%d (%s), volume interpolated x%d", prep.dq2_nm, prep.dq3_nm,
+             sampling_ratio(prep.dq3_nm, prep.particle_size_nm), prep.target_oversample, prep.loss_target,
+             prep.volume_upsample)
     log.info("%d of %d averages train a %s VAE (volume %d^3, q %.3f..%.3f rad/nm, latent %d) on %s x%d",
              train_index.size, avg.n_averages, p["preset"], arch.volume_size, prep.q_min_nm, prep.q_max_nm,
              arch.latent_dim, device, dist.world)

@@ -306,9 +306,9 @@ def test_encode_and_decode_in_batches_sized_for_the_memory():
     assert volume_batch(inter, torch.device("cpu"), budget_bytes=per - 1) == 1
     assert volume_batch(architecture("demo", 1), torch.device("cpu")) == 256
     assert decoder_bytes_per_volume(inter, training=True) > per
-    # the Fourier interpolation before slicing (vae.volume_upsample) is counted: ~9 floats per fine voxel
+    # the Fourier interpolation before slicing (vae.volume_upsample) is counted: ~3 floats per fine voxel
     extra = decoder_bytes_per_volume(inter, training=False, upsample=2) - per
-    assert 9 * 4 * 322 ** 3 <= extra <= 4 * 9 * 4 * 322 ** 3   # with the measured overhead factor
+    assert 3 * 4 * 321 ** 3 <= extra <= 4 * 3 * 4 * 321 ** 3   # with the measured overhead factor
     assert volume_batch(inter, torch.device("cpu"), budget_bytes=15 * 2**30, upsample=2) < \
         volume_batch(inter, torch.device("cpu"), budget_bytes=15 * 2**30)
     # the batch changes nothing but the memory
@@ -619,6 +619,41 @@ def test_fourier_upsampling_is_exact_for_a_band_limited_intensity(factor):
     assert log_error(26.0 * 2.5)[1] > 10 * err   # undersampled: the transform aliases
     with pytest.raises(ValueError, match="odd"):
         upsample_fourier(torch.zeros(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize("edge_nm", [42.0, 60.0])
+def test_auto_oversampling_follows_the_grid_step_against_the_particle_size(edge_nm):
+    """``auto`` interpolates 2x where the grid samples the particle's intensity < 3x finer than pi / D
+    (the 27^3 grid with q_max at the particle's Nyquist bound: 1x), and not on a fine grid (61^3 over
+    a q range a third as wide, ~6x); a detector target resolves to 1; explicit values are kept and a
+    wrong one names the parameter.  The particle size is estimated from the averages (two sizes)."""
+    from spicompute.errors import ParameterError
+    from spicompute.orient.quaternions import rotation_matrices
+    from spicompute.shapes import cube_intensity
+    from spicompute.vae.data import sampling_ratio
+
+    m, size2, dq2, lam = 24, 129, 0.012, 0.2066
+    quats = random_quaternions(m, np.random.default_rng(5))
+    images = 1e4 * cube_intensity(grid_q(size2, dq2, lam) @ rotation_matrices(quats)[:, None], edge_nm)
+    valid = np.broadcast_to(np.linalg.norm(grid_q(size2, dq2)[..., :2], axis=-1) >= 3 * dq2, (m, size2, size2))
+    avg = AverageSet((images * valid).astype(np.float32), valid.astype(np.float32), np.arange(m), np.zeros(m),
+                     np.arange(m), np.full(m, 100.0), dq2, lam)
+
+    def plan(volume_size, q_max="auto", **options):
+        return plan_preprocessing(avg, np.arange(m), input_size=volume_size, volume_size=volume_size,
+                                  q_max_nm=q_max, log_floor=0.1, **options)
+
+    coarse = plan(27, target_oversample="auto", volume_upsample="auto")
+    assert sampling_ratio(coarse.dq3_nm, coarse.particle_size_nm) < 3
+    assert (coarse.target_oversample, coarse.volume_upsample) == (2, 2)
+    fine = plan(61, q_max=coarse.q_max_nm / 3, target_oversample="auto", volume_upsample="auto")
+    assert sampling_ratio(fine.dq3_nm, fine.particle_size_nm) > 3
+    assert (fine.target_oversample, fine.volume_upsample) == (1, 1)
+    detector = plan(27, target_oversample="auto", volume_upsample="auto", loss_target="detector")
+    assert (detector.target_oversample, detector.volume_upsample) == (1, 2)
+    assert plan(27, target_oversample=1, volume_upsample=3).volume_upsample == 3
+    with pytest.raises(ParameterError, match="vae.volume_upsample"):
+        plan(27, volume_upsample=4)
 
 
 @pytest.mark.parametrize("n,factor", [(9, 2), (11, 3)])

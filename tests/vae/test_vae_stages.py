@@ -119,6 +119,7 @@ def test_two_dimensional_latent_and_poisson_loss_on_another_geometry(tmp_path, l
     ({"prefilter_px": -1}, "vae.prefilter_px"), ({"target_oversample": 3}, "vae.target_oversample"),
     ({"loss_target": "pixels"}, "vae.loss_target"), ({"volume_upsample": 4}, "vae.volume_upsample"),
     ({"loss_target": "detector", "target_oversample": 2}, "vae.target_oversample"),
+    ({"volume_upsample": "fine"}, "vae.volume_upsample"), ({"target_oversample": True}, "vae.target_oversample"),
 ])
 def test_bad_vae_params_exit_2(tmp_path, capsys, change, field):
     root = _project(tmp_path, vae=change)
