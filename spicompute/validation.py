@@ -19,16 +19,27 @@ import pandas as pd
 from scipy.stats import rankdata
 
 
+#: family averages whose members' mean melt is at least this are "melted" (spheres, up to size)
+MELTED_T = 0.9
+
+
 def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dict:
-    """|Spearman|(z_k, members' mean melt) over the trained averages of the family."""
+    """|Spearman|(z_k, members' mean melt) over the trained averages of the family, and among the
+    melted ones (melt >= :data:`MELTED_T`, where the shape no longer changes) |Spearman|(z_k, members'
+    mean size): what a latent axis orders the spheres by.  A 1D latent that also resolves the
+    particles' size spread there scores lower on melt without being worse (docs/validation.md)."""
     t = latents.merge(per_average, on="average_id", how="inner")
     trained = t["vae_trained"].astype(bool) if "vae_trained" in t else pd.Series(True, index=t.index)
     fam = t[trained & t["family"].astype(bool) & t["melt_t"].notna()]
-    out = {}
+    melted = fam[fam["melt_t"] >= MELTED_T]
+    out, size = {}, {}
     for col in sorted(c for c in latents.columns if c.startswith("z_") and not c.startswith("z_logvar")):
         rho = spearman(fam[col], fam["melt_t"])
         out[col] = None if rho is None else round(abs(rho), 4)
-    return {"rho_z_melt": out, "n_family_trained": int(len(fam))}
+        rho = spearman(melted[col], melted["size_nm"]) if len(melted) >= 10 and "size_nm" in melted else None
+        size[col] = None if rho is None else round(abs(rho), 4)
+    return {"rho_z_melt": out, "n_family_trained": int(len(fam)), "rho_z_size_melted": size,
+            "n_melted_trained": int(len(melted))}
 
 
 def _abs_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:

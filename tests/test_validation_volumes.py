@@ -111,6 +111,37 @@ def test_average_truth_labels_family_and_melt():
     assert t.loc[2, "members"] == 1
 
 
+def test_latent_follows_melt_and_orders_the_melted_averages_by_size():
+    """A latent that follows melt and, among the melted averages, their size: both figures near 1; the
+    same latent with its melted values shuffled keeps a high melt figure but loses the size one
+    (negative control); too few melted averages give None; contaminants and untrained ones are
+    ignored."""
+    import pandas as pd
+
+    from spicompute.validation import latent_follows_melt
+
+    rng = np.random.default_rng(7)
+    n = 200
+    melt = np.concatenate([rng.uniform(0, 0.9, 120), rng.uniform(0.9, 1.0, 80)])
+    size = 52 * (1 + 0.02 * rng.standard_normal(n))
+    z = np.where(melt < 0.9, melt, 0.9 + 0.5 * (size - size.min()) / np.ptp(size))
+    per_average = pd.DataFrame({"average_id": np.arange(n + 5), "melt_t": np.r_[melt, np.full(5, np.nan)],
+                                "size_nm": np.r_[size, np.full(5, 30.0)],
+                                "family": np.r_[np.ones(n, bool), np.zeros(5, bool)]})
+    latents = pd.DataFrame({"average_id": np.arange(n + 5), "z_1": np.r_[-z, rng.normal(size=5)],
+                            "z_logvar_1": np.zeros(n + 5), "vae_trained": True})
+    m = latent_follows_melt(latents, per_average)
+    assert m["n_family_trained"] == n and m["n_melted_trained"] == 80
+    assert m["rho_z_melt"]["z_1"] > 0.9 and m["rho_z_size_melted"]["z_1"] > 0.99
+    shuffled = latents.copy()
+    melted_rows = np.flatnonzero(melt >= 0.9)
+    shuffled.loc[melted_rows, "z_1"] = rng.permutation(shuffled.loc[melted_rows, "z_1"].to_numpy())
+    m2 = latent_follows_melt(shuffled, per_average)
+    assert m2["rho_z_melt"]["z_1"] > 0.85 and m2["rho_z_size_melted"]["z_1"] < 0.3
+    few = latent_follows_melt(latents, per_average.assign(melt_t=np.r_[np.minimum(melt, 0.85), np.full(5, np.nan)]))
+    assert few["rho_z_size_melted"]["z_1"] is None and few["n_melted_trained"] == 0
+
+
 def test_truth_fit_of_averages_prefers_the_true_shapes_over_an_untrained_decoder():
     """Averages made from the true shapes at known orientations: the truth explains them far
     better than an untrained decoder does; with orientations shuffled the truth fits worse."""
