@@ -75,7 +75,8 @@ def render(volume, data, prep, scheme: str, q_sub):
     if factor > 1:
         intensity = upsample_fourier(intensity[None], factor)[0]
     if scheme.endswith("_ss3"):
-        q_points, n_sub = q_sub, q_sub.shape[0] // data.q_lab.shape[0]
+        n_sub = q_sub.shape[0] // prep.input_size ** 2    # samples per pixel; TensorData keeps the seen pixels
+        q_points = q_sub.view(-1, n_sub, 3)[torch.from_numpy(data.target_index)].reshape(-1, 3)
     else:
         q_points, n_sub = data.q_lab, 1
     # one volume, every rotation's points in one call: (1, M * P, 3)
@@ -151,7 +152,9 @@ def study(args) -> dict:
                                  dq_nm=dq2, wavelength_nm=wavelength)
                 variant = replace(prep, resample="bin" if data_name == "bin" else "gauss",
                                   prefilter_px=0.0 if data_name == "point" else prep.prefilter_px,
-                                  loss_target="detector" if data_name == "detector" else "grid")
+                                  loss_target="detector" if data_name == "detector" else "grid",
+                                  # the encoder's grid as target; render() applies each scheme's interpolation
+                                  target_oversample=1, volume_upsample=1)
                 inputs = vae_data.model_inputs(avg, variant, qwxyz, np.ones(args.n_averages))
                 data = TensorData(inputs, variant, torch.device("cpu"))
 

@@ -243,15 +243,15 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
     dq3 = data.dq3
     if data.volume_upsample > 1:   # band-limited interpolation before the trilinear slicing
         scaled, dq3 = upsample_fourier(scaled, data.volume_upsample), dq3 / data.volume_upsample
-    turns = [rot] if blur is None else [torch.matmul(b.to(rot), rot) for b in blur]
+    # (B, T, 3, 3): the T turns of the class blur, all sliced in one call
+    turns = rot[:, None] if blur is None else torch.matmul(blur.to(rot)[None], rot[:, None])
     sizes = size_spread_kernel(size_spread) or ((1.0, 1.0),)
     pred = 0.0
     for factor, weight in sizes:
         # a^6 I(a q): the lab points scaled by a; past the grid's faces (a > 1 at the rim) the border value
         q = data.q_lab if factor == 1.0 else data.q_lab * factor
         pad = "zeros" if factor <= 1.0 else "border"
-        for r in turns:
-            pred = pred + (weight * factor ** 6 / len(turns)) * slice_volumes(scaled, dq3, q, r, padding=pad)
+        pred = pred + (weight * factor ** 6) * slice_volumes(scaled, dq3, q, turns, padding=pad).mean(1)
     pred = pred / data.profile
     return reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx], kind,
                                data.floor, data.profile)
@@ -275,13 +275,18 @@ class TensorData:
         self.image = img.to(device)
         # the loss target and its geometry (model_inputs: the encoder's grid, a finer grid or the
         # averages' own detector pixels)
-        self.target = torch.from_numpy(np.ascontiguousarray(inputs.target)).to(device)
-        self.observed = torch.from_numpy(np.ascontiguousarray(inputs.target_observed)).to(device)
+        # the loss target, restricted to the points that some average observes: the
+        # others (the grid's corners past q_max, the beamstop) weigh 0 in every loss, so slicing
+        # them would only cost time (a quarter of a 2D grid's points)
+        seen = np.asarray(inputs.target_observed).any(axis=0)
+        self.target_index = np.flatnonzero(seen)   # (P_seen,) into the inputs' P target points
+        self.target = torch.from_numpy(np.ascontiguousarray(inputs.target[:, seen])).to(device)
+        self.observed = torch.from_numpy(np.ascontiguousarray(inputs.target_observed[:, seen])).to(device)
         self.condition = torch.from_numpy(inputs.condition).to(device)
         self.rotations = torch.from_numpy(inputs.rotations).to(device)
         self.count_scale = torch.from_numpy(inputs.count_scale).to(device)
-        self.q_lab = torch.from_numpy(np.ascontiguousarray(inputs.target_q_lab, np.float32)).to(device)
-        self.profile = torch.from_numpy(np.ascontiguousarray(inputs.target_profile, np.float32)).to(device)
+        self.q_lab = torch.from_numpy(np.ascontiguousarray(inputs.target_q_lab[seen], np.float32)).to(device)
+        self.profile = torch.from_numpy(np.ascontiguousarray(inputs.target_profile[seen], np.float32)).to(device)
         self.profile3 = torch.from_numpy(prep.profile_at(prep.volume_q_norm())).to(device)
         self.dq3 = prep.dq3_nm
         self.volume_upsample = prep.volume_upsample

@@ -276,7 +276,7 @@ def test_poisson_loss_is_the_likelihood_of_the_members_photons(rng):
     # the scale's minimum sits at the true one: fluence x members relative to the model
     pred = slice_volumes(vol * data.profile3, data.dq3, data.q_lab, data.rotations) / data.profile
     k = data.count_scale[:, None] * data.profile[None]
-    mu_true = torch.from_numpy(truth.reshape(m, -1) * avg.n_frames[:, None]).float()
+    mu_true = torch.from_numpy(truth.reshape(m, -1)[:, data.target_index] * avg.n_frames[:, None]).float()
     true_scale = ((mu_true * data.observed).sum(1) / (pred * k * data.observed).sum(1))
     np.testing.assert_allclose(scale.numpy(), true_scale.numpy(), rtol=0.02)
     for f in (0.9, 1.1):
