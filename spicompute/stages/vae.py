@@ -52,7 +52,7 @@ def add_arguments(parser):
 def options(raw: dict) -> dict:
     from spicompute.params import choice, in_range, positive, with_defaults
     from spicompute.vae.model import PRESETS
-    from spicompute.vae.data import RESAMPLING
+    from spicompute.vae.data import RESAMPLING, check_oversampling
     from spicompute.vae.train import LOSSES
 
     p = with_defaults("vae", raw, DEFAULTS)
@@ -83,11 +83,8 @@ def options(raw: dict) -> dict:
     p["resample"] = choice("vae.resample", p["resample"], RESAMPLING)
     p["prefilter_px"] = in_range("vae.prefilter_px", p["prefilter_px"], 0.0, 2.0)
     # auto: resolved from the grid step and the particle size (spicompute.vae.data.resolve_oversampling)
-    for key, allowed in (("target_oversample", (1, 2)), ("volume_upsample", (1, 2, 3))):
-        if p[key] != "auto":
-            if isinstance(p[key], bool) or p[key] not in allowed:
-                raise ParameterError(f"vae.{key}", f"must be auto or one of {list(allowed)}, got {p[key]!r}")
-            p[key] = int(p[key])
+    for key in ("target_oversample", "volume_upsample"):
+        p[key] = check_oversampling(f"vae.{key}", p[key])
     p["loss_target"] = choice("vae.loss_target", p["loss_target"], ("grid", "detector"))
     if p["loss_target"] == "detector" and p["target_oversample"] not in ("auto", 1):
         raise ParameterError("vae.target_oversample", "must be auto or 1 with loss_target: detector (the target "

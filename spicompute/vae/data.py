@@ -204,11 +204,12 @@ def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_s
         limits["nyquist_nm"] = (volume_size // 2) * np.pi / size
         q_max = min(q_max, limits["nyquist_nm"])
     q_max = float(q_max)
+    if loss_target == "detector" and target_oversample == "auto":
+        target_oversample = 1   # the detector's own pixels: no 2D grid to refine
     target_oversample = resolve_oversampling("vae.target_oversample", target_oversample,
-                                             q_max / (input_size // 2), size, (1, 2),
-                                             loss_target=loss_target)
+                                             q_max / (input_size // 2), size)
     volume_upsample = resolve_oversampling("vae.volume_upsample", volume_upsample, q_max / (volume_size // 2),
-                                           size, (1, 2, 3))
+                                           size)
     if q_max <= qr.q_min_nm + 2 * averages.dq_nm:
         raise InputError(source, "averages/intensity",
                          f"usable q-range {qr.q_min_nm:.3f}..{q_max:.3f} rad/nm is too narrow (limits {limits})")
@@ -238,25 +239,35 @@ def sampling_ratio(dq_nm: float, particle_size_nm: float | None) -> float:
     return np.inf if not particle_size_nm else float(np.pi / particle_size_nm / dq_nm)
 
 
-def resolve_oversampling(name: str, value, dq_nm: float, particle_size_nm: float | None, allowed: tuple,
-                         loss_target: str = "grid") -> int:
-    """The interpolation factor ``value`` (one of ``allowed``) or, for ``auto``, 2 where the grid samples
-    the particle's intensity < :data:`FINE_SAMPLING` times finer than its Nyquist step, else 1.
+#: the factors each interpolation option takes besides ``auto``
+OVERSAMPLING = {"vae.target_oversample": (1, 2), "vae.volume_upsample": (1, 2, 3)}
+
+
+def check_oversampling(name: str, value):
+    """``value`` of the option ``name`` (a key of :data:`OVERSAMPLING`) as ``"auto"`` or an int, else a
+    one-line :class:`ParameterError` naming it."""
+    if value == "auto":
+        return value
+    allowed = OVERSAMPLING[name]
+    if isinstance(value, bool) or value not in allowed:
+        raise ParameterError(name, f"must be auto or one of {list(allowed)}, got {value!r}")
+    return int(value)
+
+
+def resolve_oversampling(name: str, value, dq_nm: float, particle_size_nm: float | None) -> int:
+    """The interpolation factor ``value`` or, for ``auto``, 2 where the grid samples the particle's
+    intensity < :data:`FINE_SAMPLING` times finer than its Nyquist step, else 1.
 
     Why 3: a fringe of period 2 pi / D sampled r times finer than pi / D is filled by linear interpolation
     by ~(pi / 2r)^2 / 2 of its depth (0.6 at r = 1.4, the bright demo set; 0.14 at r = 3), which the
     log loss reads as a less melted shape.  Measured on both photon levels (r 1.4 and 2.8): a factor 2
-    of both the 2D target and the volume brings the phased volumes within 10 % of the truth at 44 of 48
-    line points against 21 (docs/validation.md).  A ``detector`` target is taken at the detector's own
-    pixels, so its ``target_oversample`` resolves to 1.
+    of both the 2D target and the volume brings the phased volumes within 10 % of the truth at 42-46 of
+    48 line points against 21 (docs/validation.md).
     """
+    value = check_oversampling(name, value)
     if value == "auto":
-        if name.endswith("target_oversample") and loss_target == "detector":
-            return 1
         return 2 if sampling_ratio(dq_nm, particle_size_nm) < FINE_SAMPLING else 1
-    if value not in allowed:
-        raise ParameterError(name, f"must be auto or one of {allowed}, got {value!r}")
-    return int(value)
+    return value
 
 
 def resample_averages(averages: AverageSet, prep: Preprocessing, *, target: bool = False

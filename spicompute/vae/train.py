@@ -274,8 +274,7 @@ class TensorData:
                            obs.float()], 1).view(len(x), 2, prep.input_size, prep.input_size)
         self.image = img.to(device)
         # the loss target and its geometry (model_inputs: the encoder's grid, a finer grid or the
-        # averages' own detector pixels)
-        # the loss target, restricted to the points that some average observes: the
+        # averages' own detector pixels), restricted to the points that some average observes: the
         # others (the grid's corners past q_max, the beamstop) weigh 0 in every loss, so slicing
         # them would only cost time (a quarter of a 2D grid's points)
         seen = np.asarray(inputs.target_observed).any(axis=0)
