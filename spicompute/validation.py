@@ -27,7 +27,9 @@ def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dic
     """|Spearman|(z_k, members' mean melt) over the trained averages of the family, and among the
     melted ones (melt >= :data:`MELTED_T`, where the shape no longer changes) |Spearman|(z_k, members'
     mean size): what a latent axis orders the spheres by.  A 1D latent that also resolves the
-    particles' size spread there scores lower on melt without being worse (docs/validation.md)."""
+    particles' size spread there scores lower on melt without being worse (docs/validation.md).
+    Where the latents hold the VAE's fitted sizes (``size_rel``, ``vae.size_fit``):
+    ``rho_size_rel_true_size``, their Spearman correlation with the members' true mean size."""
     t = latents.merge(per_average, on="average_id", how="inner")
     trained = t["vae_trained"].astype(bool) if "vae_trained" in t else pd.Series(True, index=t.index)
     fam = t[trained & t["family"].astype(bool) & t["melt_t"].notna()]
@@ -38,8 +40,13 @@ def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dic
         out[col] = None if rho is None else round(abs(rho), 4)
         rho = spearman(melted[col], melted["size_nm"]) if len(melted) >= 10 and "size_nm" in melted else None
         size[col] = None if rho is None else round(abs(rho), 4)
-    return {"rho_z_melt": out, "n_family_trained": int(len(fam)), "rho_z_size_melted": size,
-            "n_melted_trained": int(len(melted))}
+    result = {"rho_z_melt": out, "n_family_trained": int(len(fam)), "rho_z_size_melted": size,
+              "n_melted_trained": int(len(melted))}
+    if "size_rel" in fam and "size_nm" in fam and len(fam) >= 10:
+        # the VAE's fitted size of each average (vae.size_fit) against its members' true mean size
+        rho = spearman(fam["size_rel"], fam["size_nm"])
+        result["rho_size_rel_true_size"] = None if rho is None else round(rho, 4)
+    return result
 
 
 def _abs_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:

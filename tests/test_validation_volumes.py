@@ -140,6 +140,13 @@ def test_latent_follows_melt_and_orders_the_melted_averages_by_size():
     assert m2["rho_z_melt"]["z_1"] > 0.85 and m2["rho_z_size_melted"]["z_1"] < 0.3
     few = latent_follows_melt(latents, per_average.assign(melt_t=np.r_[np.minimum(melt, 0.85), np.full(5, np.nan)]))
     assert few["rho_z_size_melted"]["z_1"] is None and few["n_melted_trained"] == 0
+    assert "rho_size_rel_true_size" not in m   # no fitted sizes in these latents
+    # the VAE's fitted sizes (vae.size_fit): their rank correlation with the members' true size,
+    # and none for sizes unrelated to it (negative control)
+    fitted = latents.assign(size_rel=np.r_[size / 52 * (1 + 0.005 * rng.standard_normal(n)), np.ones(5)])
+    assert latent_follows_melt(fitted, per_average)["rho_size_rel_true_size"] > 0.9
+    unrelated = latents.assign(size_rel=rng.permutation(fitted["size_rel"].to_numpy()))
+    assert abs(latent_follows_melt(unrelated, per_average)["rho_size_rel_true_size"]) < 0.3
 
 
 def test_truth_fit_of_averages_prefers_the_true_shapes_over_an_untrained_decoder():

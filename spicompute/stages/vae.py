@@ -34,7 +34,8 @@ DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_siz
             "min_counts": 1.0, "loss": "mse_log", "log_floor": 0.01, "epochs": 60, "batch_size": 32,
             "learning_rate": 0.001, "kl_weight": 0.01, "kl_warmup_epochs": 10, "seed": 0,
             "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto",
-            "size_spread": 0.0, "resample": "gauss", "prefilter_px": 0.5, "target_oversample": "auto",
+            "size_spread": 0.0, "size_fit": 0.08, "resample": "gauss", "prefilter_px": 0.5,
+            "target_oversample": "auto",
             "loss_target": "grid", "volume_upsample": "auto"}
 
 log = get_logger("vae")
@@ -53,7 +54,7 @@ def options(raw: dict) -> dict:
     from spicompute.params import choice, in_range, positive, with_defaults
     from spicompute.vae.model import PRESETS
     from spicompute.vae.data import RESAMPLING, check_oversampling
-    from spicompute.vae.train import LOSSES
+    from spicompute.vae.train import LOSSES, SIZE_STEP
 
     p = with_defaults("vae", raw, DEFAULTS)
     p["preset"] = choice("vae.preset", p["preset"], tuple(PRESETS))
@@ -80,6 +81,10 @@ def options(raw: dict) -> dict:
                                  f"must be auto, a number or [out_of_plane, in_plane], got {blur!r}")
         p["class_blur_deg"] = [in_range("vae.class_blur_deg", v, 0.0, 30.0) for v in pair]
     p["size_spread"] = in_range("vae.size_spread", p["size_spread"], 0.0, 0.2)
+    p["size_fit"] = in_range("vae.size_fit", p["size_fit"], 0.0, 0.3)
+    if 0 < p["size_fit"] < 2 * SIZE_STEP:   # the search needs a grid point either side of 1
+        raise ParameterError("vae.size_fit", f"must be 0 (off) or >= {2 * SIZE_STEP:g} (the search steps "
+                                             f"{SIZE_STEP:g}), got {p['size_fit']}")
     p["resample"] = choice("vae.resample", p["resample"], RESAMPLING)
     p["prefilter_px"] = in_range("vae.prefilter_px", p["prefilter_px"], 0.0, 2.0)
     # auto: resolved from the grid step and the particle size (spicompute.vae.data.resolve_oversampling)
@@ -205,7 +210,8 @@ def run(args) -> int:
     from spicompute.io.tables import write_table
     from spicompute.vae.data import model_inputs, plan_preprocessing, sampling_ratio
     from spicompute.vae.model import VAE, architecture
-    from spicompute.vae.train import TensorData, TrainConfig, encode, fingerprint, init_distributed, train_vae
+    from spicompute.vae.train import (TensorData, TrainConfig, encode, fingerprint, fit_size_factors,
+                                      init_distributed, train_vae)
 
     p = options(stage_params(args, "vae"))
     if p["threads"] > 0:
@@ -246,7 +252,7 @@ def run(args) -> int:
     config = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
                          kl_weight=p["kl_weight"], kl_warmup_epochs=p["kl_warmup_epochs"], loss=p["loss"],
                          seed=p["seed"], amp=p["amp"], class_blur_deg=blur_deg,
-                         size_spread=p["size_spread"])
+                         size_spread=p["size_spread"], size_fit=p["size_fit"])
     torch.manual_seed(p["seed"])
     model = VAE(arch).to(device)
     data = TensorData(inputs, prep, device)
@@ -278,6 +284,10 @@ def run(args) -> int:
         live.end()
     if not dist.main:
         return 0
+    if config.size_fit:   # every average's size with the final model, relative to the trained ones near it in z
+        sizes = fit_size_factors(model, data, np.arange(len(data)), config.size_fit, config.loss,
+                                 config.size_spread, reference=train_index)
+        data.size_factor[:] = sizes.to(data.size_factor)
     mu, logvar, recon = encode(model, data, config.loss)
     bad = ~(np.isfinite(mu).all(axis=1) & np.isfinite(logvar).all(axis=1))
     if bad.any():  # never NaN latents with exit 0
@@ -288,6 +298,8 @@ def run(args) -> int:
     for i in range(arch.latent_dim):
         table[f"z_logvar_{i + 1}"] = logvar[:, i]
     table["recon_loss"] = recon
+    if config.size_fit:
+        table["size_rel"] = data.size_factor.cpu().numpy().astype(np.float64)
     table["vae_trained"] = selected
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
             "fingerprint": fp, "n_train": int(train_index.size), "target_norm": inputs.norm,
@@ -303,6 +315,8 @@ def run(args) -> int:
         tmp.write_text(json.dumps(side, indent=1, default=float) + "\n")
     write_table(args.out, table, stage=COMMAND, params=p)
     elapsed = time.perf_counter() - start
+    size_range = ([round(float(v), 4) for v in np.percentile(table.loc[selected, "size_rel"], [5, 95])]
+                  if config.size_fit else None)
     metrics = {"n_train": int(train_index.size), "n_averages": int(avg.n_averages), "epochs": len(history),
                "final_loss": history[-1]["loss"] if history else None,
                "final_recon": history[-1]["recon"] if history else None,
@@ -310,7 +324,9 @@ def run(args) -> int:
                "recon_unselected_median": float(np.median(recon[~selected])) if (~selected).any() else None,
                "q_max_nm": prep.q_max_nm, "q_min_nm": prep.q_min_nm, "q_max_limits": prep.q_max_limits,
                "particle_size_nm": prep.particle_size_nm, "volume_size": arch.volume_size,
-               "dq3_nm": prep.dq3_nm, "class_blur_deg": list(blur_deg), "size_spread": p["size_spread"], "device": str(device), "processes": dist.world,
+               "dq3_nm": prep.dq3_nm, "class_blur_deg": list(blur_deg), "size_spread": p["size_spread"],
+               "size_fit": p["size_fit"], "size_rel_p05_p95": size_range,
+               "device": str(device), "processes": dist.world,
                "seconds": round(elapsed, 1)}
     write_json_atomic(args.metrics, metrics)
     log.info("trained %d epochs in %.1f s, final recon %.4f -> %s", len(history), elapsed,

@@ -50,6 +50,7 @@ class TrainConfig:
     amp: bool = False
     class_blur_deg: tuple[float, float] = (0.0, 0.0)   # (out of plane, in plane)
     size_spread: float = 0.0   # relative rms size spread of a class's members (0.03: 3 %)
+    size_fit: float = 0.0      # half range of each average's fitted relative size (0.08: 0.92..1.08; 0: off)
 
     def fingerprint_fields(self) -> dict:
         d = asdict(self)
@@ -60,6 +61,8 @@ class TrainConfig:
             d["class_blur_deg"] = [float(v) for v in d["class_blur_deg"]]
         if not d["size_spread"]:
             d.pop("size_spread")
+        if not d["size_fit"]:
+            d.pop("size_fit")
         return d
 
 
@@ -222,7 +225,7 @@ def size_spread_kernel(spread: float) -> tuple[tuple[float, float], ...]:
 
 def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
                kind: str, blur: torch.Tensor | None = None,
-               size_spread: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               size_spread: float = 0.0, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (B,) and fitted scale (B,) of volumes (B, L, L, L) against the averages ``idx`` (B,).
 
     The volumes are in normalised units (I / p).  They are sliced as intensities (times the
@@ -238,7 +241,10 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
     minima in the data -- without it the decoder has to return a volume with filled minima,
     one that reads as a less melted shape.
     """
-    rot = data.rotations[idx]
+    # each average's relative particle size s: its pattern samples s^6 I(s q), a rotation times s
+    # (the s^6 goes into the fitted scale)
+    size = data.size_factor[idx] if size is None else size
+    rot = data.rotations[idx] * size[:, None, None]
     scaled = volumes * data.profile3
     dq3 = data.dq3
     if data.volume_upsample > 1:   # band-limited interpolation before the trilinear slicing
@@ -250,11 +256,96 @@ def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
     for factor, weight in sizes:
         # a^6 I(a q): the lab points scaled by a; past the grid's faces (a > 1 at the rim) the border value
         q = data.q_lab if factor == 1.0 else data.q_lab * factor
-        pad = "zeros" if factor <= 1.0 else "border"
+        pad = "zeros" if factor <= 1.0 and not data.sizes_fitted else "border"
         pred = pred + (weight * factor ** 6) * slice_volumes(scaled, dq3, q, turns, padding=pad).mean(1)
     pred = pred / data.profile
     return reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx], kind,
                                data.floor, data.profile)
+
+
+SIZE_STEP = 0.02   # the size search's grid step (relative); a parabola through the best 3 refines it
+
+
+@torch.no_grad()
+def best_size_factors(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor, half_range: float,
+                      loss_kind: str, size_spread: float = 0.0) -> torch.Tensor:
+    """The relative particle size s (B,) at which volume b (B, L, L, L) best fits average ``idx[b]``.
+
+    A particle s times larger scatters s^6 I(s q): its fringes sit at q / s.  s runs over
+    1 +- ``half_range`` in steps of ``SIZE_STEP`` (loss at the fitted scale, which absorbs s^6;
+    no class blur, which does not move a fringe) and is refined by a parabola through the best
+    grid point and its neighbours, within the grid.
+    """
+    grid = 1.0 + np.arange(-half_range, half_range + 1e-9, SIZE_STEP)
+    losses = torch.stack([slice_loss(volumes, data, idx, loss_kind, None, size_spread,
+                                     torch.full((len(idx),), float(a), dtype=data.rotations.dtype,
+                                                device=volumes.device))[0].double()
+                          for a in grid], 1).cpu()
+    best = losses.argmin(1).clamp(1, len(grid) - 2)
+    rows = torch.arange(len(idx))
+    lm, l0, lp = losses[rows, best - 1], losses[rows, best], losses[rows, best + 1]
+    curvature = lm - 2 * l0 + lp
+    shift = torch.where(curvature > 0, 0.5 * (lm - lp) / curvature.clamp_min(1e-30), torch.zeros_like(l0))
+    return (torch.as_tensor(grid)[best] + SIZE_STEP * shift.clamp(-1, 1)).clamp(grid[0], grid[-1])
+
+
+def size_along_latent(z: np.ndarray, ref_log_sizes: np.ndarray, ref_z: np.ndarray) -> np.ndarray:
+    """The trend of the log size along the latent at each z (N, d) -> (N,).
+
+    A linear fit of the reference averages' log sizes ``ref_log_sizes`` (R,) against their z
+    ``ref_z`` (R, d), local to the k = max(16, 10 %) references nearest to each point, with the
+    points past 3 robust standard deviations dropped once: it follows a real trend of the size
+    along z to the ends of the latent (a running median would lag there), not one average's
+    scatter.
+    """
+    from scipy.spatial import cKDTree
+
+    z, ref_z = np.asarray(z, np.float64), np.asarray(ref_z, np.float64)
+    k = int(min(len(ref_z), max(16, np.ceil(0.1 * len(ref_z)))))
+    _, nearest = cKDTree(ref_z).query(z, k=k)
+    nearest = np.asarray(nearest).reshape(len(z), k)
+    design = np.concatenate([np.ones((len(z), k, 1)), ref_z[nearest] - z[:, None, :]], axis=2)  # (N, k, d+1)
+    y = np.asarray(ref_log_sizes, np.float64)[nearest]
+    keep = np.ones_like(y)
+    ridge = 1e-9 * np.eye(design.shape[2])
+    for _ in range(2):
+        aw = design * keep[..., None]
+        beta = np.linalg.solve(aw.transpose(0, 2, 1) @ design + ridge, (aw * y[..., None]).sum(1)[..., None])[..., 0]
+        resid = y - (design @ beta[..., None])[..., 0]
+        mad = np.median(np.abs(resid), axis=1, keepdims=True)
+        keep = (np.abs(resid) <= 3 * 1.4826 * mad + 1e-12).astype(np.float64)
+    return beta[:, 0]
+
+
+@torch.no_grad()
+def fit_size_factors(model: VAE, data: "TensorData", index: np.ndarray, half_range: float, loss_kind: str,
+                     size_spread: float = 0.0, reference: np.ndarray | None = None,
+                     batch: int | None = None) -> torch.Tensor:
+    """Each average's particle size (len(index),) relative to the averages near it along the latent.
+
+    :func:`best_size_factors` per average, its volume the decoder's at its latent mean, divided
+    by :func:`size_along_latent` over ``reference`` (default: ``index``, the trained averages).
+    The sizes and the volume's own size are one degree of freedom: fixing the local median to 1
+    leaves any trend of the size along z to the volumes (the particle volume against z shows
+    it), and only the scatter of the sizes at one z to the sizes, so the latent need not spend
+    itself on that scatter.
+    """
+    model.eval()
+    device = data.target.device
+    batch = batch or volume_batch(model.arch, device, upsample=data.volume_upsample)
+    index = np.asarray(index)
+    sizes = np.empty(len(index))
+    z = np.empty((len(index), model.arch.latent_dim))
+    for s in range(0, len(index), batch):
+        idx = torch.as_tensor(index[s:s + batch], device=device)
+        mu, _ = model.encoder(data.image[idx], data.condition[idx])
+        z[s:s + len(idx)] = mu.double().cpu().numpy()
+        sizes[s:s + len(idx)] = best_size_factors(model.decoder(mu), data, idx, half_range, loss_kind,
+                                                  size_spread).numpy()
+    ref = np.arange(len(index)) if reference is None else np.searchsorted(index, reference)
+    log_sizes = np.log(sizes)
+    local = size_along_latent(z, log_sizes[ref], z[ref])
+    return torch.from_numpy(np.exp(log_sizes - local))
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -283,6 +374,8 @@ class TensorData:
         self.observed = torch.from_numpy(np.ascontiguousarray(inputs.target_observed[:, seen])).to(device)
         self.condition = torch.from_numpy(inputs.condition).to(device)
         self.rotations = torch.from_numpy(inputs.rotations).to(device)
+        self.size_factor = torch.ones(len(self.rotations), dtype=self.rotations.dtype, device=device)
+        self.sizes_fitted = False
         self.count_scale = torch.from_numpy(inputs.count_scale).to(device)
         self.q_lab = torch.from_numpy(np.ascontiguousarray(inputs.target_q_lab[seen], np.float32)).to(device)
         self.profile = torch.from_numpy(np.ascontiguousarray(inputs.target_profile[seen], np.float32)).to(device)
@@ -365,6 +458,17 @@ def init_distributed(device: torch.device) -> Distributed:
     return Distributed(rank=dist.get_rank(), world=dist.get_world_size())
 
 
+SIZE_FIT_EVERY = 5   # epochs between two fits of the averages' sizes (vae.size_fit)
+
+
+def size_fit_epoch(config: TrainConfig, epoch: int) -> bool:
+    """Whether the averages' sizes are fitted before ``epoch`` (0-based): at the end of the KL
+    warm-up (before it the volumes are too blurred to place a fringe) and every
+    ``SIZE_FIT_EVERY`` epochs after."""
+    start = max(1, config.kl_warmup_epochs)
+    return bool(config.size_fit) and epoch >= start and (epoch - start) % SIZE_FIT_EVERY == 0
+
+
 def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: TrainConfig, *,
               checkpoint: Path | None = None, fp: str = "", dist: Distributed = Distributed(),
               on_epoch: Callable[[dict], None] | None = None, kill_after_epoch: int | None = None) -> list[dict]:
@@ -382,6 +486,9 @@ def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: Tra
         state = load_checkpoint(checkpoint, fp, config.epochs)
         if state is not None:
             model.load_state_dict(state["model"])
+            if "size_factor" in state:
+                data.size_factor.copy_(state["size_factor"].to(data.size_factor))
+                data.sizes_fitted = bool(config.size_fit)
             optim.load_state_dict(state["optim"])
             history = json.loads(state["history"])
             start_epoch = int(state["epoch"])
@@ -398,6 +505,11 @@ def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: Tra
     n = len(train_index)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
+        if size_fit_epoch(config, epoch):
+            sizes = fit_size_factors(model, data, train_index.numpy(), config.size_fit, config.loss,
+                                     config.size_spread)
+            data.size_factor[train_index] = sizes.to(data.size_factor)
+            data.sizes_fitted = True
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = train_index[torch.randperm(n, generator=gen)]
         beta = kl_beta(config, epoch)
@@ -427,7 +539,8 @@ def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: Tra
             on_epoch(row)
         if checkpoint is not None and dist.main:
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optim": optim.state_dict(),
-                                          "epoch": epoch + 1, "fingerprint": fp, "history": json.dumps(history)})
+                                          "epoch": epoch + 1, "fingerprint": fp, "history": json.dumps(history),
+                                          "size_factor": data.size_factor.cpu()})
         if kill_after_epoch is not None and epoch + 1 == kill_after_epoch:
             import signal
 

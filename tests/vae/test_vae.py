@@ -678,3 +678,59 @@ def test_separable_fourier_upsampling_equals_zero_padding_the_3d_transform(n, fa
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * expected.max())
     assert not np.allclose(got[1::factor, 1::factor, 1::factor],   # not a trivial (nearest) copy
                            volume[:-1, :-1, :-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("edge_nm, dq", [(42.0, 0.045), (60.0, 0.03)])
+def test_size_search_recovers_each_averages_particle_size(edge_nm, dq):
+    """``vae.size_fit``: cube averages made by the orient stage's sampler (an independent path) of
+    particles 0.94-1.06 times the volume's size are each given back their size to 0.5 %
+    (the grid step is 2 %: the parabola refines it); averages of one size get one size (the
+    negative control: no spread is invented).  Two particle sizes and grid steps."""
+    from spicompute.orient.slicing import slice_volume
+    from spicompute.shapes import cube_intensity
+    from spicompute.vae.train import best_size_factors
+
+    n, lam, m = 27, 0.2066, 16
+    quats = random_quaternions(m, np.random.default_rng(5))
+    axis = (np.arange(n) - n // 2) * dq
+    exact = cube_intensity(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1), edge_nm)
+    q = grid_q(n, dq, lam).reshape(-1, 3)
+    valid = np.broadcast_to((np.linalg.norm(q[:, :2], axis=1) >= 2 * dq).reshape(n, n), (m, n, n))
+    true = np.random.default_rng(6).uniform(0.94, 1.06, m)
+    for sizes in (true, np.ones(m)):
+        image = slice_volume(exact, dq, q, quats, sizes).reshape(m, n, n)
+        avg = AverageSet(image * valid, valid.astype(np.float32), np.arange(m), np.zeros(m), np.arange(m),
+                         np.full(m, 100.0), dq, lam)
+        prep = plan_preprocessing(avg, np.arange(m), input_size=n, volume_size=n, q_max_nm=(n // 2) * dq,
+                                  particle_size_nm=1.24 * edge_nm, log_floor=0.1)
+        data = TensorData(model_inputs(avg, prep, quats, np.ones(m)), prep, torch.device("cpu"))
+        vol = torch.from_numpy(np.repeat((exact / prep.profile_at(prep.volume_q_norm()))[None], m, 0)
+                               .astype(np.float32))
+        found = best_size_factors(vol, data, torch.arange(m), 0.08, "mse_log").numpy()
+        np.testing.assert_allclose(found, sizes, atol=0.005)
+
+
+def test_sizes_are_relative_to_the_averages_near_them_along_the_latent():
+    """A real trend of the size along z stays with the volumes (the local median removes it from
+    the sizes); the scatter at one z stays with the sizes; a single odd average does not move
+    its neighbours' reference."""
+    from spicompute.vae.train import size_along_latent
+
+    rng = np.random.default_rng(0)
+    z = np.sort(rng.normal(size=(400, 1)), axis=0)
+    trend = 0.03 * z[:, 0]                      # log size grows 3 % per unit of z
+    scatter = rng.normal(0, 0.02, 400)
+    log_sizes = trend + scatter
+    relative = log_sizes - size_along_latent(z, log_sizes, z)
+    assert spearmanr(z[:, 0], log_sizes)[0] > 0.6
+    assert abs(spearmanr(z[:, 0], relative)[0]) < 0.1
+    assert np.corrcoef(relative, scatter)[0, 1] > 0.9
+    odd = log_sizes.copy()
+    odd[200] += 0.5
+    moved = size_along_latent(z, odd, z) - size_along_latent(z, log_sizes, z)
+    assert np.abs(moved).max() < 0.005
+    # and in 2-D: the trend along one axis, none along the other
+    z2 = rng.normal(size=(400, 2))
+    log2 = 0.03 * z2[:, 0] + rng.normal(0, 0.02, 400)
+    rel2 = log2 - size_along_latent(z2, log2, z2)
+    assert abs(spearmanr(z2[:, 0], rel2)[0]) < 0.1 and abs(spearmanr(z2[:, 1], rel2)[0]) < 0.1

@@ -66,9 +66,12 @@ def test_select_vae_volumes_end_to_end(tmp_path):
     assert sel.selected.sum() == N - 2 and sel.reason.iloc[-1].startswith("n_frames <")
     assert _run(root, "vae") == 0
     lat = read_table(root / "results/parts/vae.parquet")
-    assert list(lat.columns) == ["average_id", "z_1", "z_logvar_1", "recon_loss", "vae_trained"]
+    assert list(lat.columns) == ["average_id", "z_1", "z_logvar_1", "recon_loss", "size_rel", "vae_trained"]
     assert len(lat) == N and lat.vae_trained.sum() == N - 2 and np.isfinite(lat.z_1).all()
+    # vae.size_fit (default 0.08): every average's fitted size, within the searched range
+    assert lat.size_rel.between(0.9, 1.1).all()
     metrics = json.loads((root / "metrics/vae.json").read_text())
+    assert metrics["size_fit"] == 0.08 and len(metrics["size_rel_p05_p95"]) == 2
     assert metrics["epochs"] == 3 and metrics["n_train"] == N - 2 and metrics["q_max_nm"] > metrics["q_min_nm"]
     side = json.loads((root / "models/vae.json").read_text())
     assert side["architecture"]["latent_dim"] == 1 and len(side["history"]) == 3
@@ -120,6 +123,7 @@ def test_two_dimensional_latent_and_poisson_loss_on_another_geometry(tmp_path, l
     ({"loss_target": "pixels"}, "vae.loss_target"), ({"volume_upsample": 4}, "vae.volume_upsample"),
     ({"loss_target": "detector", "target_oversample": 2}, "vae.target_oversample"),
     ({"volume_upsample": "fine"}, "vae.volume_upsample"), ({"target_oversample": True}, "vae.target_oversample"),
+    ({"size_fit": 0.01}, "vae.size_fit"), ({"size_fit": 0.5}, "vae.size_fit"), ({"size_fit": "some"}, "vae.size_fit"),
 ])
 def test_bad_vae_params_exit_2(tmp_path, capsys, change, field):
     root = _project(tmp_path, vae=change)
