@@ -223,42 +223,49 @@ def size_spread_kernel(spread: float) -> tuple[tuple[float, float], ...]:
     return ((1.0, 2.0 / 3.0), (1.0 - step, 1.0 / 6.0), (1.0 + step, 1.0 / 6.0))
 
 
-def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
-               kind: str, blur: torch.Tensor | None = None,
-               size_spread: float = 0.0, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss (B,) and fitted scale (B,) of volumes (B, L, L, L) against the averages ``idx`` (B,).
+def predicted_slices(volumes: torch.Tensor, data: "TensorData", rotations: torch.Tensor,
+                     size_spread: float = 0.0) -> torch.Tensor:
+    """Slices (B, T, P) of volumes (B, L, L, L) at T rotations each, (B, T, 3, 3), in the averages' units.
 
     The volumes are in normalised units (I / p).  They are sliced as intensities (times the
     profile on the 3D grid, interpolated, divided by the profile at the 2D pixels): the
     intensity is smooth on the grid (sampled at the particle's Nyquist step), while I / p is
     not where the profile has fringe minima, so interpolating I / p directly would misplace
-    a slice of the exact volume by factors of 2 between voxels.
-
-    The forward model of a class average (both optional, both means over its members):
-    ``blur`` (n, 3, 3) lab-frame turns render the spread of the members' orientations
-    (``vae.class_blur_deg``); ``size_spread`` (relative rms) renders the spread of their
-    sizes (``vae.size_spread``, :func:`size_spread_kernel`), which fills a sphere's fringe
-    minima in the data -- without it the decoder has to return a volume with filled minima,
-    one that reads as a less melted shape.
+    a slice of the exact volume by factors of 2 between voxels.  A rotation times s slices
+    the particle s times larger (up to the s^6 that a fitted scale absorbs).  ``size_spread``
+    (relative rms): each slice is the mean over the members' sizes (:func:`size_spread_kernel`).
     """
-    # each average's relative particle size s: its pattern samples s^6 I(s q), a rotation times s
-    # (the s^6 goes into the fitted scale)
-    size = data.size_factor[idx] if size is None else size
-    rot = data.rotations[idx] * size[:, None, None]
     scaled = volumes * data.profile3
     dq3 = data.dq3
     if data.volume_upsample > 1:   # band-limited interpolation before the trilinear slicing
         scaled, dq3 = upsample_fourier(scaled, data.volume_upsample), dq3 / data.volume_upsample
-    # (B, T, 3, 3): the T turns of the class blur, all sliced in one call
-    turns = rot[:, None] if blur is None else torch.matmul(blur.to(rot)[None], rot[:, None])
-    sizes = size_spread_kernel(size_spread) or ((1.0, 1.0),)
     pred = 0.0
-    for factor, weight in sizes:
+    for factor, weight in size_spread_kernel(size_spread) or ((1.0, 1.0),):
         # a^6 I(a q): the lab points scaled by a; past the grid's faces (a > 1 at the rim) the border value
         q = data.q_lab if factor == 1.0 else data.q_lab * factor
         pad = "zeros" if factor <= 1.0 and not data.sizes_fitted else "border"
-        pred = pred + (weight * factor ** 6) * slice_volumes(scaled, dq3, q, turns, padding=pad).mean(1)
-    pred = pred / data.profile
+        pred = pred + (weight * factor ** 6) * slice_volumes(scaled, dq3, q, rotations, padding=pad)
+    return pred / data.profile
+
+
+def slice_loss(volumes: torch.Tensor, data: "TensorData", idx: torch.Tensor,
+               kind: str, blur: torch.Tensor | None = None,
+               size_spread: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (B,) and fitted scale (B,) of volumes (B, L, L, L) against the averages ``idx`` (B,).
+
+    The forward model of a class average (:func:`predicted_slices`; all optional, all means over
+    its members): ``blur`` (n, 3, 3) lab-frame turns render the spread of the members'
+    orientations (``vae.class_blur_deg``); ``size_spread`` (relative rms) renders the spread of
+    their sizes (``vae.size_spread``, :func:`size_spread_kernel`), which fills a sphere's fringe
+    minima in the data -- without it the decoder has to return a volume with filled minima,
+    one that reads as a less melted shape; each average is sliced at its own particle size
+    ``data.size_factor`` (``vae.size_fit``, :func:`fit_size_factors`).
+    """
+    # each average's particle size s: its pattern samples s^6 I(s q), a rotation times s
+    rot = data.rotations[idx] * data.size_factor[idx][:, None, None]
+    # (B, T, 3, 3): the T turns of the class blur, all sliced in one call
+    turns = rot[:, None] if blur is None else torch.matmul(blur.to(rot)[None], rot[:, None])
+    pred = predicted_slices(volumes, data, turns, size_spread).mean(1)
     return reconstruction_loss(pred, data.target[idx], data.observed[idx], data.count_scale[idx], kind,
                                data.floor, data.profile)
 
@@ -277,10 +284,16 @@ def best_size_factors(volumes: torch.Tensor, data: "TensorData", idx: torch.Tens
     grid point and its neighbours, within the grid.
     """
     grid = 1.0 + np.arange(-half_range, half_range + 1e-9, SIZE_STEP)
-    losses = torch.stack([slice_loss(volumes, data, idx, loss_kind, None, size_spread,
-                                     torch.full((len(idx),), float(a), dtype=data.rotations.dtype,
-                                                device=volumes.device))[0].double()
-                          for a in grid], 1).cpu()
+    factors = torch.as_tensor(grid, dtype=data.rotations.dtype, device=volumes.device)
+    data.sizes_fitted = True   # from now on slices may reach past the grid's faces (s > 1): border values
+    # (B, S, 3, 3): every size of the search sliced in one call
+    pred = predicted_slices(volumes, data, data.rotations[idx][:, None] * factors[None, :, None, None],
+                            size_spread)
+    b, n = pred.shape[:2]
+    each = lambda t: t.repeat_interleave(n, 0)   # noqa: E731 -- the averages' rows, once per size
+    losses = reconstruction_loss(pred.reshape(b * n, -1), each(data.target[idx]), each(data.observed[idx]),
+                                 each(data.count_scale[idx]), loss_kind, data.floor,
+                                 data.profile)[0].double().view(b, n).cpu()
     best = losses.argmin(1).clamp(1, len(grid) - 2)
     rows = torch.arange(len(idx))
     lm, l0, lp = losses[rows, best - 1], losses[rows, best], losses[rows, best + 1]
@@ -458,7 +471,7 @@ def init_distributed(device: torch.device) -> Distributed:
     return Distributed(rank=dist.get_rank(), world=dist.get_world_size())
 
 
-SIZE_FIT_EVERY = 5   # epochs between two fits of the averages' sizes (vae.size_fit)
+SIZE_FIT_EVERY = 10   # epochs between two fits of the averages' sizes (vae.size_fit)
 
 
 def size_fit_epoch(config: TrainConfig, epoch: int) -> bool:
