@@ -22,6 +22,10 @@ from scipy.stats import rankdata
 #: family averages whose members' mean melt is at least this are "melted" (spheres, up to size)
 MELTED_T = 0.9
 
+#: relative particle sizes of the sized melt match (``melt_match(..., sizes=)``): 0.92-1.08 in 1 % steps,
+#: about 3 rms of a typical size spread
+MATCH_SIZES = 1.0 + np.arange(-8, 9) * 0.01
+
 
 def latent_follows_melt(latents: pd.DataFrame, per_average: pd.DataFrame) -> dict:
     """|Spearman|(z_k, members' mean melt) over the trained averages of the family, and among the
@@ -205,7 +209,8 @@ def _log_contrast(volumes: np.ndarray, shell: np.ndarray, reference: np.ndarray,
 
 
 def melt_match(volumes: np.ndarray, observed: np.ndarray, dq_nm: float, truth_volumes: np.ndarray,
-               truth_t: np.ndarray, truth_dq_nm: float, floor: float = 0.01, substeps: int = 16) -> dict:
+               truth_t: np.ndarray, truth_dq_nm: float, floor: float = 0.01, substeps: int = 16,
+               sizes: np.ndarray | None = None) -> dict:
     """The true melt level each generated volume resembles most.
 
     volumes : (P, L, L, L) generated intensities (any scale), centred, step ``dq_nm``
@@ -221,12 +226,22 @@ def melt_match(volumes: np.ndarray, observed: np.ndarray, dq_nm: float, truth_vo
     (P, 2): how the *truth* at ``t_hat`` correlates, on the same shell, with the truth at the
     family's first and last level (cube, sphere) -- how far from an end ``t_hat`` is in what
     the data resolve (at low resolution a slightly melted cube correlates 0.999 with the cube).
+
+    ``sizes`` (S,) relative particle sizes: the truth is also matched as the particle a times
+    larger for each a (``a^6 I(a q)``; the truth volumes are of the nominal size, the particles
+    of a real set spread around it), on the shell every size covers, and the result gets
+    ``t_hat_sized``, ``size_hat`` and ``cc_best_sized`` (P,): the best (melt, size) pair.
     """
     size = volumes.shape[-1]
     order = np.argsort(truth_t)
     truth_t = np.asarray(truth_t, np.float64)[order]
     ref = np.stack([resample_volume(v, truth_dq_nm, size, dq_nm) for v in truth_volumes[order]])
+    scaled = {} if sizes is None else {
+        float(a): np.stack([resample_volume(v, truth_dq_nm / a, size, dq_nm) for v in truth_volumes[order]])
+        for a in np.asarray(sizes, np.float64)}
     shell = observed & np.all(np.isfinite(ref), axis=0)
+    for r in scaled.values():
+        shell &= np.all(np.isfinite(r), axis=0)
     if shell.sum() < 10:
         raise ValueError("the truth volumes do not cover the observed shell of the generated volumes")
     c = size // 2
@@ -236,28 +251,38 @@ def melt_match(volumes: np.ndarray, observed: np.ndarray, dq_nm: float, truth_vo
     counts = np.bincount(radius)
     profile = np.bincount(radius, weights=truth_shell.mean(0)) / np.maximum(counts, 1)
     reference = np.maximum(profile[radius], 1e-300)
-    a = _log_contrast(np.asarray(volumes, np.float64), shell, reference, floor)
-    b = _log_contrast(ref, shell, reference, floor)
     # a fine melt axis: log contrasts interpolated linearly between adjacent truth levels
     w = np.linspace(0.0, 1.0, substeps + 1)[:-1]
     fine_t = np.concatenate([truth_t[k] + w * (truth_t[k + 1] - truth_t[k]) for k in range(len(truth_t) - 1)]
                             + [truth_t[-1:]])
-    fine = np.concatenate([(1 - w)[:, None] * b[k] + w[:, None] * b[k + 1] for k in range(len(truth_t) - 1)]
-                          + [b[-1:]])
 
     def standard(x):
         x = x - x.mean(1, keepdims=True)
         return x / np.maximum(np.sqrt((x * x).mean(1, keepdims=True)), 1e-300)
 
-    a, b, fine = standard(a), standard(b), standard(fine)
+    def fine_axis(levels):
+        b = _log_contrast(levels, shell, reference, floor)
+        fine = np.concatenate([(1 - w)[:, None] * b[k] + w[:, None] * b[k + 1] for k in range(len(truth_t) - 1)]
+                              + [b[-1:]])
+        return standard(b), standard(fine)
+
+    a = standard(_log_contrast(np.asarray(volumes, np.float64), shell, reference, floor))
+    b, fine = fine_axis(ref)
     n = a.shape[1]
     cc = a @ b.T / n
     cc_fine = a @ fine.T / n
     best = cc_fine.argmax(1)
     t_hat = fine_t[best]
     to_ends = fine[best] @ fine[[0, -1]].T / n
-    return {"cc": cc, "t_hat": t_hat, "cc_best": cc_fine[np.arange(len(best)), best], "truth_t": truth_t,
-            "truth_cc_to_ends": to_ends}
+    out = {"cc": cc, "t_hat": t_hat, "cc_best": cc_fine[np.arange(len(best)), best], "truth_t": truth_t,
+           "truth_cc_to_ends": to_ends}
+    if scaled:
+        factors = np.asarray(list(scaled))
+        cc_sized = np.stack([a @ fine_axis(r)[1].T / n for r in scaled.values()], 1)   # (P, S, F)
+        flat = cc_sized.reshape(len(a), -1).argmax(1)
+        k, f = np.unravel_index(flat, cc_sized.shape[1:])
+        out.update(t_hat_sized=fine_t[f], size_hat=factors[k], cc_best_sized=cc_sized[np.arange(len(a)), k, f])
+    return out
 
 
 def true_particle_volume(truth_volumes: np.ndarray, truth_t: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -49,7 +49,8 @@ def run(args) -> int:
     from spicompute.io.tables import read_table, write_table
     from spicompute.io.truth import read_truth
     from spicompute.io.volumes import read_volumes
-    from spicompute.validation import average_truth, latent_follows_melt, melt_match, spearman, true_particle_volume
+    from spicompute.validation import (MATCH_SIZES, average_truth, latent_follows_melt, melt_match, spearman,
+                                       true_particle_volume)
 
     try:
         truth = read_truth(args.truth, volumes=True)
@@ -76,12 +77,22 @@ def run(args) -> int:
     table["truth_cc_to_cube"] = match["truth_cc_to_ends"][:, 0]
     table["truth_cc_to_sphere"] = match["truth_cc_to_ends"][:, 1]
     table["true_volume_nm3"] = true_particle_volume(truth_volumes, truth_t, match["t_hat"])
+    # the same against the truth at every particle size in MATCH_SIZES (the truth volumes are of the
+    # nominal size; the particles spread around it): the best (melt, size) pair and its true volume
+    sized = melt_match(vol["intensity"], vol["observed"], vol["dq_nm"], truth_volumes, truth_t,
+                       truth["volume_dq_nm"], sizes=MATCH_SIZES)
+    table["t_hat_sized"] = sized["t_hat_sized"]
+    table["size_hat"] = sized["size_hat"]
+    table["match_cc_sized"] = sized["cc_best_sized"]
+    table["true_volume_sized_nm3"] = (true_particle_volume(truth_volumes, truth_t, sized["t_hat_sized"])
+                                      * sized["size_hat"] ** 3)
     phased = read_table(args.phased_table)
     if "particle_volume_nm3" not in phased.columns or len(phased) != len(table):
         raise InputError(args.phased_table, "particle_volume_nm3",
                          f"expected one row per volume point ({len(table)}) with particle_volume_nm3")
     table["particle_volume_nm3"] = phased["particle_volume_nm3"].to_numpy(np.float64)
     table["volume_ratio"] = table["particle_volume_nm3"] / table["true_volume_nm3"]
+    table["volume_ratio_sized"] = table["particle_volume_nm3"] / table["true_volume_sized_nm3"]
     if "converged" in phased.columns:
         table["converged"] = phased["converged"].to_numpy(bool)
 
@@ -102,6 +113,15 @@ def run(args) -> int:
         low, high = (by_z.iloc[0], by_z.iloc[-1]) if ends[0] <= ends[-1] else (by_z.iloc[-1], by_z.iloc[0])
         metrics["line_end_truth_cc"] = [round(float(low["truth_cc_to_cube"]), 4),
                                         round(float(high["truth_cc_to_sphere"]), 4)]
+        ends_sized = by_z["t_hat_sized"].to_numpy()
+        rho = spearman(by_z["z_1"], by_z["t_hat_sized"])
+        metrics["line_sized"] = {   # the match with the particle size free (MATCH_SIZES)
+            "spearman_z_t_hat": None if rho is None else round(rho, 4),
+            "t_hat_ends": [round(float(ends_sized[0]), 4), round(float(ends_sized[-1]), 4)],
+            "size_hat_ends": [round(float(by_z["size_hat"].iloc[0]), 3), round(float(by_z["size_hat"].iloc[-1]), 3)],
+            "match_cc_ends": [round(float(by_z["match_cc_sized"].iloc[0]), 4),
+                              round(float(by_z["match_cc_sized"].iloc[-1]), 4)],
+            "volume_within_10pct": int((np.abs(by_z["volume_ratio_sized"].to_numpy() - 1.0) <= 0.10).sum())}
     metrics["match_cc_min"] = round(float(table["match_cc"].min()), 4)
     err = np.abs(line["volume_ratio"].to_numpy() - 1.0)
     metrics["volume_error_max"] = round(float(err.max()), 4) if err.size else None

@@ -81,6 +81,11 @@ def test_volumes_along_the_line_trace_the_melt(chain):
     # with class_blur_deg 0 and 0.46 with the measured blur (auto, 10.9 / 5.4 deg) on the same upstream,
     # with the line's order and span the same (Spearman 0.99 / 1.00, t_hat 0.25-0.56 / 0.23-0.58)
     assert len(table) == 12 and table["match_cc"].min() > 0.4
+    # the match with the particle size free: a size within the searched range, a correlation at least
+    # as good as at the nominal size (the searched sizes include it) and its own figures in the metrics
+    assert table["size_hat"].between(0.92 - 1e-9, 1.08 + 1e-9).all()
+    assert (table["match_cc_sized"] >= table["match_cc"] - 0.01).all()
+    assert set(metrics["line_sized"]) >= {"t_hat_ends", "size_hat_ends", "spearman_z_t_hat", "volume_within_10pct"}
 
 
 def test_shuffled_orientations_fit_worse_and_lose_the_melt(chain):
