@@ -300,8 +300,9 @@ def _gauss_bilinear(averages: AverageSet, n: int, dq: float, prefilter_px: float
     sigma = prefilter_px * step if step > 1 + 1e-6 else 0.0   # not for a step of 1 that rounding made 1 + 1 ulp
     out = np.zeros((averages.n_averages, n, n), np.float32)
     seen = np.zeros((averages.n_averages, n, n), np.float32)
+    valid = averages.valid   # a property computed over all M averages: once, not per average
     for i in range(averages.n_averages):  # M is small (<= 10^4) and each call is a C loop over the grid
-        w = averages.valid[i].astype(np.float64)
+        w = valid[i].astype(np.float64)
         iw = averages.intensity[i] * w
         if sigma:
             w_f, iw_f = ndimage.gaussian_filter(w, sigma), ndimage.gaussian_filter(iw, sigma)
@@ -325,8 +326,9 @@ def _binned(averages: AverageSet, n: int, dq: float) -> tuple[np.ndarray, np.nda
     area = np.bincount(target, minlength=n * n).astype(np.float64)
     out = np.zeros((averages.n_averages, n * n), np.float32)
     seen = np.zeros_like(out)
+    valid = averages.valid   # a property computed over all M averages: once, not per average
     for i in range(averages.n_averages):
-        w = averages.valid[i][keep].astype(np.float64)
+        w = valid[i][keep].astype(np.float64)
         weight = np.bincount(target, w, n * n)
         out[i] = np.bincount(target, w * averages.intensity[i][keep], n * n) / np.maximum(weight, 1e-12)
         seen[i] = weight / np.maximum(area, 1.0)
