@@ -521,7 +521,7 @@ def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: Tra
         if size_fit_epoch(config, epoch):
             sizes = fit_size_factors(model, data, train_index.numpy(), config.size_fit, config.loss,
                                      config.size_spread)
-            data.size_factor[train_index] = sizes.to(data.size_factor)
+            data.size_factor[train_index.to(device)] = sizes.to(data.size_factor)
             data.sizes_fitted = True
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = train_index[torch.randperm(n, generator=gen)]
