@@ -411,11 +411,26 @@ def batch_loss(model, data: TensorData, idx: torch.Tensor, noise: torch.Tensor, 
     return (rec + beta * kl).sum(), rec.detach().sum(), kl.detach().sum()
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Hash of the VAE package's source (``spicompute/vae/*.py``).
+
+    Part of the checkpoint fingerprint: a checkpoint written by other training code continues
+    another trajectory, so resuming it would give outputs that neither version makes from
+    scratch (DVC re-runs the stage when the code changes, but the checkpoint would survive).
+    """
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(arch: Architecture, prep: Preprocessing, config: TrainConfig, inputs: VaeInputs,
                 train_index: np.ndarray) -> str:
-    """Hash of everything that shapes the training trajectory."""
+    """Hash of everything that shapes the training trajectory, the training code included."""
     h = hashlib.sha256()
     h.update(json.dumps([arch.to_dict(), prep.to_dict(), config.fingerprint_fields()], sort_keys=True).encode())
+    h.update(code_digest().encode())
     arrays = [inputs.x, inputs.observed, inputs.condition, inputs.rotations, inputs.count_scale,
               inputs.input_scale, np.asarray(train_index)]
     if prep.target_oversample > 1 or prep.loss_target == "detector":   # a target that is not x itself
@@ -441,7 +456,7 @@ def load_checkpoint(path: Path, fp: str, max_epoch: int) -> dict | None:
         log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
         return None
     if state.get("fingerprint") != fp:
-        log.info("checkpoint %s is for other parameters or inputs; starting afresh", path)
+        log.info("checkpoint %s is for other parameters, inputs or training code; starting afresh", path)
         return None
     if int(state.get("epoch", 0)) > max_epoch:
         log.info("checkpoint %s is past the requested %d epochs; starting afresh", path, max_epoch)

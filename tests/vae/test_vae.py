@@ -734,3 +734,21 @@ def test_sizes_are_relative_to_the_averages_near_them_along_the_latent():
     log2 = 0.03 * z2[:, 0] + rng.normal(0, 0.02, 400)
     rel2 = log2 - size_along_latent(z2, log2, z2)
     assert abs(spearmanr(z2[:, 0], rel2)[0]) < 0.1 and abs(spearmanr(z2[:, 1], rel2)[0]) < 0.1
+
+
+def test_a_checkpoint_of_other_training_code_is_not_resumed(tmp_path, monkeypatch):
+    """The checkpoint fingerprint covers the VAE package's source: a checkpoint written by other
+    training code would continue another trajectory, so it is not resumed; the same code resumes."""
+    from spicompute.vae import train
+    from spicompute.vae.train import fingerprint, load_checkpoint
+
+    avg, t, quats, vols, levels, idx, arch, prep, inputs = _setup(n=16)
+    config = TrainConfig(epochs=1, batch_size=8)
+    fp = fingerprint(arch, prep, config, inputs, idx)
+    ckpt = tmp_path / "last.pt"
+    _one_thread(lambda: train_vae(VAE(arch), TensorData(inputs, prep, torch.device("cpu")), idx, config,
+                                  checkpoint=ckpt, fp=fp))
+    assert load_checkpoint(ckpt, fingerprint(arch, prep, config, inputs, idx), 2) is not None
+    monkeypatch.setattr(train, "code_digest", lambda: "edited-code")
+    other = fingerprint(arch, prep, config, inputs, idx)
+    assert other != fp and load_checkpoint(ckpt, other, 2) is None
