@@ -251,7 +251,7 @@ def log_image(images: np.ndarray, valid: np.ndarray, decades: float = 4.0) -> np
     the observed values: EMC models carry values down to 1e-40 in unvisited
     corners, which would otherwise stretch the colour scale over 40 decades.
     """
-    from dashboard.views import log_display
+    from spicompute.views import log_display
 
     images = np.where(valid, np.asarray(images, dtype=np.float64), 0.0)
     return np.where(valid, log_display(images, decades), np.nan)

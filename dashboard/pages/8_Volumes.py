@@ -29,7 +29,7 @@ from dashboard.common import (
 )
 from dashboard.data import density, drill, loaders, selections
 from dashboard.figures import energy_contours, image_grid
-from dashboard.views import DIRECTIONS, block_mean, central_section, frame_for, log_display, projection, quantize_uint8
+from spicompute.views import DIRECTIONS, block_mean, central_section, frame_for, log_display, projection, quantize_uint8
 
 st.set_page_config(page_title="Volumes · SPI Landscape", layout="wide")
 st.title("VAE latent and volumes")

@@ -107,12 +107,12 @@ def animation_frames(log_volumes: np.ndarray, densities: np.ndarray | None, labe
                      floor: float, scale: int = 4) -> list:
     """PIL images, one per latent point: sections of log intensity over projections of density.
 
-    Images follow the dashboard's convention (views.py): pixel (i, j) at (j - c) u + (i - c) v,
+    Images follow the dashboard's convention (spicompute/views.py): pixel (i, j) at (j - c) u + (i - c) v,
     drawn with row 0 at the bottom.
     """
     from PIL import Image, ImageDraw
 
-    from dashboard.views import DIRECTIONS, central_section, projection
+    from spicompute.views import DIRECTIONS, central_section, projection
 
     frames = []
     for k, label in enumerate(labels):

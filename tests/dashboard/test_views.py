@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dashboard.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display, projection,
+from spicompute.views import (DIRECTIONS, block_mean, central_section, frame_for, log_display, projection,
                               quantize_uint8)
 
 

@@ -1,6 +1,6 @@
 """Views of 3D volumes for people: central sections, projections, display downsampling.
 
-Pure functions used by the dashboard's Volumes page (and usable in notebooks).
+Pure functions used by the dashboard's Volumes page and the export stage (and usable in notebooks).
 Volumes are ``(L, L, L)`` grids indexed (x, y, z) with the origin at voxel
 ``L // 2``.  Directions are crystallographic-style axes of the cube frame:
 ``<100>`` = (0, 0, 1), ``<110>`` = (1, 1, 0)/sqrt 2, ``<111>`` = (1, 1, 1)/sqrt 3.
