@@ -338,10 +338,10 @@ def fit_size_factors(model: VAE, data: "TensorData", index: np.ndarray, half_ran
 
     :func:`best_size_factors` per average, its volume the decoder's at its latent mean, divided
     by :func:`size_along_latent` over ``reference`` (default: ``index``, the trained averages).
-    The sizes and the volume's own size are one degree of freedom: fixing the local median to 1
-    leaves any trend of the size along z to the volumes (the particle volume against z shows
-    it), and only the scatter of the sizes at one z to the sizes, so the latent need not spend
-    itself on that scatter.
+    The sizes and the volume's own size are one degree of freedom: fixing the local trend of the
+    log size along z to 0 leaves any trend of the size along z to the volumes (the particle volume
+    against z shows it), and only the scatter of the sizes at one z to the sizes, so the latent
+    need not spend itself on that scatter.  ``index`` is sorted (``reference`` is looked up in it).
     """
     model.eval()
     device = data.target.device
@@ -537,7 +537,6 @@ def train_vae(model: VAE, data: TensorData, train_index: np.ndarray, config: Tra
             sizes = fit_size_factors(model, data, train_index.numpy(), config.size_fit, config.loss,
                                      config.size_spread)
             data.size_factor[train_index.to(device)] = sizes.to(data.size_factor)
-            data.sizes_fitted = True
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = train_index[torch.randperm(n, generator=gen)]
         beta = kl_beta(config, epoch)
