@@ -539,24 +539,44 @@ def fill_pieces(pieces: list[CompactLikelihood], rows: np.ndarray, fitted: sp.cs
                         torch.from_numpy(pieces[g].rank[i, k]).to(device)] = part[torch.from_numpy(hit).to(device)]
 
 
-def _log_rows(Wkm: torch.Tensor, need: np.ndarray, floor: float, alpha: float = 0.0,
-              offset: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
-    """log(max(Wkm + alpha offset, floor)) for the models ``need`` of a (K, P, R) model-major matrix,
-    in ``Wkm`` itself (``inplace``) or in a new tensor; the other models' rows are not computed."""
-    need = np.asarray(need, np.int64)
-    every = len(need) == Wkm.shape[0]
-    rows = None if every else torch.from_numpy(need).to(Wkm.device)
-    part = Wkm if every else Wkm[rows]                    # (a copy unless every model)
-    if offset is not None:
-        part = torch.add(part, offset.reshape(1, -1, 1), alpha=alpha)
-    elif every and not inplace:
-        part = part.clone()
-    part.clamp_(min=floor).log_()
-    if every:
-        return part
-    out = Wkm if inplace else torch.empty_like(Wkm)
-    out[rows] = part
+SLAB_ELEMENTS = 1 << 18   # log of a model matrix: elements per slab (1 MiB of float32, stays in cache)
+
+
+def offset_log(src: torch.Tensor, floor: float, alpha: float = 0.0, offset: torch.Tensor | None = None,
+               index=None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[i] = log(max(src[i] + alpha offset, floor))`` for ``i`` in ``index`` (default: all of dim 0).
+
+    src : (n, P, w) float32, ``offset`` (P,) or None, ``out`` like ``src`` (new when None; may be
+    ``src`` itself).  Rows of ``out`` outside ``index`` are left as they are.
+    Done slab by slab (``SLAB_ELEMENTS``) so that the add, the clamp and the log of a slab run in
+    cache: one read and one write of the matrix instead of four whole-array passes (2.5x faster
+    for a (40, 16641, 36) matrix on 2 threads), elementwise the same operations, so bitwise the
+    same result.
+    """
+    out = torch.empty_like(src) if out is None else out
+    n, P = src.shape[:2]
+    per_row = max(1, src[0].numel() // max(P, 1))
+    step = max(1, min(P, SLAB_ELEMENTS // per_row))
+    off = None if offset is None else offset.reshape(P, *([1] * (src.dim() - 2)))
+    for i in (range(n) if index is None else index):
+        for p0 in range(0, P, step):
+            o = out[i, p0:p0 + step]
+            if off is not None:
+                torch.add(src[i, p0:p0 + step], off[p0:p0 + step], alpha=alpha, out=o)
+            elif o.data_ptr() != src[i, p0:p0 + step].data_ptr():
+                o.copy_(src[i, p0:p0 + step])
+            o.clamp_(min=floor).log_()
     return out
+
+
+def _log_rows(Wkm: torch.Tensor, need: np.ndarray, floor: float, alpha: float = 0.0,
+              offset: torch.Tensor | None = None, inplace: bool = False,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """log(max(Wkm + alpha offset, floor)) for the models ``need`` of a (K, P, R) model-major matrix,
+    in ``Wkm`` itself (``inplace``), in ``out`` or in a new tensor; the other models' rows are not
+    computed."""
+    return offset_log(Wkm, floor, alpha, offset, index=[int(k) for k in np.asarray(need, np.int64)],
+                      out=Wkm if inplace else out)
 
 
 def _prunes(candidates: np.ndarray | None) -> bool:
@@ -622,6 +642,14 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
     Wkm = model_major(W, n_models, n_rot) if any(prunes) else None
     group_frames = max(shard.block_frames, GROUP_BYTES // (4 * nb * width))
     group: list = []
+    # one buffer each for the levels' log matrices, reused level after level: a fresh ~100 MB
+    # tensor per level costs as much again in page faults as the log itself
+    buffers: dict = {}
+
+    def buffer(name: str, like: torch.Tensor) -> torch.Tensor:
+        if name not in buffers:
+            buffers[name] = torch.empty_like(like)
+        return buffers[name]
 
     def flush():
         levels = [fluence_level(phi[start:stop]) for start, stop, *_ in group]
@@ -639,14 +667,14 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
             log_km = None
             if any(w[4] for w in work):   # log(W + b / phi) only for the models some pruned frame needs
                 lvl_need = np.flatnonzero(np.any([w[1].any(axis=0) for w in work if w[4]], axis=0))
-                log_km = _log_rows(Wkm, lvl_need, floor, alpha, offset)
+                log_km = _log_rows(Wkm, lvl_need, floor, alpha, offset, out=buffer("km", Wkm))
             logv = None
             for rows, cand, fitted, out, pruned in work:
                 if pruned:
                     fill_pieces(out, rows, fitted[rows], log_km, cand)
                 else:
                     if logv is None:
-                        logv = torch.add(Wb, offset, alpha=alpha).clamp_(min=floor).log_()
+                        logv = offset_log(Wb, floor, alpha, offset, out=buffer("blocks", Wb))
                     out[:, torch.from_numpy(rows).to(device), :] = _full_likelihood(_bag(fitted[rows]), logv,
                                                                                    cand, n_rot)
             del logv, log_km

@@ -161,3 +161,28 @@ def test_background_likelihood_does_not_depend_on_the_grouping_of_blocks(rng, mo
     assert np.array_equal(one.best, many.best)
     assert np.array_equal(one.phi, many.phi)
     assert np.array_equal(one.num, many.num)
+
+
+@pytest.mark.parametrize("slab", [1 << 18, 100, 7])
+def test_slab_wise_log_equals_the_whole_array_expression_bitwise(rng, monkeypatch, slab):
+    """offset_log computes log(max(W + alpha b, floor)) slab by slab (for speed); whatever the slab
+    size, rows chosen or written in place, every element is the whole-array expression's."""
+    import torch
+
+    from spicompute.emc2d import steps
+
+    monkeypatch.setattr(steps, "SLAB_ELEMENTS", slab)
+    W = torch.from_numpy(rng.gamma(0.5, 1e-3, size=(5, 301, 12)).astype(np.float32))
+    W[0, :40] = 0.0                                              # below the floor without background
+    b = torch.from_numpy(rng.uniform(0, 2e-4, 301).astype(np.float32))
+    floor, alpha = 1e-5, 1 / 2 ** 0.5
+    whole = torch.add(W, b.reshape(1, -1, 1), alpha=alpha).clamp_(min=floor).log_()
+    assert torch.equal(steps.offset_log(W, floor, alpha, b), whole)
+    plain = W.clone().clamp_(min=floor).log_()
+    assert torch.equal(steps.offset_log(W, floor), plain)
+    out = torch.full_like(W, 7.0)
+    steps.offset_log(W, floor, alpha, b, index=[1, 3], out=out)     # only the rows asked for
+    assert torch.equal(out[[1, 3]], whole[[1, 3]]) and (out[[0, 2, 4]] == 7.0).all()
+    inplace = W.clone()
+    steps._log_rows(inplace, np.array([0, 4]), floor, inplace=True)
+    assert torch.equal(inplace[[0, 4]], plain[[0, 4]]) and torch.equal(inplace[1:4], W[1:4])
