@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # test file runs on one worker, so its module fixtures (a pipeline run, a simulated data set)
 # are built once.  TEST_WORKERS=0: one process
 TEST_WORKERS ?= auto
-PYTEST    = $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST    = $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup demo pipeline dashboard baseline check-baseline test test-fast test-dashboard browser bench bench-dashboard bench-peers \
         clean-outputs

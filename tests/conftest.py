@@ -24,6 +24,29 @@ REPO = Path(__file__).resolve().parent.parent
 INTEROP = REPO.parent / "shared" / "interop"
 
 
+# The files that take longest, longest first (measured with `--durations`, 2026-12-05).  `make test`
+# hands whole files to the two workers in collection order (`--dist loadfile
+# --no-loadscope-reorder`); starting these first keeps one of them from running alone at the end
+# while the other worker idles (xdist's own order, by number of tests, put them last).
+LONGEST_FILES = (
+    "tests/vae/test_chain_3d.py",
+    "tests/test_geometries.py",
+    "tests/test_rerun_identical.py",
+    "tests/landscape/test_landscape_lowphoton.py",
+    "tests/ingest/test_euxfel_ingest.py",
+    "tests/vae/test_vae.py",
+    "tests/test_reliability.py",
+    "tests/ingest/test_euxfel_pipeline.py",
+    "tests/emc2d/test_beta_scope.py",
+    "tests/test_determinism.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))   # stable
+
+
 @pytest.fixture(autouse=True)
 def _keep_main_module():
     """Restore ``sys.modules['__main__']`` after every test.

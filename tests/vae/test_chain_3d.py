@@ -35,7 +35,9 @@ def chain_params() -> dict:
     params["classify2d"].update(n_runs=3, n_models=30, max_iter=14, min_iter=8)
     params["embed"].update(methods=["pc"])
     params["orient"].update(num_div=10)
-    params["vae"].update(epochs=80, threads=2)
+    # one thread: `make test` runs two workers on two cores, and a 2-thread torch job beside a busy
+    # worker ran ~2x slower than on one thread
+    params["vae"].update(epochs=80, threads=1)
     params["phase"].update(averages_2d=[])
     return params
 
