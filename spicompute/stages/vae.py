@@ -327,7 +327,10 @@ def run(args) -> int:
                "dq3_nm": prep.dq3_nm, "class_blur_deg": list(blur_deg), "size_spread": p["size_spread"],
                "size_fit": p["size_fit"], "size_rel_p05_p95": size_range,
                "device": str(device), "processes": dist.world,
-               "seconds": round(elapsed, 1)}
+               # this run's wall time, and the epochs' own time over every run that trained them (a
+               # resumed run's `seconds` covers only what it did after the checkpoint)
+               "seconds": round(elapsed, 1),
+               "training_seconds": round(sum(float(row.get("seconds", 0.0)) for row in history), 1)}
     write_json_atomic(args.metrics, metrics)
     log.info("trained %d epochs in %.1f s, final recon %.4f -> %s", len(history), elapsed,
              metrics["final_recon"] or float("nan"), model_path)

@@ -189,8 +189,12 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
 
     loss = pd.read_csv(root / "dvclive/vae/plots/metrics/loss.tsv", sep="\t")
     assert loss["step"].tolist() == [0, 1, 2, 3]
+    trained = json.loads((root / "metrics/vae.json").read_text())
     finished = _cli(root, *args)  # a finished checkpoint: nothing to train, the log is still written
     assert finished.returncode == 0 and (root / "dvclive/vae/plots/metrics/loss.tsv").exists()
+    # `training_seconds` counts the epochs of every run that trained them, also when this run trained none
+    again_metrics = json.loads((root / "metrics/vae.json").read_text())
+    assert again_metrics["training_seconds"] == trained["training_seconds"] > 0
     a, b = _weights(ref / "models/vae.pt"), _weights(root / "models/vae.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a checkpoint past the requested end is not used
