@@ -28,17 +28,19 @@ INTEROP = REPO.parent / "shared" / "interop"
 # hands whole files to the two workers in collection order (`--dist loadfile
 # --no-loadscope-reorder`); starting these first keeps one of them from running alone at the end
 # while the other worker idles (xdist's own order, by number of tests, put them last).
-LONGEST_FILES = (
-    "tests/vae/test_chain_3d.py",
-    "tests/test_geometries.py",
-    "tests/test_rerun_identical.py",
-    "tests/landscape/test_landscape_lowphoton.py",
-    "tests/ingest/test_euxfel_ingest.py",
-    "tests/vae/test_vae.py",
-    "tests/test_reliability.py",
-    "tests/ingest/test_euxfel_pipeline.py",
-    "tests/emc2d/test_beta_scope.py",
-    "tests/test_determinism.py",
+LONGEST_FILES = (              # seconds in a 13-minute `make test` (per file, setup + calls)
+    "tests/test_geometries.py",                      # 239
+    "tests/vae/test_chain_3d.py",                    # 175
+    "tests/test_reliability.py",                     # 111
+    "tests/ingest/test_euxfel_ingest.py",            # 100
+    "tests/landscape/test_landscape_lowphoton.py",   # 90
+    "tests/vae/test_vae.py",                         # 74
+    "tests/test_rerun_identical.py",                 # 69
+    "tests/ingest/test_euxfel_pipeline.py",          # 61
+    "tests/test_faults.py",                          # 54
+    "tests/vae/test_vae_stages.py",                  # 49
+    "tests/test_pipeline.py",                        # 48
+    "tests/emc2d/test_beta_scope.py",                # 45
 )
 
 
