@@ -28,6 +28,7 @@ ends on an odd edge with the origin at the centre voxel, where Oh acts exactly.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,6 +122,27 @@ class Encoder(nn.Module):
         return out[:, : self.latent_dim], out[:, self.latent_dim:]
 
 
+# On CPU, PyTorch runs transposed 3D convolutions through oneDNN (mkldnn), whose forward pass is
+# slower than PyTorch's own kernel on the upsampling (stride > 1) layers and on the 1-channel output
+# layer (the demo decoder's last layer at 27^3: 33.7 against 8.1 ms), and faster on the stride-1 layers
+# with more channels (benchmarks/bench_decoder_layers.py, docs/vae_volumes.md).  A fixed rule, not a
+# timing made at run time, so that every run computes the same numbers.
+def native_deconv(layer: nn.Module) -> bool:
+    """Whether a decoder layer's forward pass runs on PyTorch's own CPU kernel (oneDNN off)."""
+    return isinstance(layer, nn.ConvTranspose3d) and (layer.stride[0] > 1 or layer.out_channels == 1)
+
+
+@contextmanager
+def onednn_off():
+    """oneDNN off for the ops inside (only this flag: ``torch.backends.mkldnn.flags`` also resets
+    the TF32 and determinism flags, and warns about Intel GPUs on every use)."""
+    was = torch.backends.mkldnn.set_flags(_enabled=False, _fp32_precision=None)[0]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(_enabled=was, _fp32_precision=None)
+
+
 class Decoder(nn.Module):
     """(B, d) latent -> (B, L, L, L) non-negative, Oh-symmetric volume (normalised intensity)."""
 
@@ -143,7 +165,13 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         c, s = self.base
         h = self.fc(z).view(-1, c, s, s, s)
-        raw = nn.functional.softplus(self.deconv(h))[:, 0]
+        for layer in self.deconv:
+            if h.device.type == "cpu" and native_deconv(layer):
+                with onednn_off():
+                    h = layer(h)
+            else:
+                h = layer(h)
+        raw = nn.functional.softplus(h)[:, 0]
         return symmetrize_oh(raw)
 
 

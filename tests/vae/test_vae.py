@@ -168,6 +168,32 @@ def test_presets_end_on_odd_centred_grids():
     assert vol.shape == (3, 27, 27, 27) and (vol >= 0).all() and mu.shape == (3, 2)
 
 
+@pytest.mark.parametrize("preset", ["demo", "low"])
+def test_decoder_skips_onednn_only_on_the_upsampling_and_output_layers(preset):
+    """The decoder's CPU kernel rule: the same volumes as all-oneDNN up to float rounding, the layers
+    it names are the stride > 1 and 1-channel ones, and the global oneDNN flag is left as it was."""
+    from spicompute.vae.model import native_deconv, onednn_off
+
+    decoder = VAE(architecture(preset, 1)).decoder
+    convs = [m for m in decoder.deconv if isinstance(m, torch.nn.ConvTranspose3d)]
+    assert [native_deconv(m) for m in convs] == [m.stride[0] > 1 or m.out_channels == 1 for m in convs]
+    assert native_deconv(convs[-1]) and not native_deconv(convs[0])      # output layer / first (stride 1)
+    z = torch.tensor([[-1.0], [0.5]])
+    was = torch.backends.mkldnn.enabled
+    with torch.no_grad():
+        mixed = decoder(z)
+        c, s = decoder.base
+        h = decoder.fc(z).view(-1, c, s, s, s)
+        all_onednn = torch.nn.functional.softplus(decoder.deconv(h))[:, 0]
+    assert torch.backends.mkldnn.enabled == was
+    from spicompute.orient.symmetry import symmetrize_oh
+
+    torch.testing.assert_close(mixed, symmetrize_oh(all_onednn), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError), onednn_off():                     # restored on an error too
+        raise RuntimeError("inside")
+    assert torch.backends.mkldnn.enabled == was
+
+
 def test_reconstruction_losses_vanish_for_a_perfect_fit_at_any_scale():
     x = torch.rand(4, 50) + 0.1
     obs = torch.rand(4, 50) > 0.3
