@@ -123,13 +123,15 @@ class Encoder(nn.Module):
 
 
 # On CPU, PyTorch runs transposed 3D convolutions through oneDNN (mkldnn), whose forward pass is
-# slower than PyTorch's own kernel on the upsampling (stride > 1) layers and on the 1-channel output
-# layer (the demo decoder's last layer at 27^3: 33.7 against 8.1 ms), and faster on the stride-1 layers
-# with more channels (benchmarks/bench_decoder_layers.py, docs/vae_volumes.md).  A fixed rule, not a
+# slower than PyTorch's own kernel on the non-overlapping upsampling layers (stride = kernel size:
+# each input voxel writes its own block) and on the 1-channel output layer (the demo decoder's last
+# layer at 27^3: 33.7 against 8.1 ms), and faster on the overlapping ones (stride 1 with more
+# channels, stride 2; benchmarks/bench_decoder_layers.py, docs/vae_volumes.md).  A fixed rule, not a
 # timing made at run time, so that every run computes the same numbers.
 def native_deconv(layer: nn.Module) -> bool:
     """Whether a decoder layer's forward pass runs on PyTorch's own CPU kernel (oneDNN off)."""
-    return isinstance(layer, nn.ConvTranspose3d) and (layer.stride[0] > 1 or layer.out_channels == 1)
+    return isinstance(layer, nn.ConvTranspose3d) and (
+        tuple(layer.stride) == tuple(layer.kernel_size) or layer.out_channels == 1)
 
 
 @contextmanager

@@ -171,12 +171,15 @@ def test_presets_end_on_odd_centred_grids():
 @pytest.mark.parametrize("preset", ["demo", "low"])
 def test_decoder_skips_onednn_only_on_the_upsampling_and_output_layers(preset):
     """The decoder's CPU kernel rule: the same volumes as all-oneDNN up to float rounding, the layers
-    it names are the stride > 1 and 1-channel ones, and the global oneDNN flag is left as it was."""
+    it names are the non-overlapping upsampling (stride 3 = kernel) and 1-channel ones, and the
+    global oneDNN flag is left as it was."""
     from spicompute.vae.model import native_deconv, onednn_off
 
     decoder = VAE(architecture(preset, 1)).decoder
     convs = [m for m in decoder.deconv if isinstance(m, torch.nn.ConvTranspose3d)]
-    assert [native_deconv(m) for m in convs] == [m.stride[0] > 1 or m.out_channels == 1 for m in convs]
+    assert [native_deconv(m) for m in convs] == [m.stride[0] == 3 or m.out_channels == 1 for m in convs]
+    overlapping = torch.nn.ConvTranspose3d(16, 8, 3, stride=2, padding=1)    # the paper presets' stride 2
+    assert not native_deconv(overlapping)
     assert native_deconv(convs[-1]) and not native_deconv(convs[0])      # output layer / first (stride 1)
     z = torch.tensor([[-1.0], [0.5]])
     was = torch.backends.mkldnn.enabled
