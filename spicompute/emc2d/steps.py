@@ -546,8 +546,9 @@ def offset_log(src: torch.Tensor, floor: float, alpha: float = 0.0, offset: torc
                index=None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``out[i] = log(max(src[i] + alpha offset, floor))`` for ``i`` in ``index`` (default: all of dim 0).
 
-    src : (n, P, w) float32, ``offset`` (P,) or None, ``out`` like ``src`` (new when None; may be
-    ``src`` itself).  Rows of ``out`` outside ``index`` are left as they are.
+    src : (n, P, w) float32, ``offset`` (P,) or None, ``index`` a sequence of row numbers (e.g. the
+    models some candidate needs), ``out`` like ``src`` (new when None; may be ``src`` itself).
+    Rows of ``out`` outside ``index`` are left as they are.
     Done slab by slab (``SLAB_ELEMENTS``) so that the add, the clamp and the log of a slab run in
     cache: one read and one write of the matrix instead of four whole-array passes (2.5x faster
     for a (40, 16641, 36) matrix on 2 threads), elementwise the same operations, so bitwise the
@@ -558,7 +559,7 @@ def offset_log(src: torch.Tensor, floor: float, alpha: float = 0.0, offset: torc
     per_row = max(1, src[0].numel() // max(P, 1))
     step = max(1, min(P, SLAB_ELEMENTS // per_row))
     off = None if offset is None else offset.reshape(P, *([1] * (src.dim() - 2)))
-    for i in (range(n) if index is None else index):
+    for i in (range(n) if index is None else (int(k) for k in index)):
         for p0 in range(0, P, step):
             o = out[i, p0:p0 + step]
             if off is not None:
@@ -567,16 +568,6 @@ def offset_log(src: torch.Tensor, floor: float, alpha: float = 0.0, offset: torc
                 o.copy_(src[i, p0:p0 + step])
             o.clamp_(min=floor).log_()
     return out
-
-
-def _log_rows(Wkm: torch.Tensor, need: np.ndarray, floor: float, alpha: float = 0.0,
-              offset: torch.Tensor | None = None, inplace: bool = False,
-              out: torch.Tensor | None = None) -> torch.Tensor:
-    """log(max(Wkm + alpha offset, floor)) for the models ``need`` of a (K, P, R) model-major matrix,
-    in ``Wkm`` itself (``inplace``), in ``out`` or in a new tensor; the other models' rows are not
-    computed."""
-    return offset_log(Wkm, floor, alpha, offset, index=[int(k) for k in np.asarray(need, np.int64)],
-                      out=Wkm if inplace else out)
 
 
 def _prunes(candidates: np.ndarray | None) -> bool:
@@ -623,7 +614,8 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
         log_km = None
         if any(prunes) and logW is None:   # every block pruned: the log of the needed models only
             need = np.flatnonzero(np.any([candidates[a:b].any(axis=0) for a, b in spans], axis=0))
-            log_km = _log_rows(model_major(W, n_models, n_rot), need, floor, inplace=True)
+            log_km = model_major(W, n_models, n_rot)
+            offset_log(log_km, floor, index=need, out=log_km)
         elif any(prunes):
             log_km = model_major(from_blocks(logW, n_models * n_rot), n_models, n_rot)
         del W
@@ -642,14 +634,10 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
     Wkm = model_major(W, n_models, n_rot) if any(prunes) else None
     group_frames = max(shard.block_frames, GROUP_BYTES // (4 * nb * width))
     group: list = []
-    # one buffer each for the levels' log matrices, reused level after level: a fresh ~100 MB
-    # tensor per level costs as much again in page faults as the log itself
-    buffers: dict = {}
-
-    def buffer(name: str, like: torch.Tensor) -> torch.Tensor:
-        if name not in buffers:
-            buffers[name] = torch.empty_like(like)
-        return buffers[name]
+    # one buffer for each layout of the levels' log matrices, reused level after level: a fresh
+    # ~100 MB tensor per level costs as much again in page faults as the log itself
+    km_buffer = torch.empty_like(Wkm) if Wkm is not None else None
+    blocks_buffer = torch.empty_like(Wb) if Wb is not None else None
 
     def flush():
         levels = [fluence_level(phi[start:stop]) for start, stop, *_ in group]
@@ -667,14 +655,14 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
             log_km = None
             if any(w[4] for w in work):   # log(W + b / phi) only for the models some pruned frame needs
                 lvl_need = np.flatnonzero(np.any([w[1].any(axis=0) for w in work if w[4]], axis=0))
-                log_km = _log_rows(Wkm, lvl_need, floor, alpha, offset, out=buffer("km", Wkm))
+                log_km = offset_log(Wkm, floor, alpha, offset, index=lvl_need, out=km_buffer)
             logv = None
             for rows, cand, fitted, out, pruned in work:
                 if pruned:
                     fill_pieces(out, rows, fitted[rows], log_km, cand)
                 else:
                     if logv is None:
-                        logv = offset_log(Wb, floor, alpha, offset, out=buffer("blocks", Wb))
+                        logv = offset_log(Wb, floor, alpha, offset, out=blocks_buffer)
                     out[:, torch.from_numpy(rows).to(device), :] = _full_likelihood(_bag(fitted[rows]), logv,
                                                                                    cand, n_rot)
             del logv, log_km

@@ -184,5 +184,5 @@ def test_slab_wise_log_equals_the_whole_array_expression_bitwise(rng, monkeypatc
     steps.offset_log(W, floor, alpha, b, index=[1, 3], out=out)     # only the rows asked for
     assert torch.equal(out[[1, 3]], whole[[1, 3]]) and (out[[0, 2, 4]] == 7.0).all()
     inplace = W.clone()
-    steps._log_rows(inplace, np.array([0, 4]), floor, inplace=True)
+    steps.offset_log(inplace, floor, index=np.array([0, 4]), out=inplace)
     assert torch.equal(inplace[[0, 4]], plain[[0, 4]]) and torch.equal(inplace[1:4], W[1:4])
