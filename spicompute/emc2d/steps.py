@@ -63,8 +63,9 @@ log = logging.getLogger("spicompute.emc2d")
 
 COL_BLOCK = 64          # columns of the log-model matrix per gather pass (fits L2/L3)
 MODEL_FLOOR = 1e-8      # models are clipped to MODEL_FLOOR * their mean before the log
-SPARSE_FRAC = 0.003     # M-step numerator from the kept (frame, column) pairs when fewer than this share are kept
-                        # (measured: the sparse x sparse product loses to the dense gather above ~0.3 %)
+SPARSE_FRAC = 0.0015    # M-step numerator from the kept (frame, column) pairs when fewer than this share are kept
+                        # (measured on 4,096 frames of ~600 photons, R*K 1,800: scattering the kept entries
+                        # costs ~16 ns per photon and entry, the dense gather ~0.024 ns per photon and column)
 PAD_SUMW = 1e30         # sum_p W of the padding columns of the last block: probability 0
 OBSERVED_REL = 1e-4     # a grid point is observed when its coverage exceeds this x the model's largest
 PRUNED_L = -1e30        # log-likelihood of a (frame, model) pair a pruned E-step skips: probability 0
@@ -135,9 +136,33 @@ class RotationGrid:
             self._ST = self.S.T.tocsr()
         return self._ST
 
-    def __getstate__(self):  # do not ship the cached transpose to Dask workers
+    def interpolation_bag(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``S`` as ``embedding_bag`` inputs (index, offsets, weights) on the CPU, cached."""
+        if getattr(self, "_interpolation_bag", None) is None:
+            S = self.S
+            self._interpolation_bag = (torch.from_numpy(S.indices.astype(np.int64)),
+                                       torch.from_numpy(S.indptr[:-1].astype(np.int64)),
+                                       torch.from_numpy(S.data.astype(np.float32)))
+        return self._interpolation_bag
+
+    def numerator_bag(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``ST`` with the plain bilinear weights (``S`` / correction) as ``embedding_bag`` inputs
+        (index, offsets, weights) over an (R*P, K) table laid out (r, p, k): what projects
+        :func:`scatter_numerator`'s accumulator onto the (K, G) grid.  Cached."""
+        if getattr(self, "_numerator_bag", None) is None:
+            ST = self.ST
+            R, P = self.n_rot, self.n_pix
+            pixel, rot = ST.indices.astype(np.int64) // R, ST.indices.astype(np.int64) % R
+            weights = ST.data / self.corr.astype(np.float32)[pixel]
+            self._numerator_bag = (torch.from_numpy(rot * P + pixel), torch.from_numpy(ST.indptr[:-1].astype(np.int64)),
+                                   torch.from_numpy(weights.astype(np.float32)))
+        return tuple(t.to(device) for t in self._numerator_bag)
+
+    def __getstate__(self):  # do not ship the cached transpose and bag to Dask workers
         state = dict(self.__dict__)
         state.pop("_ST", None)
+        state.pop("_numerator_bag", None)
+        state.pop("_interpolation_bag", None)
         return state
 
 
@@ -247,8 +272,11 @@ def rotated_models(grid: RotationGrid, models: np.ndarray) -> np.ndarray:
 
     ``models`` is (K, G) (flattened L x L grids).
     """
-    W = grid.S @ np.ascontiguousarray(models.T, dtype=np.float32)  # (P*R, K)
-    return np.asarray(W, dtype=np.float32).reshape(grid.n_pix, grid.n_rot, -1)
+    # S @ models.T as a gather of the grid points' rows: multi-threaded, ~2x scipy's product
+    index, offsets, weights = grid.interpolation_bag()
+    W = F.embedding_bag(index, torch.from_numpy(np.ascontiguousarray(models.T, dtype=np.float32)), offsets,
+                        mode="sum", per_sample_weights=weights)                 # (P*R, K)
+    return W.numpy().reshape(grid.n_pix, grid.n_rot, -1)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -310,7 +338,21 @@ class Shard:
 
     def fit_block(self, start: int, stop: int) -> sp.csr_matrix:
         """Counts of frames ``start .. stop`` (a block of ``blocks``) on the fitted pixels."""
-        return self.fit_counts[start:stop]
+        return row_block(self.fit_counts, start, stop)
+
+    def count_block(self, start: int, stop: int) -> sp.csr_matrix:
+        """Counts of frames ``start .. stop`` (a block of ``blocks``) on all used pixels."""
+        return row_block(self.counts, start, stop)
+
+
+def row_block(csr: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``start .. stop`` of a CSR matrix as views of its index and data arrays (scipy's
+    slicing copies them: 0.1 s per late EMC iteration on 30,000 frames).  Read-only use."""
+    a, b = int(csr.indptr[start]), int(csr.indptr[stop])
+    block = sp.csr_matrix((stop - start, csr.shape[1]), dtype=csr.dtype)
+    block.indptr = csr.indptr[start:stop + 1] - csr.indptr[start]
+    block.indices, block.data = csr.indices[a:b], csr.data[a:b]
+    return block
 
 
 def sparse_dense_product(bag: tuple, dense: torch.Tensor, out: torch.Tensor | None = None
@@ -592,7 +634,8 @@ GROUP_BYTES = 1 << 30   # background term: likelihoods of consecutive blocks hel
 def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.ndarray | None, floor: float,
                        width: int, device: str, candidates: np.ndarray | None = None, n_models: int = 0,
                        n_rot: int = 0):
-    """Yield (start, stop, bag_t, L) for every block of a shard, with ``L``
+    """Yield (start, stop, bag_t, counts, L) for every block of a shard (``counts`` the block's CSR on
+    the used pixels, frame-major), with ``L``
     ``sum_p K_np log(model)`` on the fitted pixels: column blocks (n_blocks, n, width) of all R*K
     columns, or a :class:`CompactLikelihood` over the candidates of a pruned block.
 
@@ -626,7 +669,7 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
                 fill_pieces(L, np.arange(stop - start), shard.fit_block(start, stop), log_km, cand)
             else:
                 L = _full_likelihood(bag, logW, cand, n_rot)
-            yield start, stop, bag_t, L
+            yield start, stop, bag_t, shard.count_block(start, stop), L
         return
     nb = -(-W.shape[1] // width)
     offset = torch.from_numpy(np.asarray(background, np.float32)).to(device)[None, :, None]
@@ -643,11 +686,11 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
         levels = [fluence_level(phi[start:stop]) for start, stop, *_ in group]
         outs = [compact_pieces(candidates[start:stop], n_rot, device) if pruned
                 else torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
-                for start, stop, *_, pruned in group]
+                for start, stop, _, _, pruned, _ in group]
         for v in np.unique(np.concatenate(levels)):
             alpha = 1.0 / level_scale(int(v))
             work = []                      # (rows, candidates, fitted, out, pruned) of this level's blocks
-            for (start, stop, _, fitted, pruned), lev, out in zip(group, levels, outs):
+            for (start, stop, _, fitted, pruned, _), lev, out in zip(group, levels, outs):
                 rows = np.flatnonzero(lev == v)
                 if rows.size:
                     work.append((rows, None if candidates is None else candidates[start:stop][rows],
@@ -666,12 +709,12 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
                     out[:, torch.from_numpy(rows).to(device), :] = _full_likelihood(_bag(fitted[rows]), logv,
                                                                                    cand, n_rot)
             del logv, log_km
-        for (start, stop, bag_t, _, _), out in zip(group, outs):
-            yield start, stop, bag_t, out
+        for (start, stop, bag_t, _, _, counts), out in zip(group, outs):
+            yield start, stop, bag_t, counts, out
 
     held = 0
     for (start, stop, bag, bag_t), pruned in zip(shard.blocks, prunes):
-        group.append((start, stop, bag_t, shard.fit_block(start, stop), pruned))
+        group.append((start, stop, bag_t, shard.fit_block(start, stop), pruned, shard.count_block(start, stop)))
         held += stop - start
         if held >= group_frames:
             yield from flush()
@@ -680,18 +723,67 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
         yield from flush()
 
 
-def _csr_from_bag(bag: tuple) -> sp.csr_matrix:
-    """The CSR matrix behind :func:`_bag`'s embedding_bag inputs (no copy of the data)."""
-    indices, offsets, weights, shape = bag
-    indptr = np.append(offsets.numpy(), np.int32(indices.shape[0]))
-    return sp.csr_matrix((weights.numpy(), indices.numpy(), indptr), shape=shape)
+FULL_PASS_SHARE = 0.4    # scatter_numerator: a rank of entries covering this share of the photons takes a full
+                        # pass (gathering costs 2.5-3x per photon; measured on Dragonfly's 30,000-frame file)
 
 
-def _sparse_numerator(bag_t: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int,
-                      n_cols: int) -> sp.csr_matrix:
-    """K^T P of a block from its kept posterior entries (block row, column j, probability): a sparse
-    (P, C) product, cost ~ kept pairs x photons per frame (``bag_t``: the block's counts, transposed)."""
-    return _csr_from_bag(bag_t) @ sp.csr_matrix((vals, (rows, cols)), shape=(n_rows, n_cols))
+def scatter_numerator(acc: torch.Tensor, counts: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
+                      vals: np.ndarray, n_rot: int, n_models: int) -> None:
+    """Add ``K^T P`` of a block's kept posterior entries to ``acc``: cost ~ kept entries x photons.
+
+    acc : (R * P * K,) float32, laid out (r, p, k), i.e. the (R*P, K) table that
+        :meth:`RotationGrid.numerator_bag` projects onto the model grid.
+    counts : csr (n, P) float32, the block's counts on the used pixels (frame-major).
+    rows, cols, vals : the kept entries (block row, column ``j = r K + k``, probability).
+
+    Each entry adds its probability times its frame's counts to column (r, k).  Every frame
+    has at least one entry (its maximum) and late in a run most have only that one, so the
+    entries are taken by rank within their frame: the frames' first entries in one pass over
+    all the block's photons (no gather: the column and weight of each photon come from its
+    frame), the second ones the same way while they cover ``FULL_PASS_SHARE`` of the photons,
+    and the rest by gathering their frames' photons (~3x the cost per photon).
+    """
+    if len(rows) == 0:
+        return
+    device = acc.device
+    n, P = counts.shape
+    K = n_models
+    idx_dtype = torch.int32 if n_rot * P * K < 2 ** 31 else torch.int64
+    order = np.argsort(np.asarray(rows, np.int64), kind="stable")
+    rows = np.asarray(rows, np.int64)[order]
+    cols = np.asarray(cols, np.int64)[order]
+    vals = np.asarray(vals, np.float32)[order]
+    base = (cols // K) * (P * K) + cols % K                       # where column (r, k) starts in acc
+    at = np.arange(len(rows))
+    first = np.ones(len(rows), bool)
+    first[1:] = rows[1:] != rows[:-1]
+    rank = at - np.maximum.accumulate(np.where(first, at, 0))     # entry's rank within its frame
+    indptr = counts.indptr.astype(np.int64)
+    lens = np.diff(indptr)
+    pix_k = torch.from_numpy(counts.indices).to(device, idx_dtype) * K
+    cnt = torch.from_numpy(np.asarray(counts.data, np.float32)).to(device)
+    frame = None
+    for level in range(int(rank.max()) + 1):
+        sel = rank == level
+        if level > 0 and lens[rows[sel]].sum() < FULL_PASS_SHARE * lens.sum():
+            break
+        if frame is None:
+            frame = torch.repeat_interleave(torch.arange(n, device=device), torch.from_numpy(lens).to(device))
+        base_f = np.zeros(n, np.int64)
+        val_f = np.zeros(n, np.float32)                            # frames without such an entry add 0
+        base_f[rows[sel]] = base[sel]
+        val_f[rows[sel]] = vals[sel]
+        acc.index_add_(0, torch.from_numpy(base_f).to(device, idx_dtype)[frame] + pix_k,
+                       cnt * torch.from_numpy(val_f).to(device)[frame])
+    else:
+        return
+    more = rank >= level                                           # the rest: gather their photons
+    r_lens = lens[rows[more]]
+    ent = torch.repeat_interleave(torch.arange(int(more.sum()), device=device), torch.from_numpy(r_lens).to(device))
+    skip = torch.from_numpy(indptr[rows[more]] - (np.cumsum(r_lens) - r_lens)).to(device)
+    pos = torch.arange(int(r_lens.sum()), device=device) + skip[ent]
+    acc.index_add_(0, torch.from_numpy(base[more]).to(device, idx_dtype)[ent] + pix_k[pos],
+                   cnt[pos] * torch.from_numpy(vals[more]).to(device)[ent])
 
 
 def _compact_posterior(lk: CompactLikelihood, ph: torch.Tensor, be: torch.Tensor, photons: torch.Tensor,
@@ -808,7 +900,7 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     phi_new = np.array(phi, dtype=np.float64, copy=True)
     best = np.empty(n, np.int64)
     pmax = np.empty(n)
-    num_sp = []                                                   # sparse numerator parts, (P, C) each
+    num_kept = None                                               # numerator of sharp / pruned blocks
     cand_out = np.zeros((n, K), bool) if prune_mass > 0 else None
 
     def dense_numerator(bag_t, Pn_blocks):   # += K^T P, (nb, P, b): the gather over all columns
@@ -817,9 +909,15 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
             num_pix = torch.zeros((nb, P, width), dtype=torch.float32, device=device)
         sparse_dense_product(bag_t, Pn_blocks, out=num_pix)
 
+    def kept_numerator(counts, fr, col, val):   # += K^T P from the kept entries, (R*P*K,) laid out (r, p, k)
+        nonlocal num_kept
+        if num_kept is None:
+            num_kept = torch.zeros(R * P * K, dtype=torch.float32, device=device)
+        scatter_numerator(num_kept, counts, fr, col, val, R, K)
+
     blocks = _likelihood_blocks(shard, W, np.asarray(phi), background, floor, width, device, candidates, K, R)
     del W   # the generator holds it until the log-model matrices are made
-    for start, stop, bag_t, L in blocks:
+    for start, stop, bag_t, counts, L in blocks:
         ph = torch.from_numpy(np.asarray(phi[start:stop], np.float64)).to(device)
         be = torch.from_numpy(np.asarray(beta[start:stop], np.float32)).to(device)
         photons = torch.from_numpy(shard.photons[start:stop]).to(device)
@@ -831,8 +929,8 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
                     piece, ph[rows], be[rows], photons[rows], sumW_rk, prob_min, prune_mass, update_scale,
                     bg_total, start, phi_new, best, pmax, cand_out, wsum.view(-1), occ.view(-1), acc))
             fr, col, val = (np.concatenate(x) for x in zip(*kept))
-            if len(val) < SPARSE_FRAC * (stop - start) * C:       # sharp: sparse x sparse
-                num_sp.append(_sparse_numerator(bag_t, fr, col, val, stop - start, C))
+            if len(val) < SPARSE_FRAC * (stop - start) * C:       # sharp: scatter the kept entries
+                kept_numerator(counts, fr, col, val)
             else:                                                 # many kept pairs: the dense gather
                 dense = torch.zeros((stop - start, nb * width), dtype=torch.float32, device=device)
                 dense[torch.from_numpy(fr).to(device), torch.from_numpy(col).to(device)] = \
@@ -869,29 +967,26 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         occ += Pn.sum(dim=1).double()
         kept = int(torch.count_nonzero(Pn)) if prob_min > 0 else Pn.numel()
         if kept < SPARSE_FRAC * Pn.numel():
-            # sharp posteriors: K^T P from the kept pairs only (sparse x sparse)
+            # sharp posteriors: K^T P from the kept pairs only
             ib, fr, w = torch.nonzero(Pn, as_tuple=True)          # padding columns hold P = 0
-            num_sp.append(_sparse_numerator(bag_t, fr.cpu().numpy(), (ib * width + w).cpu().numpy(),
-                                            Pn[ib, fr, w].cpu().numpy(), stop - start, C))
+            kept_numerator(counts, fr.cpu().numpy(), (ib * width + w).cpu().numpy(), Pn[ib, fr, w].cpu().numpy())
         else:
             dense_numerator(bag_t, Pn)
         del L, Pn
     # numerator: photons interpolated back with the plain bilinear weights (S holds weight x
     # correction; the correction belongs to the prediction, i.e. the denominator, only).  The
-    # dense part (full blocks) and the sparse part (sharp or pruned blocks) are projected apart, so
-    # that a pruned iteration never makes a dense (P, R*K) matrix.
+    # dense part (full blocks, column blocks) and the kept-entry part (sharp or pruned blocks,
+    # laid out (r, p, k)) are projected apart.
     inv_corr = (1.0 / grid.corr).astype(np.float32)
     num = np.zeros((K, grid.ST.shape[0]))                         # (K, G)
     if num_pix is not None:
         dense = from_blocks(num_pix, C).cpu().numpy() * inv_corr[:, None]
         num += np.asarray(grid.ST @ dense.reshape(P * R, K)).T
         del dense
-    if num_sp:
-        sparse_total = sum(num_sp[1:], num_sp[0])   # sparse sums: duplicates added, O(nnz)
-        sc = (sp.diags(inv_corr) @ sparse_total).tocoo()
-        # (P, R*K) -> (P*R, K): entry (p, r K + k) -> (p R + r, k)
-        sr = sp.csr_matrix((sc.data, (sc.row * R + sc.col // K, sc.col % K)), shape=(P * R, K))
-        num += np.asarray((grid.ST @ sr).todense()).T
+    if num_kept is not None:
+        index, offsets, weights = grid.numerator_bag(device)
+        num += F.embedding_bag(index, num_kept.view(R * P, K), offsets, mode="sum",
+                               per_sample_weights=weights).T.cpu().numpy()
     if background is not None:   # particle photons only: subtract the expected background
         # sum_{p, r} ST[g, p R + r] (b_p / corr_p) occ[r, k] = (Q @ occ)[g, k] with Q = ST @ E,
         # E[p R + r, r] = b_p / corr_p: no dense (P, R*K) term

@@ -105,8 +105,8 @@ class StreamShard:
     """A shard whose blocks are read from the file when iterated (see :class:`spicompute.emc2d.Shard`).
 
     Iterating ``blocks`` yields ``(start, stop, bag, transposed bag)`` like an
-    in-memory shard's list; :meth:`block` returns the CSR of the block last
-    yielded (the sparse M-step reads it).
+    in-memory shard's list; :meth:`fit_block` and :meth:`count_block` return the CSRs of the
+    block last yielded (the likelihood and the sparse M-step read them).
     """
 
     source: FrameFile
@@ -127,7 +127,7 @@ class StreamShard:
             stop = min(self.n_frames, start + self.block_frames)
             blk = crop(self.source.take(self.rows[start:stop]), self.pixels)
             fitted = blk if self.fit is None else fit_only(blk, self.fit)
-            self._current = (start, stop, fitted)
+            self._current = (start, stop, fitted, blk)
             yield start, stop, _bag(fitted), _bag(blk.T.tocsr())
         self._current = ()
 
@@ -138,3 +138,6 @@ class StreamShard:
 
     def fit_block(self, start: int, stop: int) -> sp.csr_matrix:
         return self._block(start, stop)[2]
+
+    def count_block(self, start: int, stop: int) -> sp.csr_matrix:
+        return self._block(start, stop)[3]

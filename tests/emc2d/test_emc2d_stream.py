@@ -100,6 +100,23 @@ def test_streamed_emc_is_bitwise_the_in_memory_one(frames_file, n_shards, block)
     assert got.histories[0][-1]["loglik"] == mem.histories[0][-1]["loglik"]
 
 
+@pytest.mark.slow
+def test_streamed_pruned_emc_with_the_kept_entry_numerator_is_bitwise_the_in_memory_one(frames_file, monkeypatch):
+    """The kept-entry numerator reads each block's counts from the shard (``count_block``): streamed
+    and in memory, pruned iterations included, the same bits."""
+    import spicompute.emc2d.steps as emc
+
+    monkeypatch.setattr(emc, "SPARSE_FRAC", 1.0)    # every sharp or pruned block scatters its entries
+    fs, path = frames_file
+    cfg = dict(n_models=3, n_rot=16, n_runs=1, subset_fraction=1.0, max_iter=4, min_iter=4, device="cpu",
+               n_shards=2, block_frames=50, prob_min=1e-3, prune_mass=1e-6, prune_refresh=3)
+    mem = run_bootstrap(fs, EMCConfig(**cfg, stream=False))
+    got = run_bootstrap(FrameFile(path), EMCConfig(**cfg, stream=True))
+    assert min(r["e_step_share"] for r in mem.histories[0]) < 1.0      # a pruned iteration ran
+    assert np.array_equal(got.models, mem.models)
+    assert np.array_equal(got.frames[0]["model"], mem.frames[0]["model"])
+
+
 def test_stream_parameter(tmp_path):
     assert EMCConfig(stream="auto").stream == "auto"
     with pytest.raises(ParameterError, match="classify2d.stream"):
