@@ -145,23 +145,29 @@ class RotationGrid:
                                        torch.from_numpy(S.data.astype(np.float32)))
         return self._interpolation_bag
 
-    def numerator_bag(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def numerator_bag(self, device="cpu", rotation_major: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``ST`` with the plain bilinear weights (``S`` / correction) as ``embedding_bag`` inputs
-        (index, offsets, weights) over an (R*P, K) table laid out (r, p, k): what projects
-        :func:`scatter_numerator`'s accumulator onto the (K, G) grid.  Cached."""
-        if getattr(self, "_numerator_bag", None) is None:
+        (index, offsets, weights) over an (R*P, K) table of K^T P: laid out (r, p, k) when
+        ``rotation_major`` (:func:`scatter_numerator`'s accumulator), else (p, r, k) (the
+        dense numerator's (P, R*K) columns ``j = r K + k``).  Projects it onto the (K, G)
+        grid.  Cached."""
+        key = "_numerator_bag_r" if rotation_major else "_numerator_bag_p"
+        if getattr(self, key, None) is None:
             ST = self.ST
             R, P = self.n_rot, self.n_pix
             pixel, rot = ST.indices.astype(np.int64) // R, ST.indices.astype(np.int64) % R
             weights = ST.data / self.corr.astype(np.float32)[pixel]
-            self._numerator_bag = (torch.from_numpy(rot * P + pixel), torch.from_numpy(ST.indptr[:-1].astype(np.int64)),
-                                   torch.from_numpy(weights.astype(np.float32)))
-        return tuple(t.to(device) for t in self._numerator_bag)
+            index = rot * P + pixel if rotation_major else ST.indices.astype(np.int64)
+            setattr(self, key, (torch.from_numpy(index), torch.from_numpy(ST.indptr[:-1].astype(np.int64)),
+                                torch.from_numpy(weights.astype(np.float32))))
+        return tuple(t.to(device) for t in getattr(self, key))
 
     def __getstate__(self):  # do not ship the cached transpose and bag to Dask workers
         state = dict(self.__dict__)
         state.pop("_ST", None)
-        state.pop("_numerator_bag", None)
+        state.pop("_numerator_bag_r", None)
+        state.pop("_numerator_bag_p", None)
         state.pop("_interpolation_bag", None)
         return state
 
@@ -979,10 +985,10 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     # laid out (r, p, k)) are projected apart.
     inv_corr = (1.0 / grid.corr).astype(np.float32)
     num = np.zeros((K, grid.ST.shape[0]))                         # (K, G)
-    if num_pix is not None:
-        dense = from_blocks(num_pix, C).cpu().numpy() * inv_corr[:, None]
-        num += np.asarray(grid.ST @ dense.reshape(P * R, K)).T
-        del dense
+    if num_pix is not None:   # (P, R*K) with j = r K + k: rows p R + r of a (P*R, K) table
+        index, offsets, weights = grid.numerator_bag(device, rotation_major=False)
+        num += F.embedding_bag(index, from_blocks(num_pix, C).reshape(P * R, K), offsets, mode="sum",
+                               per_sample_weights=weights).T.cpu().numpy()
     if num_kept is not None:
         index, offsets, weights = grid.numerator_bag(device)
         num += F.embedding_bag(index, num_kept.view(R * P, K), offsets, mode="sum",
