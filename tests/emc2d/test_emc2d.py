@@ -441,6 +441,31 @@ def test_kept_entry_numerator_in_the_step_equals_the_dense_reference(data, monke
     np.testing.assert_allclose(a.wsum, b.wsum, rtol=2e-4, atol=1e-6 * b.wsum.max())
 
 
+@pytest.mark.parametrize("pruned", [False, True])
+def test_exp_floor_changes_nothing_where_small_probabilities_are_cut(data, monkeypatch, pruned):
+    """Clamping the posterior exponents at EXP_FLOOR (exp's fast path) and zeroing what falls below
+    EXP_ZERO gives the same bits as the plain exp once ``prob_min`` cuts small probabilities, at
+    beta 1 where most exponents underflow, and keeps the non-candidate pairs at exactly 0."""
+    import spicompute.emc2d.steps as emc
+
+    grid, counts, models, phi, _ = _one_step_inputs(data, n_models=4, n_rot=12)
+    beta = np.ones(counts.shape[0])
+    rng = np.random.default_rng(2)
+    cand = None
+    if pruned:
+        cand = rng.random((counts.shape[0], 4)) < 0.3
+        cand[np.arange(counts.shape[0]), rng.integers(0, 4, counts.shape[0])] = True
+    shard = Shard.from_counts(counts, block_frames=70)
+    kw = dict(candidates=cand, prune_mass=1e-6, prob_min=1e-6)
+    a = shard_step(shard, grid, models, phi, beta, True, engine="sparse", **kw)
+    monkeypatch.setattr(emc, "EXP_FLOOR", -np.inf)
+    monkeypatch.setattr(emc, "EXP_ZERO", 0.0)
+    b = shard_step(shard, grid, models, phi, beta, True, engine="sparse", **kw)
+    for key in ("num", "wsum", "occupancy", "phi", "pmax", "best", "candidates"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+    assert a.loglik == b.loglik
+
+
 @pytest.mark.parametrize("update_scale, prob_min", [(False, 0.0), (True, 0.0), (False, 1e-3)])
 def test_compact_pruned_step_without_scale_update_or_truncation(data, update_scale, prob_min):
     """The compact path with fixed scales and with the full (untruncated) or a coarse truncation of
