@@ -167,11 +167,27 @@ class RotationGrid:
                                 torch.from_numpy(weights.astype(np.float32))))
         return tuple(t.to(device) for t in getattr(self, key))
 
+    def background_projection(self, background: np.ndarray) -> np.ndarray:
+        """(G, R) float64 ``Q = ST @ E`` with ``E[p R + r, r] = b_p / corr_p``: what the expected
+        background ``b`` (P,) adds to the M-step numerator per unit occupancy at rotation r.
+        The same every iteration of a run: cached for the last background asked for."""
+        cached = getattr(self, "_background_projection", None)
+        if cached is not None and np.array_equal(cached[0], background):
+            return cached[1]
+        R, P = self.n_rot, self.n_pix
+        inv_corr = (1.0 / self.corr).astype(np.float32)
+        E = sp.csr_matrix((np.repeat(background * inv_corr, R), (np.arange(P * R), np.tile(np.arange(R), P))),
+                          shape=(P * R, R))
+        Q = np.asarray((self.ST @ E).todense())
+        self._background_projection = (np.array(background, copy=True), Q)
+        return Q
+
     def __getstate__(self):  # do not ship the cached transpose and bag to Dask workers
         state = dict(self.__dict__)
         state.pop("_ST", None)
         state.pop("_numerator_bag_r", None)
         state.pop("_numerator_bag_p", None)
+        state.pop("_background_projection", None)
         state.pop("_interpolation_bag", None)
         return state
 
@@ -987,7 +1003,6 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     # correction; the correction belongs to the prediction, i.e. the denominator, only).  The
     # dense part (full blocks, column blocks) and the kept-entry part (sharp or pruned blocks,
     # laid out (r, p, k)) are projected apart.
-    inv_corr = (1.0 / grid.corr).astype(np.float32)
     num = np.zeros((K, grid.ST.shape[0]))                         # (K, G)
     if num_pix is not None:   # (P, R*K) with j = r K + k: rows p R + r of a (P*R, K) table
         index, offsets, weights = grid.numerator_bag(device, rotation_major=False)
@@ -1001,9 +1016,7 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         # sum_{p, r} ST[g, p R + r] (b_p / corr_p) occ[r, k] = (Q @ occ)[g, k] with Q = ST @ E,
         # E[p R + r, r] = b_p / corr_p: no dense (P, R*K) term
         occ_rk = occ.reshape(-1)[:C].cpu().numpy().reshape(R, K)
-        E = sp.csr_matrix((np.repeat(bg * inv_corr, R), (np.arange(P * R), np.tile(np.arange(R), P))),
-                          shape=(P * R, R))
-        num -= (np.asarray((grid.ST @ E).todense()) @ occ_rk).T
+        num -= (grid.background_projection(bg) @ occ_rk).T
     return PartialSums(num=num.astype(np.float64),
                        wsum=wsum.reshape(-1)[:C].cpu().numpy().reshape(R, K),
                        occupancy=occ.reshape(-1)[:C].cpu().numpy().reshape(R, K).sum(0),
