@@ -133,21 +133,21 @@ class RotationGrid:
     def n_grid(self) -> int:
         return self.size * self.size
 
+    def _cached(self, key: str, make):
+        """A quantity derived from the grid alone, computed once (not shipped to Dask workers)."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
     @property
     def ST(self) -> sp.csr_matrix:
         """Transposed interpolation (G, P*R), cached."""
-        if getattr(self, "_ST", None) is None:
-            self._ST = self.S.T.tocsr()
-        return self._ST
+        return self._cached("ST", lambda: self.S.T.tocsr())
 
     def interpolation_bag(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``S`` as ``embedding_bag`` inputs (index, offsets, weights) on the CPU, cached."""
-        if getattr(self, "_interpolation_bag", None) is None:
-            S = self.S
-            self._interpolation_bag = (torch.from_numpy(S.indices.astype(np.int64)),
-                                       torch.from_numpy(S.indptr[:-1].astype(np.int64)),
-                                       torch.from_numpy(S.data.astype(np.float32)))
-        return self._interpolation_bag
+        return self._cached("interpolation_bag", lambda: _bag(self.S)[:3])
 
     def numerator_bag(self, device="cpu", rotation_major: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,22 +156,22 @@ class RotationGrid:
         ``rotation_major`` (:func:`scatter_numerator`'s accumulator), else (p, r, k) (the
         dense numerator's (P, R*K) columns ``j = r K + k``).  Projects it onto the (K, G)
         grid.  Cached."""
-        key = "_numerator_bag_r" if rotation_major else "_numerator_bag_p"
-        if getattr(self, key, None) is None:
+        def make():
             ST = self.ST
             R, P = self.n_rot, self.n_pix
-            pixel, rot = ST.indices.astype(np.int64) // R, ST.indices.astype(np.int64) % R
+            pixel, rot = ST.indices // R, ST.indices % R
             weights = ST.data / self.corr.astype(np.float32)[pixel]
-            index = rot * P + pixel if rotation_major else ST.indices.astype(np.int64)
-            setattr(self, key, (torch.from_numpy(index), torch.from_numpy(ST.indptr[:-1].astype(np.int64)),
-                                torch.from_numpy(weights.astype(np.float32))))
-        return tuple(t.to(device) for t in getattr(self, key))
+            index = rot * P + pixel if rotation_major else ST.indices
+            return _bag(sp.csr_matrix((weights, index, ST.indptr), shape=ST.shape))[:3]
+
+        return tuple(t.to(device) for t in self._cached(f"numerator_bag_{rotation_major}", make))
 
     def background_projection(self, background: np.ndarray) -> np.ndarray:
         """(G, R) float64 ``Q = ST @ E`` with ``E[p R + r, r] = b_p / corr_p``: what the expected
         background ``b`` (P,) adds to the M-step numerator per unit occupancy at rotation r.
         The same every iteration of a run: cached for the last background asked for."""
-        cached = getattr(self, "_background_projection", None)
+        cache = self.__dict__.setdefault("_derived", {})
+        cached = cache.get("background_projection")
         if cached is not None and np.array_equal(cached[0], background):
             return cached[1]
         R, P = self.n_rot, self.n_pix
@@ -179,16 +179,12 @@ class RotationGrid:
         E = sp.csr_matrix((np.repeat(background * inv_corr, R), (np.arange(P * R), np.tile(np.arange(R), P))),
                           shape=(P * R, R))
         Q = np.asarray((self.ST @ E).todense())
-        self._background_projection = (np.array(background, copy=True), Q)
+        cache["background_projection"] = (np.array(background, copy=True), Q)
         return Q
 
-    def __getstate__(self):  # do not ship the cached transpose and bag to Dask workers
+    def __getstate__(self):  # derived quantities are recomputed where needed, not shipped to Dask workers
         state = dict(self.__dict__)
-        state.pop("_ST", None)
-        state.pop("_numerator_bag_r", None)
-        state.pop("_numerator_bag_p", None)
-        state.pop("_background_projection", None)
-        state.pop("_interpolation_bag", None)
+        state.pop("_derived", None)
         return state
 
 
