@@ -366,6 +366,10 @@ class Shard:
         """Counts of frames ``start .. stop`` (a block of ``blocks``) on all used pixels."""
         return row_block(self.counts, start, stop)
 
+    def fit_rows(self, start: int, stop: int, counts: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+        """Rows ``rows`` of the block's fitted counts (``counts``: its :meth:`count_block`)."""
+        return self.fit_block(start, stop)[rows]
+
 
 def row_block(csr: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
     """Rows ``start .. stop`` of a CSR matrix as views of its index and data arrays (scipy's
@@ -708,15 +712,15 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
         levels = [fluence_level(phi[start:stop]) for start, stop, *_ in group]
         outs = [compact_pieces(candidates[start:stop], n_rot, device) if pruned
                 else torch.empty((nb, stop - start, width), dtype=torch.float32, device=device)
-                for start, stop, _, _, pruned, _ in group]
+                for start, stop, _, pruned, _ in group]
         for v in np.unique(np.concatenate(levels)):
             alpha = 1.0 / level_scale(int(v))
-            work = []                      # (rows, candidates, fitted, out, pruned) of this level's blocks
-            for (start, stop, _, fitted, pruned, _), lev, out in zip(group, levels, outs):
+            work = []                      # (rows, candidates, fitted rows, out, pruned) of this level's blocks
+            for (start, stop, _, pruned, counts), lev, out in zip(group, levels, outs):
                 rows = np.flatnonzero(lev == v)
                 if rows.size:
                     work.append((rows, None if candidates is None else candidates[start:stop][rows],
-                                 fitted, out, pruned))
+                                 shard.fit_rows(start, stop, counts, rows), out, pruned))
             log_km = None
             if any(w[4] for w in work):   # log(W + b / phi) only for the models some pruned frame needs
                 lvl_need = np.flatnonzero(np.any([w[1].any(axis=0) for w in work if w[4]], axis=0))
@@ -724,19 +728,21 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
             logv = None
             for rows, cand, fitted, out, pruned in work:
                 if pruned:
-                    fill_pieces(out, rows, fitted[rows], log_km, cand)
+                    fill_pieces(out, rows, fitted, log_km, cand)
                 else:
                     if logv is None:
                         logv = offset_log(Wb, floor, alpha, offset, out=blocks_buffer)
-                    out[:, torch.from_numpy(rows).to(device), :] = _full_likelihood(_bag(fitted[rows]), logv,
+                    out[:, torch.from_numpy(rows).to(device), :] = _full_likelihood(_bag(fitted), logv,
                                                                                    cand, n_rot)
             del logv, log_km
-        for (start, stop, bag_t, _, _, counts), out in zip(group, outs):
+        for (start, stop, bag_t, _, counts), out in zip(group, outs):
             yield start, stop, bag_t, counts, out
 
     held = 0
     for (start, stop, bag, bag_t), pruned in zip(shard.blocks, prunes):
-        group.append((start, stop, bag_t, shard.fit_block(start, stop), pruned, shard.count_block(start, stop)))
+        # the block's counts only: its fitted rows are derived level by level, so the group holds one
+        # copy of the photons (a streamed block's fitted counts are a second CSR)
+        group.append((start, stop, bag_t, pruned, shard.count_block(start, stop)))
         held += stop - start
         if held >= group_frames:
             yield from flush()

@@ -141,3 +141,9 @@ class StreamShard:
 
     def count_block(self, start: int, stop: int) -> sp.csr_matrix:
         return self._block(start, stop)[3]
+
+    def fit_rows(self, start: int, stop: int, counts: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+        """Rows ``rows`` of a block's fitted counts, made from its counts (``count_block``) at any time,
+        not only while the block is being read: what ``fit_block`` gives, row by row the same."""
+        part = counts[rows]
+        return part if self.fit is None else fit_only(part, self.fit)
