@@ -156,7 +156,9 @@ def main(argv=None) -> int:
 
     from spicompute.emc2d.run import EMCConfig, initial_models, run_emc, usable_counts
     from spicompute.emc2d.steps import build_rotation_grid
+    from spicompute.execution import tune_malloc
 
+    tune_malloc()   # as the spicompute CLI does before every stage
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

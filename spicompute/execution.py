@@ -47,20 +47,27 @@ def worker_threads(scheduler: str) -> int:
     return max(1, (os.cpu_count() or 1) // n) if n else 0
 
 
-#: glibc allocator settings on Dask workers (bytes).  Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_=65536``
-#: to every worker; setting any of glibc's thresholds switches off its dynamic mmap threshold, so every
-#: array over 128 KiB is then mmap-ed and unmapped on release and its pages are faulted in (zeroed)
-#: again at the next allocation.  The stages allocate such temporaries in every block: measured here,
-#: one classify2d iteration at 50,000 frames took 1.07 s instead of 0.72 s in-process with that variable
-#: set (docs/scaling.md).  These two values are where glibc's dynamic threshold ends up on its own
-#: (mmap threshold capped at 32 MiB, trim threshold twice that).
-WORKER_MMAP_THRESHOLD = 32 * 2**20
-WORKER_TRIM_THRESHOLD = 64 * 2**20
+#: glibc allocator settings (bytes) for the compute processes: the CLI (every stage, in-process) and Dask
+#: workers.  The stages allocate large temporaries in every block (likelihood blocks of ~30 MB, the
+#: (P, R*K) model matrices of ~160 MB, gather outputs of ~1 MB); glibc mmaps every allocation over its
+#: mmap threshold and unmaps it on release, and trims the heap top beyond its trim threshold, so the
+#: pages of such a temporary are faulted in (and zeroed by the kernel) again at every allocation.
+#: Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_=65536`` to every worker, and setting any threshold
+#: switches glibc's dynamic mmap threshold off, so every array over 128 KiB was mmap-ed there (one
+#: classify2d iteration at 50,000 frames: 1.07 s instead of 0.72 s in-process).  Measured on Dragonfly's
+#: 30,000-frame file, one E+M step (docs/scaling.md, 2026-12-05): a full iteration 2.94 s with glibc's
+#: defaults, 3.46 s at glibc's dynamic end points (32 MiB / 64 MiB), 2.45-2.58 s at 256 MiB / 1 GiB; a
+#: pruned one 0.93 / 0.97 / 0.78-0.81 s; the whole 10-iteration run 21.4 -> 17.7 s.  The cost: up to
+#: ``trim`` bytes of freed memory stay mapped in the process (the peak, VmHWM, does not grow; the
+#: streamed-memory test measures it through the CLI).
+WORKER_MMAP_THRESHOLD = 256 * 2**20
+WORKER_TRIM_THRESHOLD = 1 * 2**30
 
 
 def tune_malloc(mmap_threshold: int = WORKER_MMAP_THRESHOLD, trim_threshold: int = WORKER_TRIM_THRESHOLD) -> bool:
-    """Set glibc's ``M_MMAP_THRESHOLD`` / ``M_TRIM_THRESHOLD`` in this process; False where the C
-    library is not glibc (macOS, musl: nothing to do)."""
+    """Set glibc's ``M_MMAP_THRESHOLD`` / ``M_TRIM_THRESHOLD`` in this process (process-wide: the CLI calls
+    it once before a stage runs, Dask workers through a plugin); False where the C library is not glibc
+    (macOS, musl: nothing to do)."""
     import ctypes
     import ctypes.util
 

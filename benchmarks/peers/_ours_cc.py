@@ -21,7 +21,10 @@ def main(argv) -> int:
     import torch
 
     torch.set_num_threads(threads)
+    from spicompute.execution import tune_malloc
     from spicompute.landscape import commonlines as cl
+
+    tune_malloc()   # as the spicompute CLI does before every stage
 
     with h5py.File(path, "r") as h5:
         intens = np.asarray(h5["intens"][()], np.float32)

@@ -20,6 +20,9 @@ def main(argv) -> int:
 
     torch.set_num_threads(int(threads))
     import spicompute
+    from spicompute.execution import tune_malloc
+
+    tune_malloc()   # as the spicompute CLI does before every stage
     from spicompute.emc2d.run import EMCConfig, initial_models, run_emc, usable_counts
     from spicompute.emc2d.steps import build_rotation_grid
     from spicompute.io.dragonfly import read_dragonfly_photons

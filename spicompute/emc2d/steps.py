@@ -485,9 +485,31 @@ def model_columns(grid: RotationGrid, models: np.ndarray, device: str = "cpu"
 
 
 def log_blocks(W: torch.Tensor, floor: float, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """log(max(W + offset, floor)) as column blocks (n_blocks, P, 64); ``offset`` (P,) or None."""
-    X = W + offset[:, None] if offset is not None else W.clone()
-    return to_blocks(torch.log(torch.clamp_(X, min=floor)))
+    """log(max(W + offset, floor)) as column blocks (n_blocks, P, 64) of the (P, C) matrix ``W``
+    (padding columns 0); ``offset`` (P,) or None.
+
+    Written block by block and slab by slab (``SLAB_ELEMENTS``): one strided read of ``W`` and one
+    write, the add, clamp and log of a slab in cache -- instead of a copy, a log into a new array,
+    a padded copy and a transposing copy of the whole ~160 MB matrix (0.2-0.3 s of a full iteration
+    on Dragonfly's 30,000-frame file).  Elementwise the same operations: bitwise the same.
+    """
+    P, C = W.shape
+    nb = -(-C // COL_BLOCK)
+    out = torch.empty((nb, P, COL_BLOCK), dtype=W.dtype, device=W.device)
+    step = max(1, SLAB_ELEMENTS // COL_BLOCK)
+    for i in range(nb):
+        lo = i * COL_BLOCK
+        width = min(C, lo + COL_BLOCK) - lo
+        if width < COL_BLOCK:
+            out[i, :, width:] = 0.0
+        for p0 in range(0, P, step):
+            slab = out[i, p0:p0 + step, :width]
+            if offset is not None:
+                torch.add(W[p0:p0 + step, lo:lo + width], offset[p0:p0 + step, None], out=slab)
+            else:
+                slab.copy_(W[p0:p0 + step, lo:lo + width])
+            slab.clamp_(min=floor).log_()
+    return out
 
 
 def log_models(grid: RotationGrid, models: np.ndarray, device: str = "cpu"
@@ -979,10 +1001,12 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
         acc["loglik"] += float(torch.dot(Pn.reshape(-1), L.reshape(-1))) + \
             float((photons * torch.log(ph)).sum())
         acc["mi"] += float(torch.xlogy(Pn, Pn).sum(dtype=torch.float64)) + (stop - start) * math.log(C)
-        flat = from_blocks(Pn, nb * width)
-        pm, arg = flat.max(dim=1)
+        # the most probable column: per block, then over blocks (first maximum, as over all columns)
+        pm_b, arg_b = Pn.max(dim=2)                                # (nb, n_b)
+        pm, ib = pm_b.max(dim=0)
+        arg = ib * width + arg_b.gather(0, ib[None])[0]
         if cand_out is not None:   # posterior mass of each model, summed over rotations
-            mass = flat[:, :C].reshape(-1, R, K).sum(dim=1)
+            mass = from_blocks(Pn, nb * width)[:, :C].reshape(-1, R, K).sum(dim=1)
             cand_out[start:stop] = (mass >= prune_mass).cpu().numpy()
         best[start:stop] = arg.cpu().numpy()
         pmax[start:stop] = pm.double().cpu().numpy()

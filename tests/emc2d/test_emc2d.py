@@ -502,3 +502,22 @@ def test_pruned_run_keeps_the_fit_and_skips_most_pairs(data):
     assert [shares[i] for i in (0, 4, 8)] == [1.0] * 3, shares    # the first and the refreshes
     assert shares[-1] < 0.5 and min(shares) < 0.5, shares
     assert [r["e_step_share"] for r in full.histories[0]] == [1.0] * 12
+
+
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_log_blocks_are_the_whole_array_formula_bit_for_bit(monkeypatch, with_offset):
+    """log_blocks writes log(max(W + offset, floor)) block by block and slab by slab; the same bits as
+    the whole-array formula, the padding columns of the last block 0."""
+    import spicompute.emc2d.steps as emc
+
+    monkeypatch.setattr(emc, "SLAB_ELEMENTS", 64 * 7)        # several slabs per block, a short last one
+    rng = np.random.default_rng(0)
+    W = torch.from_numpy(rng.exponential(1.0, (50, 3 * emc.COL_BLOCK + 5)).astype(np.float32))
+    W[W < 0.05] = 0.0                                        # below the floor
+    offset = torch.from_numpy(rng.uniform(0.0, 0.3, 50).astype(np.float32)) if with_offset else None
+    got = emc.log_blocks(W, 0.02, offset)
+    X = W + offset[:, None] if with_offset else W.clone()
+    expect = emc.to_blocks(torch.log(torch.clamp(X, min=0.02)))
+    assert got.shape == (4, 50, emc.COL_BLOCK)
+    assert torch.equal(got, expect)
+    assert torch.all(got[-1, :, 5:] == 0.0)
