@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.excepthook = lambda *exc: log.debug("suppressed: %s", exc[1])
     sys.unraisablehook = lambda u: log.debug("unraisable in %r: %s", u.object, u.exc_value)
     # the stages' per-block temporaries stay in the heap instead of being mmap-ed and page-faulted
-    # again at every allocation (17 % of a classify2d run; spicompute.execution.WORKER_MMAP_THRESHOLD)
+    # again at every allocation (17 % of a classify2d run; spicompute.execution.MALLOC_MMAP_THRESHOLD)
     tune_malloc()
     try:
         check_writable(args)

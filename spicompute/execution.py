@@ -58,13 +58,16 @@ def worker_threads(scheduler: str) -> int:
 #: 30,000-frame file, one E+M step (docs/scaling.md, 2026-12-05): a full iteration 2.94 s with glibc's
 #: defaults, 3.46 s at glibc's dynamic end points (32 MiB / 64 MiB), 2.45-2.58 s at 256 MiB / 1 GiB; a
 #: pruned one 0.93 / 0.97 / 0.78-0.81 s; the whole 10-iteration run 21.4 -> 17.7 s.  The cost: up to
-#: ``trim`` bytes of freed memory stay mapped in the process (the peak, VmHWM, does not grow; the
-#: streamed-memory test measures it through the CLI).
-WORKER_MMAP_THRESHOLD = 256 * 2**20
-WORKER_TRIM_THRESHOLD = 1 * 2**30
+#: ``trim`` bytes of freed memory stay mapped in the process, and the peak RSS of a classify2d run
+#: grew 12 % (the streamed-memory test measures it through the CLI).  A stage process exits when the
+#: stage ends; a Dask worker lives on between tasks and its nanny counts what it keeps as unmanaged
+#: memory, so workers trim beyond 64 MiB (1-4 % slower per step than 1 GiB, measured as above).
+MALLOC_MMAP_THRESHOLD = 256 * 2**20
+MALLOC_TRIM_THRESHOLD = 1 * 2**30
+WORKER_TRIM_THRESHOLD = 64 * 2**20
 
 
-def tune_malloc(mmap_threshold: int = WORKER_MMAP_THRESHOLD, trim_threshold: int = WORKER_TRIM_THRESHOLD) -> bool:
+def tune_malloc(mmap_threshold: int = MALLOC_MMAP_THRESHOLD, trim_threshold: int = MALLOC_TRIM_THRESHOLD) -> bool:
     """Set glibc's ``M_MMAP_THRESHOLD`` / ``M_TRIM_THRESHOLD`` in this process (process-wide: the CLI calls
     it once before a stage runs, Dask workers through a plugin); False where the C library is not glibc
     (macOS, musl: nothing to do)."""
@@ -88,7 +91,7 @@ def _malloc_plugin():
         name = "spicompute-tune-malloc"
 
         def setup(self, worker):
-            tune_malloc()
+            tune_malloc(trim_threshold=WORKER_TRIM_THRESHOLD)
 
     return TuneMalloc()
 

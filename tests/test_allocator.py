@@ -3,7 +3,7 @@
 The stages allocate large temporaries block after block (likelihood blocks of ~30 MB, the ~160 MB
 model matrices of classify2d); with glibc's defaults such arrays are mmap-ed and unmapped on release,
 so every allocation faults its pages in again (17 % of a classify2d run on Dragonfly's file,
-``spicompute.execution.WORKER_MMAP_THRESHOLD``).  The CLI and Dask workers call ``tune_malloc``.
+``spicompute.execution.MALLOC_MMAP_THRESHOLD``).  The CLI and Dask workers call ``tune_malloc``.
 """
 
 from __future__ import annotations

@@ -196,7 +196,28 @@ def test_workers_get_the_allocator_settings(cluster):
     assert tune_malloc() in (True, False)
     with dask_client(cluster.scheduler_address) as client:
         plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+        heap = client.run(_large_array_in_heap)
     assert plugins and all("spicompute-tune-malloc" in p for p in plugins.values())
+    # the setting took effect on every worker: a 64 MiB array comes from the heap, not from mmap
+    assert heap and all(v in (True, None) for v in heap.values()), heap
+
+
+def _large_array_in_heap():
+    """On a worker: whether glibc served a 64 MiB array from its heap (None: not glibc >= 2.33)."""
+    import ctypes
+
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = Info
+    a = np.ones(8 * 2**20)
+    mapped = mallinfo2().hblkhd
+    del a
+    return mapped < 64 * 2**20
 
 
 @pytest.mark.parametrize("section", ["classify2d", "ccmatrix", "orient"])
