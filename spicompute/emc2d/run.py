@@ -9,6 +9,7 @@ fluence scales and keeps a resumable checkpoint per run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -35,6 +36,24 @@ log = logging.getLogger("spicompute.classify2d")
 
 CHECKPOINT_VERSION = 4  # 2: max_iter in the key, beta ramp, corrected M-step; 3: E-step candidates;
 #                        4: compact pruned E-step, sparse numerator below 0.3 % (same science, other float sums)
+#                        (the EMC code itself is in every key since 2026-12-05: kernel_digest)
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_digest() -> str:
+    """sha1 of the EMC package's source (``spicompute/emc2d/*.py``), part of every checkpoint's key.
+
+    DVC re-runs classify2d when these files change, and the run would otherwise resume from the
+    checkpoints of the previous code: averages of the old code under the new code's name whenever a
+    change moves the float sums (a new summation order, a new threshold).  With the digest in the key
+    a resumed run is always what the current code computes; any edit of the package (a comment
+    included) costs one recomputation.  ``CHECKPOINT_VERSION`` remains for the file format.
+    """
+    h = hashlib.sha1()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -384,7 +403,7 @@ class RunState:
         try:
             with h5py.File(path, "r") as h5:
                 if h5.attrs.get("key") != key or h5.attrs.get("version") != CHECKPOINT_VERSION:
-                    log.warning("checkpoint %s is for other data/parameters: starting afresh",
+                    log.warning("checkpoint %s is for other data, parameters or EMC code: starting afresh",
                                 path)
                     return None
                 data = {n: h5[n][()] for n in ("models", "weight", "phi", "occupancy",
@@ -685,7 +704,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
             else counts[subset]
         init = initial_models(grid, sub_counts, photons[subset], K, rng, cfg.init_smooth_px)
         key = json.dumps({"params": cfg.trajectory_key(), "data": digest, "run": b,
-                          "n": int(n_sub)}, sort_keys=True, default=str)
+                          "n": int(n_sub), "code": kernel_digest()}, sort_keys=True, default=str)
         ckpt = Path(checkpoint_dir) / f"run_{b:03d}.h5" if checkpoint_dir else None
         state = run_emc(sub_counts, grid, cfg, init, executor=executor, checkpoint=ckpt,
                         key=key, on_iteration=on_iteration, run=b, background=background)

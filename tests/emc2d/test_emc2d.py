@@ -174,6 +174,25 @@ def test_resume_after_interruption_equals_uninterrupted(data, tmp_path):
     assert len(short.histories[0]) == 3
 
 
+def test_a_checkpoint_of_other_emc_code_is_recomputed_not_resumed(data, tmp_path, monkeypatch):
+    """The EMC package's source digest is part of the checkpoint key: after a code change the run
+    starts afresh (DVC re-runs the stage; resuming would hand it the old code's iterations)."""
+    import spicompute.emc2d.run as emc_run
+
+    digest = emc_run.kernel_digest()
+    assert len(digest) == 40 and digest == emc_run.kernel_digest()
+    fs, ck = data[0], tmp_path / "ck"
+    cfg = small_cfg(max_iter=3, min_iter=3)
+    run_bootstrap(fs, cfg, checkpoint_dir=ck)
+    same = []
+    run_bootstrap(fs, cfg, checkpoint_dir=ck, on_iteration=same.append)
+    assert len(same) == 3 and all(r.get("resumed") for r in same)
+    monkeypatch.setattr(emc_run, "kernel_digest", lambda: "0" * 40)
+    other = []
+    run_bootstrap(fs, cfg, checkpoint_dir=ck, on_iteration=other.append)
+    assert len(other) == 3 and not any(r.get("resumed") for r in other)
+
+
 def test_bootstrap_subsets_are_seeded_and_distinct(data):
     fs = data[0]
     cfg = small_cfg(max_iter=1, min_iter=1, n_runs=2, subset_fraction=0.8)
