@@ -83,6 +83,27 @@ def tune_malloc(mmap_threshold: int = MALLOC_MMAP_THRESHOLD, trim_threshold: int
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(mallopt(m_trim_threshold, int(trim_threshold)))
 
 
+def heap_stats() -> dict | None:
+    """glibc's own account of this process's allocator (``mallinfo2``): ``mmapped`` bytes held in
+    mmap-ed chunks and ``free_kept`` bytes freed but kept in the heap; None where the C library is not
+    glibc >= 2.33.  What :func:`tune_malloc` changes is visible here: a large array served from the
+    heap instead of mmap, and its memory kept for the next allocation after it is freed."""
+    import ctypes
+    import ctypes.util
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return {"mmapped": int(info.hblkhd), "free_kept": int(info.fordblks)}
+
+
 def _malloc_plugin():
     """A Dask ``WorkerPlugin`` running :func:`tune_malloc` on every worker, present and future."""
     from distributed.diagnostics.plugin import WorkerPlugin

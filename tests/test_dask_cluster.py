@@ -204,20 +204,12 @@ def test_workers_get_the_allocator_settings(cluster):
 
 def _large_array_in_heap():
     """On a worker: whether glibc served a 64 MiB array from its heap (None: not glibc >= 2.33)."""
-    import ctypes
+    from spicompute.execution import heap_stats
 
-    class Info(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
-    try:
-        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return None
-    mallinfo2.restype = Info
     a = np.ones(8 * 2**20)
-    mapped = mallinfo2().hblkhd
+    stats = heap_stats()
     del a
-    return mapped < 64 * 2**20
+    return None if stats is None else stats["mmapped"] < 64 * 2**20
 
 
 @pytest.mark.parametrize("section", ["classify2d", "ccmatrix", "orient"])
