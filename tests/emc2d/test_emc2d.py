@@ -320,16 +320,18 @@ def test_sparse_posterior_m_step_equals_dense(data, monkeypatch):
 
 
 def test_scattered_numerator_equals_the_dense_product(data):
-    """The kept-entry numerator (one entry per frame in a single pass, further entries gathered,
-    frames with none adding nothing) projected by ``numerator_bag`` equals B^T (K^T P / corr)
-    computed densely in float64 (the test detector's correction differs from 1 by up to 5e-4, far
-    above the tolerance)."""
-    from spicompute.emc2d.steps import scatter_numerator
+    """The kept-entry numerator (entries in no order, 1-3 per frame, some frames with none),
+    transposed to (P, R*K) and projected by ``numerator_bag``, equals B^T (K^T P / corr)
+    computed densely in float64 (the test detector's correction differs from 1 by up to 5e-4,
+    far above the tolerance); the torch path (other devices) adds the same numbers in the same
+    order, and the counts are left untouched."""
+    from spicompute.emc2d.steps import _add_rows_torch, scatter_numerator, transpose_into
 
     fs = data[0]
     grid = build_rotation_grid(fs.detector, 8)
     counts, _ = usable_counts(fs, grid)
     counts = sp.csr_matrix(counts[:120], dtype=np.float32)
+    before = counts.copy()
     n, P = counts.shape
     R, K = grid.n_rot, 5
     rng = np.random.default_rng(3)
@@ -340,10 +342,13 @@ def test_scattered_numerator_equals_the_dense_product(data):
     vals = rng.random(rows.size).astype(np.float32)
     perm = rng.permutation(rows.size)             # entries in no particular order
     rows, cols, vals = rows[perm], cols[perm], vals[perm]
-    acc = torch.zeros(R * P * K, dtype=torch.float32)
-    scatter_numerator(acc, counts, rows, cols, vals, R, K)
+    acc = torch.zeros((R * K, P), dtype=torch.float32)
+    scatter_numerator(acc, counts, rows, cols, vals)
+    assert (counts != before).nnz == 0
     index, offsets, weights = grid.numerator_bag()
-    got = torch.nn.functional.embedding_bag(index, acc.view(R * P, K), offsets, mode="sum",
+    table = transpose_into(acc, chunk=7)          # (P, R*K), chunks that do not divide P
+    assert torch.equal(table, acc.T)
+    got = torch.nn.functional.embedding_bag(index, table.reshape(P * R, K), offsets, mode="sum",
                                             per_sample_weights=weights).T.numpy()
     post = np.zeros((n, R * K))
     np.add.at(post, (rows, cols), vals.astype(np.float64))
@@ -352,13 +357,18 @@ def test_scattered_numerator_equals_the_dense_product(data):
     want = (grid.ST.astype(np.float64) @ ktp).T
     assert np.abs(want).max() > 0
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-    # the accumulator is the per-column K^T P itself: column (r, k) of frame-sums
-    r, k = divmod(int(cols[0]), K)
-    col = acc.view(R, P, K)[r, :, k].numpy()
+    # the accumulator is the per-column K^T P itself: row j holds column j's frame sums
     sel = cols == cols[0]
     direct = np.asarray(counts.T @ sp.csr_matrix((vals[sel], (rows[sel], np.zeros(sel.sum(), int))),
                                                  shape=(n, 1)).toarray()).ravel()
-    np.testing.assert_allclose(col, direct, rtol=1e-5, atol=1e-6 * direct.max())
+    np.testing.assert_allclose(acc[cols[0]].numpy(), direct, rtol=1e-5, atol=1e-6 * direct.max())
+    # the torch path: the same sums bit for bit
+    order = np.lexsort((rows, cols))
+    picked = counts[rows[order]]
+    indptr = picked.indptr[np.searchsorted(cols[order], np.arange(R * K + 1))]
+    other = torch.zeros_like(acc)
+    _add_rows_torch(other, indptr, picked.indices, picked.data, vals[order], np.diff(picked.indptr))
+    assert torch.equal(other, acc)
 
 
 @pytest.mark.slow
@@ -423,6 +433,14 @@ def test_pruned_e_step_equals_the_dense_reference_with_the_same_candidates(data,
     assert np.all(cand[np.arange(cand.shape[0]), a.best % 4])
     assert not np.any(a.candidates & ~cand)
     assert a.pairs == pytest.approx(cand.mean() * cand.shape[0])
+    # the candidates' likelihoods gathered in passes of a few photons: the same bits
+    import spicompute.emc2d.steps as steps
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(steps, "PAIR_PHOTONS", 500)
+        small = shard_step(shard, grid, models, phi, beta, True, engine="sparse", background=bg,
+                           candidates=cand, prune_mass=1e-6)
+    for field in ("num", "phi", "wsum", "pmax", "best", "candidates"):
+        np.testing.assert_array_equal(getattr(small, field), getattr(a, field))
     # all-True candidates take the full product: identical to no pruning
     full = shard_step(shard, grid, models, phi, beta, True, engine="sparse", background=bg)
     allc = shard_step(shard, grid, models, phi, beta, True, engine="sparse", background=bg,
