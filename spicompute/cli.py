@@ -52,6 +52,57 @@ def check_writable(args) -> None:
             raise OutputError(path, f"folder {folder} is not writable")
 
 
+def outputs_beside_out(args) -> list[tuple[str, str]]:
+    """Move a hand run's other outputs next to its ``--out``: [(option, new path)].
+
+    Every output option defaults to the pipeline's layout (``metrics/<stage>.json``,
+    ``results/parts/...``, ``checkpoints/<stage>``, ...), which ``dvc.yaml`` spells out in full.
+    A user who runs a stage by hand with ``--out`` somewhere else and leaves, say, ``--metrics``
+    alone would otherwise overwrite the versioned pipeline's metrics, tables and checkpoints
+    with those of an unrelated run.  So when ``--out`` differs from its default, each other output
+    still at its default moves under the same root: ``<root>/<default path>``, where ``root`` is
+    ``--out``'s folder (or, when that folder ends like the default's, e.g. ``run1/data/`` for
+    ``data/averages.h5``, the part before it).  Options given on the command line are kept,
+    even when they name the default.
+    """
+    defaults = getattr(args, "_output_defaults", {})
+    out, default_out = getattr(args, "out", None), defaults.get("out")
+    if not isinstance(out, str) or not isinstance(default_out, str) or not out or \
+            Path(out) == Path(default_out):
+        return []
+    folder, default_folder = Path(out).parent, Path(default_out).parent.parts
+    root = folder
+    if default_folder and folder.parts[-len(default_folder):] == default_folder:
+        root = Path(*folder.parts[:-len(default_folder)]) if len(folder.parts) > len(default_folder) else Path(".")
+    given = getattr(args, "_given", set())
+    moved = []
+    for name, default in defaults.items():
+        if name == "out" or name in given or not isinstance(default, str) or not default:
+            continue
+        if getattr(args, name, None) == default:
+            setattr(args, name, str(root / default))
+            moved.append((name, str(root / default)))
+    return moved
+
+
+def _given_options(argv: list[str], parser: argparse.ArgumentParser) -> set[str]:
+    """Destinations of the options named on the command line (``--x v`` and ``--x=v``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    stage = sub.choices.get(next((a for a in argv if not a.startswith("-")), ""), None)
+    if stage is None:
+        return set()
+    flags = {flag: action.dest for action in stage._actions for flag in action.option_strings}
+    given = set()
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if not key.startswith("--"):
+            continue
+        match = [flag for flag in flags if flag == key] or [flag for flag in flags if flag.startswith(key)]
+        if len(match) == 1:   # argparse accepts unambiguous prefixes
+            given.add(flags[match[0]])
+    return given
+
+
 def clean_stale_temporaries(args) -> None:
     """Remove temporaries that killed earlier runs left beside this stage's outputs."""
     from spicompute.io.storage import remove_stale_temporaries
@@ -100,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true",
                        help="warnings only, no progress bars")
         module.add_arguments(p)
-        p.set_defaults(_run=module.run, _outputs=getattr(module, "OUTPUTS", OUTPUTS))
+        outputs = getattr(module, "OUTPUTS", OUTPUTS)
+        p.set_defaults(_run=module.run, _outputs=outputs,
+                       _output_defaults={name: p.get_default(name) for name in outputs})
     return parser
 
 
@@ -148,8 +201,12 @@ def configure_logging(level: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._given = _given_options(sys.argv[1:] if argv is None else list(argv), parser)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     configure_logging(level)
+    for name, path in outputs_beside_out(args):
+        log.info("%s: --out is outside the pipeline's layout, so --%s goes beside it: %s "
+                 "(name it to choose)", args.command, name.replace("_", "-"), path)
     hooks = sys.excepthook, sys.unraisablehook
     # a failed HDF5 write (full disk) makes h5py report every object it cannot close; the one
     # line below says what happened, the rest goes to the debug log

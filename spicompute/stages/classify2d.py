@@ -30,6 +30,7 @@ from spicompute.io.tables import write_table
 from spicompute.stages._common import stage_params
 
 COMMAND = "classify2d"
+OUTPUTS = ("out", "frames_table", "part", "checkpoints", "metrics", "live")   # --truth is an input here
 HELP = "2D EMC class averages (B bootstrap runs x K models) from the frames"
 
 log = logging.getLogger("spicompute.classify2d")

@@ -27,6 +27,7 @@ from spicompute.params import choice, positive, with_defaults
 from spicompute.stages._common import stage_params
 
 COMMAND = "embed"
+OUTPUTS = ("out", "part", "metrics")   # --frames-table is an input here
 HELP = "CLPCA (PCA of the CC matrix), Isomap, spectral, t-SNE embeddings and clusters"
 
 log = logging.getLogger("spicompute.embed")

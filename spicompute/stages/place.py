@@ -16,6 +16,7 @@ import pandas as pd
 from spicompute.stages._common import get_logger
 
 COMMAND = "place"
+OUTPUTS = ("out",)   # --model is an input here
 HELP = "predict CLPCA coordinates of new averages with a trained regressor"
 
 log = get_logger("place")

@@ -37,6 +37,7 @@ from spicompute.errors import InputError, ParameterError
 from spicompute.stages._common import get_logger, stage_params
 
 COMMAND = "select"
+OUTPUTS = ("out", "metrics")   # --truth and --frames-table are inputs here
 HELP = "choose the averages that train the VAE (rules in params.yaml or a selection file)"
 MODES = ("family", "all", "clusters", "box", "gain", "file")
 DEFAULTS = {"mode": "family", "min_frames": "auto", "min_selected": "auto", "family_k": "auto",
