@@ -62,8 +62,10 @@ def outputs_beside_out(args) -> list[tuple[str, str]]:
     with those of an unrelated run.  So when ``--out`` differs from its default, each other output
     still at its default moves under the same root: ``<root>/<default path>``, where ``root`` is
     ``--out``'s folder (or, when that folder ends like the default's, e.g. ``run1/data/`` for
-    ``data/averages.h5``, the part before it).  Options given on the command line are kept,
-    even when they name the default.
+    ``data/averages.h5``, the part before it).  Where that would give back the pipeline's own
+    paths (``--out data/averages_try.h5``, ``--out try.h5``) or a filesystem root, ``root`` is a
+    folder named after ``--out`` beside it (``data/averages_try/``).  Options given on the
+    command line are kept, even when they name the default.
     """
     defaults = getattr(args, "_output_defaults", {})
     out, default_out = getattr(args, "out", None), defaults.get("out")
@@ -75,14 +77,17 @@ def outputs_beside_out(args) -> list[tuple[str, str]]:
     if default_folder and folder.parts[-len(default_folder):] == default_folder:
         root = Path(*folder.parts[:-len(default_folder)]) if len(folder.parts) > len(default_folder) else Path(".")
     given = getattr(args, "_given", set())
-    moved = []
-    for name, default in defaults.items():
-        if name == "out" or name in given or not isinstance(default, str) or not default:
-            continue
-        if getattr(args, name, None) == default:
-            setattr(args, name, str(root / default))
-            moved.append((name, str(root / default)))
-    return moved
+    names = [name for name, default in defaults.items()
+             if name != "out" and name not in given and isinstance(default, str) and default
+             and getattr(args, name, None) == default]
+    if root == Path(root.anchor) or any((root / defaults[name]).resolve() == Path(defaults[name]).resolve()
+                                        for name in names):
+        # --out beside its default (data/averages_try.h5), in the working folder or at a filesystem
+        # root: the mirrored paths would be the pipeline's own; use a folder named after --out
+        root = Path(out).parent / Path(out).stem
+    for name in names:
+        setattr(args, name, str(root / defaults[name]))
+    return [(name, str(root / defaults[name])) for name in names]
 
 
 def _given_options(argv: list[str], parser: argparse.ArgumentParser) -> set[str]:

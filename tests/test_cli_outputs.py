@@ -44,6 +44,26 @@ def test_a_folder_laid_out_like_the_pipeline_is_the_root(tmp_path):
     assert args.metrics == str(Path("run2/metrics/ccmatrix.json"))
 
 
+@pytest.mark.parametrize("out,root", [
+    ("data/averages_try.h5", "data/averages_try"),      # beside the default: mirroring gives the defaults back
+    ("try.h5", "try"),                                  # in the working folder
+    ("/data/averages_x.h5", "/data/averages_x"),        # mirroring would give the filesystem root
+])
+def test_a_variant_beside_the_default_never_gets_the_pipelines_paths(out, root):
+    args, moved = _args(["classify2d", "--out", out])
+    assert dict(moved)["metrics"] == str(Path(root) / "metrics/classify2d.json")
+    assert args.checkpoints == str(Path(root) / "checkpoints/classify2d")
+    for name, path in moved:
+        assert Path(path) != Path(build_parser().parse_args(["classify2d"]).__dict__[name])
+
+
+def test_an_absolute_out_inside_the_project_is_not_mirrored_onto_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, _ = _args(["vae", "--out", str(tmp_path / "results/parts/vae_b.parquet")])
+    assert args.model == str(tmp_path / "results/parts/vae_b/models/vae.pt")
+    assert args.metrics == str(tmp_path / "results/parts/vae_b/metrics/vae.json")
+
+
 def test_named_options_and_the_default_out_are_kept(tmp_path):
     args, moved = _args(["classify2d", "--out", str(tmp_path / "a.h5"), "--metrics", "metrics/classify2d.json",
                          "--live=", "--checkp", str(tmp_path / "ck")])

@@ -790,6 +790,9 @@ def _likelihood_blocks(shard, W: torch.Tensor, phi: np.ndarray, background: np.n
         yield from flush()
 
 
+SCATTER_PHOTONS = 1 << 24   # scatter_numerator: photons of the kept entries added in one pass (~200 MB)
+
+
 def scatter_numerator(acc: torch.Tensor, counts: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
                       vals: np.ndarray) -> None:
     """Add ``K^T P`` of a block's kept posterior entries to ``acc``: cost ~ kept entries x photons.
@@ -809,16 +812,25 @@ def scatter_numerator(acc: torch.Tensor, counts: sp.csr_matrix, rows: np.ndarray
         return
     C, P = acc.shape
     order = np.lexsort((np.asarray(rows, np.int64), np.asarray(cols, np.int64)))   # by column, then frame
+    rows = np.asarray(rows, np.int64)[order]
     cols = np.asarray(cols, np.int64)[order]
     vals = np.asarray(vals, np.float32)[order]
-    picked = counts[np.asarray(rows, np.int64)[order]]            # each entry's frame photons, a row each
-    picked.data = np.asarray(picked.data, np.float32)              # (a copy: counts is left as it is)
-    indptr = picked.indptr[np.searchsorted(cols, np.arange(C + 1))]   # row j: the photons of column j's entries
-    if acc.device.type == "cpu":
-        _sparsetools.csr_scale_rows(len(cols), P, picked.indptr, picked.indices, picked.data, vals)
-        _sparsetools.csr_todense(C, P, indptr, picked.indices, picked.data, acc.numpy())
-    else:
-        _add_rows_torch(acc, indptr, picked.indices, picked.data, vals, np.diff(picked.indptr))
+    # in passes of at most SCATTER_PHOTONS photons (the same additions in the same order): bounded
+    # memory, and each pass's picked CSR stays within scipy's int32 index range
+    ends = np.cumsum(np.diff(counts.indptr).astype(np.int64)[rows])
+    first = 0
+    while first < len(rows):
+        last = max(first + 1, int(np.searchsorted(ends, (ends[first - 1] if first else 0) + SCATTER_PHOTONS,
+                                                  side="right")))
+        picked = counts[rows[first:last]]                          # each entry's frame photons, a row each
+        picked.data = np.asarray(picked.data, np.float32)          # (a copy: counts is left as it is)
+        indptr = picked.indptr[np.searchsorted(cols[first:last], np.arange(C + 1))]   # row j: column j's photons
+        if acc.device.type == "cpu":
+            _sparsetools.csr_scale_rows(last - first, P, picked.indptr, picked.indices, picked.data, vals[first:last])
+            _sparsetools.csr_todense(C, P, indptr, picked.indices, picked.data, acc.numpy())
+        else:
+            _add_rows_torch(acc, indptr, picked.indices, picked.data, vals[first:last], np.diff(picked.indptr))
+        first = last
 
 
 def _add_rows_torch(acc: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
@@ -1042,11 +1054,11 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     # row per column) are projected apart, each as the (P, R*K) table of columns j = r K + k.
     num = np.zeros((K, grid.ST.shape[0]))                         # (K, G)
     index, offsets, weights = grid.numerator_bag(device)
-    for table in (None if num_pix is None else from_blocks(num_pix, C),
-                  None if num_kept is None else transpose_into(num_kept)):
-        if table is not None:   # (P, R*K) = rows p R + r of a (P*R, K) table
-            num += F.embedding_bag(index, table.reshape(P * R, K), offsets, mode="sum",
-                                   per_sample_weights=weights).T.cpu().numpy()
+    tables = ([lambda: from_blocks(num_pix, C)] if num_pix is not None else []) + \
+        ([lambda: transpose_into(num_kept)] if num_kept is not None else [])
+    for table in tables:   # made one at a time: (P, R*K) = rows p R + r of a (P*R, K) table
+        num += F.embedding_bag(index, table().reshape(P * R, K), offsets, mode="sum",
+                               per_sample_weights=weights).T.cpu().numpy()
     if background is not None:   # particle photons only: subtract the expected background
         # sum_{p, r} ST[g, p R + r] (b_p / corr_p) occ[r, k] = (Q @ occ)[g, k] with Q = ST @ E,
         # E[p R + r, r] = b_p / corr_p: no dense (P, R*K) term

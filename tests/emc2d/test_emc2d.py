@@ -362,6 +362,13 @@ def test_scattered_numerator_equals_the_dense_product(data):
     direct = np.asarray(counts.T @ sp.csr_matrix((vals[sel], (rows[sel], np.zeros(sel.sum(), int))),
                                                  shape=(n, 1)).toarray()).ravel()
     np.testing.assert_allclose(acc[cols[0]].numpy(), direct, rtol=1e-5, atol=1e-6 * direct.max())
+    # in passes of a few photons (a column's entries split between passes): the same sums bit for bit
+    import spicompute.emc2d.steps as steps
+    passes = torch.zeros_like(acc)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(steps, "SCATTER_PHOTONS", 97)
+        scatter_numerator(passes, counts, rows, cols, vals)
+    assert torch.equal(passes, acc)
     # the torch path: the same sums bit for bit
     order = np.lexsort((rows, cols))
     picked = counts[rows[order]]
