@@ -52,6 +52,11 @@ def check_writable(args) -> None:
             raise OutputError(path, f"folder {folder} is not writable")
 
 
+class PipelineDefault(str):
+    """An output path left at the pipeline's default, i.e. not named on the command line (argparse
+    keeps a string default's object as it is, so the marker survives parsing)."""
+
+
 def outputs_beside_out(args) -> list[tuple[str, str]]:
     """Move a hand run's other outputs next to its ``--out``: [(option, new path)].
 
@@ -59,27 +64,25 @@ def outputs_beside_out(args) -> list[tuple[str, str]]:
     ``results/parts/...``, ``checkpoints/<stage>``, ...), which ``dvc.yaml`` spells out in full.
     A user who runs a stage by hand with ``--out`` somewhere else and leaves, say, ``--metrics``
     alone would otherwise overwrite the versioned pipeline's metrics, tables and checkpoints
-    with those of an unrelated run.  So when ``--out`` differs from its default, each other output
-    still at its default moves under the same root: ``<root>/<default path>``, where ``root`` is
-    ``--out``'s folder (or, when that folder ends like the default's, e.g. ``run1/data/`` for
-    ``data/averages.h5``, the part before it).  Where that would give back the pipeline's own
-    paths (``--out data/averages_try.h5``, ``--out try.h5``) or a filesystem root, ``root`` is a
-    folder named after ``--out`` beside it (``data/averages_try/``).  Options given on the
-    command line are kept, even when they name the default.
+    with those of an unrelated run.  So when ``--out`` is named and differs from its default, each
+    other output left at its default (a :class:`PipelineDefault`) moves under the same root:
+    ``<root>/<default path>``, where ``root`` is ``--out``'s folder (or, when that folder ends
+    like the default's, e.g. ``run1/data/`` for ``data/averages.h5``, the part before it).  Where
+    that would give back the pipeline's own paths (``--out data/averages_try.h5``, ``--out
+    try.h5``) or a filesystem root, ``root`` is a folder named after ``--out`` beside it
+    (``data/averages_try/``).  Options named on the command line are kept, even when they name
+    the default.
     """
     defaults = getattr(args, "_output_defaults", {})
     out, default_out = getattr(args, "out", None), defaults.get("out")
-    if not isinstance(out, str) or not isinstance(default_out, str) or not out or \
-            Path(out) == Path(default_out):
+    if not isinstance(out, str) or isinstance(out, PipelineDefault) or not isinstance(default_out, str) \
+            or not out or Path(out) == Path(default_out):
         return []
     folder, default_folder = Path(out).parent, Path(default_out).parent.parts
     root = folder
     if default_folder and folder.parts[-len(default_folder):] == default_folder:
         root = Path(*folder.parts[:-len(default_folder)]) if len(folder.parts) > len(default_folder) else Path(".")
-    given = getattr(args, "_given", set())
-    names = [name for name, default in defaults.items()
-             if name != "out" and name not in given and isinstance(default, str) and default
-             and getattr(args, name, None) == default]
+    names = [name for name in defaults if name != "out" and isinstance(getattr(args, name, None), PipelineDefault)]
     if root == Path(root.anchor) or any((root / defaults[name]).resolve() == Path(defaults[name]).resolve()
                                         for name in names):
         # --out beside its default (data/averages_try.h5), in the working folder or at a filesystem
@@ -88,24 +91,6 @@ def outputs_beside_out(args) -> list[tuple[str, str]]:
     for name in names:
         setattr(args, name, str(root / defaults[name]))
     return [(name, str(root / defaults[name])) for name in names]
-
-
-def _given_options(argv: list[str], parser: argparse.ArgumentParser) -> set[str]:
-    """Destinations of the options named on the command line (``--x v`` and ``--x=v``)."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    stage = sub.choices.get(next((a for a in argv if not a.startswith("-")), ""), None)
-    if stage is None:
-        return set()
-    flags = {flag: action.dest for action in stage._actions for flag in action.option_strings}
-    given = set()
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if not key.startswith("--"):
-            continue
-        match = [flag for flag in flags if flag == key] or [flag for flag in flags if flag.startswith(key)]
-        if len(match) == 1:   # argparse accepts unambiguous prefixes
-            given.add(flags[match[0]])
-    return given
 
 
 def clean_stale_temporaries(args) -> None:
@@ -157,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="warnings only, no progress bars")
         module.add_arguments(p)
         outputs = getattr(module, "OUTPUTS", OUTPUTS)
-        p.set_defaults(_run=module.run, _outputs=outputs,
-                       _output_defaults={name: p.get_default(name) for name in outputs})
+        defaults = {name: p.get_default(name) for name in outputs}
+        p.set_defaults(_run=module.run, _outputs=outputs, _output_defaults=defaults,
+                       **{name: PipelineDefault(value) for name, value in defaults.items()
+                          if isinstance(value, str) and value})
     return parser
 
 
@@ -206,7 +193,6 @@ def configure_logging(level: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args._given = _given_options(sys.argv[1:] if argv is None else list(argv), parser)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     configure_logging(level)
     for name, path in outputs_beside_out(args):

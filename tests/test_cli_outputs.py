@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from spicompute.cli import build_parser, main, outputs_beside_out, _given_options
+from spicompute.cli import build_parser, main, outputs_beside_out
 
 
 def _args(argv: list[str]):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args._given = _given_options(argv, parser)
+    args = build_parser().parse_args(argv)
     return args, outputs_beside_out(args)
 
 

@@ -598,6 +598,17 @@ def compact_pieces(candidates: np.ndarray, n_rot: int, device) -> list[CompactLi
     return pieces
 
 
+def photon_passes(photons: np.ndarray, limit: int):
+    """Yield (first, last) ranges of consecutive items whose photons (``photons`` (n,), per item) sum to
+    at most ``limit`` -- at least one item per pass, so an item above the limit takes a pass alone."""
+    ends = np.cumsum(np.asarray(photons, np.int64))
+    first = 0
+    while first < len(ends):
+        last = max(first + 1, int(np.searchsorted(ends, (ends[first - 1] if first else 0) + limit, side="right")))
+        yield first, last
+        first = last
+
+
 PAIR_PHOTONS = 1 << 22   # fill_pieces: photons of the (frame, model) pairs gathered in one pass (~50 MB of indices)
 
 
@@ -623,13 +634,8 @@ def fill_pieces(pieces: list[CompactLikelihood], rows: np.ndarray, fitted: sp.cs
     table = log_km.reshape(K * P, R)
     model, sel = np.nonzero(np.asarray(candidates, bool).T)      # the pairs, model-major
     where, at = piece_of[rows[sel]], local[rows[sel]]
-    pair_photons = np.diff(fitted.indptr)[sel].astype(np.int64)
-    ends = np.cumsum(pair_photons)
     idx_dtype = torch.int32 if K * P < 2 ** 31 else torch.int64
-    first = 0
-    while first < len(sel):
-        last = max(first + 1, int(np.searchsorted(ends, ends[first] - pair_photons[first] + PAIR_PHOTONS,
-                                                  side="right")))
+    for first, last in photon_passes(np.diff(fitted.indptr)[sel], PAIR_PHOTONS):
         picked = fitted[sel[first:last]]
         lens = torch.from_numpy(np.diff(picked.indptr).astype(np.int64)).to(device)
         index = torch.repeat_interleave(torch.from_numpy(model[first:last] * P).to(device, idx_dtype), lens)
@@ -643,7 +649,6 @@ def fill_pieces(pieces: list[CompactLikelihood], rows: np.ndarray, fitted: sp.cs
             i = a[hit]
             pieces[g].L[torch.from_numpy(i).to(device), :,
                         torch.from_numpy(pieces[g].rank[i, k[hit]]).to(device)] = part[torch.from_numpy(hit).to(device)]
-        first = last
 
 
 SLAB_ELEMENTS = 1 << 18   # log of a model matrix: elements per slab (1 MiB of float32, stays in cache)
@@ -817,11 +822,7 @@ def scatter_numerator(acc: torch.Tensor, counts: sp.csr_matrix, rows: np.ndarray
     vals = np.asarray(vals, np.float32)[order]
     # in passes of at most SCATTER_PHOTONS photons (the same additions in the same order): bounded
     # memory, and each pass's picked CSR stays within scipy's int32 index range
-    ends = np.cumsum(np.diff(counts.indptr).astype(np.int64)[rows])
-    first = 0
-    while first < len(rows):
-        last = max(first + 1, int(np.searchsorted(ends, (ends[first - 1] if first else 0) + SCATTER_PHOTONS,
-                                                  side="right")))
+    for first, last in photon_passes(np.diff(counts.indptr)[rows], SCATTER_PHOTONS):
         picked = counts[rows[first:last]]                          # each entry's frame photons, a row each
         picked.data = np.asarray(picked.data, np.float32)          # (a copy: counts is left as it is)
         indptr = picked.indptr[np.searchsorted(cols[first:last], np.arange(C + 1))]   # row j: column j's photons
@@ -830,7 +831,6 @@ def scatter_numerator(acc: torch.Tensor, counts: sp.csr_matrix, rows: np.ndarray
             _sparsetools.csr_todense(C, P, indptr, picked.indices, picked.data, acc.numpy())
         else:
             _add_rows_torch(acc, indptr, picked.indices, picked.data, vals[first:last], np.diff(picked.indptr))
-        first = last
 
 
 def _add_rows_torch(acc: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
@@ -1054,11 +1054,15 @@ def shard_step(shard: Shard, grid: RotationGrid, models: np.ndarray, phi: np.nda
     # row per column) are projected apart, each as the (P, R*K) table of columns j = r K + k.
     num = np.zeros((K, grid.ST.shape[0]))                         # (K, G)
     index, offsets, weights = grid.numerator_bag(device)
-    tables = ([lambda: from_blocks(num_pix, C)] if num_pix is not None else []) + \
-        ([lambda: transpose_into(num_kept)] if num_kept is not None else [])
-    for table in tables:   # made one at a time: (P, R*K) = rows p R + r of a (P*R, K) table
-        num += F.embedding_bag(index, table().reshape(P * R, K), offsets, mode="sum",
+
+    def project(table):   # (P, R*K) = rows p R + r of a (P*R, K) table -> (K, G)
+        return F.embedding_bag(index, table.reshape(P * R, K), offsets, mode="sum",
                                per_sample_weights=weights).T.cpu().numpy()
+
+    if num_pix is not None:
+        num += project(from_blocks(num_pix, C))
+    if num_kept is not None:   # (each table made when it is projected: one (P, R*K) copy at a time)
+        num += project(transpose_into(num_kept))
     if background is not None:   # particle photons only: subtract the expected background
         # sum_{p, r} ST[g, p R + r] (b_p / corr_p) occ[r, k] = (Q @ occ)[g, k] with Q = ST @ E,
         # E[p R + r, r] = b_p / corr_p: no dense (P, R*K) term
