@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from scipy.ndimage import gaussian_filter
 from threadpoolctl import threadpool_limits
 
-from spicompute.emc2d.background import BackgroundEstimate, estimate_background
+from spicompute.emc2d.background import BackgroundEstimate, bin_matrix, estimate_background, refine_background
 from spicompute.emc2d.steps import PartialSums, RotationGrid, Shard, build_rotation_grid, m_step, shard_step
 from spicompute.errors import ParameterError
 from spicompute.execution import resolve_device, worker_threads
@@ -90,7 +90,9 @@ class EMCConfig:
     prob_min: float = 1e-6        # posterior probabilities below this are dropped (and skipped in the M-step)
     prune_mass: float = 1e-6      # E-step pruning: skip a frame's models that held less posterior mass (0: off)
     prune_refresh: int = 4        # ... with a full E-step every this many iterations
-    background: str = "auto"      # auto: estimate a fluence-independent background per pixel | none
+    background: str = "auto"      # auto: a fluence-independent background per pixel, estimated over the data set |
+    #                               refined: the same, then re-estimated within each run's classes once beta is
+    #                               final (right per radial bin; docs/classify2d.md) | none
     merge_only: bool = True       # merge (not fit) the detector's merge-only pixels (Dragonfly mask 1); false: drop
     device: str = "auto"          # auto | cpu | cuda
     scheduler: str = ""           # "" in-process | "local:N" | scheduler address
@@ -149,7 +151,7 @@ class EMCConfig:
         self.init_smooth_px = positive(p + "init_smooth_px", self.init_smooth_px, allow_zero=True)
         self.block_frames = positive(p + "block_frames", self.block_frames, integer=True)
         choice(p + "engine", self.engine, {"sparse", "dense"})
-        choice(p + "background", self.background, {"auto", "none"})
+        choice(p + "background", self.background, {"auto", "refined", "none"})
         self.prob_min = in_range(p + "prob_min", self.prob_min, 0, 1e-2)
         self.prune_mass = in_range(p + "prune_mass", self.prune_mass, 0, 1e-2)
         self.prune_refresh = positive(p + "prune_refresh", self.prune_refresh, integer=True)
@@ -462,15 +464,30 @@ def run_emc(counts: sp.csr_matrix, grid: RotationGrid, cfg: EMCConfig, init_mode
     if _done(state, cfg):
         return state
     executor.load(counts, grid, cfg.block_frames)
+    refine = None
+    if background is not None and cfg.background == "refined":
+        def refine(classes: np.ndarray) -> BackgroundEstimate:
+            per_frame = counts_in_bins(counts, bin_matrix(background.pixel_bin, len(background.per_bin)))
+            return refine_background(per_frame, classes, background)
     with threadpool_limits(1, user_api="blas"):   # numpy BLAS beside torch threads: contention
-        return _iterate(state, executor, grid, cfg, beta0, n, checkpoint, key, on_iteration, run,
-                        background)
+        return _iterate(state, executor, grid, cfg, beta0, n, checkpoint, key, on_iteration, run, refine)
+
+
+def counts_in_bins(counts, bins: sp.csr_matrix) -> np.ndarray:
+    """Photons of each frame (N, n_bins) in the pixel groups of ``bins`` (P, n_bins), from a CSR
+    matrix or a run's frames on file (:class:`spicompute.emc2d.stream.StreamCounts`)."""
+    if sp.issparse(counts):
+        return np.asarray((counts @ bins).todense(), np.float64)
+    return counts.project(bins)
 
 
 def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: EMCConfig,
              beta0: np.ndarray, n: int, checkpoint: Path | None, key: str,
              on_iteration: Callable[[dict], None] | None, run: int,
-             background: BackgroundEstimate | None = None) -> RunState:
+             refine: Callable[[np.ndarray], BackgroundEstimate] | None = None) -> RunState:
+    """Iterations until :func:`_done`.  ``refine`` (classes (n,) -> estimate): the background is
+    re-estimated once within the run's classes, after the first iteration at the final β (the
+    classes have formed) with at least one iteration left for the models to follow."""
     while not _done(state, cfg):
         it = state.iteration
         t0 = time.perf_counter()
@@ -498,12 +515,23 @@ def _iterate(state: RunState, executor: ShardExecutor, grid: RotationGrid, cfg: 
             "empty_models": int((occ < 1.0).sum()), "posterior_max_mean": float(total.pmax.mean()),
             "reseeded": len(reseeded), "beta_final": beta_is_final(it, cfg, beta0),
             "e_step_share": total.pairs / n,
-            "seconds": time.perf_counter() - t0,
         }
+        candidates = None if reseeded else total.candidates
+        background = state.background
+        if refine is not None and rec["beta_final"] and it + 1 < cfg.max_iter and \
+                not any("background_refined" in r for r in state.history):
+            refined = refine(np.where(total.best >= 0, total.best % models.shape[0], -1))
+            background = refined.per_pixel.copy()
+            # the likelihoods change with the background: every pair is recomputed next
+            candidates = None
+            rec["background_refined"] = refined.photons_per_frame
+            log.info("run %d: background refined within the classes: %.1f photons per frame (was %.1f)",
+                     run, refined.photons_per_frame, float(state.background.sum()))
+        rec["seconds"] = time.perf_counter() - t0
         state = RunState(iteration=it + 1, models=models.astype(np.float32), weight=weight,
                          phi=phi, occupancy=occ, best=total.best, pmax=total.pmax,
-                         history=state.history + [rec], background=state.background,
-                         candidates=None if reseeded else total.candidates)
+                         history=state.history + [rec], background=background,
+                         candidates=candidates)
         log.info("run %d iteration %d: loglik %.4g  MI %.3f  change %.2e  beta %.3g  %.1fs",
                  run, it + 1, rec["loglik"], rec["mutual_info"], change, rec["beta_mean"],
                  rec["seconds"])
@@ -534,6 +562,8 @@ def _done(state: RunState, cfg: EMCConfig) -> bool:
     """Stop at max_iter, or on convergence -- but only at the final β (never mid-schedule)."""
     if state.iteration >= cfg.max_iter:
         return True
+    if state.history and "background_refined" in state.history[-1]:
+        return False   # the models have not yet seen the refined background
     if state.history and state.iteration >= cfg.min_iter and state.history[-1].get("beta_final", False):
         return state.history[-1]["model_change"] < cfg.tol
     return False
@@ -552,6 +582,7 @@ class BootstrapResult:
     excluded: np.ndarray        # positions of frames excluded (no photons on used pixels, or < min_photons)
     histories: list             # per run: list of iteration records
     resolved: dict = field(default_factory=dict)   # values resolved from the data (n_rot, size)
+    backgrounds: list = field(default_factory=list)   # per run: the final background (P,) on grid.pixels, or None
 
 
 DEFAULT_N_ROT = 36
@@ -674,7 +705,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     if cfg.min_photons == "auto":
         resolved.update(min_photons_source="auto (half the median photons per frame)")
     background = None
-    if cfg.background == "auto":
+    if cfg.background in ("auto", "refined"):
         radius = np.linalg.norm(frames.detector.q_perp[grid.pixels], axis=1)
         if streamed:   # the first SIZE_FRAMES frames are plenty for a radial profile
             sample = sp.csr_matrix(frames.head(SIZE_FRAMES).counts[:, grid.pixels])
@@ -695,7 +726,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
     out_models = np.zeros((B, K, L, L), np.float32)
     out_weight = np.zeros((B, K, L, L), np.float32)
     out_occ = np.zeros((B, K))
-    per_run, histories = [], []
+    per_run, histories, backgrounds = [], [], []
     for b in range(B):
         rng = np.random.default_rng([cfg.seed, b])
         subset = usable if n_sub == usable.size else np.sort(
@@ -720,6 +751,7 @@ def run_bootstrap(frames: FrameSet, cfg: EMCConfig, *, client=None,
             "scale": np.asarray(state.phi, np.float64),
         })
         histories.append(state.history)
+        backgrounds.append(state.background)
     return BootstrapResult(grid=grid, models=out_models, weight=out_weight, occupancy=out_occ,
                            frames=per_run, excluded=excluded, histories=histories,
-                           resolved=resolved)
+                           resolved=resolved, backgrounds=backgrounds)

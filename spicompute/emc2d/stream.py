@@ -88,6 +88,14 @@ class StreamCounts:
             total += np.asarray(blk.sum(axis=0, dtype=np.float64)).reshape(-1)
         return total
 
+    def project(self, matrix, block_frames: int = READ_FRAMES) -> np.ndarray:
+        """Every frame times ``matrix`` (P, B): (n, B) float64, read block by block."""
+        out = np.zeros((self.shape[0], matrix.shape[1]))
+        for a in range(0, self.shape[0], block_frames):
+            blk = crop(self.source.take(self.rows[a:a + block_frames]), self.pixels)
+            out[a:a + blk.shape[0]] = sp.csr_matrix(blk @ matrix).toarray()
+        return out
+
     def dense_rows(self, positions: np.ndarray) -> np.ndarray:
         """Frames at ``positions`` (sorted, into ``rows``) as a dense (k, P) float64 array."""
         return crop(self.source.take(self.rows[positions]), self.pixels).toarray().astype(np.float64)

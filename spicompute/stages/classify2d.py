@@ -168,6 +168,8 @@ def run(args) -> int:
                      "loglik": last.get("loglik"), "mutual_info": last.get("mutual_info"),
                      "model_change": last.get("model_change"),
                      "empty_models": last.get("empty_models"),
+                     "background_refined": next((h["background_refined"] for h in hist
+                                                 if "background_refined" in h), None),
                      "photon_sorting_f": photon_sorting(photons[result.frames[b]["index"]],
                                                         result.frames[b]["model"]),
                      "seconds_per_iteration": float(np.mean([h["seconds"] for h in hist]))
@@ -181,6 +183,8 @@ def run(args) -> int:
                                            if r["mutual_info"] is not None])),
         "photon_sorting_f": mean_or_none([r["photon_sorting_f"] for r in runs]),
         "runs": runs,
+        # the background the runs refined within their classes (mean over runs; None: not refined)
+        "background_refined_photons_per_frame": mean_or_none([r["background_refined"] for r in runs]),
         **{f"resolved_{k}": v for k, v in result.resolved.items()},
     }
     metrics["streamed"] = bool(streamed)

@@ -186,3 +186,152 @@ def test_slab_wise_log_equals_the_whole_array_expression_bitwise(rng, monkeypatc
     inplace = W.clone()
     steps.offset_log(inplace, floor, index=np.array([0, 4]), out=inplace)
     assert torch.equal(inplace[[0, 4]], plain[[0, 4]]) and torch.equal(inplace[1:4], W[1:4])
+
+
+def _two_sizes(rng, n=10000, p=400, background=40.0):
+    """Frames of two particle sizes (class 0: larger, more forward scattering, less at mid q)
+    at random fluence, plus a background decaying with q: (counts, radius, efficiency, classes,
+    true background per pixel)."""
+    radius = np.linspace(0.02, 1.0, p)
+    efficiency = 1.0 - 0.4 * radius ** 2
+    profiles = np.stack([np.exp(-(radius / s) ** 2) + 0.02 * np.exp(-radius / t)
+                         for s, t in ((0.1, 0.1), (0.25, 0.35))])
+    profiles *= 600.0 / profiles.sum(axis=1, keepdims=True)
+    classes = rng.integers(0, 2, n)
+    phi = rng.uniform(0.3, 1.5, n)
+    shape = efficiency * (0.5 + 0.5 * np.exp(-radius / 0.3))
+    true = background * shape / shape.sum()
+    lam = phi[:, None] * profiles[classes] * efficiency + true[None]
+    return sp.csr_matrix(rng.poisson(lam).astype(np.float64)), radius, efficiency, classes, true
+
+
+def _per_bin(per_pixel, est):
+    return np.bincount(est.pixel_bin, per_pixel, len(est.per_bin))
+
+
+def test_background_refined_within_classes_is_right_where_the_pooled_estimate_is_not(rng):
+    """Across two sizes the inner bins predict the outer ones only on average, so the pooled
+    intercept is off bin by bin; within each class the same regression is linear and the
+    refined estimate follows the truth wherever the background is a fair share of the counts."""
+    from spicompute.emc2d.background import TRUSTED_SHARE, bin_matrix, refine_background
+
+    counts, radius, efficiency, classes, true = _two_sizes(rng)
+    pooled = estimate_background(counts, radius, efficiency)
+    per_frame = np.asarray((counts @ bin_matrix(pooled.pixel_bin, len(pooled.per_bin))).todense())
+    refined = refine_background(per_frame, classes, pooled)
+    truth_bin = _per_bin(true, pooled)
+    fair = truth_bin >= TRUSTED_SHARE * pooled.signal_per_bin
+    assert fair.sum() >= 5
+    err_pooled = np.abs(pooled.per_bin[fair] / truth_bin[fair] - 1)
+    err_refined = np.abs(refined.per_bin[fair] / truth_bin[fair] - 1)
+    assert err_pooled.max() > 0.15, err_pooled         # the pooled regression's bias (the old default)
+    assert err_refined.max() < 0.1, err_refined
+    assert refined.photons_per_frame == pytest.approx(true.sum(), rel=0.1)
+    # spread per pixel as the efficiency, never negative, on the prior's bins
+    assert np.all(refined.per_pixel >= 0) and np.array_equal(refined.pixel_bin, pooled.pixel_bin)
+    # negative control: classes that are not the shapes (random labels) bring back the pooled bias
+    shuffled = refine_background(per_frame, rng.permutation(classes), pooled)
+    assert np.abs(shuffled.per_bin[fair] / truth_bin[fair] - 1).max() > 0.3
+
+
+def test_background_refinement_falls_back_to_the_prior(rng):
+    from spicompute.emc2d.background import MIN_CLASS_FRAMES, bin_matrix, refine_background
+
+    counts, radius, efficiency, classes, _ = _two_sizes(rng, n=3000)
+    pooled = estimate_background(counts, radius, efficiency)
+    per_frame = np.asarray((counts @ bin_matrix(pooled.pixel_bin, len(pooled.per_bin))).todense())
+    # every class smaller than MIN_CLASS_FRAMES: nothing to pool, the prior stands
+    tiny = np.arange(len(classes)) // (MIN_CLASS_FRAMES - 1)
+    assert refine_background(per_frame, tiny, pooled) is pooled
+    # frames without a class (-1) are left out, not pooled as a class of their own
+    none = np.full(len(classes), -1)
+    assert refine_background(per_frame, none, pooled) is pooled
+    # no background claimed: nothing to refine
+    zero = estimate_background(counts[:20], radius, efficiency)
+    assert refine_background(per_frame[:20], classes[:20], zero) is zero
+
+
+@pytest.fixture(scope="module", params=[(GEOMETRIES["33 binned"], 400), (GEOMETRIES["51 off-centre"], 400),
+                                        (GEOMETRIES["33 binned"], 1500), (GEOMETRIES["51 off-centre"], 1500)],
+                ids=["33-400ph", "51-400ph", "33-1500ph", "51-1500ph"])
+def background_set(request):
+    """A simulated set with 60 background photons per frame on two geometries, two photon levels."""
+    from spicompute.simulation.simulate import SimulationParams, simulate
+
+    geometry, photons = request.param
+    p = SimulationParams.from_dict(small_simulation_params(n_frames=4000, photons_mean=photons,
+                                                           background_photons=60, seed=5, **geometry))
+    return simulate(p, progress=False), p
+
+
+def _bin_errors(frames, truth, p, result):
+    """Per radial bin where the true background is >= TRUSTED_SHARE of the counts: estimate / truth - 1."""
+    from spicompute.emc2d.background import TRUSTED_SHARE, pixel_bins
+    from spicompute.simulation.simulate import background_profile
+
+    det, pix = frames.detector, result.grid.pixels
+    true = float(np.mean(truth.background_photons)) * background_profile(
+        det, p.background_flat_fraction, p.background_q_nm)[pix]
+    radius = np.linalg.norm(det.q_perp[pix], axis=1)
+    bins = pixel_bins(radius, np.linspace(radius.min(), radius.max() * (1 + 1e-9), 13))
+    true_bin = np.bincount(bins, true, 12)
+    counts = np.bincount(bins, np.asarray(frames.counts[:, pix].mean(axis=0)).ravel(), 12)
+    fair = true_bin >= TRUSTED_SHARE * counts
+    assert fair.sum() >= 6
+    return np.bincount(bins, result.backgrounds[0], 12)[fair] / true_bin[fair] - 1
+
+
+def test_emc_refines_the_background_within_its_classes(background_set):
+    """Through 2D EMC (the classes it found, not the truth's): the refined background is nearer
+    the simulator's, bin by bin, than the data-set estimate it starts from."""
+    from spicompute.emc2d.run import EMCConfig, run_bootstrap
+
+    (frames, truth), p = background_set
+    cfg = dict(n_models=8, n_rot=16, n_runs=1, max_iter=10, min_iter=10, device="cpu")
+    pooled = run_bootstrap(frames, EMCConfig(**cfg, background="auto"))
+    refined = run_bootstrap(frames, EMCConfig(**cfg, background="refined"))
+    history = refined.histories[0]
+    at = [r["iteration"] for r in history if "background_refined" in r]
+    first_final = next(r["iteration"] for r in history if r["beta_final"])
+    assert at == [first_final] and not any("background_refined" in r for r in pooled.histories[0])
+    assert history[at[0] - 1]["background_refined"] == pytest.approx(refined.backgrounds[0].sum())
+    err_pooled = np.abs(_bin_errors(frames, truth, p, pooled))
+    err_refined = np.abs(_bin_errors(frames, truth, p, refined))
+    assert err_refined.max() < err_pooled.max() - 0.05, (err_refined, err_pooled)
+    assert err_refined.max() < 0.7
+
+
+@pytest.mark.parametrize("kill_at", ["before", "at"])
+def test_refined_run_resumes_to_the_same_bits(tmp_path, kill_at):
+    """A run killed before or right after its refinement resumes to the uninterrupted result
+    (the refined background is in the checkpoint, and is refined once); streamed from the file
+    the frames give the same bits as in memory."""
+    from spicompute.emc2d.run import EMCConfig, run_bootstrap
+    from spicompute.io.frames import write_frames
+    from spicompute.io.stream import FrameFile
+
+    frames, _ = _simulate(60.0, GEOMETRIES["51 off-centre"], n_frames=1500)
+    cfg = EMCConfig(n_models=6, n_rot=16, n_runs=1, max_iter=8, min_iter=8, device="cpu", background="refined")
+    full = run_bootstrap(frames, cfg)
+    at = next(r["iteration"] for r in full.histories[0] if "background_refined" in r)
+    stop = at - 1 if kill_at == "before" else at
+
+    class Killed(Exception):
+        pass
+
+    def kill(rec):
+        if rec["iteration"] == stop and not rec.get("resumed"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_bootstrap(frames, cfg, checkpoint_dir=tmp_path / "ck", on_iteration=kill)
+    resumed = run_bootstrap(frames, cfg, checkpoint_dir=tmp_path / "ck")
+    assert np.array_equal(resumed.models, full.models)
+    assert np.array_equal(resumed.backgrounds[0], full.backgrounds[0])
+    assert [r["iteration"] for r in resumed.histories[0] if "background_refined" in r] == [at]
+    if kill_at == "at":
+        path = tmp_path / "frames.h5"
+        write_frames(path, frames, layout="sparse")
+        streamed = run_bootstrap(FrameFile(path), EMCConfig(**{**cfg.__dict__, "stream": True}))
+        assert np.array_equal(streamed.models, full.models)
+        assert np.array_equal(streamed.backgrounds[0], full.backgrounds[0])
