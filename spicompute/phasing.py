@@ -26,7 +26,7 @@ All functions are vectorised over a leading batch axis of random starts.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.fft
@@ -189,7 +189,13 @@ class PhasingResult:
         (the data limit when it never does)
     dx_nm : voxel edge
     best : index of the best start
-    kept : (n_starts,) bool, starts averaged (error <= keep_factor x best)
+    kept : (n_starts,) bool, starts averaged (compact, error <= keep_factor x best)
+    support_voxels : (n_starts,) final support size of each start
+    forward_ratio : (n_starts,) each start's |F(0)|^2 over the data's Guinier I(0) (NaN where
+        the data have no Guinier range); above ``SPREAD_FORWARD_RATIO`` a start is spread
+        over the field of view, not an object (:func:`compact_starts`)
+    tight_start : the starts began from half the autocorrelation support (``support_scale``
+        0.5): the retry after no start from the given one was compact
     """
 
     density: np.ndarray
@@ -202,6 +208,18 @@ class PhasingResult:
     best: int
     kept: np.ndarray = None
     history: list = field(default_factory=list)
+    support_voxels: np.ndarray = None
+    forward_ratio: np.ndarray = None
+    tight_start: bool = False
+
+    @property
+    def compact(self) -> bool:
+        """Whether the best start is an object (its forward scattering is the data's, within
+        ``SPREAD_FORWARD_RATIO``), not a density spread over the field of view."""
+        if self.forward_ratio is None:
+            return True
+        ratio = self.forward_ratio[self.best]
+        return bool(not np.isfinite(ratio) or ratio <= SPREAD_FORWARD_RATIO)
 
     @property
     def final_error(self) -> float:
@@ -396,6 +414,38 @@ def autocorrelation_support(intensity: np.ndarray, observed: np.ndarray, thresho
     auto = fourier.inverse(_half(filled).astype(np.complex64))
     auto = gaussian_blur(np.abs(auto).astype(np.float32), sigma_vox, ndim, workers)
     return auto > threshold * auto.max()
+
+
+TIGHT_SCALE = 0.5           # the retry's initial support: the autocorrelation support scaled by this
+SPREAD_FORWARD_RATIO = 3.0  # a start whose |F(0)|^2 exceeds this x the data's Guinier I(0) is spread out
+
+
+def compact_starts(forward_ratio: np.ndarray) -> np.ndarray:
+    """(S,) bool: starts whose forward scattering |F(0)|^2 is at most ``SPREAD_FORWARD_RATIO`` x
+    the data's Guinier I(0) (all of them where the data have no Guinier range, ratio NaN).
+
+    The beamstop leaves |F| near q = 0 free, and a density spread thinly over the field of
+    view can fit the observed shell (Fourier error below 0.15 on decoded 400-photon volumes)
+    while its integral, hence |F(0)|^2 and the particle volume, is many times the particle's.
+    Measured: compact starts 1.0-1.4 x the Guinier value (the Guinier fit over the first shells
+    underestimates I(0) a little), spread ones 7-15 x (docs/volumes_phase.md).
+    """
+    ratio = np.asarray(forward_ratio, np.float64)
+    return ~(ratio > SPREAD_FORWARD_RATIO)
+
+
+def guinier_forward(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
+                    max_qrg: float = 1.3) -> float:
+    """The data's I(0) from :func:`guinier`, or NaN when the first observed shell is past the
+    Guinier range (q Rg > ``max_qrg``: no check at all) or the shells do not decrease."""
+    i0, rg = guinier(intensity, observed, dq_nm, max_qrg)
+    observed = np.asarray(observed, dtype=bool)
+    ndim, size = observed.ndim, observed.shape[0]
+    shell = to_centred(radial_index(size, ndim), ndim)
+    seen = observed & (shell > 0)
+    if not (np.isfinite(i0) and np.isfinite(rg) and i0 > 0 and seen.any()):
+        return float("nan")
+    return float(i0) if float(shell[seen].min()) * dq_nm * rg <= max_qrg else float("nan")
 
 
 def scale_support(support: np.ndarray, factor: float, ndim: int) -> np.ndarray:
@@ -903,9 +953,24 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
                                    ops.asarray(obs_h), ops, s, ndim, sig0, sig1)
     x, support = ops.numpy(x), ops.numpy(support)
     errors = fourier_error(x, amp_h, obs_h, fourier)
-    best = int(np.argmin(errors))
+    voxels = support.reshape(len(support), -1).sum(axis=1)
+    # a start spread over the field of view is not a solution, however low its error
+    i0_data = guinier_forward(intensity, observed, dq_nm)
+    ratio = (scale * x.reshape(len(x), -1).sum(axis=1, dtype=np.float64)) ** 2 / i0_data
+    compact = compact_starts(ratio)
+    if not compact.any() and (s.support_scale > TIGHT_SCALE or 0 < s.coarse_size < size):
+        # none was: the autocorrelation support left the low-q modes too free (measured on decoded
+        # 400-photon volumes: 2 of 12 with every start spread out).  Once more from an object-sized
+        # support (half the autocorrelation's: exact for a centrosymmetric convex particle, and
+        # intensities are centrosymmetric), with other random starts
+        seeds = s.seed if isinstance(s.seed, np.random.SeedSequence) else np.random.SeedSequence(s.seed)
+        tight = replace(s, support_scale=TIGHT_SCALE, coarse_size=0, seed=seeds.spawn(1)[0])
+        retry = phase_retrieval(intensity, observed, dq_nm, tight)
+        retry.tight_start = True
+        return retry
+    best = int(np.argmin(np.where(compact, errors, np.inf))) if compact.any() else int(np.argmin(errors))
 
-    kept = errors <= s.keep_factor * errors[best] + 1e-12
+    kept = (errors <= s.keep_factor * errors[best] + 1e-12) & (compact if compact.any() else True)
     aligned, shifts, inverted = align_to(x[best], x[kept], ndim, s.workers)
     supports = apply_alignment(support[kept], shifts, inverted, ndim)
     density = aligned.mean(axis=0)
@@ -925,4 +990,5 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     density = (density * scale / dx**ndim).astype(np.float32)
     return PhasingResult(density=to_centred(density, ndim), support=to_centred(supp, ndim),
                          errors=errors, prtf=prtf, prtf_q_nm=q_shell, resolution_nm=resolution,
-                         dx_nm=dx, best=best, kept=kept, history=history)
+                         dx_nm=dx, best=best, kept=kept, history=history, support_voxels=voxels,
+                         forward_ratio=ratio)

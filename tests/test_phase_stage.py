@@ -107,7 +107,8 @@ def test_stage_writes_the_contract_outputs_deterministically(inputs, tmp_path):
                                    "particle_volume_threshold_nm3", "particle_volume_intensity_nm3",
                                    "porod_tail_share", "particle_volume_half_max_nm3",
                                    "support_voxels", "prtf_resolution_nm", "prtf_at_data_limit",
-                                   "n_starts_kept", "final_error", "converged"]
+                                   "n_starts_kept", "final_error", "converged", "compact",
+                                   "forward_ratio", "tight_start"]
     assert table.volume_index.tolist() == [0, 1, 2]
     # cubes 7 and 9 voxels across, a sphere 9 across: the invariant estimate is sub-voxel
     true = np.r_[np.array(EDGES) ** 3, 4 / 3 * np.pi * 13.0**3]
@@ -219,3 +220,17 @@ def test_a_grid_too_small_for_the_particle_is_refused(tmp_path, capsys):
     assert "vae.preset" in err and "vae.q_max_nm" in err and "75 nm box" in err and "volume 1" in err
     assert "small_box.h5" in err
     assert not any(p.exists() for p in _outputs(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_volume_whose_starts_all_spread_is_flagged_not_converged(inputs, tmp_path, monkeypatch, caplog):
+    """Spread starts (|F(0)|^2 far above the data's Guinier I(0)) are no solution whatever their
+    Fourier error: with a data I(0) far below every start's |F(0)|^2, every volume is flagged."""
+    import spicompute.phasing as phasing
+
+    monkeypatch.setattr(phasing, "guinier_forward", lambda *a, **k: 1e-6)
+    assert main(_args(tmp_path, inputs / "volumes.h5", inputs / "averages.h5")) == 0
+    table = pd.read_parquet(tmp_path / "results/volumes.parquet")
+    assert not table["compact"].any() and not table["converged"].any() and table["tight_start"].all()
+    assert (table["forward_ratio"] > phasing.SPREAD_FORWARD_RATIO).all()
+    assert "spread over the field of view" in caplog.text

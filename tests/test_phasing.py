@@ -447,3 +447,55 @@ def test_torch_backend_on_cuda_retrieves_the_cube():
     inten, obs, dq, dx = _cube_case()
     r = phase_retrieval(inten, obs, dq, PhasingSettings(n_starts=3, seed=1, backend="torch", device="cuda"))
     assert r.final_error < 0.05 and _best_cc(r.density, _cube_truth(33, 30.0, dx)) > 0.97
+
+
+def _decoded_spread_volume():
+    """A VAE-decoded 27^3 intensity from a 400-photon + 50-background run (point 2 of its line,
+    true particle volume 75,437 nm^3) on which every start of the default phasing spread over the
+    field of view, Fourier error 0.148, particle volume 694,662 nm^3 -- and 'converged'."""
+    from pathlib import Path
+
+    d = np.load(Path(__file__).parent / "data" / "decoded_volume_400ph_spread.npz")
+    return d["intensity"].astype(np.float64), d["observed"], float(d["dq_nm"]), float(d["true_volume_nm3"])
+
+
+def test_spread_starts_are_no_solution_and_the_retry_finds_the_particle(monkeypatch):
+    import spicompute.phasing as phasing
+
+    inten, obs, dq, true_v = _decoded_spread_volume()
+    settings = PhasingSettings(seed=[0, 3, 2])
+    r = phase_retrieval(inten, obs, dq, settings)
+    v, _ = invariant_volume(r.density, inten, obs, dq)
+    assert r.compact and r.tight_start
+    assert v == pytest.approx(true_v, rel=0.1)
+    assert np.all(r.forward_ratio[r.kept] < 2.0)
+    # negative control: without the check the same starts give the spread density, 'converged'
+    monkeypatch.setattr(phasing, "SPREAD_FORWARD_RATIO", np.inf)
+    spread = phase_retrieval(inten, obs, dq, settings)
+    v_spread, _ = invariant_volume(spread.density, inten, obs, dq)
+    assert not spread.tight_start and spread.final_error < 0.15
+    assert v_spread > 3 * true_v and spread.forward_ratio[spread.best] > 5
+
+
+def test_guinier_forward_is_the_particles_forward_scattering_or_nan():
+    from spicompute.phasing import guinier_forward
+
+    size, edge = 41, 42.0
+    dq, _ = _geometry(size, edge, 13)
+    inten = cube_intensity(_grid(size, dq, 3), edge).astype(np.float64)
+    # the Guinier fit over the first shells (q Rg ~ 1, Rg = 21 nm) underestimates I(0) = V^2 a little
+    assert guinier_forward(inten, _observed(size, dq, 0.5), dq) == pytest.approx(edge ** 6, rel=0.1)
+    # a beamstop past the Guinier range (first shell at q Rg = 3 > 1.3): no estimate, so no start is
+    # judged by it
+    assert np.isnan(guinier_forward(inten, _observed(size, dq, 2.0), dq))
+
+
+def test_a_phase_retrieval_with_every_start_spread_is_not_compact(monkeypatch):
+    """When the retry from half the autocorrelation support spreads too, the result says so
+    (the phase stage then flags the volume as not converged)."""
+    import spicompute.phasing as phasing
+
+    inten, obs, dq, _ = _decoded_spread_volume()
+    monkeypatch.setattr(phasing, "SPREAD_FORWARD_RATIO", 0.5)   # every start counts as spread
+    r = phase_retrieval(inten, obs, dq, PhasingSettings(seed=[0, 3, 2], n_starts=2, n_dm=20, n_er=5))
+    assert r.tight_start and not r.compact

@@ -197,6 +197,9 @@ def run(args) -> int:
     pvol_half = np.empty(n_vol)
     at_limit = np.zeros(n_vol, dtype=bool)
     n_kept = np.zeros(n_vol, dtype=np.int64)
+    compact = np.ones(n_vol, dtype=bool)
+    tight = np.zeros(n_vol, dtype=bool)
+    forward_ratio = np.full(n_vol, np.nan)
     svox = np.empty(n_vol, dtype=np.int64)
     res = np.empty(n_vol)
     err = np.empty(n_vol)
@@ -217,8 +220,17 @@ def run(args) -> int:
         svox[i], res[i], err[i] = int(r.support.sum()), r.resolution_nm, r.final_error
         at_limit[i] = phasing.prtf_at_data_limit(r.prtf, r.prtf_q_nm)
         n_kept[i] = int(r.kept.sum())
-    converged = err <= o["max_error"]
+        compact[i], tight[i], forward_ratio[i] = r.compact, r.tight_start, r.forward_ratio[r.best]
+    # converged: a low Fourier error *and* a compact object (a density spread over the field of view
+    # can fit the observed shell; its forward scattering, which the beamstop leaves free, is not the data's)
+    converged = (err <= o["max_error"]) & compact
     for i in np.flatnonzero(~converged):
+        if not compact[i]:
+            log.warning("volume %d: phasing did not converge (every start spread over the field of view, "
+                        "also from half the autocorrelation support: |F(0)|^2 %.1f x the data's Guinier "
+                        "I(0)); its shape and volume are flagged (column converged) and left out of the "
+                        "metrics (docs/volumes_phase.md)", i, forward_ratio[i])
+            continue
         log.warning("volume %d: phasing did not converge (Fourier error %.3f > phase.max_error %.3g); "
                     "its shape and volume are flagged (column converged) and left out of the "
                     "metrics; try more phase.n_starts / n_dm (an error that does not drop with them is the "
@@ -299,13 +311,17 @@ def run(args) -> int:
     table["n_starts_kept"] = n_kept
     table["final_error"] = err
     table["converged"] = converged
+    table["compact"] = compact              # not spread over the field of view (phasing.compact_starts)
+    table["forward_ratio"] = forward_ratio  # the best start's |F(0)|^2 / the data's Guinier I(0)
+    table["tight_start"] = tight            # phased from half the autocorrelation support (the retry)
     write_table(args.table, table, stage=COMMAND, params=p)
 
     def _stat(fn, values):
         good = values[converged & np.isfinite(values)]
         return float(fn(good)) if good.size else None
 
-    metrics = {"n_volumes": int(n_vol), "n_converged": int(converged.sum()), "grid": int(size),
+    metrics = {"n_volumes": int(n_vol), "n_converged": int(converged.sum()),
+               "n_spread": int((~compact).sum()), "n_tight_start": int(tight.sum()), "grid": int(size),
                "dx_nm": round(dx, 4), "seconds": round(elapsed, 2), "max_error": o["max_error"],
                # over the converged volumes only: a failed retrieval's shape is no measurement
                "particle_volume_nm3_min": _stat(np.min, pvol),
