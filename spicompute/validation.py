@@ -297,6 +297,50 @@ def true_particle_volume(truth_volumes: np.ndarray, truth_t: np.ndarray, t: np.n
     return np.interp(np.asarray(t, np.float64), np.asarray(truth_t, np.float64)[order], v[order])
 
 
+#: trained averages nearest a volume point in the latent whose member frames are that point's truth
+MEMBERS_NEAR = 10
+
+
+def nearest_trained(point_z: np.ndarray, average_z: np.ndarray, trained: np.ndarray,
+                    k: int = MEMBERS_NEAR) -> np.ndarray:
+    """(P, k') indices into the averages: for each point (P, d) the k' = min(k, trained) trained
+    averages (``average_z`` (M, d), ``trained`` (M,) bool) nearest it in the latent (Euclidean)."""
+    point_z = np.asarray(point_z, np.float64).reshape(len(point_z), -1)
+    average_z = np.asarray(average_z, np.float64).reshape(len(average_z), -1)
+    candidates = np.flatnonzero(np.asarray(trained, bool) & np.isfinite(average_z).all(axis=1))
+    if candidates.size == 0:
+        raise ValueError("no trained average with a finite latent")
+    k = min(int(k), candidates.size)
+    d = ((point_z[:, None, :] - average_z[candidates][None]) ** 2).sum(-1)
+    return candidates[np.argsort(d, axis=1, kind="stable")[:, :k]]
+
+
+def shell_log_cc(volumes: np.ndarray, references: np.ndarray, observed: np.ndarray,
+                 floor: float = 0.01) -> np.ndarray:
+    """(P,) how well each volume matches its own reference, whatever their scales.
+
+    volumes, references : (P, L, L, L) intensities on one centred grid; observed : (L, L, L)
+    Both are divided by the reference's radial mean profile over the observed shell, scaled to
+    mean 1 there and compared as ``log(x + floor)`` by Pearson correlation (the contrast of
+    :func:`melt_match`, with each point's own reference instead of the melt series).
+    """
+    volumes = np.asarray(volumes, np.float64)
+    references = np.asarray(references, np.float64)
+    size = volumes.shape[-1]
+    idx = np.indices((size,) * 3) - size // 2
+    radius = np.rint(np.sqrt((idx ** 2).sum(0))).astype(np.int64)[observed]
+    out = np.empty(len(volumes))
+    for i, (v, r) in enumerate(zip(volumes, references)):
+        ref = r[observed]
+        profile = np.bincount(radius, weights=ref) / np.maximum(np.bincount(radius), 1)
+        norm = np.maximum(profile[radius], 1e-300)
+        a, b = v[observed] / norm, ref / norm
+        a = np.log(a / max(a.mean(), 1e-300) + floor)
+        b = np.log(b / max(b.mean(), 1e-300) + floor)
+        out[i] = float(np.corrcoef(a, b)[0, 1])
+    return out
+
+
 MELT_BANDS = ((0.0, 0.1), (0.1, 0.4), (0.4, 0.7), (0.7, 0.9), (0.9, 1.0))
 
 

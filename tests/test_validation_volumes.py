@@ -191,3 +191,70 @@ def test_truth_fit_of_averages_prefers_the_true_shapes_over_an_untrained_decoder
     shuffled = truth_fit_of_averages(model, prep, avg, quats[np.random.default_rng(0).permutation(40)],
                                      np.ones(40), idx, mu, t, vols, levels, 0.03)
     assert np.median([b["truth"] for b in shuffled.values()]) > 2 * np.median([b["truth"] for b in fit.values()])
+
+
+@pytest.fixture(scope="module")
+def library():
+    from spicompute.simulation.simulate import ShapeLibrary, SimulationParams
+    from tests.conftest import small_simulation_params
+
+    return ShapeLibrary(SimulationParams.from_dict(small_simulation_params()), 1.2)
+
+
+def test_members_intensity_is_the_mean_of_each_members_own_pattern(library, rng):
+    import torch
+
+    from spicompute.simulation.oracle import members_intensity
+
+    q = rng.uniform(-0.4, 0.4, (300, 3))
+    one = lambda t, s: s ** 6 * library.intensity(  # noqa: E731
+        "melt", torch.from_numpy((q * s).astype(np.float32))[None], t=np.array([t]))[0].numpy()
+    np.testing.assert_allclose(members_intensity(library, [0.0], [1.0], q), one(0.0, 1.0), rtol=1e-4)
+    # a member 5 % larger scatters a^6 I(a q): more, and with its fringes at smaller q
+    np.testing.assert_allclose(members_intensity(library, [0.5], [1.05], q), one(0.5, 1.05), rtol=1e-4)
+    both = members_intensity(library, [0.0, 1.0, 1.0], [1.0, 0.96, 0.96], q)
+    np.testing.assert_allclose(both, (one(0.0, 1.0) + 2 * one(1.0, 0.96)) / 3, rtol=1e-4)
+    with pytest.raises(ValueError, match="no member"):
+        members_intensity(library, [], [], q)
+
+
+def test_the_melt_family_is_oh_symmetric_as_the_validate_stage_assumes(library, rng):
+    """validate evaluates the members' intensity once per sorted |index| triple (1/48 of a grid)."""
+    import torch
+
+    q = rng.uniform(-0.5, 0.5, (200, 3)).astype(np.float32)
+    turned = -q[:, [2, 0, 1]] * np.array([1, -1, 1], np.float32)   # a permutation with sign flips
+    for t in (0.0, 0.3, 0.7, 1.0):
+        a = library.intensity("melt", torch.from_numpy(q)[None], t=np.array([t]))[0].numpy()
+        b = library.intensity("melt", torch.from_numpy(turned)[None], t=np.array([t]))[0].numpy()
+        if t in (0.0, 1.0):   # closed forms: exact
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9 * a.max())
+        else:                 # the simulator's octant amplitude grids: symmetric to their interpolation
+            assert np.abs(a - b).max() < 1e-3 * a.max()
+            bright = a > 1e-3 * a.max()
+            assert np.median(np.abs(a - b)[bright] / a[bright]) < 2e-3
+
+
+def test_nearest_trained_averages_in_the_latent():
+    from spicompute.validation import nearest_trained
+
+    z = np.array([[0.0], [1.0], [2.0], [3.0], [np.nan]])
+    trained = np.array([True, False, True, True, True])
+    near = nearest_trained(np.array([[0.9], [3.2]]), z, trained, k=2)
+    assert near.tolist() == [[0, 2], [3, 2]]          # untrained and non-finite averages never count
+    assert nearest_trained(np.array([[0.0]]), z, trained, k=10).shape == (1, 3)
+    with pytest.raises(ValueError, match="no trained"):
+        nearest_trained(np.array([[0.0]]), z, np.zeros(5, bool))
+
+
+def test_shell_log_cc_scores_a_volume_against_its_own_reference(truth_levels, rng):
+    from spicompute.validation import shell_log_cc
+
+    ref = np.stack([resample_volume(v, TRUTH_DQ, SIZE, DQ) for v in truth_levels[[0, -1]]])
+    shell = observed_shell()
+    np.testing.assert_allclose(shell_log_cc(ref * 7.0, ref, shell), 1.0, atol=1e-12)   # any scale
+    swapped = shell_log_cc(ref[::-1], ref, shell)                    # cube against sphere
+    shuffled = ref.copy()
+    for v in shuffled:
+        v[shell] = rng.permutation(v[shell])
+    assert (swapped < 0.9).all() and (shell_log_cc(shuffled, ref, shell) < 0.5).all()

@@ -132,3 +132,56 @@ def oracle_averages(averages: AverageSet, reps: pd.DataFrame, library, *, counts
         out[m] = (ideal * factor * seen).reshape(out[m].shape).astype(np.float32)
     return AverageSet(out, averages.weight, averages.average_id, averages.run, averages.model,
                       averages.n_frames, averages.dq_nm, averages.wavelength_nm, averages.source)
+
+
+# ----------------------------------------------------------------------------- members' truth
+MEMBER_T_STEP = 0.01       # members' melt levels grouped to this step
+MEMBER_SIZE_STEP = 0.002   # ... and their sizes (a fringe at q R = 10 moves 0.02 rad within a step)
+MEMBER_BATCH = 32          # (melt, size) groups evaluated per library call
+
+
+def library_from_truth(path, q_extent_nm: float):
+    """The simulator's :class:`~spicompute.simulation.simulate.ShapeLibrary` rebuilt from the
+    ``simulate`` parameters the truth file was written with (its ``spicompute_params``), covering
+    |q| <= ``q_extent_nm``; None when the file does not record them."""
+    import json
+
+    from spicompute.io.frames import open_h5
+    from spicompute.simulation.simulate import ShapeLibrary, SimulationParams
+
+    with open_h5(path) as h5:
+        raw = h5.attrs.get("spicompute_params")
+    try:
+        section = json.loads(raw)["simulate"]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return ShapeLibrary(SimulationParams.from_dict(section), q_extent_nm)
+
+
+def members_intensity(library, melt_t: np.ndarray, size_scale: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The mean over member frames of the family intensity each of them scattered, at points q.
+
+    melt_t, size_scale : (n,) each member's true melt level (cube 0, sphere 1) and relative size
+    q : (P, 3) rad/nm, points in the particle's own frame (where the truth and the generated
+        volumes live; the members' orientations do not enter)
+    Returns (P,) float64 nm^6: mean of ``s^6 I_t(s q)`` -- the exact mixture a class average of
+    these members samples, with the members' melt grouped to ``MEMBER_T_STEP`` and sizes to
+    ``MEMBER_SIZE_STEP``.
+    """
+    import torch
+
+    t = np.round(np.clip(np.asarray(melt_t, np.float64), 0.0, 1.0) / MEMBER_T_STEP) * MEMBER_T_STEP
+    s = np.round(np.asarray(size_scale, np.float64) / MEMBER_SIZE_STEP) * MEMBER_SIZE_STEP
+    if t.size == 0:
+        raise ValueError("no member frames")
+    pairs, counts = np.unique(np.stack([t, s], 1), axis=0, return_counts=True)
+    points = torch.from_numpy(np.ascontiguousarray(q, np.float32))
+    weights = counts * pairs[:, 1] ** 6
+    out = np.zeros(len(points))
+    with torch.no_grad():
+        for a in range(0, len(pairs), MEMBER_BATCH):   # one batched call per chunk of groups
+            chunk = pairs[a:a + MEMBER_BATCH]
+            qs = points[None] * torch.from_numpy(chunk[:, 1].astype(np.float32))[:, None, None]
+            values = library.intensity("melt", qs, t=chunk[:, 0]).numpy().astype(np.float64)
+            out += weights[a:a + MEMBER_BATCH] @ values
+    return out / counts.sum()

@@ -130,6 +130,23 @@ def run(args) -> int:
                                       round(float(line["volume_ratio"].max()), 4)] if err.size else None)
     if "converged" in table:
         metrics["n_converged"] = int(table["converged"].sum())
+    members = _members_truth(args.truth, vol, latents, frames, truth, truth_volumes, truth_t,
+                             truth["volume_dq_nm"])
+    if members is not None:
+        for name, values in members.items():
+            table[name] = values
+        table["volume_ratio_members"] = table["particle_volume_nm3"] / table["members_volume_nm3"]
+        line = table[table["source"].isin(["line", "grid"])]
+        if vol["z"].shape[1] == 1 and len(line) >= 3:
+            by_z = line.sort_values("z_1")
+            ends = lambda col: [round(float(by_z[col].iloc[0]), 4), round(float(by_z[col].iloc[-1]), 4)]  # noqa: E731
+            err_m = np.abs(by_z["volume_ratio_members"].to_numpy() - 1.0)
+            metrics["line_members"] = {   # what the member frames of the averages at each point truly were
+                "melt_ends": ends("members_melt"), "size_ends": ends("members_size"),
+                "t_hat_ends": ends("members_t_hat"), "t_hat_sized_ends": ends("members_t_hat_sized"),
+                "cc_to_members_range": [round(float(line["cc_to_members"].min()), 4),
+                                        round(float(line["cc_to_members"].max()), 4)],
+                "volume_within_10pct": int((err_m <= 0.10).sum())}
     metrics.update(latent_follows_melt(latents, per_average))
     if args.model:
         metrics["fit_of_averages"] = _fit_of_averages(args, latents, per_average, truth_volumes, truth_t,
@@ -167,6 +184,67 @@ def _fit_of_averages(args, latents, per_average, truth_volumes, truth_t, truth_d
                                  orient["gain"].to_numpy(np.float64), np.flatnonzero(trained),
                                  lat[cols].to_numpy(np.float64), melt, truth_volumes, truth_t, truth_dq_nm,
                                  loss=(side.get("train") or {}).get("loss", "mse_log"))
+
+
+def _members_truth(truth_path, vol, latents, frames, truth, truth_volumes, truth_t, truth_dq_nm) -> dict | None:
+    """Per volume point, the truth of the particles the VAE put there (None when the truth file
+    does not record the simulation's parameters).
+
+    The member frames of the ``MEMBERS_NEAR`` trained averages nearest the point in the latent
+    (family members only): their mean melt and size, the exact mean of their intensities
+    (:func:`spicompute.simulation.oracle.members_intensity`) matched like a generated volume
+    (nominal size and size free), its log-contrast correlation with the generated volume, and
+    their mean true particle volume ``s^3 V(t)``.  Next to ``t_hat`` this separates what the
+    data hold at a point from what the VAE made of it: a line end whose members are 4 % smaller
+    than nominal reads as less melted on the nominal-size match however faithful the volume.
+    """
+    from spicompute.simulation.oracle import library_from_truth, members_intensity
+    from spicompute.validation import (MATCH_SIZES, MEMBERS_NEAR, melt_match, nearest_trained, shell_log_cc,
+                                       true_particle_volume)
+
+    size, dq = vol["intensity"].shape[-1], vol["dq_nm"]
+    axis = (np.arange(size) - size // 2) * dq   # for the library's extent
+    shell = np.asarray(vol["observed"], bool)   # only the compared voxels are computed
+    # the melt family is Oh-symmetric: each voxel's intensity is that of its sorted |index| triple
+    # (1/48 of the voxels to evaluate)
+    index = np.stack(np.meshgrid(*(np.arange(size) - size // 2,) * 3, indexing="ij"), -1)[shell]
+    canonical, expand = np.unique(-np.sort(-np.abs(index), axis=1), axis=0, return_inverse=True)
+    q = canonical * dq
+    library = library_from_truth(truth_path, float(np.abs(axis).max() * np.sqrt(3) * 1.2))
+    if library is None:
+        log.info("members' truth skipped: %s does not record the simulation parameters", truth_path)
+        return None
+    if "vae_trained" not in latents or "z_1" not in latents:
+        return None
+    cols = [f"z_{k + 1}" for k in range(vol["z"].shape[1])]
+    trained = latents["vae_trained"].to_numpy(bool)
+    near = nearest_trained(vol["z"], latents[cols].to_numpy(np.float64), trained, MEMBERS_NEAR)
+    names = np.asarray(truth["class_name"]).astype(str)
+    melt = np.asarray(truth["melt_t"], np.float64).copy()
+    melt[names == "cube"], melt[names == "sphere"] = 0.0, 1.0
+    per_frame = pd.DataFrame({"frame_id": np.asarray(truth["frame_id"]), "melt": melt,
+                              "size": np.asarray(truth["size_scale"], np.float64),
+                              "family": np.isin(names, ("cube", "melt", "sphere"))})
+    members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]].merge(per_frame, on="frame_id")
+    members = members[members["family"]]
+    ids = latents["average_id"].to_numpy()
+    mixtures = np.zeros(vol["intensity"].shape)
+    out = {k: np.full(len(near), np.nan) for k in ("members_melt", "members_size", "members_volume_nm3")}
+    for i, rows in enumerate(near):
+        m = members[members["average_id"].isin(ids[rows])]
+        if m.empty:
+            raise InputError(truth_path, "truth/class_name", "the averages nearest a volume point have no "
+                             "member of the melt family")
+        t, s = m["melt"].to_numpy(), m["size"].to_numpy()
+        mixtures[i][shell] = members_intensity(library, t, s, q)[expand.ravel()]
+        out["members_melt"][i], out["members_size"][i] = t.mean(), s.mean()
+        out["members_volume_nm3"][i] = float(np.mean(true_particle_volume(truth_volumes, truth_t, t) * s ** 3))
+    match = melt_match(mixtures, vol["observed"], dq, truth_volumes, truth_t, truth_dq_nm, sizes=MATCH_SIZES)
+    out["members_t_hat"] = match["t_hat"]
+    out["members_t_hat_sized"] = match["t_hat_sized"]
+    out["members_size_hat"] = match["size_hat"]
+    out["cc_to_members"] = shell_log_cc(vol["intensity"], mixtures, vol["observed"])
+    return out
 
 
 def _sources(path, n: int) -> list[str]:

@@ -88,6 +88,14 @@ def test_volumes_along_the_line_trace_the_melt(chain):
     assert table["size_hat"].between(0.92 - 1e-9, 1.08 + 1e-9).all()
     assert (table["match_cc_sized"] >= table["match_cc"] - 0.01).all()
     assert set(metrics["line_sized"]) >= {"t_hat_ends", "size_hat_ends", "spearman_z_t_hat", "volume_within_10pct"}
+    # each point's members' truth (the frames of the averages nearest it): their melt runs along the
+    # line in the averages' direction, the exact mixture of their intensities matches in the same order,
+    # and the decoded volume resembles its own members' mixture
+    line = table.sort_values("z_1")
+    assert direction * spearmanr(line["z_1"], line["members_melt"])[0] >= 0.8
+    assert spearmanr(line["members_melt"], line["members_t_hat"])[0] >= 0.8
+    assert line["members_size"].between(0.9, 1.1).all() and (line["cc_to_members"] > 0.3).all()
+    assert set(metrics["line_members"]) >= {"melt_ends", "size_ends", "t_hat_ends", "cc_to_members_range"}
 
 
 def test_shuffled_orientations_fit_worse_and_lose_the_melt(chain):
