@@ -42,7 +42,10 @@ def volume_vs_z_figure(phased: pd.DataFrame, truth: pd.DataFrame | None) -> go.F
     """Phased particle volume along z_1 (Fig. 5D), with the simulation truth when it exists.
 
     phased : results/volumes.parquet (z_1, particle_volume_nm3[, converged])
-    truth : results/volumes_truth.parquet (z_1, true_volume_nm3, t_hat), or None / empty
+    truth : results/volumes_truth.parquet (z_1, true_volume_nm3, t_hat[, members_volume_nm3,
+        members_melt, members_size]), or None / empty.  Two truth lines: V at the matched melt t̂
+        (nominal size), and the mean true volume of the particles the VAE put at each z (the
+        member frames of the averages nearest it: their own melt and size)
     """
     vt = phased.sort_values("z_1")
     fig = go.Figure()
@@ -54,6 +57,12 @@ def volume_vs_z_figure(phased: pd.DataFrame, truth: pd.DataFrame | None) -> go.F
         fig.add_trace(go.Scatter(x=tt["z_1"], y=tt["true_volume_nm3"], mode="lines", name="truth V(t̂)",
                                  line=dict(color="#E45756", dash="dash"),
                                  text=[f"t̂ = {t:.2f}" for t in tt["t_hat"]] if "t_hat" in tt else None))
+        if "members_volume_nm3" in tt and tt["members_volume_nm3"].notna().any():
+            fig.add_trace(go.Scatter(
+                x=tt["z_1"], y=tt["members_volume_nm3"], mode="lines", name="truth: the particles at z",
+                line=dict(color="#54A24B", dash="dot"),
+                text=[f"members' melt {m:.2f}, size {s:.3f}" for m, s in zip(tt["members_melt"], tt["members_size"])]
+                if {"members_melt", "members_size"} <= set(tt.columns) else None))
     fig.update_layout(title="Particle volume along z (Fig. 5D; × = phasing did not converge)",
                       xaxis_title="z_1", yaxis_title="volume (nm³)", height=320, margin=dict(t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))

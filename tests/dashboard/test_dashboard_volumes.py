@@ -129,3 +129,14 @@ def test_particle_volume_plot_draws_the_truth_line(workspace):
 
     truth_y = decode_plotly_array(fig5d["data"][1]["y"])
     np.testing.assert_allclose(truth_y[[0, -1]], [74088.0, 81496.8])
+    # validate's members' truth: a third line, the mean true volume of the particles at each z
+    table = pd.read_parquet(workspace / "results/volumes_truth.parquet")
+    table["members_volume_nm3"] = np.linspace(70000.0, 80000.0, len(table))
+    table["members_melt"], table["members_size"] = np.linspace(0, 1, len(table)), 0.98
+    table.to_parquet(workspace / "results/volumes_truth.parquet")
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    fig5d = next(s for s in _charts(at) if "Fig. 5D" in str(s["layout"].get("title", {}).get("text", "")))
+    assert [t["name"] for t in fig5d["data"]] == ["phased", "truth V(t̂)", "truth: the particles at z"]
+    members_y = decode_plotly_array(fig5d["data"][2]["y"])
+    np.testing.assert_allclose(members_y[[0, -1]], [70000.0, 80000.0])
+    assert fig5d["data"][2]["text"][0].startswith("members' melt 0.00, size 0.980")
