@@ -258,3 +258,44 @@ def test_shell_log_cc_scores_a_volume_against_its_own_reference(truth_levels, rn
     for v in shuffled:
         v[shell] = rng.permutation(v[shell])
     assert (swapped < 0.9).all() and (shell_log_cc(shuffled, ref, shell) < 0.5).all()
+
+
+def test_members_truth_of_each_volume_point(library, monkeypatch):
+    """validate's members' truth on a hand-made case: the points' nearest trained averages hold
+    cubes, spheres, and (third point) only dimers -- no family truth there, NaN, not an error."""
+    import torch
+
+    import spicompute.simulation.oracle as oracle
+    from spicompute.stages.validate import _members_truth
+
+    monkeypatch.setattr(oracle, "library_from_truth", lambda path, extent: library)
+    levels = np.linspace(0.0, 1.0, 5)
+
+    def grid(size, dq):
+        axis = (np.arange(size) - size // 2) * dq
+        return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+
+    def family(size, dq, t):
+        q = torch.from_numpy(grid(size, dq))[None]
+        return library.intensity("melt", q, t=np.array([t]))[0].numpy().reshape((size,) * 3)
+
+    truth_volumes = np.stack([family(31, 0.03, t) for t in levels])
+    size, dq = 15, 0.05
+    idx = np.indices((size,) * 3) - size // 2
+    qn = np.sqrt((idx ** 2).sum(0)) * dq
+    observed = (qn >= 0.1) & (qn <= 0.35)
+    vol = {"intensity": np.stack([family(size, dq, 0.0), family(size, dq, 1.0), family(size, dq, 0.5)]),
+           "observed": observed, "dq_nm": dq, "z": np.array([[-1.0], [1.0], [5.0]])}
+    latents = pd.DataFrame({"average_id": [10, 11, 12, 13], "z_1": [-1.0, -0.9, 1.0, 5.0],
+                            "vae_trained": [True, True, True, True]})
+    frames = pd.DataFrame({"frame_id": np.arange(8), "average_id": [10, 10, 11, 11, 12, 12, 13, 13]})
+    truth = {"frame_id": np.arange(8), "class_name": np.array(["cube"] * 4 + ["sphere"] * 2 + ["dimer"] * 2),
+             "melt_t": np.full(8, np.nan), "size_scale": np.ones(8)}
+    monkeypatch.setattr("spicompute.validation.MEMBERS_NEAR", 1)
+    out = _members_truth("truth.h5", vol, latents, frames, truth, truth_volumes, levels, 0.03)
+    np.testing.assert_allclose(out["members_melt"][:2], [0.0, 1.0])
+    np.testing.assert_allclose(out["members_t_hat"][:2], [0.0, 1.0], atol=1e-9)
+    assert (out["cc_to_members"][:2] > 0.999).all()          # each volume is exactly its members' mixture
+    np.testing.assert_allclose(out["members_volume_nm3"][0], np.sqrt(truth_volumes[0, 15, 15, 15]), rtol=1e-6)
+    for name, values in out.items():                         # only dimers near the third point
+        assert np.isnan(values[2]), name

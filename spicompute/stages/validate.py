@@ -139,13 +139,21 @@ def run(args) -> int:
         line = table[table["source"].isin(["line", "grid"])]
         if vol["z"].shape[1] == 1 and len(line) >= 3:
             by_z = line.sort_values("z_1")
-            ends = lambda col: [round(float(by_z[col].iloc[0]), 4), round(float(by_z[col].iloc[-1]), 4)]  # noqa: E731
+
+            def value(v):   # NaN (a point without family members) -> null in the JSON
+                return round(float(v), 4) if np.isfinite(v) else None
+
+            def ends(col):
+                return [value(by_z[col].iloc[0]), value(by_z[col].iloc[-1])]
+
             err_m = np.abs(by_z["volume_ratio_members"].to_numpy() - 1.0)
+            cc = line["cc_to_members"].to_numpy(np.float64)
             metrics["line_members"] = {   # what the member frames of the averages at each point truly were
                 "melt_ends": ends("members_melt"), "size_ends": ends("members_size"),
                 "t_hat_ends": ends("members_t_hat"), "t_hat_sized_ends": ends("members_t_hat_sized"),
-                "cc_to_members_range": [round(float(line["cc_to_members"].min()), 4),
-                                        round(float(line["cc_to_members"].max()), 4)],
+                "cc_to_members_range": ([value(np.nanmin(cc)), value(np.nanmax(cc))] if np.isfinite(cc).any()
+                                        else None),
+                "n_points_without_members": int((~np.isfinite(by_z["members_melt"].to_numpy())).sum()),
                 "volume_within_10pct": int((err_m <= 0.10).sum())}
     metrics.update(latent_follows_melt(latents, per_average))
     if args.model:
@@ -230,20 +238,28 @@ def _members_truth(truth_path, vol, latents, frames, truth, truth_volumes, truth
     ids = latents["average_id"].to_numpy()
     mixtures = np.zeros(vol["intensity"].shape)
     out = {k: np.full(len(near), np.nan) for k in ("members_melt", "members_size", "members_volume_nm3")}
+    has = np.zeros(len(near), bool)   # points whose nearest averages hold family members
     for i, rows in enumerate(near):
         m = members[members["average_id"].isin(ids[rows])]
-        if m.empty:
-            raise InputError(truth_path, "truth/class_name", "the averages nearest a volume point have no "
-                             "member of the melt family")
+        if m.empty:   # e.g. only contaminants trained there: no family truth for this point
+            continue
+        has[i] = True
         t, s = m["melt"].to_numpy(), m["size"].to_numpy()
         mixtures[i][shell] = members_intensity(library, t, s, q)[expand.ravel()]
         out["members_melt"][i], out["members_size"][i] = t.mean(), s.mean()
         out["members_volume_nm3"][i] = float(np.mean(true_particle_volume(truth_volumes, truth_t, t) * s ** 3))
-    match = melt_match(mixtures, vol["observed"], dq, truth_volumes, truth_t, truth_dq_nm, sizes=MATCH_SIZES)
-    out["members_t_hat"] = match["t_hat"]
-    out["members_t_hat_sized"] = match["t_hat_sized"]
-    out["members_size_hat"] = match["size_hat"]
-    out["cc_to_members"] = shell_log_cc(vol["intensity"], mixtures, vol["observed"])
+    for name in ("members_t_hat", "members_t_hat_sized", "members_size_hat", "cc_to_members"):
+        out[name] = np.full(len(near), np.nan)
+    if has.any():
+        match = melt_match(mixtures[has], vol["observed"], dq, truth_volumes, truth_t, truth_dq_nm,
+                           sizes=MATCH_SIZES)
+        out["members_t_hat"][has] = match["t_hat"]
+        out["members_t_hat_sized"][has] = match["t_hat_sized"]
+        out["members_size_hat"][has] = match["size_hat"]
+        out["cc_to_members"][has] = shell_log_cc(vol["intensity"][has], mixtures[has], vol["observed"])
+    if not has.all():
+        log.warning("members' truth: %d of %d points have no melt-family member among the member frames "
+                    "of their %d nearest trained averages (NaN there)", int((~has).sum()), len(has), near.shape[1])
     return out
 
 
