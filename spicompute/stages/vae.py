@@ -36,7 +36,7 @@ DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_siz
             "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto",
             "size_spread": 0.0, "size_fit": 0.08, "resample": "gauss", "prefilter_px": 0.5,
             "target_oversample": "auto",
-            "loss_target": "grid", "volume_upsample": "auto"}
+            "loss_target": "grid", "volume_upsample": "auto", "filter_slices": True}
 
 log = get_logger("vae")
 
@@ -94,6 +94,8 @@ def options(raw: dict) -> dict:
     if p["loss_target"] == "detector" and p["target_oversample"] not in ("auto", 1):
         raise ParameterError("vae.target_oversample", "must be auto or 1 with loss_target: detector (the target "
                                                      f"is the detector's own pixels), got {p['target_oversample']}")
+    if not isinstance(p["filter_slices"], bool):
+        raise ParameterError("vae.filter_slices", f"must be true or false, got {p['filter_slices']!r}")
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -236,7 +238,7 @@ def run(args) -> int:
                               min_counts=p["min_counts"], log_floor=p["log_floor"], source=args.averages,
                               resample=p["resample"], prefilter_px=p["prefilter_px"],
                               target_oversample=p["target_oversample"], loss_target=p["loss_target"],
-                              volume_upsample=p["volume_upsample"])
+                              volume_upsample=p["volume_upsample"], filter_slices=p["filter_slices"])
     inputs = model_inputs(avg, prep, quats, gain, train_index)
     blur_deg, blur_info = resolve_class_blur(p["class_blur_deg"], args.orient, avg.average_id, gain, selected)
     if p["class_blur_deg"] == "auto":

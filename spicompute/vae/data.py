@@ -68,6 +68,9 @@ class Preprocessing:
     volume_upsample : f = 1, 2 or 3: the volume is interpolated onto a grid f times finer by
         zero-padding its Fourier transform (:func:`spicompute.vae.train.upsample_fourier`) before the
         trilinear slicing
+    filter_slices : the model's slices go through the pre-filter the averages went through on their
+        way to the loss target (the same Gaussian, :attr:`VaeInputs.target_filter_px`), so that a
+        sharp volume can fit averages whose fringe minima the pre-filter filled
     """
 
     input_size: int
@@ -87,12 +90,13 @@ class Preprocessing:
     target_oversample: int = 1
     loss_target: str = "grid"
     volume_upsample: int = 1
+    filter_slices: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
         # models (and checkpoints) of runs before these options stay valid
         for key, default in (("resample", "gauss"), ("prefilter_px", 0.5), ("target_oversample", 1),
-                             ("loss_target", "grid"), ("volume_upsample", 1)):
+                             ("loss_target", "grid"), ("volume_upsample", 1), ("filter_slices", False)):
             if d[key] == default:
                 d.pop(key)
         return d
@@ -163,6 +167,9 @@ class VaeInputs:
         (``loss_target: detector``); ``count_scale`` is per target pixel
     target_q_lab, target_profile : (P, 3) float32 lab-frame Ewald q (rad/nm) of the target's pixels and
         (P,) float32 p(|q|) there: the loss target's geometry, one place for every kind of target
+    target_filter_px : sigma (target-grid pixels) of the Gaussian pre-filter the averages went through
+        on their way to the target grid (0: none -- a ``bin`` or ``detector`` target, or a target grid
+        no coarser than the detector's pixels, where :func:`resample_averages` does not filter)
     """
 
     x: np.ndarray
@@ -177,13 +184,14 @@ class VaeInputs:
     target_q_lab: np.ndarray
     target_profile: np.ndarray
     norm: float = 1.0
+    target_filter_px: float = 0.0
 
 
 def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
                        q_max_nm="auto", particle_size_nm="auto", min_counts: float = 1.0,
                        log_floor: float = 0.01, source: str = "averages", resample: str = "gauss",
                        prefilter_px: float = 0.5, target_oversample: int | str = 1, loss_target: str = "grid",
-                       volume_upsample: int | str = 1) -> Preprocessing:
+                       volume_upsample: int | str = 1, filter_slices: bool = False) -> Preprocessing:
     """Choose the q-range and grids from the data (see the module docstring)."""
     for name, size in (("vae.input_size", input_size), ("vae.volume_size", volume_size)):
         if size < 5 or size % 2 == 0:
@@ -223,7 +231,7 @@ def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_s
                          log_floor=float(log_floor), q_max_limits={k: float(v) for k, v in limits.items()},
                          resample=str(resample), prefilter_px=float(prefilter_px),
                          target_oversample=int(target_oversample), loss_target=str(loss_target),
-                         volume_upsample=int(volume_upsample))
+                         volume_upsample=int(volume_upsample), filter_slices=bool(filter_slices))
 
 
 RESAMPLING = ("gauss", "bin")
@@ -380,8 +388,12 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     else:   # the encoder's grid itself
         target, target_observed = x.reshape(m, -1), observed.reshape(m, -1)
         target_q_lab, target_profile = prep.q_lab(), prep.profile_at(prep.grid_q_norm()).ravel()
+    filter_px = 0.0
+    if prep.loss_target == "grid" and prep.resample == "gauss":
+        # the same rule as _gauss_bilinear: sigma = prefilter_px target pixels where the grid is coarser
+        filter_px = prep.prefilter_px if prep.dq_target_nm / averages.dq_nm > 1 + 1e-6 else 0.0
     return VaeInputs(x=x, observed=observed, rotations=rotation_matrices(quats).astype(np.float32),
                      condition=cond, count_scale=(averages.n_frames * area * norm).astype(np.float32),
                      input_scale=input_scale, average_id=averages.average_id.copy(), norm=norm,
                      target=target, target_observed=target_observed, target_q_lab=target_q_lab,
-                     target_profile=target_profile)
+                     target_profile=target_profile, target_filter_px=float(filter_px))

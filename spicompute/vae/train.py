@@ -245,6 +245,8 @@ def predicted_slices(volumes: torch.Tensor, data: "TensorData", rotations: torch
         q = data.q_lab if factor == 1.0 else data.q_lab * factor
         pad = "zeros" if factor <= 1.0 and not data.sizes_fitted else "border"
         pred = pred + (weight * factor ** 6) * slice_volumes(scaled, dq3, q, rotations, padding=pad)
+    if getattr(data, "target_filter", None) is not None:   # the averages' own pre-filter (vae.filter_slices)
+        pred = data.target_filter(pred)
     return pred / data.profile
 
 
@@ -366,6 +368,50 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu * mu - logvar.exp()).sum(1)
 
 
+class TargetFilter:
+    """The averages' pre-filter, applied to the model's slices on the loss target's grid.
+
+    The averages reach the target grid through a masked Gaussian of ``sigma_px`` target pixels
+    (:func:`spicompute.vae.data.resample_averages`): it fills a sphere's fringe minima.  Unless the
+    slices go through the same filter, only a volume with filled minima -- a less melted-looking
+    shape -- can fit them.  Masked like the data (normalised by the filtered mask of the points some
+    average observes); separable, over the full (n, n) target grid.
+    """
+
+    def __init__(self, sigma_px: float, size: int, seen: np.ndarray, device):
+        import torch
+
+        radius = max(1, int(np.ceil(3 * sigma_px)))
+        x = np.arange(-radius, radius + 1)
+        k = np.exp(-0.5 * (x / sigma_px) ** 2)
+        self.kernel = torch.as_tensor(k / k.sum(), dtype=torch.float32, device=device)
+        self.size, self.radius = int(size), radius
+        self.seen = torch.as_tensor(seen, dtype=torch.long, device=device)
+        mask = torch.zeros(self.size * self.size, dtype=torch.float32, device=device)
+        mask[self.seen] = 1.0
+        self.norm = self._blur(mask[None])[0, self.seen].clamp_min(1e-12)
+
+    def _blur(self, flat):
+        import torch.nn.functional as F
+
+        img = flat.reshape(-1, 1, self.size, self.size)
+        kx = self.kernel.to(img.dtype).view(1, 1, 1, -1)
+        img = F.conv2d(F.pad(img, (self.radius, self.radius, 0, 0)), kx)
+        img = F.conv2d(F.pad(img, (0, 0, self.radius, self.radius)), kx.transpose(2, 3))
+        return img.reshape(flat.shape[0], -1)
+
+    def __call__(self, values):
+        """values (..., P_seen) on the seen target points -> the same, filtered."""
+        import torch
+
+        lead = values.shape[:-1]
+        flat = values.reshape(-1, values.shape[-1])
+        full = torch.zeros(flat.shape[0], self.size * self.size, dtype=flat.dtype, device=flat.device)
+        full[:, self.seen] = flat
+        out = self._blur(full)[:, self.seen] / self.norm.to(flat.dtype)
+        return out.reshape(*lead, -1)
+
+
 class TensorData:
     """Model inputs as tensors on one device."""
 
@@ -396,6 +442,9 @@ class TensorData:
         self.dq3 = prep.dq3_nm
         self.volume_upsample = prep.volume_upsample
         self.floor = floor
+        self.target_filter = None
+        if prep.filter_slices and inputs.target_filter_px > 0:
+            self.target_filter = TargetFilter(inputs.target_filter_px, prep.target_size, self.target_index, device)
 
     def __len__(self):
         return len(self.target)
