@@ -190,7 +190,6 @@ class PhasingResult:
     dx_nm : voxel edge
     best : index of the best start
     kept : (n_starts,) bool, starts averaged (compact, error <= keep_factor x best)
-    support_voxels : (n_starts,) final support size of each start
     forward_ratio : (n_starts,) each start's |F(0)|^2 over the data's Guinier I(0) (NaN where
         the data have no Guinier range); above ``SPREAD_FORWARD_RATIO`` a start is spread
         over the field of view, not an object (:func:`compact_starts`)
@@ -208,7 +207,6 @@ class PhasingResult:
     best: int
     kept: np.ndarray = None
     history: list = field(default_factory=list)
-    support_voxels: np.ndarray = None
     forward_ratio: np.ndarray = None
     tight_start: bool = False
 
@@ -434,18 +432,25 @@ def compact_starts(forward_ratio: np.ndarray) -> np.ndarray:
     return ~(ratio > SPREAD_FORWARD_RATIO)
 
 
+def guinier_in_range(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
+                     max_qrg: float = 1.3) -> tuple[float, float]:
+    """:func:`guinier` of the intensity (clipped at 0), or (NaN, NaN) where it is no estimate: the
+    first observed shell already past the Guinier range (q Rg > ``max_qrg``), shells that do not
+    decrease, or no positive I(0).  Centred layout."""
+    i0, rg = guinier(np.maximum(np.asarray(intensity, dtype=np.float64), 0.0), observed, dq_nm, max_qrg)
+    observed = np.asarray(observed, dtype=bool)
+    shell = to_centred(radial_index(observed.shape[0], observed.ndim), observed.ndim)
+    seen = observed & (shell > 0)
+    if not (np.isfinite(i0) and np.isfinite(rg) and i0 > 0 and seen.any()) or \
+            float(shell[seen].min()) * dq_nm * rg > max_qrg:
+        return float("nan"), float("nan")
+    return float(i0), float(rg)
+
+
 def guinier_forward(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
                     max_qrg: float = 1.3) -> float:
-    """The data's I(0) from :func:`guinier`, or NaN when the first observed shell is past the
-    Guinier range (q Rg > ``max_qrg``: no check at all) or the shells do not decrease."""
-    i0, rg = guinier(intensity, observed, dq_nm, max_qrg)
-    observed = np.asarray(observed, dtype=bool)
-    ndim, size = observed.ndim, observed.shape[0]
-    shell = to_centred(radial_index(size, ndim), ndim)
-    seen = observed & (shell > 0)
-    if not (np.isfinite(i0) and np.isfinite(rg) and i0 > 0 and seen.any()):
-        return float("nan")
-    return float(i0) if float(shell[seen].min()) * dq_nm * rg <= max_qrg else float("nan")
+    """The data's I(0) from :func:`guinier_in_range` (NaN: no check at all)."""
+    return guinier_in_range(intensity, observed, dq_nm, max_qrg)[0]
 
 
 def scale_support(support: np.ndarray, factor: float, ndim: int) -> np.ndarray:
@@ -766,17 +771,14 @@ def intensity_volume(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     inten = np.maximum(np.asarray(intensity, dtype=np.float64), 0.0)
     observed = np.asarray(observed, dtype=bool)
     ndim = inten.ndim
-    i0, rg = guinier(inten, observed, dq_nm, max_qrg)
-    if not np.isfinite(i0) or i0 <= 0:
+    i0, rg = guinier_in_range(inten, observed, dq_nm, max_qrg)
+    if not np.isfinite(i0):
         return float("nan")
     shell, k_max, ball, tail, _ = _ball_and_tail(inten, observed, dq_nm, porod_from)
-    first = int(shell[observed & (shell > 0)].min()) if (observed & (shell > 0)).any() else 0
-    if not np.isfinite(rg) or first * dq_nm * rg > max_qrg:
-        return float("nan")
     counts_all = np.bincount(shell[ball], minlength=k_max + 1)[: k_max + 1]
     counts, sums = _shell_sums(inten, observed & ball, shell, k_max + 1)
     q_k = np.arange(k_max + 1) * dq_nm
-    model = i0 * np.exp(-(q_k * (rg if np.isfinite(rg) else 0.0)) ** 2 / 3.0)
+    model = i0 * np.exp(-(q_k * rg) ** 2 / 3.0)
     mean = np.where(counts > 0, sums / np.maximum(counts, 1), model)
     total = float(np.sum(mean * counts_all)) * dq_nm**ndim + tail
     return float((2 * np.pi) ** ndim * i0 / total)
@@ -953,7 +955,6 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
                                    ops.asarray(obs_h), ops, s, ndim, sig0, sig1)
     x, support = ops.numpy(x), ops.numpy(support)
     errors = fourier_error(x, amp_h, obs_h, fourier)
-    voxels = support.reshape(len(support), -1).sum(axis=1)
     # a start spread over the field of view is not a solution, however low its error
     i0_data = guinier_forward(intensity, observed, dq_nm)
     ratio = (scale * x.reshape(len(x), -1).sum(axis=1, dtype=np.float64)) ** 2 / i0_data
@@ -968,9 +969,9 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
         retry = phase_retrieval(intensity, observed, dq_nm, tight)
         retry.tight_start = True
         return retry
-    best = int(np.argmin(np.where(compact, errors, np.inf))) if compact.any() else int(np.argmin(errors))
-
-    kept = (errors <= s.keep_factor * errors[best] + 1e-12) & (compact if compact.any() else True)
+    usable = compact if compact.any() else np.ones_like(compact)   # none compact after the retry: all
+    best = int(np.argmin(np.where(usable, errors, np.inf)))
+    kept = (errors <= s.keep_factor * errors[best] + 1e-12) & usable
     aligned, shifts, inverted = align_to(x[best], x[kept], ndim, s.workers)
     supports = apply_alignment(support[kept], shifts, inverted, ndim)
     density = aligned.mean(axis=0)
@@ -990,5 +991,4 @@ def phase_retrieval(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     density = (density * scale / dx**ndim).astype(np.float32)
     return PhasingResult(density=to_centred(density, ndim), support=to_centred(supp, ndim),
                          errors=errors, prtf=prtf, prtf_q_nm=q_shell, resolution_nm=resolution,
-                         dx_nm=dx, best=best, kept=kept, history=history, support_voxels=voxels,
-                         forward_ratio=ratio)
+                         dx_nm=dx, best=best, kept=kept, history=history, forward_ratio=ratio)

@@ -154,6 +154,26 @@ def landscape_excess(averages, components=("pc_1", "pc_2", "pc_3"), *, n_boot: i
 FAMILY_CLASSES = ("cube", "melt", "sphere")
 
 
+def frame_truth(truth: dict) -> "pd.DataFrame":
+    """Per frame: ``frame_id``, ``melt_t`` (the family's melt level: cube 0, sphere 1; NaN for the
+    other classes unless the truth says otherwise), ``contaminant`` (not of the family), ``size_nm``
+    and ``size_scale`` (NaN where the truth has none).
+
+    truth : :func:`spicompute.io.truth.read_truth`
+    """
+    import pandas as pd
+
+    names = np.asarray(truth["class_name"]).astype(str)
+    nan = np.full(len(names), np.nan)
+    t = np.asarray(truth.get("melt_t", nan), np.float64).copy()
+    t[names == "cube"] = 0.0
+    t[names == "sphere"] = 1.0
+    return pd.DataFrame({"frame_id": np.asarray(truth["frame_id"]), "melt_t": t,
+                         "contaminant": ~np.isin(names, FAMILY_CLASSES),
+                         "size_nm": np.asarray(truth.get("size_nm", nan), np.float64),
+                         "size_scale": np.asarray(truth.get("size_scale", nan), np.float64)})
+
+
 def average_truth(frames: "pd.DataFrame", truth: dict) -> "pd.DataFrame":
     """Per average: what its member frames truly were.
 
@@ -164,16 +184,8 @@ def average_truth(frames: "pd.DataFrame", truth: dict) -> "pd.DataFrame":
     dimers, rods or aggregates), ``size_nm`` (mean), ``majority_class`` (the most common true
     class of the members) and ``family`` (that class is cube, melt or sphere).
     """
-    import pandas as pd
-
     names = np.asarray(truth["class_name"]).astype(str)
-    nan = np.full(len(names), np.nan)
-    t = np.asarray(truth.get("melt_t", nan), np.float64).copy()
-    t[names == "cube"] = 0.0
-    t[names == "sphere"] = 1.0
-    per_frame = pd.DataFrame({"frame_id": np.asarray(truth["frame_id"]), "melt_t": t,
-                              "contaminant": ~np.isin(names, FAMILY_CLASSES),
-                              "size_nm": np.asarray(truth.get("size_nm", nan), np.float64)})
+    per_frame = frame_truth(truth)[["frame_id", "melt_t", "contaminant", "size_nm"]]
     members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]].merge(per_frame, on="frame_id")
     members.loc[members["contaminant"], "melt_t"] = np.nan
     out = members.groupby("average_id").agg(members=("frame_id", "size"), melt_t=("melt_t", "mean"),
@@ -199,6 +211,12 @@ def resample_volume(volume: np.ndarray, dq_src_nm: float, size: int, dq_nm: floa
     out = ndimage.map_coordinates(np.asarray(volume, np.float64), coords, order=1, mode="constant",
                                   cval=np.nan)
     return out
+
+
+def _shell_radius(size: int, shell: np.ndarray) -> np.ndarray:
+    """Rounded radius (voxels) of each voxel of ``shell`` (L, L, L) bool on a centred grid of edge L."""
+    idx = np.indices((size,) * 3) - size // 2
+    return np.rint(np.sqrt((idx ** 2).sum(0))).astype(np.int64)[shell]
 
 
 def _log_contrast(volumes: np.ndarray, shell: np.ndarray, reference: np.ndarray, floor: float) -> np.ndarray:
@@ -244,9 +262,7 @@ def melt_match(volumes: np.ndarray, observed: np.ndarray, dq_nm: float, truth_vo
         shell &= np.all(np.isfinite(r), axis=0)
     if shell.sum() < 10:
         raise ValueError("the truth volumes do not cover the observed shell of the generated volumes")
-    c = size // 2
-    idx = np.indices((size,) * 3) - c
-    radius = np.rint(np.sqrt((idx ** 2).sum(0))).astype(np.int64)[shell]
+    radius = _shell_radius(size, shell)
     truth_shell = ref[:, shell]
     counts = np.bincount(radius)
     profile = np.bincount(radius, weights=truth_shell.mean(0)) / np.maximum(counts, 1)
@@ -326,18 +342,13 @@ def shell_log_cc(volumes: np.ndarray, references: np.ndarray, observed: np.ndarr
     """
     volumes = np.asarray(volumes, np.float64)
     references = np.asarray(references, np.float64)
-    size = volumes.shape[-1]
-    idx = np.indices((size,) * 3) - size // 2
-    radius = np.rint(np.sqrt((idx ** 2).sum(0))).astype(np.int64)[observed]
+    radius = _shell_radius(volumes.shape[-1], observed)
+    counts = np.maximum(np.bincount(radius), 1)
     out = np.empty(len(volumes))
     for i, (v, r) in enumerate(zip(volumes, references)):
-        ref = r[observed]
-        profile = np.bincount(radius, weights=ref) / np.maximum(np.bincount(radius), 1)
-        norm = np.maximum(profile[radius], 1e-300)
-        a, b = v[observed] / norm, ref / norm
-        a = np.log(a / max(a.mean(), 1e-300) + floor)
-        b = np.log(b / max(b.mean(), 1e-300) + floor)
-        out[i] = float(np.corrcoef(a, b)[0, 1])
+        profile = np.bincount(radius, weights=r[observed]) / counts
+        pair = _log_contrast(np.stack([v, r]), observed, np.maximum(profile[radius], 1e-300), floor)
+        out[i] = float(np.corrcoef(pair)[0, 1])
     return out
 
 

@@ -114,20 +114,13 @@ def estimate_background(counts: sp.spmatrix, radius_nm: np.ndarray, efficiency: 
     if n < MIN_FRAMES or lit.size <= proxy_bins:
         return zero
     proxies, rest = lit[:proxy_bins], np.arange(lit[proxy_bins], n_bins)
-    x = per_frame[:, proxies]
-    y = per_frame[:, rest]
-    xc = x - x.mean(axis=0)
-    # the proxies are Poisson counts: their shot noise (variance = mean) would attenuate
-    # the slopes and push the intercepts up -- removed from the Gram matrix (errors in variables)
-    gram = xc.T @ xc / n - np.diag(x.mean(axis=0))
-    slope = np.linalg.lstsq(gram, xc.T @ (y - y.mean(axis=0)) / n, rcond=None)[0]
-    intercept = y.mean(axis=0) - x.mean(axis=0) @ slope
+    # the proxies are Poisson counts: their shot noise would attenuate the slopes and push the
+    # intercepts up -- removed from the Gram matrix (errors in variables)
+    intercept, variance = zero_fluence_intercepts(per_frame[:, proxies], per_frame[:, rest], shot_noise=True)
     # an intercept is an extrapolation to zero fluence: keep it only where it stands out of
     # its own standard error (a narrow fluence range or shapes the inner bins do not
     # predict make it noise -- better no background than a wrong one)
-    resid = (y - y.mean(axis=0)) - xc @ slope
-    lever = 1.0 / n + x.mean(axis=0) @ np.linalg.pinv(xc.T @ xc) @ x.mean(axis=0)
-    stderr = np.sqrt(resid.var(axis=0) * lever)
+    stderr = np.sqrt(variance)
     per_bin = np.zeros(n_bins)
     per_bin[rest] = np.where(intercept > SIGNIFICANCE * stderr, intercept, 0.0)
     eff_sum = np.bincount(bins, weights=efficiency, minlength=n_bins)
@@ -138,6 +131,26 @@ def estimate_background(counts: sp.spmatrix, radius_nm: np.ndarray, efficiency: 
         return zero
     return BackgroundEstimate(_spread(per_bin, bins, efficiency), edges, per_bin, mean_bin,
                               len(proxies), bins, efficiency)
+
+
+def zero_fluence_intercepts(x: np.ndarray, y: np.ndarray, shot_noise: bool = False
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares intercepts of ``y`` (N, B) on the regressors ``x`` (N, R) and their variances (B,).
+
+    The intercept is what ``y`` would be at zero regressors -- for counts regressed on the inner
+    bins' counts, a frame of zero fluence, i.e. the background.  ``shot_noise``: the regressors are
+    Poisson counts, whose variance (= mean) is removed from the Gram matrix (errors in variables).
+    """
+    n = len(x)
+    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+    xc = x - x_mean
+    gram = xc.T @ xc / n
+    if shot_noise:
+        gram = gram - np.diag(x_mean)
+    slope = np.linalg.lstsq(gram, xc.T @ (y - y_mean) / n, rcond=None)[0]
+    resid = (y - y_mean) - xc @ slope
+    lever = 1.0 / n + x_mean @ np.linalg.pinv(xc.T @ xc) @ x_mean
+    return y_mean - x_mean @ slope, resid.var(axis=0) * lever
 
 
 def pixel_bins(radius_nm: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -183,15 +196,10 @@ def refine_background(per_frame: np.ndarray, classes: np.ndarray, prior: Backgro
         rows = np.flatnonzero(classes == k)
         if rows.size < MIN_CLASS_FRAMES:
             continue
-        x, y = per_frame[np.ix_(rows, proxies)], per_frame[np.ix_(rows, rest)]
-        x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
-        xc = x - x_mean
-        gram_inv = np.linalg.pinv(xc.T @ xc)
-        slope = gram_inv @ (xc.T @ (y - y_mean))
-        resid = (y - y_mean) - xc @ slope
-        variance = resid.var(axis=0) * (1.0 / rows.size + x_mean @ gram_inv @ x_mean)
+        intercept, variance = zero_fluence_intercepts(per_frame[np.ix_(rows, proxies)],
+                                                      per_frame[np.ix_(rows, rest)])
         w = np.where(variance > 0, 1.0 / np.maximum(variance, 1e-300), 0.0)
-        weighted += w * (y_mean - x_mean @ slope)
+        weighted += w * intercept
         weights += w
     if not (weights > 0).any():
         return prior

@@ -72,6 +72,16 @@ def stamp(h5obj, stage: str, params: dict | None = None) -> None:
         h5obj.attrs[key] = value
 
 
+def stamped_params(h5obj) -> dict | None:
+    """The parameters :func:`stamp` recorded on an HDF5 file or group, or None where there are none."""
+    raw = h5obj.attrs.get("spicompute_params")
+    try:
+        params = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return params if isinstance(params, dict) else None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; rename on success.

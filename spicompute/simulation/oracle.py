@@ -144,18 +144,13 @@ def library_from_truth(path, q_extent_nm: float):
     """The simulator's :class:`~spicompute.simulation.simulate.ShapeLibrary` rebuilt from the
     ``simulate`` parameters the truth file was written with (its ``spicompute_params``), covering
     |q| <= ``q_extent_nm``; None when the file does not record them."""
-    import json
-
     from spicompute.io.frames import open_h5
+    from spicompute.io.provenance import stamped_params
     from spicompute.simulation.simulate import ShapeLibrary, SimulationParams
 
     with open_h5(path) as h5:
-        raw = h5.attrs.get("spicompute_params")
-    try:
-        section = json.loads(raw)["simulate"]
-    except (TypeError, ValueError, KeyError):
-        return None
-    return ShapeLibrary(SimulationParams.from_dict(section), q_extent_nm)
+        section = (stamped_params(h5) or {}).get("simulate")
+    return None if section is None else ShapeLibrary(SimulationParams.from_dict(section), q_extent_nm)
 
 
 def members_intensity(library, melt_t: np.ndarray, size_scale: np.ndarray, q: np.ndarray) -> np.ndarray:

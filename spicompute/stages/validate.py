@@ -207,34 +207,28 @@ def _members_truth(truth_path, vol, latents, frames, truth, truth_volumes, truth
     than nominal reads as less melted on the nominal-size match however faithful the volume.
     """
     from spicompute.simulation.oracle import library_from_truth, members_intensity
-    from spicompute.validation import (MATCH_SIZES, MEMBERS_NEAR, melt_match, nearest_trained, shell_log_cc,
-                                       true_particle_volume)
+    from spicompute.validation import (MATCH_SIZES, MEMBERS_NEAR, frame_truth, melt_match, nearest_trained,
+                                       shell_log_cc, true_particle_volume)
 
+    if "vae_trained" not in latents or "z_1" not in latents:
+        return None
     size, dq = vol["intensity"].shape[-1], vol["dq_nm"]
-    axis = (np.arange(size) - size // 2) * dq   # for the library's extent
+    library = library_from_truth(truth_path, float((size // 2) * dq * np.sqrt(3) * 1.2))
+    if library is None:
+        log.info("members' truth skipped: %s does not record the simulation parameters", truth_path)
+        return None
     shell = np.asarray(vol["observed"], bool)   # only the compared voxels are computed
     # the melt family is Oh-symmetric: each voxel's intensity is that of its sorted |index| triple
     # (1/48 of the voxels to evaluate)
     index = np.stack(np.meshgrid(*(np.arange(size) - size // 2,) * 3, indexing="ij"), -1)[shell]
     canonical, expand = np.unique(-np.sort(-np.abs(index), axis=1), axis=0, return_inverse=True)
     q = canonical * dq
-    library = library_from_truth(truth_path, float(np.abs(axis).max() * np.sqrt(3) * 1.2))
-    if library is None:
-        log.info("members' truth skipped: %s does not record the simulation parameters", truth_path)
-        return None
-    if "vae_trained" not in latents or "z_1" not in latents:
-        return None
     cols = [f"z_{k + 1}" for k in range(vol["z"].shape[1])]
     trained = latents["vae_trained"].to_numpy(bool)
     near = nearest_trained(vol["z"], latents[cols].to_numpy(np.float64), trained, MEMBERS_NEAR)
-    names = np.asarray(truth["class_name"]).astype(str)
-    melt = np.asarray(truth["melt_t"], np.float64).copy()
-    melt[names == "cube"], melt[names == "sphere"] = 0.0, 1.0
-    per_frame = pd.DataFrame({"frame_id": np.asarray(truth["frame_id"]), "melt": melt,
-                              "size": np.asarray(truth["size_scale"], np.float64),
-                              "family": np.isin(names, ("cube", "melt", "sphere"))})
+    per_frame = frame_truth(truth).rename(columns={"melt_t": "melt", "size_scale": "size"})
     members = frames.loc[frames["average_id"] >= 0, ["frame_id", "average_id"]].merge(per_frame, on="frame_id")
-    members = members[members["family"]]
+    members = members[~members["contaminant"]]
     ids = latents["average_id"].to_numpy()
     mixtures = np.zeros(vol["intensity"].shape)
     out = {k: np.full(len(near), np.nan) for k in ("members_melt", "members_size", "members_volume_nm3")}

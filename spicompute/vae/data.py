@@ -300,12 +300,19 @@ def resample_averages(averages: AverageSet, prep: Preprocessing, *, target: bool
     return np.where(observed, out, 0.0).astype(np.float32), observed
 
 
+def prefilter_sigma_px(prefilter_px: float, dq_model_nm: float, dq_source_nm: float) -> float:
+    """Sigma (model pixels) of the ``gauss`` pre-filter that takes averages of pixel step ``dq_source_nm``
+    onto a model grid of step ``dq_model_nm``: ``prefilter_px`` where the model grid is coarser, else 0
+    (no filter for a step of 1 that rounding made 1 + 1 ulp)."""
+    return float(prefilter_px) if dq_model_nm / dq_source_nm > 1 + 1e-6 else 0.0
+
+
 def _gauss_bilinear(averages: AverageSet, n: int, dq: float, prefilter_px: float) -> tuple[np.ndarray, np.ndarray]:
     c = n // 2
     step = dq / averages.dq_nm  # source pixels per model pixel
     coords = (np.arange(n) - c) * step + averages.center
     rows, cols = np.meshgrid(coords, coords, indexing="ij")
-    sigma = prefilter_px * step if step > 1 + 1e-6 else 0.0   # not for a step of 1 that rounding made 1 + 1 ulp
+    sigma = prefilter_sigma_px(prefilter_px, dq, averages.dq_nm) * step   # in source pixels
     out = np.zeros((averages.n_averages, n, n), np.float32)
     seen = np.zeros((averages.n_averages, n, n), np.float32)
     valid = averages.valid   # a property computed over all M averages: once, not per average
@@ -388,10 +395,8 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     else:   # the encoder's grid itself
         target, target_observed = x.reshape(m, -1), observed.reshape(m, -1)
         target_q_lab, target_profile = prep.q_lab(), prep.profile_at(prep.grid_q_norm()).ravel()
-    filter_px = 0.0
-    if prep.loss_target == "grid" and prep.resample == "gauss":
-        # the same rule as _gauss_bilinear: sigma = prefilter_px target pixels where the grid is coarser
-        filter_px = prep.prefilter_px if prep.dq_target_nm / averages.dq_nm > 1 + 1e-6 else 0.0
+    filter_px = (prefilter_sigma_px(prep.prefilter_px, prep.dq_target_nm, averages.dq_nm)
+                 if prep.loss_target == "grid" and prep.resample == "gauss" else 0.0)
     return VaeInputs(x=x, observed=observed, rotations=rotation_matrices(quats).astype(np.float32),
                      condition=cond, count_scale=(averages.n_frames * area * norm).astype(np.float32),
                      input_scale=input_scale, average_id=averages.average_id.copy(), norm=norm,

@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from spicompute.vae.data import Preprocessing, VaeInputs
 from spicompute.vae.model import VAE, Architecture
@@ -245,7 +246,7 @@ def predicted_slices(volumes: torch.Tensor, data: "TensorData", rotations: torch
         q = data.q_lab if factor == 1.0 else data.q_lab * factor
         pad = "zeros" if factor <= 1.0 and not data.sizes_fitted else "border"
         pred = pred + (weight * factor ** 6) * slice_volumes(scaled, dq3, q, rotations, padding=pad)
-    if getattr(data, "target_filter", None) is not None:   # the averages' own pre-filter (vae.filter_slices)
+    if data.target_filter is not None:   # the averages' own pre-filter (vae.filter_slices)
         pred = data.target_filter(pred)
     return pred / data.profile
 
@@ -379,8 +380,6 @@ class TargetFilter:
     """
 
     def __init__(self, sigma_px: float, size: int, seen: np.ndarray, device):
-        import torch
-
         radius = max(1, int(np.ceil(3 * sigma_px)))
         x = np.arange(-radius, radius + 1)
         k = np.exp(-0.5 * (x / sigma_px) ** 2)
@@ -392,8 +391,6 @@ class TargetFilter:
         self.norm = self._blur(mask[None])[0, self.seen].clamp_min(1e-12)
 
     def _blur(self, flat):
-        import torch.nn.functional as F
-
         img = flat.reshape(-1, 1, self.size, self.size)
         kx = self.kernel.to(img.dtype).view(1, 1, 1, -1)
         img = F.conv2d(F.pad(img, (self.radius, self.radius, 0, 0)), kx)
@@ -402,8 +399,6 @@ class TargetFilter:
 
     def __call__(self, values):
         """values (..., P_seen) on the seen target points -> the same, filtered."""
-        import torch
-
         lead = values.shape[:-1]
         flat = values.reshape(-1, values.shape[-1])
         full = torch.zeros(flat.shape[0], self.size * self.size, dtype=flat.dtype, device=flat.device)
