@@ -36,7 +36,7 @@ DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_siz
             "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto",
             "size_spread": 0.0, "size_fit": 0.08, "resample": "gauss", "prefilter_px": 0.5,
             "target_oversample": "auto",
-            "loss_target": "grid", "volume_upsample": "auto", "filter_slices": True}
+            "loss_target": "grid", "volume_upsample": "auto", "filter_slices": True, "isotropic_below": 0.0}
 
 log = get_logger("vae")
 
@@ -96,6 +96,7 @@ def options(raw: dict) -> dict:
                                                      f"is the detector's own pixels), got {p['target_oversample']}")
     if not isinstance(p["filter_slices"], bool):
         raise ParameterError("vae.filter_slices", f"must be true or false, got {p['filter_slices']!r}")
+    p["isotropic_below"] = in_range("vae.isotropic_below", p["isotropic_below"], 0.0, 1.0)
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -212,8 +213,12 @@ def run(args) -> int:
     from spicompute.io.tables import write_table
     from spicompute.vae.data import model_inputs, plan_preprocessing, sampling_ratio
     from spicompute.vae.model import VAE, architecture
-    from spicompute.vae.train import (TensorData, TrainConfig, encode, fingerprint, fit_size_factors,
-                                      init_distributed, train_vae)
+    from spicompute.vae.orientations import training_orientations, with_orientations
+    from dataclasses import replace
+
+    from spicompute.vae.train import (MAX_RESTARTS, MAX_WIDE_SHARE, WIDE_POSTERIOR_SD, TensorData, TrainConfig,
+                                      encode, fingerprint, fit_size_factors, init_distributed, train_vae,
+                                      wide_posterior_share)
 
     p = options(stage_params(args, "vae"))
     if p["threads"] > 0:
@@ -240,6 +245,13 @@ def run(args) -> int:
                               target_oversample=p["target_oversample"], loss_target=p["loss_target"],
                               volume_upsample=p["volume_upsample"], filter_slices=p["filter_slices"])
     inputs = model_inputs(avg, prep, quats, gain, train_index)
+    # an average that shows no particle anisotropy holds no orientation: sliced at a random one
+    used_quats, fitted = training_orientations(quats, inputs.anisotropy, p["isotropic_below"], avg.average_id,
+                                               p["seed"])
+    inputs = with_orientations(inputs, used_quats)
+    if p["isotropic_below"] > 0:
+        log.info("%d of %d trained averages are round (anisotropy < %g): sliced at random orientations, not "
+                 "the fitted ones", int((~fitted[train_index]).sum()), train_index.size, p["isotropic_below"])
     blur_deg, blur_info = resolve_class_blur(p["class_blur_deg"], args.orient, avg.average_id, gain, selected)
     if p["class_blur_deg"] == "auto":
         log.info("class blur %.1f deg out of plane, %.1f in plane (auto, from %d averages)", *blur_deg,
@@ -255,13 +267,11 @@ def run(args) -> int:
                          kl_weight=p["kl_weight"], kl_warmup_epochs=p["kl_warmup_epochs"], loss=p["loss"],
                          seed=p["seed"], amp=p["amp"], class_blur_deg=blur_deg,
                          size_spread=p["size_spread"], size_fit=p["size_fit"])
-    torch.manual_seed(p["seed"])
-    model = VAE(arch).to(device)
-    data = TensorData(inputs, prep, device)
-    fp = fingerprint(arch, prep, config, inputs, train_index)
     ckpt = Path(args.checkpoints) / "last.pt" if args.checkpoints else None
     if ckpt is not None and dist.main:
-        _drop_unusable_checkpoint(ckpt, model)
+        torch.manual_seed(p["seed"])
+        _drop_unusable_checkpoint(ckpt, VAE(arch).to(device))
+    data = TensorData(inputs, prep, device)
 
     live = None
     if args.live and dist.main:
@@ -272,16 +282,40 @@ def run(args) -> int:
         # curves go to a temporary folder that replaces the previous run's only when the stage succeeds
         live = Live(str(args._resources.enter_context(staged_folder(args.live))), save_dvc_exp=False,
                     dvcyaml=None, resume=False)
+    attempts: list[dict] = []
+    best = None
+    for attempt in range(MAX_RESTARTS + 1):
+        # a run whose posterior is wider than the prior over much of the family has collapsed that
+        # part of the latent (wide_posterior_share): train afresh from the next seed
+        config = replace(config, seed=p["seed"] + attempt)
+        torch.manual_seed(config.seed)
+        model = VAE(arch).to(device)
+        data.size_factor.fill_(1.0)
+        data.sizes_fitted = False
+        fp = fingerprint(arch, prep, config, inputs, train_index)
 
-    def on_epoch(row):
-        if live is not None:
-            live.step = row["epoch"] - 1
-            for key in ("loss", "recon", "kl", "kl_beta", "seconds"):
-                live.log_metric(key, row[key])
-            live.make_summary()
+        def on_epoch(row, offset=attempt * config.epochs):
+            if live is not None:   # the attempts' curves one after another
+                live.step = offset + row["epoch"] - 1
+                for key in ("loss", "recon", "kl", "kl_beta", "seconds"):
+                    live.log_metric(key, row[key])
+                live.make_summary()
 
-    history = train_vae(model, data, train_index, config, checkpoint=ckpt, fp=fp, dist=dist,
-                        on_epoch=on_epoch, kill_after_epoch=args.kill_after_epoch)
+        history = train_vae(model, data, train_index, config, checkpoint=ckpt, fp=fp, dist=dist,
+                            on_epoch=on_epoch, kill_after_epoch=args.kill_after_epoch)
+        wide = wide_posterior_share(encode(model, data, config.loss)[1][train_index])
+        attempts.append({"seed": config.seed, "final_loss": history[-1]["loss"] if history else None,
+                         "wide_posterior_share": round(wide, 4)})
+        if best is None or wide < best[0]:
+            best = (wide, {k: v.detach().clone() for k, v in model.state_dict().items()}, history, fp, config)
+        if wide <= MAX_WIDE_SHARE:
+            break
+        log.warning("vae: %.0f %% of the trained averages have a posterior wider than %.1f x the prior (seed %d): "
+                    "that part of the latent collapsed%s", 100 * wide, WIDE_POSTERIOR_SD, config.seed,
+                    "; training afresh from the next seed" if attempt < MAX_RESTARTS else
+                    "; keeping the least collapsed run")
+    _, state, history, fp, config = best
+    model.load_state_dict(state)
     if live is not None:
         live.end()
     if not dist.main:
@@ -303,9 +337,13 @@ def run(args) -> int:
     if config.size_fit:
         table["size_rel"] = data.size_factor.cpu().numpy().astype(np.float64)
     table["vae_trained"] = selected
+    table["anisotropy"] = inputs.anisotropy
+    table["orientation_fitted"] = fitted   # false: sliced at a random orientation (vae.isotropic_below)
+    for k, name in enumerate(("vae_qw", "vae_qx", "vae_qy", "vae_qz")):   # the orientation the VAE sliced at
+        table[name] = used_quats[:, k]
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
             "fingerprint": fp, "n_train": int(train_index.size), "target_norm": inputs.norm,
-            "class_blur_deg": list(blur_deg), "class_blur": blur_info,
+            "class_blur_deg": list(blur_deg), "class_blur": blur_info, "attempts": attempts,
             # per-epoch seconds go to the dvclive curves, not into the science output
             "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
             "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
@@ -328,6 +366,11 @@ def run(args) -> int:
                "particle_size_nm": prep.particle_size_nm, "volume_size": arch.volume_size,
                "dq3_nm": prep.dq3_nm, "class_blur_deg": list(blur_deg), "size_spread": p["size_spread"],
                "size_fit": p["size_fit"], "size_rel_p05_p95": size_range,
+               "n_trained_random_orientation": int((~fitted[train_index]).sum()),
+               "seed_used": config.seed, "restarts": len(attempts) - 1,
+               "wide_posterior_share": attempts[[a["seed"] for a in attempts].index(config.seed)]["wide_posterior_share"],
+               "anisotropy_trained_p05_p50_p95": [round(float(v), 4) for v in
+                                                  np.nanpercentile(inputs.anisotropy[train_index], [5, 50, 95])],
                "device": str(device), "processes": dist.world,
                # this run's wall time, and the epochs' own time over every run that trained them (a
                # resumed run's `seconds` covers only what it did after the checkpoint)

@@ -188,7 +188,10 @@ def _fit_of_averages(args, latents, per_average, truth_volumes, truth_t, truth_d
     trained = lat["vae_trained"].fillna(False).to_numpy(bool) if "vae_trained" in lat else np.ones(len(lat), bool)
     melt = per_average.set_index("average_id")["melt_t"].reindex(avg.average_id).to_numpy(np.float64)
     side = json.loads(Path(args.model).with_suffix(".json").read_text())
-    return truth_fit_of_averages(model, prep, avg, orient[["qw", "qx", "qy", "qz"]].to_numpy(np.float64),
+    # the orientations the VAE sliced at (a round average's is random: vae.isotropic_below), else the fit's
+    used = ["vae_qw", "vae_qx", "vae_qy", "vae_qz"]
+    quats = (lat[used] if set(used) <= set(lat.columns) else orient[["qw", "qx", "qy", "qz"]]).to_numpy(np.float64)
+    return truth_fit_of_averages(model, prep, avg, quats,
                                  orient["gain"].to_numpy(np.float64), np.flatnonzero(trained),
                                  lat[cols].to_numpy(np.float64), melt, truth_volumes, truth_t, truth_dq_nm,
                                  loss=(side.get("train") or {}).get("loss", "mse_log"))

@@ -4,6 +4,7 @@ orientations and gains -> a latent coordinate -> Oh-symmetric 3D intensity volum
 Modules, one concept each:
 
 - :mod:`spicompute.vae.data`    preprocessing (crop, resample, radial normalisation, masks)
+- :mod:`spicompute.vae.orientations` which averages hold an orientation; random ones for round averages
 - :mod:`spicompute.vae.slicer`  differentiable Ewald-sphere slicing of volume batches
 - :mod:`spicompute.vae.model`   encoder, decoder, presets
 - :mod:`spicompute.vae.train`   training loop, checkpoints/resume, DDP, encoding

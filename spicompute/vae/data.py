@@ -170,6 +170,8 @@ class VaeInputs:
     target_filter_px : sigma (target-grid pixels) of the Gaussian pre-filter the averages went through
         on their way to the target grid (0: none -- a ``bin`` or ``detector`` target, or a target grid
         no coarser than the detector's pixels, where :func:`resample_averages` does not filter)
+    anisotropy : (M,) float64 each average's centrosymmetric angular contrast on the encoder's grid
+        (:func:`spicompute.vae.orientations.angular_anisotropy`): whether it holds an orientation
     """
 
     x: np.ndarray
@@ -185,6 +187,7 @@ class VaeInputs:
     target_profile: np.ndarray
     norm: float = 1.0
     target_filter_px: float = 0.0
+    anisotropy: np.ndarray | None = None
 
 
 def plan_preprocessing(averages: AverageSet, train_index: np.ndarray, *, input_size: int, volume_size: int,
@@ -358,6 +361,7 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
     (default: all), of each average's mean of ``I / p`` over its observed pixels.
     """
     from spicompute.orient.quaternions import rotation_matrices
+    from spicompute.vae.orientations import angular_anisotropy
 
     intensity, observed = resample_averages(averages, prep)
     x = np.where(observed, intensity / prep.profile_at(prep.grid_q_norm())[None], 0.0)
@@ -401,4 +405,5 @@ def model_inputs(averages: AverageSet, prep: Preprocessing, quaternions: np.ndar
                      condition=cond, count_scale=(averages.n_frames * area * norm).astype(np.float32),
                      input_scale=input_scale, average_id=averages.average_id.copy(), norm=norm,
                      target=target, target_observed=target_observed, target_q_lab=target_q_lab,
-                     target_profile=target_profile, target_filter_px=float(filter_px))
+                     target_profile=target_profile, target_filter_px=float(filter_px),
+                     anisotropy=angular_anisotropy(x, observed))

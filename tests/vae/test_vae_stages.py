@@ -60,18 +60,30 @@ def _cli(root: Path, *args: str, prefix=()) -> subprocess.CompletedProcess:
 
 
 def test_select_vae_volumes_end_to_end(tmp_path):
-    root = _project(tmp_path)
+    root = _project(tmp_path, vae={"isotropic_below": 0.05})
     assert _run(root, "select") == 0
     sel = read_table(root / "results/parts/select.parquet")
     assert sel.selected.sum() == N - 2 and sel.reason.iloc[-1].startswith("n_frames <")
     assert _run(root, "vae") == 0
     lat = read_table(root / "results/parts/vae.parquet")
-    assert list(lat.columns) == ["average_id", "z_1", "z_logvar_1", "recon_loss", "size_rel", "vae_trained"]
+    assert list(lat.columns) == ["average_id", "z_1", "z_logvar_1", "recon_loss", "size_rel", "vae_trained",
+                                 "anisotropy", "orientation_fitted", "vae_qw", "vae_qx", "vae_qy", "vae_qz"]
     assert len(lat) == N and lat.vae_trained.sum() == N - 2 and np.isfinite(lat.z_1).all()
+    # vae.isotropic_below 0.05: the round (melted) averages are sliced at their own random orientation,
+    # the others at the fitted one (the default 0 keeps every fitted one: test_orientations.py)
+    orient = read_table(root / "results/parts/orient.parquet")
+    used = lat[["vae_qw", "vae_qx", "vae_qy", "vae_qz"]].to_numpy()
+    fitted = lat.orientation_fitted.to_numpy(bool)
+    np.testing.assert_array_equal(fitted, lat.anisotropy.to_numpy() >= 0.05)
+    np.testing.assert_allclose(used[fitted], orient[["qw", "qx", "qy", "qz"]].to_numpy()[fitted])
+    assert not np.allclose(used[~fitted], orient[["qw", "qx", "qy", "qz"]].to_numpy()[~fitted])
+    melt = 2.0 - orient.gain.to_numpy()   # the project's gain is 1 + (1 - melt t)
+    assert fitted.any() and (~fitted).any() and melt[~fitted].mean() > melt[fitted].mean() + 0.3
     # vae.size_fit (default 0.08): every average's fitted size, within the searched range
     assert lat.size_rel.between(0.9, 1.1).all()
     metrics = json.loads((root / "metrics/vae.json").read_text())
     assert metrics["size_fit"] == 0.08 and len(metrics["size_rel_p05_p95"]) == 2
+    assert metrics["n_trained_random_orientation"] == int((~fitted & lat.vae_trained).sum())
     assert metrics["epochs"] == 3 and metrics["n_train"] == N - 2 and metrics["q_max_nm"] > metrics["q_min_nm"]
     side = json.loads((root / "models/vae.json").read_text())
     assert side["architecture"]["latent_dim"] == 1 and len(side["history"]) == 3
@@ -123,6 +135,7 @@ def test_two_dimensional_latent_and_poisson_loss_on_another_geometry(tmp_path, l
     ({"loss_target": "pixels"}, "vae.loss_target"), ({"volume_upsample": 4}, "vae.volume_upsample"),
     ({"loss_target": "detector", "target_oversample": 2}, "vae.target_oversample"),
     ({"volume_upsample": "fine"}, "vae.volume_upsample"), ({"target_oversample": True}, "vae.target_oversample"),
+    ({"isotropic_below": -0.1}, "vae.isotropic_below"), ({"isotropic_below": "round"}, "vae.isotropic_below"),
     ({"size_fit": 0.01}, "vae.size_fit"), ({"size_fit": 0.5}, "vae.size_fit"), ({"size_fit": "some"}, "vae.size_fit"),
 ])
 def test_bad_vae_params_exit_2(tmp_path, capsys, change, field):
@@ -222,3 +235,33 @@ def test_torchrun_ddp_matches_one_process(tmp_path):
     za = read_table(one / "results/parts/vae.parquet").z_1.to_numpy()
     zb = read_table(two / "results/parts/vae.parquet").z_1.to_numpy()
     np.testing.assert_allclose(za, zb, rtol=1e-3, atol=1e-4)
+
+
+def test_a_collapsed_run_trains_afresh_from_the_next_seed(tmp_path, monkeypatch, caplog):
+    """A run whose posterior is wider than the prior for much of the set is retrained from the next
+    seed: the kept weights are those of a plain run at that seed, bit for bit; when every attempt
+    collapses, the least collapsed one is kept, with a warning."""
+    import spicompute.vae.train as train
+
+    assert train.wide_posterior_share(np.log(np.array([[0.04], [4.0], [1.0], [2.2 ** 2]]))) == 0.5
+    assert train.wide_posterior_share(np.zeros((0, 1))) == 0.0
+    # isotropic_below 0: every fitted orientation (the random ones of round averages come from vae.seed,
+    # which a restart keeps)
+    plain = _project(tmp_path / "plain", vae={"seed": VAE_PARAMS["seed"] + 1, "isotropic_below": 0})
+    assert _run(plain, "select") == 0 and _run(plain, "vae") == 0
+    for shares, kept in (([0.5, 0.0], 1), ([0.5, 0.3, 0.4], 1)):
+        root = _project(tmp_path / f"restart{len(shares)}", vae={"isotropic_below": 0})
+        assert _run(root, "select") == 0
+        calls = iter(shares)
+        monkeypatch.setattr(train, "wide_posterior_share", lambda logvar: next(calls))
+        caplog.clear()
+        assert _run(root, "vae") == 0
+        metrics = json.loads((root / "metrics/vae.json").read_text())
+        side = json.loads((root / "models/vae.json").read_text())
+        assert metrics["restarts"] == len(shares) - 1 and metrics["seed_used"] == VAE_PARAMS["seed"] + kept
+        assert [a["seed"] for a in side["attempts"]] == [VAE_PARAMS["seed"] + k for k in range(len(shares))]
+        assert "collapsed" in caplog.text
+        assert side["fingerprint"] == json.loads((plain / "models/vae.json").read_text())["fingerprint"]
+        a = torch.load(root / "models/vae.pt", weights_only=True)
+        b = torch.load(plain / "models/vae.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in b)

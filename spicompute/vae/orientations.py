@@ -1,0 +1,126 @@
+"""Which averages carry an orientation, and where the VAE slices the others.
+
+The orient stage fits every average against a reference (a cube by default) and
+always returns a best orientation.  For an average whose pattern is rings -- a
+near-sphere, or any view that looks round within the q range -- that best
+orientation says more about the reference than about the particle: against a
+cube, the bright default set's sphere end lands near the cube's body diagonal
+(the beam direction in the particle frame, |components| sorted, averages
+(0.64, 0.56, 0.51) against (0.83, 0.46, 0.21) for uniform orientations).
+Sliced at those orientations the volume is held only on a few planes and left
+free elsewhere, where the decoder carries on the cube it learned next to them:
+the sphere end of the line came out cube-like (docs/validation.md, "Orientations
+the averages do not hold").
+
+So the VAE keeps an average's fitted orientation only where the average itself
+shows a particle's anisotropy: :func:`angular_anisotropy` measures the part of
+its angular contrast that is centrosymmetric, which shot noise is not (noise at
+q and -q is independent) and a particle's diffraction is (Friedel's law).  An
+average below ``vae.isotropic_below`` is sliced at a random orientation, one per
+average, fixed by ``vae.seed`` and its ``average_id``
+(:func:`random_orientations`): many round averages at random orientations hold
+the volume round in every direction, as the data say, instead of a cube's
+[111] planes.  The class blur, scale and size fits are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+RADIAL_STEP_PX = 0.5   # ring means in half-pixel bins, interpolated at each pixel's radius
+
+
+def angular_anisotropy(x: np.ndarray, observed: np.ndarray, radial_step: float = RADIAL_STEP_PX) -> np.ndarray:
+    """Centrosymmetric angular contrast of each average, (M,) dimensionless.
+
+    x : (M, n, n) intensity in units of the data set's radial profile
+        (:attr:`spicompute.vae.data.VaeInputs.x`), q = 0 at pixel (n // 2, n // 2)
+    observed : (M, n, n) bool
+
+    ``dev`` is an average minus its ring means (means over ``radial_step``-pixel rings of
+    the observed pixels, interpolated linearly at each pixel's radius).  The result is the
+    mean of ``dev(q) dev(-q)`` over observed Friedel pairs divided by the mean square of the
+    ring means: the share of the average's power that is anisotropic *and* centrosymmetric.
+    Shot noise adds nothing to it on average (independent at q and -q), so a noisy round
+    average reads ~0; a cube's views read 0.1-3 on the default sets, their spheres 0.01-0.04
+    (the ring means' own interpolation error on sharp fringes); negative values are noise.
+    NaN for an average without observed Friedel pairs.
+    """
+    x = np.asarray(x, np.float64)
+    observed = np.asarray(observed, bool)
+    m, n = x.shape[0], x.shape[-1]
+    axis = np.arange(n) - n // 2
+    radius = np.hypot(axis[:, None], axis[None, :])
+    ring = np.floor(radius / radial_step).astype(np.int64)
+    n_rings = int(ring.max()) + 1
+    # the Friedel partner of pixel i is 2 c - i (c = n // 2); on an even grid row/column 0 has none
+    mirror = 2 * (n // 2) - np.arange(n)
+    has_partner = mirror < n
+    partner_ok = has_partner[:, None] & has_partner[None, :]
+    mirror = np.minimum(mirror, n - 1)
+    flat_ring = ring.ravel()
+    # per-average ring sums in one bincount: (average, ring) -> average * n_rings + ring
+    offset = (np.arange(m) * n_rings)[:, None]
+    obs2 = observed.reshape(m, -1)
+    keys = (flat_ring[None, :] + offset)[obs2]
+    counts = np.bincount(keys, minlength=m * n_rings).reshape(m, n_rings)
+    sums = np.bincount(keys, x.reshape(m, -1)[obs2], minlength=m * n_rings).reshape(m, n_rings)
+    r_sums = np.bincount(keys, np.broadcast_to(radius.ravel(), obs2.shape)[obs2],
+                         minlength=m * n_rings).reshape(m, n_rings)
+    out = np.full(m, np.nan)
+    for i in range(m):   # one interpolation per average over its own populated rings
+        good = counts[i] > 0
+        if good.sum() < 2:
+            continue
+        means = sums[i, good] / counts[i, good]
+        profile = np.interp(radius, r_sums[i, good] / counts[i, good], means)
+        dev = np.where(observed[i], x[i] - profile, 0.0)
+        pairs = observed[i] & observed[i][mirror][:, mirror] & partner_ok
+        power = np.mean(profile[observed[i]] ** 2)
+        if pairs.any() and power > 0:
+            out[i] = float(np.mean(dev[pairs] * dev[mirror][:, mirror][pairs]) / power)
+    return out
+
+
+def random_orientations(average_id: np.ndarray, seed: int) -> np.ndarray:
+    """(M, 4) uniformly random unit quaternions (scalar first), one per ``average_id``.
+
+    Each is drawn from its own stream seeded by ``(seed, average_id)``: an average gets the
+    same orientation whatever else is in the set or selected.
+    """
+    from spicompute.orient.quaternions import random_quaternions
+
+    ids = np.asarray(average_id)
+    return np.array([random_quaternions(1, np.random.default_rng([int(seed), int(a) % 2 ** 63]))[0]
+                     for a in ids]).reshape(len(ids), 4)
+
+
+def training_orientations(quaternions: np.ndarray, anisotropy: np.ndarray, isotropic_below: float,
+                          average_id: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The orientations the VAE slices at: (quaternions (M, 4), fitted (M,) bool).
+
+    The fitted ``quaternions`` (M, 4) where ``anisotropy`` (M,) is at least ``isotropic_below``
+    (and finite); elsewhere :func:`random_orientations`.  ``isotropic_below`` 0 keeps every
+    fitted orientation.
+    """
+    quaternions = np.asarray(quaternions, np.float64)
+    anisotropy = np.asarray(anisotropy, np.float64)
+    fitted = ~(anisotropy < isotropic_below) if isotropic_below > 0 else np.ones(len(quaternions), bool)
+    out = quaternions.copy()
+    if (~fitted).any():
+        out[~fitted] = random_orientations(np.asarray(average_id)[~fitted], seed)
+    return out, fitted
+
+
+def with_orientations(inputs, quaternions: np.ndarray):
+    """``inputs`` (:class:`spicompute.vae.data.VaeInputs`) with the slicer's rotations and the
+    encoder's quaternion condition from ``quaternions`` (M, 4): the encoder is told the
+    orientation its average is sliced at.  The log gain is kept."""
+    from spicompute.orient.quaternions import rotation_matrices
+
+    q = np.asarray(quaternions, np.float64)
+    condition = inputs.condition.copy()
+    condition[:, :4] = q.astype(np.float32)
+    return replace(inputs, rotations=rotation_matrices(q).astype(np.float32), condition=condition)
