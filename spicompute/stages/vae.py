@@ -36,7 +36,8 @@ DEFAULTS = {"preset": "demo", "latent_dim": 1, "q_max_nm": "auto", "particle_siz
             "device": "auto", "amp": False, "threads": 0, "class_blur_deg": "auto",
             "size_spread": 0.0, "size_fit": 0.08, "resample": "gauss", "prefilter_px": 0.5,
             "target_oversample": "auto",
-            "loss_target": "grid", "volume_upsample": "auto", "filter_slices": True, "isotropic_below": 0.0}
+            "loss_target": "grid", "volume_upsample": "auto", "filter_slices": True, "isotropic_below": 0.05,
+            "isotropic_min_fluence": 0.9}
 
 log = get_logger("vae")
 
@@ -97,6 +98,7 @@ def options(raw: dict) -> dict:
     if not isinstance(p["filter_slices"], bool):
         raise ParameterError("vae.filter_slices", f"must be true or false, got {p['filter_slices']!r}")
     p["isotropic_below"] = in_range("vae.isotropic_below", p["isotropic_below"], 0.0, 1.0)
+    p["isotropic_min_fluence"] = in_range("vae.isotropic_min_fluence", p["isotropic_min_fluence"], 0.0, 10.0)
     if not isinstance(p["amp"], bool):
         raise ParameterError("vae.amp", f"must be true or false, got {p['amp']!r}")
     return p
@@ -213,7 +215,7 @@ def run(args) -> int:
     from spicompute.io.tables import write_table
     from spicompute.vae.data import model_inputs, plan_preprocessing, sampling_ratio
     from spicompute.vae.model import VAE, architecture
-    from spicompute.vae.orientations import training_orientations, with_orientations
+    from spicompute.vae.orientations import member_fluence, training_orientations, with_orientations
     from dataclasses import replace
 
     from spicompute.vae.train import (MAX_RESTARTS, MAX_WIDE_SHARE, WIDE_POSTERIOR_SD, TensorData, TrainConfig,
@@ -247,7 +249,8 @@ def run(args) -> int:
     inputs = model_inputs(avg, prep, quats, gain, train_index)
     # an average that shows no particle anisotropy holds no orientation: sliced at a random one
     used_quats, fitted = training_orientations(quats, inputs.anisotropy, p["isotropic_below"], avg.average_id,
-                                               p["seed"])
+                                               p["seed"], member_fluence(avg.weight, avg.n_frames),
+                                               p["isotropic_min_fluence"], train_index)
     inputs = with_orientations(inputs, used_quats)
     if p["isotropic_below"] > 0:
         log.info("%d of %d trained averages are round (anisotropy < %g): sliced at random orientations, not "

@@ -97,17 +97,44 @@ def random_orientations(average_id: np.ndarray, seed: int) -> np.ndarray:
                      for a in ids]).reshape(len(ids), 4)
 
 
+def member_fluence(weight: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
+    """(M,) the mean fluence of each average's members, in the averages' own weight units.
+
+    weight : (M, L, L) the averages' coverage (:class:`spicompute.io.averages.AverageSet`, the
+        fluence-weighted membership of each pixel); n_frames : (M,) their occupancies.
+    The median over an average's observed pixels of ``weight / n_frames``; NaN where an average
+    has no observed pixel or no members.
+    """
+    w = np.asarray(weight, np.float64).reshape(len(weight), -1)
+    n = np.asarray(n_frames, np.float64)
+    out = np.full(len(w), np.nan)
+    seen = w > 0
+    for i in np.flatnonzero(seen.any(axis=1) & (n > 0)):
+        out[i] = np.median(w[i, seen[i]]) / n[i]
+    return out
+
+
 def training_orientations(quaternions: np.ndarray, anisotropy: np.ndarray, isotropic_below: float,
-                          average_id: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                          average_id: np.ndarray, seed: int, fluence: np.ndarray | None = None,
+                          min_fluence: float = 0.0, reference: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """The orientations the VAE slices at: (quaternions (M, 4), fitted (M,) bool).
 
     The fitted ``quaternions`` (M, 4) where ``anisotropy`` (M,) is at least ``isotropic_below``
     (and finite); elsewhere :func:`random_orientations`.  ``isotropic_below`` 0 keeps every
-    fitted orientation.
+    fitted orientation.  With ``fluence`` (M,, :func:`member_fluence`) and ``min_fluence`` > 0, a
+    round average keeps its fitted orientation unless its members' fluence is at least
+    ``min_fluence`` times the median over ``reference`` (indices; default all): a class of weak
+    hits is round because the particle's signal is weak, not because the particle is.
     """
     quaternions = np.asarray(quaternions, np.float64)
     anisotropy = np.asarray(anisotropy, np.float64)
     fitted = ~(anisotropy < isotropic_below) if isotropic_below > 0 else np.ones(len(quaternions), bool)
+    if fluence is not None and min_fluence > 0:
+        fluence = np.asarray(fluence, np.float64)
+        ref = fluence if reference is None else fluence[np.asarray(reference)]
+        typical = np.nanmedian(ref) if np.isfinite(ref).any() else np.nan
+        fitted |= ~(fluence >= min_fluence * typical)
     out = quaternions.copy()
     if (~fitted).any():
         out[~fitted] = random_orientations(np.asarray(average_id)[~fitted], seed)

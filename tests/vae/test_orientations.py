@@ -13,11 +13,11 @@ from spicompute.io.averages import AverageSet
 from spicompute.orient.quaternions import random_quaternions, rotation_matrices
 from spicompute.orient.slicing import VolumeSampler
 from spicompute.vae.data import model_inputs, plan_preprocessing
-from spicompute.vae.orientations import (angular_anisotropy, random_orientations, training_orientations,
-                                         with_orientations)
+from spicompute.vae.orientations import (angular_anisotropy, member_fluence, random_orientations,
+                                         training_orientations, with_orientations)
 from tests.melt_series import melt_volumes
 
-THRESHOLD = 0.05   # the vae.isotropic_below measured on the bright sets (docs/vae_volumes.md)
+THRESHOLD = 0.05   # vae.isotropic_below's default
 
 
 def _averages(volumes, labels, quats, grid, dq, photons, rng, n_frames=100.0):
@@ -112,3 +112,28 @@ def test_only_round_averages_are_reoriented_and_the_inputs_follow(rng):
     # 0 keeps every fitted orientation; NaN (no measure) keeps the fitted one
     assert training_orientations(fitted_q, inputs.anisotropy, 0.0, avg.average_id, 0)[1].all()
     assert training_orientations(fitted_q, np.full(4, np.nan), THRESHOLD, avg.average_id, 0)[1].all()
+
+
+def test_round_classes_of_weak_hits_keep_their_fitted_orientation():
+    """isotropic_min_fluence: a round average whose members are weak hits (fluence below the given
+    share of the trained averages' median) keeps its fitted orientation; so does one without a
+    fluence; a bright round one is sliced at random."""
+    m, n = 5, 9
+    n_frames = np.array([100.0, 100.0, 50.0, 80.0, 0.0])
+    per_frame = np.array([1.0, 0.5, 1.1, 0.95, 1.0])   # members' mean fluence
+    weight = np.zeros((m, n, n))
+    weight[:, 2:7, 2:7] = (per_frame * n_frames)[:, None, None]
+    weight[0, 4, 4] = 0.0   # a pixel never observed does not count
+    flu = member_fluence(weight, n_frames)
+    np.testing.assert_allclose(flu[:4], per_frame[:4])
+    assert np.isnan(flu[4])
+    q = random_quaternions(m, np.random.default_rng(0))
+    round_ = np.zeros(m)   # every average round
+    _, fitted = training_orientations(q, round_, THRESHOLD, np.arange(m), 0, flu, 0.9)
+    # median of the finite fluences 0.975: 0.5 is a weak-hit class, NaN has no fluence
+    np.testing.assert_array_equal(fitted, [False, True, False, False, True])
+    # the median over the reference (trained) averages only
+    _, fitted = training_orientations(q, round_, THRESHOLD, np.arange(m), 0, flu, 0.9, reference=[2])
+    np.testing.assert_array_equal(fitted, [False, True, False, True, True])   # 0.95 < 0.9 x 1.1
+    # 0 switches the fluence rule off
+    assert not training_orientations(q, round_, THRESHOLD, np.arange(m), 0, flu, 0.0)[1].any()

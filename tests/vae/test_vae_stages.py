@@ -69,8 +69,8 @@ def test_select_vae_volumes_end_to_end(tmp_path):
     assert list(lat.columns) == ["average_id", "z_1", "z_logvar_1", "recon_loss", "size_rel", "vae_trained",
                                  "anisotropy", "orientation_fitted", "vae_qw", "vae_qx", "vae_qy", "vae_qz"]
     assert len(lat) == N and lat.vae_trained.sum() == N - 2 and np.isfinite(lat.z_1).all()
-    # vae.isotropic_below 0.05: the round (melted) averages are sliced at their own random orientation,
-    # the others at the fitted one (the default 0 keeps every fitted one: test_orientations.py)
+    # vae.isotropic_below 0.05 (the default): the round (melted) averages are sliced at their own random
+    # orientation, the others at the fitted one
     orient = read_table(root / "results/parts/orient.parquet")
     used = lat[["vae_qw", "vae_qx", "vae_qy", "vae_qz"]].to_numpy()
     fitted = lat.orientation_fitted.to_numpy(bool)
