@@ -19,7 +19,7 @@ st.title("Orientation and gain")
 run_picker()
 
 
-table = averages_table("gain", "orient", ("embed", "classify2d"))
+table = averages_table("gain", "orient", ("embed", "classify2d", "vae"))
 if table is None:
     missing("orient", "results/parts/orient.parquet")
     st.stop()
@@ -30,6 +30,12 @@ c1.metric("averages", f"{len(table):,}")
 c2.metric("median gain", f"{np.median(table['gain'][finite]):.3f}" if finite.any() else "—")
 c3.metric("mean best CC", f"{table['best_cc'].mean():.3f}")
 c4.metric("gain undefined", f"{int((~finite).sum())}")
+is_round = (~table["orientation_fitted"].astype(bool)).to_numpy() if "orientation_fitted" in table.columns else None
+if is_round is not None and is_round.any():
+    st.caption(f"{int(is_round.sum())} averages are round (no centrosymmetric angular contrast, "
+               "`vae.isotropic_below`): the VAE slices each at a random orientation of its own. Their fitted "
+               "orientation here is the "
+               "reference's roundest view, not the particle's (docs/vae_volumes.md, \"Round averages\").")
 
 left, right = st.columns(2)
 hist = go.Figure(go.Histogram(x=table["gain"][finite], nbinsx=40, marker_color="#4C78A8"))
@@ -77,7 +83,9 @@ blur_text = (f", class blur {row['blur_out_deg']:.1f}° out of plane / {row['blu
              if "blur_out_deg" in row and "blur_in_deg" in row else "")
 st.caption(f"average {chosen}: gain {row['gain']:.3f}, best CC {row['best_cc']:.3f}{blur_text}, "
            f"q = ({row['qw']:.3f}, {row['qx']:.3f}, {row['qy']:.3f}, {row['qz']:.3f}) "
-           "(scalar first, model→lab)")
+           "(scalar first, model→lab)"
+           + (f"; round (anisotropy {row['anisotropy']:.3f}): the VAE slices it at a random orientation, not this one"
+              if "orientation_fitted" in row and not bool(row["orientation_fitted"]) else ""))
 
 orient_ids = read_h5("data/orient.h5", ["average_id"])
 avg_ids = read_h5("data/averages.h5", ["averages/average_id"])

@@ -371,7 +371,7 @@ def run(args) -> int:
                "size_fit": p["size_fit"], "size_rel_p05_p95": size_range,
                "n_trained_random_orientation": int((~fitted[train_index]).sum()),
                "seed_used": config.seed, "restarts": len(attempts) - 1,
-               "wide_posterior_share": attempts[[a["seed"] for a in attempts].index(config.seed)]["wide_posterior_share"],
+               "wide_posterior_share": next(a["wide_posterior_share"] for a in attempts if a["seed"] == config.seed),
                "anisotropy_trained_p05_p50_p95": [round(float(v), 4) for v in
                                                   np.nanpercentile(inputs.anisotropy[train_index], [5, 50, 95])],
                "device": str(device), "processes": dist.world,

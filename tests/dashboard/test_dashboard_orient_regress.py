@@ -91,6 +91,22 @@ def test_orientation_page_shows_the_class_blur_and_what_the_vae_used(workspace):
     assert any("class blur 15.0° out of plane / 6.5° in plane" in c.value for c in at.caption)
 
 
+def test_orientation_page_names_the_averages_the_vae_slices_at_random(workspace):
+    ids = np.arange(M) + 500
+    fitted = np.ones(M, bool)
+    fitted[:3] = False   # the three lowest gains are round
+    pd.DataFrame({"average_id": ids, "z_1": np.linspace(-1, 1, M), "anisotropy": np.where(fitted, 0.8, 0.012),
+                  "orientation_fitted": fitted}).to_parquet(workspace / "results" / "parts" / "vae.parquet")
+    at = AppTest.from_file(str(PAGES / "4_Orientation.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("3 averages are round") for c in at.caption)
+    # the highest-gain average keeps its orientation; a round one says the VAE does not use it
+    assert not any("random orientation, not this one" in c.value for c in at.caption)
+    at.selectbox(key="orient_average").select(500).run()
+    assert any("round (anisotropy 0.012): the VAE slices it at a random orientation, not this one" in c.value
+               for c in at.caption)
+
+
 def test_orientation_page_without_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("SPI_WORKSPACE", str(tmp_path))
     at = AppTest.from_file(str(PAGES / "4_Orientation.py"), default_timeout=60).run()
