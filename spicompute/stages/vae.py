@@ -216,11 +216,8 @@ def run(args) -> int:
     from spicompute.vae.data import model_inputs, plan_preprocessing, sampling_ratio
     from spicompute.vae.model import VAE, architecture
     from spicompute.vae.orientations import member_fluence, training_orientations, with_orientations
-    from dataclasses import replace
-
-    from spicompute.vae.train import (MAX_RESTARTS, MAX_WIDE_SHARE, WIDE_POSTERIOR_SD, TensorData, TrainConfig,
-                                      encode, fingerprint, fit_size_factors, init_distributed, train_vae,
-                                      wide_posterior_share)
+    from spicompute.vae.train import (TensorData, TrainConfig, encode, fit_size_factors, init_distributed,
+                                      train_until_uncollapsed)
 
     p = options(stage_params(args, "vae"))
     if p["threads"] > 0:
@@ -271,8 +268,7 @@ def run(args) -> int:
                          seed=p["seed"], amp=p["amp"], class_blur_deg=blur_deg,
                          size_spread=p["size_spread"], size_fit=p["size_fit"])
     ckpt = Path(args.checkpoints) / "last.pt" if args.checkpoints else None
-    if ckpt is not None and dist.main:
-        torch.manual_seed(p["seed"])
+    if ckpt is not None and dist.main:   # a network of this shape, to check the checkpoint against
         _drop_unusable_checkpoint(ckpt, VAE(arch).to(device))
     data = TensorData(inputs, prep, device)
 
@@ -285,40 +281,18 @@ def run(args) -> int:
         # curves go to a temporary folder that replaces the previous run's only when the stage succeeds
         live = Live(str(args._resources.enter_context(staged_folder(args.live))), save_dvc_exp=False,
                     dvcyaml=None, resume=False)
-    attempts: list[dict] = []
-    best = None
-    for attempt in range(MAX_RESTARTS + 1):
-        # a run whose posterior is wider than the prior over much of the family has collapsed that
-        # part of the latent (wide_posterior_share): train afresh from the next seed
-        config = replace(config, seed=p["seed"] + attempt)
-        torch.manual_seed(config.seed)
-        model = VAE(arch).to(device)
-        data.size_factor.fill_(1.0)
-        data.sizes_fitted = False
-        fp = fingerprint(arch, prep, config, inputs, train_index)
 
-        def on_epoch(row, offset=attempt * config.epochs):
-            if live is not None:   # the attempts' curves one after another
-                live.step = offset + row["epoch"] - 1
-                for key in ("loss", "recon", "kl", "kl_beta", "seconds"):
-                    live.log_metric(key, row[key])
-                live.make_summary()
+    def on_epoch(attempt, row):
+        if live is not None:   # the attempts' curves one after another
+            live.step = attempt * config.epochs + row["epoch"] - 1
+            for key in ("loss", "recon", "kl", "kl_beta", "seconds"):
+                live.log_metric(key, row[key])
+            live.make_summary()
 
-        history = train_vae(model, data, train_index, config, checkpoint=ckpt, fp=fp, dist=dist,
-                            on_epoch=on_epoch, kill_after_epoch=args.kill_after_epoch)
-        wide = wide_posterior_share(encode(model, data, config.loss)[1][train_index])
-        attempts.append({"seed": config.seed, "final_loss": history[-1]["loss"] if history else None,
-                         "wide_posterior_share": round(wide, 4)})
-        if best is None or wide < best[0]:
-            best = (wide, {k: v.detach().clone() for k, v in model.state_dict().items()}, history, fp, config)
-        if wide <= MAX_WIDE_SHARE:
-            break
-        log.warning("vae: %.0f %% of the trained averages have a posterior wider than %.1f x the prior (seed %d): "
-                    "that part of the latent collapsed%s", 100 * wide, WIDE_POSTERIOR_SD, config.seed,
-                    "; training afresh from the next seed" if attempt < MAX_RESTARTS else
-                    "; keeping the least collapsed run")
-    _, state, history, fp, config = best
-    model.load_state_dict(state)
+    # a collapsed run (posterior wider than the prior over much of the family) is trained afresh
+    trained = train_until_uncollapsed(arch, prep, inputs, data, train_index, config, device, checkpoint=ckpt,
+                                      dist=dist, on_epoch=on_epoch, kill_after_epoch=args.kill_after_epoch)
+    model, history, fp, config = trained.model, trained.history, trained.fp, trained.config
     if live is not None:
         live.end()
     if not dist.main:
@@ -346,7 +320,7 @@ def run(args) -> int:
         table[name] = used_quats[:, k]
     side = {"architecture": arch.to_dict(), "preprocessing": prep.to_dict(), "train": p,
             "fingerprint": fp, "n_train": int(train_index.size), "target_norm": inputs.norm,
-            "class_blur_deg": list(blur_deg), "class_blur": blur_info, "attempts": attempts,
+            "class_blur_deg": list(blur_deg), "class_blur": blur_info, "attempts": trained.attempts,
             # per-epoch seconds go to the dvclive curves, not into the science output
             "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
             "quaternion_convention": "scalar first (w,x,y,z), model->lab: a pattern samples I(R^T q)",
@@ -370,8 +344,8 @@ def run(args) -> int:
                "dq3_nm": prep.dq3_nm, "class_blur_deg": list(blur_deg), "size_spread": p["size_spread"],
                "size_fit": p["size_fit"], "size_rel_p05_p95": size_range,
                "n_trained_random_orientation": int((~fitted[train_index]).sum()),
-               "seed_used": config.seed, "restarts": len(attempts) - 1,
-               "wide_posterior_share": next(a["wide_posterior_share"] for a in attempts if a["seed"] == config.seed),
+               "seed_used": config.seed, "restarts": len(trained.attempts) - 1,
+               "wide_posterior_share": round(trained.wide_share, 4),
                "anisotropy_trained_p05_p50_p95": [round(float(v), 4) for v in
                                                   np.nanpercentile(inputs.anisotropy[train_index], [5, 50, 95])],
                "device": str(device), "processes": dist.world,

@@ -69,18 +69,19 @@ def angular_anisotropy(x: np.ndarray, observed: np.ndarray, radial_step: float =
     sums = np.bincount(keys, x.reshape(m, -1)[obs2], minlength=m * n_rings).reshape(m, n_rings)
     r_sums = np.bincount(keys, np.broadcast_to(radius.ravel(), obs2.shape)[obs2],
                          minlength=m * n_rings).reshape(m, n_rings)
-    out = np.full(m, np.nan)
-    for i in range(m):   # one interpolation per average over its own populated rings
+    profile = np.zeros_like(x)
+    usable = (counts > 0).sum(axis=1) >= 2
+    for i in np.flatnonzero(usable):   # one interpolation per average over its own populated rings
         good = counts[i] > 0
-        if good.sum() < 2:
-            continue
-        means = sums[i, good] / counts[i, good]
-        profile = np.interp(radius, r_sums[i, good] / counts[i, good], means)
-        dev = np.where(observed[i], x[i] - profile, 0.0)
-        pairs = observed[i] & observed[i][mirror][:, mirror] & partner_ok
-        power = np.mean(profile[observed[i]] ** 2)
-        if pairs.any() and power > 0:
-            out[i] = float(np.mean(dev[pairs] * dev[mirror][:, mirror][pairs]) / power)
+        profile[i] = np.interp(radius, r_sums[i, good] / counts[i, good], sums[i, good] / counts[i, good])
+    dev = np.where(observed, x - profile, 0.0)
+    pairs = observed & observed[:, mirror][:, :, mirror] & partner_ok & usable[:, None, None]
+    n_pairs = pairs.sum(axis=(1, 2))
+    power = (np.where(observed, profile, 0.0) ** 2).sum(axis=(1, 2)) / np.maximum(observed.sum(axis=(1, 2)), 1)
+    cross = np.where(pairs, dev * dev[:, mirror][:, :, mirror], 0.0).sum(axis=(1, 2))
+    out = np.full(m, np.nan)
+    ok = (n_pairs > 0) & (power > 0)
+    out[ok] = cross[ok] / n_pairs[ok] / power[ok]
     return out
 
 
@@ -107,10 +108,9 @@ def member_fluence(weight: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
     """
     w = np.asarray(weight, np.float64).reshape(len(weight), -1)
     n = np.asarray(n_frames, np.float64)
+    ok = (w > 0).any(axis=1) & (n > 0)
     out = np.full(len(w), np.nan)
-    seen = w > 0
-    for i in np.flatnonzero(seen.any(axis=1) & (n > 0)):
-        out[i] = np.median(w[i, seen[i]]) / n[i]
+    out[ok] = np.nanmedian(np.where(w[ok] > 0, w[ok], np.nan), axis=1) / n[ok]
     return out
 
 

@@ -384,6 +384,61 @@ def wide_posterior_share(logvar: np.ndarray) -> float:
     return float(np.mean((lv > 2 * np.log(WIDE_POSTERIOR_SD)).any(axis=1)))
 
 
+@dataclass
+class TrainedVae:
+    """What :func:`train_until_uncollapsed` returns: the kept model, its history, fingerprint and
+    config (seed included), its wide-posterior share and every attempt's summary."""
+
+    model: VAE
+    history: list[dict]
+    fp: str
+    config: TrainConfig
+    wide_share: float
+    attempts: list[dict]
+
+
+def train_until_uncollapsed(arch: Architecture, prep: Preprocessing, inputs: VaeInputs, data: "TensorData",
+                            train_index: np.ndarray, config: TrainConfig, device: torch.device, *,
+                            checkpoint: Path | None = None, dist: "Distributed" = None,
+                            on_epoch: Callable[[int, dict], None] | None = None,
+                            kill_after_epoch: int | None = None) -> TrainedVae:
+    """:func:`train_vae` from ``config.seed``, and afresh from the next seed (at most ``MAX_RESTARTS``
+    times) while more than ``MAX_WIDE_SHARE`` of the trained averages have a posterior wider than the
+    prior (:func:`wide_posterior_share`); if every attempt collapses, the least collapsed is kept.
+
+    ``on_epoch(attempt, row)`` sees every attempt's epochs.  Each attempt starts from the model
+    initialised after ``torch.manual_seed(seed)`` and from unit size factors, so the kept weights
+    equal a plain run at that seed.
+    """
+    from dataclasses import replace
+
+    dist = dist or Distributed()
+    attempts: list[dict] = []
+    best: TrainedVae | None = None
+    for attempt in range(MAX_RESTARTS + 1):
+        cfg = replace(config, seed=config.seed + attempt)
+        torch.manual_seed(cfg.seed)
+        model = VAE(arch).to(device)
+        data.size_factor.fill_(1.0)
+        data.sizes_fitted = False
+        fp = fingerprint(arch, prep, cfg, inputs, train_index)
+        history = train_vae(model, data, train_index, cfg, checkpoint=checkpoint, fp=fp, dist=dist,
+                            on_epoch=None if on_epoch is None else functools.partial(on_epoch, attempt),
+                            kill_after_epoch=kill_after_epoch)
+        wide = wide_posterior_share(encode(model, data, cfg.loss)[1][np.asarray(train_index)])
+        attempts.append({"seed": cfg.seed, "final_loss": history[-1]["loss"] if history else None,
+                         "wide_posterior_share": round(wide, 4)})
+        if best is None or wide < best.wide_share:   # each attempt trains its own model object
+            best = TrainedVae(model, history, fp, cfg, wide, attempts)
+        if wide <= MAX_WIDE_SHARE:
+            break
+        log.warning("vae: %.0f %% of the trained averages have a posterior wider than %.1f x the prior (seed %d): "
+                    "that part of the latent collapsed%s", 100 * wide, WIDE_POSTERIOR_SD, cfg.seed,
+                    "; training afresh from the next seed" if attempt < MAX_RESTARTS else
+                    "; keeping the least collapsed run")
+    return best
+
+
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, 1)) per average, (B,)."""
     return -0.5 * (1 + logvar - mu * mu - logvar.exp()).sum(1)

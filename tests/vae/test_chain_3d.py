@@ -116,3 +116,21 @@ def test_shuffled_orientations_fit_worse_and_lose_the_melt(chain):
     assert shuffled_vae["final_recon"] > 1.2 * vae["final_recon"], (shuffled_vae, vae)
     assert shuffled["rho_z_melt"]["z_1"] < metrics["rho_z_melt"]["z_1"] - 0.1 or \
         abs(shuffled["line_spearman_z_t_hat"] or 0) < 0.8, shuffled
+
+
+def test_round_averages_are_sliced_at_random_orientations(chain):
+    """vae.isotropic_below on 2D EMC averages from the real chain: the sphere end's averages (rings)
+    are sliced at random orientations, the cube end's keep the fitted ones; the metrics count them."""
+    root, _, _, vae = chain
+    from spicompute.io.truth import read_truth
+    from spicompute.validation import average_truth
+
+    lat = pd.read_parquet(root / "results" / "parts" / "vae.parquet")
+    per = average_truth(pd.read_parquet(root / "results" / "frames.parquet"), read_truth(root / "data" / "truth.h5"))
+    fam = lat.merge(per, on="average_id")
+    fam = fam[fam["vae_trained"] & fam["family"]]
+    cube_end, sphere_end = fam[fam["melt_t"] <= 0.2], fam[fam["melt_t"] >= 0.85]
+    assert len(cube_end) >= 5 and len(sphere_end) >= 5
+    assert cube_end["orientation_fitted"].mean() >= 0.9, cube_end[["melt_t", "anisotropy"]]
+    assert (~sphere_end["orientation_fitted"]).mean() >= 0.5, sphere_end[["melt_t", "anisotropy"]]
+    assert vae["n_trained_random_orientation"] == int((~lat["orientation_fitted"] & lat["vae_trained"]).sum())
