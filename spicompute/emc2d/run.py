@@ -90,9 +90,9 @@ class EMCConfig:
     prob_min: float = 1e-6        # posterior probabilities below this are dropped (and skipped in the M-step)
     prune_mass: float = 1e-6      # E-step pruning: skip a frame's models that held less posterior mass (0: off)
     prune_refresh: int = 4        # ... with a full E-step every this many iterations
-    background: str = "auto"      # auto: a fluence-independent background per pixel, estimated over the data set |
-    #                               refined: the same, then re-estimated within each run's classes once beta is
-    #                               final (right per radial bin; docs/classify2d.md) | none
+    background: str = "refined"   # refined: a fluence-independent background per pixel, estimated over the data
+    #                               set, then re-estimated within each run's classes once beta is final (right per
+    #                               radial bin; docs/classify2d.md) | auto: the data-set estimate only | none
     merge_only: bool = True       # merge (not fit) the detector's merge-only pixels (Dragonfly mask 1); false: drop
     device: str = "auto"          # auto | cpu | cuda
     scheduler: str = ""           # "" in-process | "local:N" | scheduler address

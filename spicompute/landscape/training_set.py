@@ -45,9 +45,18 @@ def family_mask(table: pd.DataFrame, keep: np.ndarray, p: dict):
         raise ParameterError("select.mode", f"family needs >= 2 averages with CLPCA coordinates and a gain, "
                              f"got {int(usable.sum())}")
     k = None if p["family_k"] == "auto" else p["family_k"]
+    anisotropy = None
+    if p.get("family_anisotropy_ratio", 10.0) is not None:
+        if "low_q_anisotropy" in table.columns:
+            anisotropy = table["low_q_anisotropy"].to_numpy(np.float64)
+        else:
+            log.warning("select: results/parts/orient.parquet has no low_q_anisotropy column (an orient "
+                        "stage older than 2026-12-06): dimers are not tested for (select.family_anisotropy_ratio)")
     return find_family(clpca_similarity(np.where(usable[:, None], coords, 0.0)), gain, usable, k=k,
                        shared_fraction=p["family_shared_fraction"], seed_fraction=p["family_seed_fraction"],
-                       density_mads=p.get("family_density_mads", 2.0))
+                       density_mads=p.get("family_density_mads", 2.0),
+                       support_fraction=p.get("family_support_fraction", 0.1),
+                       anisotropy=anisotropy, anisotropy_ratio=p.get("family_anisotropy_ratio", 10.0))
 
 
 def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
@@ -107,6 +116,8 @@ def select_averages(table: pd.DataFrame, p: dict, family_out: dict | None = None
     reason[keep & ~inside] = why
     if mode == "family" and why:
         reason[keep & fam.sparse] = "sparse in CLPCA space (select.family_density_mads)"
+        if fam.anisotropic is not None:
+            reason[keep & fam.anisotropic] = "elongated at low q (select.family_anisotropy_ratio)"
     return keep & inside, reason, min_frames
 
 

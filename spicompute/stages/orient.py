@@ -103,6 +103,7 @@ def run(args) -> int:
     from spicompute.io.provenance import atomic_path, stamp, write_json_atomic
     from spicompute.io.tables import write_table
     from spicompute.orient import class_blur, fit
+    from spicompute.orient.gyration import GUINIER_QR, cube_sphere_radius_nm, guinier_band, low_q_anisotropy
     from spicompute.orient.sampling import fundamental_orientations, sampling_step_deg
 
     p = stage_params(args, "orient")
@@ -195,6 +196,14 @@ def run(args) -> int:
                           "blur_out_deg": blur[:, 0], "blur_in_deg": blur[:, 1]})
     if size_nm is not None:
         table["size_nm"] = size_nm
+    # the Guinier-range roundness of each average: select drops elongated ones (dimers, rods)
+    band = guinier_band(avg, cube_sphere_radius_nm(o["edge_nm"]))
+    if band is None:
+        log.warning("orient: no low-q band (fewer than two observed rings below q R = %.1f, R from "
+                    "orient.edge_nm): low_q_anisotropy is NaN", GUINIER_QR)
+        table["low_q_anisotropy"] = np.nan
+    else:
+        table["low_q_anisotropy"] = low_q_anisotropy(avg.intensity, avg.valid, avg.dq_nm, *band)
     with atomic_path(args.h5) as tmp:
         with h5py.File(tmp, "w") as h5:
             stamp(h5, COMMAND, p)
@@ -227,6 +236,7 @@ def run(args) -> int:
     metrics = {"n_averages": int(avg.n_averages), "n_orientations": int(len(quats)),
                "n_pixels": int(result.stats.get("n_pixels", 0)), "seconds": round(elapsed, 2),
                "best_cc_mean": float(np.mean(result.best_cc)),
+               "low_q_band_nm": None if band is None else [round(band[0], 5), round(band[1], 5)],
                "gain_median": float(np.median(result.gain[finite])) if finite.any() else None,
                "gain_p90": float(np.percentile(result.gain[finite], 90)) if finite.any() else None,
                "gain_undefined": int((~finite).sum()),

@@ -42,7 +42,7 @@ HELP = "choose the averages that train the VAE (rules in params.yaml or a select
 MODES = ("family", "all", "clusters", "box", "gain", "file")
 DEFAULTS = {"mode": "family", "min_frames": "auto", "min_selected": "auto", "family_k": "auto",
             "family_shared_fraction": 0.5, "family_seed_fraction": 0.05, "family_min_fraction": 0.2,
-            "family_density_mads": 2.0,
+            "family_density_mads": 2.0, "family_support_fraction": 0.1, "family_anisotropy_ratio": 10.0,
             "family_components": ["pc_1", "pc_2", "pc_3"], "clusters": [], "box": {}, "gain": [None, None],
             "file": ""}
 
@@ -79,6 +79,16 @@ def options(raw: dict) -> dict:
         if value > 1:
             raise ParameterError(f"select.{name}", f"must be in (0, 1], got {value}")
         p[name] = value
+    support = positive("select.family_support_fraction", p["family_support_fraction"], allow_zero=True)
+    if support > 1:
+        raise ParameterError("select.family_support_fraction", f"must be in [0, 1], got {support}")
+    p["family_support_fraction"] = support
+    if p["family_anisotropy_ratio"] is not None:
+        ratio = positive("select.family_anisotropy_ratio", p["family_anisotropy_ratio"])
+        if ratio <= 1:
+            raise ParameterError("select.family_anisotropy_ratio",
+                                 f"must be > 1 (x the cube end's median) or null, got {ratio}")
+        p["family_anisotropy_ratio"] = ratio
     if p["family_density_mads"] is not None:
         p["family_density_mads"] = positive("select.family_density_mads", p["family_density_mads"])
     comps = p["family_components"]
@@ -162,8 +172,11 @@ def run(args) -> int:
     if fam is not None:
         columns["family"] = fam.keep
         columns["family_seed"] = fam.seed
-        metrics.update(family_k=fam.k, family_min_shared=fam.min_shared, n_family=int(fam.keep.sum()),
+        metrics.update(family_k=fam.k, family_min_shared=fam.min_shared, family_min_support=fam.min_support,
+                       n_family=int(fam.keep.sum()),
                        n_family_sparse=int(fam.sparse.sum()),
+                       n_family_elongated=int(fam.anisotropic.sum()) if fam.anisotropic is not None else 0,
+                       family_anisotropy_limit=fam.anisotropy_limit,
                        family_fallback=bool(extra.get("fallback", False)))
     if args.truth:
         from spicompute.io.truth import read_truth

@@ -167,7 +167,9 @@ def test_orient_stage_cli(tmp_path):
     assert main(args) == 0
     table = pd.read_parquet(tmp_path / "orient.parquet")
     assert list(table.columns) == ["average_id", "qw", "qx", "qy", "qz", "best_cc", "gain", "blur_out_deg",
-                                   "blur_in_deg"]
+                                   "blur_in_deg", "low_q_anisotropy"]
+    # cube slices are round at low q (select's dimer test reads this column)
+    assert np.all(table["low_q_anisotropy"] < 0.05)
     assert np.array_equal(table["average_id"], avg.average_id)
     miss = misorientation_deg(table[["qw", "qx", "qy", "qz"]].to_numpy(), truth)
     assert np.median(miss) < 4.0
@@ -184,6 +186,8 @@ def test_orient_stage_cli(tmp_path):
     # auto: 4 fringes of the 42 nm cube (0.60 rad/nm) inside this grid's radius (1.10 rad/nm)
     assert metrics["q_max_nm"] == pytest.approx(4 * 2 * np.pi / 42.0, rel=0.02)
     assert 0 <= metrics["q_min_nm"] < 0.1  # these test averages have no beamstop
+    lo, hi = metrics["low_q_band_nm"]   # q R <= 2.5 for the 42 nm reference cube
+    assert hi == pytest.approx(2.5 / (0.6204 * 42.0), rel=1e-3) and 0 < lo < hi
     (tmp_path / "params.yaml").write_text("orient:\n  q_min_nm: 0.5\n  q_max_nm: 0.3\n")
     args[6] = f"{t}/other.parquet"
     assert main(args) == 2 and not (tmp_path / "other.parquet").exists()
