@@ -38,23 +38,25 @@ and 1.00 -> 1.00 at 1,500, recall >= 0.94 in all.
 A shared-neighbour link can still be a chance bridge when a small group is
 wedged between two others: with the refined EMC background (1,500 photons)
 the rods and aggregates joined the family through **one** SNN link between
-a rod and a dimer (purity 0.85).  Inside the chain each link is carried by
-many averages linked to both of its ends (a triangle of links each); that
-bridge had none.  A link is therefore kept only when at least
-``support_fraction`` x k averages are SNN-linked to both of its ends
-(:func:`supported_links`; 0.1 x k = 4 at k = 39): purity 0.85 -> 0.955 there,
-never lower and recall >= 0.94 on six simulated sets (docs/vae_volumes.md,
-mode family).
+a rod and a dimer (purity 0.85).  That bridge closed no triangle of links.
+``support_fraction`` (off by default) keeps a link only when at least that
+share of k averages are SNN-linked to both its ends (:func:`supported_links`):
+0.1 x k fixed that landscape, but on a 90-average landscape of a coarse
+detector it cut the chain's sphere half off (recall 1.00 -> 0.57), so the
+default removes the bridge's ends instead: see the next paragraph.
 
 What no test in common-line space drops are **dimers** (two touching cubes):
 they fit a cube as well as a cube does and sit beside the cube end.  They
 are elongated, the family is not: a cube, a melted cube and a sphere have an
 isotropic gyration tensor, so every view of them is round at low q, while
 a dimer's central speckle is not (:mod:`spicompute.orient.gyration`).
-Members whose low-q anisotropy exceeds ``anisotropy_ratio`` x the cube-end
-seed's median are dropped (:func:`elongated_members`): purity 0.93-0.97 ->
+Averages whose low-q anisotropy exceeds ``anisotropy_ratio`` x the cube-end
+seed's median (:func:`elongated_members`) are left out of the graph, dimers
+and rods alike, so they can neither join nor bridge: purity 0.93-0.97 ->
 1.000 on eight simulated sets (two photon levels, two seeds, both EMC
-background estimates), recall >= 0.94.
+background estimates; the rod-dimer bridge above included), recall >= 0.94.
+Where the detector does not resolve the Guinier range the column is NaN
+and the test is off.
 """
 
 from __future__ import annotations
@@ -209,9 +211,19 @@ def elongated_members(anisotropy: np.ndarray, members: np.ndarray, seed: np.ndar
         return members & (anisotropy > limit), limit
 
 
+def cube_end_seed(gain: np.ndarray, usable: np.ndarray, seed_fraction: float) -> np.ndarray:
+    """(N,) bool: the ``seed_fraction`` of the usable averages (at least 3) with the highest gain."""
+    usable = np.asarray(usable, bool)
+    g = np.where(usable & np.isfinite(gain), np.asarray(gain, np.float64), -np.inf)
+    n_use = int(usable.sum())
+    seed = np.zeros(len(g), bool)
+    seed[np.argsort(-g, kind="stable")[:min(n_use, max(3, int(round(seed_fraction * n_use))))]] = True
+    return seed
+
+
 def find_family(similarity: np.ndarray, gain: np.ndarray, usable: np.ndarray, k: int | None = None,
                 shared_fraction: float = 0.5, seed_fraction: float = 0.05,
-                density_mads: float | None = 2.0, support_fraction: float = 0.1,
+                density_mads: float | None = 2.0, support_fraction: float = 0.0,
                 anisotropy: np.ndarray | None = None, anisotropy_ratio: float | None = 10.0) -> Family:
     """The SNN-connected family holding most of the cube-end seed.
 
@@ -224,26 +236,31 @@ def find_family(similarity: np.ndarray, gain: np.ndarray, usable: np.ndarray, k:
     density_mads: drop the component's sparse members (:func:`sparse_members`
     with the same k); None: keep the whole SNN component;
     support_fraction: a link needs ceil(support_fraction x k) averages linked to
-    both its ends (:func:`supported_links`; 0: off);
+    both its ends (:func:`supported_links`; 0: off, the default);
     anisotropy: (N,) low-q anisotropy of each average (None: not measured) and
-    anisotropy_ratio: drop the members above this x the seed's median
-    (:func:`elongated_members`; None: off).
+    anisotropy_ratio: averages above this x the cube-end seed's median
+    (:func:`elongated_members`) are left out of the graph, so they can neither
+    join the family nor bridge other groups into it (None: off).
     """
     usable = np.asarray(usable, bool)
     gain = np.asarray(gain, np.float64)
-    n_use = int(usable.sum())
-    if n_use == 0:
+    if not usable.any():
         raise ValueError("no usable average")
+    anisotropic, limit = np.zeros(len(usable), bool), None
+    if anisotropy is not None and anisotropy_ratio is not None:
+        anisotropic, limit = elongated_members(anisotropy, usable, cube_end_seed(gain, usable, seed_fraction),
+                                               anisotropy_ratio)
+        if not (usable & ~anisotropic).any():
+            anisotropic, limit = np.zeros(len(usable), bool), None
+    usable = usable & ~anisotropic
+    n_use = int(usable.sum())
     k = auto_k(n_use) if k is None else int(k)
     min_shared = max(1, int(np.ceil(shared_fraction * k)))
     min_support = int(np.ceil(support_fraction * k))
     adj = supported_links(snn_adjacency(similarity, usable, k, min_shared), min_support)
     _, labels = connected_components(csr_matrix(adj), directed=False)
     labels = np.where(usable, labels, -1)
-    g = np.where(usable & np.isfinite(gain), gain, -np.inf)
-    n_seed = min(n_use, max(3, int(round(seed_fraction * n_use))))
-    seed = np.zeros(len(g), bool)
-    seed[np.argsort(-g, kind="stable")[:n_seed]] = True
+    seed = cube_end_seed(gain, usable, seed_fraction)
     values, counts = np.unique(labels[seed], return_counts=True)
     # ties: the component with the larger total size (the chain, not a stray pair)
     sizes = np.bincount(labels[usable])[values]
@@ -253,9 +270,5 @@ def find_family(similarity: np.ndarray, gain: np.ndarray, usable: np.ndarray, k:
     if density_mads is not None:
         sparse = sparse_members(similarity, usable, keep, k, density_mads)
         keep = keep & ~sparse
-    anisotropic, limit = np.zeros(len(keep), bool), None
-    if anisotropy is not None and anisotropy_ratio is not None:
-        anisotropic, limit = elongated_members(anisotropy, keep, seed, anisotropy_ratio)
-        keep = keep & ~anisotropic
     return Family(keep=keep, component=labels, seed=seed, k=k, min_shared=min_shared, sparse=sparse,
                   min_support=min_support, anisotropic=anisotropic, anisotropy_limit=limit)

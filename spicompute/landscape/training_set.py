@@ -55,7 +55,7 @@ def family_mask(table: pd.DataFrame, keep: np.ndarray, p: dict):
     return find_family(clpca_similarity(np.where(usable[:, None], coords, 0.0)), gain, usable, k=k,
                        shared_fraction=p["family_shared_fraction"], seed_fraction=p["family_seed_fraction"],
                        density_mads=p.get("family_density_mads", 2.0),
-                       support_fraction=p.get("family_support_fraction", 0.1),
+                       support_fraction=p.get("family_support_fraction", 0.0),
                        anisotropy=anisotropy, anisotropy_ratio=p.get("family_anisotropy_ratio", 10.0))
 
 

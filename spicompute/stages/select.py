@@ -42,7 +42,7 @@ HELP = "choose the averages that train the VAE (rules in params.yaml or a select
 MODES = ("family", "all", "clusters", "box", "gain", "file")
 DEFAULTS = {"mode": "family", "min_frames": "auto", "min_selected": "auto", "family_k": "auto",
             "family_shared_fraction": 0.5, "family_seed_fraction": 0.05, "family_min_fraction": 0.2,
-            "family_density_mads": 2.0, "family_support_fraction": 0.1, "family_anisotropy_ratio": 10.0,
+            "family_density_mads": 2.0, "family_support_fraction": 0.0, "family_anisotropy_ratio": 10.0,
             "family_components": ["pc_1", "pc_2", "pc_3"], "clusters": [], "box": {}, "gain": [None, None],
             "file": ""}
 
@@ -175,7 +175,7 @@ def run(args) -> int:
         metrics.update(family_k=fam.k, family_min_shared=fam.min_shared, family_min_support=fam.min_support,
                        n_family=int(fam.keep.sum()),
                        n_family_sparse=int(fam.sparse.sum()),
-                       n_family_elongated=int(fam.anisotropic.sum()) if fam.anisotropic is not None else 0,
+                       n_elongated=int(fam.anisotropic.sum()) if fam.anisotropic is not None else 0,
                        family_anisotropy_limit=fam.anisotropy_limit,
                        family_fallback=bool(extra.get("fallback", False)))
     if args.truth:

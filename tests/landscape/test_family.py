@@ -12,7 +12,7 @@ import yaml
 
 from spicompute.cli import main
 from spicompute.errors import ParameterError
-from spicompute.landscape.family import clpca_similarity, find_family
+from spicompute.landscape.family import clpca_similarity, cube_end_seed, find_family
 from spicompute.io.tables import read_table, write_table
 from spicompute.stages.select import options
 from spicompute.landscape.training_set import select_averages, truth_scores
@@ -268,11 +268,11 @@ def test_unsupported_links_no_longer_chain_a_wedged_group_in():
                 joined[f] += int(keep[f][215:].any())
     assert joined[0.0] >= joined[0.1] + 8, joined   # measured 23 vs 10 of 30
     assert find_family(clpca_similarity(wedged_landscape(0, 0.7)[0]), wedged_landscape(0, 0.7)[1],
-                       np.ones(255, bool)).min_support == 4   # ceil(0.1 x auto k 32)
+                       np.ones(255, bool), support_fraction=0.1).min_support == 4   # ceil(0.1 x auto k 32)
 
 
 def test_support_fraction_is_checked_and_recorded():
-    assert options({})["family_support_fraction"] == 0.1
+    assert options({})["family_support_fraction"] == 0.0   # off: it cut sparse chains
     assert options({"family_support_fraction": 0})["family_support_fraction"] == 0
     with pytest.raises(ParameterError, match="select.family_support_fraction"):
         options({"family_support_fraction": 1.5})
@@ -300,9 +300,31 @@ def test_dimers_beside_the_cube_end_dropped_as_elongated():
     assert not sel[-10:].any() and purity_recall(sel, family)[0] >= 0.99
     assert set(reason[-10:]) <= {"elongated at low q (select.family_anisotropy_ratio)", "not in the cube-end family"}
     assert (reason == "elongated at low q (select.family_anisotropy_ratio)").sum() >= 8
-    assert out["family"].anisotropy_limit == pytest.approx(10 * np.median(table.low_q_anisotropy[out["family"].seed]))
+    usable = table.n_frames.to_numpy() >= 0.2 * table.n_frames.median()
+    cube_end = cube_end_seed(table.gain.to_numpy(), usable, 0.05)
+    assert out["family"].anisotropy_limit == pytest.approx(10 * np.median(table.low_q_anisotropy[cube_end]))
+    assert not out["family"].seed[-10:].any()          # the family's own seed holds no dimer
     # without the column (an older orient stage) the test is skipped, not an error
     sel2, _, _ = select_averages(table.drop(columns="low_q_anisotropy"), options({}))
     assert sel2[-10:].sum() >= 8
     with pytest.raises(ParameterError, match="select.family_anisotropy_ratio"):
         options({"family_anisotropy_ratio": 0.5})
+
+
+def test_elongated_averages_left_out_of_the_graph_cannot_bridge():
+    """The wedged landscapes again, the small group elongated (dimers) and the big one round
+    (aggregates): out of the graph, the dimers no longer carry the aggregates in, and the
+    chain stays whole -- where the link-support test is not needed."""
+    joined_without, joined_with = 0, 0
+    for gap in (0.65, 0.7, 0.75):
+        for seed in range(10):
+            coords, gain = wedged_landscape(seed, gap)
+            rng = np.random.default_rng(seed)
+            anisotropy = np.r_[rng.uniform(0.002, 0.02, 200), rng.uniform(0.2, 0.6, 15), rng.uniform(0.01, 0.03, 40)]
+            sim, usable = clpca_similarity(coords), np.ones(len(coords), bool)
+            without = find_family(sim, gain, usable).keep
+            fam = find_family(sim, gain, usable, anisotropy=anisotropy)
+            assert fam.keep[:200].mean() >= 0.97 and not fam.keep[200:215].any() and fam.anisotropic[200:215].all()
+            joined_without += int(without[215:].any())
+            joined_with += int(fam.keep[215:].any())
+    assert joined_with == 0 and joined_without >= 15, (joined_without, joined_with)
