@@ -65,6 +65,23 @@ def radial_profile(averages: AverageSet, dq_bin_nm: float | None = None,
     return np.arange(nb) * dq_bin_nm, mean, sw / np.maximum(npix, 1)
 
 
+def ring_sums(values: np.ndarray, weights: np.ndarray, ring: np.ndarray, n_rings: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, weighted sums over rings: (sum of w * v (M, R), sum of w (M, R)).
+
+    values, weights : (M, P) one row per average over P pixels (weight 0: not observed;
+    the value there is ignored, NaN included); ring : (P,) int in [0, n_rings).
+    One bincount over (row, ring) keys for all rows at once.
+    """
+    w = np.asarray(weights, np.float64)
+    v = np.where(w != 0, np.asarray(values, np.float64), 0.0)
+    m = len(w)
+    keys = (np.arange(m)[:, None] * n_rings + np.asarray(ring)[None, :]).ravel()
+    sums = np.bincount(keys, (w * v).ravel(), m * n_rings).reshape(m, n_rings)
+    totals = np.bincount(keys, w.ravel(), m * n_rings).reshape(m, n_rings)
+    return sums, totals
+
+
 def signal_floor(q_axis: np.ndarray, profile: np.ndarray, coverage: np.ndarray, q_lo_nm: float,
                  outer_coverage: float = 0.5) -> float:
     """Flat intensity floor under the particle's signal (same units as ``profile``).

@@ -81,3 +81,13 @@ def test_split_by_runs_holds_out_whole_runs():
     assert sorted(np.r_[tr, va, te]) == list(range(50))
     with pytest.raises(ValueError, match=">= 3 bootstrap runs"):
         split_by_runs(np.repeat([0, 1], 5), seed=0)
+
+
+def test_ring_sums_per_row_ignore_unobserved_values():
+    from spicompute.qrange import ring_sums
+
+    values = np.array([[1.0, 2.0, np.nan, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    weights = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 2.0, 1.0, 1.0]])
+    sums, totals = ring_sums(values, weights, np.array([0, 0, 1, 1]), 3)
+    np.testing.assert_array_equal(sums, [[3.0, 4.0, 0.0], [12.0, 15.0, 0.0]])
+    np.testing.assert_array_equal(totals, [[2.0, 1.0, 0.0], [2.0, 2.0, 0.0]])

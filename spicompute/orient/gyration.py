@@ -73,9 +73,11 @@ def low_q_anisotropy(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     divided by the mean of its ring (1-pixel rings), and the result is
     ``|mean(rel * exp(2 i theta))|``.  NaN where a pattern observes no pixel in the band.
     """
+    from spicompute.qrange import ring_sums
+
     intensity = np.asarray(intensity, np.float64)
     observed = np.asarray(observed, bool)
-    n, size = intensity.shape[0], intensity.shape[-1]
+    size = intensity.shape[-1]
     y, x = np.mgrid[:size, :size] - size // 2
     radius = np.hypot(x, y)
     band = (radius * dq_nm >= q_min_nm) & (radius * dq_nm <= q_max_nm)
@@ -84,10 +86,8 @@ def low_q_anisotropy(intensity: np.ndarray, observed: np.ndarray, dq_nm: float,
     n_rings = int(ring.max()) + 1
     phase = np.exp(2j * np.arctan2(y, x)[band])
     w = observed[:, band].astype(np.float64)                       # (N, P)
-    values = intensity[:, band] * w
-    index = (np.arange(n)[:, None] * n_rings + ring[None, :]).ravel()
-    ring_sum = np.bincount(index, values.ravel(), n * n_rings).reshape(n, n_rings)
-    ring_count = np.bincount(index, w.ravel(), n * n_rings).reshape(n, n_rings)
+    values = np.where(w > 0, intensity[:, band], 0.0)
+    ring_sum, ring_count = ring_sums(values, w, ring, n_rings)
     with np.errstate(invalid="ignore", divide="ignore"):
         ring_mean = ring_sum / ring_count
         relative = np.where(w > 0, values / np.take_along_axis(ring_mean, np.broadcast_to(ring, w.shape), 1), 0.0)

@@ -48,6 +48,8 @@ def angular_anisotropy(x: np.ndarray, observed: np.ndarray, radial_step: float =
     (the ring means' own interpolation error on sharp fringes); negative values are noise.
     NaN for an average without observed Friedel pairs.
     """
+    from spicompute.qrange import ring_sums
+
     x = np.asarray(x, np.float64)
     observed = np.asarray(observed, bool)
     m, n = x.shape[0], x.shape[-1]
@@ -60,15 +62,9 @@ def angular_anisotropy(x: np.ndarray, observed: np.ndarray, radial_step: float =
     has_partner = mirror < n
     partner_ok = has_partner[:, None] & has_partner[None, :]
     mirror = np.minimum(mirror, n - 1)
-    flat_ring = ring.ravel()
-    # per-average ring sums in one bincount: (average, ring) -> average * n_rings + ring
-    offset = (np.arange(m) * n_rings)[:, None]
     obs2 = observed.reshape(m, -1)
-    keys = (flat_ring[None, :] + offset)[obs2]
-    counts = np.bincount(keys, minlength=m * n_rings).reshape(m, n_rings)
-    sums = np.bincount(keys, x.reshape(m, -1)[obs2], minlength=m * n_rings).reshape(m, n_rings)
-    r_sums = np.bincount(keys, np.broadcast_to(radius.ravel(), obs2.shape)[obs2],
-                         minlength=m * n_rings).reshape(m, n_rings)
+    sums, counts = ring_sums(x.reshape(m, -1), obs2, ring.ravel(), n_rings)
+    r_sums, _ = ring_sums(np.broadcast_to(radius.ravel(), obs2.shape), obs2, ring.ravel(), n_rings)
     profile = np.zeros_like(x)
     usable = (counts > 0).sum(axis=1) >= 2
     for i in np.flatnonzero(usable):   # one interpolation per average over its own populated rings
